@@ -1,0 +1,165 @@
+"""Transformer building blocks. Parameter names follow timm, so timm state dicts load unchanged."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from maefast.ops import attention
+
+LAYER_NORM_EPS = 1e-6
+
+
+def layer_norm(dim: int) -> nn.LayerNorm:
+    return nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int, init_values: float):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
+
+    def forward(self, x):
+        return x * self.gamma
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the residual branch of whole samples, rescaling the survivors."""
+
+    def __init__(self, drop_prob: float):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x):
+        if not self.training or self.drop_prob == 0.0:
+            return x
+        keep = 1.0 - self.drop_prob
+        survivors = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * survivors / keep
+
+    def extra_repr(self):
+        return f"drop_prob={self.drop_prob}"
+
+
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, N, H*d) -> (B, H, N, d)."""
+    b, n, _ = x.shape
+    return x.view(b, n, num_heads, -1).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, N, d) -> (B, N, H*d)."""
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+class ParallelBlock(nn.Module):
+    """The papers' encoder block: attention and MLP side by side from one fused in-projection.
+
+    y = in_norm(x); [mlp_hidden, q, k, v] = in_proj(y); q, k <- LayerNorm per head (qk-norm);
+    x + drop_path(ls(attn_out_proj(attention(q, k, v)) + mlp_out_proj(gelu(mlp_hidden + mlp_bias))))
+    Same parameters and math as timm's ParallelScalingBlock.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
+                 qk_norm: bool = True, init_values: float | None = 1e-4, drop_path: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        mlp_hidden = int(mlp_ratio * dim)
+        self.in_split = [mlp_hidden, dim, dim, dim]
+        self.in_norm = layer_norm(dim)
+        self.in_proj = nn.Linear(dim, mlp_hidden + 3 * dim, bias=qkv_bias)
+        # With a biased in_proj the MLP bias is part of in_proj.bias; otherwise it is separate.
+        self.mlp_bias = None if qkv_bias else nn.Parameter(torch.zeros(mlp_hidden))
+        self.q_norm = layer_norm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = layer_norm(self.head_dim) if qk_norm else nn.Identity()
+        self.attn_out_proj = nn.Linear(dim, dim)
+        self.mlp_out_proj = nn.Linear(mlp_hidden, dim)
+        self.ls = LayerScale(dim, init_values) if init_values is not None else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x):
+        mlp_hidden, q, k, v = torch.split(self.in_proj(self.in_norm(x)), self.in_split, dim=-1)
+        if self.mlp_bias is not None:
+            mlp_hidden = mlp_hidden + self.mlp_bias
+        q = self.q_norm(split_heads(q, self.num_heads))
+        k = self.k_norm(split_heads(k, self.num_heads))
+        attended = merge_heads(attention(q, k, split_heads(v, self.num_heads)))
+        y = self.attn_out_proj(attended) + self.mlp_out_proj(F.gelu(mlp_hidden))
+        return x + self.drop_path(self.ls(y))
+
+
+class SelfAttention(nn.Module):
+    """timm's Attention with a fused qkv projection (used by the MAE decoder blocks)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        q, k, v = (split_heads(t, self.num_heads) for t in self.qkv(x).chunk(3, dim=-1))
+        return self.proj(merge_heads(attention(q, k, v)))
+
+
+class CrossAttention(nn.Module):
+    """Queries from x, keys and values from context (the CA-MAE decoder's channel mixing)."""
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, context):
+        q = split_heads(self.q(x), self.num_heads)
+        k, v = (split_heads(t, self.num_heads) for t in self.kv(context).chunk(2, dim=-1))
+        return self.proj(merge_heads(attention(q, k, v)))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (timm's Block without LayerScale): the MAE decoder's block."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True):
+        super().__init__()
+        self.norm1 = layer_norm(dim)
+        self.attn = SelfAttention(dim, num_heads, qkv_bias)
+        self.norm2 = layer_norm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+def sincos_position_embedding(dim: int, grid_side: int, repeats: int = 1, scale: float = 10000.0) -> torch.Tensor:
+    """Fixed 2-D sin-cos positions (grid_side**2 * repeats, dim), as in the papers' reference.
+
+    Per grid cell (row h, column w): [sin(h w_i), cos(h w_i), sin(w w_i), cos(w w_i)] with
+    w_i = scale ** (-i / (dim / 4)), i < dim / 4. `repeats` tiles the grid (once per channel for CA-MAE).
+    """
+    if dim % 4:
+        raise ValueError(f"sin-cos position embedding needs a dimension divisible by 4, got {dim}")
+    quarter = dim // 4
+    frequencies = 1.0 / scale ** (torch.arange(quarter, dtype=torch.float32) / quarter)
+    coords = torch.arange(grid_side, dtype=torch.float32)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
+    row_angles = torch.outer(rows.flatten(), frequencies)
+    col_angles = torch.outer(cols.flatten(), frequencies)
+    grid = torch.cat([row_angles.sin(), row_angles.cos(), col_angles.sin(), col_angles.cos()], dim=1)
+    return grid.repeat(repeats, 1)
