@@ -76,7 +76,7 @@ class VisionTransformer(nn.Module):
         cls_position = torch.zeros(1, dim)
         # A fixed, non-trained parameter (not a buffer) so that it travels in state dicts as in timm.
         self.pos_embed = nn.Parameter(torch.cat([cls_position, positions])[None], requires_grad=False)
-        rates = torch.linspace(0, config.drop_path_rate, config.depth).tolist()
+        rates = [config.drop_path_rate * i / max(config.depth - 1, 1) for i in range(config.depth)]  # linear decay rule
         self.blocks = nn.Sequential(*[
             ParallelBlock(dim, config.num_heads, config.mlp_ratio, config.qkv_bias, config.qk_norm,
                           config.init_values, rate) for rate in rates])

@@ -1,0 +1,52 @@
+import json
+
+import pytest
+import torch
+
+import maefast
+from maefast.models import CheckpointMismatch
+from tests.helpers import random_pixels
+
+
+def test_save_and_reload_gives_the_same_model(tmp_path):
+    torch.manual_seed(0)
+    model = maefast.create_model("camae_vit_debug_patch8_64", max_in_chans=5).eval()
+    maefast.save_pretrained(model, tmp_path / "ckpt", channel_names=["DNA", "ER", "RNA", "AGP", "Mito"])
+    meta = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert meta["model"] == "camae_vit_debug_patch8_64" and meta["channel_names"][-1] == "Mito"
+    assert not list((tmp_path / "ckpt").glob("*.partial"))
+    restored = maefast.from_pretrained(tmp_path / "ckpt").eval()
+    pixels = random_pixels(2, 3, 64)
+    noise = torch.rand(2, 3 * 64)
+    with torch.no_grad():
+        torch.testing.assert_close(restored(pixels, noise=noise)[1], model(pixels, noise=noise)[1])
+
+
+def test_encoder_loads_from_an_mae_checkpoint(tmp_path):
+    mae = maefast.create_model("mae_vit_debug_patch8_64", in_chans=2).eval()
+    maefast.save_pretrained(mae, tmp_path)
+    encoder = maefast.load_pretrained(maefast.create_model("vit_debug_patch8_64", in_chans=2), tmp_path).eval()
+    pixels = random_pixels(1, 2, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder.embed(pixels), mae.embed(pixels))
+
+
+def test_missing_and_unexpected_keys_are_listed_unless_non_strict():
+    model = maefast.create_model("vit_debug_patch8_64", in_chans=2)
+    state = dict(model.state_dict())
+    state.pop("norm.weight")
+    state["extra.weight"] = torch.ones(3)
+    with pytest.raises(CheckpointMismatch, match=r"missing: \['norm.weight'\]\n  unexpected: \['extra.weight'\]"):
+        maefast.load_pretrained(model, state)
+    maefast.load_pretrained(model, state, strict=False)
+    torch.testing.assert_close(model.state_dict()["blocks.0.in_proj.weight"], state["blocks.0.in_proj.weight"])
+
+
+def test_pickles_need_trust(tmp_path):
+    model = maefast.create_model("vit_debug_patch8_64", in_chans=2)
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "weights.pth")
+    with pytest.raises(ValueError, match="pickle file; maefast only opens pickles it is told to trust"):
+        maefast.load_pretrained(model, tmp_path / "weights.pth")
+    maefast.load_pretrained(model, tmp_path / "weights.pth", trust_pickle=True)
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        maefast.load_pretrained(model, tmp_path / "nothing.safetensors")
