@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
+from contextlib import contextmanager
 from functools import lru_cache
 
 import torch
@@ -17,7 +18,24 @@ BACKENDS = ("reference", "triton", "cpp")
 _warned: set[tuple[str, str]] = set()
 
 
+_override: list[str] = []
+
+
+@contextmanager
+def use_backend(name: str):
+    """Forces every op to `name` inside the block (like MAEFAST_BACKEND), e.g. for baselines."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    _override.append(name)
+    try:
+        yield
+    finally:
+        _override.pop()
+
+
 def forced_backend() -> str | None:
+    if _override:
+        return _override[-1]
     value = os.environ.get("MAEFAST_BACKEND", "").strip().lower()
     if not value:
         return None

@@ -1,0 +1,40 @@
+"""`maefast train`: pretrain an MAE / CA-MAE from a recipe, on one CPU or many GPUs (torchrun)."""
+from __future__ import annotations
+
+
+def add_commands(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="pretrain an MAE or CA-MAE from a recipe",
+                                   description="Pretrain an MAE or CA-MAE. Many GPUs: torchrun --nproc-per-node N "
+                                               "-m maefast.cli train ...")
+    parser.add_argument("--recipe", default="debug",
+                        help="built-in recipe name (see --list-recipes) or a YAML file")
+    parser.add_argument("--out", required=False, help="run directory: checkpoints, metrics, images, encoder")
+    parser.add_argument("--data", help="dataset path (same as --set data.path=...)")
+    parser.add_argument("--max-steps", type=int, help="same as --set run.max_steps=N")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set optim.lr=3e-5 (repeatable)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.csv)")
+    parser.add_argument("--list-recipes", action="store_true", help="print the built-in recipes and exit")
+    parser.set_defaults(func=train_command)
+
+
+def train_command(args) -> int:
+    from maefast.train.config import load_config, recipe_names
+    if args.list_recipes:
+        print("\n".join(recipe_names()))
+        return 0
+    if not args.out:
+        raise ValueError("--out is required: the directory for checkpoints, metrics and images")
+    assignments = list(args.assignments)
+    if args.data:
+        assignments.append(f"data.path={args.data}")
+    if args.max_steps is not None:
+        assignments.append(f"run.max_steps={args.max_steps}")
+    config = load_config(args.recipe, assignments)
+    from maefast.train.loop import train
+    summary = train(config, args.out, resume=args.resume, show_progress=not args.no_progress)
+    if summary.get("final_loss") is not None:
+        print(f"maefast train: {summary['step']} steps, final loss {summary['final_loss']:.4f}, "
+              f"{summary['total_flops'] / 1e12:.2f} TFLOP; outputs in {summary['out']}")
+    return 0

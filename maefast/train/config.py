@@ -1,0 +1,203 @@
+"""Training configuration: small dataclasses, YAML recipes, `--set section.key=value` overrides.
+
+Every value is checked before any data is read; a bad one is refused with its key and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+import yaml
+
+
+@dataclass
+class ModelSection:
+    name: str = "mae_vit_small_patch16_256"
+    overrides: dict = field(default_factory=dict)  # create_model options, e.g. in_chans, decoder_depth
+
+
+@dataclass
+class DataSection:
+    path: str = ""                 # dataset root; empty: a synthetic screen rendered into <out>/data
+    layout: str = "auto"           # auto | rxrx | jump | packed
+    channels: list = field(default_factory=list)  # names to select / reorder; empty: all, in stored order
+    crop_size: int = 256
+    crops_per_image: int = 1
+    batch_size: int = 32
+    num_workers: int = 2
+    backend: str = "auto"          # auto | dali | torch
+    on_error: str = "raise"        # raise | skip
+    synthetic_sites: int = 64      # size of the synthetic screen when path is empty
+    synthetic_site_size: int = 256
+
+
+@dataclass
+class OptimSection:
+    name: str = "lion"             # lion | adamw
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    betas: tuple = (0.9, 0.95)
+    warmup_fraction: float = 0.1   # one-cycle: linear warm-up, then cosine decay to min_lr_ratio * lr
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0         # max global grad norm; 0 disables
+    accumulation: int = 1
+
+
+@dataclass
+class RunSection:
+    max_steps: int = 1000
+    seed: int = 0
+    device: str = "auto"           # auto | cpu | cuda
+    precision: str = "auto"        # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    compile: bool = False
+    activation_checkpointing: bool = False
+    parallel: str = "ddp"          # ddp | fsdp (only used under torchrun with world size > 1)
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    image_every: int = 200
+    nonfinite_limit: int = 5       # consecutive non-finite losses tolerated before stopping
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    run: RunSection = field(default_factory=RunSection)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "data.layout": ("auto", "rxrx", "jump", "packed"),
+    "data.backend": ("auto", "dali", "torch"),
+    "data.on_error": ("raise", "skip"),
+    "optim.name": ("lion", "adamw"),
+    "run.device": ("auto", "cpu", "cuda"),
+    "run.precision": ("auto", "bf16", "fp32"),
+    "run.parallel": ("ddp", "fsdp"),
+}
+POSITIVE = ("data.crop_size", "data.crops_per_image", "data.batch_size", "data.synthetic_sites",
+            "data.synthetic_site_size", "optim.accumulation", "run.max_steps", "run.checkpoint_every",
+            "run.keep_checkpoints", "run.log_every", "run.image_every", "run.nonfinite_limit")
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files("maefast.recipes").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def read_recipe(name_or_path: str) -> dict:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return yaml.safe_load(path.read_text()) or {}
+    if name_or_path not in recipe_names():
+        raise ValueError(f"unknown recipe {name_or_path!r}; built-in recipes: {', '.join(recipe_names())} "
+                         f"(or a path to a .yaml file)")
+    return yaml.safe_load(resources.files("maefast.recipes").joinpath(f"{name_or_path}.yaml").read_text()) or {}
+
+
+def parse_value(text: str):
+    for number in (int, float):  # YAML 1.1 reads "3e-4" as a string
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
+
+
+def coerce_numbers(cls, values: dict) -> dict:
+    """Float fields given as strings ("1e-4" in a YAML recipe) become floats; anything else stays."""
+    coerced = dict(values)
+    for f in dataclasses.fields(cls):
+        if isinstance(f.default, float) and isinstance(values.get(f.name), str):
+            try:
+                coerced[f.name] = float(values[f.name])
+            except ValueError:
+                pass  # validate() names the key
+    return coerced
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    if "=" not in assignment:
+        raise ValueError(f"--set takes key=value (e.g. optim.lr=3e-5), got {assignment!r}")
+    key, value = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) < 2 or parts[0] not in SECTIONS:
+        raise ValueError(f"--set key {key!r} must start with one of {sorted(SECTIONS)} (e.g. run.max_steps)")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = parse_value(value)
+
+
+SECTIONS = {"model": ModelSection, "data": DataSection, "optim": OptimSection, "run": RunSection}
+
+
+def build_config(raw: dict) -> TrainConfig:
+    sections = {}
+    for name, value in raw.items():
+        if name not in SECTIONS:
+            raise ValueError(f"unknown config section {name!r}; sections are {sorted(SECTIONS)}")
+    for name, cls in SECTIONS.items():
+        values = dict(raw.get(name) or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown key(s) {[f'{name}.{k}' for k in unknown]}; {name} keys are {sorted(known)}")
+        if name == "optim" and "betas" in values:
+            values["betas"] = tuple(values["betas"])
+        sections[name] = cls(**coerce_numbers(cls, values))
+    config = TrainConfig(**sections)
+    validate(config)
+    return config
+
+
+def validate(config: TrainConfig) -> None:
+    flat = {f"{section}.{key}": value for section, values in config.to_dict().items() for key, value in values.items()}
+    for key, allowed in CHOICES.items():
+        if flat[key] not in allowed:
+            raise ValueError(f"{key}={flat[key]!r} is not allowed; choose one of {allowed}")
+    for key in POSITIVE:
+        if not isinstance(flat[key], int) or flat[key] < 1:
+            raise ValueError(f"{key}={flat[key]!r} must be a positive integer")
+    optim = config.optim
+    if not (isinstance(optim.lr, (int, float)) and optim.lr > 0):
+        raise ValueError(f"optim.lr={optim.lr!r} must be a positive number")
+    if optim.weight_decay < 0:
+        raise ValueError(f"optim.weight_decay={optim.weight_decay!r} must be >= 0")
+    if len(optim.betas) != 2 or not all(0 <= b < 1 for b in optim.betas):
+        raise ValueError(f"optim.betas={list(optim.betas)!r} must be two numbers in [0, 1)")
+    if not 0 <= optim.warmup_fraction < 1:
+        raise ValueError(f"optim.warmup_fraction={optim.warmup_fraction!r} must be in [0, 1)")
+    if not 0 <= optim.min_lr_ratio <= 1:
+        raise ValueError(f"optim.min_lr_ratio={optim.min_lr_ratio!r} must be in [0, 1]")
+    if optim.grad_clip < 0:
+        raise ValueError(f"optim.grad_clip={optim.grad_clip!r} must be >= 0 (0 disables clipping)")
+    from maefast.models.registry import create_model, list_models, split_overrides
+    if config.model.name not in list_models():
+        raise ValueError(f"model.name={config.model.name!r} is not a registered model; "
+                         f"MAE models: {[m for m in list_models() if 'mae_' in m]}")
+    if not config.model.name.startswith(("mae_", "camae_")):
+        raise ValueError(f"model.name={config.model.name!r}: training needs an MAE or CA-MAE model (mae_*, camae_*)")
+    try:
+        split_overrides(config.model.overrides)
+        with torch.device("meta"):  # checks every model value without allocating weights
+            model = create_model(config.model.name, **config.model.overrides)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"model.overrides: {error}") from None
+    img_size = model.config.encoder.img_size
+    if config.data.crop_size != img_size:
+        raise ValueError(f"data.crop_size={config.data.crop_size} must equal the model's img_size {img_size}")
+
+
+def load_config(recipe: str, assignments: list[str] | None = None) -> TrainConfig:
+    raw = read_recipe(recipe)
+    for assignment in assignments or []:
+        apply_override(raw, assignment)
+    return build_config(raw)

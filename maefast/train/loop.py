@@ -1,0 +1,219 @@
+"""The training loop: setup, steps, checkpoints, resume, SIGTERM, non-finite losses, logging."""
+from __future__ import annotations
+
+import contextlib
+import signal
+import warnings
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from maefast.flops import model_training_flops
+from maefast.io import atomic_path, write_json_atomic
+from maefast.models.checkpoint import save_pretrained
+from maefast.models.registry import create_model, encoder_name
+from maefast.train import distributed as dist_utils
+from maefast.train.config import TrainConfig
+from maefast.train.data import build_train_loader
+from maefast.train.observe import (
+    ScalarLog, Throughput, measure_matmul_rate, save_loss_curve, save_reconstruction_grid,
+)
+from maefast.train.optim import build_optimizer, build_scheduler
+from maefast.train.state import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+
+class NonFiniteLoss(RuntimeError):
+    """Too many consecutive non-finite losses: the run stops, naming the step and the images."""
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, out_dir, resume: bool = False, show_progress: bool = True):
+        self.config, self.out = config, Path(out_dir)
+        self.show_progress = show_progress
+        run = config.run
+        self.context = dist_utils.init_distributed(run.device)
+        device = self.context.device
+        checkpoint = latest_checkpoint(self.out)
+        if checkpoint is not None and not resume:
+            raise ValueError(f"{self.out} already holds checkpoints (latest {checkpoint.name}); pass --resume to "
+                             f"continue that run or choose another --out")
+        self.precision = ("bf16" if device.type == "cuda" else "fp32") if run.precision == "auto" else run.precision
+        torch.manual_seed(run.seed)  # identical initial weights on every rank
+        self.model = create_model(config.model.name, **config.model.overrides).to(device)
+        self.loader = build_train_loader(config, self.out, self.context)
+        self.channel_names = list(self.loader.channel_names)
+        if run.activation_checkpointing:
+            from torch.distributed._composable import checkpoint as checkpoint_activations
+            for block in list(self.model.encoder.blocks) + list(getattr(self.model.decoder, "blocks", [])):
+                checkpoint_activations(block)
+        self.wrapped = dist_utils.wrap_model(self.model, self.context, run.parallel)
+        self.forward = torch.compile(self.wrapped) if run.compile else self.wrapped
+        optim = config.optim
+        self.optimizer = build_optimizer(self.wrapped, optim.name, optim.lr, optim.weight_decay, optim.betas)
+        self.scheduler = build_scheduler(self.optimizer, run.max_steps, optim.warmup_fraction, optim.min_lr_ratio)
+        channels = len(self.channel_names)
+        self.flops_per_crop = model_training_flops(self.model, channels)
+        self.tokens_per_crop = self.model.encoder.num_tokens(channels)
+        self.step, self.total_flops, self.crops_seen = 0, 0.0, 0
+        if checkpoint is not None:
+            self.restore(checkpoint)
+        else:
+            torch.manual_seed(run.seed * 1_000_003 + self.context.rank)  # masks differ across ranks
+        if self.context.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.out / "config.yaml") as temporary:
+                temporary.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def restore(self, path: Path) -> None:
+        state = load_checkpoint(path, self.wrapped, self.optimizer, self.scheduler)
+        self.step, self.total_flops, self.crops_seen = state["step"], state["total_flops"], state["crops_seen"]
+        self.loader.load_state_dict(state["loader"])
+        rng_states = state["rng"]
+        if len(rng_states) == self.context.world_size:
+            set_rng_state(rng_states[self.context.rank])
+        else:
+            warnings.warn(f"checkpoint has RNG states of {len(rng_states)} ranks, this run has "
+                          f"{self.context.world_size}: masks are re-seeded, not replayed")
+            torch.manual_seed(self.config.run.seed * 1_000_003 + self.context.rank + self.step)
+        if self.context.is_main:
+            print(f"maefast train: resumed from {path} at step {self.step}")
+
+    def save(self) -> None:
+        rng_states = dist_utils.gather_objects(rng_state(), self.context)
+        meta = {"total_flops": self.total_flops, "crops_seen": self.crops_seen, "model": self.config.model.name}
+        train_state = {"step": self.step, "total_flops": self.total_flops, "crops_seen": self.crops_seen,
+                       "loader": self.loader.state_dict()}
+        save_checkpoint(self.out, self.step, self.wrapped, self.optimizer, self.scheduler, train_state,
+                        rng_states, meta, self.context.is_main, self.config.run.keep_checkpoints)
+        dist_utils.barrier(self.context)
+
+    def export_encoder(self) -> Path | None:
+        if not self.context.is_main:
+            return None
+        encoder = self.model.encoder
+        encoder.model_name = encoder_name(self.config.model.name)
+        return save_pretrained(encoder, self.out / "encoder", channel_names=self.channel_names,
+                               extra={"step": self.step, "total_flops": self.total_flops})
+
+    # -- steps -------------------------------------------------------------------------------------
+    def batches(self):
+        while True:
+            yield from self.loader
+
+    def autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.context.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self, iterator):
+        """One optimizer step over `accumulation` micro-batches; returns (loss, last batch, pred, mask)."""
+        accumulation = self.config.optim.accumulation
+        total, ids = 0.0, []
+        for micro in range(accumulation):
+            batch = next(iterator)
+            pixels = batch["pixels"].to(self.context.device, non_blocking=True)
+            ids.extend(list(batch["ids"]))
+            last_micro = micro == accumulation - 1
+            sync = contextlib.nullcontext() if last_micro or not hasattr(self.wrapped, "no_sync") else self.wrapped.no_sync()
+            with sync:
+                with self.autocast():
+                    loss, pred, mask = self.forward(pixels)
+                (loss / accumulation).backward()
+            total = total + loss.detach().float() / accumulation
+        return total, ids, pixels, pred, mask
+
+    def train(self) -> dict:
+        run, context = self.config.run, self.context
+        stop_requested = {"flag": False}
+        previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.update(flag=True))
+        matmul_rate = measure_matmul_rate(context.device, torch.bfloat16 if self.precision == "bf16" else torch.float32)
+        meter = Throughput(self.flops_per_crop, self.tokens_per_crop, matmul_rate, context.world_size)
+        log = ScalarLog(self.out, self.step) if context.is_main else None
+        progress = tqdm(total=run.max_steps, initial=self.step, disable=not (context.is_main and self.show_progress),
+                        desc="train", dynamic_ncols=True)
+        iterator, streak, losses = iter(self.batches()), 0, []
+        try:
+            while self.step < run.max_steps:
+                self.optimizer.zero_grad(set_to_none=True)
+                loss, ids, pixels, pred, mask = self.train_step(iterator)
+                if dist_utils.any_rank(not torch.isfinite(loss).item(), context):
+                    streak += 1
+                    message = f"non-finite loss at step {self.step + 1} (batch images {ids[:16]}{'...' if len(ids) > 16 else ''})"
+                    if streak >= run.nonfinite_limit:
+                        raise NonFiniteLoss(f"{message}; {streak} in a row, the limit is run.nonfinite_limit={run.nonfinite_limit}")
+                    warnings.warn(message + ": step skipped")
+                    continue
+                streak = 0
+                grad_norm = self.clip_gradients()
+                self.optimizer.step()
+                self.scheduler.step()
+                self.step += 1
+                crops = pixels.shape[0] * self.config.optim.accumulation
+                self.crops_seen += crops * context.world_size
+                self.total_flops += crops * context.world_size * self.flops_per_crop
+                meter.add(crops)
+                losses.append(loss.item())
+                progress.update(1)
+                if self.step % run.log_every == 0 or self.step == run.max_steps:
+                    self.log_scalars(log, progress, losses, meter, grad_norm)
+                    losses = []
+                if context.is_main and self.step % run.image_every == 0:
+                    self.save_images(pixels, pred, mask)
+                stop = dist_utils.any_rank(stop_requested["flag"], context)
+                if self.step % run.checkpoint_every == 0 or self.step == run.max_steps or stop:
+                    self.save()
+                if stop:
+                    if context.is_main:
+                        print(f"maefast train: SIGTERM: checkpoint at step {self.step} written, stopping")
+                    break
+        finally:
+            progress.close()
+            signal.signal(signal.SIGTERM, previous_handler)
+            if log is not None:
+                log.close()
+        return self.finish(log)
+
+    def clip_gradients(self) -> float:
+        limit = self.config.optim.grad_clip
+        if limit <= 0:
+            return float("nan")
+        return float(torch.nn.utils.clip_grad_norm_(self.wrapped.parameters(), limit))
+
+    def log_scalars(self, log, progress, losses, meter, grad_norm) -> None:
+        loss = dist_utils.mean_over_ranks(sum(losses) / max(len(losses), 1), self.context)
+        rates = meter.report()
+        if log is None:
+            return
+        scalars = {"loss": loss, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                   "total_flops": self.total_flops, **rates}
+        log.log(self.step, scalars)
+        progress.set_postfix(loss=f"{loss:.4f}", crops_s=f"{rates['crops_per_s']:.1f}",
+                             tok_s=f"{rates['tokens_per_s']:.3g}", mfu=f"{rates['mfu']:.1%}")
+
+    def save_images(self, pixels, pred, mask) -> None:
+        save_reconstruction_grid(self.out / "images" / f"reconstruction-step{self.step:08d}.png", self.model,
+                                 pixels, pred, mask, self.channel_names, title=f"step {self.step}")
+
+    def finish(self, log) -> dict:
+        summary = {"step": self.step, "total_flops": self.total_flops, "crops_seen": self.crops_seen,
+                   "out": str(self.out)}
+        if self.step >= self.config.run.max_steps:
+            encoder_dir = self.export_encoder()
+            summary["encoder"] = str(encoder_dir) if encoder_dir else None
+        if self.context.is_main:
+            if log is not None:
+                save_loss_curve(self.out / "loss.png", log.rows)
+                summary["final_loss"] = float(log.rows[-1]["loss"]) if log.rows else None
+            write_json_atomic(self.out / "summary.json", summary)
+        return summary
+
+
+def train(config: TrainConfig, out_dir, resume: bool = False, show_progress: bool = True) -> dict:
+    trainer = Trainer(config, out_dir, resume=resume, show_progress=show_progress)
+    try:
+        return trainer.train()
+    finally:
+        dist_utils.shutdown(trainer.context)

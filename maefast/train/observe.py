@@ -1,0 +1,155 @@
+"""Observability: throughput and MFU, scalars to CSV and TensorBoard, reconstruction grids as PNG."""
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import torch
+
+from maefast.io import atomic_path
+from maefast.ops.patches import self_standardize, unpatchify
+
+
+def measure_matmul_rate(device: torch.device, dtype: torch.dtype, size: int = 4096, repeats: int = 10) -> float:
+    """Achieved FLOP/s of a square matmul on `device`: the denominator of MFU, measured, not looked up."""
+    if device.type == "cpu":
+        size, repeats, dtype = 1024, 4, torch.float32
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b  # warm-up
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    synchronize(device)
+    return 2 * size ** 3 * repeats / (time.perf_counter() - start)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Throughput:
+    """Crops/s, tokens/s and MFU over the interval since the last report."""
+
+    def __init__(self, flops_per_crop: int, tokens_per_crop: int, matmul_rate: float, world_size: int):
+        self.flops_per_crop, self.tokens_per_crop = flops_per_crop, tokens_per_crop
+        self.matmul_rate, self.world_size = matmul_rate, world_size
+        self.crops, self.start = 0, time.perf_counter()
+
+    def add(self, crops: int) -> None:
+        self.crops += crops
+
+    def report(self) -> dict:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        crops_per_s = self.crops * self.world_size / elapsed
+        flops_per_s = crops_per_s * self.flops_per_crop
+        self.crops, self.start = 0, time.perf_counter()
+        return {"crops_per_s": crops_per_s, "tokens_per_s": crops_per_s * self.tokens_per_crop,
+                "tflops_per_s": flops_per_s / 1e12,
+                "mfu": flops_per_s / (self.matmul_rate * self.world_size)}
+
+
+class ScalarLog:
+    """metrics.csv and TensorBoard scalars of the same values."""
+
+    def __init__(self, out_dir: Path, resume_step: int):
+        self.path = Path(out_dir) / "metrics.csv"
+        self.rows = self.read_until(resume_step)
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(str(Path(out_dir) / "tensorboard"), purge_step=resume_step + 1)
+
+    def read_until(self, step: int) -> list[dict]:
+        """Rows of an earlier run up to `step` (a resumed run rewrites what came after)."""
+        if not self.path.exists():
+            return []
+        with open(self.path, newline="") as handle:
+            return [row for row in csv.DictReader(handle) if int(row["step"]) <= step]
+
+    def log(self, step: int, scalars: dict) -> None:
+        self.rows.append({"step": step, **scalars})
+        for key, value in scalars.items():
+            self.writer.add_scalar(key, value, step)
+        self.flush()
+
+    def flush(self) -> None:
+        fields = list(dict.fromkeys(k for row in self.rows for k in row))
+        with atomic_path(self.path) as temporary:
+            with open(temporary, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(self.rows)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def reconstruction_images(model, pixels: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor):
+    """(original, masked input, reconstruction) as standardized float images (B, C, H, W).
+
+    The reconstruction shows the prediction on masked patches and the input elsewhere.
+    """
+    config = model.config.encoder
+    channels = pixels.shape[1]
+    agnostic = config.channel_agnostic
+    grid = (config.grid_side, config.grid_side)
+    original = self_standardize(pixels).float()
+    predicted = unpatchify(pred.detach().float(), config.patch_size, channels, grid, agnostic)
+    patch_pixels = config.patch_size ** 2 * (1 if agnostic else channels)
+    token_mask = mask.detach().float().unsqueeze(-1).expand(-1, -1, patch_pixels)
+    masked_area = unpatchify(token_mask, config.patch_size, channels, grid, agnostic)
+    return original, original * (1 - masked_area), original * (1 - masked_area) + predicted * masked_area
+
+
+def save_reconstruction_grid(path: Path, model, pixels, pred, mask, channel_names=None, max_images: int = 4,
+                             title: str = "") -> Path:
+    """PNG grid: one row per (image, channel), columns original / masked input / reconstruction."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = min(max_images, pixels.shape[0])
+    original, masked, recon = reconstruction_images(model, pixels[:count], pred[:count], mask[:count])
+    channels = pixels.shape[1]
+    names = list(channel_names or [f"ch{c}" for c in range(channels)])
+    figure, axes = plt.subplots(count * channels, 3, figsize=(6, 2 * count * channels), squeeze=False)
+    for image in range(count):
+        for channel in range(channels):
+            row = image * channels + channel
+            low, high = torch.quantile(original[image, channel].flatten(), torch.tensor([0.01, 0.99])).tolist()
+            for column, (label, images) in enumerate([("original", original), ("masked", masked),
+                                                       ("reconstruction", recon)]):
+                axis = axes[row, column]
+                axis.imshow(images[image, channel].cpu().numpy(), cmap="gray", vmin=low, vmax=high)
+                axis.set_xticks([]), axis.set_yticks([])
+                if row == 0:
+                    axis.set_title(label, fontsize=8)
+                if column == 0:
+                    axis.set_ylabel(f"img {image} {names[channel]}", fontsize=7)
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=80)
+    plt.close(figure)
+    return path
+
+
+def save_loss_curve(path: Path, rows: list[dict]) -> Path | None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(int(r["step"]), float(r["loss"])) for r in rows if r.get("loss") not in (None, "")]
+    if not points:
+        return None
+    figure, axis = plt.subplots(figsize=(5, 3))
+    axis.plot(*zip(*points))
+    axis.set_xlabel("step"), axis.set_ylabel("loss"), axis.set_yscale("log")
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=90)
+    plt.close(figure)
+    return path
