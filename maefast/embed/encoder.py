@@ -1,0 +1,29 @@
+"""Finding the encoder to embed with: a maefast checkpoint, a training run, or a timm / reference file."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from maefast.models.checkpoint import CONFIG_FILE, from_pretrained, load_pretrained
+from maefast.models.registry import create_model
+
+
+def load_encoder(checkpoint, model_name: str | None = None, layout: str = "auto", trust_pickle: bool = False):
+    """The encoder (a VisionTransformer or another model with .embed) and its channel names.
+
+    checkpoint: a save_pretrained directory (MAE or encoder), a training run directory (its encoder/),
+    or a weights file in the timm / reference layout, which needs model_name (e.g. vit_large_patch8_256).
+    """
+    path = Path(checkpoint)
+    if path.is_dir() and not (path / CONFIG_FILE).exists() and (path / "encoder" / CONFIG_FILE).exists():
+        path = path / "encoder"
+    if path.is_dir() and (path / CONFIG_FILE).exists():
+        meta = json.loads((path / CONFIG_FILE).read_text())
+        model = from_pretrained(path)
+        return getattr(model, "encoder", model), list(meta.get("channel_names") or [])
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} holds no {CONFIG_FILE}: not a maefast checkpoint or training run")
+    if model_name is None:
+        raise ValueError(f"{path} is a bare weights file: name its architecture with --model (e.g. vit_large_patch8_256)")
+    model = load_pretrained(create_model(model_name), path, layout=layout, trust_pickle=trust_pickle)
+    return getattr(model, "encoder", model), []

@@ -1,0 +1,176 @@
+"""The embedding job: full-size sites -> 256 x 256 tiles -> encoder -> one row per site, in shards.
+
+The dataset's images are cut into shards of `shard_size` images (in table order); rank r of W embeds
+shards r, r + W, ... Each shard is written atomically as shards/shard-00007.parquet (metadata columns +
+feature_0000...); a shard file exists only when complete, so a restarted job skips what is done and
+never reads a partial file. When every shard is done, rank 0 writes the well-level aggregate and
+manifest.json (shards, rows, skipped images, job settings). A job restarted with other settings is
+refused rather than mixed.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from maefast.io import atomic_path, write_json_atomic
+
+METADATA = ("id", "batch", "plate", "well", "site", "perturbation", "is_control")
+JOB_FILE, MANIFEST_FILE = "job.json", "manifest.json"
+
+
+@dataclass
+class EmbedSettings:
+    checkpoint: str
+    pool: str = "mean"            # mean | cls
+    per_channel: bool = False     # CA-MAE: mean per channel, concatenated
+    tile_size: int = 256
+    batch_size: int = 64          # images per loader batch (each gives (H // tile) * (W // tile) tiles)
+    shard_size: int = 1024        # images per output shard
+    precision: str = "auto"       # auto (bf16 on CUDA) | bf16 | fp32
+    channels: tuple = ()
+
+    def validate(self) -> None:
+        if self.pool not in ("mean", "cls"):
+            raise ValueError(f"pool must be 'mean' or 'cls', got {self.pool!r}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        for key in ("tile_size", "batch_size", "shard_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)}")
+
+
+def feature_columns(count: int) -> list[str]:
+    return [f"feature_{i:04d}" for i in range(count)]
+
+
+def shard_path(out: Path, index: int) -> Path:
+    return out / "shards" / f"shard-{index:05d}.parquet"
+
+
+def check_job(out: Path, settings: EmbedSettings, dataset_size: int) -> None:
+    """Records the job's settings; refuses to continue a job that was started with other settings."""
+    record = {**asdict(settings), "channels": list(settings.channels), "images": dataset_size}
+    path = out / JOB_FILE
+    if path.exists():
+        previous = json.loads(path.read_text())
+        changed = {k: (previous.get(k), v) for k, v in record.items() if previous.get(k) != v}
+        if changed:
+            raise ValueError(f"{out} holds an embedding job with other settings {changed} (old, new); "
+                             f"use another --out or the same settings")
+    else:
+        write_json_atomic(path, record)
+
+
+def embed_tiles(encoder, pixels: torch.Tensor, settings: EmbedSettings, autocast_dtype) -> torch.Tensor:
+    with torch.no_grad(), torch.autocast(pixels.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        return encoder.embed(pixels, pool=settings.pool, per_channel=settings.per_channel).float()
+
+
+def embed_shard(encoder, dataset, rows: np.ndarray, settings: EmbedSettings, device, make_tiles, autocast_dtype,
+                progress) -> tuple[pd.DataFrame, list]:
+    """Embeddings of the images at `rows`: the mean over each image's tiles."""
+    subset = dataset.subset(rows)
+    loader = make_tiles(subset)
+    sums, counts = None, torch.zeros(len(rows), dtype=torch.float64)
+    for batch in loader:
+        features = embed_tiles(encoder, batch["pixels"].to(device, non_blocking=True), settings, autocast_dtype)
+        owners = torch.as_tensor(np.asarray(batch["tile_images"]), dtype=torch.int64)
+        if sums is None:
+            sums = torch.zeros(len(rows), features.shape[1], dtype=torch.float64)
+        sums.index_add_(0, owners, features.double().cpu())
+        counts.index_add_(0, owners, torch.ones(len(owners), dtype=torch.float64))
+        progress.update(len(owners))
+    skipped = list(getattr(loader, "skipped", []))
+    done = counts > 0
+    table = subset.table.loc[done.numpy()].reset_index(drop=True)
+    metadata = table[[c for c in table.columns if not c.startswith(("file_", "illum_"))]]
+    if sums is None:
+        return metadata.assign(), skipped
+    features = (sums[done] / counts[done, None]).float().numpy()
+    frame = pd.DataFrame(features, columns=feature_columns(features.shape[1]))
+    return pd.concat([metadata, frame], axis=1), skipped
+
+
+def aggregate_wells(sites: pd.DataFrame) -> pd.DataFrame:
+    """Mean feature vector per (batch, plate, well); perturbation and control flag carried along."""
+    features = [c for c in sites.columns if c.startswith("feature_")]
+    keys = [c for c in ("batch", "plate", "well") if c in sites.columns]
+    carried = [c for c in ("perturbation", "is_control") if c in sites.columns]
+    grouped = sites.groupby(keys, sort=True)
+    wells = grouped[features].mean()
+    wells[carried] = grouped[carried].first()
+    wells["sites"] = grouped.size()
+    return wells.reset_index()[keys + carried + ["sites"] + features]
+
+
+def run_embedding(encoder, dataset, out, settings: EmbedSettings, make_tiles, device, rank: int = 0,
+                  world_size: int = 1, show_progress: bool = True, barrier=lambda: None) -> dict:
+    """Embeds `dataset` into `out`; `make_tiles(subset)` gives an iterable of tile batches
+    (dict with pixels (N, C, s, s) and tile_images (N,) row positions within the subset)."""
+    settings.validate()
+    out = Path(out)
+    if rank == 0:
+        check_job(out, settings, len(dataset))
+    barrier()
+    encoder = encoder.to(device).eval()
+    precision = ("bf16" if device.type == "cuda" else "fp32") if settings.precision == "auto" else settings.precision
+    autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+    num_shards = -(-len(dataset) // settings.shard_size)
+    mine = [k for k in range(rank, num_shards, world_size) if not shard_path(out, k).exists()]
+    tiles_per_image = (dataset.image_shape[0] // settings.tile_size) * (dataset.image_shape[1] // settings.tile_size)
+    total_tiles = sum(min(settings.shard_size, len(dataset) - k * settings.shard_size) for k in mine) * tiles_per_image
+    progress = tqdm(total=total_tiles, unit="crop", desc=f"embed rank {rank}", disable=not show_progress)
+    start, skipped_all = time.perf_counter(), []
+    for index in mine:
+        rows = np.arange(index * settings.shard_size, min((index + 1) * settings.shard_size, len(dataset)))
+        frame, skipped = embed_shard(encoder, dataset, rows, settings, device, make_tiles, autocast_dtype, progress)
+        with atomic_path(shard_path(out, index)) as temporary:
+            frame.to_parquet(temporary, index=False)
+        if skipped:
+            write_json_atomic(shard_path(out, index).with_suffix(".skipped.json"), [str(s) for s in skipped])
+        skipped_all.extend(skipped)
+        progress.set_postfix(crops_s=f"{progress.n / max(time.perf_counter() - start, 1e-9):.1f}")
+    progress.close()
+    barrier()
+    summary = {"shards": num_shards, "embedded_here": len(mine), "crops_per_s": progress.n / max(time.perf_counter() - start, 1e-9)}
+    if rank == 0:
+        summary.update(finalize(out, num_shards))
+    return summary
+
+
+def finalize(out: Path, num_shards: int) -> dict:
+    """Writes wells.parquet and manifest.json once every shard is complete."""
+    missing = [k for k in range(num_shards) if not shard_path(out, k).exists()]
+    if missing:
+        return {"complete": False, "missing_shards": missing}
+    sites = read_embeddings(out, level="site", require_complete=False)
+    with atomic_path(out / "wells.parquet") as temporary:
+        aggregate_wells(sites).to_parquet(temporary, index=False)
+    skipped = []
+    for path in sorted((out / "shards").glob("*.skipped.json")):
+        skipped.extend(json.loads(path.read_text()))
+    manifest = {"complete": True, "shards": [shard_path(out, k).name for k in range(num_shards)],
+                "sites": len(sites), "features": len([c for c in sites.columns if c.startswith("feature_")]),
+                "skipped": skipped, "wells_file": "wells.parquet"}
+    write_json_atomic(out / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def read_embeddings(out, level: str = "site", require_complete: bool = True) -> pd.DataFrame:
+    """The embeddings of a finished job: one row per site (level='site') or per well (level='well')."""
+    out = Path(out)
+    if require_complete and not (out / MANIFEST_FILE).exists():
+        raise FileNotFoundError(f"{out / MANIFEST_FILE} not found: the embedding job in {out} is not complete")
+    if level == "well":
+        return pd.read_parquet(out / "wells.parquet")
+    if level != "site":
+        raise ValueError(f"level must be 'site' or 'well', got {level!r}")
+    shards = sorted((out / "shards").glob("shard-*.parquet"))
+    return pd.concat([pd.read_parquet(p) for p in shards], ignore_index=True)

@@ -1,0 +1,78 @@
+import math
+
+import pytest
+import torch
+
+from maefast.flops import mae_training_flops, embedding_flops
+from maefast.train.config import load_config, recipe_names
+from maefast.train.optim import Lion, build_optimizer, one_cycle_factor
+import maefast
+
+
+def test_recipes_hold_the_papers_settings():
+    assert {"debug", "mae_vit_small_patch16", "mae_vit_base_patch16", "mae_vit_base_patch8", "mae_vit_large_patch8",
+            "camae_vit_small_patch16", "camae_vit_base_patch16"} <= set(recipe_names())
+    large = load_config("mae_vit_large_patch8")
+    assert (large.optim.name, large.optim.lr, large.optim.weight_decay, large.optim.betas) == ("lion", 3e-5, 0.05, (0.9, 0.95))
+    assert load_config("mae_vit_base_patch16").optim.lr == 1e-4
+    assert large.optim.warmup_fraction == 0.1
+
+
+def test_overrides_and_refusals_name_the_key():
+    config = load_config("debug", ["optim.lr=3e-4", "run.max_steps=7", "model.overrides.decoder_depth=1"])
+    assert config.optim.lr == 3e-4 and config.run.max_steps == 7 and config.model.overrides["decoder_depth"] == 1
+    cases = {
+        "optim.name=sgd": "optim.name='sgd' is not allowed; choose one of \\('lion', 'adamw'\\)",
+        "run.max_steps=0": "run.max_steps=0 must be a positive integer",
+        "data.backend=gpu": "data.backend='gpu' is not allowed",
+        "run.precision=fp8": "run.precision='fp8' is not allowed",
+        "optim.lr=-1": "optim.lr=-1 must be a positive number",
+        "optim.betas=[0.9, 1.5]": r"optim.betas=\[0.9, 1.5\] must be two numbers in \[0, 1\)",
+        "model.name=vit_small_patch16_256": "training needs an MAE or CA-MAE model",
+        "model.overrides.mask_ratio=1.0": r"mask_ratio must be in \[0, 1\), got 1.0",
+        "data.crop_size=32": "data.crop_size=32 must equal the model's img_size 64",
+        "run.speed=9": r"unknown key\(s\) \['run.speed'\]",
+        "lr=3": "must start with one of",
+    }
+    for assignment, message in cases.items():
+        with pytest.raises(ValueError, match=message):
+            load_config("debug", [assignment])
+    with pytest.raises(ValueError, match="unknown recipe 'nope'"):
+        load_config("nope")
+
+
+def test_lion_matches_its_update_rule():
+    torch.manual_seed(0)
+    param = torch.nn.Parameter(torch.randn(5))
+    optimizer = Lion([param], lr=0.1, betas=(0.9, 0.99), weight_decay=0.5)
+    momentum = torch.zeros(5)
+    expected = param.detach().clone()
+    for _ in range(3):
+        grad = torch.randn(5)
+        param.grad = grad.clone()
+        optimizer.step()
+        expected = expected * (1 - 0.1 * 0.5) - 0.1 * torch.sign(0.9 * momentum + 0.1 * grad)
+        momentum = 0.99 * momentum + 0.01 * grad
+        torch.testing.assert_close(param.detach(), expected)
+
+
+def test_no_weight_decay_on_norms_biases_and_tokens():
+    model = maefast.create_model("mae_vit_debug_patch8_64", in_chans=2)
+    decay, no_decay = build_optimizer(model, "lion", 1e-4, 0.05, (0.9, 0.95)).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.ndim >= 2 for p in decay["params"]) and decay["weight_decay"] == 0.05
+    assert any(names[id(p)] == "encoder.cls_token" for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
+
+
+def test_one_cycle_schedule():
+    factors = [one_cycle_factor(step, 100, 0.1) for step in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0) and factors[55] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+
+
+def test_flops_match_the_papers_accounting():
+    with torch.device("meta"):
+        large = maefast.create_model("mae_vit_large_patch8_256")
+    assert mae_training_flops(large.config, 6) / 1e9 == pytest.approx(694, rel=0.01)
+    assert embedding_flops(large.config.encoder, 6) / 1e9 == pytest.approx(722, rel=0.01)
