@@ -81,7 +81,7 @@ def embed_shard(encoder, dataset, rows: np.ndarray, settings: EmbedSettings, dev
     sums, counts = None, torch.zeros(len(rows), dtype=torch.float64)
     for batch in loader:
         features = embed_tiles(encoder, batch["pixels"].to(device, non_blocking=True), settings, autocast_dtype)
-        owners = torch.as_tensor(np.asarray(batch["tile_images"]), dtype=torch.int64)
+        owners = torch.as_tensor(batch["index"], dtype=torch.int64)
         if sums is None:
             sums = torch.zeros(len(rows), features.shape[1], dtype=torch.float64)
         sums.index_add_(0, owners, features.double().cpu())
@@ -113,7 +113,7 @@ def aggregate_wells(sites: pd.DataFrame) -> pd.DataFrame:
 def run_embedding(encoder, dataset, out, settings: EmbedSettings, make_tiles, device, rank: int = 0,
                   world_size: int = 1, show_progress: bool = True, barrier=lambda: None) -> dict:
     """Embeds `dataset` into `out`; `make_tiles(subset)` gives an iterable of tile batches
-    (dict with pixels (N, C, s, s) and tile_images (N,) row positions within the subset)."""
+    (dict with pixels (N, C, s, s) and index (N,): each tile's row position within the subset)."""
     settings.validate()
     out = Path(out)
     if rank == 0:

@@ -30,7 +30,7 @@ class DataSection:
     num_workers: int = 2
     backend: str = "auto"          # auto | dali | torch
     on_error: str = "raise"        # raise | skip
-    synthetic_sites: int = 64      # size of the synthetic screen when path is empty
+    synthetic_genes: int = 12      # synthetic screen (when path is empty): perturbed genes, 2 wells each
     synthetic_site_size: int = 256
 
 
@@ -82,7 +82,7 @@ CHOICES = {
     "run.precision": ("auto", "bf16", "fp32"),
     "run.parallel": ("ddp", "fsdp"),
 }
-POSITIVE = ("data.crop_size", "data.crops_per_image", "data.batch_size", "data.synthetic_sites",
+POSITIVE = ("data.crop_size", "data.crops_per_image", "data.batch_size", "data.synthetic_genes",
             "data.synthetic_site_size", "optim.accumulation", "run.max_steps", "run.checkpoint_every",
             "run.keep_checkpoints", "run.log_every", "run.image_every", "run.nonfinite_limit")
 

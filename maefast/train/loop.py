@@ -43,7 +43,8 @@ class Trainer:
         torch.manual_seed(run.seed)  # identical initial weights on every rank
         self.model = create_model(config.model.name, **config.model.overrides).to(device)
         self.loader = build_train_loader(config, self.out, self.context)
-        self.channel_names = list(self.loader.channel_names)
+        self.channel_names = list(self.loader.dataset.channels)
+        self.check_channels()
         if run.activation_checkpointing:
             from torch.distributed._composable import checkpoint as checkpoint_activations
             for block in list(self.model.encoder.blocks) + list(getattr(self.model.decoder, "blocks", [])):
@@ -65,6 +66,17 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             with atomic_path(self.out / "config.yaml") as temporary:
                 temporary.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+    def check_channels(self) -> None:
+        encoder = self.model.config.encoder
+        count, names = len(self.channel_names), self.channel_names
+        if encoder.channel_agnostic and count > encoder.max_in_chans:
+            raise ValueError(f"the dataset has {count} channels {names}; {self.config.model.name} takes at most "
+                             f"max_in_chans={encoder.max_in_chans}: select channels with data.channels")
+        if not encoder.channel_agnostic and count != encoder.in_chans:
+            raise ValueError(f"the dataset has {count} channels {names}; {self.config.model.name} expects "
+                             f"in_chans={encoder.in_chans}: select channels with data.channels or set "
+                             f"model.overrides.in_chans={count}")
 
     # -- checkpoints -------------------------------------------------------------------------------
     def restore(self, path: Path) -> None:

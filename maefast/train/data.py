@@ -1,0 +1,32 @@
+"""Training data: the dataset named by the config (or a synthetic screen) through maefast.data's loader."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from maefast.data import make_loader, open_dataset
+from maefast.data.synthetic import synth_screen
+from maefast.train.config import TrainConfig
+from maefast.train.distributed import DistributedContext, barrier
+
+
+def synthetic_screen_path(config: TrainConfig, out_dir: Path, context: DistributedContext) -> Path:
+    """Renders (once; a resumed run reuses it) the synthetic screen a run without data.path trains on."""
+    data = config.data
+    path = Path(out_dir) / "data"
+    channels = config.model.overrides.get("in_chans") or config.model.overrides.get("max_in_chans") or 6
+    if context.is_main:
+        synth_screen(path, layout="rxrx", num_genes=data.synthetic_genes, replicates=2, num_plates=2,
+                     num_experiments=1, controls_per_plate=4, sites_per_well=2, size=data.synthetic_site_size,
+                     channels=channels, seed=config.run.seed, progress=False)
+    barrier(context)
+    return path
+
+
+def build_train_loader(config: TrainConfig, out_dir, context: DistributedContext):
+    data = config.data
+    path = data.path or synthetic_screen_path(config, out_dir, context)
+    dataset = open_dataset(path, layout=data.layout, channels=list(data.channels) or None)
+    return make_loader(dataset, batch_size=data.batch_size, crop_size=data.crop_size,
+                       crops_per_image=data.crops_per_image, seed=config.run.seed, rank=context.rank,
+                       world_size=context.world_size, device=context.device, backend=data.backend,
+                       on_error=data.on_error, num_workers=data.num_workers)
