@@ -1,0 +1,159 @@
+"""The dataset description: one row per image, explicit channel names, from any supported layout.
+
+`open_dataset(path, layout="auto", channels=None)` returns a `Dataset` whose `table` has the columns
+
+    id, batch, plate, well, site, perturbation, is_control    (the standard metadata)
+    file_<channel> for each stored channel                    (absolute paths; rxrx and jump)
+    illum_<channel>                                           (jump with illumination="illum")
+    shard, row                                                (packed: the shard file and the row in it)
+
+plus any extra metadata columns of the source. `dataset.channels` is the selected channel order, which
+every loader hands over; `select_channels` picks and reorders channels by name.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from maefast.data.decode import probe_channel
+
+LAYOUTS = ("rxrx", "jump", "packed")
+STANDARD_COLUMNS = ("id", "batch", "plate", "well", "site", "perturbation", "is_control")
+PACKED_FORMAT = "maefast-packed-v1"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    root: Path
+    layout: str                       # "rxrx" | "jump" | "packed"
+    table: pd.DataFrame               # one row per image, see the module docstring
+    stored_channels: tuple[str, ...]  # channels as stored (packed: the order inside the shards)
+    channels: tuple[str, ...]         # the selected channels, in the order loaders hand them over
+    image_shape: tuple[int, int]      # (height, width) of every image
+    dtype: np.dtype                   # uint8 or uint16
+    illumination: str = "raw"         # "raw" | "illum" (jump only)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.table["id"].to_numpy()
+
+    @property
+    def channel_index(self) -> list[int]:
+        """Positions of the selected channels among the stored channels."""
+        return [self.stored_channels.index(name) for name in self.channels]
+
+    def channel_files(self, row: int) -> list[str]:
+        """The selected channels' files of image `row` (rxrx and jump)."""
+        record = self.table.iloc[row]
+        return [record[f"file_{name}"] for name in self.channels]
+
+    def illum_files(self, row: int) -> list[str] | None:
+        if self.illumination != "illum":
+            return None
+        record = self.table.iloc[row]
+        return [record[f"illum_{name}"] for name in self.channels]
+
+    def select_channels(self, names) -> "Dataset":
+        return replace(self, channels=_select(names, self.stored_channels))
+
+    def subset(self, rows) -> "Dataset":
+        """The dataset restricted to the given row positions (in that order)."""
+        return replace(self, table=self.table.iloc[np.asarray(rows)].reset_index(drop=True))
+
+    def describe(self) -> str:
+        return (f"{self.layout} dataset at {self.root}: {len(self)} images, channels {list(self.channels)}, "
+                f"{self.image_shape[0]}x{self.image_shape[1]} {self.dtype}")
+
+
+def open_dataset(path, layout: str = "auto", channels=None, illumination: str = "raw") -> Dataset:
+    """Reads a screen's metadata into a Dataset. layout: "auto" | "rxrx" | "jump" | "packed".
+
+    rxrx: a folder with metadata.csv and {experiment}/Plate{plate}/{well}_s{site}_w{k}.png files.
+    jump: a load_data table (.csv or .parquet), or a folder holding load_data.csv / load_data.parquet.
+    packed: a folder written by `maefast data pack` (manifest.json, index.parquet, shards/).
+    channels: names to select and reorder (default: all, in stored order).
+    illumination: "raw" or "illum" (jump: divide by the FileName_Illum*/PathName_Illum* .npy functions).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset path {path} does not exist")
+    if layout == "auto":
+        layout = detect_layout(path)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of auto, {', '.join(LAYOUTS)}; got {layout!r}")
+    if illumination not in ("raw", "illum"):
+        raise ValueError(f"illumination must be 'raw' or 'illum', got {illumination!r}")
+    if illumination == "illum" and layout != "jump":
+        raise ValueError(f"illumination='illum' needs the jump layout (illumination files), got {layout}")
+    from maefast.data import layouts
+    if layout == "packed":
+        dataset = _open_packed(path)
+    elif layout == "rxrx":
+        dataset = layouts.read_rxrx(path)
+    else:
+        dataset = layouts.read_jump(path, illumination)
+    _check_ids(dataset.table, path)
+    return dataset if channels is None else dataset.select_channels(channels)
+
+
+def detect_layout(path: Path) -> str:
+    if path.is_dir() and (path / "manifest.json").is_file():
+        return "packed"
+    if path.is_file() and path.suffix in (".csv", ".parquet"):
+        return "jump"
+    if path.is_dir() and any((path / f"load_data{s}").is_file() for s in (".csv", ".parquet")):
+        return "jump"
+    if path.is_dir() and (path / "metadata.csv").is_file():
+        return "rxrx"
+    raise ValueError(f"cannot tell the layout of {path}: expected a packed folder (manifest.json), a jump "
+                     "load_data table (.csv/.parquet) or a folder with metadata.csv (rxrx); pass layout=")
+
+
+def file_dataset(root: Path, layout: str, table: pd.DataFrame, channels: list[str],
+                 illumination: str = "raw") -> Dataset:
+    """A Dataset over per-channel files; size and dtype come from the first image's first channel."""
+    if table.empty:
+        raise ValueError(f"{root}: the metadata lists no images")
+    shape, dtype = probe_channel(table.iloc[0][f"file_{channels[0]}"])
+    return Dataset(root=root, layout=layout, table=table.reset_index(drop=True), stored_channels=tuple(channels),
+                   channels=tuple(channels), image_shape=tuple(shape), dtype=np.dtype(dtype),
+                   illumination=illumination)
+
+
+def _open_packed(path: Path) -> Dataset:
+    manifest = json.loads((path / "manifest.json").read_text())
+    if manifest.get("format") != PACKED_FORMAT:
+        raise ValueError(f"{path / 'manifest.json'}: expected format {PACKED_FORMAT!r}, got {manifest.get('format')!r}")
+    if not manifest.get("complete"):
+        raise ValueError(f"{path}: packing is not complete (run `maefast data pack` again to resume)")
+    table = pd.read_parquet(path / "index.parquet")
+    table["shard"] = [str(path / "shards" / name) for name in table["shard"]]
+    return Dataset(root=path, layout="packed", table=table, stored_channels=tuple(manifest["channels"]),
+                   channels=tuple(manifest["channels"]), image_shape=tuple(manifest["image_shape"]),
+                   dtype=np.dtype(manifest["dtype"]))
+
+
+def _select(names, stored: tuple[str, ...]) -> tuple[str, ...]:
+    names = [names] if isinstance(names, str) else list(names)
+    if not names:
+        raise ValueError("channels: select at least one channel")
+    unknown = [n for n in names if n not in stored]
+    if unknown:
+        raise ValueError(f"channels: unknown channel(s) {unknown}; the dataset has {list(stored)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"channels: each channel at most once, got {names}")
+    return tuple(names)
+
+
+def _check_ids(table: pd.DataFrame, path: Path) -> None:
+    duplicated = table["id"][table["id"].duplicated()]
+    if len(duplicated):
+        raise ValueError(f"{path}: duplicate image ids, e.g. {list(duplicated.unique()[:5])}; "
+                         "every row must describe a different image")

@@ -1,0 +1,137 @@
+"""Readers of the two per-channel-file layouts users bring: RxRx-style PNG and JUMP-CP-style TIFF.
+
+Each turns the layout's metadata into the standard table of maefast.data.dataset (one row per image).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from maefast.data.dataset import Dataset, file_dataset
+
+CONTROL_LABELS = ("EMPTY", "control", "negcon", "non-targeting", "DMSO")
+RXRX_PERTURBATION_COLUMNS = ("perturbation", "gene", "sirna", "treatment")
+JUMP_PERTURBATION_COLUMNS = ("Metadata_Perturbation", "Metadata_Symbol", "Metadata_JCP2022", "Metadata_broad_sample")
+
+
+def read_rxrx(root: Path) -> Dataset:
+    """RxRx: root/metadata.csv with experiment, plate, well (or address), site columns; one row per site.
+
+    Files: root/{experiment}/Plate{plate}/{well}_s{site}_w{k}.png. Channel names are the w-tokens
+    ("w1", "w2", ...) found for the first site, or the names in root/channels.json ({"w1": "DNA", ...}).
+    """
+    metadata_path = root / "metadata.csv"
+    table = pd.read_csv(metadata_path)
+    if "well" not in table.columns and "address" in table.columns:
+        table = table.rename(columns={"address": "well"})
+    _require(table, ("experiment", "plate", "well", "site"), metadata_path)
+    table["plate"] = table["plate"].astype(str).str.replace("^Plate", "", regex=True)
+    table["site"] = table["site"].astype(int)
+    first = table.iloc[0]
+    tokens = _rxrx_channel_tokens(root / str(first["experiment"]) / f"Plate{first['plate']}", first["well"],
+                                  first["site"])
+    names = _rxrx_channel_names(root, tokens)
+    base = (root.resolve().as_posix() + "/" + table["experiment"].astype(str) + "/Plate" + table["plate"]
+            + "/" + table["well"].astype(str) + "_s" + table["site"].astype(str) + "_w")
+    for token, name in zip(tokens, names):
+        table[f"file_{name}"] = base + token[1:] + ".png"
+    if "site_id" in table.columns:
+        table["id"] = table["site_id"].astype(str)
+    else:
+        table["id"] = (table["experiment"].astype(str) + "_" + table["plate"] + "_" + table["well"].astype(str)
+                       + "_" + table["site"].astype(str))
+    table["batch"] = table["experiment"].astype(str)
+    table["perturbation"] = _first_column(table, RXRX_PERTURBATION_COLUMNS)
+    if "well_type" in table.columns:
+        table["is_control"] = table["well_type"].astype(str).str.contains("control")
+    else:
+        table["is_control"] = _control_flag(table)
+    return file_dataset(root, "rxrx", table, names)
+
+
+def read_jump(path: Path, illumination: str = "raw") -> Dataset:
+    """JUMP-CP: a load_data table with FileName_Orig<Channel>, PathName_Orig<Channel>, Metadata_* columns.
+
+    Relative PathName_* values are resolved against the table's folder. With illumination="illum", the
+    FileName_Illum<Channel> / PathName_Illum<Channel> columns name .npy illumination functions.
+    """
+    table_path = path if path.is_file() else next(
+        p for p in (path / "load_data.parquet", path / "load_data.csv") if p.is_file())
+    table = pd.read_parquet(table_path) if table_path.suffix == ".parquet" else pd.read_csv(table_path)
+    names = [c[len("FileName_Orig"):] for c in table.columns if c.startswith("FileName_Orig")]
+    if not names:
+        raise ValueError(f"{table_path}: no FileName_Orig<Channel> columns; expected e.g. FileName_OrigDNA")
+    _require(table, [f"PathName_Orig{n}" for n in names] + ["Metadata_Plate", "Metadata_Well", "Metadata_Site"],
+             table_path)
+    base_dir = table_path.parent.resolve()
+    for name in names:
+        table[f"file_{name}"] = _join_paths(base_dir, table[f"PathName_Orig{name}"], table[f"FileName_Orig{name}"])
+    if illumination == "illum":
+        _require(table, [f"{kind}_Illum{n}" for n in names for kind in ("FileName", "PathName")], table_path)
+        for name in names:
+            table[f"illum_{name}"] = _join_paths(base_dir, table[f"PathName_Illum{name}"],
+                                                 table[f"FileName_Illum{name}"])
+    keys = [c for c in ("Metadata_Source", "Metadata_Batch", "Metadata_Plate", "Metadata_Well", "Metadata_Site")
+            if c in table.columns]
+    table["id"] = table[keys].astype(str).agg("__".join, axis=1)
+    batch_keys = [c for c in ("Metadata_Source", "Metadata_Batch") if c in table.columns] or ["Metadata_Plate"]
+    table["batch"] = table[batch_keys].astype(str).agg("__".join, axis=1)
+    table["plate"] = table["Metadata_Plate"].astype(str)
+    table["well"] = table["Metadata_Well"].astype(str)
+    table["site"] = table["Metadata_Site"].astype(int)
+    table["perturbation"] = _first_column(table, JUMP_PERTURBATION_COLUMNS)
+    if "Metadata_pert_type" in table.columns:
+        table["is_control"] = table["Metadata_pert_type"].astype(str).isin(["control", "negcon"])
+    else:
+        table["is_control"] = _control_flag(table)
+    return file_dataset(base_dir, "jump", table, names, illumination)
+
+
+def _rxrx_channel_tokens(plate_dir: Path, well, site) -> list[str]:
+    pattern = re.compile(rf"^{re.escape(str(well))}_s{site}_w(\d+)\.png$")
+    found = sorted((int(m.group(1)) for p in (plate_dir.iterdir() if plate_dir.is_dir() else ())
+                    if (m := pattern.match(p.name))))
+    if not found:
+        raise FileNotFoundError(f"no channel files {well}_s{site}_w<k>.png in {plate_dir} for the first site "
+                                "of metadata.csv")
+    return [f"w{k}" for k in found]
+
+
+def _rxrx_channel_names(root: Path, tokens: list[str]) -> list[str]:
+    mapping_path = root / "channels.json"
+    if not mapping_path.is_file():
+        return tokens
+    mapping = json.loads(mapping_path.read_text())
+    missing = [t for t in tokens if t not in mapping]
+    if missing:
+        raise ValueError(f"{mapping_path}: no name for channel file token(s) {missing}")
+    return [mapping[t] for t in tokens]
+
+
+def _join_paths(base: Path, folders: pd.Series, names: pd.Series) -> pd.Series:
+    def join(folder, name):
+        folder = Path(str(folder))
+        return str((folder if folder.is_absolute() else base / folder) / str(name))
+    return pd.Series([join(f, n) for f, n in zip(folders, names)], index=folders.index)
+
+
+def _first_column(table: pd.DataFrame, candidates) -> pd.Series:
+    for column in candidates:
+        if column in table.columns:
+            return table[column]
+    return pd.Series([None] * len(table), index=table.index, dtype=object)
+
+
+def _control_flag(table: pd.DataFrame) -> pd.Series:
+    if "is_control" in table.columns:
+        return table["is_control"].astype(bool)
+    return table["perturbation"].isin(CONTROL_LABELS)
+
+
+def _require(table: pd.DataFrame, columns, source: Path) -> None:
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"{source}: missing metadata column(s) {missing}; found {list(table.columns)}")

@@ -1,0 +1,113 @@
+"""The loaders the training engine and the embedding job call.
+
+    loader = make_loader(dataset, batch_size=256, crop_size=256, crops_per_image=4, seed=0,
+                         rank=rank, world_size=world_size, device="cuda")
+    for batch in loader:            # one epoch from the current position
+        batch["pixels"]             # (n * crops_per_image, C, crop, crop) uint8/uint16 on the device
+        batch["index"], batch["ids"]  # dataset row and image id of every crop
+    state = loader.state_dict()     # {"epoch", "step", ...}; loader.load_state_dict(state) resumes there
+
+    tiles = make_tile_loader(dataset, batch_size=16, crop_size=256, rank=rank, world_size=world_size)
+    for batch in tiles:             # pixels of every tile of 16 images; "index", "ids", "tile" per crop
+
+Both backends ("dali" and "torch") execute the same plan (maefast.data.plan), so they give the same crops.
+on_error="skip" drops unreadable images (loader.skipped lists them: id, path, reason); "raise" stops with
+maefast.data.ImageReadError naming the file.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import torch
+
+from maefast.data.dataset import Dataset
+from maefast.data.plan import TilePlan, TrainPlan
+
+BACKENDS = ("auto", "dali", "torch")
+
+
+def dali_available() -> bool:
+    return importlib.util.find_spec("nvidia.dali") is not None
+
+
+class Loader:
+    """Iterates a plan with a backend; keeps the position (epoch, step) and the skipped images."""
+
+    def __init__(self, dataset: Dataset, plan, backend: str, device, on_error: str, num_workers: int,
+                 tiles: bool = False):
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == "auto":
+            backend = "dali" if dali_available() else "torch"
+        self.dataset, self.plan, self.backend_name, self.tiles = dataset, plan, backend, tiles
+        self.device = torch.device(device)
+        self.epoch, self.step, self.skipped = 0, 0, []
+        crops = plan.crops_per_image
+        if backend == "dali":
+            from maefast.data.dali_backend import DaliBackend
+            self.backend = DaliBackend(dataset, plan.crop_size, crops, plan.batch_size, augment=not tiles and plan.augment,
+                                       num_threads=max(1, num_workers), on_error=on_error, device=self.device)
+        else:
+            from maefast.data.torch_backend import TorchBackend
+            self.backend = TorchBackend(dataset, plan.crop_size, num_workers, on_error, self.device)
+
+    def __len__(self) -> int:
+        """Steps in one epoch (the same on every rank)."""
+        return self.plan.steps()
+
+    def __iter__(self):
+        batches = list(self.plan.batches(self.epoch, self.step))
+        crops, ids = self.plan.crops_per_image, self.dataset.ids
+        for batch, pixels, skipped in self.backend.run(batches):
+            self.skipped += skipped
+            index = np.repeat(batch.images, crops)
+            out = dict(pixels=pixels, index=torch.from_numpy(index), ids=list(ids[index]),
+                       epoch=self.epoch, step=batch.step)
+            if self.tiles:
+                out["tile"] = torch.from_numpy(np.tile(np.arange(crops), len(batch.images)))
+            self.step = batch.step + 1
+            yield out
+        self.epoch, self.step = self.epoch + 1, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.step = epoch, 0
+
+    def state_dict(self) -> dict:
+        return dict(epoch=self.epoch, step=self.step, seed=getattr(self.plan, "seed", None),
+                    world_size=self.plan.world_size, batch_size=self.plan.batch_size,
+                    num_images=self.plan.num_images, skipped=list(self.skipped))
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("seed", "world_size", "batch_size", "num_images"):
+            if state.get(key) != self.state_dict()[key]:
+                raise ValueError(f"loader state: {key} is {state.get(key)} in the saved state but "
+                                 f"{self.state_dict()[key]} here; the position would not mean the same images")
+        self.epoch, self.step, self.skipped = int(state["epoch"]), int(state["step"]), list(state["skipped"])
+
+
+def _workers(num_workers):
+    return min(2, os.cpu_count() or 1) if num_workers is None else num_workers
+
+
+def make_loader(dataset: Dataset, batch_size: int, crop_size: int = 256, crops_per_image: int = 1, seed: int = 0,
+                rank: int = 0, world_size: int = 1, device="cpu", backend: str = "auto", on_error: str = "raise",
+                augment: bool = True, drop_last: bool = False, num_workers: int | None = None) -> Loader:
+    """Training crops: batch_size images per step and rank, crops_per_image random crops of each.
+
+    num_workers: DALI threads or DataLoader processes (default: min(2, CPU count)).
+    """
+    plan = TrainPlan(len(dataset), dataset.image_shape, batch_size, crop_size, crops_per_image, seed, rank,
+                     world_size, augment, drop_last)
+    return Loader(dataset, plan, backend, device, on_error, _workers(num_workers))
+
+
+def make_tile_loader(dataset: Dataset, batch_size: int, crop_size: int = 256, rank: int = 0, world_size: int = 1,
+                     device="cpu", backend: str = "auto", on_error: str = "raise",
+                     num_workers: int | None = None) -> Loader:
+    """Embedding tiles: batch_size images per step, each cut into its non-overlapping crop_size tiles."""
+    plan = TilePlan(len(dataset), dataset.image_shape, batch_size, crop_size, rank, world_size)
+    return Loader(dataset, plan, backend, device, on_error, _workers(num_workers), tiles=True)

@@ -1,0 +1,250 @@
+"""The synthetic screen: the built-in data set for demos and tests.
+
+`synth_screen(out_dir, layout="rxrx"|"jump", ...)` writes plates of procedurally rendered sites
+(maefast.data.render) in the chosen on-disk layout. Genes come from CORUM complexes (the CORUM_clusters
+table of efaar-benchmarking, or a table you pass); all genes of one complex share a morphology shift, so
+known relationships exist in the data. Plates and experiments add batch effects; control wells carry no
+perturbation. Deterministic by seed; each site is a pure function of (seed, site number), so workers and
+resumption do not change the pixels. Files are written atomically; an interrupted run resumes.
+
+`render_sites(n, channels, size, seed, dtype)` gives in-memory images for quick demos.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from maefast.data.render import FEATURES, BatchEffect, channel_names, render_site, render_sites
+from maefast.io import atomic_path, write_json_atomic
+
+__all__ = ["synth_screen", "render_sites", "design_screen", "load_complexes", "write_png"]
+
+CONTROL_LABEL = "EMPTY"
+ROWS, COLUMNS = "ABCDEFGHIJKLMNOP", 24  # a 384-well plate
+
+
+def load_complexes(path=None) -> pd.DataFrame:
+    """Complexes as (complex, genes): the CORUM_clusters.tsv of efaar-benchmarking unless `path` is given.
+
+    The file is tab-separated: complex name, then the member gene symbols separated by spaces.
+    """
+    if path is None:
+        from importlib import resources
+        path = resources.files("efaar_benchmarking") / "benchmark_annotations" / "CORUM_clusters.tsv"
+    table = pd.read_csv(path, sep="\t", header=None, names=["complex", "genes"])
+    table["genes"] = table["genes"].str.split()
+    return table
+
+
+def design_screen(num_genes: int = 100, replicates: int = 2, num_plates: int = 4, num_experiments: int = 2,
+                  controls_per_plate: int = 16, sites_per_well: int = 2, effect_size: float = 1.0,
+                  complexes=None, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The plate map: (sites, genes).
+
+    genes: gene, complex, and the effect on each render.FEATURES column (complex direction shared by its
+    members, plus a small gene-specific part). Genes are taken from disjoint CORUM complexes of 3 to 8
+    members. sites: one row per site with experiment, plate, well, site, gene, well_type.
+    """
+    if num_plates % num_experiments:
+        raise ValueError(f"num_plates ({num_plates}) must be a multiple of num_experiments ({num_experiments})")
+    if replicates > num_plates:
+        raise ValueError(f"replicates ({replicates}) must not exceed num_plates ({num_plates}): one well per plate")
+    wells_per_plate = -(-num_genes * replicates // num_plates) + controls_per_plate
+    if wells_per_plate > len(ROWS) * COLUMNS:
+        raise ValueError(f"{wells_per_plate} wells per plate do not fit a 384-well plate; add plates")
+    rng = np.random.default_rng([seed, 1])
+    genes = _pick_genes(load_complexes(complexes), num_genes, rng)
+    directions = {c: rng.normal(0, 1, len(FEATURES)) for c in genes["complex"].unique()}
+    effects = np.stack([effect_size * (directions[c] / np.linalg.norm(directions[c]) * 1.2
+                                       + rng.normal(0, 0.15, len(FEATURES))) for c in genes["complex"]])
+    genes = pd.concat([genes, pd.DataFrame(effects, columns=list(FEATURES))], axis=1)
+    # each gene gets `replicates` wells on distinct plates, spread evenly over plates
+    plate_lists = [[] for _ in range(num_plates)]
+    start = 0
+    for gene in genes["gene"]:
+        for r in range(replicates):
+            plate_lists[(start + r) % num_plates].append(gene)
+        start = (start + replicates) % num_plates
+    rows = []
+    plates_per_experiment = num_plates // num_experiments
+    for p, gene_list in enumerate(plate_lists):
+        entries = gene_list + [CONTROL_LABEL] * controls_per_plate
+        order = rng.permutation(len(ROWS) * COLUMNS)[:len(entries)]
+        for gene, position in zip(entries, sorted(order)):
+            well = f"{ROWS[position // COLUMNS]}{position % COLUMNS + 1:02d}"
+            for site in range(1, sites_per_well + 1):
+                rows.append(dict(experiment=f"SYN-{p // plates_per_experiment + 1:02d}",
+                                 plate=p % plates_per_experiment + 1, well=well, site=site, gene=gene,
+                                 well_type="negative_control" if gene == CONTROL_LABEL else "treatment"))
+    return pd.DataFrame(rows), genes
+
+
+def synth_screen(out_dir, layout: str = "rxrx", num_genes: int = 100, replicates: int = 2, num_plates: int = 4,
+                 num_experiments: int = 2, controls_per_plate: int = 16, sites_per_well: int = 2,
+                 size: int = 512, channels: int = 6, bit_depth: int | None = None, effect_size: float = 1.0,
+                 batch_strength: float = 1.0, complexes=None, seed: int = 0, workers: int | None = None,
+                 progress: bool = True) -> Path:
+    """Writes a synthetic screen to out_dir and returns out_dir (open it with open_dataset).
+
+    layout "rxrx": {experiment}/Plate{p}/{well}_s{site}_w{k}.png + metadata.csv + channels.json.
+    layout "jump": images/{experiment}/{plate}/{well}_s{site}_{channel}.tiff, one illumination function
+    per plate and channel (illum/...npy, the plate's simulated illumination) and load_data.csv.
+    bit_depth: 8 or 16 (default 8 for rxrx, 16 for jump). Also writes genes.csv (the ground truth:
+    gene, complex, effect per feature) and synth.json (the parameters).
+    """
+    if layout not in ("rxrx", "jump"):
+        raise ValueError(f"layout must be 'rxrx' or 'jump', got {layout!r}")
+    bit_depth = bit_depth or (8 if layout == "rxrx" else 16)
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+    out = Path(out_dir)
+    sites, genes = design_screen(num_genes, replicates, num_plates, num_experiments, controls_per_plate,
+                                 sites_per_well, effect_size, complexes, seed)
+    names = channel_names(channels)
+    params = dict(layout=layout, num_genes=num_genes, replicates=replicates, num_plates=num_plates,
+                  num_experiments=num_experiments, controls_per_plate=controls_per_plate,
+                  sites_per_well=sites_per_well, size=size, channels=names, bit_depth=bit_depth,
+                  effect_size=effect_size, batch_strength=batch_strength, seed=seed)
+    previous = out / "synth.json"
+    if previous.is_file() and json.loads(previous.read_text()) != params:
+        raise ValueError(f"{out} holds a synthetic screen made with other parameters ({previous}); "
+                         "use a new folder")
+    write_json_atomic(previous, params)
+    effects = genes.set_index("gene")[list(FEATURES)]
+    sites["files"] = [_site_files(out, layout, s, names) for s in sites.itertuples()]
+    jobs = [(i, row.gene, row.experiment, row.plate, row.files) for i, row in enumerate(sites.itertuples())
+            if not all(Path(f).is_file() for f in row.files)]
+    config = dict(seed=seed, size=size, channels=channels, dtype=np.uint8 if bit_depth == 8 else np.uint16,
+                  batch_strength=batch_strength, effects={g: effects.loc[g].to_numpy() for g in effects.index})
+    _render_all(jobs, config, workers or min(2, os.cpu_count() or 1), progress, len(sites))
+    _write_csv(genes, out / "genes.csv")
+    if layout == "rxrx":
+        write_json_atomic(out / "channels.json", {f"w{k + 1}": n for k, n in enumerate(names)})
+        _write_csv(sites.drop(columns="files"), out / "metadata.csv")
+    else:
+        _write_jump_tables(out, sites, names, config)
+    return out
+
+
+def _site_files(out: Path, layout: str, s, names: list[str]) -> list[str]:
+    if layout == "rxrx":
+        folder = out / s.experiment / f"Plate{s.plate}"
+        return [str(folder / f"{s.well}_s{s.site}_w{k + 1}.png") for k in range(len(names))]
+    folder = out / "images" / s.experiment / f"P{s.plate}"
+    return [str(folder / f"{s.well}_s{s.site}_{name}.tiff") for name in names]
+
+
+def _plate_batch(seed: int, experiment: str, plate: int, channels: int, strength: float) -> BatchEffect:
+    """Experiment-level and plate-level batch effects combined (same for every site of the plate)."""
+    experiment_rng = np.random.default_rng([seed, 2, int(experiment.split("-")[1])])
+    plate_rng = np.random.default_rng([seed, 3, int(experiment.split("-")[1]), plate])
+    e, p = BatchEffect.random(experiment_rng, channels, strength), BatchEffect.random(plate_rng, channels, 0.5 * strength)
+    return BatchEffect(gain=e.gain * p.gain, offset=e.offset + p.offset - 0.03,
+                       tilt=(e.tilt[0] + p.tilt[0], e.tilt[1] + p.tilt[1]), vignette=e.vignette + p.vignette)
+
+
+def _render_job(job, config) -> None:
+    index, gene, experiment, plate, files = job
+    rng = np.random.default_rng([config["seed"], 4, index])
+    batch = _plate_batch(config["seed"], experiment, plate, config["channels"], config["batch_strength"])
+    effect = config["effects"].get(gene)  # None for controls
+    image = render_site(rng, config["size"], config["channels"], effect, batch, config["dtype"])
+    for channel, path in zip(image, files):
+        with atomic_path(path) as temporary:
+            if path.endswith(".png"):
+                write_png(temporary, channel)
+            else:
+                import tifffile
+                tifffile.imwrite(temporary, channel)
+
+
+def _render_chunk(args) -> int:
+    jobs, config = args
+    for job in jobs:
+        _render_job(job, config)
+    return len(jobs)
+
+
+def _render_all(jobs, config, workers: int, progress: bool, total: int) -> None:
+    start, done = time.perf_counter(), 0
+    chunks = [jobs[i:i + 16] for i in range(0, len(jobs), 16)]
+    if progress and len(jobs) < total:
+        print(f"synth: resuming, {total - len(jobs)} of {total} sites already written", flush=True)
+    with ProcessPoolExecutor(workers) as pool:
+        for count in pool.map(_render_chunk, [(chunk, config) for chunk in chunks]):
+            done += count
+            if progress and (done % 256 < 16 or done == len(jobs)):
+                rate = done / (time.perf_counter() - start)
+                print(f"synth: {done}/{len(jobs)} sites, {rate:.1f} sites/s", flush=True)
+
+
+def _write_jump_tables(out: Path, sites: pd.DataFrame, names: list[str], config) -> None:
+    table = pd.DataFrame({"Metadata_Source": "synthetic", "Metadata_Batch": sites["experiment"],
+                          "Metadata_Plate": sites["experiment"] + "_P" + sites["plate"].astype(str),
+                          "Metadata_Well": sites["well"], "Metadata_Site": sites["site"],
+                          "Metadata_Symbol": sites["gene"],
+                          "Metadata_pert_type": np.where(sites["gene"] == CONTROL_LABEL, "control", "trt")})
+    for k, name in enumerate(names):
+        files = sites["files"].map(lambda f: Path(f[k]))
+        table[f"FileName_Orig{name}"] = files.map(lambda p: p.name)
+        table[f"PathName_Orig{name}"] = files.map(lambda p: str(p.parent.relative_to(out)))
+        table[f"FileName_Illum{name}"] = table["Metadata_Plate"] + f"_Illum{name}.npy"
+        table[f"PathName_Illum{name}"] = "illum"
+    for (experiment, plate), _ in sites.groupby(["experiment", "plate"]):
+        field = _plate_batch(config["seed"], experiment, plate, config["channels"], config["batch_strength"])
+        illumination = field.illumination(config["size"])
+        for name in names:
+            with atomic_path(out / "illum" / f"{experiment}_P{plate}_Illum{name}.npy") as temporary:
+                with open(temporary, "wb") as handle:
+                    np.save(handle, illumination)
+    _write_csv(table, out / "load_data.csv")
+
+
+def _write_csv(table: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as temporary:
+        table.to_csv(temporary, index=False)
+
+
+def write_png(path, image: np.ndarray, level: int = 1) -> None:
+    """A grayscale 8- or 16-bit PNG (no row filters, zlib `level`): faster to write than Pillow's encoder."""
+    if image.ndim != 2 or image.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"write_png: expected a 2-D uint8/uint16 array, got {image.dtype} {image.shape}")
+    height, width = image.shape
+    rows = image.astype(">u2") if image.dtype == np.uint16 else image
+    raw = np.concatenate([np.zeros((height, 1), np.uint8), rows.view(np.uint8).reshape(height, -1)], axis=1)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, image.dtype.itemsize * 8, 0, 0, 0, 0)
+    with open(path, "wb") as handle:
+        handle.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(raw.tobytes(), level)) + chunk(b"IEND", b""))
+
+
+def _pick_genes(complexes: pd.DataFrame, num_genes: int, rng: np.random.Generator) -> pd.DataFrame:
+    """num_genes genes from disjoint complexes of 3 to 8 members, complexes in random order."""
+    if num_genes < 1:
+        raise ValueError(f"num_genes must be at least 1, got {num_genes}")
+    sizes = complexes["genes"].map(len)
+    candidates = complexes[(sizes >= 3) & (sizes <= 8)]
+    used, rows = set(), []
+    for position in rng.permutation(len(candidates)):
+        name, members = candidates.iloc[position]["complex"], candidates.iloc[position]["genes"]
+        if used.intersection(members) or len(set(members)) != len(members):
+            continue
+        members = members[:num_genes - len(rows)]
+        used.update(members)
+        rows += [dict(gene=g, complex=name) for g in members]
+        if len(rows) == num_genes:
+            return pd.DataFrame(rows)
+    raise ValueError(f"num_genes={num_genes}: the complexes table has only {len(rows)} genes in disjoint "
+                     "complexes of 3 to 8 members")
