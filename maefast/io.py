@@ -8,6 +8,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yields a temporary path in the target's directory; renames it to `path` only on success."""
@@ -15,6 +21,7 @@ def atomic_path(path: str | os.PathLike):
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     os.close(handle)
+    os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp makes 0600; outputs get the usual mode
     try:
         yield Path(temporary)
         os.replace(temporary, path)

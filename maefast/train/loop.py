@@ -58,6 +58,7 @@ class Trainer:
         self.flops_per_crop = model_training_flops(self.model, channels)
         self.tokens_per_crop = self.model.encoder.num_tokens(channels)
         self.step, self.total_flops, self.crops_seen = 0, 0.0, 0
+        self.last_batch = None  # (pixels, pred, mask) of the latest step, for reconstruction images
         if checkpoint is not None:
             self.restore(checkpoint)
         else:
@@ -121,7 +122,9 @@ class Trainer:
         return contextlib.nullcontext()
 
     def train_step(self, iterator):
-        """One optimizer step over `accumulation` micro-batches; returns (loss, last batch, pred, mask)."""
+        """One optimizer step's forward and backward over `accumulation` micro-batches.
+
+        Returns (mean loss, image ids, and the last micro-batch's pixels, pred and mask)."""
         accumulation = self.config.optim.accumulation
         total, ids = 0.0, []
         for micro in range(accumulation):
@@ -172,8 +175,9 @@ class Trainer:
                 if self.step % run.log_every == 0 or self.step == run.max_steps:
                     self.log_scalars(log, progress, losses, meter, grad_norm)
                     losses = []
+                self.last_batch = (pixels, pred, mask)
                 if context.is_main and self.step % run.image_every == 0:
-                    self.save_images(pixels, pred, mask)
+                    self.save_images(*self.last_batch)
                 stop = dist_utils.any_rank(stop_requested["flag"], context)
                 if self.step % run.checkpoint_every == 0 or self.step == run.max_steps or stop:
                     self.save()
@@ -213,6 +217,8 @@ class Trainer:
         summary = {"step": self.step, "total_flops": self.total_flops, "crops_seen": self.crops_seen,
                    "out": str(self.out)}
         if self.step >= self.config.run.max_steps:
+            if self.context.is_main and self.last_batch is not None and self.step % self.config.run.image_every:
+                self.save_images(*self.last_batch)
             encoder_dir = self.export_encoder()
             summary["encoder"] = str(encoder_dir) if encoder_dir else None
         if self.context.is_main:

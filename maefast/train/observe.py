@@ -15,8 +15,9 @@ def measure_matmul_rate(device: torch.device, dtype: torch.dtype, size: int = 40
     """Achieved FLOP/s of a square matmul on `device`: the denominator of MFU, measured, not looked up."""
     if device.type == "cpu":
         size, repeats, dtype = 1024, 4, torch.float32
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
+    generator = torch.Generator().manual_seed(0)  # its own generator: the run's RNG stream stays untouched
+    a = torch.randn(size, size, generator=generator).to(device, dtype)
+    b = torch.randn(size, size, generator=generator).to(device, dtype)
     a @ b  # warm-up
     synchronize(device)
     start = time.perf_counter()

@@ -1,0 +1,158 @@
+"""The training engine end to end on the debug recipe: outputs, exact resume after SIGKILL, SIGTERM,
+non-finite losses, bad data."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import maefast
+from maefast.data.synthetic import synth_screen
+from maefast.embed.encoder import load_encoder
+from maefast.train.config import load_config
+from maefast.train.loop import NonFiniteLoss, Trainer, train
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = ["model.overrides.decoder_depth=1", "data.batch_size=4", "data.crops_per_image=2", "data.num_workers=1"]
+
+
+@pytest.fixture(scope="module")
+def screen(tmp_path_factory):
+    """A small synthetic screen shared by the tests of this module (6 channels, 128 px)."""
+    path = tmp_path_factory.mktemp("screen")
+    synth_screen(path, layout="rxrx", num_genes=6, replicates=1, num_plates=1, num_experiments=1,
+                 controls_per_plate=2, sites_per_well=2, size=128, channels=6, seed=3, progress=False)
+    return path
+
+
+def config_for(screen, *extra):
+    return load_config("debug", FAST + [f"data.path={screen}", *extra])
+
+
+def test_debug_run_writes_checkpoints_metrics_images_and_encoder(screen, tmp_path):
+    summary = train(config_for(screen, "run.max_steps=6", "run.checkpoint_every=3", "run.image_every=4",
+                               "run.log_every=2"), tmp_path, show_progress=False)
+    assert summary["step"] == 6 and summary["final_loss"] > 0
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*")) == ["step-00000003", "step-00000006"]
+    assert json.loads((tmp_path / "checkpoints" / "latest.json").read_text())["step"] == 6
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("step,loss,lr") and len(lines) == 4
+    images = sorted((tmp_path / "images").glob("*.png"))
+    assert [p.name for p in images] == ["reconstruction-step00000004.png", "reconstruction-step00000006.png"]
+    assert all(p.stat().st_size > 5000 for p in images) and (tmp_path / "loss.png").exists()
+    encoder, channels = load_encoder(tmp_path)
+    assert len(channels) == 6
+    pixels = torch.randint(0, 255, (2, 6, 64, 64), dtype=torch.uint8)
+    assert encoder.embed(pixels).shape == (2, 64)
+    assert summary["total_flops"] == pytest.approx(6 * 8 * maefast.flops.model_training_flops(encoder_owner(tmp_path), 6))
+
+
+def encoder_owner(run_dir):
+    return maefast.create_model("mae_vit_debug_patch8_64", in_chans=6, decoder_depth=1)
+
+
+def test_refuses_to_overwrite_a_run_and_checks_channels(screen, tmp_path):
+    train(config_for(screen, "run.max_steps=1"), tmp_path, show_progress=False)
+    with pytest.raises(ValueError, match="already holds checkpoints .* pass --resume"):
+        Trainer(config_for(screen, "run.max_steps=2"), tmp_path)
+    with pytest.raises(ValueError, match=r"the dataset has 6 channels .* expects in_chans=5"):
+        Trainer(config_for(screen, "model.overrides.in_chans=5"), tmp_path / "other")
+    two = Trainer(config_for(screen, "model.overrides.in_chans=2", "data.channels=[Mito, DNA]"), tmp_path / "two")
+    assert two.channel_names == ["Mito", "DNA"]
+
+
+class Run:
+    """`maefast train` in a subprocess, its output in a file (a pipe could fill up and block it)."""
+
+    def __init__(self, out, screen, steps, *settings, flags=()):
+        command = [sys.executable, "-m", "maefast.cli", "train", "--recipe", "debug", "--out", str(out),
+                   "--no-progress", "--max-steps", str(steps), "--data", str(screen), *flags]
+        command += [f"--set={a}" for a in FAST + list(settings)]
+        self.log = Path(str(out) + f".{len(list(Path(out).parent.glob('*.log')))}.log")
+        with open(self.log, "w") as handle:
+            self.process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=handle,
+                                            stderr=subprocess.STDOUT)
+
+    def wait(self, timeout=300) -> tuple[int, str]:
+        code = self.process.wait(timeout=timeout)
+        return code, self.log.read_text()
+
+
+def wait_for_checkpoint(out: Path, step: int, run: Run, timeout: float = 240.0) -> None:
+    manifest = out / "checkpoints" / "latest.json"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if manifest.exists() and json.loads(manifest.read_text())["step"] >= step:
+            return
+        if run.process.poll() is not None:
+            raise AssertionError(f"training ended early:\n{run.log.read_text()}")
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint in time")
+
+
+def final_weights(out: Path) -> dict:
+    return load_file(str(out / "checkpoints" / "step-00000012" / "model.safetensors"))
+
+
+def test_sigkill_then_resume_gives_the_weights_of_an_uninterrupted_run(screen, tmp_path):
+    settings = ["run.checkpoint_every=4", "run.log_every=4"]
+    code, output = Run(tmp_path / "straight", screen, 12, *settings).wait()
+    assert code == 0, output
+    interrupted = Run(tmp_path / "killed", screen, 12, *settings)
+    wait_for_checkpoint(tmp_path / "killed", 4, interrupted)
+    interrupted.process.send_signal(signal.SIGKILL)
+    interrupted.wait()
+    assert not (tmp_path / "killed" / "checkpoints" / "step-00000012").exists()
+    code, output = Run(tmp_path / "killed", screen, 12, *settings, flags=["--resume"]).wait()
+    assert code == 0 and "resumed from" in output, output
+    expected, got = final_weights(tmp_path / "straight"), final_weights(tmp_path / "killed")
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+def test_sigterm_writes_a_checkpoint_and_stops(screen, tmp_path):
+    run = Run(tmp_path / "run", screen, 10_000, "run.checkpoint_every=5000", "run.log_every=2")
+    deadline = time.time() + 240
+    while not (tmp_path / "run" / "metrics.csv").exists() and time.time() < deadline and run.process.poll() is None:
+        time.sleep(0.05)
+    run.process.send_signal(signal.SIGTERM)
+    code, output = run.wait()
+    assert code == 0, output
+    step = json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text())["step"]
+    assert 0 < step < 10_000 and f"SIGTERM: checkpoint at step {step}" in output
+
+
+class PoisonedLoader:
+    """Wraps the real loader; the batches at the given positions get NaN pixels."""
+
+    def __init__(self, loader, poisoned):
+        self.loader, self.poisoned, self.dataset = loader, set(poisoned), loader.dataset
+        self.position = 0
+
+    def __iter__(self):
+        for batch in self.loader:
+            self.position += 1
+            if self.position in self.poisoned:
+                batch = dict(batch, pixels=torch.full(batch["pixels"].shape, float("nan")))
+            yield batch
+
+    def state_dict(self):
+        return self.loader.state_dict()
+
+
+def test_nonfinite_losses_are_skipped_then_stop_the_run(screen, tmp_path):
+    trainer = Trainer(config_for(screen, "run.max_steps=4", "run.nonfinite_limit=3"), tmp_path / "a", show_progress=False)
+    trainer.loader = PoisonedLoader(trainer.loader, {2})
+    with pytest.warns(UserWarning, match=r"non-finite loss at step 2 \(batch images \["):
+        assert trainer.train()["step"] == 4
+    trainer = Trainer(config_for(screen, "run.max_steps=8", "run.nonfinite_limit=3"), tmp_path / "b", show_progress=False)
+    trainer.loader = PoisonedLoader(trainer.loader, {2, 3, 4})
+    with pytest.warns(UserWarning), pytest.raises(NonFiniteLoss, match=r"non-finite loss at step 2 .*3 in a row"):
+        trainer.train()
