@@ -83,24 +83,24 @@ def plot_recall_sweep(recalls: Mapping[str, pd.DataFrame], path: str | os.PathLi
     save_figure(figure, path)
 
 
-def plot_similarity_distributions(scores: MapScores, path: str | os.PathLike, bins: int = 256,
+def plot_similarity_distributions(scores: MapScores, path: str | os.PathLike, bins: int = 128,
                                   thresholds: tuple[float, float] = (0.05, 0.95)) -> None:
     """Densities of the cosine similarities of each source's annotated pairs against those of all pairs,
     with the all-pairs percentiles at `thresholds` marked."""
     counts, edges = coarse_histogram(scores.scan.histogram, bins)
-    widths = np.diff(edges)
     figure = Figure(figsize=(7, 4))
     axes = figure.add_subplot()
-    axes.fill_between(edges[:-1], counts / (counts.sum() * widths), step="post", color="lightgray",
-                      label=f"all pairs ({scores.scan.n_pairs:,})")
+    axes.stairs(counts / (counts.sum() * np.diff(edges)), edges, fill=True, color="silver",
+                label=f"all pairs ({scores.scan.n_pairs:,})")
     for source, values in scores.pair_similarities.items():
         if len(values):
             density, _ = np.histogram(values, bins=edges, density=True)
-            axes.step(edges[:-1], density, where="post", label=f"{source} ({len(values):,})")
+            axes.stairs(density, edges, linewidth=1.5, label=f"{source} ({len(values):,})")
     if thresholds not in scores.threshold_values:
         raise ValueError(f"thresholds {thresholds} were not scored; scored: {list(scores.threshold_values)}")
-    for cut_off in scores.threshold_values[thresholds]:
-        axes.axvline(cut_off, color="black", linestyle=":", linewidth=1)
+    for k, cut_off in enumerate(scores.threshold_values[thresholds]):
+        axes.axvline(cut_off, color="black", linestyle=":", linewidth=1,
+                     label=f"all-pairs percentiles {thresholds[0]}, {thresholds[1]}" if k == 0 else None)
     axes.set_xlabel("cosine similarity")
     axes.set_ylabel("density")
     axes.set_title("Annotated pairs against all pairs")
