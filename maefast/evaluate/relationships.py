@@ -131,13 +131,16 @@ def score_map(
     thresholds = check_thresholds(thresholds)
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
+    names = [source_name(source) for source in sources]
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"sources must be one or more distinct names; got {names}")
     position = pd.Series(np.arange(len(features)), index=features.index.astype(str))
     per_source = {}
-    for source in sources:
+    for name, source in zip(names, sources):
         pairs = load_relationships(source)
         pairs = pairs[pairs["entity1"].isin(position.index) & pairs["entity2"].isin(position.index)]
         first, second = position[pairs["entity1"]].to_numpy(), position[pairs["entity2"]].to_numpy()
-        per_source[source_name(source)] = np.stack([np.minimum(first, second), np.maximum(first, second)], 1)
+        per_source[name] = np.stack([np.minimum(first, second), np.maximum(first, second)], 1)
 
     n = len(features)
     n_pairs = n * (n - 1) // 2
