@@ -1,0 +1,162 @@
+"""`maefast map` (embeddings -> map of perturbations) and `maefast benchmark` (map -> recall and plots)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from maefast.io import atomic_path, write_json_atomic
+
+
+def add_commands(subparsers) -> None:
+    build = subparsers.add_parser(
+        "map", help="center-scale, PCA and TVN on controls, then aggregate embeddings per perturbation")
+    build.add_argument("--embeddings", required=True,
+                       help="a parquet file, or a directory of parquet shards, of metadata + feature columns")
+    build.add_argument("--out", required=True, help="the map, a parquet file indexed by perturbation")
+    build.add_argument("--perturbation-col", required=True, help="metadata column naming the perturbation")
+    build.add_argument("--control", required=True, action="append",
+                       help="perturbation label of the control rows (repeat for several labels)")
+    build.add_argument("--batch-col", help="metadata column of the batch (experiment or plate)")
+    build.add_argument("--feature-prefix", default="feature_", help="feature columns start with this")
+    build.add_argument("--pca-components", type=int, default=128, help="0 skips PCA")
+    build.add_argument("--no-tvn", action="store_true", help="skip typical variation normalization")
+    build.add_argument("--aggregate", choices=("mean", "median"), default="mean")
+    build.add_argument("--keep-controls", action="store_true", help="keep the controls as map entities")
+    build.add_argument("--consistency", help="also write replicate consistency per perturbation to this CSV")
+    build.add_argument("--n-null", type=int, default=1000, help="control sets per replicate count in the null")
+    build.add_argument("--seed", type=int, default=0)
+    build.set_defaults(func=map_command)
+
+    bench = subparsers.add_parser("benchmark", help="recall of known relationships by one or more maps, and plots")
+    bench.add_argument("--map", required=True, action="append", dest="maps", help="map parquet (repeatable)")
+    bench.add_argument("--label", action="append", dest="labels",
+                       help="name of each map in tables and plots (default: file name without suffix)")
+    bench.add_argument("--out", required=True, help="directory for recall.csv, recall.json and the plots")
+    bench.add_argument("--source", action="append", dest="sources",
+                       help="CORUM, HuMAP, Reactome, SIGNOR, StringDB or an entity1,entity2 file (default: all 5)")
+    bench.add_argument("--threshold", action="append", dest="thresholds", metavar="LOWER,UPPER",
+                       help="percentile threshold pair (default: 0.05,0.95 and 0.1,0.9)")
+    bench.add_argument("--perturbation-col",
+                       help="map column naming the perturbation, when the parquet has no perturbation index")
+    bench.add_argument("--min-entities", type=int, default=None, help="smallest map to score (default 20)")
+    bench.add_argument("--flops", help="CSV with columns checkpoint,flops; maps labelled by checkpoint -> "
+                                       "recall_vs_flops.png")
+    bench.set_defaults(func=benchmark_command)
+
+
+def read_embeddings(path: str | Path) -> pd.DataFrame:
+    """One parquet file, or every complete `*.parquet` shard of a directory (in name order)."""
+    path = Path(path)
+    if path.is_dir():
+        shards = sorted(p for p in path.glob("*.parquet") if not p.name.startswith("."))
+        if not shards:
+            raise FileNotFoundError(f"{path}: no *.parquet shards in this directory")
+        return pd.concat([pd.read_parquet(shard) for shard in shards], ignore_index=True)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such embeddings file or directory")
+    return pd.read_parquet(path)
+
+
+def map_command(args) -> int:
+    from maefast.evaluate import aggregate_map, normalize_embeddings, replicate_consistency
+
+    table = read_embeddings(args.embeddings)
+    features = [c for c in table.columns if str(c).startswith(args.feature_prefix)]
+    if not features:
+        raise ValueError(f"{args.embeddings}: no columns start with --feature-prefix {args.feature_prefix!r}")
+    options = dict(perturbation_col=args.perturbation_col, control_label=args.control)
+    # build_map = normalize_embeddings + aggregate_map; the CLI keeps the normalized rows for consistency
+    normalized = normalize_embeddings(table, **options, batch_col=args.batch_col, feature_cols=features,
+                                      pca_components=args.pca_components or None, tvn=not args.no_tvn)
+    perturbation_map = aggregate_map(normalized, perturbation_col=args.perturbation_col, method=args.aggregate,
+                                     drop_labels=() if args.keep_controls else args.control)
+    with atomic_path(args.out) as temporary:
+        perturbation_map.to_parquet(temporary)
+    print(f"map: {len(perturbation_map)} perturbations x {perturbation_map.shape[1]} features -> {args.out}")
+    if args.consistency:
+        consistency = replicate_consistency(normalized, **options, n_null=args.n_null, seed=args.seed)
+        with atomic_path(args.consistency) as temporary:
+            consistency.to_csv(temporary, index=False)
+        print(f"replicate consistency of {len(consistency)} perturbations -> {args.consistency}")
+    return 0
+
+
+def read_map(path: str | Path, perturbation_col: str | None) -> pd.DataFrame:
+    table = pd.read_parquet(path)
+    if perturbation_col is not None:
+        if perturbation_col not in table.columns:
+            raise ValueError(f"{path}: unknown perturbation column {perturbation_col!r}; "
+                             f"columns are {list(table.columns)[:10]}")
+        return table.set_index(perturbation_col)
+    if isinstance(table.index, pd.RangeIndex):
+        raise ValueError(f"{path}: the map has no perturbation index; pass --perturbation-col")
+    return table
+
+
+def parse_threshold(text: str) -> tuple[float, float]:
+    try:
+        lower, upper = (float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"--threshold {text!r}: expected two fractions LOWER,UPPER such as 0.05,0.95") from None
+    return lower, upper
+
+
+def benchmark_command(args) -> int:
+    from maefast.evaluate import plots
+    from maefast.evaluate.relationships import (
+        DEFAULT_THRESHOLDS, KNOWN_SOURCES, MIN_ENTITIES, SWEEP_THRESHOLDS, check_thresholds, recall_column,
+        score_map,
+    )
+
+    labels = args.labels or [Path(p).stem for p in args.maps]
+    if len(labels) != len(args.maps) or len(set(labels)) != len(labels):
+        raise ValueError(f"--label: expected {len(args.maps)} distinct labels, one per --map; got {labels}")
+    thresholds = check_thresholds([parse_threshold(t) for t in args.thresholds] if args.thresholds
+                                  else DEFAULT_THRESHOLDS)
+    scored = list(dict.fromkeys(thresholds + check_thresholds(SWEEP_THRESHOLDS)))
+    flops = read_flops(args.flops, labels) if args.flops else None
+    out = Path(args.out)
+
+    recalls, sweeps = {}, {}
+    for label, path in zip(labels, args.maps):
+        scores = score_map(read_map(path, args.perturbation_col), args.sources or KNOWN_SOURCES, scored,
+                           args.min_entities if args.min_entities is not None else MIN_ENTITIES)
+        fixed = ["source", "n_pairs", "n_all_pairs"]
+        recalls[label] = scores.recall[fixed + [recall_column(*t) for t in thresholds]]
+        sweeps[label] = scores.recall[fixed + [recall_column(*t) for t in sorted(SWEEP_THRESHOLDS)]]
+        plots.plot_similarity_distributions(scores, out / f"similarity_{label}.png", thresholds=thresholds[0])
+
+    table = pd.concat([t.assign(map=label) for label, t in recalls.items()], ignore_index=True)
+    table = table[["map"] + [c for c in table.columns if c != "map"]]
+    if flops is not None:
+        table["flops"] = table["map"].map(flops)
+    with atomic_path(out / "recall.csv") as temporary:
+        table.to_csv(temporary, index=False)
+    write_json_atomic(out / "recall.json", json.loads(table.to_json(orient="records")))
+    sweep_table = pd.concat([t.assign(map=label) for label, t in sweeps.items()], ignore_index=True)
+    with atomic_path(out / "recall_sweep.csv") as temporary:
+        sweep_table.to_csv(temporary, index=False)
+
+    plots.plot_recall_bars(recalls, out / "recall_bars.png", thresholds=thresholds[0])
+    plots.plot_recall_sweep(sweeps, out / "recall_sweep.png")
+    if flops is not None:
+        plots.plot_recall_vs_flops(table.rename(columns={"map": "checkpoint"}), out / "recall_vs_flops.png",
+                                   thresholds=thresholds[0])
+    print(table.to_string(index=False))
+    print(f"wrote recall.csv, recall.json, recall_sweep.csv and plots to {out}")
+    return 0
+
+
+def read_flops(path: str | Path, labels: list[str]) -> dict[str, float]:
+    """checkpoint -> cumulative training FLOPs, for every map label."""
+    table = pd.read_csv(path)
+    missing = {"checkpoint", "flops"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected checkpoint,flops")
+    flops = dict(zip(table["checkpoint"].astype(str), table["flops"]))
+    unknown = [label for label in labels if label not in flops]
+    if unknown:
+        raise ValueError(f"{path}: no flops for map label(s) {unknown}; label maps by checkpoint with --label")
+    return {label: float(flops[label]) for label in labels}

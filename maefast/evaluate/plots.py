@@ -1,0 +1,146 @@
+"""The papers' benchmark figures, as PNG files (matplotlib Figure objects, no pyplot state, Agg rendering).
+
+- `plot_recall_bars`: recall per source, one bar per map side by side, with the random-map level.
+- `plot_recall_sweep`: recall across a sweep of percentile threshold pairs, one panel per source.
+- `plot_similarity_distributions`: cosine similarities of annotated pairs against all pairs.
+- `plot_recall_vs_flops`: recall of successive checkpoints against cumulative training FLOPs.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from maefast.evaluate.relationships import MapScores, recall_column
+from maefast.evaluate.similarity import coarse_histogram
+from maefast.io import atomic_path
+
+RECALL_COLUMN = re.compile(r"^recall_([0-9.]+)_([0-9.]+)$")
+
+
+def recall_thresholds(table: pd.DataFrame) -> list[tuple[float, float]]:
+    """The (lower, upper) pairs of a recall table's recall_<lower>_<upper> columns, in column order."""
+    pairs = [tuple(map(float, m.groups())) for m in map(RECALL_COLUMN.match, map(str, table.columns)) if m]
+    if not pairs:
+        raise ValueError(f"no recall_<lower>_<upper> columns in the table; columns are {list(table.columns)}")
+    return pairs
+
+
+def random_recall(lower: float, upper: float) -> float:
+    """Expected recall of a map unrelated to the annotations: the fraction of pairs beyond the thresholds."""
+    return lower + (1.0 - upper)
+
+
+def save_figure(figure: Figure, path: str | os.PathLike) -> None:
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=120)
+
+
+def plot_recall_bars(recalls: Mapping[str, pd.DataFrame], path: str | os.PathLike,
+                     thresholds: tuple[float, float] = (0.05, 0.95)) -> None:
+    """Recall per source at one threshold pair; `recalls` maps a map's label to its recall table."""
+    column = recall_column(*thresholds)
+    sources = _sources(recalls, column)
+    width = 0.8 / len(recalls)
+    figure = Figure(figsize=(1.2 + 1.3 * len(sources) + 0.3 * len(recalls), 4))
+    axes = figure.add_subplot()
+    for i, (label, table) in enumerate(recalls.items()):
+        values = table.set_index("source")[column].reindex(sources)
+        axes.bar(np.arange(len(sources)) + (i - (len(recalls) - 1) / 2) * width, values, width, label=label)
+    axes.axhline(random_recall(*thresholds), color="gray", linestyle="--", label="random")
+    axes.set_xticks(np.arange(len(sources)), sources)
+    axes.set_ylabel(f"recall at ({thresholds[0]}, {thresholds[1]})")
+    axes.set_title("Known relationships recalled")
+    axes.legend(fontsize="small")
+    save_figure(figure, path)
+
+
+def plot_recall_sweep(recalls: Mapping[str, pd.DataFrame], path: str | os.PathLike) -> None:
+    """Recall against percentile threshold pairs (all recall columns of the tables), one panel per source."""
+    first = next(iter(recalls.values()))
+    pairs = recall_thresholds(first)
+    sources = _sources(recalls, recall_column(*pairs[0]))
+    columns = min(len(sources), 5)
+    rows = math.ceil(len(sources) / columns)
+    figure = Figure(figsize=(3.2 * columns, 3.0 * rows))
+    x = [lower for lower, _ in pairs]
+    for k, source in enumerate(sources):
+        axes = figure.add_subplot(rows, columns, k + 1)
+        for label, table in recalls.items():
+            row = table.set_index("source").loc[source]
+            axes.plot(x, [row[recall_column(*pair)] for pair in pairs], marker="o", markersize=3, label=label)
+        axes.plot(x, [random_recall(*pair) for pair in pairs], color="gray", linestyle="--", label="random")
+        axes.set_title(source)
+        axes.set_xlabel("lower percentile (upper = 1 - lower)")
+        axes.set_ylabel("recall")
+    figure.axes[0].legend(fontsize="small")
+    save_figure(figure, path)
+
+
+def plot_similarity_distributions(scores: MapScores, path: str | os.PathLike, bins: int = 128,
+                                  thresholds: tuple[float, float] = (0.05, 0.95)) -> None:
+    """Densities of the cosine similarities of each source's annotated pairs against those of all pairs,
+    with the all-pairs percentiles at `thresholds` marked."""
+    counts, edges = coarse_histogram(scores.scan.histogram, bins)
+    figure = Figure(figsize=(7, 4))
+    axes = figure.add_subplot()
+    axes.stairs(counts / (counts.sum() * np.diff(edges)), edges, fill=True, color="silver",
+                label=f"all pairs ({scores.scan.n_pairs:,})")
+    for source, values in scores.pair_similarities.items():
+        if len(values):
+            density, _ = np.histogram(values, bins=edges, density=True)
+            axes.stairs(density, edges, linewidth=1.5, label=f"{source} ({len(values):,})")
+    if thresholds not in scores.threshold_values:
+        raise ValueError(f"thresholds {thresholds} were not scored; scored: {list(scores.threshold_values)}")
+    for k, cut_off in enumerate(scores.threshold_values[thresholds]):
+        axes.axvline(cut_off, color="black", linestyle=":", linewidth=1,
+                     label=f"all-pairs percentiles {thresholds[0]}, {thresholds[1]}" if k == 0 else None)
+    axes.set_xlabel("cosine similarity")
+    axes.set_ylabel("density")
+    axes.set_title("Annotated pairs against all pairs")
+    axes.legend(fontsize="small")
+    save_figure(figure, path)
+
+
+def plot_recall_vs_flops(table: pd.DataFrame, path: str | os.PathLike,
+                         thresholds: tuple[float, float] = (0.05, 0.95)) -> None:
+    """Recall of checkpoints against cumulative training FLOPs, one line per source.
+
+    table: long format, one row per (checkpoint, source): columns checkpoint, flops, source and
+    recall_<lower>_<upper> for `thresholds`.
+    """
+    column = recall_column(*thresholds)
+    missing = {"checkpoint", "flops", "source", column} - set(table.columns)
+    if missing:
+        raise ValueError(f"the scaling table lacks column(s) {sorted(missing)}; expected checkpoint, flops, "
+                         f"source, {column}")
+    if not (pd.to_numeric(table["flops"], errors="coerce") > 0).all():
+        raise ValueError("the scaling table's flops must be positive numbers")
+    figure = Figure(figsize=(6, 4))
+    axes = figure.add_subplot()
+    for source, rows in table.sort_values("flops").groupby("source", sort=False):
+        axes.plot(rows["flops"], rows[column], marker="o", label=source)
+    axes.set_xscale("log")
+    axes.set_xlabel("cumulative training FLOPs")
+    axes.set_ylabel(f"recall at ({thresholds[0]}, {thresholds[1]})")
+    axes.set_title("Recall of known relationships across training")
+    axes.legend(fontsize="small")
+    save_figure(figure, path)
+
+
+def _sources(recalls: Mapping[str, pd.DataFrame], column: str) -> list[str]:
+    if not recalls:
+        raise ValueError("no recall tables to plot")
+    sources: list[str] = []
+    for label, table in recalls.items():
+        if "source" not in table.columns or column not in table.columns:
+            raise ValueError(f"recall table {label!r} lacks the columns 'source' and {column!r}")
+        sources += [s for s in table["source"] if s not in sources]
+    return sources
+

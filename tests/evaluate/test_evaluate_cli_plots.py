@@ -1,0 +1,119 @@
+"""`maefast map` and `maefast benchmark` end to end, and the plots."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from evaluate_helpers import synthetic_screen
+
+from maefast.cli import main
+from maefast.evaluate import (
+    build_map, plot_recall_bars, plot_recall_sweep, plot_recall_vs_flops, plot_similarity_distributions,
+    relationship_recall, score_map,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path):
+    assert path.exists() and path.stat().st_size > 2000, path
+    assert path.read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.fixture()
+def screen_dir(tmp_path):
+    """A synthetic screen as two parquet shards plus a partial file that must be ignored."""
+    table, relationships = synthetic_screen(np.random.default_rng(), n_groups=12, genes_per_group=3)
+    shards = tmp_path / "embeddings"
+    shards.mkdir()
+    half = len(table) // 2
+    table.iloc[:half].to_parquet(shards / "shard-00000.parquet")
+    table.iloc[half:].to_parquet(shards / "shard-00001.parquet")
+    (shards / ".shard-00002.parquet.x.partial").write_bytes(b"incomplete")
+    relationships.to_csv(tmp_path / "groups.csv", index=False)
+    return tmp_path, table
+
+
+def test_map_and_benchmark_commands(screen_dir, capsys):
+    tmp_path, table = screen_dir
+    for name, pca in (("ckpt_a", "8"), ("ckpt_b", "0")):
+        assert main(["map", "--embeddings", str(tmp_path / "embeddings"), "--out", str(tmp_path / f"{name}.parquet"),
+                     "--perturbation-col", "perturbation", "--control", "CONTROL", "--batch-col", "plate",
+                     "--pca-components", pca, "--consistency", str(tmp_path / f"{name}_consistency.csv")]) == 0
+    written = pd.read_parquet(tmp_path / "ckpt_a.parquet")
+    expected = build_map(table, perturbation_col="perturbation", control_label="CONTROL", batch_col="plate",
+                         pca_components=8)
+    pd.testing.assert_frame_equal(written, expected)
+    consistency = pd.read_csv(tmp_path / "ckpt_a_consistency.csv")
+    assert set(consistency["perturbation"]) == set(expected.index)
+
+    pd.DataFrame({"checkpoint": ["ckpt_a", "ckpt_b"], "flops": [1e18, 3e18]}).to_csv(tmp_path / "flops.csv",
+                                                                                      index=False)
+    out = tmp_path / "bench"
+    assert main(["benchmark", "--map", str(tmp_path / "ckpt_a.parquet"), "--map", str(tmp_path / "ckpt_b.parquet"),
+                 "--out", str(out), "--source", str(tmp_path / "groups.csv"), "--source", "CORUM",
+                 "--flops", str(tmp_path / "flops.csv")]) == 0
+    recall = pd.read_csv(out / "recall.csv")
+    assert list(recall.columns) == ["map", "source", "n_pairs", "n_all_pairs", "recall_0.05_0.95",
+                                    "recall_0.1_0.9", "flops"]
+    direct = relationship_recall(expected, sources=[tmp_path / "groups.csv", "CORUM"])
+    mine = recall[recall["map"] == "ckpt_a"].reset_index(drop=True)
+    np.testing.assert_array_equal(mine["recall_0.05_0.95"], direct["recall_0.05_0.95"])
+    assert mine.loc[0, "recall_0.05_0.95"] > 0.8  # the synthetic groups are recovered
+    assert json.loads((out / "recall.json").read_text())[0]["map"] == "ckpt_a"
+    sweep = pd.read_csv(out / "recall_sweep.csv")
+    assert "recall_0.01_0.99" in sweep.columns and "recall_0.2_0.8" in sweep.columns
+    for name in ("recall_bars", "recall_sweep", "recall_vs_flops", "similarity_ckpt_a", "similarity_ckpt_b"):
+        assert_png(out / f"{name}.png")
+    assert "ckpt_b" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--perturbation-col", "gene", "--control", "CONTROL"], "unknown perturbation column 'gene'"),
+    (["--perturbation-col", "perturbation", "--control", "EMPTY"], "no control rows"),
+    (["--perturbation-col", "perturbation", "--control", "CONTROL", "--feature-prefix", "emb_"], "--feature-prefix"),
+])
+def test_map_command_errors(screen_dir, capsys, argv, message):
+    tmp_path, _ = screen_dir
+    assert main(["map", "--embeddings", str(tmp_path / "embeddings"), "--out", str(tmp_path / "m.parquet"),
+                 *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "m.parquet").exists()
+
+
+def test_benchmark_command_errors(tmp_path, capsys):
+    rng = np.random.default_rng()
+    small = pd.DataFrame(rng.normal(size=(10, 4)), index=[f"E{i}" for i in range(10)])
+    small.to_parquet(tmp_path / "small.parquet")
+    assert main(["benchmark", "--map", str(tmp_path / "small.parquet"), "--out", str(tmp_path / "o")]) == 2
+    assert "the map has 10 entities; the benchmark needs at least 20" in capsys.readouterr().err
+    assert main(["benchmark", "--map", str(tmp_path / "small.parquet"), "--out", str(tmp_path / "o"),
+                 "--min-entities", "5", "--source", "CORUMX"]) == 2
+    assert "unknown relationship source 'CORUMX'" in capsys.readouterr().err
+    assert main(["benchmark", "--map", str(tmp_path / "small.parquet"), "--out", str(tmp_path / "o"),
+                 "--min-entities", "5", "--threshold", "0.05-0.95"]) == 2
+    assert "expected two fractions" in capsys.readouterr().err
+    small.reset_index(drop=True).to_parquet(tmp_path / "noindex.parquet")
+    assert main(["benchmark", "--map", str(tmp_path / "noindex.parquet"), "--out", str(tmp_path / "o")]) == 2
+    assert "--perturbation-col" in capsys.readouterr().err
+
+
+def test_plots_are_written(tmp_path):
+    rng = np.random.default_rng()
+    sources = ["CORUM", "HuMAP", "Reactome"]
+    tables = {label: pd.DataFrame({"source": sources, "recall_0.05_0.95": rng.uniform(0, 1, 3),
+                                   "recall_0.1_0.9": rng.uniform(0, 1, 3)}) for label in ("a", "b", "c")}
+    plot_recall_bars(tables, tmp_path / "bars.png")
+    plot_recall_sweep(tables, tmp_path / "sweep.png")
+    scaling = pd.DataFrame([{"checkpoint": f"step{k}", "flops": 10.0 ** (17 + k), "source": s,
+                             "recall_0.05_0.95": rng.uniform()} for k in range(4) for s in sources])
+    plot_recall_vs_flops(scaling, tmp_path / "flops.png")
+    features = pd.DataFrame(rng.normal(size=(400, 8)), index=[f"E{i}" for i in range(400)])
+    pd.DataFrame({"entity1": [f"E{i}" for i in range(100)], "entity2": [f"E{i + 1}" for i in range(100)]}).to_csv(
+        tmp_path / "pairs.csv", index=False)
+    plot_similarity_distributions(score_map(features, [tmp_path / "pairs.csv"]), tmp_path / "similarity.png")
+    for name in ("bars", "sweep", "flops", "similarity"):
+        assert_png(tmp_path / f"{name}.png")
+    with pytest.raises(ValueError, match="lacks column"):
+        plot_recall_vs_flops(scaling.drop(columns="flops"), tmp_path / "never.png")
+    assert not (tmp_path / "never.png").exists()
