@@ -75,5 +75,5 @@ def embed_command(args) -> int:
         distributed.shutdown(context)
     if context.is_main:
         state = "complete" if summary.get("complete") else f"incomplete (missing {summary.get('missing_shards')})"
-        print(f"maefast embed: {summary['shards']} shards, {state}, {summary['crops_per_s']:.1f} crops/s; {args.out}")
+        print(f"maefast embed: {summary['num_shards']} shards, {state}, {summary['crops_per_s']:.1f} crops/s; {args.out}")
     return 0

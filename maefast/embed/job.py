@@ -139,7 +139,7 @@ def run_embedding(encoder, dataset, out, settings: EmbedSettings, make_tiles, de
         progress.set_postfix(crops_s=f"{progress.n / max(time.perf_counter() - start, 1e-9):.1f}")
     progress.close()
     barrier()
-    summary = {"shards": num_shards, "embedded_here": len(mine), "crops_per_s": progress.n / max(time.perf_counter() - start, 1e-9)}
+    summary = {"num_shards": num_shards, "embedded_here": len(mine), "crops_per_s": progress.n / max(time.perf_counter() - start, 1e-9)}
     if rank == 0:
         summary.update(finalize(out, num_shards))
     return summary

@@ -122,15 +122,19 @@ def load_pretrained(model, checkpoint, layout: str = "auto", strict: bool = True
     return model
 
 
-def save_pretrained(model, directory, channel_names: list[str] | None = None, extra: dict | None = None) -> Path:
-    """Writes directory/model.safetensors and directory/config.json atomically; returns the directory."""
+def save_pretrained(model, directory, channel_names: list[str] | None = None, extra: dict | None = None,
+                    state_dict: dict | None = None) -> Path:
+    """Writes directory/model.safetensors and directory/config.json atomically; returns the directory.
+
+    state_dict: the weights to write when model.state_dict() would not give whole tensors (FSDP).
+    """
     directory = Path(directory)
     name = getattr(model, "model_name", None)
     if name is None:
         raise ValueError("save_pretrained needs a model built by maefast.create_model (it records the name)")
     config = model_config_dict(model)
     channel_names = list(channel_names or config.get("channel_names") or [])
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in (state_dict or model.state_dict()).items()}
     with atomic_path(directory / WEIGHTS_FILE) as temporary:
         save_file(state, str(temporary), metadata={"format": "pt", "model": name})
     write_json_atomic(directory / CONFIG_FILE, {"format": "maefast", "model": name, "config": config,

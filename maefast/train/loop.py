@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from torch.distributed.checkpoint.state_dict import get_model_state_dict
 from tqdm import tqdm
 
 from maefast.flops import model_training_flops
@@ -21,7 +22,7 @@ from maefast.train.observe import (
     ScalarLog, Throughput, measure_matmul_rate, save_loss_curve, save_reconstruction_grid,
 )
 from maefast.train.optim import build_optimizer, build_scheduler
-from maefast.train.state import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from maefast.train.state import FULL, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 
 class NonFiniteLoss(RuntimeError):
@@ -104,11 +105,14 @@ class Trainer:
         dist_utils.barrier(self.context)
 
     def export_encoder(self) -> Path | None:
+        """The encoder as a maefast checkpoint (safetensors) for embedding. Collective under FSDP."""
+        full = get_model_state_dict(self.wrapped, options=FULL)
         if not self.context.is_main:
             return None
         encoder = self.model.encoder
         encoder.model_name = encoder_name(self.config.model.name)
-        return save_pretrained(encoder, self.out / "encoder", channel_names=self.channel_names,
+        weights = {k.removeprefix("encoder."): v for k, v in full.items() if k.startswith("encoder.")}
+        return save_pretrained(encoder, self.out / "encoder", channel_names=self.channel_names, state_dict=weights,
                                extra={"step": self.step, "total_flops": self.total_flops})
 
     # -- steps -------------------------------------------------------------------------------------

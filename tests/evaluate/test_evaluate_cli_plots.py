@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from evaluate_helpers import synthetic_screen
+from tests.evaluate.evaluate_helpers import synthetic_screen
 
 from maefast.cli import main
 from maefast.evaluate import (

@@ -2,7 +2,7 @@
 import numpy as np
 import pandas as pd
 import pytest
-from evaluate_helpers import synthetic_screen
+from tests.evaluate.evaluate_helpers import synthetic_screen
 from scipy import linalg
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler

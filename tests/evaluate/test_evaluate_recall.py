@@ -2,7 +2,7 @@
 import numpy as np
 import pandas as pd
 import pytest
-from evaluate_helpers import brute_force_recall
+from tests.evaluate.evaluate_helpers import brute_force_recall
 
 from maefast.evaluate import KNOWN_SOURCES, load_relationships, relationship_recall, score_map
 from maefast.evaluate.relationships import annotation_dir

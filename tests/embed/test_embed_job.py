@@ -1,0 +1,93 @@
+"""`maefast embed`: tiles -> encoder -> per-site rows in atomic shards; resumes; refuses mixed settings."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import maefast
+from maefast.cli import main
+from maefast.data import make_tile_loader, open_dataset, read_channel
+from maefast.data.synthetic import synth_screen
+from maefast.embed.job import EmbedSettings, read_embeddings, run_embedding
+
+
+@pytest.fixture(scope="module")
+def screen(tmp_path_factory):
+    path = tmp_path_factory.mktemp("screen")
+    synth_screen(path, layout="rxrx", num_genes=5, replicates=1, num_plates=1, num_experiments=1,
+                 controls_per_plate=2, sites_per_well=2, size=128, channels=6, seed=5, progress=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt")
+    encoder = maefast.create_model("vit_debug_patch8_64", in_chans=3)
+    maefast.save_pretrained(encoder, path, channel_names=["Mito", "DNA", "RNA"])
+    return path
+
+
+def test_embeddings_are_the_mean_over_each_sites_tiles(screen, checkpoint, tmp_path):
+    assert main(["embed", "--checkpoint", str(checkpoint), "--data", str(screen), "--out", str(tmp_path / "emb"),
+                 "--shard-size", "5", "--batch-size", "3", "--no-progress"]) == 0
+    manifest = json.loads((tmp_path / "emb" / "manifest.json").read_text())
+    dataset = open_dataset(screen)
+    assert manifest["complete"] and manifest["sites"] == len(dataset) and len(manifest["shards"]) == -(-len(dataset) // 5)
+    sites = read_embeddings(tmp_path / "emb")
+    assert list(sites["id"]) == list(dataset.ids) and sites.filter(like="feature_").shape[1] == 64
+    # one site by hand: its channels in the checkpoint's order, four 64 x 64 tiles, mean of the tile embeddings
+    encoder = maefast.from_pretrained(checkpoint).eval()
+    row = 3
+    record = dataset.table.iloc[row]
+    image = np.stack([read_channel(record[f"file_{c}"]) for c in ["Mito", "DNA", "RNA"]])
+    tiles = torch.from_numpy(image).unfold(1, 64, 64).unfold(2, 64, 64).permute(1, 2, 0, 3, 4).reshape(4, 3, 64, 64)
+    with torch.no_grad():
+        expected = encoder.embed(tiles.contiguous()).mean(0)
+    got = torch.tensor(sites.filter(like="feature_").iloc[row].to_numpy(), dtype=torch.float32)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    wells = read_embeddings(tmp_path / "emb", level="well")
+    assert len(wells) == len(dataset) // 2 and (wells["sites"] == 2).all()
+    one_well = sites[sites["well"] == wells["well"].iloc[0]].filter(like="feature_").mean().to_numpy()
+    np.testing.assert_allclose(wells.filter(like="feature_").iloc[0].to_numpy(), one_well, rtol=1e-5)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_job_resumes_to_the_same_output(screen, checkpoint, tmp_path):
+    dataset = open_dataset(screen).select_channels(["Mito", "DNA", "RNA"])
+    encoder = maefast.from_pretrained(checkpoint)
+    settings = EmbedSettings(checkpoint=str(checkpoint), tile_size=64, batch_size=2, shard_size=4,
+                             channels=tuple(dataset.channels))
+    tiles = lambda subset: make_tile_loader(subset, batch_size=2, crop_size=64)
+    run_embedding(encoder, dataset, tmp_path / "straight", settings, tiles, torch.device("cpu"), show_progress=False)
+    calls = {"n": 0}
+
+    def failing_tiles(subset):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise Interrupt
+        return tiles(subset)
+
+    with pytest.raises(Interrupt):
+        run_embedding(encoder, dataset, tmp_path / "resumed", settings, failing_tiles, torch.device("cpu"), show_progress=False)
+    assert len(list((tmp_path / "resumed" / "shards").glob("*.parquet"))) == 2
+    assert not (tmp_path / "resumed" / "manifest.json").exists()
+    with pytest.raises(FileNotFoundError, match="is not complete"):
+        read_embeddings(tmp_path / "resumed")
+    summary = run_embedding(encoder, dataset, tmp_path / "resumed", settings, tiles, torch.device("cpu"), show_progress=False)
+    assert summary["embedded_here"] == summary["num_shards"] - 2 and summary["complete"]
+    pd.testing.assert_frame_equal(read_embeddings(tmp_path / "resumed"), read_embeddings(tmp_path / "straight"))
+    changed = EmbedSettings(**{**settings.__dict__, "pool": "cls"})
+    with pytest.raises(ValueError, match="holds an embedding job with other settings .*'pool': \\('mean', 'cls'\\)"):
+        run_embedding(encoder, dataset, tmp_path / "resumed", changed, tiles, torch.device("cpu"), show_progress=False)
+
+
+def test_channel_mismatch_is_refused(screen, checkpoint, tmp_path, capsys):
+    code = main(["embed", "--checkpoint", str(checkpoint), "--data", str(screen), "--out", str(tmp_path / "x"),
+                 "--channels", "DNA,RNA", "--no-progress"])
+    assert code == 2 and "the encoder expects 3 channels, the data set gives 2" in capsys.readouterr().err
