@@ -104,31 +104,30 @@ def reconstruction_images(model, pixels: torch.Tensor, pred: torch.Tensor, mask:
     return original, original * (1 - masked_area), original * (1 - masked_area) + predicted * masked_area
 
 
-def save_reconstruction_grid(path: Path, model, pixels, pred, mask, channel_names=None, max_images: int = 4,
+def save_reconstruction_grid(path: Path, model, pixels, pred, mask, channel_names=None, max_images: int = 3,
                              title: str = "") -> Path:
-    """PNG grid: one row per (image, channel), columns original / masked input / reconstruction."""
+    """PNG grid: a column per channel; per image three rows: original, masked input, reconstruction."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     count = min(max_images, pixels.shape[0])
-    original, masked, recon = reconstruction_images(model, pixels[:count], pred[:count], mask[:count])
+    views = reconstruction_images(model, pixels[:count], pred[:count], mask[:count])
     channels = pixels.shape[1]
     names = list(channel_names or [f"ch{c}" for c in range(channels)])
-    figure, axes = plt.subplots(count * channels, 3, figsize=(6, 2 * count * channels), squeeze=False)
+    figure, axes = plt.subplots(3 * count, channels, figsize=(1.6 * channels, 1.6 * 3 * count), squeeze=False)
     for image in range(count):
         for channel in range(channels):
-            row = image * channels + channel
-            low, high = torch.quantile(original[image, channel].flatten(), torch.tensor([0.01, 0.99])).tolist()
-            for column, (label, images) in enumerate([("original", original), ("masked", masked),
-                                                       ("reconstruction", recon)]):
-                axis = axes[row, column]
+            reference = views[0][image, channel].flatten()
+            low, high = torch.quantile(reference, torch.tensor([0.01, 0.99])).tolist()
+            for kind, (label, images) in enumerate(zip(("original", "masked", "reconstruction"), views)):
+                axis = axes[3 * image + kind, channel]
                 axis.imshow(images[image, channel].cpu().numpy(), cmap="gray", vmin=low, vmax=high)
                 axis.set_xticks([]), axis.set_yticks([])
-                if row == 0:
-                    axis.set_title(label, fontsize=8)
-                if column == 0:
-                    axis.set_ylabel(f"img {image} {names[channel]}", fontsize=7)
+                if image == 0 and kind == 0:
+                    axis.set_title(names[channel], fontsize=8)
+                if channel == 0:
+                    axis.set_ylabel(f"{image}: {label}", fontsize=7)
     if title:
         figure.suptitle(title, fontsize=9)
     figure.tight_layout()
