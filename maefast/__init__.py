@@ -1,4 +1,11 @@
-"""maefast: fast masked-autoencoder pretraining and embedding for multi-channel microscopy."""
+"""maefast: fast masked-autoencoder pretraining and embedding for multi-channel microscopy.
+
+The thin public API:
+    create_model, list_models, load_pretrained, save_pretrained, from_pretrained   (models)
+    pretrain(recipe, out, overrides)                                                (training)
+    embed(checkpoint, data, out, ...)                                               (embedding a screen)
+    build_map(...), relationship_recall(features, sources, thresholds)             (maps and benchmark)
+"""
 from maefast._source_tree import register_kernels_package
 
 register_kernels_package()
@@ -8,4 +15,30 @@ from maefast.models import (  # noqa: E402
 )
 
 __version__ = "0.1.0"
-__all__ = ["create_model", "from_pretrained", "list_models", "load_pretrained", "save_pretrained", "__version__"]
+__all__ = ["create_model", "from_pretrained", "list_models", "load_pretrained", "save_pretrained", "pretrain",
+           "embed", "build_map", "relationship_recall", "__version__"]
+
+
+def pretrain(recipe: str = "debug", out: str = "runs/pretrain", overrides: list[str] | None = None,
+             resume: bool = False, show_progress: bool = True) -> dict:
+    """Pretrains from a recipe (see `maefast train --list-recipes`); returns the run summary."""
+    from maefast.train import pretrain as run
+    return run(recipe, out, overrides, resume, show_progress)
+
+
+def embed(checkpoint, data, out, **options) -> dict:
+    """Embeds a data set with a trained encoder; see maefast.embedding.api.embed for the options."""
+    from maefast.embedding.api import embed as run
+    return run(checkpoint, data, out, **options)
+
+
+def build_map(table, **options):
+    """Center-scale, PCA, TVN on controls and aggregation per perturbation; see maefast.evaluate."""
+    from maefast.evaluate import build_map as run
+    return run(table, **options)
+
+
+def relationship_recall(features, **options):
+    """Recall of known relationships (CORUM, HuMAP, Reactome, SIGNOR, StringDB); see maefast.evaluate."""
+    from maefast.evaluate import relationship_recall as run
+    return run(features, **options)

@@ -28,52 +28,15 @@ def add_commands(subparsers) -> None:
     parser.set_defaults(func=embed_command)
 
 
-def resolve_channels(dataset, encoder, requested: list[str], checkpoint_channels: list[str]):
-    """Which channels, in which order: asked for, else the checkpoint's, else the data set's."""
-    config = encoder.config
-    if requested:
-        dataset = dataset.select_channels(requested)
-    elif checkpoint_channels and not config.channel_agnostic:
-        missing = [c for c in checkpoint_channels if c not in dataset.stored_channels]
-        if missing:
-            raise ValueError(f"the encoder was trained on channels {checkpoint_channels}; the data set lacks "
-                             f"{missing} (it has {list(dataset.stored_channels)}); choose channels with --channels")
-        dataset = dataset.select_channels(checkpoint_channels)
-    count = len(dataset.channels)
-    if config.channel_agnostic and count > config.max_in_chans:
-        raise ValueError(f"{count} channels selected; the encoder takes at most {config.max_in_chans}")
-    if not config.channel_agnostic and count != config.in_chans:
-        raise ValueError(f"the encoder expects {config.in_chans} channels, the data set gives {count} "
-                         f"{list(dataset.channels)}; choose them with --channels")
-    return dataset
-
-
 def embed_command(args) -> int:
-    from maefast.data import make_tile_loader, open_dataset
-    from maefast.embed.encoder import load_encoder
-    from maefast.embed.job import EmbedSettings, run_embedding
-    from maefast.train import distributed
-
-    context = distributed.init_distributed(args.device)
-    encoder, checkpoint_channels = load_encoder(args.checkpoint, args.model, args.weights_layout, args.trust_pickle)
-    requested = [c.strip() for c in args.channels.split(",")] if args.channels else []
-    dataset = resolve_channels(open_dataset(args.data, layout=args.layout), encoder, requested, checkpoint_channels)
-    tile = encoder.config.img_size
-    settings = EmbedSettings(checkpoint=str(args.checkpoint), pool=args.pool, per_channel=args.per_channel,
-                             tile_size=tile, batch_size=args.batch_size, shard_size=args.shard_size,
-                             precision=args.precision, channels=tuple(dataset.channels))
-
-    def make_tiles(subset):
-        return make_tile_loader(subset, batch_size=args.batch_size, crop_size=tile, device=context.device,
-                                backend=args.backend, on_error=args.on_error, num_workers=args.workers)
-
-    try:
-        summary = run_embedding(encoder, dataset, args.out, settings, make_tiles, context.device, context.rank,
-                                context.world_size, show_progress=not args.no_progress and context.is_main,
-                                barrier=lambda: distributed.barrier(context))
-    finally:
-        distributed.shutdown(context)
-    if context.is_main:
-        state = "complete" if summary.get("complete") else f"incomplete (missing {summary.get('missing_shards')})"
+    from maefast.embedding.api import embed
+    channels = [c.strip() for c in args.channels.split(",")] if args.channels else None
+    summary = embed(args.checkpoint, args.data, args.out, model=args.model, weights_layout=args.weights_layout,
+                    trust_pickle=args.trust_pickle, layout=args.layout, channels=channels, pool=args.pool,
+                    per_channel=args.per_channel, batch_size=args.batch_size, shard_size=args.shard_size,
+                    precision=args.precision, backend=args.backend, on_error=args.on_error, workers=args.workers,
+                    device=args.device, show_progress=not args.no_progress)
+    if "complete" in summary:  # rank 0
+        state = "complete" if summary["complete"] else f"incomplete (missing shards {summary.get('missing_shards')})"
         print(f"maefast embed: {summary['num_shards']} shards, {state}, {summary['crops_per_s']:.1f} crops/s; {args.out}")
     return 0

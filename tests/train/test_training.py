@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 import maefast
 from maefast.data.synthetic import synth_screen
-from maefast.embed.encoder import load_encoder
+from maefast.embedding.encoder import load_encoder
 from maefast.train.config import load_config
 from maefast.train.loop import NonFiniteLoss, Trainer, train
 

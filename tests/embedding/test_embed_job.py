@@ -10,7 +10,7 @@ import maefast
 from maefast.cli import main
 from maefast.data import make_tile_loader, open_dataset, read_channel
 from maefast.data.synthetic import synth_screen
-from maefast.embed.job import EmbedSettings, read_embeddings, run_embedding
+from maefast.embedding.job import EmbedSettings, read_embeddings, run_embedding
 
 
 @pytest.fixture(scope="module")

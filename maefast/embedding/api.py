@@ -1,0 +1,57 @@
+"""`maefast.embed(...)`: the library form of `maefast embed`."""
+from __future__ import annotations
+
+from maefast.data import make_tile_loader, open_dataset
+from maefast.embedding.encoder import load_encoder
+from maefast.embedding.job import EmbedSettings, run_embedding
+from maefast.train import distributed
+
+
+def resolve_channels(dataset, encoder, requested: list[str], checkpoint_channels: list[str]):
+    """Which channels, in which order: asked for, else the checkpoint's, else the data set's."""
+    config = encoder.config
+    if requested:
+        dataset = dataset.select_channels(requested)
+    elif checkpoint_channels and not config.channel_agnostic:
+        missing = [c for c in checkpoint_channels if c not in dataset.stored_channels]
+        if missing:
+            raise ValueError(f"the encoder was trained on channels {checkpoint_channels}; the data set lacks "
+                             f"{missing} (it has {list(dataset.stored_channels)}); choose channels with --channels")
+        dataset = dataset.select_channels(checkpoint_channels)
+    count = len(dataset.channels)
+    if config.channel_agnostic and count > config.max_in_chans:
+        raise ValueError(f"{count} channels selected; the encoder takes at most {config.max_in_chans}")
+    if not config.channel_agnostic and count != config.in_chans:
+        raise ValueError(f"the encoder expects {config.in_chans} channels, the data set gives {count} "
+                         f"{list(dataset.channels)}; choose them with --channels")
+    return dataset
+
+
+def embed(checkpoint, data, out, *, model: str | None = None, weights_layout: str = "auto",
+          trust_pickle: bool = False, layout: str = "auto", channels: list[str] | None = None, pool: str = "mean",
+          per_channel: bool = False, batch_size: int = 16, shard_size: int = 1024, precision: str = "auto",
+          backend: str = "auto", on_error: str = "raise", workers: int | None = None, device: str = "auto",
+          show_progress: bool = True) -> dict:
+    """Embeds every site of `data` with the encoder in `checkpoint` into `out`; returns the job summary.
+
+    Under torchrun each rank embeds its own shards. Read the result with maefast.embed.read_embeddings.
+    """
+    context = distributed.init_distributed(device)
+    try:
+        encoder, checkpoint_channels = load_encoder(checkpoint, model, weights_layout, trust_pickle)
+        dataset = resolve_channels(open_dataset(data, layout=layout), encoder, list(channels or []),
+                                   checkpoint_channels)
+        tile = encoder.config.img_size
+        settings = EmbedSettings(checkpoint=str(checkpoint), pool=pool, per_channel=per_channel, tile_size=tile,
+                                 batch_size=batch_size, shard_size=shard_size, precision=precision,
+                                 channels=tuple(dataset.channels))
+
+        def make_tiles(subset):
+            return make_tile_loader(subset, batch_size=batch_size, crop_size=tile, device=context.device,
+                                    backend=backend, on_error=on_error, num_workers=workers)
+
+        return run_embedding(encoder, dataset, out, settings, make_tiles, context.device, context.rank,
+                             context.world_size, show_progress=show_progress and context.is_main,
+                             barrier=lambda: distributed.barrier(context))
+    finally:
+        distributed.shutdown(context)
