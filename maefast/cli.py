@@ -6,7 +6,7 @@ import importlib
 import sys
 
 # modules that define add_commands(subparsers); each subcommand sets `func(args) -> int`
-COMMAND_MODULES = ("maefast.cli_models",)
+COMMAND_MODULES = ("maefast.cli_models", "maefast.cli_data")
 
 
 def build_parser() -> argparse.ArgumentParser:
