@@ -6,7 +6,7 @@ import importlib
 import sys
 
 # modules that define add_commands(subparsers); each subcommand sets `func(args) -> int`
-COMMAND_MODULES = ("maefast.cli_models", "maefast.cli_train", "maefast.cli_embed",
+COMMAND_MODULES = ("maefast.cli_models", "maefast.cli_data", "maefast.cli_train", "maefast.cli_embed",
                    "maefast.cli_evaluate")
 
 

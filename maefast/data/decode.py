@@ -17,11 +17,13 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 class ImageReadError(ValueError):
     """A channel file is missing, unreadable, truncated, or has the wrong size or dtype.
 
-    Attributes: path (the file), reason (what was wrong), image_id (the image's id when known).
+    Attributes: path (the file), reason (what was wrong), image_id (the image's id when known), kind:
+    "missing" (no such file), "unreadable" (the decoder failed: corrupt or truncated), "format" (decoded,
+    but not a single-channel uint8/uint16 image of the dataset's size).
     """
 
-    def __init__(self, path, reason: str, image_id: str | None = None):
-        self.path, self.reason, self.image_id = str(path), reason, image_id
+    def __init__(self, path, reason: str, image_id: str | None = None, kind: str = "unreadable"):
+        self.path, self.reason, self.image_id, self.kind = str(path), reason, image_id, kind
         where = f" (image {image_id})" if image_id is not None else ""
         super().__init__(f"{path}{where}: {reason}")
 
@@ -30,7 +32,7 @@ def read_channel(path: str | os.PathLike, image_id: str | None = None) -> np.nda
     """Decodes one single-channel image file into a 2-D uint8/uint16 array; raises ImageReadError."""
     path = Path(path)
     if not path.is_file():
-        raise ImageReadError(path, "missing file", image_id)
+        raise ImageReadError(path, "missing file", image_id, "missing")
     try:
         array = _decode(path)
     except ImageReadError:
@@ -39,9 +41,9 @@ def read_channel(path: str | os.PathLike, image_id: str | None = None) -> np.nda
         raise ImageReadError(path, f"unreadable or truncated image ({type(error).__name__}: {error})",
                              image_id) from error
     if array.ndim != 2:
-        raise ImageReadError(path, f"expected a single-channel 2-D image, got shape {array.shape}", image_id)
+        raise ImageReadError(path, f"expected a single-channel 2-D image, got shape {array.shape}", image_id, "format")
     if array.dtype not in INTEGER_DTYPES:
-        raise ImageReadError(path, f"expected uint8 or uint16 pixels, got {array.dtype}", image_id)
+        raise ImageReadError(path, f"expected uint8 or uint16 pixels, got {array.dtype}", image_id, "format")
     return array
 
 
@@ -63,7 +65,7 @@ def _decode(path: Path) -> np.ndarray:
                 array = array.astype(np.uint16)
             return array
         if image.mode != "L":
-            raise ImageReadError(path, f"expected a grayscale 8- or 16-bit image, got mode {image.mode}")
+            raise ImageReadError(path, f"expected a grayscale 8- or 16-bit image, got mode {image.mode}", kind="format")
         return np.asarray(image)
 
 
@@ -71,7 +73,7 @@ def probe_channel(path: str | os.PathLike) -> tuple[tuple[int, int], np.dtype]:
     """(height, width) and dtype of one channel file, from its header where the format allows."""
     path = Path(path)
     if not path.is_file():
-        raise ImageReadError(path, "missing file")
+        raise ImageReadError(path, "missing file", kind="missing")
     suffix = path.suffix.lower()
     try:
         if suffix in TIFF_SUFFIXES:
@@ -91,8 +93,9 @@ def probe_channel(path: str | os.PathLike) -> tuple[tuple[int, int], np.dtype]:
 
 
 def apply_illumination(raw: np.ndarray, illum: np.ndarray) -> np.ndarray:
-    """Illumination correction that keeps integer pixels: round(raw / illum), clipped to the dtype's range."""
+    """Illumination correction that keeps integer pixels: floor(raw / illum + 0.5) in float32, clipped to
+    the dtype's range (the DALI pipeline computes exactly this)."""
     if illum.shape != raw.shape:
         raise ValueError(f"illumination function shape {illum.shape} does not match image shape {raw.shape}")
-    corrected = np.rint(raw.astype(np.float32) / illum.astype(np.float32))
+    corrected = np.floor(raw.astype(np.float32) / illum.astype(np.float32) + np.float32(0.5))
     return np.clip(corrected, 0, np.iinfo(raw.dtype).max).astype(raw.dtype)

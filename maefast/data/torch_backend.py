@@ -35,7 +35,7 @@ class ImageReader:
             if array.shape != tuple(d.image_shape) or array.dtype != d.dtype:
                 raise ImageReadError(path, f"expected {d.image_shape[0]}x{d.image_shape[1]} {d.dtype} like the "
                                            f"rest of the dataset, got {array.shape[0]}x{array.shape[1]} {array.dtype}",
-                                     image_id)
+                                     image_id, "format")
             if illum is not None:
                 array = apply_illumination(array, self._illumination(illum[c]))
             channels.append(array)

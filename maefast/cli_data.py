@@ -1,0 +1,98 @@
+"""`maefast data ...`: synth, check, pack and info for microscopy datasets (see docs/data.md)."""
+from __future__ import annotations
+
+import json
+
+
+def add_commands(subparsers) -> None:
+    data = subparsers.add_parser("data", help="datasets: synthetic screen, validation, packing")
+    commands = data.add_subparsers(dest="data_command", required=True)
+
+    synth = commands.add_parser("synth", help="render a synthetic cell-painting screen")
+    synth.add_argument("--out", required=True, help="output folder")
+    synth.add_argument("--layout", choices=("rxrx", "jump"), default="rxrx")
+    synth.add_argument("--genes", type=int, default=100, help="number of gene perturbations (from CORUM complexes)")
+    synth.add_argument("--replicates", type=int, default=2, help="wells per gene (on different plates)")
+    synth.add_argument("--plates", type=int, default=4)
+    synth.add_argument("--experiments", type=int, default=2, help="experiments (batches); divides --plates")
+    synth.add_argument("--controls", type=int, default=16, help="control wells per plate")
+    synth.add_argument("--sites", type=int, default=2, help="sites per well")
+    synth.add_argument("--size", type=int, default=512, help="site width and height in pixels")
+    synth.add_argument("--channels", type=int, default=6)
+    synth.add_argument("--bit-depth", type=int, choices=(8, 16), default=None, help="default: 8 rxrx, 16 jump")
+    synth.add_argument("--effect-size", type=float, default=1.0)
+    synth.add_argument("--complexes", default=None, help="complex table (TSV: name, genes); default CORUM clusters")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--workers", type=int, default=None)
+    synth.set_defaults(func=synth_command)
+
+    check = commands.add_parser("check", help="validate a dataset (files, sizes, dtypes, ids, metadata)")
+    _dataset_arguments(check)
+    check.add_argument("--workers", type=int, default=2)
+    check.add_argument("--json", default=None, help="also write the full report to this JSON file")
+    check.set_defaults(func=check_command)
+
+    pack = commands.add_parser("pack", help="pack a dataset into shards for fast region-of-interest reads")
+    _dataset_arguments(pack)
+    pack.add_argument("--out", required=True)
+    pack.add_argument("--shard-images", type=int, default=64)
+    pack.add_argument("--on-error", choices=("raise", "skip"), default="raise")
+    pack.add_argument("--workers", type=int, default=2)
+    pack.set_defaults(func=pack_command)
+
+    info = commands.add_parser("info", help="describe a dataset")
+    _dataset_arguments(info)
+    info.set_defaults(func=info_command)
+
+
+def _dataset_arguments(parser) -> None:
+    parser.add_argument("path", help="dataset folder or load_data table")
+    parser.add_argument("--layout", choices=("auto", "rxrx", "jump", "packed"), default="auto")
+    parser.add_argument("--channels", default=None, help="comma-separated channel names to select, in order")
+    parser.add_argument("--illumination", choices=("raw", "illum"), default="raw")
+
+
+def _channels(args):
+    return None if args.channels is None else [c.strip() for c in args.channels.split(",")]
+
+
+def synth_command(args) -> int:
+    from maefast.data.synthetic import synth_screen
+    out = synth_screen(args.out, layout=args.layout, num_genes=args.genes, replicates=args.replicates,
+                       num_plates=args.plates, num_experiments=args.experiments, controls_per_plate=args.controls,
+                       sites_per_well=args.sites, size=args.size, channels=args.channels, bit_depth=args.bit_depth,
+                       effect_size=args.effect_size, complexes=args.complexes, seed=args.seed, workers=args.workers)
+    print(f"wrote synthetic {args.layout} screen to {out}")
+    return 0
+
+
+def check_command(args) -> int:
+    from maefast.data.check import check_dataset
+    from maefast.io import write_json_atomic
+    report = check_dataset(args.path, args.layout, _channels(args), args.illumination, args.workers)
+    print(report.text())
+    if args.json:
+        write_json_atomic(args.json, dict(path=report.path, layout=report.layout, images=report.images,
+                                          files=report.files, counts=report.counts(), problems=report.problems))
+    return 0 if report.ok else 1
+
+
+def pack_command(args) -> int:
+    from maefast.data import open_dataset
+    from maefast.data.packed import pack_dataset
+    dataset = open_dataset(args.path, args.layout, _channels(args), args.illumination)
+    out = pack_dataset(dataset, args.out, args.shard_images, args.on_error, args.workers)
+    manifest = json.loads((out / "manifest.json").read_text())
+    skipped = sum(len(s["skipped"]) for s in manifest["shards"].values())
+    print(f"packed {len(dataset) - skipped} images into {out}" + (f", skipped {skipped}" if skipped else ""))
+    return 0
+
+
+def info_command(args) -> int:
+    from maefast.data import open_dataset
+    dataset = open_dataset(args.path, args.layout, _channels(args), args.illumination)
+    print(dataset.describe())
+    table = dataset.table
+    print(f"batches {table['batch'].nunique()}, plates {table['plate'].nunique()}, "
+          f"perturbations {table['perturbation'].nunique()}, control images {int(table['is_control'].sum())}")
+    return 0

@@ -1,0 +1,146 @@
+"""`maefast data check`: validate a dataset before a long job.
+
+Checks the metadata (required columns, duplicate ids, the perturbation column) and decodes every channel
+file of every image (missing, unreadable or truncated files, wrong sizes or dtypes), or for a packed
+dataset every shard's header against the manifest and index. Returns a CheckReport; nothing is fixed.
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from maefast.data.dataset import Dataset, detect_layout
+from maefast.data.decode import ImageReadError, read_channel
+
+KINDS = ("metadata", "duplicate id", "missing", "unreadable", "format")
+
+
+@dataclass
+class CheckReport:
+    path: str
+    layout: str = ""
+    images: int = 0
+    files: int = 0
+    problems: list[dict] = field(default_factory=list)  # {kind, id, path, reason}
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def counts(self) -> dict:
+        return dict(Counter(p["kind"] for p in self.problems))
+
+    def add(self, kind: str, reason: str, image_id=None, path=None) -> None:
+        self.problems.append(dict(kind=kind, id=image_id, path=path, reason=reason))
+
+    def text(self, examples: int = 10) -> str:
+        lines = [f"{self.path}: {self.layout} layout, {self.images} images, {self.files} files checked"]
+        if self.ok:
+            return "\n".join(lines + ["no problems found"])
+        lines.append("problems: " + ", ".join(f"{n} {k}" for k, n in self.counts().items()))
+        for kind in KINDS:
+            found = [p for p in self.problems if p["kind"] == kind]
+            for p in found[:examples]:
+                where = " ".join(str(x) for x in (p["id"], p["path"]) if x)
+                lines.append(f"  {kind}: {where}: {p['reason']}")
+            if len(found) > examples:
+                lines.append(f"  ... and {len(found) - examples} more {kind}")
+        return "\n".join(lines)
+
+
+def check_dataset(path, layout: str = "auto", channels=None, illumination: str = "raw", workers: int = 2,
+                  progress: bool = True) -> CheckReport:
+    from maefast.data import layouts
+    from maefast.data.dataset import _open_packed
+    path = Path(path)
+    report = CheckReport(str(path))
+    try:
+        layout = detect_layout(path) if layout == "auto" else layout
+        report.layout = layout
+        if layout == "packed":
+            dataset = _open_packed(path)
+        elif layout == "rxrx":
+            dataset = layouts.read_rxrx(path)
+        elif layout == "jump":
+            dataset = layouts.read_jump(path, illumination)
+        else:
+            raise ValueError(f"layout must be one of auto, rxrx, jump, packed; got {layout!r}")
+        if channels is not None:
+            dataset = dataset.select_channels(channels)
+    except (ValueError, FileNotFoundError, KeyError, ImageReadError) as error:
+        report.add("metadata", str(error))
+        return report
+    report.images = len(dataset)
+    table = dataset.table
+    for image_id in table["id"][table["id"].duplicated()].unique():
+        report.add("duplicate id", f"{(table['id'] == image_id).sum()} rows share this id", image_id)
+    if table["perturbation"].isna().all():
+        report.add("metadata", "no perturbation column (expected one of perturbation, gene, sirna, treatment, "
+                               "Metadata_Perturbation, Metadata_Symbol, Metadata_JCP2022)")
+    if layout == "packed":
+        _check_shards(dataset, report)
+    else:
+        _check_files(dataset, report, workers, progress)
+    return report
+
+
+def _check_files(dataset: Dataset, report: CheckReport, workers: int, progress: bool) -> None:
+    table = dataset.table
+    jobs = [(str(table.at[r, "id"]), table.at[r, f"file_{c}"]) for r in range(len(table)) for c in dataset.channels]
+    if dataset.illumination == "illum":
+        illum = {p for c in dataset.channels for p in table[f"illum_{c}"]}
+        for p in sorted(illum):
+            try:
+                function = np.load(p, allow_pickle=False)
+                if function.shape != tuple(dataset.image_shape):
+                    report.add("format", f"illumination function shape {function.shape}, expected "
+                                         f"{tuple(dataset.image_shape)}", path=p)
+            except (OSError, ValueError) as error:
+                report.add("missing" if not Path(p).is_file() else "unreadable", str(error), path=p)
+
+    def check(job):
+        image_id, file = job
+        try:
+            array = read_channel(file, image_id)
+        except ImageReadError as error:
+            return error
+        if array.shape != tuple(dataset.image_shape) or array.dtype != dataset.dtype:
+            return ImageReadError(file, f"expected {dataset.image_shape[0]}x{dataset.image_shape[1]} "
+                                        f"{dataset.dtype}, got {array.shape[0]}x{array.shape[1]} {array.dtype}",
+                                  image_id, "format")
+        return None
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        for done, error in enumerate(pool.map(check, jobs), 1):
+            report.files = done
+            if error is not None:
+                report.add(error.kind, error.reason, error.image_id, error.path)
+            if progress and (done % 2000 == 0 or done == len(jobs)):
+                print(f"check: {done}/{len(jobs)} files, {done / (time.perf_counter() - start):.0f} files/s",
+                      flush=True)
+
+
+def _check_shards(dataset: Dataset, report: CheckReport) -> None:
+    table = dataset.table
+    for shard, rows in table.groupby("shard")["row"]:
+        report.files += 1
+        if not Path(shard).is_file():
+            report.add("missing", "missing shard file", path=shard)
+            continue
+        try:
+            array = np.load(shard, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as error:
+            report.add("unreadable", f"unreadable or truncated shard ({error})", path=shard)
+            continue
+        expected = (len(dataset.stored_channels),) + tuple(dataset.image_shape)
+        if array.ndim != 4 or array.shape[1:] != expected or array.dtype != dataset.dtype:
+            report.add("format", f"shard holds {array.dtype} {array.shape}, expected (n, {expected}) {dataset.dtype}",
+                       path=shard)
+        elif rows.max() >= array.shape[0]:
+            report.add("format", f"index refers to row {rows.max()} but the shard has {array.shape[0]}", path=shard)
