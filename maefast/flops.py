@@ -6,7 +6,9 @@ is 3 x the forward pass (backward = 2 x forward).
 """
 from __future__ import annotations
 
+from maefast.models.classifier import ClassifierConfig
 from maefast.models.mae import MAEConfig
+from maefast.models.munet import MUNetConfig
 from maefast.models.vit import ViTConfig
 
 
@@ -71,9 +73,51 @@ def mae_training_flops(config: MAEConfig, channels: int) -> int:
 
 
 def model_training_flops(model, channels: int) -> int:
-    return mae_training_flops(model.config, channels)
+    """FLOPs of one training step per image for any registered trainable model (MAE, MU-Net, WSL)."""
+    config = model.config
+    if isinstance(config, MAEConfig):
+        return mae_training_flops(config, channels)
+    if isinstance(config, MUNetConfig):
+        return 3 * munet_forward_flops(config, channels)
+    if isinstance(config, ClassifierConfig):
+        return 3 * classifier_forward_flops(config, channels)
+    raise TypeError(f"no FLOP count for a model with a {type(config).__name__}; expected MAEConfig, "
+                    f"MUNetConfig or ClassifierConfig")
 
 
 def embedding_flops(config: ViTConfig, channels: int) -> int:
     """FLOPs of embedding one crop (all tokens through the encoder)."""
     return encoder_forward_flops(config, channels)
+
+
+# -- baselines (issue 7): masked U-Net and weakly supervised classifier ----------------------------------
+
+def conv_flops(out_pixels: int, kernel: int, fan_in: int, fan_out: int) -> int:
+    """A (transposed) convolution as a GEMM: 2 * output pixels * k * k * C_in * C_out.
+
+    For a transposed conv with stride = kernel, pass the *input* pixels: each one is scattered once.
+    """
+    return 2 * out_pixels * kernel * kernel * fan_in * fan_out
+
+
+def munet_forward_flops(config: MUNetConfig, channels: int) -> int:
+    """One image through the MU-Net: the whole image, masked or not (convolutions cannot skip patches)."""
+    widths, side = config.widths, config.img_size
+    flops = conv_flops(side * side, 3, channels + 1, widths[0])  # stem: image + mask channel
+    for stage, depth in enumerate(config.depths):
+        pixels = (side >> stage) ** 2
+        coarse = (side >> (stage + 1)) ** 2
+        blocks = 2 * depth * conv_flops(pixels, 3, widths[stage], widths[stage])
+        down = conv_flops(coarse, 2, widths[stage], widths[stage + 1])
+        up = conv_flops(coarse, 2, widths[stage + 1], widths[stage])
+        fuse = conv_flops(pixels, 1, 2 * widths[stage], widths[stage])
+        flops += 2 * blocks + down + up + fuse  # encoder and decoder stages have the same blocks
+    bottom = (side >> len(config.depths)) ** 2
+    flops += 2 * config.bottleneck_depth * conv_flops(bottom, 3, widths[-1], widths[-1])
+    return flops + conv_flops(side * side, 1, widths[0], channels)  # head
+
+
+def classifier_forward_flops(config: ClassifierConfig, channels: int) -> int:
+    """One image through the classifier: every token through the encoder, then the linear head."""
+    return encoder_forward_flops(config.encoder_config(), channels) + linear_flops(1, config.embed_dim,
+                                                                                   config.num_classes)

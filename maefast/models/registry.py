@@ -8,7 +8,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+from maefast.models.classifier import classifier_factory
 from maefast.models.mae import MAEConfig, MaskedAutoencoder
+from maefast.models.munet import MUNET_SIZES, munet_factory
 from maefast.models.vit import ViTConfig, VisionTransformer
 
 # name -> encoder config fields (the papers' backbones: timm sizes at 256 x 256)
@@ -100,3 +102,10 @@ def encoder_name(mae_name: str) -> str:
     if mae_name.startswith("mae_"):
         return mae_name.removeprefix("mae_")
     raise ValueError(f"{mae_name!r} is not an MAE model name (mae_* or camae_*)")
+
+
+# -- baselines (issue 7): masked U-Nets and weakly supervised ViT classifiers (need num_classes=...)
+for _name, _fields in MUNET_SIZES.items():
+    register(_name, munet_factory(_fields))
+for _name, _fields in ENCODERS.items():
+    register("wsl_" + _name, classifier_factory(_fields))

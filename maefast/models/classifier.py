@@ -1,0 +1,95 @@
+"""Weakly supervised learning (WSL) baseline: the papers' ViT encoder trained to classify perturbations.
+
+Kraus et al. 2024 (arXiv 2404.10242) compare MAEs with classifiers trained on the perturbation label of
+each image (e.g. the siRNA), embedding with the classifier's penultimate features.
+
+`loss, logits, None = model(pixels, labels)`: pixels (B, C, H, W) integer or float in [0, 1], labels (B,)
+int64 class indices; loss is cross-entropy (optional label smoothing), None when labels is None. The
+third output keeps the (loss, prediction, mask) shape of the masked models. `needs_labels = True` tells
+the trainer to pass the labels. `model.embed(pixels)` -> (B, D): the features the linear head reads.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from maefast.models.vit import ViTConfig, VisionTransformer
+
+
+@dataclass
+class ClassifierConfig(ViTConfig):
+    """The encoder's fields (flat, as ViTConfig) plus the head's; num_classes has no usable default."""
+    num_classes: int = 0
+    label_smoothing: float = 0.0
+
+    def validate(self) -> None:
+        super().validate()
+        if self.channel_agnostic:
+            raise ValueError("the WSL classifier uses a C-channel encoder; channel_agnostic must be False")
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+    def encoder_config(self) -> ViTConfig:
+        return ViTConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ViTConfig)})
+
+
+class WeaklySupervisedClassifier(nn.Module):
+    needs_labels = True
+
+    def __init__(self, config: ClassifierConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.encoder = VisionTransformer(config.encoder_config())
+        self.head = nn.Linear(config.embed_dim, config.num_classes)
+        nn.init.zeros_(self.head.bias)
+        nn.init.normal_(self.head.weight, std=0.01)  # small logits at first: loss starts near log(num_classes)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
+    def num_tokens(self, channels: int) -> int:
+        return self.encoder.num_tokens(channels)
+
+    def check_labels(self, labels: torch.Tensor, batch: int) -> None:
+        if labels.shape != (batch,):
+            raise ValueError(f"labels must have shape ({batch},) for {batch} images, got {tuple(labels.shape)}")
+        if labels.dtype != torch.int64:
+            raise TypeError(f"labels must be int64 class indices, got {labels.dtype}")
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= self.config.num_classes:
+            raise ValueError(f"labels must be in [0, {self.config.num_classes}), got values in [{low}, {high}]")
+
+    def forward(self, pixels: torch.Tensor, labels: torch.Tensor | None = None):
+        """Returns (loss or None, logits (B, num_classes), None)."""
+        logits = self.head(self.embed(pixels))
+        if labels is None:
+            return None, logits, None
+        self.check_labels(labels, pixels.shape[0])
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
+        return loss, logits, None
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, D) penultimate features: the encoder's pooled output (CLS or patch mean per global_pool)."""
+        encoder = self.encoder
+        return encoder.forward_head(encoder.forward_features(pixels), pre_logits=True)
+
+
+def classifier_factory(encoder_fields: dict):
+    known = {f.name for f in dataclasses.fields(ClassifierConfig)}
+
+    def build(**overrides):
+        unknown = set(overrides) - known
+        if unknown:
+            raise TypeError(f"unknown model option(s) {sorted(unknown)}; classifier options: {sorted(known)}")
+        if "num_classes" not in overrides:
+            raise TypeError("a WSL classifier needs num_classes=<number of perturbation classes>")
+        return WeaklySupervisedClassifier(ClassifierConfig(**{**encoder_fields, **overrides}))
+    return build
