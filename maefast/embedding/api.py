@@ -4,24 +4,26 @@ from __future__ import annotations
 from maefast.data import make_tile_loader, open_dataset
 from maefast.embedding.encoder import load_encoder
 from maefast.embedding.job import EmbedSettings, run_embedding
+from maefast.models.registry import input_config
 from maefast.train import distributed
 
 
 def resolve_channels(dataset, encoder, requested: list[str], checkpoint_channels: list[str]):
     """Which channels, in which order: asked for, else the checkpoint's, else the data set's."""
-    config = encoder.config
+    config = input_config(encoder)
+    agnostic = getattr(config, "channel_agnostic", False)
     if requested:
         dataset = dataset.select_channels(requested)
-    elif checkpoint_channels and not config.channel_agnostic:
+    elif checkpoint_channels and not agnostic:
         missing = [c for c in checkpoint_channels if c not in dataset.stored_channels]
         if missing:
             raise ValueError(f"the encoder was trained on channels {checkpoint_channels}; the data set lacks "
                              f"{missing} (it has {list(dataset.stored_channels)}); choose channels with --channels")
         dataset = dataset.select_channels(checkpoint_channels)
     count = len(dataset.channels)
-    if config.channel_agnostic and count > config.max_in_chans:
+    if agnostic and count > config.max_in_chans:
         raise ValueError(f"{count} channels selected; the encoder takes at most {config.max_in_chans}")
-    if not config.channel_agnostic and count != config.in_chans:
+    if not agnostic and count != config.in_chans:
         raise ValueError(f"the encoder expects {config.in_chans} channels, the data set gives {count} "
                          f"{list(dataset.channels)}; choose them with --channels")
     return dataset
@@ -41,7 +43,7 @@ def embed(checkpoint, data, out, *, model: str | None = None, weights_layout: st
         encoder, checkpoint_channels = load_encoder(checkpoint, model, weights_layout, trust_pickle)
         dataset = resolve_channels(open_dataset(data, layout=layout), encoder, list(channels or []),
                                    checkpoint_channels)
-        tile = encoder.config.img_size
+        tile = input_config(encoder).img_size
         settings = EmbedSettings(checkpoint=str(checkpoint), pool=pool, per_channel=per_channel, tile_size=tile,
                                  batch_size=batch_size, shard_size=shard_size, precision=precision,
                                  channels=tuple(dataset.channels))

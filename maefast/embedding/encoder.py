@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from maefast.models.checkpoint import CONFIG_FILE, from_pretrained, load_pretrained
+from maefast.models.mae import MaskedAutoencoder
 from maefast.models.registry import create_model
 
 
@@ -19,11 +20,15 @@ def load_encoder(checkpoint, model_name: str | None = None, layout: str = "auto"
         path = path / "encoder"
     if path.is_dir() and (path / CONFIG_FILE).exists():
         meta = json.loads((path / CONFIG_FILE).read_text())
-        model = from_pretrained(path)
-        return getattr(model, "encoder", model), list(meta.get("channel_names") or [])
+        return embedder_of(from_pretrained(path)), list(meta.get("channel_names") or [])
     if path.is_dir():
         raise FileNotFoundError(f"{path} holds no {CONFIG_FILE}: not a maefast checkpoint or training run")
     if model_name is None:
         raise ValueError(f"{path} is a bare weights file: name its architecture with --model (e.g. vit_large_patch8_256)")
     model = load_pretrained(create_model(model_name), path, layout=layout, trust_pickle=trust_pickle)
-    return getattr(model, "encoder", model), []
+    return embedder_of(model), []
+
+
+def embedder_of(model):
+    """An MAE embeds with its encoder; every other model (encoder, MU-Net, classifier) with itself."""
+    return model.encoder if isinstance(model, MaskedAutoencoder) else model

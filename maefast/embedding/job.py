@@ -70,6 +70,8 @@ def check_job(out: Path, settings: EmbedSettings, dataset_size: int) -> None:
 
 def embed_tiles(encoder, pixels: torch.Tensor, settings: EmbedSettings, autocast_dtype) -> torch.Tensor:
     with torch.no_grad(), torch.autocast(pixels.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        if settings.pool == "mean" and not settings.per_channel:  # every embedder's default (MU-Net, WSL too)
+            return encoder.embed(pixels).float()
         return encoder.embed(pixels, pool=settings.pool, per_channel=settings.per_channel).float()
 
 

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from maefast.io import atomic_path, write_json_atomic
 from maefast.models.registry import create_model, model_config_dict
+from maefast.models.vit import VisionTransformer
 
 LAYOUTS = ("auto", "maefast", "timm", "reference")
 WEIGHTS_FILE = "model.safetensors"
@@ -65,7 +66,8 @@ def detect_layout(state: dict) -> str:
 
 
 def is_mae(model) -> bool:
-    return hasattr(model, "encoder")
+    """Models whose ViT sits under `encoder.` (MAE, CA-MAE, the weakly supervised classifier)."""
+    return isinstance(getattr(model, "encoder", None), VisionTransformer)
 
 
 def convert_timm(state: dict, model) -> dict:
@@ -95,8 +97,8 @@ def to_model_layout(state: dict, model, layout: str) -> dict:
         return convert_timm(state, model)
     if layout == "reference":
         return convert_reference(state, model)
-    if not is_mae(model) and any(k.startswith("encoder.") for k in state):
-        # a maefast MAE checkpoint loaded into a bare encoder
+    if isinstance(model, VisionTransformer) and any(k.startswith("encoder.") for k in state):
+        # a maefast MAE (or classifier) checkpoint loaded into a bare encoder
         return {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
     return state
 

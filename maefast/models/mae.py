@@ -120,6 +120,9 @@ class MaskedAutoencoder(nn.Module):
     def patch_size(self) -> int:
         return self.config.encoder.patch_size
 
+    def num_tokens(self, channels: int) -> int:
+        return self.encoder.num_tokens(channels)
+
     def target_channels(self, channels: int) -> int:
         """Channels inside one predicted patch vector."""
         return 1 if self.channel_agnostic else channels

@@ -109,3 +109,9 @@ for _name, _fields in MUNET_SIZES.items():
     register(_name, munet_factory(_fields))
 for _name, _fields in ENCODERS.items():
     register("wsl_" + _name, classifier_factory(_fields))
+
+
+def input_config(model):
+    """The config that describes a model's input (img_size, in_chans, channel_agnostic, max_in_chans)."""
+    config = model.config
+    return config.encoder if isinstance(config, MAEConfig) else config

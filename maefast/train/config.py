@@ -136,6 +136,8 @@ def apply_override(raw: dict, assignment: str) -> None:
     node[parts[-1]] = parse_value(value)
 
 
+# MAE, CA-MAE, masked U-Net, weakly supervised classifier
+TRAINABLE_PREFIXES = ("mae_", "camae_", "munet_", "wsl_")
 SECTIONS = {"model": ModelSection, "data": DataSection, "optim": OptimSection, "run": RunSection}
 
 
@@ -179,19 +181,21 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"optim.min_lr_ratio={optim.min_lr_ratio!r} must be in [0, 1]")
     if optim.grad_clip < 0:
         raise ValueError(f"optim.grad_clip={optim.grad_clip!r} must be >= 0 (0 disables clipping)")
-    from maefast.models.registry import create_model, list_models, split_overrides
+    from maefast.models.registry import create_model, input_config, list_models
     if config.model.name not in list_models():
         raise ValueError(f"model.name={config.model.name!r} is not a registered model; "
-                         f"MAE models: {[m for m in list_models() if 'mae_' in m]}")
-    if not config.model.name.startswith(("mae_", "camae_")):
-        raise ValueError(f"model.name={config.model.name!r}: training needs an MAE or CA-MAE model (mae_*, camae_*)")
+                         f"trainable models: {[m for m in list_models() if m.startswith(TRAINABLE_PREFIXES)]}")
+    if not config.model.name.startswith(TRAINABLE_PREFIXES):
+        raise ValueError(f"model.name={config.model.name!r}: training needs a model named {TRAINABLE_PREFIXES}*")
+    overrides = dict(config.model.overrides)
+    if config.model.name.startswith("wsl_"):
+        overrides.setdefault("num_classes", 2)  # the trainer sets it from the data set's perturbations
     try:
-        split_overrides(config.model.overrides)
         with torch.device("meta"):  # checks every model value without allocating weights
-            model = create_model(config.model.name, **config.model.overrides)
+            model = create_model(config.model.name, **overrides)
     except (TypeError, ValueError) as error:
         raise ValueError(f"model.overrides: {error}") from None
-    img_size = model.config.encoder.img_size
+    img_size = input_config(model).img_size
     if config.data.crop_size != img_size:
         raise ValueError(f"data.crop_size={config.data.crop_size} must equal the model's img_size {img_size}")
 

@@ -53,7 +53,9 @@ def wrap_model(model: torch.nn.Module, context: DistributedContext, parallel: st
         return model
     if parallel == "fsdp":
         from torch.distributed.fsdp import fully_shard
-        for block in list(model.encoder.blocks) + list(getattr(model.decoder, "blocks", [])):
+        encoder_blocks = list(model.encoder.blocks) if hasattr(model, "encoder") else []
+        decoder_blocks = list(getattr(getattr(model, "decoder", None), "blocks", []))
+        for block in encoder_blocks + decoder_blocks:  # one shard group per block, the rest at the root
             fully_shard(block)
         fully_shard(model)
         return model

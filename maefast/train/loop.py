@@ -14,7 +14,7 @@ from tqdm import tqdm
 from maefast.flops import model_training_flops
 from maefast.io import atomic_path, write_json_atomic
 from maefast.models.checkpoint import save_pretrained
-from maefast.models.registry import create_model, encoder_name
+from maefast.models.registry import create_model, encoder_name, input_config
 from maefast.train import distributed as dist_utils
 from maefast.train.config import TrainConfig
 from maefast.train.data import build_train_loader
@@ -23,6 +23,13 @@ from maefast.train.observe import (
 )
 from maefast.train.optim import build_optimizer, build_scheduler
 from maefast.train.state import FULL, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+
+def transformer_blocks(model) -> list:
+    """The blocks activation checkpointing wraps (ViT encoders and MAE decoders)."""
+    if not hasattr(model, "encoder"):
+        raise ValueError(f"run.activation_checkpointing applies to transformer models, not {type(model).__name__}")
+    return list(model.encoder.blocks) + list(getattr(getattr(model, "decoder", None), "blocks", []))
 
 
 class NonFiniteLoss(RuntimeError):
@@ -41,14 +48,19 @@ class Trainer:
             raise ValueError(f"{self.out} already holds checkpoints (latest {checkpoint.name}); pass --resume to "
                              f"continue that run or choose another --out")
         self.precision = ("bf16" if device.type == "cuda" else "fp32") if run.precision == "auto" else run.precision
-        torch.manual_seed(run.seed)  # identical initial weights on every rank
-        self.model = create_model(config.model.name, **config.model.overrides).to(device)
         self.loader = build_train_loader(config, self.out, self.context)
         self.channel_names = list(self.loader.dataset.channels)
+        overrides = dict(config.model.overrides)
+        self.classes = None
+        if config.model.name.startswith("wsl_"):  # weakly supervised: the perturbation is the label
+            self.classes = sorted(self.loader.dataset.table["perturbation"].astype(str).unique())
+            overrides.setdefault("num_classes", len(self.classes))
+        torch.manual_seed(run.seed)  # identical initial weights on every rank
+        self.model = create_model(config.model.name, **overrides).to(device)
         self.check_channels()
         if run.activation_checkpointing:
             from torch.distributed._composable import checkpoint as checkpoint_activations
-            for block in list(self.model.encoder.blocks) + list(getattr(self.model.decoder, "blocks", [])):
+            for block in transformer_blocks(self.model):
                 checkpoint_activations(block)
         self.wrapped = dist_utils.wrap_model(self.model, self.context, run.parallel)
         self.forward = torch.compile(self.wrapped) if run.compile else self.wrapped
@@ -57,7 +69,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, run.max_steps, optim.warmup_fraction, optim.min_lr_ratio)
         channels = len(self.channel_names)
         self.flops_per_crop = model_training_flops(self.model, channels)
-        self.tokens_per_crop = self.model.encoder.num_tokens(channels)
+        self.tokens_per_crop = self.model.num_tokens(channels)
         self.step, self.total_flops, self.crops_seen = 0, 0.0, 0
         self.last_batch = None  # (pixels, pred, mask) of the latest step, for reconstruction images
         if checkpoint is not None:
@@ -70,12 +82,12 @@ class Trainer:
                 temporary.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     def check_channels(self) -> None:
-        encoder = self.model.config.encoder
+        encoder = input_config(self.model)
         count, names = len(self.channel_names), self.channel_names
-        if encoder.channel_agnostic and count > encoder.max_in_chans:
+        if getattr(encoder, "channel_agnostic", False) and count > encoder.max_in_chans:
             raise ValueError(f"the dataset has {count} channels {names}; {self.config.model.name} takes at most "
                              f"max_in_chans={encoder.max_in_chans}: select channels with data.channels")
-        if not encoder.channel_agnostic and count != encoder.in_chans:
+        if not getattr(encoder, "channel_agnostic", False) and count != encoder.in_chans:
             raise ValueError(f"the dataset has {count} channels {names}; {self.config.model.name} expects "
                              f"in_chans={encoder.in_chans}: select channels with data.channels or set "
                              f"model.overrides.in_chans={count}")
@@ -105,15 +117,23 @@ class Trainer:
         dist_utils.barrier(self.context)
 
     def export_encoder(self) -> Path | None:
-        """The encoder as a maefast checkpoint (safetensors) for embedding. Collective under FSDP."""
+        """What embeds, as a maefast checkpoint (safetensors): an MAE's encoder, or the whole model
+        (MU-Net, classifier), whose .embed gives the embedding. Collective under FSDP."""
         full = get_model_state_dict(self.wrapped, options=FULL)
         if not self.context.is_main:
             return None
-        encoder = self.model.encoder
-        encoder.model_name = encoder_name(self.config.model.name)
-        weights = {k.removeprefix("encoder."): v for k, v in full.items() if k.startswith("encoder.")}
-        return save_pretrained(encoder, self.out / "encoder", channel_names=self.channel_names, state_dict=weights,
-                               extra={"step": self.step, "total_flops": self.total_flops})
+        name = self.config.model.name
+        extra = {"step": self.step, "total_flops": self.total_flops}
+        if self.classes is not None:
+            extra["classes"] = self.classes
+        if name.startswith(("mae_", "camae_")):
+            encoder = self.model.encoder
+            encoder.model_name = encoder_name(name)
+            full = {k.removeprefix("encoder."): v for k, v in full.items() if k.startswith("encoder.")}
+        else:
+            encoder = self.model
+        return save_pretrained(encoder, self.out / "encoder", channel_names=self.channel_names, state_dict=full,
+                               extra=extra)
 
     # -- steps -------------------------------------------------------------------------------------
     def batches(self):
@@ -134,15 +154,22 @@ class Trainer:
         for micro in range(accumulation):
             batch = next(iterator)
             pixels = batch["pixels"].to(self.context.device, non_blocking=True)
+            inputs = (pixels,) if self.classes is None else (pixels, self.labels(batch["index"]))
             ids.extend(list(batch["ids"]))
             last_micro = micro == accumulation - 1
             sync = contextlib.nullcontext() if last_micro or not hasattr(self.wrapped, "no_sync") else self.wrapped.no_sync()
             with sync:
                 with self.autocast():
-                    loss, pred, mask = self.forward(pixels)
+                    loss, pred, mask = self.forward(*inputs)
                 (loss / accumulation).backward()
             total = total + loss.detach().float() / accumulation
         return total, ids, pixels, pred, mask
+
+    def labels(self, rows) -> torch.Tensor:
+        """Class index of each crop's perturbation (weakly supervised training)."""
+        names = self.loader.dataset.table["perturbation"].astype(str).to_numpy()[rows.numpy()]
+        lookup = {name: index for index, name in enumerate(self.classes)}
+        return torch.tensor([lookup[n] for n in names], device=self.context.device)
 
     def train(self) -> dict:
         run, context = self.config.run, self.context
@@ -179,8 +206,8 @@ class Trainer:
                 if self.step % run.log_every == 0 or self.step == run.max_steps:
                     self.log_scalars(log, progress, losses, meter, grad_norm)
                     losses = []
-                self.last_batch = (pixels, pred, mask)
-                if context.is_main and self.step % run.image_every == 0:
+                self.last_batch = (pixels, pred, mask) if mask is not None else None
+                if context.is_main and self.last_batch is not None and self.step % run.image_every == 0:
                     self.save_images(*self.last_batch)
                 stop = dist_utils.any_rank(stop_requested["flag"], context)
                 if self.step % run.checkpoint_every == 0 or self.step == run.max_steps or stop:

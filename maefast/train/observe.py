@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from maefast.io import atomic_path
+from maefast.models.registry import input_config
 from maefast.ops.patches import self_standardize, unpatchify
 
 
@@ -92,9 +93,9 @@ def reconstruction_images(model, pixels: torch.Tensor, pred: torch.Tensor, mask:
 
     The reconstruction shows the prediction on masked patches and the input elsewhere.
     """
-    config = model.config.encoder
+    config = input_config(model)
     channels = pixels.shape[1]
-    agnostic = config.channel_agnostic
+    agnostic = getattr(config, "channel_agnostic", False)
     grid = (config.grid_side, config.grid_side)
     original = self_standardize(pixels).float()
     predicted = unpatchify(pred.detach().float(), config.patch_size, channels, grid, agnostic)

@@ -156,3 +156,26 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(screen, tmp_path):
     trainer.loader = PoisonedLoader(trainer.loader, {2, 3, 4})
     with pytest.warns(UserWarning), pytest.raises(NonFiniteLoss, match=r"non-finite loss at step 2 .*3 in a row"):
         trainer.train()
+
+
+@pytest.mark.parametrize("recipe", ["debug_munet", "debug_wsl", "debug_camae"])
+def test_other_systems_train_and_export_an_embedder(screen, tmp_path, recipe):
+    config = load_config(recipe, [f"data.path={screen}", "data.batch_size=4", "run.max_steps=3",
+                                  "run.image_every=3", "data.num_workers=1"])
+    summary = train(config, tmp_path, show_progress=False)
+    assert summary["step"] == 3 and summary["final_loss"] > 0
+    embedder, channels = load_encoder(tmp_path)
+    assert len(channels) == 6
+    with torch.no_grad():
+        embedding = embedder.embed(torch.randint(0, 255, (2, 6, 64, 64), dtype=torch.uint8))
+    assert embedding.ndim == 2 and embedding.shape[0] == 2 and torch.isfinite(embedding).all()
+    images = list((tmp_path / "images").glob("*.png"))
+    assert len(images) == (0 if recipe == "debug_wsl" else 1)
+    if recipe == "debug_wsl":
+        meta = json.loads((tmp_path / "encoder" / "config.json").read_text())
+        assert meta["classes"] == sorted(set(open_dataset_perturbations(screen)))
+
+
+def open_dataset_perturbations(screen):
+    from maefast.data import open_dataset
+    return open_dataset(screen).table["perturbation"].astype(str)
