@@ -186,7 +186,8 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"model.name={config.model.name!r} is not a registered model; "
                          f"trainable models: {[m for m in list_models() if m.startswith(TRAINABLE_PREFIXES)]}")
     if not config.model.name.startswith(TRAINABLE_PREFIXES):
-        raise ValueError(f"model.name={config.model.name!r}: training needs a model named {TRAINABLE_PREFIXES}*")
+        raise ValueError(f"model.name={config.model.name!r}: training needs an MAE, CA-MAE, MU-Net or weakly "
+                         f"supervised model (named mae_*, camae_*, munet_* or wsl_*)")
     overrides = dict(config.model.overrides)
     if config.model.name.startswith("wsl_"):
         overrides.setdefault("num_classes", 2)  # the trainer sets it from the data set's perturbations

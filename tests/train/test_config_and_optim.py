@@ -28,7 +28,7 @@ def test_overrides_and_refusals_name_the_key():
         "run.precision=fp8": "run.precision='fp8' is not allowed",
         "optim.lr=-1": "optim.lr=-1 must be a positive number",
         "optim.betas=[0.9, 1.5]": r"optim.betas=\[0.9, 1.5\] must be two numbers in \[0, 1\)",
-        "model.name=vit_small_patch16_256": "training needs an MAE or CA-MAE model",
+        "model.name=vit_small_patch16_256": "training needs an MAE, CA-MAE, MU-Net or weakly supervised model",
         "model.overrides.mask_ratio=1.0": r"mask_ratio must be in \[0, 1\), got 1.0",
         "data.crop_size=32": "data.crop_size=32 must equal the model's img_size 64",
         "run.speed=9": r"unknown key\(s\) \['run.speed'\]",
