@@ -60,8 +60,8 @@ def integer_levels(pixels: np.ndarray) -> tuple[np.ndarray, int]:
     if pixels.dtype == np.uint16:
         return pixels, 65535
     if np.issubdtype(pixels.dtype, np.floating):
-        low, high = float(pixels.min(initial=0.0)), float(pixels.max(initial=0.0))
-        if low < 0.0 or high > 1.0:
+        low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
+        if not (0.0 <= low and high <= 1.0):  # also refuses NaN
             raise ValueError(f"floating-point pixels must lie in [0, 1], got values in [{low}, {high}]")
         return np.rint(pixels * 65535.0).astype(np.uint16), 65535
     raise TypeError(f"pixels must be uint8, uint16 or floating point in [0, 1], got {pixels.dtype}")
@@ -195,28 +195,41 @@ def gradient_statistics(rows: np.ndarray, variance: np.ndarray) -> np.ndarray:
 
 # -- nuclei -------------------------------------------------------------------------------------------
 
-def otsu_thresholds(hist: np.ndarray) -> np.ndarray:
-    """(N, bins) histograms -> (N,) Otsu thresholds (a pixel above its threshold is foreground).
+OTSU_BINS = 256
 
-    An image with nothing to separate (one value) gets its maximum, so it has no foreground.
+
+def otsu_thresholds(images: np.ndarray) -> np.ndarray:
+    """(N, H, W) -> (N,) Otsu thresholds: pixels above their image's threshold are foreground.
+
+    Otsu's between-class variance over a 256-bin histogram spanning each image's range. When the classes
+    are separated by empty bins, every cut in the gap scores the same: take the middle of the gap, not
+    its lower edge, so that objects are not grown by their blurred rims. An image with one value gets its
+    maximum as threshold: no foreground.
     """
-    p = hist / hist.sum(1, keepdims=True)
-    values = np.arange(hist.shape[1], dtype=np.float64)
+    n = images.shape[0]
+    flat = images.reshape(n, -1).astype(np.float64)
+    low, high = flat.min(1), flat.max(1)
+    step = np.where(high > low, (high - low) / (OTSU_BINS - 1), 1.0)
+    bins = np.rint((flat - low[:, None]) / step[:, None]).astype(np.intp)
+    hist = np.bincount((bins + OTSU_BINS * np.arange(n)[:, None]).ravel(), minlength=n * OTSU_BINS)
+    p = hist.reshape(n, OTSU_BINS) / flat.shape[1]
     below = np.cumsum(p, 1)
-    below_mass = np.cumsum(p * values, 1)
-    total_mass = below_mass[:, -1:]
+    below_mass = np.cumsum(p * np.arange(OTSU_BINS), 1)
     spread = below * (1.0 - below)
-    between = np.where(spread > 0, (total_mass * below - below_mass) ** 2 / np.where(spread > 0, spread, 1.0), 0.0)
-    best = between.argmax(1)
-    return np.where(between.max(1) > 0, best, hist.shape[1] - 1).astype(np.float64)
+    between = np.where(spread > 0, (below_mass[:, -1:] * below - below_mass) ** 2 / np.where(spread > 0, spread, 1), 0)
+    best = between.max(1)
+    plateau = between >= best[:, None] * (1 - 1e-9)
+    first, last = plateau.argmax(1), OTSU_BINS - 1 - plateau[:, ::-1].argmax(1)
+    cut = (first + last) / 2 + 0.5  # bin b holds values within step / 2 of low + b * step
+    return np.where(best > 0, low + cut * step, high)
 
 
-def segment_nuclei(nuclei: np.ndarray, thresholds: np.ndarray, smoothing_sigma: float) -> tuple[np.ndarray, int]:
+def segment_nuclei(nuclei: np.ndarray, smoothing_sigma: float) -> tuple[np.ndarray, int]:
     """(N, H, W) nuclei channel -> (labels (N, H, W) int32 numbered across the stack, object count)."""
     image = nuclei.astype(np.float32)
     if smoothing_sigma > 0:
         image = ndimage.gaussian_filter(image, sigma=(0, smoothing_sigma, smoothing_sigma))
-    return ndimage.label(image > thresholds[:, None, None], structure=PLANAR_CROSS)
+    return ndimage.label(image > otsu_thresholds(image)[:, None, None], structure=PLANAR_CROSS)
 
 
 def perimeters(labels: np.ndarray, count: int) -> np.ndarray:
@@ -239,11 +252,11 @@ def per_image_mean_std(values: np.ndarray, image: np.ndarray, counts: np.ndarray
     return mean, np.sqrt(np.maximum(square - mean ** 2, 0.0))
 
 
-def nuclei_features(pixels: np.ndarray, nuclei_hist: np.ndarray, full_scale: int, nuclei_channel: int,
+def nuclei_features(pixels: np.ndarray, full_scale: int, nuclei_channel: int,
                     smoothing_sigma: float, min_area: int) -> tuple[np.ndarray, np.ndarray]:
     """(N, C, H, W) -> (N, len(NUCLEI_STATS)), (N, C, len(OBJECT_INTENSITY_STATS))."""
     n, channels, height, width = pixels.shape
-    labels, count = segment_nuclei(pixels[:, nuclei_channel], otsu_thresholds(nuclei_hist), smoothing_sigma)
+    labels, count = segment_nuclei(pixels[:, nuclei_channel], smoothing_sigma)
     flat = np.flatnonzero(labels)
     label = labels.ravel()[flat]
     image_of_pixel, within = np.divmod(flat, height * width)
@@ -316,8 +329,7 @@ def chunk_features(pixels: np.ndarray, full_scale: int, nuclei_channel: int, glc
     texture = [glcm_statistics(cooccurrence(levels_image, glcm_levels, d)) for d in glcm_distances]
     variance = (intensity[:, column("std")] * full_scale) ** 2
     texture.append(gradient_statistics(rows, variance))
-    nuclei, per_channel = nuclei_features(pixels, hist.reshape(n, channels, -1)[:, nuclei_channel], full_scale,
-                                          nuclei_channel, smoothing_sigma, min_nucleus_area)
+    nuclei, per_channel = nuclei_features(pixels, full_scale, nuclei_channel, smoothing_sigma, min_nucleus_area)
     per_image = lambda a: a.reshape(n, -1)  # noqa: E731  (rows are image-major, channel-minor)
     return np.concatenate([per_image(intensity), per_image(np.concatenate(texture, axis=1)), nuclei,
                            per_image(per_channel)], axis=1)

@@ -69,17 +69,24 @@ class WeaklySupervisedClassifier(nn.Module):
 
     def forward(self, pixels: torch.Tensor, labels: torch.Tensor | None = None):
         """Returns (loss or None, logits (B, num_classes), None)."""
-        logits = self.head(self.embed(pixels))
+        logits = self.forward_head(self.forward_features(pixels))
         if labels is None:
             return None, logits, None
         self.check_labels(labels, pixels.shape[0])
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
         return loss, logits, None
 
+    # timm's API, as on the encoders
+    def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.encoder.forward_features(pixels)
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        pooled = self.encoder.forward_head(features, pre_logits=True)
+        return pooled if pre_logits else self.head(pooled)
+
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, D) penultimate features: the encoder's pooled output (CLS or patch mean per global_pool)."""
-        encoder = self.encoder
-        return encoder.forward_head(encoder.forward_features(pixels), pre_logits=True)
+        return self.forward_head(self.forward_features(pixels), pre_logits=True)
 
 
 def classifier_factory(encoder_fields: dict):

@@ -15,6 +15,7 @@ bottleneck blocks -> decoder stages (2x transposed conv, concatenation with the 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -229,7 +230,7 @@ MUNET_SIZES: dict[str, dict] = {
 
 
 def munet_factory(fields: dict):
-    known = {f for f in MUNetConfig.__dataclass_fields__}
+    known = {f.name for f in dataclasses.fields(MUNetConfig)}
 
     def build(**overrides):
         unknown = set(overrides) - known
