@@ -9,10 +9,14 @@ def add_commands(subparsers) -> None:
 
 
 def list_models_command(args) -> int:
+    import torch
+
     from maefast.models import create_model, list_models
     for name in list_models():
         if args.params:
-            count = sum(p.numel() for p in create_model(name).parameters())
+            options = {"num_classes": 1000} if name.startswith("wsl_") else {}  # classifiers need a head size
+            with torch.device("meta"):
+                count = sum(p.numel() for p in create_model(name, **options).parameters())
             print(f"{name:40s} {count / 1e6:9.2f} M")
         else:
             print(name)

@@ -6,7 +6,7 @@ import pytest
 import scipy.stats
 import torch
 
-from maefast.embed.handcrafted import (
+from maefast.embedding.handcrafted import (
     GLCM_STATS, HandcraftedEmbedder, cooccurrence, feature_names, glcm_statistics, handcrafted_features,
 )
 
