@@ -7,7 +7,7 @@ import sys
 
 # modules that define add_commands(subparsers); each subcommand sets `func(args) -> int`
 COMMAND_MODULES = ("maefast.cli_models", "maefast.cli_data", "maefast.cli_train", "maefast.cli_embed",
-                   "maefast.cli_evaluate")
+                   "maefast.cli_evaluate", "maefast.cli_demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

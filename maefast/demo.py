@@ -21,7 +21,7 @@ from maefast.data import make_tile_loader, open_dataset
 from maefast.data.synthetic import CONTROL_LABEL, synth_screen
 from maefast.embedding.api import embed
 from maefast.embedding.handcrafted import HandcraftedEmbedder
-from maefast.embedding.job import aggregate_wells, feature_columns, read_embeddings
+from maefast.embedding.job import feature_columns, read_embeddings
 from maefast.evaluate import build_map, relationship_recall
 from maefast.evaluate.plots import plot_recall_bars
 from maefast.io import atomic_path
@@ -48,7 +48,7 @@ class Profile:
 
 PROFILES = {
     "fast": Profile(genes=40, replicates=2, plates=2, site_size=128, steps=60, batch_size=12),
-    "default": Profile(genes=80, replicates=3, plates=3, site_size=192, steps=300, batch_size=16),
+    "default": Profile(genes=80, replicates=3, plates=3, site_size=192, steps=800, batch_size=16),
     # a GPU: the papers' ViT-S/16 sizes at 256 x 256 crops
     "gpu": Profile(genes=300, replicates=4, plates=4, site_size=512, steps=3000, batch_size=128,
                    systems=(("MAE ViT-S/16", "mae_vit_small_patch16", ()), ("CA-MAE ViT-S/16", "camae_vit_small_patch16", ()),
@@ -62,7 +62,7 @@ def log(message: str) -> None:
 
 def make_screens(out: Path, profile: Profile, seed: int) -> tuple[Path, Path]:
     common = dict(num_genes=profile.genes, replicates=profile.replicates, num_plates=profile.plates,
-                  num_experiments=1, controls_per_plate=6, sites_per_well=2, size=profile.site_size, seed=seed)
+                  num_experiments=1, controls_per_plate=12, sites_per_well=2, size=profile.site_size, seed=seed)
     log(f"synthetic screens: {profile.genes} genes x {profile.replicates} replicates on {profile.plates} plates")
     screen = synth_screen(out / "screen", layout="rxrx", channels=6, **common)
     # the channel-generalization screen: JUMP layout, 16 bit, 5 channels
@@ -115,21 +115,21 @@ def handcrafted_sites(screen: Path, out: Path) -> pd.DataFrame:
     return frame
 
 
-def score(wells: pd.DataFrame, label: str) -> pd.DataFrame:
-    features = [c for c in wells.columns if c.startswith("feature_")]
-    wells = wells.loc[:, wells.nunique() > 1] if len(features) > 64 else wells  # drop constant hand-crafted columns
-    features = [c for c in wells.columns if c.startswith("feature_")]
-    components = min(32, len(features), len(wells) - 1)
-    gene_map = build_map(wells, perturbation_col="perturbation", control_label=CONTROL_LABEL, batch_col="plate",
+def score(sites: pd.DataFrame, label: str) -> pd.DataFrame:
+    """Map (site-level rows: center-scale, PCA, TVN on each plate's controls; mean per gene), then recall."""
+    features = [c for c in sites.columns if c.startswith("feature_") and sites[c].nunique() > 1]
+    controls_per_plate = sites[sites["perturbation"] == CONTROL_LABEL].groupby("plate").size().min()
+    components = int(min(32, len(features), controls_per_plate - 1))  # TVN needs more controls than dimensions
+    gene_map = build_map(sites, perturbation_col="perturbation", control_label=CONTROL_LABEL, batch_col="plate",
                          feature_cols=features, pca_components=components, tvn=True)
     recall = relationship_recall(gene_map, thresholds=THRESHOLDS)
     return recall.assign(method=label)
 
 
-def embedded_wells(checkpoint: Path, screen: Path, out: Path, name: str, channels=None) -> pd.DataFrame:
+def embedded_sites(checkpoint: Path, screen: Path, out: Path, name: str, channels=None) -> pd.DataFrame:
     target = out / "embeddings" / name
     embed(checkpoint, screen, target, channels=channels, batch_size=8, shard_size=256, show_progress=False)
-    return read_embeddings(target, level="well")
+    return read_embeddings(target, level="site")
 
 
 def results_table(recalls: list[pd.DataFrame]) -> pd.DataFrame:
@@ -138,26 +138,29 @@ def results_table(recalls: list[pd.DataFrame]) -> pd.DataFrame:
     return table.pivot_table(index="method", columns="source", values=columns[0], sort=False)
 
 
-def run_demo(out, profile_name: str = "default", seed: int = 0, device: str = "auto") -> pd.DataFrame:
-    if profile_name not in PROFILES:
-        raise ValueError(f"unknown demo profile {profile_name!r}; choose one of {sorted(PROFILES)}")
-    profile, out, start = PROFILES[profile_name], Path(out), time.time()
+def run_demo(out, profile: str | Profile = "default", seed: int = 0, device: str = "auto") -> pd.DataFrame:
+    """Runs the comparison (see the module docstring); returns recall per method and source."""
+    if isinstance(profile, str):
+        if profile not in PROFILES:
+            raise ValueError(f"unknown demo profile {profile!r}; choose one of {sorted(PROFILES)}")
+        profile = PROFILES[profile]
+    out, start = Path(out), time.time()
     screen, jump = make_screens(out, profile, seed)
     recalls, runs = [], {}
     for label, recipe, overrides in profile.systems:
         log(f"training {label} ({recipe}, {profile.steps} steps)")
         runs[recipe] = train_system(out, recipe, screen, profile, overrides, device)
         log(f"embedding with {label}")
-        recalls.append(score(embedded_wells(runs[recipe], screen, out, recipe), label))
+        recalls.append(score(embedded_sites(runs[recipe], screen, out, recipe), label))
     log("hand-crafted features")
-    recalls.append(score(aggregate_wells(handcrafted_sites(screen, out)), "Hand-crafted features"))
+    recalls.append(score(handcrafted_sites(screen, out), "Hand-crafted features"))
     log("randomly initialized ViT")
-    recalls.append(score(embedded_wells(random_vit(out), screen, out, "random_vit"), "Random ViT"))
+    recalls.append(score(embedded_sites(random_vit(out), screen, out, "random_vit"), "Random ViT"))
     ca_recipe = next(recipe for _, recipe, _ in profile.systems if "camae" in recipe)
     jump_channels = list(reversed(open_dataset(jump).channels))  # another count and order than in training
     log(f"CA-MAE channel generalization: JUMP screen, channels {jump_channels}")
-    wells = embedded_wells(runs[ca_recipe], jump, out, "camae_on_jump", channels=jump_channels)
-    recalls.append(score(wells, f"CA-MAE on JUMP ({len(jump_channels)} channels, reordered)"))
+    sites = embedded_sites(runs[ca_recipe], jump, out, "camae_on_jump", channels=jump_channels)
+    recalls.append(score(sites, f"CA-MAE on JUMP ({len(jump_channels)} channels, reordered)"))
     table = results_table(recalls)
     write_results(out, table, recalls)
     log(f"done in {time.time() - start:.0f} s; results in {out / 'results.md'}")
@@ -169,13 +172,16 @@ def write_results(out: Path, table: pd.DataFrame, recalls: list[pd.DataFrame]) -
     with atomic_path(out / "results.csv") as temporary:
         full.to_csv(temporary, index=False)
     text = "Recall of known relationships at the (0.05, 0.95) percentile thresholds (random: 0.10)\n\n"
-    text += table.to_markdown(floatfmt=".3f") if _has_tabulate() else table.to_string(float_format="%.3f")
+    text += markdown_table(table)
     with atomic_path(out / "results.md") as temporary:
         temporary.write_text(text + "\n")
     print(text, flush=True)
     plot_recall_bars({method: rows for method, rows in full.groupby("method", sort=False)}, out / "recall_bars.png")
 
 
-def _has_tabulate() -> bool:
-    import importlib.util
-    return importlib.util.find_spec("tabulate") is not None
+def markdown_table(table: pd.DataFrame) -> str:
+    header = [table.index.name or ""] + [str(c) for c in table.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, row in table.iterrows():
+        lines.append("| " + " | ".join([str(label)] + [f"{v:.3f}" for v in row]) + " |")
+    return "\n".join(lines)
