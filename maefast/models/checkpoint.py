@@ -131,17 +131,22 @@ def save_pretrained(model, directory, channel_names: list[str] | None = None, ex
     state_dict: the weights to write when model.state_dict() would not give whole tensors (FSDP).
     """
     directory = Path(directory)
+    meta = pretrained_config(model, channel_names, extra)
+    state = {k: v.detach().contiguous().cpu() for k, v in (state_dict or model.state_dict()).items()}
+    with atomic_path(directory / WEIGHTS_FILE) as temporary:
+        save_file(state, str(temporary), metadata={"format": "pt", "model": meta["model"]})
+    write_json_atomic(directory / CONFIG_FILE, meta)
+    return directory
+
+
+def pretrained_config(model, channel_names: list[str] | None = None, extra: dict | None = None) -> dict:
+    """What config.json holds: the registry name and config that rebuild the model, channel names."""
     name = getattr(model, "model_name", None)
     if name is None:
         raise ValueError("save_pretrained needs a model built by maefast.create_model (it records the name)")
     config = model_config_dict(model)
     channel_names = list(channel_names or config.get("channel_names") or [])
-    state = {k: v.detach().contiguous().cpu() for k, v in (state_dict or model.state_dict()).items()}
-    with atomic_path(directory / WEIGHTS_FILE) as temporary:
-        save_file(state, str(temporary), metadata={"format": "pt", "model": name})
-    write_json_atomic(directory / CONFIG_FILE, {"format": "maefast", "model": name, "config": config,
-                                                 "channel_names": channel_names, **(extra or {})})
-    return directory
+    return {"format": "maefast", "model": name, "config": config, "channel_names": channel_names, **(extra or {})}
 
 
 def from_pretrained(directory, **overrides):

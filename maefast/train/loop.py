@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from maefast.flops import model_training_flops
 from maefast.io import atomic_path, write_json_atomic
-from maefast.models.checkpoint import save_pretrained
+from maefast.models.checkpoint import pretrained_config, save_pretrained
 from maefast.models.registry import create_model, encoder_name, input_config
 from maefast.train import distributed as dist_utils
 from maefast.train.config import TrainConfig
@@ -112,8 +112,10 @@ class Trainer:
         meta = {"total_flops": self.total_flops, "crops_seen": self.crops_seen, "model": self.config.model.name}
         train_state = {"step": self.step, "total_flops": self.total_flops, "crops_seen": self.crops_seen,
                        "loader": self.loader.state_dict()}
+        model_config = pretrained_config(self.model, self.channel_names,
+                                         {"classes": self.classes} if self.classes is not None else None)
         save_checkpoint(self.out, self.step, self.wrapped, self.optimizer, self.scheduler, train_state,
-                        rng_states, meta, self.context.is_main, self.config.run.keep_checkpoints)
+                        rng_states, meta, model_config, self.context.is_main, self.config.run.keep_checkpoints)
         dist_utils.barrier(self.context)
 
     def export_encoder(self) -> Path | None:

@@ -1,7 +1,9 @@
 """Training checkpoints: everything needed to continue exactly, written atomically.
 
-<out>/checkpoints/step-00000100/  model.safetensors (full model), train_state.pt (optimizer, scheduler,
-RNG states of every rank, loader position, counters), meta.json. The directory is written under a
+<out>/checkpoints/step-00000100/  model.safetensors (full model) and config.json (as save_pretrained
+writes them, so `maefast embed --checkpoint` takes a checkpoint directly), train_state.pt (optimizer,
+scheduler, RNG states of every rank, loader position, counters), meta.json (step, cumulative FLOPs).
+<out>/checkpoints/flops.csv lists checkpoint,flops for the recall-against-FLOPs figure. The directory is written under a
 temporary name and renamed when complete; <out>/checkpoints/latest.json (the manifest) then names it,
 so a resumed run never reads a partial checkpoint.
 """
@@ -20,7 +22,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from maefast.io import write_json_atomic
+from maefast.io import atomic_path, write_json_atomic
 
 MANIFEST = "latest.json"
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -46,7 +48,7 @@ def checkpoint_root(out_dir) -> Path:
 
 
 def save_checkpoint(out_dir, step: int, model, optimizer, scheduler, train_state: dict, rng_states: list,
-                    meta: dict, is_main: bool, keep: int) -> Path | None:
+                    meta: dict, model_config: dict, is_main: bool, keep: int) -> Path | None:
     """Collective (every rank calls it, for FSDP's gather); rank 0 writes."""
     model_state = get_model_state_dict(model, options=FULL)
     optimizer_state = get_optimizer_state_dict(model, optimizer, options=FULL)
@@ -61,12 +63,20 @@ def save_checkpoint(out_dir, step: int, model, optimizer, scheduler, train_state
     torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "rng": rng_states,
                 **train_state}, partial / "train_state.pt")
     (partial / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=2))
+    (partial / "config.json").write_text(json.dumps(model_config, indent=2))
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)
     write_json_atomic(root / MANIFEST, {"step": step, "path": final.name, **meta})
     for old in sorted(root.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+    write_flops_table(root)
     return final
+
+
+def write_flops_table(root: Path) -> None:
+    rows = ["checkpoint,flops"] + [f"{m['path']},{m['total_flops']}" for m in checkpoint_history(root.parent)]
+    with atomic_path(root / "flops.csv") as temporary:
+        temporary.write_text("\n".join(rows) + "\n")
 
 
 def latest_checkpoint(out_dir) -> Path | None:
@@ -90,6 +100,6 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
 
 
 def checkpoint_history(out_dir) -> list[dict]:
-    """meta.json of every kept checkpoint, oldest first (step, cumulative FLOPs, ...)."""
-    return [json.loads((p / "meta.json").read_text()) for p in sorted(checkpoint_root(out_dir).glob("step-*"))
-            if (p / "meta.json").exists()]
+    """meta.json of every kept checkpoint, oldest first (step, cumulative FLOPs, ...), with its path."""
+    return [{**json.loads((p / "meta.json").read_text()), "path": p.name}
+            for p in sorted(checkpoint_root(out_dir).glob("step-*")) if (p / "meta.json").exists()]

@@ -48,6 +48,10 @@ def test_debug_run_writes_checkpoints_metrics_images_and_encoder(screen, tmp_pat
     assert all(p.stat().st_size > 5000 for p in images) and (tmp_path / "loss.png").exists()
     encoder, channels = load_encoder(tmp_path)
     assert len(channels) == 6
+    flops = (tmp_path / "checkpoints" / "flops.csv").read_text().splitlines()
+    assert flops[0] == "checkpoint,flops" and flops[1].startswith("step-00000003,") and len(flops) == 3
+    early, _ = load_encoder(tmp_path / "checkpoints" / "step-00000003")  # a checkpoint embeds directly
+    assert not torch.equal(early.cls_token, encoder.cls_token)
     pixels = torch.randint(0, 255, (2, 6, 64, 64), dtype=torch.uint8)
     assert encoder.embed(pixels).shape == (2, 64)
     assert summary["total_flops"] == pytest.approx(6 * 8 * maefast.flops.model_training_flops(encoder_owner(tmp_path), 6))
