@@ -9,16 +9,7 @@ import torch
 import maefast
 from maefast.cli import main
 from maefast.data import make_tile_loader, open_dataset, read_channel
-from maefast.data.synthetic import synth_screen
 from maefast.embedding.job import EmbedSettings, read_embeddings, run_embedding
-
-
-@pytest.fixture(scope="module")
-def screen(tmp_path_factory):
-    path = tmp_path_factory.mktemp("screen")
-    synth_screen(path, layout="rxrx", num_genes=5, replicates=1, num_plates=1, num_experiments=1,
-                 controls_per_plate=2, sites_per_well=2, size=128, channels=6, seed=5, progress=False)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from maefast.data import open_dataset
-from tests.train.test_training import screen  # noqa: F401  (module fixture: a small synthetic screen)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,7 +20,7 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_two_ranks(screen, tmp_path, parallel):  # noqa: F811
+def test_two_ranks(screen, tmp_path, parallel):
     report = tmp_path / "report"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
                "--master-port", str(free_port()), str(ROOT / "tests" / "train" / "distributed_worker.py"),

@@ -13,22 +13,12 @@ import torch
 from safetensors.torch import load_file
 
 import maefast
-from maefast.data.synthetic import synth_screen
 from maefast.embedding.encoder import load_encoder
 from maefast.train.config import load_config
 from maefast.train.loop import NonFiniteLoss, Trainer, train
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["model.overrides.decoder_depth=1", "data.batch_size=4", "data.crops_per_image=2", "data.num_workers=1"]
-
-
-@pytest.fixture(scope="module")
-def screen(tmp_path_factory):
-    """A small synthetic screen shared by the tests of this module (6 channels, 128 px)."""
-    path = tmp_path_factory.mktemp("screen")
-    synth_screen(path, layout="rxrx", num_genes=6, replicates=1, num_plates=1, num_experiments=1,
-                 controls_per_plate=2, sites_per_well=2, size=128, channels=6, seed=3, progress=False)
-    return path
 
 
 def config_for(screen, *extra):
