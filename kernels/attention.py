@@ -1,0 +1,273 @@
+"""Triton flash attention (spec: maefast/ops/attention.py), forward and backward, and plain launchers.
+
+softmax(q k^T * scale) v without materializing the scores: online softmax over key blocks in the forward
+(saving the base-2 log-sum-exp per query row), recomputation in the backward:
+_attention_fwd_kernel        one program per (query block, batch * head)
+_attention_bwd_delta_kernel  delta = rowsum(dO * O)
+_attention_bwd_dkdv_kernel   one program per (key block, batch * head), loops over query blocks
+_attention_bwd_dq_kernel     one program per (query block, batch * head), loops over key blocks
+Any sequence lengths (self- and cross-attention), head dims up to 128 (padded to a power of two), any
+strides (q, k, v may be views of (B, N, H, d) projections). UPCAST=True runs the dots in fp32 (fp32 inputs,
+and the interpreter, whose 16-bit dots are not exact); otherwise dots take bf16 / fp16 operands.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _mm(a, b, UPCAST: tl.constexpr):
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b)
+
+
+@triton.jit
+def _attention_fwd_kernel(Q, K, V, O, LSE, qk_scale,
+                          sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod,
+                          H, NQ, NK, HEAD_DIM,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                          UPCAST: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    m_mask = offs_m < NQ
+    q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
+    k_base = K + b.to(tl.int64) * skb + h.to(tl.int64) * skh
+    v_base = V + b.to(tl.int64) * svb + h.to(tl.int64) * svh
+    q = tl.load(q_base + offs_m[:, None] * sqm + offs_d[None, :] * sqd, mask=m_mask[:, None] & d_mask[None, :],
+                other=0.0)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for start_n in range(0, NK, BLOCK_N):
+        n = start_n + offs_n
+        n_mask = n < NK
+        k = tl.load(k_base + n[None, :] * skn + offs_d[:, None] * skd, mask=n_mask[None, :] & d_mask[:, None],
+                    other=0.0)
+        v = tl.load(v_base + n[:, None] * svn + offs_d[None, :] * svd, mask=n_mask[:, None] & d_mask[None, :],
+                    other=0.0)
+        s = _mm(q, k, UPCAST) * qk_scale
+        s = tl.where(n_mask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if UPCAST:
+            acc = acc * alpha[:, None] + _mm(p, v, UPCAST)
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    acc = acc / l_i[:, None]
+    o_base = O + b.to(tl.int64) * sob + h.to(tl.int64) * soh
+    tl.store(o_base + offs_m[:, None] * som + offs_d[None, :] * sod, acc.to(O.dtype.element_ty),
+             mask=m_mask[:, None] & d_mask[None, :])
+    tl.store(LSE + pid_bh.to(tl.int64) * NQ + offs_m, m_i + tl.math.log2(l_i), mask=m_mask)
+
+
+@triton.jit
+def _attention_bwd_delta_kernel(O, DO, DELTA, sob, soh, som, sod, sdb, sdh, sdm, sdd, H, NQ, HEAD_DIM,
+                                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_m < NQ)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    o = tl.load(O + b.to(tl.int64) * sob + h.to(tl.int64) * soh + offs_m[:, None] * som + offs_d[None, :] * sod,
+                mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh + offs_m[:, None] * sdm + offs_d[None, :] * sdd,
+                 mask=mask, other=0.0).to(tl.float32)
+    tl.store(DELTA + pid_bh.to(tl.int64) * NQ + offs_m, tl.sum(o * do, axis=1), mask=offs_m < NQ)
+
+
+@triton.jit
+def _attention_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, qk_scale, sm_scale,
+                               sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
+                               sdb, sdh, sdm, sdd, sgkb, sgkh, sgkn, sgkd, sgvb, sgvh, sgvn, sgvd,
+                               H, NQ, NK, HEAD_DIM,
+                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                               UPCAST: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    n_mask = offs_n < NK
+    nd_mask = n_mask[:, None] & d_mask[None, :]
+    k_ptrs = K + b.to(tl.int64) * skb + h.to(tl.int64) * skh + offs_n[:, None] * skn + offs_d[None, :] * skd
+    v_ptrs = V + b.to(tl.int64) * svb + h.to(tl.int64) * svh + offs_n[:, None] * svn + offs_d[None, :] * svd
+    k = tl.load(k_ptrs, mask=nd_mask, other=0.0)
+    v = tl.load(v_ptrs, mask=nd_mask, other=0.0)
+    q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
+    do_base = DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh
+    row_base = pid_bh.to(tl.int64) * NQ
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    for start_m in range(0, NQ, BLOCK_M):
+        m = start_m + offs_m
+        m_mask = m < NQ
+        qT = tl.load(q_base + m[None, :] * sqm + offs_d[:, None] * sqd, mask=m_mask[None, :] & d_mask[:, None],
+                     other=0.0)
+        lse = tl.load(LSE + row_base + m, mask=m_mask, other=0.0)
+        sT = _mm(k, qT, UPCAST) * qk_scale  # (BLOCK_N, BLOCK_M)
+        pT = tl.math.exp2(sT - lse[None, :])
+        pT = tl.where(m_mask[None, :] & n_mask[:, None], pT, 0.0)
+        do = tl.load(do_base + m[:, None] * sdm + offs_d[None, :] * sdd, mask=m_mask[:, None] & d_mask[None, :],
+                     other=0.0)
+        if UPCAST:
+            dv += _mm(pT, do, UPCAST)
+        else:
+            dv += tl.dot(pT.to(do.dtype), do)
+        delta = tl.load(DELTA + row_base + m, mask=m_mask, other=0.0)
+        dpT = _mm(v, tl.trans(do), UPCAST)
+        dsT = pT * (dpT - delta[None, :])
+        if UPCAST:
+            dk += _mm(dsT, tl.trans(qT), UPCAST)
+        else:
+            dk += tl.dot(dsT.to(qT.dtype), tl.trans(qT))
+    dk_ptrs = DK + b.to(tl.int64) * sgkb + h.to(tl.int64) * sgkh + offs_n[:, None] * sgkn + offs_d[None, :] * sgkd
+    dv_ptrs = DV + b.to(tl.int64) * sgvb + h.to(tl.int64) * sgvh + offs_n[:, None] * sgvn + offs_d[None, :] * sgvd
+    tl.store(dk_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=nd_mask)
+    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=nd_mask)
+
+
+@triton.jit
+def _attention_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, qk_scale, sm_scale,
+                             sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
+                             sdb, sdh, sdm, sdd, sgqb, sgqh, sgqm, sgqd, H, NQ, NK, HEAD_DIM,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                             UPCAST: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    m_mask = offs_m < NQ
+    md_mask = m_mask[:, None] & d_mask[None, :]
+    q_ptrs = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd
+    q = tl.load(q_ptrs, mask=md_mask, other=0.0)
+    do = tl.load(DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh + offs_m[:, None] * sdm + offs_d[None, :] * sdd,
+                 mask=md_mask, other=0.0)
+    row_base = pid_bh.to(tl.int64) * NQ
+    lse = tl.load(LSE + row_base + offs_m, mask=m_mask, other=0.0)
+    delta = tl.load(DELTA + row_base + offs_m, mask=m_mask, other=0.0)
+    k_base = K + b.to(tl.int64) * skb + h.to(tl.int64) * skh
+    v_base = V + b.to(tl.int64) * svb + h.to(tl.int64) * svh
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for start_n in range(0, NK, BLOCK_N):
+        n = start_n + offs_n
+        n_mask = n < NK
+        kT = tl.load(k_base + n[None, :] * skn + offs_d[:, None] * skd, mask=n_mask[None, :] & d_mask[:, None],
+                     other=0.0)
+        vT = tl.load(v_base + n[None, :] * svn + offs_d[:, None] * svd, mask=n_mask[None, :] & d_mask[:, None],
+                     other=0.0)
+        s = _mm(q, kT, UPCAST) * qk_scale
+        p = tl.math.exp2(s - lse[:, None])
+        p = tl.where(n_mask[None, :], p, 0.0)
+        dp = _mm(do, vT, UPCAST)
+        ds = p * (dp - delta[:, None])
+        if UPCAST:
+            dq += _mm(ds, tl.trans(kT), UPCAST)
+        else:
+            dq += tl.dot(ds.to(kT.dtype), tl.trans(kT))
+    dq_ptrs = DQ + b.to(tl.int64) * sgqb + h.to(tl.int64) * sgqh + offs_m[:, None] * sgqm + offs_d[None, :] * sgqd
+    tl.store(dq_ptrs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=md_mask)
+
+
+# ---------------------------------------------------------------------------------------------------- launchers
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _configs(pairs, warps_stages):
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+            for m, n in pairs for w, s in warps_stages]
+
+
+if _interpreting():
+    _fwd = _attention_fwd_kernel
+    _dkdv = _attention_bwd_dkdv_kernel
+    _dq = _attention_bwd_dq_kernel
+else:  # autotuned once per (sequence lengths, head dim, dtype)
+    _KEY = ["NQ", "NK", "HEAD_DIM"]
+    _fwd = triton.autotune(_configs([(128, 64), (128, 128), (64, 64)], [(4, 3), (8, 3), (4, 4)]),
+                           key=_KEY)(_attention_fwd_kernel)
+    _dkdv = triton.autotune(_configs([(32, 128), (64, 128), (64, 64)], [(4, 2), (8, 2), (4, 3)]),
+                            key=_KEY)(_attention_bwd_dkdv_kernel)
+    _dq = triton.autotune(_configs([(128, 32), (128, 64), (64, 64)], [(4, 2), (8, 2), (4, 3)]),
+                          key=_KEY)(_attention_bwd_dq_kernel)
+
+_INTERPRETER_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 16}
+SUPPORTED_HEAD_DIMS = (1, 128)
+
+
+def _block_d(head_dim: int) -> int:
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def _upcast(q: torch.Tensor) -> bool:
+    return _interpreting() or q.dtype == torch.float32
+
+
+def attention_forward(q, k, v, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """q (B, H, Nq, d), k / v (B, H, Nk, d), any strides -> out (B, H, Nq, d) laid out as (B, Nq, H, d), and
+    the base-2 log-sum-exp (B * H, Nq) float32."""
+    b, h, nq, d = q.shape
+    nk = k.shape[2]
+    out = torch.empty(b, nq, h, d, dtype=q.dtype, device=q.device).transpose(1, 2)
+    lse = torch.empty(b * h, nq, dtype=torch.float32, device=q.device)
+    if b * h * nq == 0:
+        return out, lse
+    blocks = dict(_INTERPRETER_BLOCKS) if _interpreting() else {}
+    grid = lambda meta: (triton.cdiv(nq, meta["BLOCK_M"]), b * h)  # noqa: E731
+    _fwd[grid](q, k, v, out, lse, scale * 1.4426950408889634, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+               h, nq, nk, d, BLOCK_D=_block_d(d), UPCAST=_upcast(q), **blocks)
+    return out, lse
+
+
+def attention_backward(grad_out, q, k, v, out, lse, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    b, h, nq, d = q.shape
+    nk = k.shape[2]
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    if b * h * nq * nk == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    delta = torch.empty(b * h, nq, dtype=torch.float32, device=q.device)
+    block_d = _block_d(d)
+    _attention_bwd_delta_kernel[(triton.cdiv(nq, 64), b * h)](out, grad_out, delta, *out.stride(), *grad_out.stride(),
+                                                             h, nq, d, BLOCK_M=64, BLOCK_D=block_d)
+    blocks = dict(_INTERPRETER_BLOCKS) if _interpreting() else {}
+    strides = (*q.stride(), *k.stride(), *v.stride(), *grad_out.stride())
+    sizes = (h, nq, nk, d)
+    qk_scale = scale * 1.4426950408889634
+    _dkdv[lambda meta: (triton.cdiv(nk, meta["BLOCK_N"]), b * h)](
+        q, k, v, grad_out, lse, delta, dk, dv, qk_scale, scale, *strides, *dk.stride(), *dv.stride(), *sizes,
+        BLOCK_D=block_d, UPCAST=_upcast(q), **blocks)
+    _dq[lambda meta: (triton.cdiv(nq, meta["BLOCK_M"]), b * h)](
+        q, k, v, grad_out, lse, delta, dq, qk_scale, scale, *strides, *dq.stride(), *sizes,
+        BLOCK_D=block_d, UPCAST=_upcast(q), **blocks)
+    return dq, dk, dv
+
+
+def default_scale(head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim)
