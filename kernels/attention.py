@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from maefast.kernels._rounding import emulate_rtne, to_output
+
 LOG2E = 1.4426950408889634
 
 
@@ -34,7 +36,7 @@ def _attention_fwd_kernel(Q, K, V, O, LSE, qk_scale,
                           sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod,
                           H, NQ, NK, HEAD_DIM,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                          UPCAST: tl.constexpr):
+                          UPCAST: tl.constexpr, EMULATE_RTNE: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -72,7 +74,7 @@ def _attention_fwd_kernel(Q, K, V, O, LSE, qk_scale,
         m_i = m_new
     acc = acc / l_i[:, None]
     o_base = O + b.to(tl.int64) * sob + h.to(tl.int64) * soh
-    tl.store(o_base + offs_m[:, None] * som + offs_d[None, :] * sod, acc.to(O.dtype.element_ty),
+    tl.store(o_base + offs_m[:, None] * som + offs_d[None, :] * sod, to_output(acc, O.dtype.element_ty, EMULATE_RTNE),
              mask=m_mask[:, None] & d_mask[None, :])
     tl.store(LSE + pid_bh.to(tl.int64) * NQ + offs_m, m_i + tl.math.log2(l_i), mask=m_mask)
 
@@ -100,7 +102,7 @@ def _attention_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, qk_scale, sm_sca
                                sdb, sdh, sdm, sdd, sgkb, sgkh, sgkn, sgkd, sgvb, sgvh, sgvn, sgvd,
                                H, NQ, NK, HEAD_DIM,
                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                               UPCAST: tl.constexpr):
+                               UPCAST: tl.constexpr, EMULATE_RTNE: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -144,8 +146,8 @@ def _attention_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, qk_scale, sm_sca
             dk += tl.dot(dsT.to(qT.dtype), tl.trans(qT))
     dk_ptrs = DK + b.to(tl.int64) * sgkb + h.to(tl.int64) * sgkh + offs_n[:, None] * sgkn + offs_d[None, :] * sgkd
     dv_ptrs = DV + b.to(tl.int64) * sgvb + h.to(tl.int64) * sgvh + offs_n[:, None] * sgvn + offs_d[None, :] * sgvd
-    tl.store(dk_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=nd_mask)
-    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=nd_mask)
+    tl.store(dk_ptrs, to_output(dk * sm_scale, DK.dtype.element_ty, EMULATE_RTNE), mask=nd_mask)
+    tl.store(dv_ptrs, to_output(dv, DV.dtype.element_ty, EMULATE_RTNE), mask=nd_mask)
 
 
 @triton.jit
@@ -153,7 +155,7 @@ def _attention_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, qk_scale, sm_scale,
                              sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
                              sdb, sdh, sdm, sdd, sgqb, sgqh, sgqm, sgqd, H, NQ, NK, HEAD_DIM,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                             UPCAST: tl.constexpr):
+                             UPCAST: tl.constexpr, EMULATE_RTNE: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -191,7 +193,7 @@ def _attention_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, qk_scale, sm_scale,
         else:
             dq += tl.dot(ds.to(kT.dtype), tl.trans(kT))
     dq_ptrs = DQ + b.to(tl.int64) * sgqb + h.to(tl.int64) * sgqh + offs_m[:, None] * sgqm + offs_d[None, :] * sgqd
-    tl.store(dq_ptrs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=md_mask)
+    tl.store(dq_ptrs, to_output(dq * sm_scale, DQ.dtype.element_ty, EMULATE_RTNE), mask=md_mask)
 
 
 # ---------------------------------------------------------------------------------------------------- launchers
@@ -242,7 +244,7 @@ def attention_forward(q, k, v, scale: float) -> tuple[torch.Tensor, torch.Tensor
     blocks = dict(_INTERPRETER_BLOCKS) if _interpreting() else {}
     grid = lambda meta: (triton.cdiv(nq, meta["BLOCK_M"]), b * h)  # noqa: E731
     _fwd[grid](q, k, v, out, lse, scale * 1.4426950408889634, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-               h, nq, nk, d, BLOCK_D=_block_d(d), UPCAST=_upcast(q), **blocks)
+               h, nq, nk, d, BLOCK_D=_block_d(d), UPCAST=_upcast(q), EMULATE_RTNE=emulate_rtne(), **blocks)
     return out, lse
 
 
@@ -262,10 +264,10 @@ def attention_backward(grad_out, q, k, v, out, lse, scale: float) -> tuple[torch
     qk_scale = scale * 1.4426950408889634
     _dkdv[lambda meta: (triton.cdiv(nk, meta["BLOCK_N"]), b * h)](
         q, k, v, grad_out, lse, delta, dk, dv, qk_scale, scale, *strides, *dk.stride(), *dv.stride(), *sizes,
-        BLOCK_D=block_d, UPCAST=_upcast(q), **blocks)
+        BLOCK_D=block_d, UPCAST=_upcast(q), EMULATE_RTNE=emulate_rtne(), **blocks)
     _dq[lambda meta: (triton.cdiv(nq, meta["BLOCK_M"]), b * h)](
         q, k, v, grad_out, lse, delta, dq, qk_scale, scale, *strides, *dq.stride(), *sizes,
-        BLOCK_D=block_d, UPCAST=_upcast(q), **blocks)
+        BLOCK_D=block_d, UPCAST=_upcast(q), EMULATE_RTNE=emulate_rtne(), **blocks)
     return dq, dk, dv
 
 

@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from maefast.kernels._rounding import emulate_rtne, to_output
+
 NORM_PIX_EPS = 1e-6
 
 
@@ -29,7 +31,7 @@ def _mm(a, b, PRECISE: tl.constexpr):
 @triton.jit
 def _mae_loss_kernel(pred_ptr, target_ptr, dft_re_ptr, dft_im_ptr, partial_ptr, coef_ptr, grad_ptr,
                      n_rows, C, PP, inv_count,
-                     NORM: tl.constexpr, GRAD: tl.constexpr, PRECISE: tl.constexpr,
+                     NORM: tl.constexpr, GRAD: tl.constexpr, PRECISE: tl.constexpr, EMULATE_RTNE: tl.constexpr,
                      BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_P: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -82,7 +84,7 @@ def _mae_loss_kernel(pred_ptr, target_ptr, dft_re_ptr, dft_im_ptr, partial_ptr, 
                 grad_x += _mm(p_re * scale, tl.trans(re), PRECISE) + _mm(p_im * scale, tl.trans(im), PRECISE)
         if GRAD:
             g = (coef_mse * 2.0 * diff + coef_fourier * grad_x) * inv_count
-            tl.store(grad_ptr + offs, g.to(grad_ptr.dtype.element_ty), mask=mask)
+            tl.store(grad_ptr + offs, to_output(g, grad_ptr.dtype.element_ty, EMULATE_RTNE), mask=mask)
     tl.store(partial_ptr + pid * 2, tl.sum(tl.sum(mse_acc, axis=1), axis=0))
     tl.store(partial_ptr + pid * 2 + 1, tl.sum(tl.sum(fourier_acc, axis=1), axis=0))
 
@@ -121,6 +123,6 @@ def mae_loss_partials(pred, target, *, channels: int, norm_pix_loss: bool, coef:
     _mae_loss_kernel[(programs,)](pred, target, re, im, partial, coef if coef is not None else partial,
                                   grad if grad is not None else pred, n_rows, channels, pp,
                                   1.0 / (n_rows * p_total), NORM=norm_pix_loss, GRAD=coef is not None,
-                                  PRECISE=_interpreting() or not pred.is_cuda, BLOCK_R=block_r, BLOCK_S=block_s,
+                                  PRECISE=_interpreting() or not pred.is_cuda, EMULATE_RTNE=emulate_rtne(), BLOCK_R=block_r, BLOCK_S=block_s,
                                   BLOCK_F=block_f, BLOCK_P=block_p, num_warps=4)
     return partial.sum(0), grad

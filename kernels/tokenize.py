@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from maefast.kernels._rounding import emulate_rtne, to_output
+
 STANDARDIZE_EPS = 1e-5
 DOT_MODES = {"ieee": 0, "tf32": 1, "bf16": 2, "fp16": 3}
 
@@ -89,7 +91,7 @@ def _patch_tile(pix_ptr, mean_ptr, rstd_ptr, b, idx, t_mask, kk, C, H, W, GW, G,
 def _tokenize_fwd_kernel(pix_ptr, keep_ptr, mean_ptr, rstd_ptr, w_ptr, bias_ptr, pos_ptr, out_ptr,
                          n_tokens, K, C, H, W, GW, G, D, KD, scale,
                          P: tl.constexpr, CA: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_MODE: tl.constexpr,
-                         BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
+                         EMULATE_RTNE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_t = tl.program_id(0)
     pid_d = tl.program_id(1)
     t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -108,7 +110,7 @@ def _tokenize_fwd_kernel(pix_ptr, keep_ptr, mean_ptr, rstd_ptr, w_ptr, bias_ptr,
     if HAS_BIAS:
         acc += tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)[None, :]
     acc += tl.load(pos_ptr + idx[:, None] * D + d[None, :], mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + t[:, None].to(tl.int64) * D + d[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + t[:, None].to(tl.int64) * D + d[None, :], to_output(acc, out_ptr.dtype.element_ty, EMULATE_RTNE), mask=mask)
 
 
 @triton.jit
@@ -213,8 +215,8 @@ def tokenize_forward(pixels, keep_idx, weight2d, bias, pos_embed, mean, rstd, *,
     _tokenize_fwd_kernel[grid](pixels, keep_idx, mean, rstd, weight2d, bias if bias is not None else weight2d,
                                pos_embed, out, n_tokens, k, c, h, w, gw, g, d, kd, _scale(pixels.dtype),
                                P=patch, CA=channel_agnostic, HAS_BIAS=bias is not None,
-                               DOT_MODE=DOT_MODES[dot_mode], BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_K=block_k,
-                               num_warps=4)
+                               DOT_MODE=DOT_MODES[dot_mode], EMULATE_RTNE=emulate_rtne(), BLOCK_T=block_t,
+                               BLOCK_D=block_d, BLOCK_K=block_k, num_warps=4)
     return out
 
 

@@ -11,10 +11,12 @@ import torch
 import triton
 import triton.language as tl
 
+from maefast.kernels._rounding import emulate_rtne, to_output
+
 
 @triton.jit
 def _unshuffle_fwd_kernel(vis_ptr, inv_ptr, mask_ptr, pos_ptr, out_ptr, n_rows, L, K, D,
-                          BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+                          BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, EMULATE_RTNE: tl.constexpr):
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     r_mask = r < n_rows
@@ -29,7 +31,7 @@ def _unshuffle_fwd_kernel(vis_ptr, inv_ptr, mask_ptr, pos_ptr, out_ptr, n_rows, 
     value = tl.where(visible[:, None], v, token[None, :])
     value += tl.load(pos_ptr + l[:, None] * D + d[None, :], mask=r_mask[:, None] & d_mask[None, :],
                      other=0.0).to(tl.float32)
-    tl.store(out_ptr + r[:, None].to(tl.int64) * D + d[None, :], value.to(out_ptr.dtype.element_ty),
+    tl.store(out_ptr + r[:, None].to(tl.int64) * D + d[None, :], to_output(value, out_ptr.dtype.element_ty, EMULATE_RTNE),
              mask=r_mask[:, None] & d_mask[None, :])
 
 
@@ -79,7 +81,7 @@ def unshuffle_forward(visible, inverse, mask_token, pos_embed) -> torch.Tensor:
     block_r = max(1, 4096 // block_d)
     grid = (triton.cdiv(n_rows, block_r), triton.cdiv(d, block_d))
     _unshuffle_fwd_kernel[grid](visible, inverse, mask_token, pos_embed, out, n_rows, num_tokens, k, d,
-                                BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4)
+                                BLOCK_R=block_r, BLOCK_D=block_d, EMULATE_RTNE=emulate_rtne(), num_warps=4)
     return out
 
 
