@@ -1,0 +1,70 @@
+"""attention: the Triton flash-attention kernel against the reference, and the dispatcher (ARCHITECTURE §3)."""
+import importlib
+
+import pytest
+import torch
+
+from maefast.ops.attention import attention, attention_reference
+
+from .helpers import assert_close_to, device_for, kernel_backends, poisoned_allocations
+
+# maefast.ops re-exports the function under the module's name
+attention_module = importlib.import_module("maefast.ops.attention")
+
+# (batch, heads, query length, key length, head dim): self-attention, cross-attention, odd lengths and dims
+CASES = [(2, 3, 17, 17, 16), (1, 2, 33, 20, 40), (1, 1, 5, 70, 64), (2, 1, 1, 9, 24), (1, 1, 19, 19, 128)]
+
+
+def heads_view(batch, heads, length, dim, dtype, device):
+    """(B, H, N, d) as the models make it: a transposed view of a (B, N, H * d) projection."""
+    x = torch.randn(batch, length, heads * dim, device=device, dtype=dtype)
+    return x.view(batch, length, heads, dim).transpose(1, 2).requires_grad_()
+
+
+def run(fn, q, k, v, grad):
+    out = fn(q, k, v)
+    return (out,) + torch.autograd.grad((out.float() * grad).sum(), (q, k, v))
+
+
+@pytest.mark.parametrize("backend", kernel_backends("triton"))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
+def test_triton_attention_matches_reference(backend, dtype, case):
+    device = device_for(backend)
+    batch, heads, nq, nk, dim = case
+    q = heads_view(batch, heads, nq, dim, torch.float32, device)
+    k = heads_view(batch, heads, nk, dim, torch.float32, device)
+    v = torch.randn(batch, heads, nk, dim, device=device, requires_grad=True)  # contiguous layout too
+    grad = torch.randn(batch, heads, nq, dim, device=device)
+    exact = run(attention_reference, q, k, v, grad)
+    low_inputs = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
+    with poisoned_allocations():
+        got = run(lambda *a: attention(*a, backend="triton"), *low_inputs, grad)
+    low = None
+    if dtype != torch.float32:
+        low = run(attention_reference, *low_inputs, grad.to(dtype).float())
+    for i, name in enumerate(["out", "dq", "dk", "dv"]):
+        assert got[i].dtype == dtype and got[i].shape == exact[i].shape
+        assert_close_to(got[i].float(), exact[i], low_precision_reference=None if low is None else low[i].float(),
+                        atol=1e-5, rtol=1e-4, what=name)
+
+
+def test_cpu_attention_is_sdpa_and_matches_reference(monkeypatch):
+    monkeypatch.delenv("MAEFAST_BACKEND", raising=False)
+    q, k, v = (torch.randn(2, 3, 11, 16) for _ in range(3))
+    assert_close_to(attention(q, k, v), attention_reference(q, k, v), atol=1e-5, what="out")
+    assert attention_module.available_backends(q) == ["sdpa"]
+
+
+def test_unknown_backend_is_refused():
+    q = torch.randn(1, 1, 4, 8)
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        attention(q, q, q, backend="nope")
+
+
+@pytest.mark.parametrize("backend", kernel_backends("triton"))
+def test_triton_attention_custom_op_passes_opcheck(backend):
+    device = device_for(backend)
+    q, k, v = (torch.randn(1, 2, 9, 16, device=device, requires_grad=True) for _ in range(3))
+    torch.library.opcheck(torch.ops.maefast.flash_attention.default, (q, k, v, 0.25),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
