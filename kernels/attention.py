@@ -220,7 +220,7 @@ else:  # autotuned once per (sequence lengths, head dim, dtype)
     _dq = triton.autotune(_configs([(128, 32), (128, 64), (64, 64)], [(4, 2), (8, 2), (4, 3)]),
                           key=_KEY)(_attention_bwd_dq_kernel)
 
-_INTERPRETER_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 16}
+_INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
 SUPPORTED_HEAD_DIMS = (1, 128)
 
 
