@@ -207,21 +207,36 @@ def _configs(pairs, warps_stages):
             for m, n in pairs for w, s in warps_stages]
 
 
-if _interpreting():
-    _fwd = _attention_fwd_kernel
-    _dkdv = _attention_bwd_dkdv_kernel
-    _dq = _attention_bwd_dq_kernel
-else:  # autotuned once per (sequence lengths, head dim, dtype)
-    _KEY = ["NQ", "NK", "HEAD_DIM"]
-    _fwd = triton.autotune(_configs([(128, 64), (128, 128), (64, 64)], [(4, 3), (8, 3), (4, 4)]),
-                           key=_KEY)(_attention_fwd_kernel)
-    _dkdv = triton.autotune(_configs([(32, 128), (64, 128), (64, 64)], [(4, 2), (8, 2), (4, 3)]),
-                            key=_KEY)(_attention_bwd_dkdv_kernel)
-    _dq = triton.autotune(_configs([(128, 32), (128, 64), (64, 64)], [(4, 2), (8, 2), (4, 3)]),
-                          key=_KEY)(_attention_bwd_dq_kernel)
+def autotune_enabled() -> bool:
+    """Autotuning (once per sequence lengths and head dim) on a GPU unless MAEFAST_AUTOTUNE=0."""
+    return not _interpreting() and os.environ.get("MAEFAST_AUTOTUNE", "1") != "0"
 
-_INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
-SUPPORTED_HEAD_DIMS = (1, 128)
+
+_KEY = ["NQ", "NK", "HEAD_DIM"]
+_TUNE_SPACE = {
+    "fwd": ([(128, 64), (128, 128), (64, 64)], [(4, 3), (8, 3), (4, 4)]),
+    "dkdv": ([(32, 128), (64, 128), (32, 64), (64, 64)], [(4, 2), (8, 2), (4, 3)]),
+    "dq": ([(128, 32), (128, 64), (64, 32), (64, 64)], [(4, 2), (8, 2), (4, 3)]),
+}
+_tuned: dict = {}
+_PLAIN = {"fwd": _attention_fwd_kernel, "dkdv": _attention_bwd_dkdv_kernel, "dq": _attention_bwd_dq_kernel}
+
+
+def _launch(name: str, head_dim: int):
+    """(kernel, launch options): autotuned, a fixed per-head-dim choice, or small interpreter blocks."""
+    if _interpreting():
+        return _PLAIN[name], {"BLOCK_M": 32, "BLOCK_N": 32}
+    if autotune_enabled():
+        if name not in _tuned:
+            _tuned[name] = triton.autotune(_configs(*_TUNE_SPACE[name]), key=_KEY)(_PLAIN[name])
+        return _tuned[name], {}
+    small = head_dim <= 64
+    fixed = {
+        "fwd": dict(BLOCK_M=128, BLOCK_N=64, num_warps=4 if small else 8, num_stages=3),
+        "dkdv": dict(BLOCK_M=32, BLOCK_N=128 if small else 64, num_warps=4, num_stages=2),
+        "dq": dict(BLOCK_M=128 if small else 64, BLOCK_N=32, num_warps=4, num_stages=2),
+    }[name]
+    return _PLAIN[name], fixed
 
 
 def _block_d(head_dim: int) -> int:
@@ -241,10 +256,10 @@ def attention_forward(q, k, v, scale: float) -> tuple[torch.Tensor, torch.Tensor
     lse = torch.empty(b * h, nq, dtype=torch.float32, device=q.device)
     if b * h * nq == 0:
         return out, lse
-    blocks = dict(_INTERPRETER_BLOCKS) if _interpreting() else {}
+    kernel, options = _launch("fwd", d)
     grid = lambda meta: (triton.cdiv(nq, meta["BLOCK_M"]), b * h)  # noqa: E731
-    _fwd[grid](q, k, v, out, lse, scale * 1.4426950408889634, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-               h, nq, nk, d, BLOCK_D=_block_d(d), UPCAST=_upcast(q), EMULATE_RTNE=emulate_rtne(), **blocks)
+    kernel[grid](q, k, v, out, lse, scale * 1.4426950408889634, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+               h, nq, nk, d, BLOCK_D=_block_d(d), UPCAST=_upcast(q), EMULATE_RTNE=emulate_rtne(), **options)
     return out, lse
 
 
@@ -258,16 +273,17 @@ def attention_backward(grad_out, q, k, v, out, lse, scale: float) -> tuple[torch
     block_d = _block_d(d)
     _attention_bwd_delta_kernel[(triton.cdiv(nq, 64), b * h)](out, grad_out, delta, *out.stride(), *grad_out.stride(),
                                                              h, nq, d, BLOCK_M=64, BLOCK_D=block_d)
-    blocks = dict(_INTERPRETER_BLOCKS) if _interpreting() else {}
     strides = (*q.stride(), *k.stride(), *v.stride(), *grad_out.stride())
     sizes = (h, nq, nk, d)
     qk_scale = scale * 1.4426950408889634
-    _dkdv[lambda meta: (triton.cdiv(nk, meta["BLOCK_N"]), b * h)](
+    kernel, options = _launch("dkdv", d)
+    kernel[lambda meta: (triton.cdiv(nk, meta["BLOCK_N"]), b * h)](
         q, k, v, grad_out, lse, delta, dk, dv, qk_scale, scale, *strides, *dk.stride(), *dv.stride(), *sizes,
-        BLOCK_D=block_d, UPCAST=_upcast(q), EMULATE_RTNE=emulate_rtne(), **blocks)
-    _dq[lambda meta: (triton.cdiv(nq, meta["BLOCK_M"]), b * h)](
+        BLOCK_D=block_d, UPCAST=_upcast(q), EMULATE_RTNE=emulate_rtne(), **options)
+    kernel, options = _launch("dq", d)
+    kernel[lambda meta: (triton.cdiv(nq, meta["BLOCK_M"]), b * h)](
         q, k, v, grad_out, lse, delta, dq, qk_scale, scale, *strides, *dq.stride(), *sizes,
-        BLOCK_D=block_d, UPCAST=_upcast(q), EMULATE_RTNE=emulate_rtne(), **blocks)
+        BLOCK_D=block_d, UPCAST=_upcast(q), EMULATE_RTNE=emulate_rtne(), **options)
     return dq, dk, dv
 
 
