@@ -133,8 +133,8 @@ void tokenize_stats(const py::buffer& pixels, int kind, int64_t planes, int64_t 
   });
 }
 
-constexpr int64_t kForwardTile = 64;
-constexpr int64_t kBackwardTile = 128;
+constexpr int64_t kForwardTile = 192;
+constexpr int64_t kBackwardTile = 384;
 
 void tokenize_forward(const py::buffer& pixels, int kind, int64_t B, int64_t C, int64_t H, int64_t W, int64_t patch,
                       bool channel_agnostic, const py::buffer& keep_idx, int64_t K, const py::buffer& mean,
@@ -161,22 +161,27 @@ void tokenize_forward(const py::buffer& pixels, int kind, int64_t B, int64_t C, 
 #pragma omp parallel
     {
       std::vector<float> patches(static_cast<size_t>(kForwardTile * g.Kd));
-      std::vector<float> values(kPanel);
+      std::vector<float> result(static_cast<size_t>(kForwardTile * D));
 #pragma omp for schedule(dynamic)
       for (int64_t tile = 0; tile < tiles; ++tile) {
         const int64_t t0 = tile * kForwardTile, rows = std::min(kForwardTile, tokens - t0);
         for (int64_t r = 0; r < rows; ++r)
           gather_patch(pix, g, affine, (t0 + r) / K, keep[t0 + r], patches.data() + r * g.Kd);
-        gemm(rows, [&](int64_t r) { return patches.data() + r * g.Kd; }, packed,
-             [&](int64_t r0, int n_rows, int64_t col0, int cols, const float* result) {
-               for (int i = 0; i < n_rows; ++i) {
-                 const int64_t t = t0 + r0 + i;
-                 const float* pos_row = pos + keep[t] * D + col0;
-                 for (int j = 0; j < cols; ++j)
-                   values[j] = result[i * kPanel + j] + pos_row[j] + (b_ptr ? b_ptr[col0 + j] : 0.0f);
-                 store_floats(out_ptr, t * D + col0, values.data(), cols, out_kind);
-               }
+        gemm(rows, pack_rows(rows, g.Kd, [&](int64_t r) { return patches.data() + r * g.Kd; }), packed,
+             [&](int64_t r0, int n_rows, int64_t col0, int cols, const float* tile_result) {
+               for (int i = 0; i < n_rows; ++i)
+                 std::memcpy(result.data() + (r0 + i) * D + col0, tile_result + i * kPanel, cols * sizeof(float));
              });
+        for (int64_t r = 0; r < rows; ++r) {  // + bias + positions, converted, one contiguous row at a time
+          float* row = result.data() + r * D;
+          const float* pos_row = pos + keep[t0 + r] * D;
+          if (b_ptr) {
+            for (int64_t d = 0; d < D; ++d) row[d] += pos_row[d] + b_ptr[d];
+          } else {
+            for (int64_t d = 0; d < D; ++d) row[d] += pos_row[d];
+          }
+          store_floats(out_ptr, (t0 + r) * D, row, D, out_kind);
+        }
       }
     }
   });
@@ -210,27 +215,31 @@ void tokenize_backward(const py::buffer& grad, int grad_kind, const py::buffer& 
       dw.assign(static_cast<size_t>(D * g.Kd), 0.0f);
       db.assign(static_cast<size_t>(D), 0.0f);
       std::vector<float> patches(static_cast<size_t>(kBackwardTile * g.Kd));
-      std::vector<float> grad_t(static_cast<size_t>(D * kBackwardTile)), grad_row(static_cast<size_t>(D));
+      std::vector<float> grad_tile(static_cast<size_t>(kBackwardTile * D));
       PackedB packed;
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic)
       for (int64_t tile = 0; tile < tiles; ++tile) {
         const int64_t t0 = tile * kBackwardTile, rows = std::min(kBackwardTile, tokens - t0);
+        load_floats(grad_ptr, t0 * D, grad_tile.data(), rows * D, grad_kind);
         for (int64_t r = 0; r < rows; ++r) {
           gather_patch(pix, g, affine, (t0 + r) / K, keep[t0 + r], patches.data() + r * g.Kd);
-          load_floats(grad_ptr, (t0 + r) * D, grad_row.data(), D, grad_kind);
-          for (int64_t d = 0; d < D; ++d) {
-            grad_t[d * rows + r] = grad_row[d];
-            db[d] += grad_row[d];
-          }
+          const float* grad_row = grad_tile.data() + r * D;
+          for (int64_t d = 0; d < D; ++d) db[d] += grad_row[d];
         }
         pack_b(packed, rows, g.Kd, patches.data(), g.Kd, 1);  // B[t][k] = patch value
-        gemm(D, [&](int64_t d) { return grad_t.data() + d * rows; }, packed,
-             [&](int64_t r0, int n_rows, int64_t col0, int cols, const float* result) {
-               for (int i = 0; i < n_rows; ++i) {
-                 float* dst = dw.data() + (r0 + i) * g.Kd + col0;
-                 for (int j = 0; j < cols; ++j) dst[j] += result[i * kPanel + j];
-               }
-             });
+        // A = grad^T (D x rows), packed straight from the token-major gradient tile
+        auto pack_grad = [&](int64_t d0, int mr, float* dst) {
+          for (int64_t t = 0; t < rows; ++t) {
+            const float* src = grad_tile.data() + t * D;
+            for (int i = 0; i < mr; ++i) dst[t * mr + i] = src[std::min<int64_t>(d0 + i, D - 1)];
+          }
+        };
+        gemm(D, pack_grad, packed, [&](int64_t r0, int n_rows, int64_t col0, int cols, const float* result) {
+          for (int i = 0; i < n_rows; ++i) {
+            float* dst = dw.data() + (r0 + i) * g.Kd + col0;
+            for (int j = 0; j < cols; ++j) dst[j] += result[i * kPanel + j];
+          }
+        });
       }
     }
   });
@@ -265,7 +274,7 @@ void masked_targets(const py::buffer& pixels, int kind, int64_t B, int64_t C, in
 #pragma omp parallel
     {
       std::vector<float> patch_buf(static_cast<size_t>(g.Kd));
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 64)
       for (int64_t t = 0; t < B * M; ++t) {
         float* dst = out_ptr + t * g.Kd;
         if (g.ca) {  // (p, q) order is the embedding order

@@ -40,7 +40,7 @@ void unshuffle_forward(const py::buffer& visible, int kind, int64_t B, int64_t K
 #pragma omp parallel
   {
     std::vector<float> row(static_cast<size_t>(D));
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 256)
     for (int64_t r = 0; r < B * L; ++r) {
       const int64_t b = r / L, l = r % L, k = inverse[r];
       const float* p = pos + l * D;
@@ -72,7 +72,7 @@ void unshuffle_backward(const py::buffer& grad, int kind, int64_t B, int64_t K, 
     std::vector<float>& sum = partial[thread_id()];
     sum.assign(static_cast<size_t>(D), 0.0f);
     std::vector<float> row(static_cast<size_t>(D));
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 256)
     for (int64_t r = 0; r < B * L; ++r) {
       const int64_t b = r / L, k = inverse[r];
       load_floats(g, r * D, row.data(), D, kind);
