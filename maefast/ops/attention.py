@@ -196,6 +196,10 @@ def attention(q, k, v, scale: float | None = None, *, backend: str | None = None
         if selected == "reference":
             # SDPA computes the reference's math with PyTorch's own fused kernels.
             return F.scaled_dot_product_attention(q, k, v, scale=scale)
+        if torch.is_autocast_enabled(q.device.type):
+            # as SDPA does under autocast (qk-norm gives fp32 q and k next to a 16-bit v)
+            dtype = torch.get_autocast_dtype(q.device.type)
+            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         if q.device.type == "cuda" and forced_backend() is None:
             needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
             backend = choose_backend(q, k, v, scale, needs_grad)

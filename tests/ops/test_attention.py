@@ -72,3 +72,17 @@ def test_triton_attention_custom_op_passes_opcheck(backend):
     q, k, v = (torch.randn(1, 2, 9, 16, device=device, requires_grad=True) for _ in range(3))
     torch.library.opcheck(torch.ops.maefast.flash_attention.default, (q, k, v, 0.25),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+@pytest.mark.parametrize("backend", kernel_backends("triton"))
+def test_attention_under_autocast_takes_mixed_dtypes(backend, monkeypatch):
+    """qk-norm under autocast gives fp32 q and k beside a 16-bit v; attention runs them in the autocast dtype."""
+    device = device_for(backend)
+    monkeypatch.setenv("MAEFAST_BACKEND", backend)
+    q, k = (torch.randn(1, 2, 9, 16, device=device) for _ in range(2))
+    v = torch.randn(1, 2, 9, 16, device=device, dtype=torch.bfloat16)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        out = attention(q, k, v)
+    assert out.dtype == torch.bfloat16
+    exact = attention_reference(q, k, v.float())
+    assert (out.float() - exact).abs().max().item() < 0.05

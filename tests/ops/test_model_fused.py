@@ -4,7 +4,7 @@ import torch
 
 from maefast import create_model
 
-from .helpers import kernel_backends
+from .helpers import device_for, kernel_backends
 
 MODELS = [("mae_vit_debug_patch8_64", 6, {}), ("camae_vit_debug_patch8_64", 2, {"norm_pix_loss": True})]
 
@@ -21,10 +21,11 @@ def loss_and_grads(model, pixels, noise):
 @pytest.mark.parametrize("name, channels, overrides", MODELS, ids=[m[0] for m in MODELS])
 def test_fused_model_matches_reference_model(monkeypatch, backend, name, channels, overrides):
     torch.manual_seed(0)
-    model = create_model(name, in_chans=channels, **overrides)
-    pixels = torch.randint(0, 256, (2, channels, 64, 64), dtype=torch.int32).to(torch.uint8)
+    device = device_for(backend or "cpp")  # the Triton run goes to the GPU when there is one
+    model = create_model(name, in_chans=channels, **overrides).to(device)
+    pixels = torch.randint(0, 256, (2, channels, 64, 64), dtype=torch.int32).to(torch.uint8).to(device)
     tokens = model.encoder.num_tokens(channels)
-    noise = torch.rand(2, tokens)
+    noise = torch.rand(2, tokens, device=device)
     monkeypatch.setenv("MAEFAST_BACKEND", "reference")
     ref_loss, ref_pred, ref_grads = loss_and_grads(model, pixels, noise)
     if backend is None:
