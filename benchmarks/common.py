@@ -162,8 +162,8 @@ def print_table(paths: list[str]) -> None:
     if not rows:
         print("no records")
         return
-    columns = ["bench", "case", "backend", "pass", "ms", "GB/s", "of_copy_bw", "TFLOP/s", "of_matmul", "ratio",
-               "correct"]
+    columns = ["bench", "kind", "case", "backend", "pass", "ms", "GB/s", "of_copy_bw", "TFLOP/s", "of_matmul",
+               "value", "baseline", "ratio", "vs", "correct", "skipped"]
     present = [c for c in columns if any(c in r for r in rows)]
     cells = [[str(r.get(c, "")) for c in present] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(present)]
