@@ -13,13 +13,12 @@ and the interpreter, whose 16-bit dots are not exact); otherwise dots take bf16 
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from maefast.kernels._rounding import emulate_rtne, to_output
+from maefast.kernels._common import autotune_enabled, emulate_rtne, interpreting as _interpreting, to_output
 
 LOG2E = 1.4426950408889634
 
@@ -198,18 +197,9 @@ def _attention_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, qk_scale, sm_scale,
 
 # ---------------------------------------------------------------------------------------------------- launchers
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def _configs(pairs, warps_stages):
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
             for m, n in pairs for w, s in warps_stages]
-
-
-def autotune_enabled() -> bool:
-    """Autotuning (once per sequence lengths and head dim) on a GPU unless MAEFAST_AUTOTUNE=0."""
-    return not _interpreting() and os.environ.get("MAEFAST_AUTOTUNE", "1") != "0"
 
 
 _KEY = ["NQ", "NK", "HEAD_DIM"]

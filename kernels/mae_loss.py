@@ -9,14 +9,13 @@ gradient of coef[0] * mse + coef[1] * fourier with respect to the prediction (th
 from __future__ import annotations
 
 import math
-import os
 from functools import lru_cache
 
 import torch
 import triton
 import triton.language as tl
 
-from maefast.kernels._rounding import emulate_rtne, to_output
+from maefast.kernels._common import emulate_rtne, interpreting as _interpreting, to_output
 
 NORM_PIX_EPS = 1e-6
 
@@ -99,10 +98,6 @@ def dft_matrices(side: int, device_str: str) -> tuple[torch.Tensor, torch.Tensor
     device = torch.device(device_str)
     return ((torch.cos(angle) / side).float().to(device).contiguous(),
             (-torch.sin(angle) / side).float().to(device).contiguous())
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def mae_loss_partials(pred, target, *, channels: int, norm_pix_loss: bool, coef: torch.Tensor | None = None):

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from maefast.kernels._rounding import emulate_rtne, to_output
+from maefast.kernels._common import autotune_enabled, emulate_rtne, interpreting, to_output
 
 STANDARDIZE_EPS = 1e-5
 DOT_MODES = {"ieee": 0, "tf32": 1, "bf16": 2, "fp16": 3}
@@ -194,10 +194,30 @@ def tokenize_stats(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, rstd
 
 
-def _fwd_blocks(kd: int, d: int) -> tuple[int, int, int]:
-    block_k = 64 if kd >= 64 else max(16, triton.next_power_of_2(kd))
-    block_d = 128 if d >= 128 else max(16, triton.next_power_of_2(d))
-    return 64, block_d, block_k
+# (BLOCK_T, BLOCK_D, BLOCK_K, num_warps, num_stages) tried by the autotuner on a GPU, keyed on (D, KD)
+_FWD_SPACE = [(64, 128, 64, 4, 3), (128, 128, 64, 8, 3), (64, 256, 64, 8, 3), (128, 64, 64, 4, 3), (64, 128, 32, 4, 4)]
+_BWD_SPACE = [(64, 128, 128, 8, 2), (64, 64, 64, 4, 3), (32, 128, 128, 8, 3), (64, 128, 64, 4, 3), (128, 128, 128, 8, 2)]
+_tuned: dict = {}
+
+
+def _launch(name: str, d: int, kd: int):
+    """(kernel, launch options): autotuned on a GPU, else a fixed choice clamped to small dims."""
+    kernel = {"fwd": _tokenize_fwd_kernel, "bwd": _tokenize_bwd_kernel}[name]
+    if autotune_enabled():
+        if name not in _tuned:
+            space = _FWD_SPACE if name == "fwd" else _BWD_SPACE
+            configs = [triton.Config({"BLOCK_T": t, "BLOCK_D": bd, "BLOCK_K": bk}, num_warps=w, num_stages=st)
+                       for t, bd, bk, w, st in space]
+            _tuned[name] = triton.autotune(configs, key=["D", "KD"])(kernel)
+        return _tuned[name], {}
+    fit = lambda n, cap: min(cap, max(16, triton.next_power_of_2(n)))  # noqa: E731
+    if name == "fwd":
+        options = dict(BLOCK_T=64, BLOCK_D=fit(d, 128), BLOCK_K=fit(kd, 64))
+    else:
+        options = dict(BLOCK_T=64, BLOCK_D=fit(d, 128), BLOCK_K=fit(kd, 128))
+    if not interpreting():
+        options.update(num_warps=4 if name == "fwd" else 8)
+    return kernel, options
 
 
 def tokenize_forward(pixels, keep_idx, weight2d, bias, pos_embed, mean, rstd, *, patch: int,
@@ -210,44 +230,43 @@ def tokenize_forward(pixels, keep_idx, weight2d, bias, pos_embed, mean, rstd, *,
     n_tokens = b * k
     if n_tokens == 0:
         return out
-    block_t, block_d, block_k = _fwd_blocks(kd, d)
-    grid = (triton.cdiv(n_tokens, block_t), triton.cdiv(d, block_d))
-    _tokenize_fwd_kernel[grid](pixels, keep_idx, mean, rstd, weight2d, bias if bias is not None else weight2d,
-                               pos_embed, out, n_tokens, k, c, h, w, gw, g, d, kd, _scale(pixels.dtype),
-                               P=patch, CA=channel_agnostic, HAS_BIAS=bias is not None,
-                               DOT_MODE=DOT_MODES[dot_mode], EMULATE_RTNE=emulate_rtne(), BLOCK_T=block_t,
-                               BLOCK_D=block_d, BLOCK_K=block_k, num_warps=4)
+    kernel, options = _launch("fwd", d, kd)
+    grid = lambda meta: (triton.cdiv(n_tokens, meta["BLOCK_T"]), triton.cdiv(d, meta["BLOCK_D"]))  # noqa: E731
+    kernel[grid](pixels, keep_idx, mean, rstd, weight2d, bias if bias is not None else weight2d,
+                 pos_embed, out, n_tokens, k, c, h, w, gw, g, d, kd, _scale(pixels.dtype),
+                 P=patch, CA=channel_agnostic, HAS_BIAS=bias is not None, DOT_MODE=DOT_MODES[dot_mode],
+                 EMULATE_RTNE=emulate_rtne(), **options)
     return out
 
 
 def tokenize_backward(grad, pixels, keep_idx, mean, rstd, *, patch: int, channel_agnostic: bool,
                       dot_mode: str, splits: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """grad (B, K, D) contiguous -> grad_weight (D, KD) and grad_bias (D,), float32."""
+    """grad (B, K, D) contiguous -> grad_weight (D, KD) and grad_bias (D,), float32.
+
+    The tokens are split into `splits` ranges (enough programs to fill the GPU); each writes partial sums
+    that are added up here, so the result is deterministic."""
     b, c, h, w, gw, g, kd = _geometry(pixels, patch, channel_agnostic)
     k = keep_idx.shape[1]
     d = grad.shape[-1]
     n_tokens = b * k
-    block_t = 64
-    block_d = 64 if d >= 64 else max(16, triton.next_power_of_2(d))
-    block_k = 64 if kd >= 64 else max(16, triton.next_power_of_2(kd))
-    tiles = triton.cdiv(d, block_d) * triton.cdiv(kd, block_k)
     if splits is None:
         if grad.is_cuda:
+            tiles = triton.cdiv(d, 128) * triton.cdiv(kd, 128)
             sms = torch.cuda.get_device_properties(grad.device).multi_processor_count
-            splits = max(1, min(triton.cdiv(4 * sms, tiles), triton.cdiv(n_tokens, 4 * block_t)))
+            splits = max(1, min(triton.cdiv(4 * sms, tiles), triton.cdiv(n_tokens, 512)))
         else:
             splits = 2
-    per_split = triton.cdiv(max(n_tokens, 1), splits * block_t) * block_t
+    per_split = triton.cdiv(max(n_tokens, 1), splits * 128) * 128  # a multiple of every BLOCK_T
     splits = max(1, triton.cdiv(n_tokens, per_split))
     partial_w = torch.empty(splits, d, kd, dtype=torch.float32, device=grad.device)
     partial_b = torch.empty(splits, d, dtype=torch.float32, device=grad.device)
     if n_tokens == 0:
         return partial_w.zero_().sum(0), partial_b.zero_().sum(0)
-    grid = (triton.cdiv(d, block_d), triton.cdiv(kd, block_k), splits)
-    _tokenize_bwd_kernel[grid](grad, pixels, keep_idx, mean, rstd, partial_w, partial_b, n_tokens, per_split,
-                               k, c, h, w, gw, g, d, kd, _scale(pixels.dtype), P=patch, CA=channel_agnostic,
-                               DOT_MODE=DOT_MODES[dot_mode], BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_K=block_k,
-                               num_warps=4)
+    kernel, options = _launch("bwd", d, kd)
+    grid = lambda meta: (triton.cdiv(d, meta["BLOCK_D"]), triton.cdiv(kd, meta["BLOCK_K"]), splits)  # noqa: E731
+    kernel[grid](grad, pixels, keep_idx, mean, rstd, partial_w, partial_b, n_tokens, per_split,
+                 k, c, h, w, gw, g, d, kd, _scale(pixels.dtype), P=patch, CA=channel_agnostic,
+                 DOT_MODE=DOT_MODES[dot_mode], **options)
     return partial_w.sum(0), partial_b.sum(0)
 
 

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from maefast.kernels._rounding import emulate_rtne, to_output
+from maefast.kernels._common import emulate_rtne, to_output
 
 
 @triton.jit

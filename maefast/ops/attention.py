@@ -137,7 +137,7 @@ def backend_fn(name: str):
 # ------------------------------------------------------------------------------------------------ dispatch
 
 _choices: dict[tuple, str] = {}
-_timings: dict[tuple, dict[str, float]] = {}
+_timings: dict[tuple, dict[str, float | str]] = {}
 
 
 def _key(q, k, v, needs_grad: bool) -> tuple:
@@ -173,19 +173,19 @@ def choose_backend(q, k, v, scale: float, needs_grad: bool) -> str:
         return _choices[key]
     if torch.compiler.is_compiling():  # no timing while tracing; SDPA is what torch.compile knows best
         return "sdpa"
-    timings = {}
+    timings, failures = {}, {}
     for name in available_backends(q):
         try:
             timings[name] = time_backend(name, q, k, v, scale, needs_grad)
-        except (RuntimeError, ValueError, NotImplementedError):
-            continue  # a backend that refuses this shape / dtype / layout is not a candidate
-    _timings[key] = timings
+        except Exception as error:  # noqa: BLE001 - a backend that cannot run this call is no candidate
+            failures[name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    _timings[key] = {**timings, **failures}
     _choices[key] = min(timings, key=timings.get) if timings else "sdpa"
     return _choices[key]
 
 
 def chosen_backends() -> dict[tuple, tuple[str, dict[str, float]]]:
-    """What the dispatcher picked so far: key -> (backend, {backend: ms})."""
+    """What the dispatcher picked so far: key -> (backend, {backend: ms, or the error that ruled it out})."""
     return {key: (choice, _timings.get(key, {})) for key, choice in _choices.items()}
 
 
