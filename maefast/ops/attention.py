@@ -78,6 +78,57 @@ def _backward(ctx, grad_out, grad_lse):
 _flash_attention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+@torch.library.custom_op("maefast::flash_attention_qknorm", mutates_args=())
+def _flash_attention_qknorm_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_weight: torch.Tensor,
+                               q_bias: torch.Tensor, k_weight: torch.Tensor, k_bias: torch.Tensor, eps: float,
+                               scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """attention(LayerNorm(q), LayerNorm(k), v) with both LayerNorms (over the head dim) inside the kernel."""
+    from maefast.kernels import attention as kernels
+    return kernels.attention_forward(q, k, v, scale, (q_weight, q_bias, k_weight, k_bias, eps))
+
+
+@_flash_attention_qknorm_op.register_fake
+def _(q, k, v, q_weight, q_bias, k_weight, k_bias, eps, scale):
+    b, h, nq, d = q.shape
+    return q.new_empty((b, nq, h, d)).transpose(1, 2), q.new_empty((b * h, nq), dtype=torch.float32)
+
+
+@torch.library.custom_op("maefast::flash_attention_qknorm_backward", mutates_args=())
+def _flash_attention_qknorm_backward_op(
+        grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+        q_weight: torch.Tensor, q_bias: torch.Tensor, k_weight: torch.Tensor, k_bias: torch.Tensor, eps: float,
+        scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                               torch.Tensor]:
+    from maefast.kernels import attention as kernels
+    return kernels.attention_backward(grad, q, k, v, out, lse, scale, (q_weight, q_bias, k_weight, k_bias, eps))
+
+
+@_flash_attention_qknorm_backward_op.register_fake
+def _(grad, q, k, v, out, lse, q_weight, q_bias, k_weight, k_bias, eps, scale):
+    d = q.shape[-1]
+    vector = q.new_empty((d,), dtype=torch.float32)
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), vector, torch.empty_like(vector),
+            torch.empty_like(vector), torch.empty_like(vector))
+
+
+def _qknorm_setup_context(ctx, inputs, output):
+    q, k, v, q_weight, q_bias, k_weight, k_bias, eps, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, q_weight, q_bias, k_weight, k_bias)
+    ctx.eps, ctx.scale = eps, scale
+
+
+def _qknorm_backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse, q_weight, q_bias, k_weight, k_bias = ctx.saved_tensors
+    dq, dk, dv, dqw, dqb, dkw, dkb = _flash_attention_qknorm_backward_op(
+        grad_out, q, k, v, out, lse, q_weight, q_bias, k_weight, k_bias, ctx.eps, ctx.scale)
+    return (dq, dk, dv, dqw.to(q_weight.dtype), dqb.to(q_bias.dtype), dkw.to(k_weight.dtype),
+            dkb.to(k_bias.dtype), None, None)
+
+
+_flash_attention_qknorm_op.register_autograd(_qknorm_backward, setup_context=_qknorm_setup_context)
+
+
 # ------------------------------------------------------------------------------------------------ backends
 
 def _sdpa_pinned(kind: str):
@@ -103,6 +154,34 @@ def _flash_attn(module_name: str):
 
 def _triton(q, k, v, scale):
     return _flash_attention_op(q, k, v, scale)[0]
+
+
+def _norm_params(norm, head_dim: int):
+    """(weight, bias, eps) of a LayerNorm over the head dim (an nn.LayerNorm with affine parameters)."""
+    shape = tuple(getattr(norm, "normalized_shape", ()))
+    if shape != (head_dim,) or getattr(norm, "weight", None) is None or getattr(norm, "bias", None) is None:
+        raise ValueError(f"q_norm / k_norm must be LayerNorm({head_dim}) with weight and bias, got {norm!r}")
+    return norm.weight, norm.bias, float(norm.eps)
+
+
+def run_backend(name: str, q, k, v, scale: float, q_norm=None, k_norm=None) -> torch.Tensor:
+    """Runs one backend; with q_norm / k_norm (LayerNorm over the head dim) the Triton kernel fuses them and
+    the other backends apply them first."""
+    if q_norm is None and k_norm is None:
+        return backend_fn(name)(q, k, v, scale)
+    d = q.shape[-1]
+    if name == "triton" and q_norm is not None and k_norm is not None:
+        (qw, qb, eps_q), (kw, kb, eps_k) = _norm_params(q_norm, d), _norm_params(k_norm, d)
+        if eps_q == eps_k:
+            return _flash_attention_qknorm_op(q, k, v, qw, qb, kw, kb, eps_q, scale)[0]
+    if q_norm is not None:
+        q = F.layer_norm(q, (d,), *_norm_params(q_norm, d))
+    if k_norm is not None:
+        k = F.layer_norm(k, (d,), *_norm_params(k_norm, d))
+    if torch.is_autocast_enabled(q.device.type):
+        dtype = torch.get_autocast_dtype(q.device.type)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    return backend_fn(name)(q, k, v, scale)
 
 
 def available_backends(q: torch.Tensor) -> list[str]:
@@ -140,18 +219,19 @@ _choices: dict[tuple, str] = {}
 _timings: dict[tuple, dict[str, float | str]] = {}
 
 
-def _key(q, k, v, needs_grad: bool) -> tuple:
-    return (q.device, q.dtype, tuple(q.shape), tuple(k.shape), q.stride(), k.stride(), v.stride(), needs_grad)
+def _key(q, k, v, needs_grad: bool, qk_norm: bool) -> tuple:
+    return (q.device, q.dtype, tuple(q.shape), tuple(k.shape), q.stride(), k.stride(), v.stride(), needs_grad,
+            qk_norm)
 
 
-def time_backend(name: str, q, k, v, scale: float, needs_grad: bool, reps: int = 5) -> float:
+def time_backend(name: str, q, k, v, scale: float, needs_grad: bool, reps: int = 5, q_norm=None,
+                 k_norm=None) -> float:
     """Milliseconds per call (forward, plus backward when needs_grad) on q's CUDA device."""
-    fn = backend_fn(name)
     leaves = [t.detach().requires_grad_(needs_grad) for t in (q, k, v)]
     grad = torch.randn(q.shape, dtype=q.dtype, device=q.device) if needs_grad else None
 
     def step():
-        out = fn(*leaves, scale)
+        out = run_backend(name, *leaves, scale, q_norm, k_norm)
         if needs_grad:
             torch.autograd.grad(out, leaves, grad)
 
@@ -166,9 +246,9 @@ def time_backend(name: str, q, k, v, scale: float, needs_grad: bool, reps: int =
     return start.elapsed_time(stop) / reps
 
 
-def choose_backend(q, k, v, scale: float, needs_grad: bool) -> str:
+def choose_backend(q, k, v, scale: float, needs_grad: bool, q_norm=None, k_norm=None) -> str:
     """The fastest measured backend for this call's shape (timed once, then cached)."""
-    key = _key(q, k, v, needs_grad)
+    key = _key(q, k, v, needs_grad, q_norm is not None or k_norm is not None)
     if key in _choices:
         return _choices[key]
     if torch.compiler.is_compiling():  # no timing while tracing; SDPA is what torch.compile knows best
@@ -176,7 +256,7 @@ def choose_backend(q, k, v, scale: float, needs_grad: bool) -> str:
     timings, failures = {}, {}
     for name in available_backends(q):
         try:
-            timings[name] = time_backend(name, q, k, v, scale, needs_grad)
+            timings[name] = time_backend(name, q, k, v, scale, needs_grad, q_norm=q_norm, k_norm=k_norm)
         except Exception as error:  # noqa: BLE001 - a backend that cannot run this call is no candidate
             failures[name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     _timings[key] = {**timings, **failures}
@@ -189,22 +269,25 @@ def chosen_backends() -> dict[tuple, tuple[str, dict[str, float]]]:
     return {key: (choice, _timings.get(key, {})) for key, choice in _choices.items()}
 
 
-def attention(q, k, v, scale: float | None = None, *, backend: str | None = None) -> torch.Tensor:
+def attention(q, k, v, scale: float | None = None, *, backend: str | None = None, q_norm=None,
+              k_norm=None) -> torch.Tensor:
+    """softmax(q k^T * scale) v; see the module docstring. q_norm / k_norm: optional LayerNorm(head_dim) modules
+    applied to q and k first (qk-norm), fused into the Triton kernel."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if backend is None:
         selected = select_backend("attention", q.device, IMPLEMENTED)
         if selected == "reference":
             # SDPA computes the reference's math with PyTorch's own fused kernels.
-            return F.scaled_dot_product_attention(q, k, v, scale=scale)
+            return run_backend("sdpa", q, k, v, scale, q_norm, k_norm)
         if torch.is_autocast_enabled(q.device.type):
             # as SDPA does under autocast (qk-norm gives fp32 q and k next to a 16-bit v)
             dtype = torch.get_autocast_dtype(q.device.type)
             q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         if q.device.type == "cuda" and forced_backend() is None:
             needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-            backend = choose_backend(q, k, v, scale, needs_grad)
+            backend = choose_backend(q, k, v, scale, needs_grad, q_norm, k_norm)
         else:
             backend = "triton"
     if backend == "triton" and not (1 <= q.shape[-1] <= MAX_TRITON_HEAD_DIM):
         raise ValueError(f"the Triton attention kernel takes head dims up to {MAX_TRITON_HEAD_DIM}, got {q.shape[-1]}")
-    return backend_fn(backend)(q, k, v, scale)
+    return run_backend(backend, q, k, v, scale, q_norm, k_norm)

@@ -86,3 +86,39 @@ def test_attention_under_autocast_takes_mixed_dtypes(backend, monkeypatch):
     assert out.dtype == torch.bfloat16
     exact = attention_reference(q, k, v.float())
     assert (out.float() - exact).abs().max().item() < 0.05
+
+
+@pytest.mark.parametrize("backend", kernel_backends("triton"))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", [(2, 2, 17, 17, 16), (1, 3, 33, 20, 40)], ids=lambda c: "x".join(map(str, c)))
+def test_triton_attention_with_fused_qk_norm_matches_reference(backend, dtype, case):
+    device = device_for(backend)
+    batch, heads, nq, nk, dim = case
+    q = heads_view(batch, heads, nq, dim, torch.float32, device)
+    k = heads_view(batch, heads, nk, dim, torch.float32, device)
+    v = torch.randn(batch, heads, nk, dim, device=device, requires_grad=True)
+    q_norm, k_norm = torch.nn.LayerNorm(dim, eps=1e-6).to(device), torch.nn.LayerNorm(dim, eps=1e-6).to(device)
+    with torch.no_grad():
+        for norm in (q_norm, k_norm):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_(0.0, 0.1)
+    params = [q_norm.weight, q_norm.bias, k_norm.weight, k_norm.bias]
+    grad = torch.randn(batch, heads, nq, dim, device=device)
+
+    def run_norm(fn, q, k, v, g):
+        out = fn(q, k, v)
+        return (out,) + torch.autograd.grad((out.float() * g).sum(), (q, k, v, *params))
+
+    exact = run_norm(lambda q, k, v: attention_reference(q_norm(q), k_norm(k), v), q, k, v, grad)
+    low_inputs = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
+    with poisoned_allocations():
+        got = run_norm(lambda *a: attention(*a, backend="triton", q_norm=q_norm, k_norm=k_norm), *low_inputs, grad)
+    low = None
+    if dtype != torch.float32:
+        low_fn = F.scaled_dot_product_attention if device.type == "cuda" else attention_reference
+        low = run_norm(lambda q, k, v: low_fn(q_norm(q.float()).to(dtype), k_norm(k.float()).to(dtype), v),
+                       *low_inputs, grad.to(dtype).float())
+    names = ["out", "dq", "dk", "dv", "d q_norm.weight", "d q_norm.bias", "d k_norm.weight", "d k_norm.bias"]
+    for i, name in enumerate(names):
+        assert_close_to(got[i].float(), exact[i], low_precision_reference=None if low is None else low[i].float(),
+                        atol=1e-5, rtol=1e-4, what=name)
