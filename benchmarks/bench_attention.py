@@ -86,6 +86,31 @@ def gpu_case(rec, device, batch, length, reps, peak):
     return results, summary
 
 
+def qk_norm_case(rec, device, batch, length, reps, peak):
+    """The encoder's qk-norm attention: LayerNorm(q), LayerNorm(k) fused into the Triton kernel, against
+    LayerNorm then the best SDPA backend (what the model does without the fused entry point)."""
+    q, k, v = [t.detach().requires_grad_() for t in qkv(batch, length, torch.bfloat16, device)]
+    norms = [torch.nn.LayerNorm(HEAD_DIM, eps=1e-6).to(device) for _ in range(2)]
+    grad = torch.randn_like(q)
+    fwd_flops = 4 * batch * HEADS * length * length * HEAD_DIM
+    times = {}
+    for name in ["triton"] + [n for n in available_backends(q) if n.startswith("sdpa")]:
+        def both(name=name):
+            out = attention_fn(q, k, v, backend=name, q_norm=norms[0], k_norm=norms[1])
+            torch.autograd.grad(out, (q, k, v), grad)
+        try:
+            times[name] = common.time_ms(both, device, reps=reps)
+        except (RuntimeError, ValueError, NotImplementedError) as error:
+            rec.emit(case=f"N{length}_qknorm", backend=name, skipped=str(error).splitlines()[0][:120])
+            continue
+        rec.emit(case=f"N{length}_qknorm", backend=name, **{"pass": "fwd+bwd"},
+                 **common.rates(times[name], None, 3.5 * fwd_flops, None, peak))
+    best = min(t for n, t in times.items() if n != "triton")
+    if "triton" in times:
+        rec.emit(case=f"N{length}_qknorm", backend="triton", **{"pass": "fwd+bwd"}, ratio=round(best / times["triton"], 3),
+                 vs="LayerNorm + best sdpa")
+
+
 def main():
     args = common.parser(__doc__.splitlines()[0]).parse_args()
     device = common.pick_device(args.device)
@@ -112,6 +137,7 @@ def main():
         _, summary = gpu_case(rec, device, batch, length, reps, peak)
         for key, ratio in summary.items():
             ratios.setdefault(key, []).append(ratio)
+    qk_norm_case(rec, device, *cases[0], reps, peak)
     geo = {key: math.exp(sum(map(math.log, values)) / len(values)) for key, values in ratios.items()}
     # value / baseline in ms of the longest case, ratio = geometric mean over the lengths
     rec.emit(kind="summary", value=round(geo.get(("auto", "fwd+bwd"), 0.0), 3), baseline=1.0,

@@ -11,6 +11,11 @@ On CUDA (no MAEFAST_BACKEND), the dispatcher times every candidate once per shap
 (forward, plus backward when a gradient is needed), caches the fastest and uses it from then on, so
 maefast is never slower than SDPA. MAEFAST_BACKEND=triton forces the Triton kernel (also on CPU tensors
 under TRITON_INTERPRET=1); on the CPU the reference backend is SDPA. `attention(..., backend=name)` pins one.
+
+qk-norm: `attention(q, k, v, q_norm=ln_q, k_norm=ln_k)` with LayerNorm(head_dim) modules computes
+attention(ln_q(q), ln_k(k), v). The Triton kernel normalizes q and k tiles as it loads them (no normalized
+copies in memory, LayerNorm backward and its parameter gradients inside the backward kernels); the other
+backends apply the LayerNorms first.
 """
 from __future__ import annotations
 

@@ -122,3 +122,16 @@ def test_triton_attention_with_fused_qk_norm_matches_reference(backend, dtype, c
     for i, name in enumerate(names):
         assert_close_to(got[i].float(), exact[i], low_precision_reference=None if low is None else low[i].float(),
                         atol=1e-5, rtol=1e-4, what=name)
+
+
+def test_qk_norm_on_the_cpu_path_matches_reference(monkeypatch):
+    monkeypatch.delenv("MAEFAST_BACKEND", raising=False)
+    q, k, v = (torch.randn(2, 3, 11, 16) for _ in range(3))
+    q_norm, k_norm = torch.nn.LayerNorm(16), torch.nn.LayerNorm(16)
+    with torch.no_grad():
+        q_norm.weight.uniform_(0.5, 1.5)
+        k_norm.bias.normal_()
+    got = attention(q, k, v, q_norm=q_norm, k_norm=k_norm)
+    assert_close_to(got, attention_reference(q_norm(q), k_norm(k), v), atol=1e-5, what="out")
+    with pytest.raises(ValueError, match="LayerNorm"):
+        attention(q, k, v, q_norm=torch.nn.LayerNorm(8), k_norm=k_norm)
