@@ -1,15 +1,35 @@
 """attention: softmax(q k^T * scale) v for self- and cross-attention.
 
     q (B, H, Nq, d), k and v (B, H, Nk, d) -> (B, H, Nq, d)
+
+Backends (`ATTENTION_BACKENDS`):
+  "triton"          maefast's flash attention (kernels/attention.py), forward and backward, custom op
+  "flash_attn"      FlashAttention-2 (`flash_attn`) when installed; "fa3": FlashAttention-3 (`flash_attn_interface`)
+  "sdpa"            torch.nn.functional.scaled_dot_product_attention, PyTorch's own choice, and the pinned
+                    "sdpa_flash", "sdpa_efficient", "sdpa_cudnn"
+On CUDA (no MAEFAST_BACKEND), the dispatcher times every candidate once per shape, dtype, layout and device
+(forward, plus backward when a gradient is needed), caches the fastest and uses it from then on, so
+maefast is never slower than SDPA. MAEFAST_BACKEND=triton forces the Triton kernel (also on CPU tensors
+under TRITON_INTERPRET=1); on the CPU the reference backend is SDPA. `attention(..., backend=name)` pins one.
+
+qk-norm: `attention(q, k, v, q_norm=ln_q, k_norm=ln_k)` with LayerNorm(head_dim) modules computes
+attention(ln_q(q), ln_k(k), v). The Triton kernel normalizes q and k tiles as it loads them (no normalized
+copies in memory, LayerNorm backward and its parameter gradients inside the backward kernels); the other
+backends apply the LayerNorms first.
 """
 from __future__ import annotations
+
+import importlib.util
+import math
 
 import torch
 import torch.nn.functional as F
 
-from maefast.ops.backend import select_backend
+from maefast.ops.backend import forced_backend, select_backend
 
-IMPLEMENTED = ("reference",)
+IMPLEMENTED = ("reference", "triton")
+ATTENTION_BACKENDS = ("triton", "flash_attn", "fa3", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn")
+MAX_TRITON_HEAD_DIM = 128
 
 
 def attention_reference(q, k, v, scale: float | None = None) -> torch.Tensor:
@@ -18,9 +38,261 @@ def attention_reference(q, k, v, scale: float | None = None) -> torch.Tensor:
     return (scores.softmax(dim=-1) @ v.float()).to(q.dtype)
 
 
-def attention(q, k, v, scale: float | None = None) -> torch.Tensor:
-    backend = select_backend("attention", q.device, IMPLEMENTED)
-    if backend == "reference":
-        # SDPA computes the reference's math with PyTorch's own fused kernels.
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
-    raise AssertionError(f"attention: backend {backend} is not wired")
+# ------------------------------------------------------------------------------------------ triton custom op
+
+@torch.library.custom_op("maefast::flash_attention", mutates_args=())
+def _flash_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out (B, H, Nq, d) laid out as (B, Nq, H, d), log-sum-exp (B * H, Nq) float32)."""
+    from maefast.kernels import attention as kernels
+    return kernels.attention_forward(q, k, v, scale)
+
+
+@_flash_attention_op.register_fake
+def _(q, k, v, scale):
+    b, h, nq, d = q.shape
+    return q.new_empty((b, nq, h, d)).transpose(1, 2), q.new_empty((b * h, nq), dtype=torch.float32)
+
+
+@torch.library.custom_op("maefast::flash_attention_backward", mutates_args=())
+def _flash_attention_backward_op(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                 out: torch.Tensor, lse: torch.Tensor,
+                                 scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from maefast.kernels import attention as kernels
+    return kernels.attention_backward(grad, q, k, v, out, lse, scale)
+
+
+@_flash_attention_backward_op.register_fake
+def _(grad, q, k, v, out, lse, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.scale = scale
+
+
+def _backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = _flash_attention_backward_op(grad_out, q, k, v, out, lse, ctx.scale)
+    return dq, dk, dv, None
+
+
+_flash_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("maefast::flash_attention_qknorm", mutates_args=())
+def _flash_attention_qknorm_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_weight: torch.Tensor,
+                               q_bias: torch.Tensor, k_weight: torch.Tensor, k_bias: torch.Tensor, eps: float,
+                               scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """attention(LayerNorm(q), LayerNorm(k), v) with both LayerNorms (over the head dim) inside the kernel."""
+    from maefast.kernels import attention as kernels
+    return kernels.attention_forward(q, k, v, scale, (q_weight, q_bias, k_weight, k_bias, eps))
+
+
+@_flash_attention_qknorm_op.register_fake
+def _(q, k, v, q_weight, q_bias, k_weight, k_bias, eps, scale):
+    b, h, nq, d = q.shape
+    return q.new_empty((b, nq, h, d)).transpose(1, 2), q.new_empty((b * h, nq), dtype=torch.float32)
+
+
+@torch.library.custom_op("maefast::flash_attention_qknorm_backward", mutates_args=())
+def _flash_attention_qknorm_backward_op(
+        grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+        q_weight: torch.Tensor, q_bias: torch.Tensor, k_weight: torch.Tensor, k_bias: torch.Tensor, eps: float,
+        scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                               torch.Tensor]:
+    from maefast.kernels import attention as kernels
+    return kernels.attention_backward(grad, q, k, v, out, lse, scale, (q_weight, q_bias, k_weight, k_bias, eps))
+
+
+@_flash_attention_qknorm_backward_op.register_fake
+def _(grad, q, k, v, out, lse, q_weight, q_bias, k_weight, k_bias, eps, scale):
+    d = q.shape[-1]
+    vector = q.new_empty((d,), dtype=torch.float32)
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), vector, torch.empty_like(vector),
+            torch.empty_like(vector), torch.empty_like(vector))
+
+
+def _qknorm_setup_context(ctx, inputs, output):
+    q, k, v, q_weight, q_bias, k_weight, k_bias, eps, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, q_weight, q_bias, k_weight, k_bias)
+    ctx.eps, ctx.scale = eps, scale
+
+
+def _qknorm_backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse, q_weight, q_bias, k_weight, k_bias = ctx.saved_tensors
+    dq, dk, dv, dqw, dqb, dkw, dkb = _flash_attention_qknorm_backward_op(
+        grad_out, q, k, v, out, lse, q_weight, q_bias, k_weight, k_bias, ctx.eps, ctx.scale)
+    return (dq, dk, dv, dqw.to(q_weight.dtype), dqb.to(q_bias.dtype), dkw.to(k_weight.dtype),
+            dkb.to(k_bias.dtype), None, None)
+
+
+_flash_attention_qknorm_op.register_autograd(_qknorm_backward, setup_context=_qknorm_setup_context)
+
+
+# ------------------------------------------------------------------------------------------------ backends
+
+def _sdpa_pinned(kind: str):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    pinned = {"sdpa_flash": SDPBackend.FLASH_ATTENTION, "sdpa_efficient": SDPBackend.EFFICIENT_ATTENTION,
+              "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION}[kind]
+
+    def run(q, k, v, scale):
+        with sdpa_kernel([pinned]):
+            return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    return run
+
+
+def _flash_attn(module_name: str):
+    module = importlib.import_module(module_name)
+
+    def run(q, k, v, scale):  # (B, N, H, d) layout with a contiguous last dim
+        out = module.flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=scale)
+        out = out[0] if isinstance(out, tuple) else out
+        return out.transpose(1, 2)
+    return run
+
+
+def _triton(q, k, v, scale):
+    return _flash_attention_op(q, k, v, scale)[0]
+
+
+def _norm_params(norm, head_dim: int):
+    """(weight, bias, eps) of a LayerNorm over the head dim (an nn.LayerNorm with affine parameters)."""
+    shape = tuple(getattr(norm, "normalized_shape", ()))
+    if shape != (head_dim,) or getattr(norm, "weight", None) is None or getattr(norm, "bias", None) is None:
+        raise ValueError(f"q_norm / k_norm must be LayerNorm({head_dim}) with weight and bias, got {norm!r}")
+    return norm.weight, norm.bias, float(norm.eps)
+
+
+def run_backend(name: str, q, k, v, scale: float, q_norm=None, k_norm=None) -> torch.Tensor:
+    """Runs one backend; with q_norm / k_norm (LayerNorm over the head dim) the Triton kernel fuses them and
+    the other backends apply them first."""
+    if q_norm is None and k_norm is None:
+        return backend_fn(name)(q, k, v, scale)
+    d = q.shape[-1]
+    if name == "triton" and q_norm is not None and k_norm is not None:
+        (qw, qb, eps_q), (kw, kb, eps_k) = _norm_params(q_norm, d), _norm_params(k_norm, d)
+        if eps_q == eps_k:
+            return _flash_attention_qknorm_op(q, k, v, qw, qb, kw, kb, eps_q, scale)[0]
+    if q_norm is not None:
+        q = F.layer_norm(q, (d,), *_norm_params(q_norm, d))
+    if k_norm is not None:
+        k = F.layer_norm(k, (d,), *_norm_params(k_norm, d))
+    if torch.is_autocast_enabled(q.device.type):
+        dtype = torch.get_autocast_dtype(q.device.type)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    return backend_fn(name)(q, k, v, scale)
+
+
+def available_backends(q: torch.Tensor) -> list[str]:
+    """The backends that may run on q's device and dtype (each is still tried before it is chosen)."""
+    if q.device.type != "cuda":
+        return ["sdpa"]
+    names = ["sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn"]
+    sixteen_bit = q.dtype in (torch.float16, torch.bfloat16)
+    if sixteen_bit and q.shape[-1] <= MAX_TRITON_HEAD_DIM and importlib.util.find_spec("triton") is not None:
+        names.insert(0, "triton")
+    if sixteen_bit and importlib.util.find_spec("flash_attn") is not None:
+        names.append("flash_attn")
+    if sixteen_bit and importlib.util.find_spec("flash_attn_interface") is not None:
+        names.append("fa3")
+    return names
+
+
+def backend_fn(name: str):
+    if name == "triton":
+        return _triton
+    if name == "sdpa":
+        return lambda q, k, v, scale: F.scaled_dot_product_attention(q, k, v, scale=scale)
+    if name.startswith("sdpa_"):
+        return _sdpa_pinned(name)
+    if name == "flash_attn":
+        return _flash_attn("flash_attn")
+    if name == "fa3":
+        return _flash_attn("flash_attn_interface")
+    raise ValueError(f"unknown attention backend {name!r}; expected one of {ATTENTION_BACKENDS}")
+
+
+# ------------------------------------------------------------------------------------------------ dispatch
+
+_choices: dict[tuple, str] = {}
+_timings: dict[tuple, dict[str, float | str]] = {}
+
+
+def _key(q, k, v, needs_grad: bool, qk_norm: bool) -> tuple:
+    return (q.device, q.dtype, tuple(q.shape), tuple(k.shape), q.stride(), k.stride(), v.stride(), needs_grad,
+            qk_norm)
+
+
+def time_backend(name: str, q, k, v, scale: float, needs_grad: bool, reps: int = 5, q_norm=None,
+                 k_norm=None) -> float:
+    """Milliseconds per call (forward, plus backward when needs_grad) on q's CUDA device."""
+    leaves = [t.detach().requires_grad_(needs_grad) for t in (q, k, v)]
+    grad = torch.randn(q.shape, dtype=q.dtype, device=q.device) if needs_grad else None
+
+    def step():
+        out = run_backend(name, *leaves, scale, q_norm, k_norm)
+        if needs_grad:
+            torch.autograd.grad(out, leaves, grad)
+
+    step()
+    torch.cuda.synchronize(q.device)
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        step()
+    stop.record()
+    torch.cuda.synchronize(q.device)
+    return start.elapsed_time(stop) / reps
+
+
+def choose_backend(q, k, v, scale: float, needs_grad: bool, q_norm=None, k_norm=None) -> str:
+    """The fastest measured backend for this call's shape (timed once, then cached)."""
+    key = _key(q, k, v, needs_grad, q_norm is not None or k_norm is not None)
+    if key in _choices:
+        return _choices[key]
+    if torch.compiler.is_compiling():  # no timing while tracing; SDPA is what torch.compile knows best
+        return "sdpa"
+    timings, failures = {}, {}
+    for name in available_backends(q):
+        try:
+            timings[name] = time_backend(name, q, k, v, scale, needs_grad, q_norm=q_norm, k_norm=k_norm)
+        except Exception as error:  # noqa: BLE001 - a backend that cannot run this call is no candidate
+            failures[name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    _timings[key] = {**timings, **failures}
+    _choices[key] = min(timings, key=timings.get) if timings else "sdpa"
+    return _choices[key]
+
+
+def chosen_backends() -> dict[tuple, tuple[str, dict[str, float]]]:
+    """What the dispatcher picked so far: key -> (backend, {backend: ms, or the error that ruled it out})."""
+    return {key: (choice, _timings.get(key, {})) for key, choice in _choices.items()}
+
+
+def attention(q, k, v, scale: float | None = None, *, backend: str | None = None, q_norm=None,
+              k_norm=None) -> torch.Tensor:
+    """softmax(q k^T * scale) v; see the module docstring. q_norm / k_norm: optional LayerNorm(head_dim) modules
+    applied to q and k first (qk-norm), fused into the Triton kernel."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if backend is None:
+        selected = select_backend("attention", q.device, IMPLEMENTED)
+        if selected == "reference":
+            # SDPA computes the reference's math with PyTorch's own fused kernels.
+            return run_backend("sdpa", q, k, v, scale, q_norm, k_norm)
+        if torch.is_autocast_enabled(q.device.type):
+            # as SDPA does under autocast (qk-norm gives fp32 q and k next to a 16-bit v)
+            dtype = torch.get_autocast_dtype(q.device.type)
+            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+        if q.device.type == "cuda" and forced_backend() is None:
+            needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+            backend = choose_backend(q, k, v, scale, needs_grad, q_norm, k_norm)
+        else:
+            backend = "triton"
+    if backend == "triton" and not (1 <= q.shape[-1] <= MAX_TRITON_HEAD_DIM):
+        raise ValueError(f"the Triton attention kernel takes head dims up to {MAX_TRITON_HEAD_DIM}, got {q.shape[-1]}")
+    return run_backend(backend, q, k, v, scale, q_norm, k_norm)

@@ -9,6 +9,11 @@ MSE: mean squared error over the masked patches, against the per-patch normalize
 `norm_pix_loss` (mean / variance over the patch's P values, eps 1e-6, as in MAE).
 Fourier: mean absolute difference of the orthonormal 2-D DFT magnitudes of each masked (patch, channel)
 of prediction and target. Computed per patch, so it only sees masked content and needs no full image.
+
+Backends: "triton" (kernels/mae_loss.py: one pass computing normalization, MSE and the per-patch DFTs as
+small GEMMs; the backward is the same pass writing the prediction's gradient) and "reference" (also the
+CPU path: it is a handful of vectorized torch ops there). The fused path gives gradients to `pred` only;
+a `target` that requires grad takes the reference.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import torch
 
 from maefast.ops.backend import select_backend
 
-IMPLEMENTED = ("reference",)
+IMPLEMENTED = ("reference", "triton")
 NORM_PIX_EPS = 1e-6
 DEFAULT_FOURIER_WEIGHT = 0.01
 
@@ -64,13 +69,63 @@ def check_fourier_weight(fourier_weight: float) -> None:
         raise ValueError(f"fourier_weight must be in [0, 1), got {fourier_weight}")
 
 
+@torch.library.custom_op("maefast::mae_loss", mutates_args=())
+def _mae_loss_op(pred: torch.Tensor, target: torch.Tensor, channels: int, norm_pix_loss: bool,
+                 fourier_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from maefast.kernels import mae_loss as kernels
+    sums, _ = kernels.mae_loss_partials(pred.contiguous(), target.contiguous(), channels=channels,
+                                        norm_pix_loss=norm_pix_loss)
+    mse, fourier = sums[0] / pred.numel(), sums[1] / pred.numel()
+    return (1.0 - fourier_weight) * mse + fourier_weight * fourier, mse, fourier
+
+
+@_mae_loss_op.register_fake
+def _(pred, target, channels, norm_pix_loss, fourier_weight):
+    scalar = pred.new_empty((), dtype=torch.float32)
+    return scalar, torch.empty_like(scalar), torch.empty_like(scalar)
+
+
+@torch.library.custom_op("maefast::mae_loss_backward", mutates_args=())
+def _mae_loss_backward_op(pred: torch.Tensor, target: torch.Tensor, coef: torch.Tensor, channels: int,
+                          norm_pix_loss: bool) -> torch.Tensor:
+    """Gradient of coef[0] * mse + coef[1] * fourier with respect to pred."""
+    from maefast.kernels import mae_loss as kernels
+    _, grad = kernels.mae_loss_partials(pred.contiguous(), target.contiguous(), channels=channels,
+                                        norm_pix_loss=norm_pix_loss, coef=coef.float().contiguous())
+    return grad
+
+
+@_mae_loss_backward_op.register_fake
+def _(pred, target, coef, channels, norm_pix_loss):
+    return torch.empty_like(pred, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output):
+    pred, target, channels, norm_pix_loss, fourier_weight = inputs
+    ctx.save_for_backward(pred, target)
+    ctx.meta = (channels, norm_pix_loss, fourier_weight)
+
+
+def _backward(ctx, grad_loss, grad_mse, grad_fourier):
+    pred, target = ctx.saved_tensors
+    channels, norm_pix_loss, weight = ctx.meta
+    coef = torch.stack([grad_loss * (1.0 - weight) + grad_mse, grad_loss * weight + grad_fourier]).float()
+    grad = _mae_loss_backward_op(pred, target, coef, channels, norm_pix_loss)
+    return grad, None, None, None, None
+
+
+_mae_loss_op.register_autograd(_backward, setup_context=_setup_context)
+
+
 def mae_loss(pred, target, *, channels: int, norm_pix_loss: bool = False,
-             fourier_weight: float = DEFAULT_FOURIER_WEIGHT) -> MAELoss:
+             fourier_weight: float = DEFAULT_FOURIER_WEIGHT, backend: str | None = None) -> MAELoss:
     check_fourier_weight(fourier_weight)
     if pred.shape != target.shape:
         raise ValueError(f"mae_loss: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
-    backend = select_backend("mae_loss", pred.device, IMPLEMENTED)
-    if backend == "reference":
+    if pred.shape[-1] % channels or math.isqrt(pred.shape[-1] // channels) ** 2 != pred.shape[-1] // channels:
+        raise ValueError(f"mae_loss: patch size {pred.shape[-1]} is not p*p*channels for channels={channels}")
+    backend = backend or select_backend("mae_loss", pred.device, IMPLEMENTED)
+    if backend == "reference" or pred.shape[1] == 0 or target.requires_grad:
         return mae_loss_reference(pred, target, channels=channels, norm_pix_loss=norm_pix_loss,
                                   fourier_weight=fourier_weight)
-    raise AssertionError(f"mae_loss: backend {backend} is not wired")
+    return MAELoss(*_mae_loss_op(pred, target, channels, norm_pix_loss, float(fourier_weight)))

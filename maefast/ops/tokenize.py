@@ -7,15 +7,21 @@ The reference below is the specification. Shapes:
     bias        (D,) or None
     pos_embed   (L, D) fixed position embedding of every token (CA-MAE: grid positions tiled per channel)
     -> tokens   (B, K, D) in `out_dtype` (default: the autocast dtype when autocast is on, else weight's)
+
+Backends: "triton" (kernels/tokenize.py), "cpp" (csrc/tokenize.cpp), "reference". The fused backends
+never build the full patch tensor: the forward gathers and standardizes only the visible patches, and
+the backward (weight and bias gradients; pixels get none) recomputes them tile by tile from the pixels
+and the per-(image, channel) statistics saved by the forward.
 """
 from __future__ import annotations
 
 import torch
 
-from maefast.ops.backend import select_backend
+from maefast.ops import _cpp
+from maefast.ops.backend import cpp_extension, select_backend, triton_interpreting
 from maefast.ops.patches import embedding_patches, gather_tokens, patchify, self_standardize
 
-IMPLEMENTED = ("reference",)
+IMPLEMENTED = ("reference", "triton", "cpp")
 
 
 def default_out_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -43,16 +49,178 @@ def masked_targets_reference(pixels, masked_idx, patch_size: int, *, channel_agn
     return gather_tokens(targets, masked_idx)
 
 
+# ------------------------------------------------------------------------------------------ fused backends
+
+def _kernel_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 / uint16 stay integers; other floats become float32 (the reference's first step)."""
+    if pixels.dtype not in (torch.uint8, torch.uint16, torch.float32):
+        pixels = pixels.to(torch.float32)
+    return pixels.contiguous()
+
+
+def _dot_mode(out_dtype: torch.dtype) -> str:
+    if triton_interpreting():
+        return "ieee"  # the interpreter's bf16 dots are not exact
+    if out_dtype == torch.bfloat16:
+        return "bf16"
+    if out_dtype == torch.float16:
+        return "fp16"
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
+def _stats(pixels: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    b, c, h, w = pixels.shape
+    if backend == "triton":
+        from maefast.kernels import tokenize as kernels
+        return kernels.tokenize_stats(pixels)
+    mean = torch.empty(b, c, dtype=torch.float32)
+    rstd = torch.empty(b, c, dtype=torch.float32)
+    cpp_extension().tokenize_stats(_cpp.buffer(pixels), _cpp.kind(pixels.dtype), b * c, h * w,
+                                   _cpp.buffer(mean), _cpp.buffer(rstd))
+    return mean, rstd
+
+
+@torch.library.custom_op("maefast::tokenize", mutates_args=())
+def _tokenize_op(pixels: torch.Tensor, keep_idx: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 pos_embed: torch.Tensor, channel_agnostic: bool, out_dtype: torch.dtype,
+                 backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (tokens, mean, rstd); mean / rstd (B, C) are kept for the backward."""
+    pixels = _kernel_pixels(pixels)
+    keep_idx = keep_idx.contiguous()
+    b, c, h, w = pixels.shape
+    d, patch = weight.shape[0], weight.shape[-1]
+    mean, rstd = _stats(pixels, backend)
+    pos = pos_embed.contiguous()
+    if backend == "triton":
+        from maefast.kernels import tokenize as kernels
+        mode = _dot_mode(out_dtype)
+        w_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode, torch.float32)
+        tokens = kernels.tokenize_forward(pixels, keep_idx, weight.reshape(d, -1).to(w_dtype).contiguous(), bias,
+                                          pos, mean, rstd, patch=patch, channel_agnostic=channel_agnostic,
+                                          out_dtype=out_dtype, dot_mode=mode)
+        return tokens, mean, rstd
+    tokens = torch.empty(b, keep_idx.shape[1], d, dtype=out_dtype)
+    cpp_extension().tokenize_forward(
+        _cpp.buffer(pixels), _cpp.kind(pixels.dtype), b, c, h, w, patch, channel_agnostic, _cpp.buffer(keep_idx),
+        keep_idx.shape[1], _cpp.buffer(mean), _cpp.buffer(rstd),
+        _cpp.buffer(weight.detach().reshape(d, -1).float().contiguous()), d,
+        None if bias is None else _cpp.buffer(bias.detach().float().contiguous()),
+        _cpp.buffer(pos.detach().float().contiguous()), _cpp.buffer(tokens), _cpp.kind(out_dtype))
+    return tokens, mean, rstd
+
+
+@_tokenize_op.register_fake
+def _(pixels, keep_idx, weight, bias, pos_embed, channel_agnostic, out_dtype, backend):
+    b, c = pixels.shape[:2]
+    tokens = pixels.new_empty((b, keep_idx.shape[1], weight.shape[0]), dtype=out_dtype)
+    return tokens, pixels.new_empty((b, c), dtype=torch.float32), pixels.new_empty((b, c), dtype=torch.float32)
+
+
+@torch.library.custom_op("maefast::tokenize_backward", mutates_args=())
+def _tokenize_backward_op(grad: torch.Tensor, pixels: torch.Tensor, keep_idx: torch.Tensor, mean: torch.Tensor,
+                          rstd: torch.Tensor, embed_dim: int, patch: int, channel_agnostic: bool,
+                          backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_weight (D, KD), grad_bias (D,)) in float32."""
+    pixels = _kernel_pixels(pixels)
+    keep_idx = keep_idx.contiguous()
+    grad = grad.contiguous()
+    if backend == "triton":
+        from maefast.kernels import tokenize as kernels
+        mode = _dot_mode(grad.dtype)
+        if mode in ("bf16", "fp16"):  # the gradient is already 16-bit; the patches follow it
+            mode = "bf16" if grad.dtype == torch.bfloat16 else "fp16"
+        return kernels.tokenize_backward(grad, pixels, keep_idx, mean, rstd, patch=patch,
+                                         channel_agnostic=channel_agnostic, dot_mode=mode)
+    b, c, h, w = pixels.shape
+    kd = patch * patch * (1 if channel_agnostic else c)
+    grad_weight = torch.empty(embed_dim, kd, dtype=torch.float32)
+    grad_bias = torch.empty(embed_dim, dtype=torch.float32)
+    cpp_extension().tokenize_backward(
+        _cpp.buffer(grad), _cpp.kind(grad.dtype), _cpp.buffer(pixels), _cpp.kind(pixels.dtype), b, c, h, w, patch,
+        channel_agnostic, _cpp.buffer(keep_idx), keep_idx.shape[1], _cpp.buffer(mean), _cpp.buffer(rstd),
+        embed_dim, _cpp.buffer(grad_weight), _cpp.buffer(grad_bias))
+    return grad_weight, grad_bias
+
+
+@_tokenize_backward_op.register_fake
+def _(grad, pixels, keep_idx, mean, rstd, embed_dim, patch, channel_agnostic, backend):
+    kd = patch * patch * (1 if channel_agnostic else pixels.shape[1])
+    return grad.new_empty((embed_dim, kd), dtype=torch.float32), grad.new_empty((embed_dim,), dtype=torch.float32)
+
+
+def _tokenize_setup_context(ctx, inputs, output):
+    pixels, keep_idx, weight, bias, pos_embed, channel_agnostic, out_dtype, backend = inputs
+    _, mean, rstd = output
+    ctx.save_for_backward(pixels, keep_idx, mean, rstd)
+    ctx.weight_meta = (tuple(weight.shape), weight.dtype)
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.pos_meta = (tuple(pos_embed.shape), pos_embed.dtype)
+    ctx.channel_agnostic = channel_agnostic
+    ctx.backend = backend
+
+
+def _tokenize_backward(ctx, grad_tokens, grad_mean, grad_rstd):
+    pixels, keep_idx, mean, rstd = ctx.saved_tensors
+    weight_shape, weight_dtype = ctx.weight_meta
+    grad_weight = grad_bias = grad_pos = None
+    if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+        grad_weight, grad_bias = _tokenize_backward_op(grad_tokens, pixels, keep_idx, mean, rstd, weight_shape[0],
+                                                       weight_shape[-1], ctx.channel_agnostic, ctx.backend)
+        grad_weight = grad_weight.view(weight_shape).to(weight_dtype)
+        grad_bias = grad_bias.to(ctx.bias_dtype) if ctx.bias_dtype is not None else None
+    if ctx.needs_input_grad[4]:  # positions are fixed in the models; this is for completeness
+        pos_shape, pos_dtype = ctx.pos_meta
+        grad_pos = grad_tokens.new_zeros(pos_shape, dtype=torch.float32).index_add_(
+            0, keep_idx.reshape(-1), grad_tokens.reshape(-1, pos_shape[1]).float()).to(pos_dtype)
+    return None, None, grad_weight, grad_bias, grad_pos, None, None, None
+
+
+_tokenize_op.register_autograd(_tokenize_backward, setup_context=_tokenize_setup_context)
+
+
+@torch.library.custom_op("maefast::masked_targets", mutates_args=())
+def _masked_targets_op(pixels: torch.Tensor, masked_idx: torch.Tensor, patch_size: int, channel_agnostic: bool,
+                       backend: str) -> torch.Tensor:
+    pixels = _kernel_pixels(pixels)
+    masked_idx = masked_idx.contiguous()
+    mean, rstd = _stats(pixels, backend)
+    if backend == "triton":
+        from maefast.kernels import tokenize as kernels
+        return kernels.masked_targets(pixels, masked_idx, mean, rstd, patch=patch_size,
+                                      channel_agnostic=channel_agnostic)
+    b, c, h, w = pixels.shape
+    size = patch_size * patch_size * (1 if channel_agnostic else c)
+    out = torch.empty(b, masked_idx.shape[1], size, dtype=torch.float32)
+    cpp_extension().masked_targets(_cpp.buffer(pixels), _cpp.kind(pixels.dtype), b, c, h, w, patch_size,
+                                   channel_agnostic, _cpp.buffer(masked_idx), masked_idx.shape[1], _cpp.buffer(mean),
+                                   _cpp.buffer(rstd), _cpp.buffer(out))
+    return out
+
+
+@_masked_targets_op.register_fake
+def _(pixels, masked_idx, patch_size, channel_agnostic, backend):
+    size = patch_size * patch_size * (1 if channel_agnostic else pixels.shape[1])
+    return pixels.new_empty((pixels.shape[0], masked_idx.shape[1], size), dtype=torch.float32)
+
+
+# ------------------------------------------------------------------------------------------------ public
+
 def tokenize(pixels, keep_idx, weight, bias, pos_embed, *, channel_agnostic: bool,
-             out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    backend = select_backend("tokenize", pixels.device, IMPLEMENTED)
+             out_dtype: torch.dtype | None = None, backend: str | None = None) -> torch.Tensor:
+    """Visible tokens (B, K, D); see the module docstring. `backend` overrides the automatic choice."""
+    out_dtype = out_dtype or default_out_dtype(weight)
+    backend = backend or select_backend("tokenize", pixels.device, IMPLEMENTED)
     if backend == "reference":
         with torch.autocast(pixels.device.type, enabled=False):
             return tokenize_reference(pixels, keep_idx, weight, bias, pos_embed,
-                                      channel_agnostic=channel_agnostic,
-                                      out_dtype=out_dtype or default_out_dtype(weight))
-    raise AssertionError(f"tokenize: backend {backend} is not wired")
+                                      channel_agnostic=channel_agnostic, out_dtype=out_dtype)
+    tokens, _, _ = _tokenize_op(pixels, keep_idx, weight, bias, pos_embed, channel_agnostic, out_dtype, backend)
+    return tokens
 
 
-def masked_targets(pixels, masked_idx, patch_size: int, *, channel_agnostic: bool) -> torch.Tensor:
-    return masked_targets_reference(pixels, masked_idx, patch_size, channel_agnostic=channel_agnostic)
+def masked_targets(pixels, masked_idx, patch_size: int, *, channel_agnostic: bool,
+                   backend: str | None = None) -> torch.Tensor:
+    backend = backend or select_backend("tokenize", pixels.device, IMPLEMENTED)
+    if backend == "reference":
+        return masked_targets_reference(pixels, masked_idx, patch_size, channel_agnostic=channel_agnostic)
+    return _masked_targets_op(pixels, masked_idx, patch_size, channel_agnostic, backend)

@@ -1,0 +1,181 @@
+"""Shared helpers of the benchmark scripts: timing, device rates measured in the same run, JSON lines.
+
+Every benchmark prints one JSON object per measurement and, as its last line, a summary object with at least
+`bench`, `device`, `value`, `baseline` and `ratio` (ARCHITECTURE §5: a number is a ratio against a baseline
+measured side by side, or an absolute figure with its device named). `python benchmarks/common.py table
+FILE...` prints the records of JSON-line files as a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="small shapes, about a minute on a CPU")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions per measurement")
+    p.add_argument("--json-out", default=None, help="also append every record to this JSON-lines file")
+    return p
+
+
+def pick_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn, device: torch.device, reps: int = 10, warmup: int = 2) -> float:
+    """Median milliseconds of `fn()` over `reps` runs (CUDA events on a GPU, wall clock on a CPU)."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    samples = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            stop.record()
+            torch.cuda.synchronize(device)
+            samples.append(start.elapsed_time(stop))
+        else:
+            start = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+def time_interleaved(fns: dict, device: torch.device, reps: int = 10, warmup: int = 1) -> dict:
+    """Milliseconds of each `fns[name]()`. On a CPU the candidates run round-robin, so that they share whatever
+    else the machine is doing, and the fastest run counts (the least disturbed one); on a GPU, time_ms."""
+    if device.type == "cuda":
+        return {name: time_ms(fn, device, reps, warmup) for name, fn in fns.items()}
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    return {name: min(values) for name, values in samples.items()}
+
+
+def copy_bandwidth_gbs(device: torch.device, megabytes: int = 1024, reps: int = 10) -> float:
+    """Device copy bandwidth (read + write bytes per second), measured now."""
+    n = megabytes * 2**20 // 4
+    src = torch.empty(n, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), device, reps=reps)
+    return 2 * src.numel() * 4 / (ms * 1e-3) / 1e9
+
+
+def matmul_tflops(device: torch.device, dtype: torch.dtype = torch.bfloat16, n: int = 8192, reps: int = 10) -> float:
+    """Dense matmul rate (n x n x n), measured now."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    ms = time_ms(lambda: a @ b, device, reps=reps)
+    return 2 * n**3 / (ms * 1e-3) / 1e12
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+class Recorder:
+    """Prints records as JSON lines (and appends them to --json-out); `finish` prints the summary last."""
+
+    def __init__(self, bench: str, device: torch.device, json_out: str | None = None):
+        self.bench = bench
+        self.device = device
+        self.json_out = json_out
+        self.context = {"device": device_name(device), "commit": git_commit(),
+                        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}
+
+    def emit(self, **record) -> dict:
+        record = {"bench": self.bench, **record, "device": self.context["device"]}
+        line = json.dumps(record)
+        print(line, flush=True)
+        if self.json_out:
+            with open(self.json_out, "a") as handle:
+                handle.write(json.dumps({**record, **self.context}) + "\n")
+        return record
+
+    def finish(self, value: float, baseline: float, **extra) -> dict:
+        """The summary: value and baseline in the same unit (ms), ratio = baseline / value (higher is better)."""
+        return self.emit(kind="summary", value=round(value, 4), baseline=round(baseline, 4),
+                         ratio=round(baseline / value, 3) if value > 0 else None, unit="ms", **extra)
+
+
+def rates(ms: float, nbytes: float | None = None, flops: float | None = None, copy_gbs: float | None = None,
+          peak_tflops: float | None = None) -> dict:
+    """GB/s and TFLOP/s of one measurement, and their fractions of the rates measured in the same run."""
+    out = {"ms": round(ms, 4)}
+    if nbytes is not None:
+        gbs = nbytes / (ms * 1e-3) / 1e9
+        out["GB/s"] = round(gbs, 1)
+        if copy_gbs:
+            out["of_copy_bw"] = round(gbs / copy_gbs, 3)
+    if flops is not None:
+        tflops = flops / (ms * 1e-3) / 1e12
+        out["TFLOP/s"] = round(tflops, 2)
+        if peak_tflops:
+            out["of_matmul"] = round(tflops / peak_tflops, 3)
+    return out
+
+
+def print_table(paths: list[str]) -> None:
+    """Prints the records of JSON-line files: one row per measurement."""
+    rows = []
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            if line.strip():
+                rows.append(json.loads(line))
+    if not rows:
+        print("no records")
+        return
+    columns = ["bench", "kind", "case", "backend", "pass", "ms", "GB/s", "of_copy_bw", "TFLOP/s", "of_matmul",
+               "value", "baseline", "ratio", "vs", "correct", "skipped"]
+    present = [c for c in columns if any(c in r for r in rows)]
+    cells = [[str(r.get(c, "")) for c in present] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(present)]
+    print("  ".join(c.ljust(w) for c, w in zip(present, widths)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+    first = rows[0]
+    print(f"device: {first.get('device')}  commit: {first.get('commit')}  date: {first.get('date')}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 3 and sys.argv[1] == "table":
+        print_table(sys.argv[2:])
+    else:
+        print("usage: python benchmarks/common.py table FILE.jsonl [...]")
