@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali import fn, math as dali_math, pipeline_def, types
 
 from maefast.data.dataset import Dataset
 from maefast.data.decode import ImageReadError
@@ -90,7 +90,7 @@ class DaliBackend:
                     if self.on_error == "raise":
                         raise error from failure
                     keep.append(False)
-                    skipped.append(dict(id=error.image_id, path=error.path, reason=error.reason))
+                    skipped.append(dict(id=error.image_id, path=error.path, reason=error.reason, kind=error.kind))
             if skipped:
                 found = True
                 batches[position] = batch.without(np.array(keep))
@@ -161,8 +161,8 @@ class DaliBackend:
                 plane = fn.decoders.image(fn.io.file.read(inputs[c]), output_type=types.ANY_DATA, dtype=dtype)
                 if illum:
                     function = fn.decoders.numpy(fn.io.file.read(inputs[channels + c]), dtype=types.FLOAT)
-                    corrected = fn.math.floor(plane / fn.expand_dims(function, axes=[2]) + 0.5)
-                    plane = fn.cast(fn.math.clamp(corrected, 0, np.iinfo(d.dtype).max), dtype=dtype)
+                    corrected = dali_math.floor(plane / fn.expand_dims(function, axes=[2]) + 0.5)
+                    plane = fn.cast(dali_math.clamp(corrected, 0, np.iinfo(d.dtype).max), dtype=dtype)
                 planes.append(plane)
             image = fn.cat(*planes, axis=2) if channels > 1 else planes[0]
             out = []

@@ -82,11 +82,11 @@ class _PlannedBatches(TorchDataset):
         for i, row in enumerate(batch.images):
             try:
                 crops.append(self.reader.read_crops(int(row), batch.anchors[i], batch.augment[i], self.crop_size))
-            except ImageReadError as error:
-                if self.on_error == "raise":
-                    raise
+            except ImageReadError as error:  # returned, not raised: worker exceptions lose their attributes
                 keep[i] = False
-                skipped.append(dict(id=error.image_id, path=error.path, reason=error.reason))
+                skipped.append(dict(id=error.image_id, path=error.path, reason=error.reason, kind=error.kind))
+                if self.on_error == "raise":
+                    break
         d = self.reader.dataset
         shape = (0, len(d.channels), self.crop_size, self.crop_size)
         pixels = np.concatenate(crops) if crops else np.empty(shape, d.dtype)
@@ -105,6 +105,11 @@ class TorchBackend:
         """Yields (batch with the images actually read, pixels (n*K, C, s, s) on the device, skipped)."""
         loader = DataLoader(_PlannedBatches(self.dataset, batches, self.crop_size, self.on_error), batch_size=None,
                             shuffle=False, num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
-                            prefetch_factor=2 if self.num_workers else None)
+                            prefetch_factor=2 if self.num_workers else None,
+                            # workers forked from a process running DALI threads can deadlock: start clean ones
+                            multiprocessing_context="forkserver" if self.num_workers else None)
         for batch, (pixels, keep, skipped) in zip(batches, loader):
+            if skipped and self.on_error == "raise":
+                first = skipped[0]
+                raise ImageReadError(first["path"], first["reason"], first["id"], first["kind"])
             yield batch.without(np.asarray(keep)), pixels.to(self.device, non_blocking=True), skipped
