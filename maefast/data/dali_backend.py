@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali import fn, math as dali_math, pipeline_def, types
 
 from maefast.data.dataset import Dataset
 from maefast.data.decode import ImageReadError
@@ -90,7 +90,7 @@ class DaliBackend:
                     if self.on_error == "raise":
                         raise error from failure
                     keep.append(False)
-                    skipped.append(dict(id=error.image_id, path=error.path, reason=error.reason))
+                    skipped.append(dict(id=error.image_id, path=error.path, reason=error.reason, kind=error.kind))
             if skipped:
                 found = True
                 batches[position] = batch.without(np.array(keep))
@@ -126,14 +126,14 @@ class DaliBackend:
         pipe.build()
         return pipe
 
-    def _padded(self, batch: Batch, per_image: int) -> np.ndarray:
+    def _padded(self, batch: Batch) -> np.ndarray:
         """Sample positions into the batch, padded to the pipeline's batch size with the first sample."""
         count = len(batch.images)
         return np.concatenate([np.arange(count), np.zeros(self.batch_size - count, np.int64)])
 
     def _file_feed(self, feed: list[Batch]):
         for batch in feed:
-            slots = self._padded(batch, 1)
+            slots = self._padded(batch)
             rows = batch.images[slots]
             columns = [[_encode(p) for p in self._files[rows, c]] for c in range(self._files.shape[1])]
             if self._illum is not None:
@@ -161,8 +161,8 @@ class DaliBackend:
                 plane = fn.decoders.image(fn.io.file.read(inputs[c]), output_type=types.ANY_DATA, dtype=dtype)
                 if illum:
                     function = fn.decoders.numpy(fn.io.file.read(inputs[channels + c]), dtype=types.FLOAT)
-                    corrected = fn.math.floor(plane / fn.expand_dims(function, axes=[2]) + 0.5)
-                    plane = fn.cast(fn.math.clamp(corrected, 0, np.iinfo(d.dtype).max), dtype=dtype)
+                    corrected = dali_math.floor(plane / fn.expand_dims(function, axes=[2]) + 0.5)
+                    plane = fn.cast(dali_math.clamp(corrected, 0, np.iinfo(d.dtype).max), dtype=dtype)
                 planes.append(plane)
             image = fn.cat(*planes, axis=2) if channels > 1 else planes[0]
             out = []
@@ -178,7 +178,7 @@ class DaliBackend:
 
     def _packed_feed(self, feed: list[Batch]):
         for batch in feed:
-            slots = self._padded(batch, self.crops)
+            slots = self._padded(batch)
             rows = self._rows[batch.images[slots]]
             starts, flags = [], [[], [], []]
             for i, row in enumerate(rows):
@@ -193,7 +193,7 @@ class DaliBackend:
 
     def _packed_pipeline(self, feed: list[Batch]):
         d, size, augment = self.dataset, self.crop_size, self.augment
-        files = [self._shards[b.images[s]] for b in feed for s in self._padded(b, self.crops)
+        files = [self._shards[b.images[s]] for b in feed for s in self._padded(b)
                  for _ in range(self.crops)]
         stored, selected = len(d.stored_channels), d.channel_index
         device = "gpu" if self.device.type == "cuda" else "cpu"

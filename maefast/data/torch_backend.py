@@ -70,41 +70,56 @@ class ImageReader:
 
 
 class _PlannedBatches(TorchDataset):
-    def __init__(self, dataset: Dataset, batches: list[Batch], crop_size: int, on_error: str):
-        self.reader, self.batches, self.crop_size, self.on_error = ImageReader(dataset), batches, crop_size, on_error
+    """A map-style dataset whose keys are planned Batch objects: worker processes read whole batches."""
 
-    def __len__(self) -> int:
-        return len(self.batches)
+    def __init__(self, dataset: Dataset, crop_size: int, on_error: str):
+        self.reader, self.crop_size, self.on_error = ImageReader(dataset), crop_size, on_error
 
-    def __getitem__(self, index: int):
-        batch = self.batches[index]
+    def __getitem__(self, batch: Batch):
         crops, keep, skipped = [], np.ones(len(batch.images), bool), []
         for i, row in enumerate(batch.images):
             try:
                 crops.append(self.reader.read_crops(int(row), batch.anchors[i], batch.augment[i], self.crop_size))
-            except ImageReadError as error:
-                if self.on_error == "raise":
-                    raise
+            except ImageReadError as error:  # returned, not raised: worker exceptions lose their attributes
                 keep[i] = False
-                skipped.append(dict(id=error.image_id, path=error.path, reason=error.reason))
+                skipped.append(dict(id=error.image_id, path=error.path, reason=error.reason, kind=error.kind))
+                if self.on_error == "raise":
+                    break
         d = self.reader.dataset
         shape = (0, len(d.channels), self.crop_size, self.crop_size)
         pixels = np.concatenate(crops) if crops else np.empty(shape, d.dtype)
         return torch.from_numpy(pixels), keep, skipped
 
 
+class _Feed:
+    """The sampler: the batches of the current run, replaced before each run (workers persist)."""
+
+    batches: list[Batch] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 class TorchBackend:
-    """Executes planned batches with a torch DataLoader of `num_workers` processes (0: in this process)."""
+    """Executes planned batches with a torch DataLoader of `num_workers` persistent processes (0: in this one)."""
 
     def __init__(self, dataset: Dataset, crop_size: int, num_workers: int = 2, on_error: str = "raise",
                  device: torch.device = torch.device("cpu")):
-        self.dataset, self.crop_size, self.num_workers = dataset, crop_size, num_workers
-        self.on_error, self.device = on_error, device
+        self.dataset, self.on_error, self.device, self.feed = dataset, on_error, device, _Feed()
+        workers = dict(num_workers=num_workers, persistent_workers=True, prefetch_factor=2,
+                       # workers forked from a process running DALI threads can deadlock: start clean ones
+                       multiprocessing_context="forkserver") if num_workers else {}
+        self.loader = DataLoader(_PlannedBatches(dataset, crop_size, on_error), sampler=self.feed, batch_size=None,
+                                 pin_memory=device.type == "cuda", **workers)
 
     def run(self, batches: list[Batch]):
         """Yields (batch with the images actually read, pixels (n*K, C, s, s) on the device, skipped)."""
-        loader = DataLoader(_PlannedBatches(self.dataset, batches, self.crop_size, self.on_error), batch_size=None,
-                            shuffle=False, num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
-                            prefetch_factor=2 if self.num_workers else None)
-        for batch, (pixels, keep, skipped) in zip(batches, loader):
+        self.feed.batches = list(batches)
+        for batch, (pixels, keep, skipped) in zip(self.feed.batches, self.loader):
+            if skipped and self.on_error == "raise":
+                first = skipped[0]
+                raise ImageReadError(first["path"], first["reason"], first["id"], first["kind"])
             yield batch.without(np.asarray(keep)), pixels.to(self.device, non_blocking=True), skipped
