@@ -133,8 +133,8 @@ void tokenize_stats(const py::buffer& pixels, int kind, int64_t planes, int64_t 
   });
 }
 
-constexpr int64_t kForwardTile = 192;
-constexpr int64_t kBackwardTile = 384;
+constexpr int64_t kForwardTile = 96;
+constexpr int64_t kBackwardTile = 256;
 
 void tokenize_forward(const py::buffer& pixels, int kind, int64_t B, int64_t C, int64_t H, int64_t W, int64_t patch,
                       bool channel_agnostic, const py::buffer& keep_idx, int64_t K, const py::buffer& mean,
@@ -154,6 +154,8 @@ void tokenize_forward(const py::buffer& pixels, int kind, int64_t B, int64_t C, 
   py::gil_scoped_release release;
   PackedB packed;  // B[k][d] = weight[d][k]
   pack_b(packed, g.Kd, D, w, 1, g.Kd);
+  std::vector<float> bias_row(static_cast<size_t>(D), 0.0f);
+  if (b_ptr) std::copy(b_ptr, b_ptr + D, bias_row.begin());
   const int64_t tokens = B * K, tiles = (tokens + kForwardTile - 1) / kForwardTile;
   with_pixel_type(kind, [&](auto tag) {
     using P = decltype(tag);
@@ -172,16 +174,9 @@ void tokenize_forward(const py::buffer& pixels, int kind, int64_t B, int64_t C, 
                for (int i = 0; i < n_rows; ++i)
                  std::memcpy(result.data() + (r0 + i) * D + col0, tile_result + i * kPanel, cols * sizeof(float));
              });
-        for (int64_t r = 0; r < rows; ++r) {  // + bias + positions, converted, one contiguous row at a time
-          float* row = result.data() + r * D;
-          const float* pos_row = pos + keep[t0 + r] * D;
-          if (b_ptr) {
-            for (int64_t d = 0; d < D; ++d) row[d] += pos_row[d] + b_ptr[d];
-          } else {
-            for (int64_t d = 0; d < D; ++d) row[d] += pos_row[d];
-          }
-          store_floats(out_ptr, (t0 + r) * D, row, D, out_kind);
-        }
+        for (int64_t r = 0; r < rows; ++r)  // + bias + positions, converted, one contiguous row at a time
+          add3_store(result.data() + r * D, pos + keep[t0 + r] * D, bias_row.data(), out_ptr, (t0 + r) * D, D,
+                     out_kind);
       }
     }
   });
@@ -220,23 +215,28 @@ void tokenize_backward(const py::buffer& grad, int grad_kind, const py::buffer& 
 #pragma omp for schedule(dynamic)
       for (int64_t tile = 0; tile < tiles; ++tile) {
         const int64_t t0 = tile * kBackwardTile, rows = std::min(kBackwardTile, tokens - t0);
-        load_floats(grad_ptr, t0 * D, grad_tile.data(), rows * D, grad_kind);
+        widen(grad_ptr, t0 * D, grad_tile.data(), rows * D, grad_kind);
         for (int64_t r = 0; r < rows; ++r) {
           gather_patch(pix, g, affine, (t0 + r) / K, keep[t0 + r], patches.data() + r * g.Kd);
           const float* grad_row = grad_tile.data() + r * D;
           for (int64_t d = 0; d < D; ++d) db[d] += grad_row[d];
         }
-        pack_b(packed, rows, g.Kd, patches.data(), g.Kd, 1);  // B[t][k] = patch value
-        // A = grad^T (D x rows), packed straight from the token-major gradient tile
-        auto pack_grad = [&](int64_t d0, int mr, float* dst) {
+        // dW^T (Kd x D) += patches^T (Kd x rows) @ grad (rows x D): the gradient tile is the packed B operand
+        // (each 32-column panel reused by every block of patch columns), the patches the packed A operand.
+        pack_b(packed, rows, D, grad_tile.data(), D, 1);
+        auto pack_patches = [&](int64_t k0, int mr, float* dst) {
           for (int64_t t = 0; t < rows; ++t) {
-            const float* src = grad_tile.data() + t * D;
-            for (int i = 0; i < mr; ++i) dst[t * mr + i] = src[std::min<int64_t>(d0 + i, D - 1)];
+            const float* src = patches.data() + t * g.Kd;
+            if (k0 + mr <= g.Kd) {
+              std::memcpy(dst + t * mr, src + k0, mr * sizeof(float));
+            } else {
+              for (int i = 0; i < mr; ++i) dst[t * mr + i] = src[std::min<int64_t>(k0 + i, g.Kd - 1)];
+            }
           }
         };
-        gemm(D, pack_grad, packed, [&](int64_t r0, int n_rows, int64_t col0, int cols, const float* result) {
+        gemm(g.Kd, pack_patches, packed, [&](int64_t r0, int n_rows, int64_t col0, int cols, const float* result) {
           for (int i = 0; i < n_rows; ++i) {
-            float* dst = dw.data() + (r0 + i) * g.Kd + col0;
+            float* dst = dw.data() + (r0 + i) * D + col0;  // dw holds dW^T, (Kd, D)
             for (int j = 0; j < cols; ++j) dst[j] += result[i * kPanel + j];
           }
         });
@@ -245,9 +245,10 @@ void tokenize_backward(const py::buffer& grad, int grad_kind, const py::buffer& 
   });
   const int64_t total = D * g.Kd;
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < total; ++i) {
+  for (int64_t i = 0; i < total; ++i) {  // gw[d][k] = sum over threads of dW^T[k][d]
+    const int64_t d = i / g.Kd, k = i % g.Kd;
     float sum = 0.0f;
-    for (int t = 0; t < threads; ++t) sum += partial_w[t].empty() ? 0.0f : partial_w[t][i];
+    for (int t = 0; t < threads; ++t) sum += partial_w[t].empty() ? 0.0f : partial_w[t][k * D + d];
     gw[i] = sum;
   }
   for (int64_t d = 0; d < D; ++d) {
