@@ -210,20 +210,28 @@ void tokenize_backward(const py::buffer& grad, int grad_kind, const py::buffer& 
       dw.assign(static_cast<size_t>(D * g.Kd), 0.0f);
       db.assign(static_cast<size_t>(D), 0.0f);
       std::vector<float> patches(static_cast<size_t>(kBackwardTile * g.Kd));
-      std::vector<float> grad_tile(static_cast<size_t>(kBackwardTile * D));
       PackedB packed;
 #pragma omp for schedule(dynamic)
       for (int64_t tile = 0; tile < tiles; ++tile) {
         const int64_t t0 = tile * kBackwardTile, rows = std::min(kBackwardTile, tokens - t0);
-        widen(grad_ptr, t0 * D, grad_tile.data(), rows * D, grad_kind);
-        for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t r = 0; r < rows; ++r)
           gather_patch(pix, g, affine, (t0 + r) / K, keep[t0 + r], patches.data() + r * g.Kd);
-          const float* grad_row = grad_tile.data() + r * D;
-          for (int64_t d = 0; d < D; ++d) db[d] += grad_row[d];
-        }
         // dW^T (Kd x D) += patches^T (Kd x rows) @ grad (rows x D): the gradient tile is the packed B operand
-        // (each 32-column panel reused by every block of patch columns), the patches the packed A operand.
-        pack_b(packed, rows, D, grad_tile.data(), D, 1);
+        // (each 32-column panel reused by every block of patch columns), packed straight from the 16-bit or
+        // fp32 gradient, summing the bias gradient on the way; the patches are the packed A operand.
+        packed.K = rows;
+        packed.N = D;
+        packed.data.resize(static_cast<size_t>(packed.panels() * rows * kPanel));
+        for (int64_t p = 0; p < packed.panels(); ++p) {
+          const int64_t col0 = p * kPanel, cols = std::min<int64_t>(kPanel, D - col0);
+          float* panel = packed.data.data() + p * rows * kPanel;
+          for (int64_t t = 0; t < rows; ++t) {
+            float* dst = panel + t * kPanel;
+            widen(grad_ptr, (t0 + t) * D + col0, dst, cols, grad_kind);
+            for (int64_t j = cols; j < kPanel; ++j) dst[j] = 0.0f;
+            for (int64_t j = 0; j < cols; ++j) db[col0 + j] += dst[j];
+          }
+        }
         auto pack_patches = [&](int64_t k0, int mr, float* dst) {
           for (int64_t t = 0; t < rows; ++t) {
             const float* src = patches.data() + t * g.Kd;
@@ -243,13 +251,20 @@ void tokenize_backward(const py::buffer& grad, int grad_kind, const py::buffer& 
       }
     }
   });
-  const int64_t total = D * g.Kd;
+  std::vector<const float*> parts;
+  for (const auto& part : partial_w)
+    if (!part.empty()) parts.push_back(part.data());
+  constexpr int64_t kBlock = 16;  // gw[d][k] = sum over threads of dW^T[k][d], transposed 16 columns at a time
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < total; ++i) {  // gw[d][k] = sum over threads of dW^T[k][d]
-    const int64_t d = i / g.Kd, k = i % g.Kd;
-    float sum = 0.0f;
-    for (int t = 0; t < threads; ++t) sum += partial_w[t].empty() ? 0.0f : partial_w[t][k * D + d];
-    gw[i] = sum;
+  for (int64_t k0 = 0; k0 < g.Kd; k0 += kBlock) {
+    const int64_t kn = std::min(kBlock, g.Kd - k0);
+    for (int64_t d = 0; d < D; ++d) {
+      for (int64_t kk = 0; kk < kn; ++kk) {
+        float sum = 0.0f;
+        for (const float* part : parts) sum += part[(k0 + kk) * D + d];
+        gw[d * g.Kd + k0 + kk] = sum;
+      }
+    }
   }
   for (int64_t d = 0; d < D; ++d) {
     float sum = 0.0f;
