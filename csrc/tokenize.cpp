@@ -152,7 +152,10 @@ void tokenize_forward(const py::buffer& pixels, int kind, int64_t B, int64_t C, 
                                           buffer_ptr<float>(rstd, B * C, "rstd"), B * C, pixel_scale(kind));
   check_indices(keep, B * K, g.L, "keep_idx");
   py::gil_scoped_release release;
-  PackedB packed;  // B[k][d] = weight[d][k]
+  // B[k][d] = weight[d][k]; the caller's buffer is kept between calls (no page faults on every call). A
+  // thread_local name inside the parallel region would name each worker's own copy, hence the reference.
+  thread_local PackedB packed_weight;
+  PackedB& packed = packed_weight;
   pack_b(packed, g.Kd, D, w, 1, g.Kd);
   std::vector<float> bias_row(static_cast<size_t>(D), 0.0f);
   if (b_ptr) std::copy(b_ptr, b_ptr + D, bias_row.begin());
@@ -162,8 +165,9 @@ void tokenize_forward(const py::buffer& pixels, int kind, int64_t B, int64_t C, 
     const P* pix = static_cast<const P*>(px);
 #pragma omp parallel
     {
-      std::vector<float> patches(static_cast<size_t>(kForwardTile * g.Kd));
-      std::vector<float> result(static_cast<size_t>(kForwardTile * D));
+      thread_local std::vector<float> patches, result;
+      patches.resize(static_cast<size_t>(kForwardTile * g.Kd));
+      result.resize(static_cast<size_t>(kForwardTile * D));
 #pragma omp for schedule(dynamic)
       for (int64_t tile = 0; tile < tiles; ++tile) {
         const int64_t t0 = tile * kForwardTile, rows = std::min(kForwardTile, tokens - t0);
@@ -199,7 +203,15 @@ void tokenize_backward(const py::buffer& grad, int grad_kind, const py::buffer& 
   py::gil_scoped_release release;
   const int64_t tokens = B * K, tiles = (tokens + kBackwardTile - 1) / kBackwardTile;
   const int threads = num_threads();
-  std::vector<std::vector<float>> partial_w(threads), partial_b(threads);
+  thread_local std::vector<std::vector<float>> partial_w_kept, partial_b_kept;  // reused between calls
+  std::vector<std::vector<float>>& partial_w = partial_w_kept;  // a reference: see tokenize_forward
+  std::vector<std::vector<float>>& partial_b = partial_b_kept;
+  partial_w.resize(threads);
+  partial_b.resize(threads);
+  for (int t = 0; t < threads; ++t) {
+    partial_w[t].clear();
+    partial_b[t].clear();
+  }
   with_pixel_type(kind, [&](auto tag) {
     using P = decltype(tag);
     const P* pix = static_cast<const P*>(px);
@@ -209,8 +221,9 @@ void tokenize_backward(const py::buffer& grad, int grad_kind, const py::buffer& 
       std::vector<float>& db = partial_b[thread_id()];
       dw.assign(static_cast<size_t>(D * g.Kd), 0.0f);
       db.assign(static_cast<size_t>(D), 0.0f);
-      std::vector<float> patches(static_cast<size_t>(kBackwardTile * g.Kd));
-      PackedB packed;
+      thread_local std::vector<float> patches;
+      thread_local PackedB packed;
+      patches.resize(static_cast<size_t>(kBackwardTile * g.Kd));
 #pragma omp for schedule(dynamic)
       for (int64_t tile = 0; tile < tiles; ++tile) {
         const int64_t t0 = tile * kBackwardTile, rows = std::min(kBackwardTile, tokens - t0);
