@@ -110,6 +110,50 @@ inline uint16_t float_to_fp16(float value) {  // round to nearest even
   return static_cast<uint16_t>(sign | (rounded >> 13));
 }
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define MAEFAST_CLONES __attribute__((target_clones("arch=skylake-avx512", "avx2", "default")))
+#else
+#define MAEFAST_CLONES
+#endif
+
+// out[i] = a[i] + b[i] + c[i], rounded to `kind` (the row epilogue of the GEMMs); vectorized per ISA.
+MAEFAST_CLONES inline void add3_store(const float* a, const float* b, const float* c, void* dst, int64_t index,
+                                      int64_t count, int kind) {
+  if (kind == kFloat32) {
+    float* out = static_cast<float*>(dst) + index;
+    for (int64_t i = 0; i < count; ++i) out[i] = a[i] + b[i] + c[i];
+    return;
+  }
+  uint16_t* out = static_cast<uint16_t*>(dst) + index;
+  if (kind == kBFloat16) {
+    for (int64_t i = 0; i < count; ++i) {
+      const float v = a[i] + b[i] + c[i];
+      uint32_t word;
+      std::memcpy(&word, &v, sizeof(word));
+      const uint16_t rounded = static_cast<uint16_t>((word + 0x7fffu + ((word >> 16) & 1u)) >> 16);
+      out[i] = (word & 0x7fffffffu) > 0x7f800000u ? static_cast<uint16_t>((word >> 16) | 0x40u) : rounded;
+    }
+    return;
+  }
+  for (int64_t i = 0; i < count; ++i) out[i] = float_to_fp16(a[i] + b[i] + c[i]);
+}
+
+// dst[i] = float(src[index + i]) for 16-bit or 32-bit floats; vectorized per ISA.
+MAEFAST_CLONES inline void widen(const void* src, int64_t index, float* dst, int64_t count, int kind) {
+  if (kind == kBFloat16) {
+    const uint16_t* in = static_cast<const uint16_t*>(src) + index;
+    for (int64_t i = 0; i < count; ++i) {
+      const uint32_t word = static_cast<uint32_t>(in[i]) << 16;
+      std::memcpy(dst + i, &word, sizeof(float));
+    }
+  } else if (kind == kFloat32) {
+    std::memcpy(dst, static_cast<const float*>(src) + index, count * sizeof(float));
+  } else {
+    const uint16_t* in = static_cast<const uint16_t*>(src) + index;
+    for (int64_t i = 0; i < count; ++i) dst[i] = fp16_to_float(in[i]);
+  }
+}
+
 inline float load_as_float(const void* base, int64_t index, int kind) {
   switch (kind) {
     case kFloat32: return static_cast<const float*>(base)[index];

@@ -27,12 +27,14 @@ struct PackedB {
 inline void pack_b(PackedB& packed, int64_t K, int64_t N, const float* src, int64_t stride_k, int64_t stride_n) {
   packed.K = K;
   packed.N = N;
-  packed.data.assign(static_cast<size_t>(packed.panels() * K * kPanel), 0.0f);
+  packed.data.resize(static_cast<size_t>(packed.panels() * K * kPanel));
   for (int64_t p = 0; p < packed.panels(); ++p) {
     float* dst = packed.data.data() + p * K * kPanel;
     int64_t cols = std::min<int64_t>(kPanel, N - p * kPanel);
-    for (int64_t k = 0; k < K; ++k)
+    for (int64_t k = 0; k < K; ++k) {
       for (int64_t j = 0; j < cols; ++j) dst[k * kPanel + j] = src[k * stride_k + (p * kPanel + j) * stride_n];
+      for (int64_t j = cols; j < kPanel; ++j) dst[k * kPanel + j] = 0.0f;
+    }
   }
 }
 

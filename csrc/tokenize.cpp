@@ -133,8 +133,8 @@ void tokenize_stats(const py::buffer& pixels, int kind, int64_t planes, int64_t 
   });
 }
 
-constexpr int64_t kForwardTile = 192;
-constexpr int64_t kBackwardTile = 384;
+constexpr int64_t kForwardTile = 96;
+constexpr int64_t kBackwardTile = 256;
 
 void tokenize_forward(const py::buffer& pixels, int kind, int64_t B, int64_t C, int64_t H, int64_t W, int64_t patch,
                       bool channel_agnostic, const py::buffer& keep_idx, int64_t K, const py::buffer& mean,
@@ -152,16 +152,22 @@ void tokenize_forward(const py::buffer& pixels, int kind, int64_t B, int64_t C, 
                                           buffer_ptr<float>(rstd, B * C, "rstd"), B * C, pixel_scale(kind));
   check_indices(keep, B * K, g.L, "keep_idx");
   py::gil_scoped_release release;
-  PackedB packed;  // B[k][d] = weight[d][k]
+  // B[k][d] = weight[d][k]; the caller's buffer is kept between calls (no page faults on every call). A
+  // thread_local name inside the parallel region would name each worker's own copy, hence the reference.
+  thread_local PackedB packed_weight;
+  PackedB& packed = packed_weight;
   pack_b(packed, g.Kd, D, w, 1, g.Kd);
+  std::vector<float> bias_row(static_cast<size_t>(D), 0.0f);
+  if (b_ptr) std::copy(b_ptr, b_ptr + D, bias_row.begin());
   const int64_t tokens = B * K, tiles = (tokens + kForwardTile - 1) / kForwardTile;
   with_pixel_type(kind, [&](auto tag) {
     using P = decltype(tag);
     const P* pix = static_cast<const P*>(px);
 #pragma omp parallel
     {
-      std::vector<float> patches(static_cast<size_t>(kForwardTile * g.Kd));
-      std::vector<float> result(static_cast<size_t>(kForwardTile * D));
+      thread_local std::vector<float> patches, result;
+      patches.resize(static_cast<size_t>(kForwardTile * g.Kd));
+      result.resize(static_cast<size_t>(kForwardTile * D));
 #pragma omp for schedule(dynamic)
       for (int64_t tile = 0; tile < tiles; ++tile) {
         const int64_t t0 = tile * kForwardTile, rows = std::min(kForwardTile, tokens - t0);
@@ -172,16 +178,9 @@ void tokenize_forward(const py::buffer& pixels, int kind, int64_t B, int64_t C, 
                for (int i = 0; i < n_rows; ++i)
                  std::memcpy(result.data() + (r0 + i) * D + col0, tile_result + i * kPanel, cols * sizeof(float));
              });
-        for (int64_t r = 0; r < rows; ++r) {  // + bias + positions, converted, one contiguous row at a time
-          float* row = result.data() + r * D;
-          const float* pos_row = pos + keep[t0 + r] * D;
-          if (b_ptr) {
-            for (int64_t d = 0; d < D; ++d) row[d] += pos_row[d] + b_ptr[d];
-          } else {
-            for (int64_t d = 0; d < D; ++d) row[d] += pos_row[d];
-          }
-          store_floats(out_ptr, (t0 + r) * D, row, D, out_kind);
-        }
+        for (int64_t r = 0; r < rows; ++r)  // + bias + positions, converted, one contiguous row at a time
+          add3_store(result.data() + r * D, pos + keep[t0 + r] * D, bias_row.data(), out_ptr, (t0 + r) * D, D,
+                     out_kind);
       }
     }
   });
@@ -204,7 +203,15 @@ void tokenize_backward(const py::buffer& grad, int grad_kind, const py::buffer& 
   py::gil_scoped_release release;
   const int64_t tokens = B * K, tiles = (tokens + kBackwardTile - 1) / kBackwardTile;
   const int threads = num_threads();
-  std::vector<std::vector<float>> partial_w(threads), partial_b(threads);
+  thread_local std::vector<std::vector<float>> partial_w_kept, partial_b_kept;  // reused between calls
+  std::vector<std::vector<float>>& partial_w = partial_w_kept;  // a reference: see tokenize_forward
+  std::vector<std::vector<float>>& partial_b = partial_b_kept;
+  partial_w.resize(threads);
+  partial_b.resize(threads);
+  for (int t = 0; t < threads; ++t) {
+    partial_w[t].clear();
+    partial_b[t].clear();
+  }
   with_pixel_type(kind, [&](auto tag) {
     using P = decltype(tag);
     const P* pix = static_cast<const P*>(px);
@@ -214,41 +221,63 @@ void tokenize_backward(const py::buffer& grad, int grad_kind, const py::buffer& 
       std::vector<float>& db = partial_b[thread_id()];
       dw.assign(static_cast<size_t>(D * g.Kd), 0.0f);
       db.assign(static_cast<size_t>(D), 0.0f);
-      std::vector<float> patches(static_cast<size_t>(kBackwardTile * g.Kd));
-      std::vector<float> grad_tile(static_cast<size_t>(kBackwardTile * D));
-      PackedB packed;
+      thread_local std::vector<float> patches;
+      thread_local PackedB packed;
+      patches.resize(static_cast<size_t>(kBackwardTile * g.Kd));
 #pragma omp for schedule(dynamic)
       for (int64_t tile = 0; tile < tiles; ++tile) {
         const int64_t t0 = tile * kBackwardTile, rows = std::min(kBackwardTile, tokens - t0);
-        load_floats(grad_ptr, t0 * D, grad_tile.data(), rows * D, grad_kind);
-        for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t r = 0; r < rows; ++r)
           gather_patch(pix, g, affine, (t0 + r) / K, keep[t0 + r], patches.data() + r * g.Kd);
-          const float* grad_row = grad_tile.data() + r * D;
-          for (int64_t d = 0; d < D; ++d) db[d] += grad_row[d];
-        }
-        pack_b(packed, rows, g.Kd, patches.data(), g.Kd, 1);  // B[t][k] = patch value
-        // A = grad^T (D x rows), packed straight from the token-major gradient tile
-        auto pack_grad = [&](int64_t d0, int mr, float* dst) {
+        // dW^T (Kd x D) += patches^T (Kd x rows) @ grad (rows x D): the gradient tile is the packed B operand
+        // (each 32-column panel reused by every block of patch columns), packed straight from the 16-bit or
+        // fp32 gradient, summing the bias gradient on the way; the patches are the packed A operand.
+        packed.K = rows;
+        packed.N = D;
+        packed.data.resize(static_cast<size_t>(packed.panels() * rows * kPanel));
+        for (int64_t p = 0; p < packed.panels(); ++p) {
+          const int64_t col0 = p * kPanel, cols = std::min<int64_t>(kPanel, D - col0);
+          float* panel = packed.data.data() + p * rows * kPanel;
           for (int64_t t = 0; t < rows; ++t) {
-            const float* src = grad_tile.data() + t * D;
-            for (int i = 0; i < mr; ++i) dst[t * mr + i] = src[std::min<int64_t>(d0 + i, D - 1)];
+            float* dst = panel + t * kPanel;
+            widen(grad_ptr, (t0 + t) * D + col0, dst, cols, grad_kind);
+            for (int64_t j = cols; j < kPanel; ++j) dst[j] = 0.0f;
+            for (int64_t j = 0; j < cols; ++j) db[col0 + j] += dst[j];
+          }
+        }
+        auto pack_patches = [&](int64_t k0, int mr, float* dst) {
+          for (int64_t t = 0; t < rows; ++t) {
+            const float* src = patches.data() + t * g.Kd;
+            if (k0 + mr <= g.Kd) {
+              std::memcpy(dst + t * mr, src + k0, mr * sizeof(float));
+            } else {
+              for (int i = 0; i < mr; ++i) dst[t * mr + i] = src[std::min<int64_t>(k0 + i, g.Kd - 1)];
+            }
           }
         };
-        gemm(D, pack_grad, packed, [&](int64_t r0, int n_rows, int64_t col0, int cols, const float* result) {
+        gemm(g.Kd, pack_patches, packed, [&](int64_t r0, int n_rows, int64_t col0, int cols, const float* result) {
           for (int i = 0; i < n_rows; ++i) {
-            float* dst = dw.data() + (r0 + i) * g.Kd + col0;
+            float* dst = dw.data() + (r0 + i) * D + col0;  // dw holds dW^T, (Kd, D)
             for (int j = 0; j < cols; ++j) dst[j] += result[i * kPanel + j];
           }
         });
       }
     }
   });
-  const int64_t total = D * g.Kd;
+  std::vector<const float*> parts;
+  for (const auto& part : partial_w)
+    if (!part.empty()) parts.push_back(part.data());
+  constexpr int64_t kBlock = 16;  // gw[d][k] = sum over threads of dW^T[k][d], transposed 16 columns at a time
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < total; ++i) {
-    float sum = 0.0f;
-    for (int t = 0; t < threads; ++t) sum += partial_w[t].empty() ? 0.0f : partial_w[t][i];
-    gw[i] = sum;
+  for (int64_t k0 = 0; k0 < g.Kd; k0 += kBlock) {
+    const int64_t kn = std::min(kBlock, g.Kd - k0);
+    for (int64_t d = 0; d < D; ++d) {
+      for (int64_t kk = 0; kk < kn; ++kk) {
+        float sum = 0.0f;
+        for (const float* part : parts) sum += part[(k0 + kk) * D + d];
+        gw[d * g.Kd + k0 + kk] = sum;
+      }
+    }
   }
   for (int64_t d = 0; d < D; ++d) {
     float sum = 0.0f;
