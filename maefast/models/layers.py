@@ -74,6 +74,7 @@ class ParallelBlock(nn.Module):
         self.in_proj = nn.Linear(dim, mlp_hidden + 3 * dim, bias=qkv_bias)
         # With a biased in_proj the MLP bias is part of in_proj.bias; otherwise it is separate.
         self.mlp_bias = None if qkv_bias else nn.Parameter(torch.zeros(mlp_hidden))
+        self.qk_norm = qk_norm
         self.q_norm = layer_norm(self.head_dim) if qk_norm else nn.Identity()
         self.k_norm = layer_norm(self.head_dim) if qk_norm else nn.Identity()
         self.attn_out_proj = nn.Linear(dim, dim)
@@ -85,9 +86,12 @@ class ParallelBlock(nn.Module):
         mlp_hidden, q, k, v = torch.split(self.in_proj(self.in_norm(x)), self.in_split, dim=-1)
         if self.mlp_bias is not None:
             mlp_hidden = mlp_hidden + self.mlp_bias
-        q = self.q_norm(split_heads(q, self.num_heads))
-        k = self.k_norm(split_heads(k, self.num_heads))
-        attended = merge_heads(attention(q, k, split_heads(v, self.num_heads)))
+        q, k, v = (split_heads(t, self.num_heads) for t in (q, k, v))
+        if self.qk_norm:  # the attention op applies the qk LayerNorm (fused into the Triton kernel)
+            attended = attention(q, k, v, q_norm=self.q_norm, k_norm=self.k_norm)
+        else:
+            attended = attention(q, k, v)
+        attended = merge_heads(attended)
         y = self.attn_out_proj(attended) + self.mlp_out_proj(F.gelu(mlp_hidden))
         return x + self.drop_path(self.ls(y))
 
