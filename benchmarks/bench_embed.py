@@ -5,12 +5,11 @@ pipeline on maefast's blocks) on the same weights, in one run.
     python benchmarks/bench_embed.py --quick              # CPU smoke run, under a minute
 
 Crops are random integer tensors already on the device (the loader has its own benchmark; `maefast
-embed` reports end-to-end crops/s with the loader). Prints crops/s and MFU (FLOPs from maefast.flops,
+embed` reports end-to-end crops/s with the loader). Reports crops/s and MFU (FLOPs from maefast.flops,
 matmul rate measured in the same run); the last line is the JSON summary.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import sys
 from pathlib import Path
@@ -19,13 +18,13 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from e2e import bench_device, emit, random_crops, time_steps  # noqa: E402
+from bench_train import random_crops  # noqa: E402
+from common import Recorder, matmul_tflops, parser, pick_device, time_interleaved  # noqa: E402
 from reference_pipeline import reference_embed  # noqa: E402
 
 import maefast  # noqa: E402
 from maefast.flops import embedding_flops  # noqa: E402
 from maefast.ops.patches import pixel_scale  # noqa: E402
-from maefast.train.observe import measure_matmul_rate  # noqa: E402
 
 
 def timm_baseline(encoder):
@@ -47,40 +46,40 @@ def timm_baseline(encoder):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="vit_large_patch8_256")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--channels", type=int, default=6)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="small encoder on the CPU, under a minute")
-    args = parser.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")
+    args_parser = parser(__doc__)
+    args_parser.add_argument("--model", default="vit_large_patch8_256")
+    args_parser.add_argument("--batch", type=int, default=128)
+    args_parser.add_argument("--channels", type=int, default=6)
+    args = args_parser.parse_args(argv)
+    device = torch.device("cpu") if args.quick else pick_device(args.device)
     overrides = {"in_chans": args.channels}
     if args.quick:
-        args.model, args.batch, args.steps, args.warmup = "vit_debug_patch8_64", 64, 5, 2
+        args.model, args.batch = "vit_debug_patch8_64", 64
         overrides.update(embed_dim=128, depth=4, num_heads=4)
     torch.manual_seed(0)
     encoder = maefast.create_model(args.model, **overrides).to(device).eval()
     pixels = random_crops(args.batch, args.channels, encoder.config.img_size, device)
     dtype = torch.bfloat16 if device.type == "cuda" else None
-    use_timm = importlib.util.find_spec("timm") is not None and not encoder.config.channel_agnostic
+    use_timm = importlib.util.find_spec("timm") is not None
     baseline_fn = timm_baseline(encoder) if use_timm else (lambda x: reference_embed(encoder, x))
 
-    def rate(fn):
+    def run(fn):
         def step():
             with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 fn(pixels)
-        return args.batch * args.steps / time_steps(step, args.steps, args.warmup, device)
+        return step
 
-    ours, baseline = rate(encoder.embed), rate(baseline_fn)
+    ms = time_interleaved({"maefast": run(encoder.embed), "baseline": run(baseline_fn)}, device,
+                          reps=args.reps or (4 if args.quick else 10))
+    ours, baseline = (args.batch / (ms[k] * 1e-3) for k in ("maefast", "baseline"))
     flops = embedding_flops(encoder.config, args.channels)
-    matmul = measure_matmul_rate(device, dtype or torch.float32)
-    emit({"bench": "embed", "device": bench_device(device), "model": args.model, "batch": args.batch,
-          "channels": args.channels, "precision": "bf16" if dtype else "fp32",
-          "baseline_kind": "timm+sdpa" if use_timm else "reference-pipeline", "value": ours, "baseline": baseline,
-          "ratio": ours / baseline, "unit": "crops/s", "gflop_per_crop": flops / 1e9, "mfu": ours * flops / matmul,
-          "matmul_tflops": matmul / 1e12})
+    matmul = matmul_tflops(device, dtype or torch.float32, n=8192 if device.type == "cuda" else 1024) * 1e12
+    recorder = Recorder("embed", device, args.json_out)
+    recorder.emit(kind="summary", model=args.model, batch=args.batch, channels=args.channels,
+                  precision="bf16" if dtype else "fp32", baseline_kind="timm+sdpa" if use_timm else "reference-pipeline",
+                  value=round(ours, 2), baseline=round(baseline, 2), ratio=round(ours / baseline, 3), unit="crops/s",
+                  gflop_per_crop=round(flops / 1e9, 2), mfu=round(ours * flops / matmul, 4),
+                  matmul_tflops=round(matmul / 1e12, 2))
     return 0
 
 

@@ -3,7 +3,9 @@
 #   1. installs this checkout (builds maefast._C; --no-deps keeps the machine's CUDA torch)
 #   2. correctness of every Triton kernel on the GPU against the reference: tests/ops (real bf16 / fp16 dots,
 #      fixed launch configs), and each benchmark checks its kernel again at full size (column `correct`)
-#   3. timings of every op and backend at the shapes (ViT-L/8, 6 x 256 x 256, batch 256, mask 0.75)
+#   3. timings of every op and backend at the shapes (ViT-L/8, 6 x 256 x 256, batch 256, mask 0.75),
+#      then full training steps (bench_train: MAE ViT-L/8, CA-MAE ViT-B/16 against the reference pipeline)
+#      and embedding (bench_embed: ViT-L/8 against timm + SDPA)
 #   4. the table of all records, printed last
 # Usage: bash benchmarks/gpu_suite.sh [OUT_DIR]   (default: $OUT when set, else ./gpu_suite_out)
 set -uo pipefail
@@ -29,9 +31,9 @@ tail -5 "$out/tests.log"
 
 records="$out/records.jsonl"
 : > "$records"
-for bench in tokenize unshuffle mae_loss attention; do
+for bench in tokenize unshuffle mae_loss attention train embed; do
     stamp "bench_$bench"
-    limit=100; [ "$bench" = attention ] && limit=180
+    case "$bench" in attention) limit=180 ;; train) limit=150 ;; *) limit=100 ;; esac
     if ! timeout "$limit" python "benchmarks/bench_$bench.py" --json-out "$records" > "$out/bench_$bench.log" 2>&1; then
         echo "bench_$bench failed or timed out; last lines:"; tail -5 "$out/bench_$bench.log"
     fi
