@@ -48,7 +48,7 @@ class Profile:
 
 PROFILES = {
     "fast": Profile(genes=40, replicates=2, plates=2, site_size=128, steps=60, batch_size=12),
-    "default": Profile(genes=80, replicates=3, plates=3, site_size=192, steps=800, batch_size=16),
+    "default": Profile(genes=80, replicates=3, plates=3, site_size=192, steps=600, batch_size=16),
     # a GPU: the papers' ViT-S/16 sizes at 256 x 256 crops
     "gpu": Profile(genes=300, replicates=4, plates=4, site_size=512, steps=3000, batch_size=128,
                    systems=(("MAE ViT-S/16", "mae_vit_small_patch16", ()), ("CA-MAE ViT-S/16", "camae_vit_small_patch16", ()),
