@@ -173,3 +173,18 @@ def test_other_systems_train_and_export_an_embedder(screen, tmp_path, recipe):
 def open_dataset_perturbations(screen):
     from maefast.data import open_dataset
     return open_dataset(screen).table["perturbation"].astype(str)
+
+
+def test_activation_checkpointing_recomputes_blocks_and_trains_the_same(screen, tmp_path):
+    weights, forward_calls = [], []
+    for name, checkpointing in (("plain", "false"), ("checkpointed", "true")):
+        trainer = Trainer(config_for(screen, "run.max_steps=2", f"run.activation_checkpointing={checkpointing}"),
+                          tmp_path / name, show_progress=False)
+        calls = []
+        trainer.model.encoder.blocks[0].in_proj.register_forward_hook(lambda *_: calls.append(1))
+        trainer.train()
+        forward_calls.append(len(calls))
+        weights.append(load_file(str(tmp_path / name / "checkpoints" / "step-00000002" / "model.safetensors")))
+    assert forward_calls == [2, 4]  # checkpointed blocks run their forward again in the backward
+    for key in weights[0]:
+        torch.testing.assert_close(weights[1][key], weights[0][key], rtol=1e-5, atol=1e-6, msg=key)
