@@ -41,6 +41,7 @@ class Profile:
     site_size: int
     steps: int
     batch_size: int
+    random_model: str = "vit_debug_patch8_64"  # the untrained baseline, the size of the trained ViTs
     # (label, recipe, extra overrides) of the trained systems
     systems: tuple = (("MAE ViT", "debug", ()), ("CA-MAE ViT", "debug_camae", ()),
                       ("MU-Net", "debug_munet", ()), ("Weakly supervised ViT", "debug_wsl", ()))
@@ -51,7 +52,7 @@ PROFILES = {
     "default": Profile(genes=80, replicates=3, plates=3, site_size=192, steps=600, batch_size=16),
     # a GPU: the papers' ViT-S/16 sizes at 256 x 256 crops
     "gpu": Profile(genes=300, replicates=4, plates=4, site_size=512, steps=3000, batch_size=128,
-                   systems=(("MAE ViT-S/16", "mae_vit_small_patch16", ()), ("CA-MAE ViT-S/16", "camae_vit_small_patch16", ()),
+                   random_model="vit_small_patch16_256", systems=(("MAE ViT-S/16", "mae_vit_small_patch16", ()), ("CA-MAE ViT-S/16", "camae_vit_small_patch16", ()),
                             ("MU-Net", "munet_small", ()), ("Weakly supervised ViT-S/16", "wsl_vit_small_patch16", ()))),
 }
 
@@ -83,12 +84,12 @@ def train_system(out: Path, recipe: str, screen: Path, profile: Profile, overrid
     return run
 
 
-def random_vit(out: Path) -> Path:
+def random_vit(out: Path, name: str) -> Path:
     """A randomly initialized ViT (the papers' untrained baseline) saved like a trained encoder."""
     path = out / "runs" / "random_vit"
     if not (path / "config.json").exists():
         torch.manual_seed(0)
-        save_pretrained(create_model("vit_debug_patch8_64", in_chans=6), path,
+        save_pretrained(create_model(name, in_chans=6), path,
                         channel_names=list(open_dataset(out / "screen").channels))
     return path
 
@@ -155,7 +156,7 @@ def run_demo(out, profile: str | Profile = "default", seed: int = 0, device: str
     log("hand-crafted features")
     recalls.append(score(handcrafted_sites(screen, out), "Hand-crafted features"))
     log("randomly initialized ViT")
-    recalls.append(score(embedded_sites(random_vit(out), screen, out, "random_vit"), "Random ViT"))
+    recalls.append(score(embedded_sites(random_vit(out, profile.random_model), screen, out, "random_vit"), "Random ViT"))
     ca_recipe = next(recipe for _, recipe, _ in profile.systems if "camae" in recipe)
     jump_channels = list(reversed(open_dataset(jump).channels))  # another count and order than in training
     log(f"CA-MAE channel generalization: JUMP screen, channels {jump_channels}")
