@@ -134,7 +134,6 @@ void tokenize_stats(const py::buffer& pixels, int kind, int64_t planes, int64_t 
 }
 
 constexpr int64_t kForwardTile = 96;
-constexpr int64_t kBackwardTile = 256;
 
 void tokenize_forward(const py::buffer& pixels, int kind, int64_t B, int64_t C, int64_t H, int64_t W, int64_t patch,
                       bool channel_agnostic, const py::buffer& keep_idx, int64_t K, const py::buffer& mean,
@@ -186,106 +185,6 @@ void tokenize_forward(const py::buffer& pixels, int kind, int64_t B, int64_t C, 
   });
 }
 
-void tokenize_backward(const py::buffer& grad, int grad_kind, const py::buffer& pixels, int kind, int64_t B, int64_t C,
-                       int64_t H, int64_t W, int64_t patch, bool channel_agnostic, const py::buffer& keep_idx,
-                       int64_t K, const py::buffer& mean, const py::buffer& rstd, int64_t D,
-                       const py::buffer& grad_weight, const py::buffer& grad_bias) {
-  const Geometry g(B, C, H, W, patch, channel_agnostic);
-  const void* px = pixel_ptr(pixels, kind, B * C * H * W);
-  const int64_t* keep = buffer_ptr<int64_t>(keep_idx, B * K, "keep_idx");
-  const void* grad_ptr = grad_kind == kFloat32 ? static_cast<const void*>(buffer_ptr<float>(grad, B * K * D, "grad"))
-                                               : static_cast<const void*>(buffer_ptr<uint16_t>(grad, B * K * D, "grad"));
-  float* gw = buffer_ptr<float>(grad_weight, D * g.Kd, "grad_weight");
-  float* gb = buffer_ptr<float>(grad_bias, D, "grad_bias");
-  const Affine affine = affine_from_stats(buffer_ptr<float>(mean, B * C, "mean"),
-                                          buffer_ptr<float>(rstd, B * C, "rstd"), B * C, pixel_scale(kind));
-  check_indices(keep, B * K, g.L, "keep_idx");
-  py::gil_scoped_release release;
-  const int64_t tokens = B * K, tiles = (tokens + kBackwardTile - 1) / kBackwardTile;
-  const int threads = num_threads();
-  thread_local std::vector<std::vector<float>> partial_w_kept, partial_b_kept;  // reused between calls
-  std::vector<std::vector<float>>& partial_w = partial_w_kept;  // a reference: see tokenize_forward
-  std::vector<std::vector<float>>& partial_b = partial_b_kept;
-  partial_w.resize(threads);
-  partial_b.resize(threads);
-  for (int t = 0; t < threads; ++t) {
-    partial_w[t].clear();
-    partial_b[t].clear();
-  }
-  with_pixel_type(kind, [&](auto tag) {
-    using P = decltype(tag);
-    const P* pix = static_cast<const P*>(px);
-#pragma omp parallel num_threads(threads)
-    {
-      std::vector<float>& dw = partial_w[thread_id()];
-      std::vector<float>& db = partial_b[thread_id()];
-      dw.assign(static_cast<size_t>(D * g.Kd), 0.0f);
-      db.assign(static_cast<size_t>(D), 0.0f);
-      thread_local std::vector<float> patches;
-      thread_local PackedB packed;
-      patches.resize(static_cast<size_t>(kBackwardTile * g.Kd));
-#pragma omp for schedule(dynamic)
-      for (int64_t tile = 0; tile < tiles; ++tile) {
-        const int64_t t0 = tile * kBackwardTile, rows = std::min(kBackwardTile, tokens - t0);
-        for (int64_t r = 0; r < rows; ++r)
-          gather_patch(pix, g, affine, (t0 + r) / K, keep[t0 + r], patches.data() + r * g.Kd);
-        // dW^T (Kd x D) += patches^T (Kd x rows) @ grad (rows x D): the gradient tile is the packed B operand
-        // (each 32-column panel reused by every block of patch columns), packed straight from the 16-bit or
-        // fp32 gradient, summing the bias gradient on the way; the patches are the packed A operand.
-        packed.K = rows;
-        packed.N = D;
-        packed.data.resize(static_cast<size_t>(packed.panels() * rows * kPanel));
-        for (int64_t p = 0; p < packed.panels(); ++p) {
-          const int64_t col0 = p * kPanel, cols = std::min<int64_t>(kPanel, D - col0);
-          float* panel = packed.data.data() + p * rows * kPanel;
-          for (int64_t t = 0; t < rows; ++t) {
-            float* dst = panel + t * kPanel;
-            widen(grad_ptr, (t0 + t) * D + col0, dst, cols, grad_kind);
-            for (int64_t j = cols; j < kPanel; ++j) dst[j] = 0.0f;
-            for (int64_t j = 0; j < cols; ++j) db[col0 + j] += dst[j];
-          }
-        }
-        auto pack_patches = [&](int64_t k0, int mr, float* dst) {
-          for (int64_t t = 0; t < rows; ++t) {
-            const float* src = patches.data() + t * g.Kd;
-            if (k0 + mr <= g.Kd) {
-              std::memcpy(dst + t * mr, src + k0, mr * sizeof(float));
-            } else {
-              for (int i = 0; i < mr; ++i) dst[t * mr + i] = src[std::min<int64_t>(k0 + i, g.Kd - 1)];
-            }
-          }
-        };
-        gemm(g.Kd, pack_patches, packed, [&](int64_t r0, int n_rows, int64_t col0, int cols, const float* result) {
-          for (int i = 0; i < n_rows; ++i) {
-            float* dst = dw.data() + (r0 + i) * D + col0;  // dw holds dW^T, (Kd, D)
-            for (int j = 0; j < cols; ++j) dst[j] += result[i * kPanel + j];
-          }
-        });
-      }
-    }
-  });
-  std::vector<const float*> parts;
-  for (const auto& part : partial_w)
-    if (!part.empty()) parts.push_back(part.data());
-  constexpr int64_t kBlock = 16;  // gw[d][k] = sum over threads of dW^T[k][d], transposed 16 columns at a time
-#pragma omp parallel for schedule(static)
-  for (int64_t k0 = 0; k0 < g.Kd; k0 += kBlock) {
-    const int64_t kn = std::min(kBlock, g.Kd - k0);
-    for (int64_t d = 0; d < D; ++d) {
-      for (int64_t kk = 0; kk < kn; ++kk) {
-        float sum = 0.0f;
-        for (const float* part : parts) sum += part[(k0 + kk) * D + d];
-        gw[d * g.Kd + k0 + kk] = sum;
-      }
-    }
-  }
-  for (int64_t d = 0; d < D; ++d) {
-    float sum = 0.0f;
-    for (int t = 0; t < threads; ++t) sum += partial_b[t].empty() ? 0.0f : partial_b[t][d];
-    gb[d] = sum;
-  }
-}
-
 void masked_targets(const py::buffer& pixels, int kind, int64_t B, int64_t C, int64_t H, int64_t W, int64_t patch,
                     bool channel_agnostic, const py::buffer& masked_idx, int64_t M, const py::buffer& mean,
                     const py::buffer& rstd, const py::buffer& out) {
@@ -330,11 +229,6 @@ void register_tokenize(py::module_& m) {
         py::arg("patch"), py::arg("channel_agnostic"), py::arg("keep_idx"), py::arg("K"), py::arg("mean"),
         py::arg("rstd"), py::arg("weight"), py::arg("D"), py::arg("bias"), py::arg("pos_embed"), py::arg("out"),
         py::arg("out_kind"));
-  m.def("tokenize_backward", &tokenize_backward, "Weight and bias gradients of tokenize, patches recomputed.",
-        py::arg("grad"), py::arg("grad_kind"), py::arg("pixels"), py::arg("kind"), py::arg("B"), py::arg("C"),
-        py::arg("H"), py::arg("W"), py::arg("patch"), py::arg("channel_agnostic"), py::arg("keep_idx"),
-        py::arg("K"), py::arg("mean"), py::arg("rstd"), py::arg("D"), py::arg("grad_weight"),
-        py::arg("grad_bias"));
   m.def("masked_targets", &masked_targets, "Standardized masked patches in the decoder layout.", py::arg("pixels"),
         py::arg("kind"), py::arg("B"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("patch"),
         py::arg("channel_agnostic"), py::arg("masked_idx"), py::arg("M"), py::arg("mean"), py::arg("rstd"),

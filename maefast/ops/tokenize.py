@@ -131,14 +131,20 @@ def _tokenize_backward_op(grad: torch.Tensor, pixels: torch.Tensor, keep_idx: to
             mode = "bf16" if grad.dtype == torch.bfloat16 else "fp16"
         return kernels.tokenize_backward(grad, pixels, keep_idx, mean, rstd, patch=patch,
                                          channel_agnostic=channel_agnostic, dot_mode=mode)
+    # CPU: the C++ kernel gathers the standardized visible patches (never all of them), and the weight
+    # gradient is one GEMM through PyTorch's BLAS, measured faster here than a hand-written GEMM.
     b, c, h, w = pixels.shape
-    kd = patch * patch * (1 if channel_agnostic else c)
-    grad_weight = torch.empty(embed_dim, kd, dtype=torch.float32)
-    grad_bias = torch.empty(embed_dim, dtype=torch.float32)
-    cpp_extension().tokenize_backward(
-        _cpp.buffer(grad), _cpp.kind(grad.dtype), _cpp.buffer(pixels), _cpp.kind(pixels.dtype), b, c, h, w, patch,
-        channel_agnostic, _cpp.buffer(keep_idx), keep_idx.shape[1], _cpp.buffer(mean), _cpp.buffer(rstd),
-        embed_dim, _cpp.buffer(grad_weight), _cpp.buffer(grad_bias))
+    channels = 1 if channel_agnostic else c
+    kd = patch * patch * channels
+    patches = torch.empty(b, keep_idx.shape[1], kd, dtype=torch.float32)
+    cpp_extension().masked_targets(_cpp.buffer(pixels), _cpp.kind(pixels.dtype), b, c, h, w, patch,
+                                   channel_agnostic, _cpp.buffer(keep_idx), keep_idx.shape[1], _cpp.buffer(mean),
+                                   _cpp.buffer(rstd), _cpp.buffer(patches))
+    flat_grad = grad.reshape(-1, embed_dim).float()
+    # patches come in the decoder layout (p, q, c); the weight is laid out (c, p, q)
+    grad_weight = (flat_grad.t() @ patches.reshape(-1, kd)).view(embed_dim, patch, patch, channels)
+    grad_weight = grad_weight.permute(0, 3, 1, 2).reshape(embed_dim, kd)
+    grad_bias = flat_grad.sum(0)
     return grad_weight, grad_bias
 
 
