@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from maefast.train.observe import synchronize
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -40,11 +42,6 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({torch.get_num_threads()} threads)"
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_ms(fn, device: torch.device, reps: int = 10, warmup: int = 2) -> float:

@@ -21,7 +21,7 @@ from maefast.data import make_tile_loader, open_dataset
 from maefast.data.synthetic import CONTROL_LABEL, synth_screen
 from maefast.embedding.api import embed
 from maefast.embedding.handcrafted import HandcraftedEmbedder
-from maefast.embedding.job import feature_columns, read_embeddings
+from maefast.embedding.job import read_embeddings, site_table
 from maefast.evaluate import build_map, relationship_recall
 from maefast.evaluate.plots import plot_recall_bars
 from maefast.io import atomic_path
@@ -106,11 +106,7 @@ def handcrafted_sites(screen: Path, out: Path) -> pd.DataFrame:
     for batch in loader:
         rows.append(batch["index"].numpy())
         features.append(embedder.embed(batch["pixels"]))
-    order = np.concatenate(rows)
-    table = dataset.table.iloc[order].reset_index(drop=True)
-    metadata = table[[c for c in table.columns if not c.startswith(("file_", "illum_"))]]
-    values = np.concatenate(features)
-    frame = pd.concat([metadata, pd.DataFrame(values, columns=feature_columns(values.shape[1]))], axis=1)
+    frame = site_table(dataset.table.iloc[np.concatenate(rows)], np.concatenate(features))
     with atomic_path(path) as temporary:
         frame.to_parquet(temporary, index=False)
     return frame

@@ -91,13 +91,16 @@ def embed_shard(encoder, dataset, rows: np.ndarray, settings: EmbedSettings, dev
         progress.update(len(owners))
     skipped = list(getattr(loader, "skipped", []))
     done = counts > 0
-    table = subset.table.loc[done.numpy()].reset_index(drop=True)
-    metadata = table[[c for c in table.columns if not c.startswith(("file_", "illum_"))]]
-    if sums is None:
-        return metadata.assign(), skipped
-    features = (sums[done] / counts[done, None]).float().numpy()
-    frame = pd.DataFrame(features, columns=feature_columns(features.shape[1]))
-    return pd.concat([metadata, frame], axis=1), skipped
+    table = subset.table.loc[done.numpy()]
+    if sums is None:  # every image of the shard was skipped
+        return site_table(table, np.zeros((0, 0), np.float32)), skipped
+    return site_table(table, (sums[done] / counts[done, None]).float().numpy()), skipped
+
+
+def site_table(table: pd.DataFrame, features: np.ndarray) -> pd.DataFrame:
+    """The output format: a data set's metadata columns (file paths left out), then feature_0000, ..."""
+    metadata = table[[c for c in table.columns if not c.startswith(("file_", "illum_"))]].reset_index(drop=True)
+    return pd.concat([metadata, pd.DataFrame(features, columns=feature_columns(features.shape[1]))], axis=1)
 
 
 def aggregate_wells(sites: pd.DataFrame) -> pd.DataFrame:

@@ -65,13 +65,13 @@ def detect_layout(state: dict) -> str:
     return "maefast"
 
 
-def is_mae(model) -> bool:
+def has_vit_encoder(model) -> bool:
     """Models whose ViT sits under `encoder.` (MAE, CA-MAE, the weakly supervised classifier)."""
     return isinstance(getattr(model, "encoder", None), VisionTransformer)
 
 
 def convert_timm(state: dict, model) -> dict:
-    prefix = "encoder." if is_mae(model) else ""
+    prefix = "encoder." if has_vit_encoder(model) else ""
     return {prefix + k: v for k, v in state.items()}
 
 
@@ -82,9 +82,9 @@ def convert_reference(state: dict, model) -> dict:
             continue
         if key.startswith("encoder.vit_backbone."):
             key = key.replace("encoder.vit_backbone.", "encoder.", 1)
-        elif not is_mae(model):
+        elif not has_vit_encoder(model):
             continue  # an encoder takes only the backbone of an MAE checkpoint
-        converted[key if is_mae(model) else key.removeprefix("encoder.")] = value
+        converted[key if has_vit_encoder(model) else key.removeprefix("encoder.")] = value
     return converted
 
 

@@ -133,13 +133,9 @@ def _tokenize_backward_op(grad: torch.Tensor, pixels: torch.Tensor, keep_idx: to
                                          channel_agnostic=channel_agnostic, dot_mode=mode)
     # CPU: the C++ kernel gathers the standardized visible patches (never all of them), and the weight
     # gradient is one GEMM through PyTorch's BLAS, measured faster here than a hand-written GEMM.
-    b, c, h, w = pixels.shape
-    channels = 1 if channel_agnostic else c
+    channels = 1 if channel_agnostic else pixels.shape[1]
     kd = patch * patch * channels
-    patches = torch.empty(b, keep_idx.shape[1], kd, dtype=torch.float32)
-    cpp_extension().masked_targets(_cpp.buffer(pixels), _cpp.kind(pixels.dtype), b, c, h, w, patch,
-                                   channel_agnostic, _cpp.buffer(keep_idx), keep_idx.shape[1], _cpp.buffer(mean),
-                                   _cpp.buffer(rstd), _cpp.buffer(patches))
+    patches = _cpp_standardized_patches(pixels, keep_idx, mean, rstd, patch, channel_agnostic)
     flat_grad = grad.reshape(-1, embed_dim).float()
     # patches come in the decoder layout (p, q, c); the weight is laid out (c, p, q)
     grad_weight = (flat_grad.t() @ patches.reshape(-1, kd)).view(embed_dim, patch, patch, channels)
@@ -194,11 +190,16 @@ def _masked_targets_op(pixels: torch.Tensor, masked_idx: torch.Tensor, patch_siz
         from maefast.kernels import tokenize as kernels
         return kernels.masked_targets(pixels, masked_idx, mean, rstd, patch=patch_size,
                                       channel_agnostic=channel_agnostic)
+    return _cpp_standardized_patches(pixels, masked_idx, mean, rstd, patch_size, channel_agnostic)
+
+
+def _cpp_standardized_patches(pixels, index, mean, rstd, patch: int, channel_agnostic: bool) -> torch.Tensor:
+    """(B, N, P) float32: the standardized patches at `index`, in the decoder layout (C++ gather)."""
     b, c, h, w = pixels.shape
-    size = patch_size * patch_size * (1 if channel_agnostic else c)
-    out = torch.empty(b, masked_idx.shape[1], size, dtype=torch.float32)
-    cpp_extension().masked_targets(_cpp.buffer(pixels), _cpp.kind(pixels.dtype), b, c, h, w, patch_size,
-                                   channel_agnostic, _cpp.buffer(masked_idx), masked_idx.shape[1], _cpp.buffer(mean),
+    size = patch * patch * (1 if channel_agnostic else c)
+    out = torch.empty(b, index.shape[1], size, dtype=torch.float32)
+    cpp_extension().masked_targets(_cpp.buffer(pixels), _cpp.kind(pixels.dtype), b, c, h, w, patch,
+                                   channel_agnostic, _cpp.buffer(index), index.shape[1], _cpp.buffer(mean),
                                    _cpp.buffer(rstd), _cpp.buffer(out))
     return out
 

@@ -64,13 +64,6 @@ def wrap_model(model: torch.nn.Module, context: DistributedContext, parallel: st
     return DistributedDataParallel(model, device_ids=device_ids)
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain model under DDP / torch.compile wrappers (FSDP2 shards in place, no wrapper)."""
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
-    return model
-
-
 def any_rank(flag: bool, context: DistributedContext) -> bool:
     """True when `flag` is true on any rank (every rank gets the same answer)."""
     if not context.enabled:

@@ -6,6 +6,7 @@ import signal
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from torch.distributed.checkpoint.state_dict import get_model_state_dict
@@ -53,7 +54,10 @@ class Trainer:
         overrides = dict(config.model.overrides)
         self.classes = None
         if config.model.name.startswith("wsl_"):  # weakly supervised: the perturbation is the label
-            self.classes = sorted(self.loader.dataset.table["perturbation"].astype(str).unique())
+            perturbations = self.loader.dataset.table["perturbation"].astype(str).to_numpy()
+            self.classes, class_of_row = np.unique(perturbations, return_inverse=True)
+            self.classes = self.classes.tolist()
+            self.class_of_row = torch.from_numpy(class_of_row.astype(np.int64))
             overrides.setdefault("num_classes", len(self.classes))
         torch.manual_seed(run.seed)  # identical initial weights on every rank
         self.model = create_model(config.model.name, **overrides).to(device)
@@ -169,9 +173,7 @@ class Trainer:
 
     def labels(self, rows) -> torch.Tensor:
         """Class index of each crop's perturbation (weakly supervised training)."""
-        names = self.loader.dataset.table["perturbation"].astype(str).to_numpy()[rows.numpy()]
-        lookup = {name: index for index, name in enumerate(self.classes)}
-        return torch.tensor([lookup[n] for n in names], device=self.context.device)
+        return self.class_of_row[rows].to(self.context.device)
 
     def train(self) -> dict:
         run, context = self.config.run, self.context

@@ -55,34 +55,50 @@ class Throughput:
 
 
 class ScalarLog:
-    """metrics.csv and TensorBoard scalars of the same values."""
+    """metrics.csv and TensorBoard scalars of the same values.
+
+    On start the CSV is rewritten once (atomically) with the rows up to the resumed step; after that each
+    log call appends one line, so a long run does not rewrite its history at every step.
+    """
 
     def __init__(self, out_dir: Path, resume_step: int):
         self.path = Path(out_dir) / "metrics.csv"
         self.rows = self.read_until(resume_step)
+        self.fields = list(self.rows[0]) if self.rows else None
+        if self.path.exists():
+            self.rewrite()
         from torch.utils.tensorboard import SummaryWriter
         self.writer = SummaryWriter(str(Path(out_dir) / "tensorboard"), purge_step=resume_step + 1)
 
     def read_until(self, step: int) -> list[dict]:
-        """Rows of an earlier run up to `step` (a resumed run rewrites what came after)."""
+        """Complete rows of an earlier run up to `step` (a resumed run rewrites what came after; a line cut
+        off by a crash has missing fields and is dropped)."""
         if not self.path.exists():
             return []
         with open(self.path, newline="") as handle:
-            return [row for row in csv.DictReader(handle) if int(row["step"]) <= step]
+            return [row for row in csv.DictReader(handle)
+                    if None not in row.values() and int(row["step"]) <= step]
 
-    def log(self, step: int, scalars: dict) -> None:
-        self.rows.append({"step": step, **scalars})
-        for key, value in scalars.items():
-            self.writer.add_scalar(key, value, step)
-        self.flush()
-
-    def flush(self) -> None:
-        fields = list(dict.fromkeys(k for row in self.rows for k in row))
+    def rewrite(self) -> None:
         with atomic_path(self.path) as temporary:
             with open(temporary, "w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=fields)
+                if self.fields:  # an earlier run that logged nothing before the resumed step leaves no rows
+                    writer = csv.DictWriter(handle, fieldnames=self.fields)
+                    writer.writeheader()
+                    writer.writerows(self.rows)
+
+    def log(self, step: int, scalars: dict) -> None:
+        row = {"step": step, **scalars}
+        self.rows.append(row)
+        for key, value in scalars.items():
+            self.writer.add_scalar(key, value, step)
+        new_file = self.fields is None
+        self.fields = self.fields or list(row)
+        with open(self.path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.fields)
+            if new_file:
                 writer.writeheader()
-                writer.writerows(self.rows)
+            writer.writerow(row)
 
     def close(self) -> None:
         self.writer.close()
