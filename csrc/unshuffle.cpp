@@ -1,6 +1,7 @@
 // unshuffle on the CPU: the decoder input in one pass over the output (see maefast/ops/unshuffle.py):
 // out[b, l] = (visible[b, k] if keep_idx[b, k] == l else mask_token) + pos_embed[l].
 // Backward: grad_visible[b, k] = grad[b, keep_idx[b, k]], grad_mask_token = sum of grad over masked rows.
+#include <algorithm>
 #include <vector>
 
 #include "common.h"
@@ -65,29 +66,32 @@ void unshuffle_backward(const py::buffer& grad, int kind, int64_t B, int64_t K, 
   float* gm = buffer_ptr<float>(grad_mask_token, D, "grad_mask_token");
   const std::vector<int64_t> inverse = inverse_index(keep, B, K, L);
   py::gil_scoped_release release;
-  const int threads = num_threads();
-  std::vector<std::vector<float>> partial(threads);
-#pragma omp parallel num_threads(threads)
+  // The mask-token gradient sums the gradient rows of every masked token. Partial sums belong to fixed
+  // chunks of rows (not to threads, whose share of the rows changes from run to run) and are added in
+  // chunk order, so the result is bitwise the same on every run and for any thread count.
+  constexpr int64_t kChunkRows = 256;
+  const int64_t rows = B * L, chunks = (rows + kChunkRows - 1) / kChunkRows;
+  std::vector<float> partial(static_cast<size_t>(chunks * D), 0.0f);
+#pragma omp parallel num_threads(num_threads())
   {
-    std::vector<float>& sum = partial[thread_id()];
-    sum.assign(static_cast<size_t>(D), 0.0f);
     std::vector<float> row(static_cast<size_t>(D));
-#pragma omp for schedule(dynamic, 256)
-    for (int64_t r = 0; r < B * L; ++r) {
-      const int64_t b = r / L, k = inverse[r];
-      load_floats(g, r * D, row.data(), D, kind);
-      if (k >= 0) {
-        store_floats(gv, (b * K + k) * D, row.data(), D, kind);
-      } else {
-        for (int64_t d = 0; d < D; ++d) sum[d] += row[d];
+#pragma omp for schedule(dynamic)
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+      float* sum = partial.data() + chunk * D;
+      for (int64_t r = chunk * kChunkRows; r < std::min(rows, (chunk + 1) * kChunkRows); ++r) {
+        const int64_t b = r / L, k = inverse[r];
+        load_floats(g, r * D, row.data(), D, kind);
+        if (k >= 0) {
+          store_floats(gv, (b * K + k) * D, row.data(), D, kind);
+        } else {
+          for (int64_t d = 0; d < D; ++d) sum[d] += row[d];
+        }
       }
     }
   }
-  for (int64_t d = 0; d < D; ++d) {
-    float total = 0.0f;
-    for (int t = 0; t < threads; ++t) total += partial[t].empty() ? 0.0f : partial[t][d];
-    gm[d] = total;
-  }
+  for (int64_t d = 0; d < D; ++d) gm[d] = 0.0f;
+  for (int64_t chunk = 0; chunk < chunks; ++chunk)
+    for (int64_t d = 0; d < D; ++d) gm[d] += partial[chunk * D + d];
 }
 
 }  // namespace
