@@ -1,4 +1,5 @@
-"""Builds maefast._C (the C++ CPU kernels in csrc/) with pybind11 and maps kernels/ to maefast.kernels.
+"""Builds maefast._C (the C++ CPU kernels in csrc/) with pybind11, maps kernels/ to maefast.kernels and
+ships csrc/ as maefast.csrc (sources of the DALI plugin, built on first use).
 
 The extension takes plain contiguous buffers from numpy/torch, so it links neither libtorch nor CUDA.
 OpenMP is used when the compiler accepts -fopenmp.
@@ -43,8 +44,9 @@ class BuildExtWithOpenMP(build_ext):
 extension = Pybind11Extension("maefast._C", sorted(glob("csrc/*.cpp")), cxx_std=17)
 
 setup(
-    packages=find_packages(include=["maefast", "maefast.*"]) + ["maefast.kernels"],
-    package_dir={"maefast.kernels": "kernels"},
+    # csrc/ ships as maefast/csrc: the DALI plugin is compiled from it on first use (maefast.data.dali_plugin)
+    packages=find_packages(include=["maefast", "maefast.*"]) + ["maefast.kernels", "maefast.csrc"],
+    package_dir={"maefast.kernels": "kernels", "maefast.csrc": "csrc"},
     ext_modules=[extension],
     cmdclass={"build_ext": BuildExtWithOpenMP},
 )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -41,17 +42,25 @@ class Loader:
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if backend == "auto":
-            backend = "dali" if dali_available() else "torch"
-        self.dataset, self.plan, self.backend_name, self.tiles = dataset, plan, backend, tiles
+        self.dataset, self.plan, self.tiles = dataset, plan, tiles
         self.device = torch.device(device)
         self.epoch, self.step, self.skipped = 0, 0, []
         crops = plan.crops_per_image
-        if backend == "dali":
+        self.backend = None
+        if backend in ("auto", "dali") and (backend == "dali" or dali_available()):
             from maefast.data.dali_backend import DaliBackend
-            self.backend = DaliBackend(dataset, plan.crop_size, crops, plan.batch_size, augment=not tiles and plan.augment,
-                                       num_threads=max(1, num_workers), on_error=on_error, device=self.device)
-        else:
+            from maefast.data.dali_plugin import PluginUnavailable
+            try:
+                self.backend = DaliBackend(dataset, plan.crop_size, crops, plan.batch_size,
+                                           augment=not tiles and plan.augment, num_threads=max(1, num_workers),
+                                           on_error=on_error, device=self.device)
+                backend = "dali"
+            except PluginUnavailable as error:
+                if backend == "dali":
+                    raise
+                warnings.warn(f"DALI loader unavailable, using the PyTorch fallback: {error}")
+        self.backend_name = backend if self.backend is not None else "torch"
+        if self.backend is None:
             from maefast.data.torch_backend import TorchBackend
             self.backend = TorchBackend(dataset, plan.crop_size, num_workers, on_error, self.device)
 

@@ -1,0 +1,163 @@
+// PNG decoding of single-channel microscopy images: grayscale, 8 or 16 bit, not interlaced (what
+// RxRx-style screens store). Other PNG kinds raise DecodeError naming what is unsupported.
+//
+// The decoder checks what Pillow checks, so a file that Pillow refuses is refused here too: the
+// signature, a complete IHDR, chunks that fit in the file, a complete zlib stream with a matching
+// Adler-32, exactly height rows of data, valid filter types. It returns native-endian pixels.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "inflate.h"
+
+namespace maefast::decode {
+
+struct PngInfo {
+  int width = 0;
+  int height = 0;
+  int bytes_per_pixel = 0;  // 1 (8-bit) or 2 (16-bit)
+};
+
+namespace png_detail {
+
+inline uint32_t read_be32(const uint8_t* p) {
+  return static_cast<uint32_t>(p[0]) << 24 | static_cast<uint32_t>(p[1]) << 16 | static_cast<uint32_t>(p[2]) << 8 | p[3];
+}
+
+inline int paeth(int left, int up, int up_left) {
+  int p = left + up - up_left;
+  int pa = std::abs(p - left), pb = std::abs(p - up), pc = std::abs(p - up_left);
+  if (pa <= pb && pa <= pc) return left;
+  return pb <= pc ? up : up_left;
+}
+
+// Reverses the PNG row filter of one row: `row` holds the filtered bytes, `prior` the previous row's
+// reconstructed bytes (zeros for the first row); the result goes to `out`.
+inline void unfilter_row(int filter, const uint8_t* row, const uint8_t* prior, uint8_t* out, int length, int bpp) {
+  switch (filter) {
+    case 0:
+      std::memcpy(out, row, length);
+      return;
+    case 1:
+      for (int i = 0; i < bpp; ++i) out[i] = row[i];
+      for (int i = bpp; i < length; ++i) out[i] = static_cast<uint8_t>(row[i] + out[i - bpp]);
+      return;
+    case 2:
+      for (int i = 0; i < length; ++i) out[i] = static_cast<uint8_t>(row[i] + prior[i]);
+      return;
+    case 3:
+      for (int i = 0; i < bpp; ++i) out[i] = static_cast<uint8_t>(row[i] + (prior[i] >> 1));
+      for (int i = bpp; i < length; ++i) out[i] = static_cast<uint8_t>(row[i] + ((out[i - bpp] + prior[i]) >> 1));
+      return;
+    case 4:
+      for (int i = 0; i < bpp; ++i) out[i] = static_cast<uint8_t>(row[i] + prior[i]);
+      for (int i = bpp; i < length; ++i)
+        out[i] = static_cast<uint8_t>(row[i] + paeth(out[i - bpp], prior[i], prior[i - bpp]));
+      return;
+    default:
+      throw DecodeError("corrupt PNG: invalid row filter type " + std::to_string(filter));
+  }
+}
+
+}  // namespace png_detail
+
+// Decodes PNG files; keeps its buffers between calls (one decoder per thread).
+class PngDecoder {
+ public:
+  // Reads the header only.
+  static PngInfo info(const uint8_t* data, size_t size) {
+    using namespace png_detail;
+    static constexpr uint8_t kSignature[8] = {137, 80, 78, 71, 13, 10, 26, 10};
+    if (size < 8 || std::memcmp(data, kSignature, 8) != 0) throw DecodeError("not a PNG file (bad signature)");
+    if (size < 33 || std::memcmp(data + 12, "IHDR", 4) != 0 || read_be32(data + 8) != 13)
+      throw DecodeError("truncated or corrupt PNG (no IHDR chunk)");
+    const uint8_t* header = data + 16;
+    PngInfo info;
+    uint32_t width = read_be32(header), height = read_be32(header + 4);
+    int depth = header[8], color = header[9], interlace = header[12];
+    if (width == 0 || height == 0 || width > (1u << 20) || height > (1u << 20))
+      throw DecodeError("PNG has an invalid size " + std::to_string(width) + "x" + std::to_string(height));
+    if (color != 0)
+      throw DecodeError("PNG color type " + std::to_string(color) + " is not single-channel grayscale");
+    if (depth != 8 && depth != 16) throw DecodeError("PNG bit depth " + std::to_string(depth) + " (need 8 or 16)");
+    if (header[10] != 0 || header[11] != 0) throw DecodeError("corrupt PNG: unknown compression or filter method");
+    if (interlace != 0) throw DecodeError("interlaced PNG is not supported (re-save without interlacing)");
+    info.width = static_cast<int>(width);
+    info.height = static_cast<int>(height);
+    info.bytes_per_pixel = depth / 8;
+    return info;
+  }
+
+  // Decodes into pixels(): height x width native-endian uint8 or uint16 values.
+  PngInfo decode(const uint8_t* data, size_t size) {
+    using namespace png_detail;
+    PngInfo png = info(data, size);
+    const uint8_t* stream = nullptr;
+    size_t stream_size = 0;
+    idat_.clear();
+    int idat_chunks = 0;
+    size_t pos = 8;
+    for (;;) {
+      if (size - pos < 12) {
+        if (idat_chunks) break;  // like Pillow: complete image data without IEND still decodes
+        throw DecodeError("truncated PNG (no image data)");
+      }
+      uint32_t length = read_be32(data + pos);
+      const uint8_t* type = data + pos + 4;
+      if (length > size - pos - 12) {
+        if (std::memcmp(type, "IDAT", 4) == 0) throw DecodeError("truncated PNG (image data cut short)");
+        if (idat_chunks) break;
+        throw DecodeError("truncated PNG (chunk runs past the end of the file)");
+      }
+      const uint8_t* body = data + pos + 8;
+      if (std::memcmp(type, "IDAT", 4) == 0) {
+        if (idat_chunks == 0) {
+          stream = body;
+          stream_size = length;
+        } else {
+          if (idat_chunks == 1) idat_.assign(stream, stream + stream_size);
+          idat_.insert(idat_.end(), body, body + length);
+        }
+        ++idat_chunks;
+      } else if (std::memcmp(type, "IEND", 4) == 0) {
+        break;
+      }
+      pos += 12 + static_cast<size_t>(length);
+    }
+    if (idat_chunks == 0) throw DecodeError("PNG has no image data (no IDAT chunk)");
+    if (idat_chunks > 1) {
+      stream = idat_.data();
+      stream_size = idat_.size();
+    }
+    const size_t row_bytes = static_cast<size_t>(png.width) * png.bytes_per_pixel;
+    const size_t filtered_size = (row_bytes + 1) * png.height;
+    filtered_.resize(filtered_size + kInflateSlack);
+    zlib_inflate(stream, stream_size, filtered_.data(), filtered_size);
+
+    pixels_.resize(row_bytes * png.height + row_bytes);  // plus one zero row: the "prior" of row 0
+    uint8_t* zero_row = pixels_.data() + row_bytes * png.height;
+    std::memset(zero_row, 0, row_bytes);
+    for (int y = 0; y < png.height; ++y) {
+      const uint8_t* row = filtered_.data() + (row_bytes + 1) * y;
+      uint8_t* out = pixels_.data() + row_bytes * y;
+      unfilter_row(row[0], row + 1, y ? out - row_bytes : zero_row, out, static_cast<int>(row_bytes),
+                   png.bytes_per_pixel);
+    }
+    if (png.bytes_per_pixel == 2) {  // PNG stores 16-bit samples big-endian
+      uint8_t* p = pixels_.data();
+      for (size_t i = 0; i < row_bytes * png.height; i += 2) std::swap(p[i], p[i + 1]);
+    }
+    return png;
+  }
+
+  const uint8_t* pixels() const { return pixels_.data(); }
+
+ private:
+  std::vector<uint8_t> idat_, filtered_, pixels_;
+};
+
+}  // namespace maefast::decode
