@@ -136,11 +136,16 @@ def _tokenize_backward_op(grad: torch.Tensor, pixels: torch.Tensor, keep_idx: to
     channels = 1 if channel_agnostic else pixels.shape[1]
     kd = patch * patch * channels
     patches = _cpp_standardized_patches(pixels, keep_idx, mean, rstd, patch, channel_agnostic)
-    flat_grad = grad.reshape(-1, embed_dim).float()
+    flat_grad = grad.reshape(-1, embed_dim)
+    if flat_grad.dtype == torch.bfloat16:
+        # A bf16 gradient (bf16 tokens, as under autocast): the GEMM takes bf16 operands with fp32
+        # accumulation, as autocast runs this product, on the CPU's bf16 units (AMX / AVX512-BF16).
+        grad_weight = (flat_grad.t() @ patches.reshape(-1, kd).to(torch.bfloat16)).float()
+    else:
+        grad_weight = flat_grad.float().t() @ patches.reshape(-1, kd)
     # patches come in the decoder layout (p, q, c); the weight is laid out (c, p, q)
-    grad_weight = (flat_grad.t() @ patches.reshape(-1, kd)).view(embed_dim, patch, patch, channels)
-    grad_weight = grad_weight.permute(0, 3, 1, 2).reshape(embed_dim, kd)
-    grad_bias = flat_grad.sum(0)
+    grad_weight = grad_weight.view(embed_dim, patch, patch, channels).permute(0, 3, 1, 2).reshape(embed_dim, kd)
+    grad_bias = flat_grad.float().sum(0)
     return grad_weight, grad_bias
 
 

@@ -33,11 +33,12 @@ def make_inputs(case, device, bias=True):
     return pixels, mask, weight, b, pos
 
 
-def low_precision_reference(pixels, keep_idx, weight, bias, pos, ca, dtype):
-    """The reference run in a 16-bit dtype. On the CPU the kernels compute in fp32 and round once, like
-    tokenize_reference(out_dtype=dtype). On a GPU the Triton kernel multiplies 16-bit operands, as a patch
-    embedding under autocast does: patches and weight rounded to dtype, fp32 accumulation, rounded output."""
-    if pixels.device.type != "cuda":
+def low_precision_reference(pixels, keep_idx, weight, bias, pos, ca, dtype, round_operands):
+    """The reference run in a 16-bit dtype. round_operands=False: computed in fp32 and rounded once, like
+    tokenize_reference(out_dtype=dtype) (the C++ forward). True: 16-bit operands, as a patch embedding under
+    autocast multiplies them (the Triton kernels; the C++ weight gradient of a bf16 gradient): patches and
+    weight rounded to dtype, fp32 accumulation, rounded output."""
+    if not round_operands:
         return tokenize_reference(pixels, keep_idx, weight, bias, pos, channel_agnostic=ca, out_dtype=dtype)
     patches = embedding_patches(self_standardize(pixels), weight.shape[-1], ca)
     visible = gather_tokens(patches, keep_idx).to(dtype).float()
@@ -70,8 +71,11 @@ def test_tokenize_matches_reference(backend, out_dtype, case):
     assert tokens.dtype == out_dtype and tokens.shape == exact.shape
     low = None
     if out_dtype != torch.float32:
-        low = low_precision_reference(pixels, mask.keep_idx, weight, bias, pos, ca, out_dtype)
-        low_grads = grads(low, weight, bias, grad.to(out_dtype).float())
+        on_gpu = device.type == "cuda"
+        low = low_precision_reference(pixels, mask.keep_idx, weight, bias, pos, ca, out_dtype, on_gpu)
+        low_for_grads = low_precision_reference(pixels, mask.keep_idx, weight, bias, pos, ca, out_dtype,
+                                                on_gpu or backend == "cpp")
+        low_grads = grads(low_for_grads, weight, bias, grad.to(out_dtype).float())
     assert_close_to(tokens.float(), exact, low_precision_reference=None if low is None else low.float(),
                     atol=1e-4, rtol=1e-5, what="tokens")
     for name, got, want, i in zip(["weight", "bias"], kernel_grads, exact_grads, range(2)):
