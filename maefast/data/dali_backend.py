@@ -56,7 +56,7 @@ class DaliBackend:
             self._files = table[[f"file_{c}" for c in dataset.channels]].to_numpy()
             if dataset.illumination == "illum":
                 self._illum = table[[f"illum_{c}" for c in dataset.channels]].to_numpy()
-        all_png = dataset.layout != "packed" and all(str(f).lower().endswith(".png") for f in self._files.ravel())
+        all_png = dataset.layout != "packed" and bool(np.char.endswith(np.char.lower(self._files.astype(str)), ".png").all())
         # maefast's operators: packed shards, and PNG files without illumination correction
         self._native = dataset.layout == "packed" or (all_png and self._illum is None)
         if self._native:

@@ -47,7 +47,7 @@ class Loader:
         self.epoch, self.step, self.skipped = 0, 0, []
         crops = plan.crops_per_image
         self.backend = None
-        if backend in ("auto", "dali") and (backend == "dali" or dali_available()):
+        if backend == "dali" or (backend == "auto" and dali_available()):
             from maefast.data.dali_backend import DaliBackend
             from maefast.data.dali_plugin import PluginUnavailable
             try:

@@ -10,13 +10,13 @@ the trainer to pass the labels. `model.embed(pixels)` -> (B, D): the features th
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from maefast.models.common import field_names, reject_unknown_options
 from maefast.models.vit import ViTConfig, VisionTransformer
 
 
@@ -36,7 +36,7 @@ class ClassifierConfig(ViTConfig):
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
     def encoder_config(self) -> ViTConfig:
-        return ViTConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ViTConfig)})
+        return ViTConfig(**{name: getattr(self, name) for name in field_names(ViTConfig)})
 
 
 class WeaklySupervisedClassifier(nn.Module):
@@ -90,12 +90,10 @@ class WeaklySupervisedClassifier(nn.Module):
 
 
 def classifier_factory(encoder_fields: dict):
-    known = {f.name for f in dataclasses.fields(ClassifierConfig)}
+    known = field_names(ClassifierConfig)
 
     def build(**overrides):
-        unknown = set(overrides) - known
-        if unknown:
-            raise TypeError(f"unknown model option(s) {sorted(unknown)}; classifier options: {sorted(known)}")
+        reject_unknown_options(overrides, classifier=known)
         if "num_classes" not in overrides:
             raise TypeError("a WSL classifier needs num_classes=<number of perturbation classes>")
         return WeaklySupervisedClassifier(ClassifierConfig(**{**encoder_fields, **overrides}))

@@ -15,13 +15,13 @@ bottleneck blocks -> decoder stages (2x transposed conv, concatenation with the 
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from maefast.models.common import PatchGrid, field_names, reject_unknown_options
 from maefast.ops import mae_loss, masked_targets, patchify, random_masking, self_standardize, unpatchify
 from maefast.ops.mae_loss import DEFAULT_FOURIER_WEIGHT, check_fourier_weight
 from maefast.ops.masking import check_mask_ratio
@@ -29,7 +29,7 @@ from maefast.ops.patches import gather_tokens
 
 
 @dataclass
-class MUNetConfig:
+class MUNetConfig(PatchGrid):
     img_size: int = 256
     in_chans: int = 6
     patch_size: int = 16                 # masking granularity, as the MAE's patches
@@ -68,14 +68,6 @@ class MUNetConfig:
     @property
     def downsampling(self) -> int:
         return 2 ** (len(self.widths) - 1)
-
-    @property
-    def grid_side(self) -> int:
-        return self.img_size // self.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid_side ** 2
 
 
 class ResidualConvBlock(nn.Module):
@@ -230,11 +222,9 @@ MUNET_SIZES: dict[str, dict] = {
 
 
 def munet_factory(fields: dict):
-    known = {f.name for f in dataclasses.fields(MUNetConfig)}
+    known = field_names(MUNetConfig)
 
     def build(**overrides):
-        unknown = set(overrides) - known
-        if unknown:
-            raise TypeError(f"unknown model option(s) {sorted(unknown)}; MU-Net options: {sorted(known)}")
+        reject_unknown_options(overrides, MU_Net=known)
         return MaskedUNet(MUNetConfig(**{**fields, **overrides}))
     return build

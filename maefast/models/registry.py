@@ -9,6 +9,7 @@ import dataclasses
 from typing import Callable
 
 from maefast.models.classifier import classifier_factory
+from maefast.models.common import field_names, reject_unknown_options
 from maefast.models.mae import MAEConfig, MaskedAutoencoder
 from maefast.models.munet import MUNET_SIZES, munet_factory
 from maefast.models.vit import ViTConfig, VisionTransformer
@@ -40,12 +41,9 @@ def list_models() -> list[str]:
 
 
 def split_overrides(overrides: dict) -> tuple[dict, dict]:
-    encoder_fields = {f.name for f in dataclasses.fields(ViTConfig)}
-    mae_fields = {f.name for f in dataclasses.fields(MAEConfig)} - {"encoder"}
-    unknown = set(overrides) - encoder_fields - mae_fields
-    if unknown:
-        raise TypeError(f"unknown model option(s) {sorted(unknown)}; encoder options: {sorted(encoder_fields)}, "
-                        f"MAE options: {sorted(mae_fields)}")
+    encoder_fields = field_names(ViTConfig)
+    mae_fields = field_names(MAEConfig) - {"encoder"}
+    reject_unknown_options(overrides, encoder=encoder_fields, MAE=mae_fields)
     return ({k: v for k, v in overrides.items() if k in encoder_fields},
             {k: v for k, v in overrides.items() if k in mae_fields})
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from maefast.models.common import PatchGrid
 from maefast.models.layers import ParallelBlock, layer_norm, sincos_position_embedding
 from maefast.ops import all_tokens, tokenize
 from maefast.ops.masking import Mask
@@ -19,7 +20,7 @@ GLOBAL_POOLS = ("token", "avg")
 
 
 @dataclass
-class ViTConfig:
+class ViTConfig(PatchGrid):
     img_size: int = 256
     patch_size: int = 16
     in_chans: int = 6
@@ -48,14 +49,6 @@ class ViTConfig:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if self.channel_names and len(self.channel_names) != self.in_chans:
             raise ValueError(f"{len(self.channel_names)} channel_names given for in_chans={self.in_chans}")
-
-    @property
-    def grid_side(self) -> int:
-        return self.img_size // self.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid_side ** 2
 
 
 class VisionTransformer(nn.Module):
