@@ -12,15 +12,13 @@ and the interpreter, whose 16-bit dots are not exact); otherwise dots take bf16 
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
-from maefast.kernels._common import autotune_enabled, emulate_rtne, interpreting as _interpreting, to_output
+from maefast.kernels._common import Launch, config, emulate_rtne, interpreting as _interpreting, launch, to_output
 
-LOG2E = 1.4426950408889634
+LOG2E = 1.4426950408889634  # the kernels work in base 2: exp(x) = exp2(x * log2(e))
 
 
 @triton.jit
@@ -268,36 +266,24 @@ def _attention_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, QW, QB, KW, KB, GW, GB
 
 # ---------------------------------------------------------------------------------------------------- launchers
 
-def _configs(pairs, warps_stages):
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-            for m, n in pairs for w, s in warps_stages]
-
-
-_KEY = ["NQ", "NK", "HEAD_DIM"]
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) tried by the autotuner on a GPU; the first is the fixed choice
+# (MAEFAST_AUTOTUNE=0) for head dims up to 64, FIXED_LARGE_HEAD for larger head dims
 _TUNE_SPACE = {
-    "fwd": ([(128, 64), (128, 128)], [(4, 3), (8, 3)]),
-    "dkdv": ([(32, 128), (64, 128), (64, 64)], [(4, 2), (8, 2)]),
-    "dq": ([(128, 32), (128, 64), (64, 64)], [(4, 2), (8, 2)]),
+    "fwd": [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3)],
+    "dkdv": [(32, 128, 4, 2), (64, 128, 4, 2), (64, 64, 4, 2)],
+    "dq": [(128, 32, 4, 2), (128, 64, 4, 2), (64, 64, 4, 2)],
 }
-_tuned: dict = {}
+_FIXED_LARGE_HEAD = {"fwd": (128, 64, 8, 3), "dkdv": (32, 64, 4, 2), "dq": (64, 32, 4, 2)}
 _PLAIN = {"fwd": _attention_fwd_kernel, "dkdv": _attention_bwd_dkdv_kernel, "dq": _attention_bwd_dq_kernel}
 
 
-def _launch(name: str, head_dim: int):
-    """(kernel, launch options): autotuned, a fixed per-head-dim choice, or small interpreter blocks."""
+def _configs(name: str, head_dim: int) -> list:
     if _interpreting():
-        return _PLAIN[name], {"BLOCK_M": 32, "BLOCK_N": 32}
-    if autotune_enabled():
-        if name not in _tuned:
-            _tuned[name] = triton.autotune(_configs(*_TUNE_SPACE[name]), key=_KEY)(_PLAIN[name])
-        return _tuned[name], {}
-    small = head_dim <= 64
-    fixed = {
-        "fwd": dict(BLOCK_M=128, BLOCK_N=64, num_warps=4 if small else 8, num_stages=3),
-        "dkdv": dict(BLOCK_M=32, BLOCK_N=128 if small else 64, num_warps=4, num_stages=2),
-        "dq": dict(BLOCK_M=128 if small else 64, BLOCK_N=32, num_warps=4, num_stages=2),
-    }[name]
-    return _PLAIN[name], fixed
+        return [config(BLOCK_M=32, BLOCK_N=32)]
+    space = list(_TUNE_SPACE[name])
+    if head_dim > 64:
+        space.insert(0, _FIXED_LARGE_HEAD[name])
+    return [config(num_warps=w, num_stages=st, BLOCK_M=m, BLOCK_N=n) for m, n, w, st in space]
 
 
 def _block_d(head_dim: int) -> int:
@@ -306,6 +292,9 @@ def _block_d(head_dim: int) -> int:
 
 def _upcast(q: torch.Tensor) -> bool:
     return _interpreting() or q.dtype == torch.float32
+
+
+_KEY = ("NQ", "NK", "HEAD_DIM")
 
 
 def attention_forward(q, k, v, scale: float, norms=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -319,11 +308,12 @@ def attention_forward(q, k, v, scale: float, norms=None) -> tuple[torch.Tensor, 
     if b * h * nq == 0:
         return out, lse
     qw, qb, kw, kb, eps = norms if norms is not None else (q, q, q, q, 0.0)
-    kernel, options = _launch("fwd", d)
-    grid = lambda meta: (triton.cdiv(nq, meta["BLOCK_M"]), b * h)  # noqa: E731
-    kernel[grid](q, k, v, out, lse, qw, qb, kw, kb, scale * 1.4426950408889634, eps, *q.stride(), *k.stride(),
-                 *v.stride(), *out.stride(), h, nq, nk, d, BLOCK_D=_block_d(d), UPCAST=_upcast(q),
-                 EMULATE_RTNE=emulate_rtne(), QK_NORM=norms is not None, **options)
+    launch(Launch(
+        _attention_fwd_kernel, lambda meta: (triton.cdiv(nq, meta["BLOCK_M"]), b * h),
+        (q, k, v, out, lse, qw, qb, kw, kb, scale * LOG2E, eps, *q.stride(), *k.stride(), *v.stride(),
+         *out.stride(), h, nq, nk, d),
+        dict(BLOCK_D=_block_d(d), UPCAST=_upcast(q), EMULATE_RTNE=emulate_rtne(), QK_NORM=norms is not None),
+        _configs("fwd", d), key=_KEY))
     return out, lse
 
 
@@ -350,22 +340,20 @@ def attention_backward(grad_out, q, k, v, out, lse, scale: float, norms=None):
         return finish()
     delta = torch.empty(b * h, nq, dtype=torch.float32, device=q.device)
     block_d = _block_d(d)
-    _attention_bwd_delta_kernel[(triton.cdiv(nq, 64), b * h)](out, grad_out, delta, *out.stride(), *grad_out.stride(),
-                                                             h, nq, d, BLOCK_M=64, BLOCK_D=block_d)
+    launch(Launch(_attention_bwd_delta_kernel, lambda meta: (triton.cdiv(nq, meta["BLOCK_M"]), b * h),
+                  (out, grad_out, delta, *out.stride(), *grad_out.stride(), h, nq, d),
+                  dict(BLOCK_D=block_d), [config(BLOCK_M=64)]))
     strides = (*q.stride(), *k.stride(), *v.stride(), *grad_out.stride())
     sizes = (h, nq, nk, d)
-    qk_scale = scale * 1.4426950408889634
     flags = dict(BLOCK_D=block_d, UPCAST=_upcast(q), EMULATE_RTNE=emulate_rtne(), QK_NORM=norms is not None)
-    kernel, options = _launch("dkdv", d)
-    kernel[lambda meta: (triton.cdiv(nk, meta["BLOCK_N"]), b * h)](
-        q, k, v, grad_out, lse, delta, dk, dv, qw, qb, kw, kb, partial_k[0], partial_k[1], qk_scale, scale, eps,
-        *strides, *dk.stride(), *dv.stride(), *sizes, **flags, **options)
-    kernel, options = _launch("dq", d)
-    kernel[lambda meta: (triton.cdiv(nq, meta["BLOCK_M"]), b * h)](
-        q, k, v, grad_out, lse, delta, dq, qw, qb, kw, kb, partial_q[0], partial_q[1], qk_scale, scale, eps,
-        *strides, *dq.stride(), *sizes, **flags, **options)
+    launch(Launch(
+        _attention_bwd_dkdv_kernel, lambda meta: (triton.cdiv(nk, meta["BLOCK_N"]), b * h),
+        (q, k, v, grad_out, lse, delta, dk, dv, qw, qb, kw, kb, partial_k[0], partial_k[1], scale * LOG2E, scale, eps,
+         *strides, *dk.stride(), *dv.stride(), *sizes),
+        flags, _configs("dkdv", d), key=_KEY))
+    launch(Launch(
+        _attention_bwd_dq_kernel, lambda meta: (triton.cdiv(nq, meta["BLOCK_M"]), b * h),
+        (q, k, v, grad_out, lse, delta, dq, qw, qb, kw, kb, partial_q[0], partial_q[1], scale * LOG2E, scale, eps,
+         *strides, *dq.stride(), *sizes),
+        flags, _configs("dq", d), key=_KEY))
     return finish()
-
-
-def default_scale(head_dim: int) -> float:
-    return 1.0 / math.sqrt(head_dim)

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from maefast.kernels._common import autotune_enabled, emulate_rtne, interpreting, to_output
+from maefast.kernels._common import Launch, config, emulate_rtne, interpreting, launch, to_output
 
 STANDARDIZE_EPS = 1e-5
 DOT_MODES = {"ieee": 0, "tf32": 1, "bf16": 2, "fp16": 3}
@@ -189,35 +189,32 @@ def tokenize_stats(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mean = torch.empty(b, c, dtype=torch.float32, device=pixels.device)
     rstd = torch.empty_like(mean)
     if b * c:
-        _tokenize_stats_kernel[(b * c,)](pixels, mean, rstd, h * w, _scale(pixels.dtype), STANDARDIZE_EPS,
-                                         IS_INT=not pixels.dtype.is_floating_point, BLOCK=1024)
+        launch(Launch(_tokenize_stats_kernel, lambda meta: (b * c,),
+                      (pixels, mean, rstd, h * w, _scale(pixels.dtype), STANDARDIZE_EPS),
+                      dict(IS_INT=not pixels.dtype.is_floating_point), [config(BLOCK=1024)]))
     return mean, rstd
 
 
-# (BLOCK_T, BLOCK_D, BLOCK_K, num_warps, num_stages) tried by the autotuner on a GPU, keyed on (D, KD)
-_FWD_SPACE = [(64, 128, 64, 4, 3), (128, 128, 64, 8, 3), (64, 256, 64, 8, 3), (128, 64, 64, 4, 3), (64, 128, 32, 4, 4)]
-_BWD_SPACE = [(64, 128, 128, 8, 2), (64, 64, 64, 4, 3), (32, 128, 128, 8, 3), (64, 128, 64, 4, 3), (128, 128, 128, 8, 2)]
-_tuned: dict = {}
+def _gemm_configs(space, fixed: dict, dot_mode: str) -> list:
+    """The autotune space on a GPU, the fixed choice first (what runs with MAEFAST_AUTOTUNE=0); under the
+    interpreter only the fixed choice. 4-byte dot operands (ieee, tf32) take half the K block, so that the
+    tiles stay within Hopper's shared memory."""
+    if interpreting():
+        return [config(**fixed)]
+    k_scale = 2 if dot_mode in ("ieee", "tf32") else 1
+    candidates = [(fixed["BLOCK_T"], fixed["BLOCK_D"], fixed["BLOCK_K"], 4 if fixed["BLOCK_T"] * fixed["BLOCK_D"] <= 8192
+                   else 8, 3)] + list(space)
+    return [config(num_warps=w, num_stages=st, BLOCK_T=t, BLOCK_D=bd, BLOCK_K=max(16, bk // k_scale))
+            for t, bd, bk, w, st in candidates]
 
 
-def _launch(name: str, d: int, kd: int):
-    """(kernel, launch options): autotuned on a GPU, else a fixed choice clamped to small dims."""
-    kernel = {"fwd": _tokenize_fwd_kernel, "bwd": _tokenize_bwd_kernel}[name]
-    if autotune_enabled():
-        if name not in _tuned:
-            space = _FWD_SPACE if name == "fwd" else _BWD_SPACE
-            configs = [triton.Config({"BLOCK_T": t, "BLOCK_D": bd, "BLOCK_K": bk}, num_warps=w, num_stages=st)
-                       for t, bd, bk, w, st in space]
-            _tuned[name] = triton.autotune(configs, key=["D", "KD"])(kernel)
-        return _tuned[name], {}
-    fit = lambda n, cap: min(cap, max(16, triton.next_power_of_2(n)))  # noqa: E731
-    if name == "fwd":
-        options = dict(BLOCK_T=64, BLOCK_D=fit(d, 128), BLOCK_K=fit(kd, 64))
-    else:
-        options = dict(BLOCK_T=64, BLOCK_D=fit(d, 128), BLOCK_K=fit(kd, 128))
-    if not interpreting():
-        options.update(num_warps=4 if name == "fwd" else 8)
-    return kernel, options
+def _fit(n: int, cap: int) -> int:
+    return min(cap, max(16, triton.next_power_of_2(n)))
+
+
+# (BLOCK_T, BLOCK_D, BLOCK_K, num_warps, num_stages) tried by the autotuner on a GPU
+_FWD_SPACE = [(128, 128, 64, 8, 3), (64, 256, 64, 8, 3), (64, 128, 32, 4, 4)]
+_BWD_SPACE = [(64, 64, 64, 4, 3), (64, 128, 64, 4, 3), (128, 128, 128, 8, 2)]
 
 
 def tokenize_forward(pixels, keep_idx, weight2d, bias, pos_embed, mean, rstd, *, patch: int,
@@ -230,12 +227,14 @@ def tokenize_forward(pixels, keep_idx, weight2d, bias, pos_embed, mean, rstd, *,
     n_tokens = b * k
     if n_tokens == 0:
         return out
-    kernel, options = _launch("fwd", d, kd)
-    grid = lambda meta: (triton.cdiv(n_tokens, meta["BLOCK_T"]), triton.cdiv(d, meta["BLOCK_D"]))  # noqa: E731
-    kernel[grid](pixels, keep_idx, mean, rstd, weight2d, bias if bias is not None else weight2d,
-                 pos_embed, out, n_tokens, k, c, h, w, gw, g, d, kd, _scale(pixels.dtype),
-                 P=patch, CA=channel_agnostic, HAS_BIAS=bias is not None, DOT_MODE=DOT_MODES[dot_mode],
-                 EMULATE_RTNE=emulate_rtne(), **options)
+    configs = _gemm_configs(_FWD_SPACE, dict(BLOCK_T=64, BLOCK_D=_fit(d, 128), BLOCK_K=_fit(kd, 64)), dot_mode)
+    launch(Launch(
+        _tokenize_fwd_kernel, lambda meta: (triton.cdiv(n_tokens, meta["BLOCK_T"]), triton.cdiv(d, meta["BLOCK_D"])),
+        (pixels, keep_idx, mean, rstd, weight2d, bias if bias is not None else weight2d, pos_embed, out, n_tokens, k,
+         c, h, w, gw, g, d, kd, _scale(pixels.dtype)),
+        dict(P=patch, CA=channel_agnostic, HAS_BIAS=bias is not None, DOT_MODE=DOT_MODES[dot_mode],
+             EMULATE_RTNE=emulate_rtne()),
+        configs, key=("D", "KD")))
     return out
 
 
@@ -262,11 +261,14 @@ def tokenize_backward(grad, pixels, keep_idx, mean, rstd, *, patch: int, channel
     partial_b = torch.empty(splits, d, dtype=torch.float32, device=grad.device)
     if n_tokens == 0:
         return partial_w.zero_().sum(0), partial_b.zero_().sum(0)
-    kernel, options = _launch("bwd", d, kd)
-    grid = lambda meta: (triton.cdiv(d, meta["BLOCK_D"]), triton.cdiv(kd, meta["BLOCK_K"]), splits)  # noqa: E731
-    kernel[grid](grad, pixels, keep_idx, mean, rstd, partial_w, partial_b, n_tokens, per_split,
-                 k, c, h, w, gw, g, d, kd, _scale(pixels.dtype), P=patch, CA=channel_agnostic,
-                 DOT_MODE=DOT_MODES[dot_mode], **options)
+    configs = _gemm_configs(_BWD_SPACE, dict(BLOCK_T=64, BLOCK_D=_fit(d, 128), BLOCK_K=_fit(kd, 128)), dot_mode)
+    launch(Launch(
+        _tokenize_bwd_kernel,
+        lambda meta: (triton.cdiv(d, meta["BLOCK_D"]), triton.cdiv(kd, meta["BLOCK_K"]), splits),
+        (grad, pixels, keep_idx, mean, rstd, partial_w, partial_b, n_tokens, per_split, k, c, h, w, gw, g, d, kd,
+         _scale(pixels.dtype)),
+        dict(P=patch, CA=channel_agnostic, DOT_MODE=DOT_MODES[dot_mode]),
+        configs, key=("D", "KD")))
     return partial_w.sum(0), partial_b.sum(0)
 
 
@@ -278,7 +280,7 @@ def masked_targets(pixels, masked_idx, mean, rstd, *, patch: int, channel_agnost
     if b * m == 0:
         return out
     block_p = min(256, triton.next_power_of_2(pv))
-    grid = (triton.cdiv(b * m, 16), triton.cdiv(pv, block_p))
-    _masked_targets_kernel[grid](pixels, masked_idx, mean, rstd, out, b * m, m, c, h, w, gw, g, pv,
-                                 _scale(pixels.dtype), P=patch, CA=channel_agnostic, BLOCK_T=16, BLOCK_P=block_p)
+    launch(Launch(_masked_targets_kernel, lambda meta: (triton.cdiv(b * m, meta["BLOCK_T"]), triton.cdiv(pv, block_p)),
+                  (pixels, masked_idx, mean, rstd, out, b * m, m, c, h, w, gw, g, pv, _scale(pixels.dtype)),
+                  dict(P=patch, CA=channel_agnostic, BLOCK_P=block_p), [config(BLOCK_T=16)]))
     return out

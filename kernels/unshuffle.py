@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from maefast.kernels._common import emulate_rtne, to_output
+from maefast.kernels._common import Launch, config, emulate_rtne, launch, to_output
 
 
 @triton.jit
@@ -78,10 +78,10 @@ def unshuffle_forward(visible, inverse, mask_token, pos_embed) -> torch.Tensor:
     if n_rows == 0 or d == 0:
         return out
     block_d = _block_d(d)
-    block_r = max(1, 4096 // block_d)
-    grid = (triton.cdiv(n_rows, block_r), triton.cdiv(d, block_d))
-    _unshuffle_fwd_kernel[grid](visible, inverse, mask_token, pos_embed, out, n_rows, num_tokens, k, d,
-                                BLOCK_R=block_r, BLOCK_D=block_d, EMULATE_RTNE=emulate_rtne(), num_warps=4)
+    launch(Launch(_unshuffle_fwd_kernel, lambda meta: (triton.cdiv(n_rows, meta["BLOCK_R"]), triton.cdiv(d, block_d)),
+                  (visible, inverse, mask_token, pos_embed, out, n_rows, num_tokens, k, d),
+                  dict(BLOCK_D=block_d, EMULATE_RTNE=emulate_rtne()),
+                  [config(num_warps=4, BLOCK_R=max(1, 4096 // block_d))]))
     return out
 
 
@@ -102,7 +102,7 @@ def unshuffle_backward(grad, inverse, num_kept: int) -> tuple[torch.Tensor, torc
     partial = torch.empty(programs, d, dtype=torch.float32, device=grad.device)
     if n_rows == 0 or d == 0:
         return grad_visible, partial.zero_().sum(0)
-    grid = (programs, triton.cdiv(d, block_d))
-    _unshuffle_bwd_kernel[grid](grad, inverse, grad_visible, partial, n_rows, rows_per_program, num_tokens,
-                                num_kept, d, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4)
+    launch(Launch(_unshuffle_bwd_kernel, lambda meta: (programs, triton.cdiv(d, block_d)),
+                  (grad, inverse, grad_visible, partial, n_rows, rows_per_program, num_tokens, num_kept, d),
+                  dict(BLOCK_D=block_d), [config(num_warps=4, BLOCK_R=block_r)]))
     return grad_visible, partial.sum(0)

@@ -1,6 +1,19 @@
-import pytest
+"""Test setup shared by every test directory.
 
-from maefast.data.synthetic import synth_screen
+Without a GPU the Triton kernels run under TRITON_INTERPRET=1. It must be set before anything imports
+triton.language (triton.jit reads it when it decorates, and importing torch._dynamo, which any compile test
+does, imports triton.language), so it is set here, first.
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from maefast.data.synthetic import synth_screen  # noqa: E402
 
 
 @pytest.fixture(scope="session")

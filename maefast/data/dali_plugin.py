@@ -73,7 +73,7 @@ def build(path: Path) -> None:
     cuda = cuda_include_dir()
     if cuda is None:
         raise PluginUnavailable("building maefast's DALI operators needs the CUDA runtime headers (cuda_runtime.h): "
-                                "pip install nvidia-cuda-runtime, or set CUDA_HOME")
+                                "python -m pip install nvidia-cuda-runtime, or set CUDA_HOME")
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, partial = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".partial.so")
     os.close(handle)

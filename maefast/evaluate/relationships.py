@@ -47,7 +47,7 @@ def annotation_dir() -> Path:
     except ModuleNotFoundError as error:
         raise FileNotFoundError(
             "the relationship tables come from the efaar-benchmarking package "
-            "(pip install --no-deps efaar-benchmarking), or pass a file of entity1,entity2 pairs as a source"
+            "(python -m pip install --no-deps efaar-benchmarking), or pass a file of entity1,entity2 pairs as a source"
         ) from error
 
 

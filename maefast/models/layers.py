@@ -24,21 +24,45 @@ class LayerScale(nn.Module):
 
 
 class DropPath(nn.Module):
-    """Stochastic depth: drops the residual branch of whole samples, rescaling the survivors."""
+    """Stochastic depth: drops the residual branch of whole samples, rescaling the survivors.
+
+    The rate is a (non-persistent) tensor, not a Python float: torch.compile then sees the blocks of a model,
+    whose rates differ, as the same code, instead of recompiling once per rate."""
 
     def __init__(self, drop_prob: float):
         super().__init__()
-        self.drop_prob = drop_prob
+        self.register_buffer("drop_prob", torch.tensor(float(drop_prob)), persistent=False)
 
     def forward(self, x):
-        if not self.training or self.drop_prob == 0.0:
+        if not self.training:
             return x
         keep = 1.0 - self.drop_prob
-        survivors = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * survivors / keep
+        survivors = torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device) < keep
+        return x * (survivors / keep).to(x.dtype)
 
     def extra_repr(self):
-        return f"drop_prob={self.drop_prob}"
+        return f"drop_prob={self.drop_prob.item():g}"
+
+
+class AttentionSite(nn.Module):
+    """A module that calls the attention op. `attention_backend` ("auto" or a name of
+    maefast.ops.attention.ATTENTION_BACKENDS) is set before the forward by
+    maefast.models.attention_setup (the user's choice, or the fastest one timed at setup); `attention_role`
+    groups the sites that share a shape (encoder blocks, decoder blocks, the CA-MAE cross-attention)."""
+
+    attention_role = ""
+
+    def __init__(self):
+        super().__init__()
+        self.attention_backend = "auto"
+
+    def attend(self, q, k, v, q_norm=None, k_norm=None):
+        if _attention_calls is not None:  # attention_setup.recording_attention_calls: shapes for tuning
+            _attention_calls.append((self, q.detach(), k.detach(), v.detach(), q_norm, k_norm))
+        return attention(q, k, v, backend=self.attention_backend, q_norm=q_norm, k_norm=k_norm)
+
+
+_attention_calls: list | None = None  # set only while attention_setup records a model's attention calls
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -53,13 +77,15 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, n, h * d)
 
 
-class ParallelBlock(nn.Module):
+class ParallelBlock(AttentionSite):
     """The papers' encoder block: attention and MLP side by side from one fused in-projection.
 
     y = in_norm(x); [mlp_hidden, q, k, v] = in_proj(y); q, k <- LayerNorm per head (qk-norm);
     x + drop_path(ls(attn_out_proj(attention(q, k, v)) + mlp_out_proj(gelu(mlp_hidden + mlp_bias))))
     Same parameters and math as timm's ParallelScalingBlock.
     """
+
+    attention_role = "encoder"
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
                  qk_norm: bool = True, init_values: float | None = 1e-4, drop_path: float = 0.0):
@@ -88,16 +114,18 @@ class ParallelBlock(nn.Module):
             mlp_hidden = mlp_hidden + self.mlp_bias
         q, k, v = (split_heads(t, self.num_heads) for t in (q, k, v))
         if self.qk_norm:  # the attention op applies the qk LayerNorm (fused into the Triton kernel)
-            attended = attention(q, k, v, q_norm=self.q_norm, k_norm=self.k_norm)
+            attended = self.attend(q, k, v, q_norm=self.q_norm, k_norm=self.k_norm)
         else:
-            attended = attention(q, k, v)
+            attended = self.attend(q, k, v)
         attended = merge_heads(attended)
         y = self.attn_out_proj(attended) + self.mlp_out_proj(F.gelu(mlp_hidden))
         return x + self.drop_path(self.ls(y))
 
 
-class SelfAttention(nn.Module):
+class SelfAttention(AttentionSite):
     """timm's Attention with a fused qkv projection (used by the MAE decoder blocks)."""
+
+    attention_role = "decoder"
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
         super().__init__()
@@ -107,11 +135,13 @@ class SelfAttention(nn.Module):
 
     def forward(self, x):
         q, k, v = (split_heads(t, self.num_heads) for t in self.qkv(x).chunk(3, dim=-1))
-        return self.proj(merge_heads(attention(q, k, v)))
+        return self.proj(merge_heads(self.attend(q, k, v)))
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(AttentionSite):
     """Queries from x, keys and values from context (the CA-MAE decoder's channel mixing)."""
+
+    attention_role = "cross"
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False):
         super().__init__()
@@ -123,7 +153,7 @@ class CrossAttention(nn.Module):
     def forward(self, x, context):
         q = split_heads(self.q(x), self.num_heads)
         k, v = (split_heads(t, self.num_heads) for t in self.kv(context).chunk(2, dim=-1))
-        return self.proj(merge_heads(attention(q, k, v)))
+        return self.proj(merge_heads(self.attend(q, k, v)))
 
 
 class Mlp(nn.Module):

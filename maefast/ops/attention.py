@@ -4,13 +4,16 @@
 
 Backends (`ATTENTION_BACKENDS`):
   "triton"          maefast's flash attention (kernels/attention.py), forward and backward, custom op
-  "flash_attn"      FlashAttention-2 (`flash_attn`) when installed; "fa3": FlashAttention-3 (`flash_attn_interface`)
-  "sdpa"            torch.nn.functional.scaled_dot_product_attention, PyTorch's own choice, and the pinned
-                    "sdpa_flash", "sdpa_efficient", "sdpa_cudnn"
-On CUDA (no MAEFAST_BACKEND), the dispatcher times every candidate once per shape, dtype, layout and device
-(forward, plus backward when a gradient is needed), caches the fastest and uses it from then on, so
-maefast is never slower than SDPA. MAEFAST_BACKEND=triton forces the Triton kernel (also on CPU tensors
-under TRITON_INTERPRET=1); on the CPU the reference backend is SDPA. `attention(..., backend=name)` pins one.
+  "sdpa"            torch.nn.functional.scaled_dot_product_attention, PyTorch's own choice of kernel, and
+                    the same function pinned to one kernel: "cudnn", "flash", "efficient", "math"
+  "flash_attn"      FlashAttention-2 (`flash_attn`) and "fa3", FlashAttention-3 (`flash_attn_interface`),
+                    when installed
+
+The backend is chosen before the forward, never inside it: `attention(..., backend=name)` runs `name`;
+"auto" (the default) is a fixed rule, "sdpa" unless MAEFAST_BACKEND forces the Triton kernel (also on CPU
+tensors under TRITON_INTERPRET=1). Choosing the fastest backend for a model's shapes is a setup step
+(maefast.models.attention_setup.tune_attention): it times the candidates once, outside any traced region,
+and writes the winner into the model, where every rank and a resumed run read the same choice.
 
 qk-norm: `attention(q, k, v, q_norm=ln_q, k_norm=ln_k)` with LayerNorm(head_dim) modules computes
 attention(ln_q(q), ln_k(k), v). The Triton kernel normalizes q and k tiles as it loads them (no normalized
@@ -25,10 +28,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from maefast.ops.backend import forced_backend, select_backend
+from maefast.ops.backend import forced_backend
 
-IMPLEMENTED = ("reference", "triton")
-ATTENTION_BACKENDS = ("triton", "flash_attn", "fa3", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn")
+SDPA_KERNELS = ("cudnn", "flash", "efficient", "math")
+ATTENTION_BACKENDS = ("triton", "sdpa", *SDPA_KERNELS, "flash_attn", "fa3")
 MAX_TRITON_HEAD_DIM = 128
 
 
@@ -136,10 +139,14 @@ _flash_attention_qknorm_op.register_autograd(_qknorm_backward, setup_context=_qk
 
 # ------------------------------------------------------------------------------------------------ backends
 
+def _sdpa(q, k, v, scale):
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
 def _sdpa_pinned(kind: str):
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    pinned = {"sdpa_flash": SDPBackend.FLASH_ATTENTION, "sdpa_efficient": SDPBackend.EFFICIENT_ATTENTION,
-              "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION}[kind]
+    pinned = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+              "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[kind]
 
     def run(q, k, v, scale):
         with sdpa_kernel([pinned]):
@@ -161,6 +168,20 @@ def _triton(q, k, v, scale):
     return _flash_attention_op(q, k, v, scale)[0]
 
 
+def backend_fn(name: str):
+    if name == "triton":
+        return _triton
+    if name == "sdpa":
+        return _sdpa
+    if name in SDPA_KERNELS:
+        return _sdpa_pinned(name)
+    if name == "flash_attn":
+        return _flash_attn("flash_attn")
+    if name == "fa3":
+        return _flash_attn("flash_attn_interface")
+    raise ValueError(f"unknown attention backend {name!r}; expected 'auto' or one of {ATTENTION_BACKENDS}")
+
+
 def _norm_params(norm, head_dim: int):
     """(weight, bias, eps) of a LayerNorm over the head dim (an nn.LayerNorm with affine parameters)."""
     shape = tuple(getattr(norm, "normalized_shape", ()))
@@ -169,33 +190,42 @@ def _norm_params(norm, head_dim: int):
     return norm.weight, norm.bias, float(norm.eps)
 
 
+def _to_autocast_dtype(q, k, v):
+    """Under autocast, q, k and v in the autocast dtype, as SDPA takes them (qk-norm gives fp32 q and k next
+    to a 16-bit v)."""
+    if torch.is_autocast_enabled(q.device.type):
+        dtype = torch.get_autocast_dtype(q.device.type)
+        return q.to(dtype), k.to(dtype), v.to(dtype)
+    return q, k, v
+
+
 def run_backend(name: str, q, k, v, scale: float, q_norm=None, k_norm=None) -> torch.Tensor:
     """Runs one backend; with q_norm / k_norm (LayerNorm over the head dim) the Triton kernel fuses them and
     the other backends apply them first."""
-    if q_norm is None and k_norm is None:
-        return backend_fn(name)(q, k, v, scale)
     d = q.shape[-1]
+    if name == "triton" and not 1 <= d <= MAX_TRITON_HEAD_DIM:
+        raise ValueError(f"the Triton attention kernel takes head dims up to {MAX_TRITON_HEAD_DIM}, got {d}")
     if name == "triton" and q_norm is not None and k_norm is not None:
         (qw, qb, eps_q), (kw, kb, eps_k) = _norm_params(q_norm, d), _norm_params(k_norm, d)
         if eps_q == eps_k:
+            q, k, v = _to_autocast_dtype(q, k, v)
             return _flash_attention_qknorm_op(q, k, v, qw, qb, kw, kb, eps_q, scale)[0]
     if q_norm is not None:
         q = F.layer_norm(q, (d,), *_norm_params(q_norm, d))
     if k_norm is not None:
         k = F.layer_norm(k, (d,), *_norm_params(k_norm, d))
-    if torch.is_autocast_enabled(q.device.type):
-        dtype = torch.get_autocast_dtype(q.device.type)
-        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    q, k, v = _to_autocast_dtype(q, k, v)
     return backend_fn(name)(q, k, v, scale)
 
 
-def available_backends(q: torch.Tensor) -> list[str]:
-    """The backends that may run on q's device and dtype (each is still tried before it is chosen)."""
-    if q.device.type != "cuda":
+def available_backends(device: torch.device, dtype: torch.dtype, head_dim: int) -> list[str]:
+    """The backends that may run on `device` for this dtype and head dim (each is still tried before it is
+    chosen by timing: a pinned SDPA kernel may refuse a shape)."""
+    if device.type != "cuda":
         return ["sdpa"]
-    names = ["sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn"]
-    sixteen_bit = q.dtype in (torch.float16, torch.bfloat16)
-    if sixteen_bit and q.shape[-1] <= MAX_TRITON_HEAD_DIM and importlib.util.find_spec("triton") is not None:
+    names = ["sdpa", *SDPA_KERNELS]
+    sixteen_bit = dtype in (torch.float16, torch.bfloat16)
+    if sixteen_bit and head_dim <= MAX_TRITON_HEAD_DIM and importlib.util.find_spec("triton") is not None:
         names.insert(0, "triton")
     if sixteen_bit and importlib.util.find_spec("flash_attn") is not None:
         names.append("flash_attn")
@@ -204,34 +234,26 @@ def available_backends(q: torch.Tensor) -> list[str]:
     return names
 
 
-def backend_fn(name: str):
-    if name == "triton":
-        return _triton
-    if name == "sdpa":
-        return lambda q, k, v, scale: F.scaled_dot_product_attention(q, k, v, scale=scale)
-    if name.startswith("sdpa_"):
-        return _sdpa_pinned(name)
-    if name == "flash_attn":
-        return _flash_attn("flash_attn")
-    if name == "fa3":
-        return _flash_attn("flash_attn_interface")
-    raise ValueError(f"unknown attention backend {name!r}; expected one of {ATTENTION_BACKENDS}")
+def resolve_backend(backend: str) -> str:
+    """A backend name for `backend`, which may be "auto": the Triton kernel when MAEFAST_BACKEND=triton forces
+    it, else SDPA (PyTorch's own kernel choice). A pure function of its argument and the environment."""
+    if backend != "auto":
+        return backend
+    return "triton" if forced_backend() == "triton" else "sdpa"
 
 
-# ------------------------------------------------------------------------------------------------ dispatch
-
-_choices: dict[tuple, str] = {}
-_timings: dict[tuple, dict[str, float | str]] = {}
-
-
-def _key(q, k, v, needs_grad: bool, qk_norm: bool) -> tuple:
-    return (q.device, q.dtype, tuple(q.shape), tuple(k.shape), q.stride(), k.stride(), v.stride(), needs_grad,
-            qk_norm)
+def attention(q, k, v, scale: float | None = None, *, backend: str = "auto", q_norm=None,
+              k_norm=None) -> torch.Tensor:
+    """softmax(q k^T * scale) v with the given backend (see the module docstring). q_norm / k_norm: optional
+    LayerNorm(head_dim) modules applied to q and k first (qk-norm), fused into the Triton kernel."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    return run_backend(resolve_backend(backend), q, k, v, scale, q_norm, k_norm)
 
 
-def time_backend(name: str, q, k, v, scale: float, needs_grad: bool, reps: int = 5, q_norm=None,
-                 k_norm=None) -> float:
-    """Milliseconds per call (forward, plus backward when needs_grad) on q's CUDA device."""
+def time_backend(name: str, q, k, v, scale: float | None = None, needs_grad: bool = True, reps: int = 5,
+                 q_norm=None, k_norm=None) -> float:
+    """Milliseconds per call of backend `name` (forward, plus backward when needs_grad) on q's CUDA device."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     leaves = [t.detach().requires_grad_(needs_grad) for t in (q, k, v)]
     grad = torch.randn(q.shape, dtype=q.dtype, device=q.device) if needs_grad else None
 
@@ -240,59 +262,13 @@ def time_backend(name: str, q, k, v, scale: float, needs_grad: bool, reps: int =
         if needs_grad:
             torch.autograd.grad(out, leaves, grad)
 
-    step()
-    torch.cuda.synchronize(q.device)
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
+    with torch.enable_grad() if needs_grad else torch.no_grad():
         step()
-    stop.record()
-    torch.cuda.synchronize(q.device)
+        torch.cuda.synchronize(q.device)
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            step()
+        stop.record()
+        torch.cuda.synchronize(q.device)
     return start.elapsed_time(stop) / reps
-
-
-def choose_backend(q, k, v, scale: float, needs_grad: bool, q_norm=None, k_norm=None) -> str:
-    """The fastest measured backend for this call's shape (timed once, then cached)."""
-    key = _key(q, k, v, needs_grad, q_norm is not None or k_norm is not None)
-    if key in _choices:
-        return _choices[key]
-    if torch.compiler.is_compiling():  # no timing while tracing; SDPA is what torch.compile knows best
-        return "sdpa"
-    timings, failures = {}, {}
-    for name in available_backends(q):
-        try:
-            timings[name] = time_backend(name, q, k, v, scale, needs_grad, q_norm=q_norm, k_norm=k_norm)
-        except Exception as error:  # noqa: BLE001 - a backend that cannot run this call is no candidate
-            failures[name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-    _timings[key] = {**timings, **failures}
-    _choices[key] = min(timings, key=timings.get) if timings else "sdpa"
-    return _choices[key]
-
-
-def chosen_backends() -> dict[tuple, tuple[str, dict[str, float]]]:
-    """What the dispatcher picked so far: key -> (backend, {backend: ms, or the error that ruled it out})."""
-    return {key: (choice, _timings.get(key, {})) for key, choice in _choices.items()}
-
-
-def attention(q, k, v, scale: float | None = None, *, backend: str | None = None, q_norm=None,
-              k_norm=None) -> torch.Tensor:
-    """softmax(q k^T * scale) v; see the module docstring. q_norm / k_norm: optional LayerNorm(head_dim) modules
-    applied to q and k first (qk-norm), fused into the Triton kernel."""
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    if backend is None:
-        selected = select_backend("attention", q.device, IMPLEMENTED)
-        if selected == "reference":
-            # SDPA computes the reference's math with PyTorch's own fused kernels.
-            return run_backend("sdpa", q, k, v, scale, q_norm, k_norm)
-        if torch.is_autocast_enabled(q.device.type):
-            # as SDPA does under autocast (qk-norm gives fp32 q and k next to a 16-bit v)
-            dtype = torch.get_autocast_dtype(q.device.type)
-            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-        if q.device.type == "cuda" and forced_backend() is None:
-            needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-            backend = choose_backend(q, k, v, scale, needs_grad, q_norm, k_norm)
-        else:
-            backend = "triton"
-    if backend == "triton" and not (1 <= q.shape[-1] <= MAX_TRITON_HEAD_DIM):
-        raise ValueError(f"the Triton attention kernel takes head dims up to {MAX_TRITON_HEAD_DIM}, got {q.shape[-1]}")
-    return run_backend(backend, q, k, v, scale, q_norm, k_norm)

@@ -74,7 +74,7 @@ def _mae_loss_op(pred: torch.Tensor, target: torch.Tensor, channels: int, norm_p
                  fourier_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from maefast.kernels import mae_loss as kernels
     sums, _ = kernels.mae_loss_partials(pred.contiguous(), target.contiguous(), channels=channels,
-                                        norm_pix_loss=norm_pix_loss)
+                                        norm_pix_loss=norm_pix_loss, eps=NORM_PIX_EPS)
     mse, fourier = sums[0] / pred.numel(), sums[1] / pred.numel()
     return (1.0 - fourier_weight) * mse + fourier_weight * fourier, mse, fourier
 
@@ -91,7 +91,7 @@ def _mae_loss_backward_op(pred: torch.Tensor, target: torch.Tensor, coef: torch.
     """Gradient of coef[0] * mse + coef[1] * fourier with respect to pred."""
     from maefast.kernels import mae_loss as kernels
     _, grad = kernels.mae_loss_partials(pred.contiguous(), target.contiguous(), channels=channels,
-                                        norm_pix_loss=norm_pix_loss, coef=coef.float().contiguous())
+                                        norm_pix_loss=norm_pix_loss, eps=NORM_PIX_EPS, coef=coef.float().contiguous())
     return grad
 
 

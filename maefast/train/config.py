@@ -12,11 +12,16 @@ from pathlib import Path
 import torch
 import yaml
 
+from maefast.models.attention_setup import ATTENTION_CHOICES
+
 
 @dataclass
 class ModelSection:
     name: str = "mae_vit_small_patch16_256"
     overrides: dict = field(default_factory=dict)  # create_model options, e.g. in_chans, decoder_depth
+    # attention kernel of every attention site: auto (on a GPU the fastest, timed once at setup; recorded in
+    # the run directory and the checkpoints, and reused on resume) or a backend: sdpa, cudnn, flash, ...
+    attention: str = "auto"
 
 
 @dataclass
@@ -52,7 +57,7 @@ class RunSection:
     seed: int = 0
     device: str = "auto"           # auto | cpu | cuda
     precision: str = "auto"        # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
-    compile: bool = False
+    compile: str | bool = "auto"   # auto (torch.compile on CUDA, not on the CPU) | true | false
     activation_checkpointing: bool = False
     parallel: str = "ddp"          # ddp | fsdp (only used under torchrun with world size > 1)
     checkpoint_every: int = 200
@@ -74,6 +79,8 @@ class TrainConfig:
 
 
 CHOICES = {
+    "model.attention": ATTENTION_CHOICES,
+    "run.compile": ("auto", True, False),
     "data.layout": ("auto", "rxrx", "jump", "packed"),
     "data.backend": ("auto", "dali", "torch"),
     "data.on_error": ("raise", "skip"),

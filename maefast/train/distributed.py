@@ -89,6 +89,15 @@ def gather_objects(obj, context: DistributedContext) -> list:
     return out
 
 
+def broadcast_object(obj, context: DistributedContext):
+    """Rank 0's `obj` on every rank (every rank calls it)."""
+    if not context.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier(context: DistributedContext) -> None:
     if context.enabled:
         dist.barrier()

@@ -17,6 +17,7 @@ from maefast.io import atomic_path, write_json_atomic
 from maefast.models.checkpoint import pretrained_config, save_pretrained
 from maefast.models.registry import create_model, encoder_name, input_config
 from maefast.train import distributed as dist_utils
+from maefast.train.acceleration import choose_attention, compile_enabled, record_attention, recorded_attention
 from maefast.train.config import TrainConfig
 from maefast.train.data import build_train_loader
 from maefast.train.observe import (
@@ -62,12 +63,20 @@ class Trainer:
         torch.manual_seed(run.seed)  # identical initial weights on every rank
         self.model = create_model(config.model.name, **overrides).to(device)
         self.check_channels()
+        batch_shape = (config.data.batch_size, len(self.channel_names), config.data.crop_size)
+        self.attention = choose_attention(
+            self.model, config.model.attention, batch_shape, device, self.autocast,
+            recorded_attention(checkpoint / "meta.json") if checkpoint is not None else None,
+            lambda obj: dist_utils.broadcast_object(obj, self.context))
         if run.activation_checkpointing:
             from torch.distributed._composable import checkpoint as checkpoint_activations
             for block in transformer_blocks(self.model):
                 checkpoint_activations(block)
         self.wrapped = dist_utils.wrap_model(self.model, self.context, run.parallel)
-        self.forward = torch.compile(self.wrapped) if run.compile else self.wrapped
+        self.forward = self.wrapped
+        if compile_enabled(run.compile, device):
+            # one graph for the whole model on one device; under DDP / FSDP the wrapper's hooks split it
+            self.forward = torch.compile(self.wrapped, fullgraph=not self.context.enabled)
         optim = config.optim
         self.optimizer = build_optimizer(self.wrapped, optim.name, optim.lr, optim.weight_decay, optim.betas)
         self.scheduler = build_scheduler(self.optimizer, run.max_steps, optim.warmup_fraction, optim.min_lr_ratio)
@@ -84,6 +93,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             with atomic_path(self.out / "config.yaml") as temporary:
                 temporary.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+            record_attention(self.out, self.attention)
 
     def check_channels(self) -> None:
         encoder = input_config(self.model)
@@ -113,7 +123,8 @@ class Trainer:
 
     def save(self) -> None:
         rng_states = dist_utils.gather_objects(rng_state(), self.context)
-        meta = {"total_flops": self.total_flops, "crops_seen": self.crops_seen, "model": self.config.model.name}
+        meta = {"total_flops": self.total_flops, "crops_seen": self.crops_seen, "model": self.config.model.name,
+                "attention": self.attention}
         train_state = {"step": self.step, "total_flops": self.total_flops, "crops_seen": self.crops_seen,
                        "loader": self.loader.state_dict()}
         model_config = pretrained_config(self.model, self.channel_names,

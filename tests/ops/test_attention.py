@@ -57,7 +57,11 @@ def test_cpu_attention_is_sdpa_and_matches_reference(monkeypatch):
     monkeypatch.delenv("MAEFAST_BACKEND", raising=False)
     q, k, v = (torch.randn(2, 3, 11, 16) for _ in range(3))
     assert_close_to(attention(q, k, v), attention_reference(q, k, v), atol=1e-5, what="out")
-    assert attention_module.available_backends(q) == ["sdpa"]
+    assert attention_module.available_backends(q.device, q.dtype, 16) == ["sdpa"]
+    assert attention_module.resolve_backend("auto") == "sdpa"
+    monkeypatch.setenv("MAEFAST_BACKEND", "triton")
+    assert attention_module.resolve_backend("auto") == "triton"
+    assert attention_module.resolve_backend("cudnn") == "cudnn"  # a chosen backend is not overridden
 
 
 def test_unknown_backend_is_refused():
