@@ -1,6 +1,8 @@
 """`maefast train`: pretrain an MAE / CA-MAE from a recipe, on one CPU or many GPUs (torchrun)."""
 from __future__ import annotations
 
+from maefast.errors import UserInputError
+
 
 def add_commands(subparsers) -> None:
     parser = subparsers.add_parser("train", help="pretrain an MAE or CA-MAE from a recipe",
@@ -25,7 +27,7 @@ def train_command(args) -> int:
         print("\n".join(recipe_names()))
         return 0
     if not args.out:
-        raise ValueError("--out is required: the directory for checkpoints, metrics and images")
+        raise UserInputError("--out is required: the directory for checkpoints, metrics and images")
     assignments = list(args.assignments)
     if args.data:
         assignments.append(f"data.path={args.data}")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from maefast.data.dataset import Dataset, file_dataset
+from maefast.errors import UserInputError
 
 CONTROL_LABELS = ("EMPTY", "control", "negcon", "non-targeting", "DMSO")
 RXRX_PERTURBATION_COLUMNS = ("perturbation", "gene", "sirna", "treatment")
@@ -63,7 +64,7 @@ def read_jump(path: Path, illumination: str = "raw") -> Dataset:
     table = pd.read_parquet(table_path) if table_path.suffix == ".parquet" else pd.read_csv(table_path)
     names = [c[len("FileName_Orig"):] for c in table.columns if c.startswith("FileName_Orig")]
     if not names:
-        raise ValueError(f"{table_path}: no FileName_Orig<Channel> columns; expected e.g. FileName_OrigDNA")
+        raise UserInputError(f"{table_path}: no FileName_Orig<Channel> columns; expected e.g. FileName_OrigDNA")
     _require(table, [f"PathName_Orig{n}" for n in names] + ["Metadata_Plate", "Metadata_Well", "Metadata_Site"],
              table_path)
     base_dir = table_path.parent.resolve()
@@ -107,7 +108,7 @@ def _rxrx_channel_names(root: Path, tokens: list[str]) -> list[str]:
     mapping = json.loads(mapping_path.read_text())
     missing = [t for t in tokens if t not in mapping]
     if missing:
-        raise ValueError(f"{mapping_path}: no name for channel file token(s) {missing}")
+        raise UserInputError(f"{mapping_path}: no name for channel file token(s) {missing}")
     return [mapping[t] for t in tokens]
 
 
@@ -134,4 +135,4 @@ def _control_flag(table: pd.DataFrame) -> pd.Series:
 def _require(table: pd.DataFrame, columns, source: Path) -> None:
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise ValueError(f"{source}: missing metadata column(s) {missing}; found {list(table.columns)}")
+        raise UserInputError(f"{source}: missing metadata column(s) {missing}; found {list(table.columns)}")

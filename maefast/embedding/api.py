@@ -4,6 +4,7 @@ from __future__ import annotations
 from maefast.data import make_tile_loader, open_dataset
 from maefast.embedding.encoder import load_encoder
 from maefast.embedding.job import EmbedSettings, run_embedding
+from maefast.errors import UserInputError
 from maefast.models.registry import input_config
 from maefast.train import distributed
 
@@ -17,14 +18,14 @@ def resolve_channels(dataset, encoder, requested: list[str], checkpoint_channels
     elif checkpoint_channels and not agnostic:
         missing = [c for c in checkpoint_channels if c not in dataset.stored_channels]
         if missing:
-            raise ValueError(f"the encoder was trained on channels {checkpoint_channels}; the data set lacks "
+            raise UserInputError(f"the encoder was trained on channels {checkpoint_channels}; the data set lacks "
                              f"{missing} (it has {list(dataset.stored_channels)}); choose channels with --channels")
         dataset = dataset.select_channels(checkpoint_channels)
     count = len(dataset.channels)
     if agnostic and count > config.max_in_chans:
-        raise ValueError(f"{count} channels selected; the encoder takes at most {config.max_in_chans}")
+        raise UserInputError(f"{count} channels selected; the encoder takes at most {config.max_in_chans}")
     if not agnostic and count != config.in_chans:
-        raise ValueError(f"the encoder expects {config.in_chans} channels, the data set gives {count} "
+        raise UserInputError(f"the encoder expects {config.in_chans} channels, the data set gives {count} "
                          f"{list(dataset.channels)}; choose them with --channels")
     return dataset
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from maefast.errors import UserInputError
 from maefast.models.checkpoint import CONFIG_FILE, from_pretrained, load_pretrained
 from maefast.models.mae import MaskedAutoencoder
 from maefast.models.registry import create_model
@@ -24,7 +25,7 @@ def load_encoder(checkpoint, model_name: str | None = None, layout: str = "auto"
     if path.is_dir():
         raise FileNotFoundError(f"{path} holds no {CONFIG_FILE}: not a maefast checkpoint or training run")
     if model_name is None:
-        raise ValueError(f"{path} is a bare weights file: name its architecture with --model (e.g. vit_large_patch8_256)")
+        raise UserInputError(f"{path} is a bare weights file: name its architecture with --model (e.g. vit_large_patch8_256)")
     model = load_pretrained(create_model(model_name), path, layout=layout, trust_pickle=trust_pickle)
     return embedder_of(model), []
 

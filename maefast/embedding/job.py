@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from maefast.errors import UserInputError
 from maefast.io import atomic_path, write_json_atomic
 
 METADATA = ("id", "batch", "plate", "well", "site", "perturbation", "is_control")
@@ -38,12 +39,12 @@ class EmbedSettings:
 
     def validate(self) -> None:
         if self.pool not in ("mean", "cls"):
-            raise ValueError(f"pool must be 'mean' or 'cls', got {self.pool!r}")
+            raise UserInputError(f"pool must be 'mean' or 'cls', got {self.pool!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+            raise UserInputError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         for key in ("tile_size", "batch_size", "shard_size"):
             if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)}")
+                raise UserInputError(f"{key} must be a positive integer, got {getattr(self, key)}")
 
 
 def feature_columns(count: int) -> list[str]:
@@ -62,7 +63,7 @@ def check_job(out: Path, settings: EmbedSettings, dataset_size: int) -> None:
         previous = json.loads(path.read_text())
         changed = {k: (previous.get(k), v) for k, v in record.items() if previous.get(k) != v}
         if changed:
-            raise ValueError(f"{out} holds an embedding job with other settings {changed} (old, new); "
+            raise UserInputError(f"{out} holds an embedding job with other settings {changed} (old, new); "
                              f"use another --out or the same settings")
     else:
         write_json_atomic(path, record)
@@ -176,6 +177,6 @@ def read_embeddings(out, level: str = "site", require_complete: bool = True) -> 
     if level == "well":
         return pd.read_parquet(out / "wells.parquet")
     if level != "site":
-        raise ValueError(f"level must be 'site' or 'well', got {level!r}")
+        raise UserInputError(f"level must be 'site' or 'well', got {level!r}")
     shards = sorted((out / "shards").glob("shard-*.parquet"))
     return pd.concat([pd.read_parquet(p) for p in shards], ignore_index=True)

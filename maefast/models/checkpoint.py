@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from maefast.errors import UserInputError
 from maefast.io import atomic_path, write_json_atomic
 from maefast.models.registry import create_model, model_config_dict
 from maefast.models.vit import VisionTransformer
@@ -27,7 +28,7 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 REFERENCE_FIXED_KEYS = ("decoder.pos_embeddings", "decoder.placeholder")
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(UserInputError):
     """A checkpoint whose keys or shapes do not fit the model."""
 
 
@@ -44,11 +45,11 @@ def read_state_dict(source, trust_pickle: bool = False) -> dict[str, torch.Tenso
             state = load_file(str(path))
         elif path.suffix in PICKLE_SUFFIXES:
             if not trust_pickle:
-                raise ValueError(f"{path} is a pickle file; maefast only opens pickles it is told to trust: "
+                raise UserInputError(f"{path} is a pickle file; maefast only opens pickles it is told to trust: "
                                  f"pass trust_pickle=True (loaded with weights_only=True) or convert it to safetensors")
             state = torch.load(path, map_location="cpu", weights_only=True)
         else:
-            raise ValueError(f"{path}: unknown checkpoint format {path.suffix!r}; expected .safetensors or "
+            raise UserInputError(f"{path}: unknown checkpoint format {path.suffix!r}; expected .safetensors or "
                              f"one of {PICKLE_SUFFIXES}")
     for wrapper in ("state_dict", "model"):  # training checkpoints nest the weights
         if isinstance(state.get(wrapper), dict):
@@ -90,7 +91,7 @@ def convert_reference(state: dict, model) -> dict:
 
 def to_model_layout(state: dict, model, layout: str) -> dict:
     if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        raise UserInputError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if layout == "auto":
         layout = detect_layout(state)
     if layout == "timm":
@@ -143,7 +144,7 @@ def pretrained_config(model, channel_names: list[str] | None = None, extra: dict
     """What config.json holds: the registry name and config that rebuild the model, channel names."""
     name = getattr(model, "model_name", None)
     if name is None:
-        raise ValueError("save_pretrained needs a model built by maefast.create_model (it records the name)")
+        raise UserInputError("save_pretrained needs a model built by maefast.create_model (it records the name)")
     config = model_config_dict(model)
     channel_names = list(channel_names or config.get("channel_names") or [])
     return {"format": "maefast", "model": name, "config": config, "channel_names": channel_names, **(extra or {})}

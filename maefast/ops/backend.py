@@ -14,6 +14,8 @@ from functools import lru_cache
 
 import torch
 
+from maefast.errors import UserInputError
+
 BACKENDS = ("reference", "triton", "cpp")
 _warned: set[tuple[str, str]] = set()
 
@@ -25,7 +27,7 @@ _override: list[str] = []
 def use_backend(name: str):
     """Forces every op to `name` inside the block (like MAEFAST_BACKEND), e.g. for baselines."""
     if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+        raise UserInputError(f"backend must be one of {BACKENDS}, got {name!r}")
     _override.append(name)
     try:
         yield
@@ -40,7 +42,7 @@ def forced_backend() -> str | None:
     if not value:
         return None
     if value not in BACKENDS:
-        raise ValueError(f"MAEFAST_BACKEND={value!r} is not a backend; expected one of {BACKENDS}")
+        raise UserInputError(f"MAEFAST_BACKEND={value!r} is not a backend; expected one of {BACKENDS}")
     return value
 
 
@@ -78,7 +80,7 @@ def why_unavailable(backend: str, device: torch.device) -> str | None:
         if device.type == "cuda" or (device.type == "cpu" and triton_interpreting()):
             return None
         return f"triton needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors), these are on {device}"
-    raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    raise UserInputError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
 
 
 def select_backend(op_name: str, device: torch.device, implemented: tuple[str, ...]) -> str:

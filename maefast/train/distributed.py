@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from maefast.errors import UserInputError
+
 
 @dataclass
 class DistributedContext:
@@ -30,7 +32,7 @@ class DistributedContext:
 def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise ValueError("run.device=cuda but no CUDA device is visible")
+            raise UserInputError("run.device=cuda but no CUDA device is visible")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 

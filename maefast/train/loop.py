@@ -12,6 +12,7 @@ import yaml
 from torch.distributed.checkpoint.state_dict import get_model_state_dict
 from tqdm import tqdm
 
+from maefast.errors import UserInputError
 from maefast.flops import model_training_flops
 from maefast.io import atomic_path, write_json_atomic
 from maefast.models.checkpoint import pretrained_config, save_pretrained
@@ -29,11 +30,11 @@ from maefast.train.state import FULL, latest_checkpoint, load_checkpoint, rng_st
 def transformer_blocks(model) -> list:
     """The blocks activation checkpointing wraps (ViT encoders and MAE decoders)."""
     if not hasattr(model, "encoder"):
-        raise ValueError(f"run.activation_checkpointing applies to transformer models, not {type(model).__name__}")
+        raise UserInputError(f"run.activation_checkpointing applies to transformer models, not {type(model).__name__}")
     return list(model.encoder.blocks) + list(getattr(getattr(model, "decoder", None), "blocks", []))
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(UserInputError, RuntimeError):
     """Too many consecutive non-finite losses: the run stops, naming the step and the images."""
 
 
@@ -46,7 +47,7 @@ class Trainer:
         device = self.context.device
         checkpoint = latest_checkpoint(self.out)
         if checkpoint is not None and not resume:
-            raise ValueError(f"{self.out} already holds checkpoints (latest {checkpoint.name}); pass --resume to "
+            raise UserInputError(f"{self.out} already holds checkpoints (latest {checkpoint.name}); pass --resume to "
                              f"continue that run or choose another --out")
         self.precision = ("bf16" if device.type == "cuda" else "fp32") if run.precision == "auto" else run.precision
         self.loader = build_train_loader(config, self.out, self.context)
@@ -89,10 +90,10 @@ class Trainer:
         encoder = input_config(self.model)
         count, names = len(self.channel_names), self.channel_names
         if getattr(encoder, "channel_agnostic", False) and count > encoder.max_in_chans:
-            raise ValueError(f"the dataset has {count} channels {names}; {self.config.model.name} takes at most "
+            raise UserInputError(f"the dataset has {count} channels {names}; {self.config.model.name} takes at most "
                              f"max_in_chans={encoder.max_in_chans}: select channels with data.channels")
         if not getattr(encoder, "channel_agnostic", False) and count != encoder.in_chans:
-            raise ValueError(f"the dataset has {count} channels {names}; {self.config.model.name} expects "
+            raise UserInputError(f"the dataset has {count} channels {names}; {self.config.model.name} expects "
                              f"in_chans={encoder.in_chans}: select channels with data.channels or set "
                              f"model.overrides.in_chans={count}")
 
