@@ -89,7 +89,7 @@ def read_map(path: str | Path, perturbation_col: str | None) -> pd.DataFrame:
     if perturbation_col is not None:
         if perturbation_col not in table.columns:
             raise UserInputError(f"{path}: unknown perturbation column {perturbation_col!r}; "
-                             f"columns are {list(table.columns)[:10]}")
+                                 f"columns are {list(table.columns)[:10]}")
         return table.set_index(perturbation_col)
     if isinstance(table.index, pd.RangeIndex):
         raise UserInputError(f"{path}: the map has no perturbation index; pass --perturbation-col")

@@ -80,7 +80,8 @@ def train_system(out: Path, recipe: str, screen: Path, profile: Profile, overrid
                 f"run.checkpoint_every={max(profile.steps // 3, 1)}", f"run.image_every={profile.steps}",
                 f"run.device={device}", *overrides]
     if profile.site_size < 256 and not recipe.startswith("debug"):
-        raise UserInputError(f"recipe {recipe} needs sites of at least 256 px, this profile renders {profile.site_size}")
+        raise UserInputError(f"recipe {recipe} needs sites of at least 256 px, this profile renders "
+                             f"{profile.site_size}")
     train(load_config(recipe, settings), run, resume=latest_checkpoint(run) is not None)
     return run
 

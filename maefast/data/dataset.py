@@ -114,7 +114,7 @@ def detect_layout(path: Path) -> str:
     if path.is_dir() and (path / "metadata.csv").is_file():
         return "rxrx"
     raise UserInputError(f"cannot tell the layout of {path}: expected a packed folder (manifest.json), a jump "
-                     "load_data table (.csv/.parquet) or a folder with metadata.csv (rxrx); pass layout=")
+                         "load_data table (.csv/.parquet) or a folder with metadata.csv (rxrx); pass layout=")
 
 
 def file_dataset(root: Path, layout: str, table: pd.DataFrame, channels: list[str],
@@ -131,7 +131,8 @@ def file_dataset(root: Path, layout: str, table: pd.DataFrame, channels: list[st
 def _open_packed(path: Path) -> Dataset:
     manifest = json.loads((path / "manifest.json").read_text())
     if manifest.get("format") != PACKED_FORMAT:
-        raise UserInputError(f"{path / 'manifest.json'}: expected format {PACKED_FORMAT!r}, got {manifest.get('format')!r}")
+        raise UserInputError(f"{path / 'manifest.json'}: expected format {PACKED_FORMAT!r}, "
+                             f"got {manifest.get('format')!r}")
     if not manifest.get("complete"):
         raise UserInputError(f"{path}: packing is not complete (run `maefast data pack` again to resume)")
     table = pd.read_parquet(path / "index.parquet")
@@ -157,4 +158,4 @@ def _check_ids(table: pd.DataFrame, path: Path) -> None:
     duplicated = table["id"][table["id"].duplicated()]
     if len(duplicated):
         raise UserInputError(f"{path}: duplicate image ids, e.g. {list(duplicated.unique()[:5])}; "
-                         "every row must describe a different image")
+                             "every row must describe a different image")

@@ -95,7 +95,7 @@ class Loader:
         for key in ("seed", "world_size", "batch_size", "num_images"):
             if state.get(key) != self.state_dict()[key]:
                 raise UserInputError(f"loader state: {key} is {state.get(key)} in the saved state but "
-                                 f"{self.state_dict()[key]} here; the position would not mean the same images")
+                                     f"{self.state_dict()[key]} here; the position would not mean the same images")
         self.epoch, self.step, self.skipped = int(state["epoch"]), int(state["step"]), list(state["skipped"])
 
 

@@ -117,7 +117,7 @@ def synth_screen(out_dir, layout: str = "rxrx", num_genes: int = 100, replicates
     previous = out / "synth.json"
     if previous.is_file() and json.loads(previous.read_text()) != params:
         raise UserInputError(f"{out} holds a synthetic screen made with other parameters ({previous}); "
-                         "use a new folder")
+                             "use a new folder")
     write_json_atomic(previous, params)
     effects = genes.set_index("gene")[list(FEATURES)]
     sites["files"] = [_site_files(out, layout, s, names) for s in sites.itertuples()]
@@ -248,4 +248,4 @@ def _pick_genes(complexes: pd.DataFrame, num_genes: int, rng: np.random.Generato
         if len(rows) == num_genes:
             return pd.DataFrame(rows)
     raise UserInputError(f"num_genes={num_genes}: the complexes table has only {len(rows)} genes in disjoint "
-                     "complexes of 3 to 8 members")
+                         "complexes of 3 to 8 members")

@@ -19,14 +19,14 @@ def resolve_channels(dataset, encoder, requested: list[str], checkpoint_channels
         missing = [c for c in checkpoint_channels if c not in dataset.stored_channels]
         if missing:
             raise UserInputError(f"the encoder was trained on channels {checkpoint_channels}; the data set lacks "
-                             f"{missing} (it has {list(dataset.stored_channels)}); choose channels with --channels")
+                                 f"{missing} (it has {list(dataset.stored_channels)}); choose channels with --channels")
         dataset = dataset.select_channels(checkpoint_channels)
     count = len(dataset.channels)
     if agnostic and count > config.max_in_chans:
         raise UserInputError(f"{count} channels selected; the encoder takes at most {config.max_in_chans}")
     if not agnostic and count != config.in_chans:
         raise UserInputError(f"the encoder expects {config.in_chans} channels, the data set gives {count} "
-                         f"{list(dataset.channels)}; choose them with --channels")
+                             f"{list(dataset.channels)}; choose them with --channels")
     return dataset
 
 

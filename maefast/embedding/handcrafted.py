@@ -313,10 +313,10 @@ def check_options(glcm_levels: int, glcm_distances, smoothing_sigma: float, min_
         raise UserInputError(f"glcm_levels must be in [2, 16], got {glcm_levels}")
     if not glcm_distances or any(not 1 <= d < min(height, width) for d in glcm_distances):
         raise UserInputError(f"glcm_distances must be in [1, {min(height, width)}) for {height}x{width} images, "
-                         f"got {tuple(glcm_distances)}")
+                             f"got {tuple(glcm_distances)}")
     if smoothing_sigma < 0 or min_nucleus_area < 1:
         raise UserInputError(f"smoothing_sigma must be >= 0 and min_nucleus_area >= 1, got {smoothing_sigma}, "
-                         f"{min_nucleus_area}")
+                             f"{min_nucleus_area}")
 
 
 def chunk_features(pixels: np.ndarray, full_scale: int, nuclei_channel: int, glcm_levels: int,

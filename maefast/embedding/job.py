@@ -64,7 +64,7 @@ def check_job(out: Path, settings: EmbedSettings, dataset_size: int) -> None:
         changed = {k: (previous.get(k), v) for k, v in record.items() if previous.get(k) != v}
         if changed:
             raise UserInputError(f"{out} holds an embedding job with other settings {changed} (old, new); "
-                             f"use another --out or the same settings")
+                                 f"use another --out or the same settings")
     else:
         write_json_atomic(path, record)
 

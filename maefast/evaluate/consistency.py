@@ -65,7 +65,7 @@ def replicate_consistency(
     too_many = counts > len(control_units)
     if np.any(too_many):
         raise UserInputError(f"{names[np.argmax(too_many)]!r} has {counts.max()} replicates but there are only "
-                         f"{len(control_units)} control rows to build its null from")
+                             f"{len(control_units)} control rows to build its null from")
     rng = np.random.default_rng(seed)
     p_values = np.full(len(names), np.nan)
     for size in np.unique(counts[counts >= 2]):

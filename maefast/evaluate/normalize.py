@@ -31,7 +31,7 @@ def feature_columns(table: pd.DataFrame, feature_cols: Sequence[str] | None = No
         columns = [c for c in table.columns if str(c).startswith(FEATURE_PREFIX)]
         if not columns:
             raise UserInputError(f"no feature columns: expected columns named {FEATURE_PREFIX}0, {FEATURE_PREFIX}1, "
-                             f"... or an explicit feature_cols; columns are {list(table.columns)[:10]}")
+                                 f"... or an explicit feature_cols; columns are {list(table.columns)[:10]}")
         return columns
     missing = [c for c in feature_cols if c not in table.columns]
     if missing:
@@ -70,7 +70,8 @@ def _batch_controls(batches: np.ndarray, controls: np.ndarray, batch: int, names
     rows = batches == batch
     count = int(np.sum(rows & controls))
     if count < minimum:
-        raise UserInputError(f"batch {names[batch]!r} has {count} control rows; {step} needs at least {minimum} per batch")
+        raise UserInputError(f"batch {names[batch]!r} has {count} control rows; {step} needs at least {minimum} "
+                             f"per batch")
     return rows
 
 
@@ -120,7 +121,7 @@ def tvn_on_controls(x: np.ndarray, controls: np.ndarray, batches: np.ndarray | N
     n_controls, d = int(controls.sum()), x.shape[1]
     if n_controls <= d:
         raise UserInputError(f"TVN needs more control rows ({n_controls}) than feature dimensions ({d}); "
-                         "lower pca_components or turn TVN off")
+                             "lower pca_components or turn TVN off")
     x = centerscale_on_controls(x, controls)
     x = pca_transform(x, *fit_pca(x[controls], d))
     x = centerscale_on_controls(x, controls)
@@ -150,8 +151,9 @@ def normalize_embeddings(
     columns = feature_columns(table, feature_cols)
     controls = control_mask(table, perturbation_col, control_label)
     if table[perturbation_col].isna().any():
-        raise UserInputError(f"perturbation column {perturbation_col!r} has {int(table[perturbation_col].isna().sum())} "
-                         "missing values")
+        missing = int(table[perturbation_col].isna().sum())
+        raise UserInputError(f"perturbation column {perturbation_col!r} has {missing} "
+                             "missing values")
     batches, names = _batch_ids(table, batch_col)
     x = table[columns].to_numpy(dtype=np.float64)
     if not np.isfinite(x).all():

@@ -120,7 +120,7 @@ def plot_recall_vs_flops(table: pd.DataFrame, path: str | os.PathLike,
     missing = {"checkpoint", "flops", "source", column} - set(table.columns)
     if missing:
         raise UserInputError(f"the scaling table lacks column(s) {sorted(missing)}; expected checkpoint, flops, "
-                         f"source, {column}")
+                             f"source, {column}")
     if not (pd.to_numeric(table["flops"], errors="coerce") > 0).all():
         raise UserInputError("the scaling table's flops must be positive numbers")
     figure = Figure(figsize=(6, 4))

@@ -67,7 +67,7 @@ def load_relationships(source: str | os.PathLike) -> pd.DataFrame:
         path = Path(source)
     else:
         raise UserInputError(f"unknown relationship source {source!r}: expected one of {', '.join(KNOWN_SOURCES)} "
-                         "or the path of a file with columns entity1,entity2")
+                             "or the path of a file with columns entity1,entity2")
     table = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", dtype=str)
     missing = {"entity1", "entity2"} - set(table.columns)
     if missing:

@@ -46,11 +46,12 @@ def read_state_dict(source, trust_pickle: bool = False) -> dict[str, torch.Tenso
         elif path.suffix in PICKLE_SUFFIXES:
             if not trust_pickle:
                 raise UserInputError(f"{path} is a pickle file; maefast only opens pickles it is told to trust: "
-                                 f"pass trust_pickle=True (loaded with weights_only=True) or convert it to safetensors")
+                                     f"pass trust_pickle=True (loaded with weights_only=True) or convert it to "
+                                     f"safetensors")
             state = torch.load(path, map_location="cpu", weights_only=True)
         else:
             raise UserInputError(f"{path}: unknown checkpoint format {path.suffix!r}; expected .safetensors or "
-                             f"one of {PICKLE_SUFFIXES}")
+                                 f"one of {PICKLE_SUFFIXES}")
     for wrapper in ("state_dict", "model"):  # training checkpoints nest the weights
         if isinstance(state.get(wrapper), dict):
             state = state[wrapper]

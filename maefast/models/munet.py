@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from maefast.errors import UserInputError
+from maefast.fields import check_field_types
 from maefast.models.common import PatchGrid, field_names, reject_unknown_options
 from maefast.ops import mae_loss, masked_targets, patchify, random_masking, self_standardize, unpatchify
 from maefast.ops.mae_loss import DEFAULT_FOURIER_WEIGHT, check_fourier_weight
@@ -44,13 +45,15 @@ class MUNetConfig(PatchGrid):
     channel_names: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
+        check_field_types(self)
         if len(self.widths) < 2:
             raise UserInputError(f"widths needs at least 2 entries (one stage and the bottleneck), got {self.widths}")
         if len(self.depths) != len(self.widths) - 1:
             raise UserInputError(f"depths needs one entry per stage before the bottleneck ({len(self.widths) - 1} "
-                             f"for widths {self.widths}), got {self.depths}")
+                                 f"for widths {self.widths}), got {self.depths}")
         if any(d < 1 for d in self.depths) or self.bottleneck_depth < 1:
-            raise UserInputError(f"depths and bottleneck_depth must be >= 1, got {self.depths}, {self.bottleneck_depth}")
+            raise UserInputError(f"depths and bottleneck_depth must be >= 1, got {self.depths}, "
+                                 f"{self.bottleneck_depth}")
         bad = [w for w in self.widths if w < 1 or w % self.norm_groups]
         if bad:
             raise UserInputError(f"widths {bad} are not positive multiples of norm_groups {self.norm_groups}")
@@ -60,7 +63,7 @@ class MUNetConfig(PatchGrid):
             raise UserInputError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
         if self.img_size % self.downsampling:
             raise UserInputError(f"img_size {self.img_size} is not divisible by {self.downsampling}, the U-Net's "
-                             f"total downsampling for {len(self.widths)} widths")
+                                 f"total downsampling for {len(self.widths)} widths")
         if self.channel_names and len(self.channel_names) != self.in_chans:
             raise UserInputError(f"{len(self.channel_names)} channel_names given for in_chans={self.in_chans}")
         check_mask_ratio(self.mask_ratio)

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from maefast.errors import UserInputError
+from maefast.fields import check_field_types
 from maefast.models.common import PatchGrid
 from maefast.models.layers import ParallelBlock, layer_norm, sincos_position_embedding
 from maefast.ops import all_tokens, tokenize
@@ -39,13 +40,14 @@ class ViTConfig(PatchGrid):
     channel_names: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
+        check_field_types(self)
         if self.img_size % self.patch_size:
             raise UserInputError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
         if self.global_pool not in GLOBAL_POOLS:
             raise UserInputError(f"global_pool must be one of {GLOBAL_POOLS}, got {self.global_pool!r}")
         if self.in_chans < 1 or self.max_in_chans < 1:
             raise UserInputError(f"channel counts must be positive, got in_chans={self.in_chans}, "
-                             f"max_in_chans={self.max_in_chans}")
+                                 f"max_in_chans={self.max_in_chans}")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise UserInputError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if self.channel_names and len(self.channel_names) != self.in_chans:
@@ -101,7 +103,7 @@ class VisionTransformer(nn.Module):
         if config.channel_agnostic:
             if not 1 <= channels <= config.max_in_chans:
                 raise UserInputError(f"channel-agnostic model takes 1 to {config.max_in_chans} channels, "
-                                 f"got {channels}")
+                                     f"got {channels}")
         elif channels != config.in_chans:
             raise UserInputError(f"model expects {config.in_chans} channels, got {channels}")
         if height != width:

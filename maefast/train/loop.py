@@ -48,7 +48,7 @@ class Trainer:
         checkpoint = latest_checkpoint(self.out)
         if checkpoint is not None and not resume:
             raise UserInputError(f"{self.out} already holds checkpoints (latest {checkpoint.name}); pass --resume to "
-                             f"continue that run or choose another --out")
+                                 f"continue that run or choose another --out")
         self.precision = ("bf16" if device.type == "cuda" else "fp32") if run.precision == "auto" else run.precision
         self.loader = build_train_loader(config, self.out, self.context)
         self.channel_names = list(self.loader.dataset.channels)
@@ -91,11 +91,11 @@ class Trainer:
         count, names = len(self.channel_names), self.channel_names
         if getattr(encoder, "channel_agnostic", False) and count > encoder.max_in_chans:
             raise UserInputError(f"the dataset has {count} channels {names}; {self.config.model.name} takes at most "
-                             f"max_in_chans={encoder.max_in_chans}: select channels with data.channels")
+                                 f"max_in_chans={encoder.max_in_chans}: select channels with data.channels")
         if not getattr(encoder, "channel_agnostic", False) and count != encoder.in_chans:
             raise UserInputError(f"the dataset has {count} channels {names}; {self.config.model.name} expects "
-                             f"in_chans={encoder.in_chans}: select channels with data.channels or set "
-                             f"model.overrides.in_chans={count}")
+                                 f"in_chans={encoder.in_chans}: select channels with data.channels or set "
+                                 f"model.overrides.in_chans={count}")
 
     # -- checkpoints -------------------------------------------------------------------------------
     def restore(self, path: Path) -> None:
