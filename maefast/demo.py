@@ -29,7 +29,7 @@ from maefast.io import atomic_path
 from maefast.models import create_model, save_pretrained
 from maefast.train.config import load_config
 from maefast.train.loop import train
-from maefast.train.state import latest_checkpoint
+from maefast.train.state import checkpoint_dirs
 
 THRESHOLDS = ((0.05, 0.95), (0.1, 0.9))
 
@@ -82,7 +82,7 @@ def train_system(out: Path, recipe: str, screen: Path, profile: Profile, overrid
     if profile.site_size < 256 and not recipe.startswith("debug"):
         raise UserInputError(f"recipe {recipe} needs sites of at least 256 px, this profile renders "
                              f"{profile.site_size}")
-    train(load_config(recipe, settings), run, resume=latest_checkpoint(run) is not None)
+    train(load_config(recipe, settings), run, resume=bool(checkpoint_dirs(run)), recipe=recipe)
     return run
 
 

@@ -12,6 +12,7 @@ every loader hands over; `select_channels` picks and reorders channels by name.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,6 +26,7 @@ from maefast.errors import UserInputError
 LAYOUTS = ("rxrx", "jump", "packed")
 STANDARD_COLUMNS = ("id", "batch", "plate", "well", "site", "perturbation", "is_control")
 PACKED_FORMAT = "maefast-packed-v1"
+PATH_COLUMN_PREFIXES = ("file_", "illum_", "shard")  # columns of file paths
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,21 @@ class Dataset:
     def describe(self) -> str:
         return (f"{self.layout} dataset at {self.root}: {len(self)} images, channels {list(self.channels)}, "
                 f"{self.image_shape[0]}x{self.image_shape[1]} {self.dtype}")
+
+    def fingerprint(self) -> dict:
+        """What identifies the data a job reads, cheaply: layout, image count, selected channels, image shape,
+        dtype and a hash of the index table (its file paths relative to the root, so a moved data set keeps
+        its fingerprint). Not a hash of the pixels: rewritten image files with the same table are not seen."""
+        table = self.table.copy()
+        base = self.root if self.root.is_dir() else self.root.parent
+        prefixes = {base.as_posix() + "/", base.resolve().as_posix() + "/"}
+        for column in [c for c in table.columns if c.startswith(PATH_COLUMN_PREFIXES)]:
+            for prefix in prefixes:
+                table[column] = table[column].astype(str).str.removeprefix(prefix)
+        digest = hashlib.sha256(json.dumps([str(c) for c in table.columns]).encode())
+        digest.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
+        return {"layout": self.layout, "images": len(self), "channels": list(self.channels),
+                "image_shape": list(self.image_shape), "dtype": str(self.dtype), "table_sha256": digest.hexdigest()}
 
 
 def open_dataset(path, layout: str = "auto", channels=None, illumination: str = "raw") -> Dataset:

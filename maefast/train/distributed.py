@@ -75,6 +75,23 @@ def any_rank(flag: bool, context: DistributedContext) -> bool:
     return bool(value.item() > 0)
 
 
+def run_on_main(function, context: DistributedContext):
+    """`function()` on rank 0 only (None elsewhere). Every rank learns whether it raised, so that no rank
+    waits in a collective for a rank 0 that stopped: rank 0 re-raises its error, the others raise one that
+    points to it."""
+    result, error = None, None
+    if context.is_main:
+        try:
+            result = function()
+        except Exception as caught:  # re-raised below, once every rank knows
+            error = caught
+    if any_rank(error is not None, context):
+        if error is not None:
+            raise error
+        raise UserInputError(f"rank {context.rank}: stopping because rank 0 stopped (its output says why)")
+    return result
+
+
 def mean_over_ranks(value: float, context: DistributedContext) -> float:
     if not context.enabled:
         return value

@@ -76,5 +76,11 @@ def one_cycle_factor(step: int, total_steps: int, warmup_fraction: float, min_ra
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer, total_steps: int, warmup_fraction: float, min_ratio: float) -> LambdaLR:
-    return LambdaLR(optimizer, lambda step: one_cycle_factor(step, total_steps, warmup_fraction, min_ratio))
+def build_scheduler(optimizer, total_steps: int, warmup_fraction: float, min_ratio: float,
+                    start_step: int = 0) -> LambdaLR:
+    """The one-cycle schedule from `start_step` on (a resumed run): the learning rate is a function of the
+    step and the config only, so a resumed run rebuilds it rather than storing it."""
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]
+    return LambdaLR(optimizer, lambda step: one_cycle_factor(step, total_steps, warmup_fraction, min_ratio),
+                    last_epoch=start_step - 1)
