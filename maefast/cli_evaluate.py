@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from maefast.errors import UserInputError
-from maefast.io import atomic_path, write_json_atomic
+from maefast.io import atomic_path, read_table, write_json_atomic
 
 
 def add_commands(subparsers) -> None:
@@ -54,10 +54,10 @@ def read_embeddings(path: str | Path) -> pd.DataFrame:
         shards = sorted(p for p in path.glob("*.parquet") if not p.name.startswith("."))
         if not shards:
             raise FileNotFoundError(f"{path}: no *.parquet shards in this directory")
-        return pd.concat([pd.read_parquet(shard) for shard in shards], ignore_index=True)
+        return pd.concat([read_table(shard) for shard in shards], ignore_index=True)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such embeddings file or directory")
-    return pd.read_parquet(path)
+    return read_table(path)
 
 
 def map_command(args) -> int:
@@ -85,7 +85,7 @@ def map_command(args) -> int:
 
 
 def read_map(path: str | Path, perturbation_col: str | None) -> pd.DataFrame:
-    table = pd.read_parquet(path)
+    table = read_table(path)
     if perturbation_col is not None:
         if perturbation_col not in table.columns:
             raise UserInputError(f"{path}: unknown perturbation column {perturbation_col!r}; "
@@ -152,7 +152,7 @@ def benchmark_command(args) -> int:
 
 def read_flops(path: str | Path, labels: list[str]) -> dict[str, float]:
     """checkpoint -> cumulative training FLOPs, for every map label."""
-    table = pd.read_csv(path)
+    table = read_table(path)
     missing = {"checkpoint", "flops"} - set(table.columns)
     if missing:
         raise UserInputError(f"{path}: missing column(s) {sorted(missing)}; expected checkpoint,flops")

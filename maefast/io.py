@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -56,6 +57,16 @@ def read_json(path: str | os.PathLike):
         return json.loads(path.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise UserInputError(f"{path}: damaged or truncated JSON ({error})") from None
+
+
+def read_table(path: str | os.PathLike, **csv_options) -> pd.DataFrame:
+    """A .parquet table, or else a CSV (csv_options go to pandas.read_csv); UserInputError naming the file
+    when it cannot be parsed."""
+    path = Path(path)
+    try:
+        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, **csv_options)
+    except ValueError as error:  # how pandas and pyarrow refuse a file (ParserError, ArrowInvalid, ...)
+        raise UserInputError(f"{path}: cannot be read as a table ({type(error).__name__}: {error})") from None
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from maefast.errors import UserInputError
-from maefast.io import read_json, read_safetensors, read_state, write_state
+from maefast.io import read_json, read_safetensors, read_state, read_table, write_state
 from maefast.train.state import rng_state, set_rng_state
 
 
@@ -45,5 +45,8 @@ def test_damaged_files_are_named(tmp_path):
     (tmp_path / "meta.json").write_text('{"step": 4, "total_fl')
     with pytest.raises(UserInputError, match=r"meta.json: damaged or truncated JSON"):
         read_json(tmp_path / "meta.json")
+    (tmp_path / "shard.parquet").write_bytes(b"PAR1 cut off")
+    with pytest.raises(UserInputError, match=r"shard.parquet: cannot be read as a table \(ArrowInvalid: "):
+        read_table(tmp_path / "shard.parquet")
     with pytest.raises(TypeError, match="cannot store a set"):
         write_state(tmp_path / "other", {"bad": {1, 2}})

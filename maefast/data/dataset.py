@@ -22,6 +22,7 @@ import pandas as pd
 
 from maefast.data.decode import probe_channel
 from maefast.errors import UserInputError
+from maefast.io import read_json, read_table
 
 LAYOUTS = ("rxrx", "jump", "packed")
 STANDARD_COLUMNS = ("id", "batch", "plate", "well", "site", "perturbation", "is_control")
@@ -146,13 +147,13 @@ def file_dataset(root: Path, layout: str, table: pd.DataFrame, channels: list[st
 
 
 def _open_packed(path: Path) -> Dataset:
-    manifest = json.loads((path / "manifest.json").read_text())
+    manifest = read_json(path / "manifest.json")
     if manifest.get("format") != PACKED_FORMAT:
         raise UserInputError(f"{path / 'manifest.json'}: expected format {PACKED_FORMAT!r}, "
                              f"got {manifest.get('format')!r}")
     if not manifest.get("complete"):
         raise UserInputError(f"{path}: packing is not complete (run `maefast data pack` again to resume)")
-    table = pd.read_parquet(path / "index.parquet")
+    table = read_table(path / "index.parquet")
     table["shard"] = [str(path / "shards" / name) for name in table["shard"]]
     return Dataset(root=path, layout="packed", table=table, stored_channels=tuple(manifest["channels"]),
                    channels=tuple(manifest["channels"]), image_shape=tuple(manifest["image_shape"]),

@@ -4,7 +4,6 @@ Each turns the layout's metadata into the standard table of maefast.data.dataset
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pandas as pd
 
 from maefast.data.dataset import Dataset, file_dataset
 from maefast.errors import UserInputError
+from maefast.io import read_json, read_table
 
 CONTROL_LABELS = ("EMPTY", "control", "negcon", "non-targeting", "DMSO")
 RXRX_PERTURBATION_COLUMNS = ("perturbation", "gene", "sirna", "treatment")
@@ -25,7 +25,7 @@ def read_rxrx(root: Path) -> Dataset:
     ("w1", "w2", ...) found for the first site, or the names in root/channels.json ({"w1": "DNA", ...}).
     """
     metadata_path = root / "metadata.csv"
-    table = pd.read_csv(metadata_path)
+    table = read_table(metadata_path)
     if "well" not in table.columns and "address" in table.columns:
         table = table.rename(columns={"address": "well"})
     _require(table, ("experiment", "plate", "well", "site"), metadata_path)
@@ -61,7 +61,7 @@ def read_jump(path: Path, illumination: str = "raw") -> Dataset:
     """
     table_path = path if path.is_file() else next(
         p for p in (path / "load_data.parquet", path / "load_data.csv") if p.is_file())
-    table = pd.read_parquet(table_path) if table_path.suffix == ".parquet" else pd.read_csv(table_path)
+    table = read_table(table_path)
     names = [c[len("FileName_Orig"):] for c in table.columns if c.startswith("FileName_Orig")]
     if not names:
         raise UserInputError(f"{table_path}: no FileName_Orig<Channel> columns; expected e.g. FileName_OrigDNA")
@@ -105,7 +105,7 @@ def _rxrx_channel_names(root: Path, tokens: list[str]) -> list[str]:
     mapping_path = root / "channels.json"
     if not mapping_path.is_file():
         return tokens
-    mapping = json.loads(mapping_path.read_text())
+    mapping = read_json(mapping_path)
     missing = [t for t in tokens if t not in mapping]
     if missing:
         raise UserInputError(f"{mapping_path}: no name for channel file token(s) {missing}")

@@ -14,7 +14,6 @@ interrupted run resumes with the next shard and a reader never sees a partial fi
 """
 from __future__ import annotations
 
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +24,7 @@ from maefast.data.dataset import PACKED_FORMAT, Dataset
 from maefast.data.decode import ImageReadError
 from maefast.data.torch_backend import ImageReader
 from maefast.errors import UserInputError
-from maefast.io import atomic_path, write_json_atomic
+from maefast.io import atomic_path, read_json, write_json_atomic
 
 
 def pack_dataset(dataset: Dataset, out_dir, shard_images: int = 64, on_error: str = "raise", workers: int = 2,
@@ -81,7 +80,7 @@ def _read(reader: ImageReader, row: int):
 def _resume_manifest(path: Path, settings: dict) -> dict:
     if not path.is_file():
         return dict(settings, shards={}, complete=False)
-    manifest = json.loads(path.read_text())
+    manifest = read_json(path)
     different = {k: (manifest.get(k), v) for k, v in settings.items() if manifest.get(k) != v}
     if different:
         raise UserInputError(f"{path} was written with other settings {different}; pack into a new folder")

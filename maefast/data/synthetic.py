@@ -11,7 +11,6 @@ resumption do not change the pixels. Files are written atomically; an interrupte
 """
 from __future__ import annotations
 
-import json
 import os
 import struct
 import time
@@ -24,7 +23,7 @@ import pandas as pd
 
 from maefast.data.render import FEATURES, BatchEffect, channel_names, render_site, render_sites
 from maefast.errors import UserInputError
-from maefast.io import atomic_path, write_json_atomic
+from maefast.io import atomic_path, read_json, write_json_atomic
 
 __all__ = ["synth_screen", "render_sites", "design_screen", "load_complexes", "write_png"]
 
@@ -115,7 +114,7 @@ def synth_screen(out_dir, layout: str = "rxrx", num_genes: int = 100, replicates
                   sites_per_well=sites_per_well, size=size, channels=names, bit_depth=bit_depth,
                   effect_size=effect_size, batch_strength=batch_strength, seed=seed)
     previous = out / "synth.json"
-    if previous.is_file() and json.loads(previous.read_text()) != params:
+    if previous.is_file() and read_json(previous) != params:
         raise UserInputError(f"{out} holds a synthetic screen made with other parameters ({previous}); "
                              "use a new folder")
     write_json_atomic(previous, params)

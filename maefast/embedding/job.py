@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from maefast.errors import UserInputError
-from maefast.io import atomic_path, read_json, write_json_atomic
+from maefast.io import atomic_path, read_json, read_table, write_json_atomic
 from maefast.lock import OutputLock
 from maefast.records import changes, describe_changes
 from maefast.train.distributed import DistributedContext, barrier, run_on_main
@@ -204,8 +204,8 @@ def read_embeddings(out, level: str = "site", require_complete: bool = True) -> 
     if require_complete and not (out / MANIFEST_FILE).exists():
         raise FileNotFoundError(f"{out / MANIFEST_FILE} not found: the embedding job in {out} is not complete")
     if level == "well":
-        return pd.read_parquet(out / "wells.parquet")
+        return read_table(out / "wells.parquet")
     if level != "site":
         raise UserInputError(f"level must be 'site' or 'well', got {level!r}")
     shards = sorted((out / "shards").glob("shard-*.parquet"))
-    return pd.concat([pd.read_parquet(p) for p in shards], ignore_index=True)
+    return pd.concat([read_table(p) for p in shards], ignore_index=True)

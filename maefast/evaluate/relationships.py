@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from maefast.errors import UserInputError
+from maefast.io import read_table
 from maefast.evaluate.similarity import SimilarityScan, scan_similarities
 
 KNOWN_SOURCES = ("CORUM", "HuMAP", "Reactome", "SIGNOR", "StringDB")
@@ -68,7 +69,7 @@ def load_relationships(source: str | os.PathLike) -> pd.DataFrame:
     else:
         raise UserInputError(f"unknown relationship source {source!r}: expected one of {', '.join(KNOWN_SOURCES)} "
                              "or the path of a file with columns entity1,entity2")
-    table = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", dtype=str)
+    table = read_table(path, sep="\t" if path.suffix == ".tsv" else ",", dtype=str)
     missing = {"entity1", "entity2"} - set(table.columns)
     if missing:
         raise UserInputError(f"{path}: missing column(s) {sorted(missing)}; expected a header entity1,entity2")
