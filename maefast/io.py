@@ -112,6 +112,8 @@ def write_state(stem: Path, state) -> None:
             return {ITEMS: [[encode(k), encode(v)] for k, v in value.items()]}
         if value is None or isinstance(value, (bool, int, float, str)):
             return value
+        if isinstance(value, np.generic):  # a numpy scalar comes back as the Python number
+            return value.item()
         raise TypeError(f"write_state: cannot store a {type(value).__name__}")
 
     structure = encode(state)

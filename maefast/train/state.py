@@ -74,8 +74,11 @@ def save_checkpoint(out_dir, step: int, model, optimizer, train_state: dict, rng
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)
     write_json_atomic(root / MANIFEST, {"step": step, "path": final.name, "total_flops": meta["total_flops"]})
-    for old in checkpoint_dirs(out_dir)[keep:]:
-        shutil.rmtree(old, ignore_errors=True)
+    # a checkpoint newer than this one is a damaged one the resume skipped: it goes with the oldest
+    kept = [path for path in checkpoint_dirs(out_dir) if path.name <= final.name][:keep]
+    for old in checkpoint_dirs(out_dir):
+        if old not in kept:
+            shutil.rmtree(old, ignore_errors=True)
     write_flops_table(root)
     return final
 
@@ -107,7 +110,17 @@ def read_checkpoint(path: Path) -> Checkpoint:
                              f"versions, which maefast no longer opens (unpickling a file can run code); "
                              f"its {MODEL_FILE} still embeds and loads with maefast.from_pretrained")
     meta = read_json(path / META_FILE)
-    return Checkpoint(path, meta, read_safetensors(path / MODEL_FILE), read_state(path / STATE_STEM))
+    require_keys(meta, ("step", "config", "data"), path / META_FILE)
+    train_state = read_state(path / STATE_STEM)
+    require_keys(train_state, ("optimizer", "rng", "loader", "step", "total_flops", "crops_seen"),
+                 path / f"{STATE_STEM}.json")
+    return Checkpoint(path, meta, read_safetensors(path / MODEL_FILE), train_state)
+
+
+def require_keys(record, keys: tuple[str, ...], path: Path) -> None:
+    missing = [key for key in keys if not isinstance(record, dict) or key not in record]
+    if missing:
+        raise UserInputError(f"{path}: lacks {missing}; not a checkpoint file of this maefast version")
 
 
 def newest_intact_checkpoint(out_dir) -> Checkpoint | None:

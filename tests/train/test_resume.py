@@ -92,6 +92,16 @@ def test_a_damaged_checkpoint_is_named_and_skipped(run_dir, finished_run, screen
     assert all(torch.equal(expected[key], got[key]) for key in expected)  # exact resume from the older one
 
 
+def test_the_skipped_checkpoint_does_not_outlive_the_ones_written_after_it(run_dir, screen):
+    (checkpoint(run_dir, 4) / "model.safetensors").write_bytes(b"")
+    with pytest.warns(UserWarning, match="skipped the damaged checkpoint step-00000004"):
+        trainer = resume(run_dir, screen, "run.max_steps=3", "run.keep_checkpoints=1", allow=True)
+    trainer.train()
+    trainer.close()
+    assert [p.name for p in (run_dir / "checkpoints").glob("step-*")] == ["step-00000003"]
+    assert json.loads((run_dir / "checkpoints" / "latest.json").read_text())["path"] == "step-00000003"
+
+
 def test_when_no_checkpoint_is_intact_each_is_named(run_dir, screen):
     for step in (2, 4):
         (checkpoint(run_dir, step) / "model.safetensors").write_bytes(b"\x00" * 7)
