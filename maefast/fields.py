@@ -49,7 +49,9 @@ def matches(value, expected) -> bool:
             return False
         item_types = item_types_of(arguments, len(value))
         return item_types is not None and all(matches(v, t) for v, t in zip(value, item_types))
-    return True  # dicts and nested configs are checked where they are used
+    if (origin or expected) is dict:
+        return isinstance(value, dict)  # its entries are checked where they are used (model.overrides)
+    return True  # a nested config checks itself
 
 
 def item_types_of(arguments: tuple, length: int) -> list | None:
@@ -67,7 +69,7 @@ def describe(expected) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join(describe(argument) for argument in arguments)
     names = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
-             type(None): "null"}
+             type(None): "null", dict: "a mapping of keys to values"}
     if expected in names:
         return names[expected]
     if (origin or expected) in (list, tuple):

@@ -27,7 +27,8 @@ def flatten(record: dict, prefix: str = "") -> dict:
 def changes(recorded: dict, current: dict) -> dict[str, tuple]:
     """Every dotted key whose value differs, as key -> (recorded, current); a key only one side has gets None."""
     old, new = flatten(as_json(recorded)), flatten(as_json(current))
-    return {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)}
+    return {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())
+            if old.get(key) != new.get(key)}
 
 
 def describe_changes(differences: dict[str, tuple]) -> str:

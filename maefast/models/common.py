@@ -26,7 +26,8 @@ def field_names(config_class) -> set[str]:
 
 
 def reject_unknown_options(overrides: dict, **options_by_part: set[str]) -> None:
-    """UnknownOptionError (a TypeError) naming the options no part accepts, and each part's options (part names as given)."""
+    """UnknownOptionError (a TypeError) naming the options no part accepts, and each part's options (part
+    names as given)."""
     unknown = set(overrides).difference(*options_by_part.values())
     if unknown:
         listed = ", ".join(f"{part.replace('_', '-')} options: {sorted(names)}" for part, names in options_by_part.items())

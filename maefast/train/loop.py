@@ -36,7 +36,8 @@ from maefast.train.state import (
 def transformer_blocks(model) -> list:
     """The blocks activation checkpointing wraps (ViT encoders and MAE decoders)."""
     if not hasattr(model, "encoder"):
-        raise UserInputError(f"run.activation_checkpointing applies to transformer models, not {type(model).__name__}")
+        raise UserInputError(f"run.activation_checkpointing applies to transformer models, not "
+                             f"{type(model).__name__}")
     return list(model.encoder.blocks) + list(getattr(getattr(model, "decoder", None), "blocks", []))
 
 

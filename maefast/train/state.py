@@ -152,6 +152,12 @@ def restore_checkpoint(checkpoint: Checkpoint, model, optimizer) -> None:
 
 
 def checkpoint_history(out_dir) -> list[dict]:
-    """meta.json of every kept checkpoint, oldest first (step, cumulative FLOPs, ...), with its path."""
-    return [{**read_json(p / META_FILE), "path": p.name}
-            for p in reversed(checkpoint_dirs(out_dir)) if (p / META_FILE).exists()]
+    """meta.json of every kept checkpoint, oldest first (step, cumulative FLOPs, ...), with its path; a
+    damaged one is left out with a warning (the table is a record, not a reason to stop a run)."""
+    history = []
+    for path in reversed(checkpoint_dirs(out_dir)):
+        try:
+            history.append({**read_json(path / META_FILE), "path": path.name})
+        except (UserInputError, FileNotFoundError) as error:
+            warnings.warn(f"checkpoint history: {path.name} left out: {error}")
+    return history

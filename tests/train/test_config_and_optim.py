@@ -68,7 +68,8 @@ def test_every_number_and_flag_refuses_values_of_another_type(key, expected):
 
 
 def test_the_munet_config_checks_its_field_types_too():
-    assert {name for name, expected in field_types(MUNetConfig).items() if expected in (int, float)} >= {"in_chans", "mask_ratio"}
+    numeric = {name for name, expected in field_types(MUNetConfig).items() if expected in (int, float)}
+    assert numeric >= {"in_chans", "mask_ratio"}
     with pytest.raises(UserInputError, match=r"model.overrides: in_chans=True must be an integer"):
         load_config("debug_munet", ["model.overrides.in_chans=true"])
     with pytest.raises(UserInputError, match=r"widths=\[64, 1.5\] must be a list, each item an integer"):
