@@ -20,10 +20,10 @@ __all__ = ["create_model", "from_pretrained", "list_models", "load_pretrained", 
 
 
 def pretrain(recipe: str = "debug", out: str = "runs/pretrain", overrides: list[str] | None = None,
-             resume: bool = False, show_progress: bool = True) -> dict:
+             resume: bool = False, show_progress: bool = True, allow_config_change: bool = False) -> dict:
     """Pretrains from a recipe (see `maefast train --list-recipes`); returns the run summary."""
     from maefast.train import pretrain as run
-    return run(recipe, out, overrides, resume, show_progress)
+    return run(recipe, out, overrides, resume, show_progress, allow_config_change)
 
 
 def embed(checkpoint, data, out, **options) -> dict:

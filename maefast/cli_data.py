@@ -1,8 +1,6 @@
 """`maefast data ...`: synth, check, pack and info for microscopy datasets (see docs/data.md)."""
 from __future__ import annotations
 
-import json
-
 
 def add_commands(subparsers) -> None:
     data = subparsers.add_parser("data", help="datasets: synthetic screen, validation, packing")
@@ -80,9 +78,10 @@ def check_command(args) -> int:
 def pack_command(args) -> int:
     from maefast.data import open_dataset
     from maefast.data.packed import pack_dataset
+    from maefast.io import read_json
     dataset = open_dataset(args.path, args.layout, _channels(args), args.illumination)
     out = pack_dataset(dataset, args.out, args.shard_images, args.on_error, args.workers)
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = read_json(out / "manifest.json")
     skipped = sum(len(s["skipped"]) for s in manifest["shards"].values())
     print(f"packed {len(dataset) - skipped} images into {out}" + (f", skipped {skipped}" if skipped else ""))
     return 0

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from maefast.io import atomic_path, write_json_atomic
+from maefast.errors import UserInputError
+from maefast.io import atomic_path, read_table, write_json_atomic
 
 
 def add_commands(subparsers) -> None:
@@ -53,10 +54,10 @@ def read_embeddings(path: str | Path) -> pd.DataFrame:
         shards = sorted(p for p in path.glob("*.parquet") if not p.name.startswith("."))
         if not shards:
             raise FileNotFoundError(f"{path}: no *.parquet shards in this directory")
-        return pd.concat([pd.read_parquet(shard) for shard in shards], ignore_index=True)
+        return pd.concat([read_table(shard) for shard in shards], ignore_index=True)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such embeddings file or directory")
-    return pd.read_parquet(path)
+    return read_table(path)
 
 
 def map_command(args) -> int:
@@ -65,7 +66,7 @@ def map_command(args) -> int:
     table = read_embeddings(args.embeddings)
     features = [c for c in table.columns if str(c).startswith(args.feature_prefix)]
     if not features:
-        raise ValueError(f"{args.embeddings}: no columns start with --feature-prefix {args.feature_prefix!r}")
+        raise UserInputError(f"{args.embeddings}: no columns start with --feature-prefix {args.feature_prefix!r}")
     options = dict(perturbation_col=args.perturbation_col, control_label=args.control)
     # build_map = normalize_embeddings + aggregate_map; the CLI keeps the normalized rows for consistency
     normalized = normalize_embeddings(table, **options, batch_col=args.batch_col, feature_cols=features,
@@ -84,14 +85,14 @@ def map_command(args) -> int:
 
 
 def read_map(path: str | Path, perturbation_col: str | None) -> pd.DataFrame:
-    table = pd.read_parquet(path)
+    table = read_table(path)
     if perturbation_col is not None:
         if perturbation_col not in table.columns:
-            raise ValueError(f"{path}: unknown perturbation column {perturbation_col!r}; "
-                             f"columns are {list(table.columns)[:10]}")
+            raise UserInputError(f"{path}: unknown perturbation column {perturbation_col!r}; "
+                                 f"columns are {list(table.columns)[:10]}")
         return table.set_index(perturbation_col)
     if isinstance(table.index, pd.RangeIndex):
-        raise ValueError(f"{path}: the map has no perturbation index; pass --perturbation-col")
+        raise UserInputError(f"{path}: the map has no perturbation index; pass --perturbation-col")
     return table
 
 
@@ -99,7 +100,7 @@ def parse_threshold(text: str) -> tuple[float, float]:
     try:
         lower, upper = (float(part) for part in text.split(","))
     except ValueError:
-        raise ValueError(f"--threshold {text!r}: expected two fractions LOWER,UPPER such as 0.05,0.95") from None
+        raise UserInputError(f"--threshold {text!r}: expected two fractions LOWER,UPPER such as 0.05,0.95") from None
     return lower, upper
 
 
@@ -112,7 +113,7 @@ def benchmark_command(args) -> int:
 
     labels = args.labels or [Path(p).stem for p in args.maps]
     if len(labels) != len(args.maps) or len(set(labels)) != len(labels):
-        raise ValueError(f"--label: expected {len(args.maps)} distinct labels, one per --map; got {labels}")
+        raise UserInputError(f"--label: expected {len(args.maps)} distinct labels, one per --map; got {labels}")
     thresholds = check_thresholds([parse_threshold(t) for t in args.thresholds] if args.thresholds
                                   else DEFAULT_THRESHOLDS)
     scored = list(dict.fromkeys(thresholds + check_thresholds(SWEEP_THRESHOLDS)))
@@ -151,12 +152,12 @@ def benchmark_command(args) -> int:
 
 def read_flops(path: str | Path, labels: list[str]) -> dict[str, float]:
     """checkpoint -> cumulative training FLOPs, for every map label."""
-    table = pd.read_csv(path)
+    table = read_table(path)
     missing = {"checkpoint", "flops"} - set(table.columns)
     if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected checkpoint,flops")
+        raise UserInputError(f"{path}: missing column(s) {sorted(missing)}; expected checkpoint,flops")
     flops = dict(zip(table["checkpoint"].astype(str), table["flops"]))
     unknown = [label for label in labels if label not in flops]
     if unknown:
-        raise ValueError(f"{path}: no flops for map label(s) {unknown}; label maps by checkpoint with --label")
+        raise UserInputError(f"{path}: no flops for map label(s) {unknown}; label maps by checkpoint with --label")
     return {label: float(flops[label]) for label in labels}

@@ -1,6 +1,8 @@
 """`maefast train`: pretrain an MAE / CA-MAE from a recipe, on one CPU or many GPUs (torchrun)."""
 from __future__ import annotations
 
+from maefast.errors import UserInputError
+
 
 def add_commands(subparsers) -> None:
     parser = subparsers.add_parser("train", help="pretrain an MAE or CA-MAE from a recipe",
@@ -11,7 +13,11 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--out", required=False, help="run directory: checkpoints, metrics, images, encoder")
     parser.add_argument("--data", help="dataset path (same as --set data.path=...)")
     parser.add_argument("--max-steps", type=int, help="same as --set run.max_steps=N")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its newest intact checkpoint, with the same config")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="with --resume: continue with config values (--set) other than the checkpoint's; "
+                             "recorded in config_history.json")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set optim.lr=3e-5 (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.csv)")
@@ -25,7 +31,7 @@ def train_command(args) -> int:
         print("\n".join(recipe_names()))
         return 0
     if not args.out:
-        raise ValueError("--out is required: the directory for checkpoints, metrics and images")
+        raise UserInputError("--out is required: the directory for checkpoints, metrics and images")
     assignments = list(args.assignments)
     if args.data:
         assignments.append(f"data.path={args.data}")
@@ -33,7 +39,8 @@ def train_command(args) -> int:
         assignments.append(f"run.max_steps={args.max_steps}")
     config = load_config(args.recipe, assignments)
     from maefast.train.loop import train
-    summary = train(config, args.out, resume=args.resume, show_progress=not args.no_progress)
+    summary = train(config, args.out, resume=args.resume, show_progress=not args.no_progress, recipe=args.recipe,
+                    allow_config_change=args.allow_config_change)
     if summary.get("final_loss") is not None:
         print(f"maefast train: {summary['step']} steps, final loss {summary['final_loss']:.4f}, "
               f"{summary['total_flops'] / 1e12:.2f} TFLOP; outputs in {summary['out']}")

@@ -22,13 +22,14 @@ from maefast.data.synthetic import CONTROL_LABEL, synth_screen
 from maefast.embedding.api import embed
 from maefast.embedding.handcrafted import HandcraftedEmbedder
 from maefast.embedding.job import read_embeddings, site_table
+from maefast.errors import UserInputError
 from maefast.evaluate import build_map, relationship_recall
 from maefast.evaluate.plots import plot_recall_bars
 from maefast.io import atomic_path
 from maefast.models import create_model, save_pretrained
 from maefast.train.config import load_config
 from maefast.train.loop import train
-from maefast.train.state import latest_checkpoint
+from maefast.train.state import checkpoint_dirs
 
 THRESHOLDS = ((0.05, 0.95), (0.1, 0.9))
 
@@ -79,8 +80,9 @@ def train_system(out: Path, recipe: str, screen: Path, profile: Profile, overrid
                 f"run.checkpoint_every={max(profile.steps // 3, 1)}", f"run.image_every={profile.steps}",
                 f"run.device={device}", *overrides]
     if profile.site_size < 256 and not recipe.startswith("debug"):
-        raise ValueError(f"recipe {recipe} needs sites of at least 256 px, this profile renders {profile.site_size}")
-    train(load_config(recipe, settings), run, resume=latest_checkpoint(run) is not None)
+        raise UserInputError(f"recipe {recipe} needs sites of at least 256 px, this profile renders "
+                             f"{profile.site_size}")
+    train(load_config(recipe, settings), run, resume=bool(checkpoint_dirs(run)), recipe=recipe)
     return run
 
 
@@ -139,7 +141,7 @@ def run_demo(out, profile: str | Profile = "default", seed: int = 0, device: str
     """Runs the comparison (see the module docstring); returns recall per method and source."""
     if isinstance(profile, str):
         if profile not in PROFILES:
-            raise ValueError(f"unknown demo profile {profile!r}; choose one of {sorted(PROFILES)}")
+            raise UserInputError(f"unknown demo profile {profile!r}; choose one of {sorted(PROFILES)}")
         profile = PROFILES[profile]
     out, start = Path(out), time.time()
     screen, jump = make_screens(out, profile, seed)

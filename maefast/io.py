@@ -1,11 +1,25 @@
-"""Durable file output: write to a temporary name beside the target, then rename when complete."""
+"""Durable file output and safe input of what maefast wrote.
+
+Output is written to a temporary name beside the target, then renamed when complete. Input is read only
+from formats whose reading cannot run code (JSON, safetensors: never pickle), and a missing or damaged
+file is reported with its path.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from maefast.errors import UserInputError
 
 
 def current_umask() -> int:
@@ -34,3 +48,101 @@ def atomic_path(path: str | os.PathLike):
 def write_json_atomic(path: str | os.PathLike, payload) -> None:
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | os.PathLike):
+    """A JSON file; FileNotFoundError or UserInputError naming the file when it is missing or damaged."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserInputError(f"{path}: damaged or truncated JSON ({error})") from None
+
+
+def read_table(path: str | os.PathLike, **csv_options) -> pd.DataFrame:
+    """A .parquet table, or else a CSV (csv_options go to pandas.read_csv); UserInputError naming the file
+    when it cannot be parsed."""
+    path = Path(path)
+    try:
+        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, **csv_options)
+    except ValueError as error:  # how pandas and pyarrow refuse a file (ParserError, ArrowInvalid, ...)
+        raise UserInputError(f"{path}: cannot be read as a table ({type(error).__name__}: {error})") from None
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file; UserInputError naming the file when it is damaged or truncated."""
+    try:
+        return load_file(str(path))
+    except SafetensorError as error:
+        raise UserInputError(f"{path}: damaged or truncated safetensors file ({error})") from None
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- nested state (optimizer, RNG, counters) as <stem>.safetensors + <stem>.json --------------------------
+# Tensors and numpy arrays go to the safetensors file; the JSON keeps the structure and every other value.
+# Tuples and dicts with keys other than strings are tagged so that they come back as they were.
+TENSOR, ARRAY, TUPLE, ITEMS = "__tensor__", "__ndarray__", "__tuple__", "__items__"
+
+
+def write_state(stem: Path, state) -> None:
+    """Writes `state` (nested dicts, lists, tuples of tensors, numpy arrays, numbers, strings, None)."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def encode(value):
+        if isinstance(value, torch.Tensor):
+            tensors[str(len(tensors))] = value.detach().cpu().contiguous()
+            return {TENSOR: str(len(tensors) - 1)}
+        if isinstance(value, np.ndarray):
+            tensors[str(len(tensors))] = torch.from_numpy(np.ascontiguousarray(value))
+            return {ARRAY: str(len(tensors) - 1)}
+        if isinstance(value, tuple):
+            return {TUPLE: [encode(v) for v in value]}
+        if isinstance(value, list):
+            return [encode(v) for v in value]
+        if isinstance(value, dict):
+            if all(isinstance(k, str) for k in value):
+                return {k: encode(v) for k, v in value.items()}
+            return {ITEMS: [[encode(k), encode(v)] for k, v in value.items()]}
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        if isinstance(value, np.generic):  # a numpy scalar comes back as the Python number
+            return value.item()
+        raise TypeError(f"write_state: cannot store a {type(value).__name__}")
+
+    structure = encode(state)
+    with atomic_path(stem.with_suffix(".safetensors")) as temporary:
+        save_file(tensors, str(temporary))
+    with atomic_path(stem.with_suffix(".json")) as temporary:
+        temporary.write_text(json.dumps(structure))
+
+
+def read_state(stem: Path):
+    """What write_state wrote; UserInputError naming the file when either file is damaged."""
+    tensors = read_safetensors(stem.with_suffix(".safetensors"))
+    structure = read_json(stem.with_suffix(".json"))
+
+    def decode(value):
+        if isinstance(value, list):
+            return [decode(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        if TENSOR in value or ARRAY in value:
+            key = value.get(TENSOR, value.get(ARRAY))
+            if key not in tensors:
+                raise UserInputError(f"{stem.with_suffix('.json')} names tensor {key}, which "
+                                     f"{stem.with_suffix('.safetensors')} lacks: the two files do not belong together")
+            return tensors[key] if TENSOR in value else tensors[key].numpy()
+        if TUPLE in value:
+            return tuple(decode(v) for v in value[TUPLE])
+        if ITEMS in value:
+            return {decode(k): decode(v) for k, v in value[ITEMS]}
+        return {k: decode(v) for k, v in value.items()}
+
+    return decode(structure)

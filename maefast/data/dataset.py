@@ -12,6 +12,7 @@ every loader hands over; `select_channels` picks and reorders channels by name.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,10 +21,13 @@ import numpy as np
 import pandas as pd
 
 from maefast.data.decode import probe_channel
+from maefast.errors import UserInputError
+from maefast.io import read_json, read_table
 
 LAYOUTS = ("rxrx", "jump", "packed")
 STANDARD_COLUMNS = ("id", "batch", "plate", "well", "site", "perturbation", "is_control")
 PACKED_FORMAT = "maefast-packed-v1"
+PATH_COLUMN_PREFIXES = ("file_", "illum_", "shard")  # columns of file paths
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,21 @@ class Dataset:
         return (f"{self.layout} dataset at {self.root}: {len(self)} images, channels {list(self.channels)}, "
                 f"{self.image_shape[0]}x{self.image_shape[1]} {self.dtype}")
 
+    def fingerprint(self) -> dict:
+        """What identifies the data a job reads, cheaply: layout, image count, selected channels, image shape,
+        dtype and a hash of the index table (its file paths relative to the root, so a moved data set keeps
+        its fingerprint). Not a hash of the pixels: rewritten image files with the same table are not seen."""
+        table = self.table.copy()
+        base = self.root if self.root.is_dir() else self.root.parent
+        prefixes = {base.as_posix() + "/", base.resolve().as_posix() + "/"}
+        for column in [c for c in table.columns if c.startswith(PATH_COLUMN_PREFIXES)]:
+            for prefix in prefixes:
+                table[column] = table[column].astype(str).str.removeprefix(prefix)
+        digest = hashlib.sha256(json.dumps([str(c) for c in table.columns]).encode())
+        digest.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
+        return {"layout": self.layout, "images": len(self), "channels": list(self.channels),
+                "image_shape": list(self.image_shape), "dtype": str(self.dtype), "table_sha256": digest.hexdigest()}
+
 
 def open_dataset(path, layout: str = "auto", channels=None, illumination: str = "raw") -> Dataset:
     """Reads a screen's metadata into a Dataset. layout: "auto" | "rxrx" | "jump" | "packed".
@@ -87,11 +106,11 @@ def open_dataset(path, layout: str = "auto", channels=None, illumination: str = 
     if layout == "auto":
         layout = detect_layout(path)
     if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of auto, {', '.join(LAYOUTS)}; got {layout!r}")
+        raise UserInputError(f"layout must be one of auto, {', '.join(LAYOUTS)}; got {layout!r}")
     if illumination not in ("raw", "illum"):
-        raise ValueError(f"illumination must be 'raw' or 'illum', got {illumination!r}")
+        raise UserInputError(f"illumination must be 'raw' or 'illum', got {illumination!r}")
     if illumination == "illum" and layout != "jump":
-        raise ValueError(f"illumination='illum' needs the jump layout (illumination files), got {layout}")
+        raise UserInputError(f"illumination='illum' needs the jump layout (illumination files), got {layout}")
     from maefast.data import layouts
     if layout == "packed":
         dataset = _open_packed(path)
@@ -112,15 +131,15 @@ def detect_layout(path: Path) -> str:
         return "jump"
     if path.is_dir() and (path / "metadata.csv").is_file():
         return "rxrx"
-    raise ValueError(f"cannot tell the layout of {path}: expected a packed folder (manifest.json), a jump "
-                     "load_data table (.csv/.parquet) or a folder with metadata.csv (rxrx); pass layout=")
+    raise UserInputError(f"cannot tell the layout of {path}: expected a packed folder (manifest.json), a jump "
+                         "load_data table (.csv/.parquet) or a folder with metadata.csv (rxrx); pass layout=")
 
 
 def file_dataset(root: Path, layout: str, table: pd.DataFrame, channels: list[str],
                  illumination: str = "raw") -> Dataset:
     """A Dataset over per-channel files; size and dtype come from the first image's first channel."""
     if table.empty:
-        raise ValueError(f"{root}: the metadata lists no images")
+        raise UserInputError(f"{root}: the metadata lists no images")
     shape, dtype = probe_channel(table.iloc[0][f"file_{channels[0]}"])
     return Dataset(root=root, layout=layout, table=table.reset_index(drop=True), stored_channels=tuple(channels),
                    channels=tuple(channels), image_shape=tuple(shape), dtype=np.dtype(dtype),
@@ -128,12 +147,13 @@ def file_dataset(root: Path, layout: str, table: pd.DataFrame, channels: list[st
 
 
 def _open_packed(path: Path) -> Dataset:
-    manifest = json.loads((path / "manifest.json").read_text())
+    manifest = read_json(path / "manifest.json")
     if manifest.get("format") != PACKED_FORMAT:
-        raise ValueError(f"{path / 'manifest.json'}: expected format {PACKED_FORMAT!r}, got {manifest.get('format')!r}")
+        raise UserInputError(f"{path / 'manifest.json'}: expected format {PACKED_FORMAT!r}, "
+                             f"got {manifest.get('format')!r}")
     if not manifest.get("complete"):
-        raise ValueError(f"{path}: packing is not complete (run `maefast data pack` again to resume)")
-    table = pd.read_parquet(path / "index.parquet")
+        raise UserInputError(f"{path}: packing is not complete (run `maefast data pack` again to resume)")
+    table = read_table(path / "index.parquet")
     table["shard"] = [str(path / "shards" / name) for name in table["shard"]]
     return Dataset(root=path, layout="packed", table=table, stored_channels=tuple(manifest["channels"]),
                    channels=tuple(manifest["channels"]), image_shape=tuple(manifest["image_shape"]),
@@ -143,17 +163,17 @@ def _open_packed(path: Path) -> Dataset:
 def _select(names, stored: tuple[str, ...]) -> tuple[str, ...]:
     names = [names] if isinstance(names, str) else list(names)
     if not names:
-        raise ValueError("channels: select at least one channel")
+        raise UserInputError("channels: select at least one channel")
     unknown = [n for n in names if n not in stored]
     if unknown:
-        raise ValueError(f"channels: unknown channel(s) {unknown}; the dataset has {list(stored)}")
+        raise UserInputError(f"channels: unknown channel(s) {unknown}; the dataset has {list(stored)}")
     if len(set(names)) != len(names):
-        raise ValueError(f"channels: each channel at most once, got {names}")
+        raise UserInputError(f"channels: each channel at most once, got {names}")
     return tuple(names)
 
 
 def _check_ids(table: pd.DataFrame, path: Path) -> None:
     duplicated = table["id"][table["id"].duplicated()]
     if len(duplicated):
-        raise ValueError(f"{path}: duplicate image ids, e.g. {list(duplicated.unique()[:5])}; "
-                         "every row must describe a different image")
+        raise UserInputError(f"{path}: duplicate image ids, e.g. {list(duplicated.unique()[:5])}; "
+                             "every row must describe a different image")

@@ -4,13 +4,14 @@ Each turns the layout's metadata into the standard table of maefast.data.dataset
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import pandas as pd
 
 from maefast.data.dataset import Dataset, file_dataset
+from maefast.errors import UserInputError
+from maefast.io import read_json, read_table
 
 CONTROL_LABELS = ("EMPTY", "control", "negcon", "non-targeting", "DMSO")
 RXRX_PERTURBATION_COLUMNS = ("perturbation", "gene", "sirna", "treatment")
@@ -24,7 +25,7 @@ def read_rxrx(root: Path) -> Dataset:
     ("w1", "w2", ...) found for the first site, or the names in root/channels.json ({"w1": "DNA", ...}).
     """
     metadata_path = root / "metadata.csv"
-    table = pd.read_csv(metadata_path)
+    table = read_table(metadata_path)
     if "well" not in table.columns and "address" in table.columns:
         table = table.rename(columns={"address": "well"})
     _require(table, ("experiment", "plate", "well", "site"), metadata_path)
@@ -60,10 +61,10 @@ def read_jump(path: Path, illumination: str = "raw") -> Dataset:
     """
     table_path = path if path.is_file() else next(
         p for p in (path / "load_data.parquet", path / "load_data.csv") if p.is_file())
-    table = pd.read_parquet(table_path) if table_path.suffix == ".parquet" else pd.read_csv(table_path)
+    table = read_table(table_path)
     names = [c[len("FileName_Orig"):] for c in table.columns if c.startswith("FileName_Orig")]
     if not names:
-        raise ValueError(f"{table_path}: no FileName_Orig<Channel> columns; expected e.g. FileName_OrigDNA")
+        raise UserInputError(f"{table_path}: no FileName_Orig<Channel> columns; expected e.g. FileName_OrigDNA")
     _require(table, [f"PathName_Orig{n}" for n in names] + ["Metadata_Plate", "Metadata_Well", "Metadata_Site"],
              table_path)
     base_dir = table_path.parent.resolve()
@@ -104,10 +105,10 @@ def _rxrx_channel_names(root: Path, tokens: list[str]) -> list[str]:
     mapping_path = root / "channels.json"
     if not mapping_path.is_file():
         return tokens
-    mapping = json.loads(mapping_path.read_text())
+    mapping = read_json(mapping_path)
     missing = [t for t in tokens if t not in mapping]
     if missing:
-        raise ValueError(f"{mapping_path}: no name for channel file token(s) {missing}")
+        raise UserInputError(f"{mapping_path}: no name for channel file token(s) {missing}")
     return [mapping[t] for t in tokens]
 
 
@@ -134,4 +135,4 @@ def _control_flag(table: pd.DataFrame) -> pd.Series:
 def _require(table: pd.DataFrame, columns, source: Path) -> None:
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise ValueError(f"{source}: missing metadata column(s) {missing}; found {list(table.columns)}")
+        raise UserInputError(f"{source}: missing metadata column(s) {missing}; found {list(table.columns)}")

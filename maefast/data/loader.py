@@ -25,6 +25,7 @@ import torch
 
 from maefast.data.dataset import Dataset
 from maefast.data.plan import TilePlan, TrainPlan
+from maefast.errors import UserInputError
 
 BACKENDS = ("auto", "dali", "torch")
 
@@ -39,9 +40,9 @@ class Loader:
     def __init__(self, dataset: Dataset, plan, backend: str, device, on_error: str, num_workers: int,
                  tiles: bool = False):
         if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+            raise UserInputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+            raise UserInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.dataset, self.plan, self.tiles = dataset, plan, tiles
         self.device = torch.device(device)
         self.epoch, self.step, self.skipped = 0, 0, []
@@ -93,8 +94,8 @@ class Loader:
     def load_state_dict(self, state: dict) -> None:
         for key in ("seed", "world_size", "batch_size", "num_images"):
             if state.get(key) != self.state_dict()[key]:
-                raise ValueError(f"loader state: {key} is {state.get(key)} in the saved state but "
-                                 f"{self.state_dict()[key]} here; the position would not mean the same images")
+                raise UserInputError(f"loader state: {key} is {state.get(key)} in the saved state but "
+                                     f"{self.state_dict()[key]} here; the position would not mean the same images")
         self.epoch, self.step, self.skipped = int(state["epoch"]), int(state["step"]), list(state["skipped"])
 
 

@@ -14,7 +14,6 @@ interrupted run resumes with the next shard and a reader never sees a partial fi
 """
 from __future__ import annotations
 
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,16 +23,17 @@ import numpy as np
 from maefast.data.dataset import PACKED_FORMAT, Dataset
 from maefast.data.decode import ImageReadError
 from maefast.data.torch_backend import ImageReader
-from maefast.io import atomic_path, write_json_atomic
+from maefast.errors import UserInputError
+from maefast.io import atomic_path, read_json, write_json_atomic
 
 
 def pack_dataset(dataset: Dataset, out_dir, shard_images: int = 64, on_error: str = "raise", workers: int = 2,
                  progress: bool = True) -> Path:
     """Packs the dataset's selected channels (illumination-corrected if the dataset says so) into out_dir."""
     if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        raise UserInputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if shard_images < 1:
-        raise ValueError(f"shard_images must be >= 1, got {shard_images}")
+        raise UserInputError(f"shard_images must be >= 1, got {shard_images}")
     out = Path(out_dir)
     settings = dict(format=PACKED_FORMAT, source=str(dataset.root), layout=dataset.layout,
                     channels=list(dataset.channels), dtype=dataset.dtype.name,
@@ -80,10 +80,10 @@ def _read(reader: ImageReader, row: int):
 def _resume_manifest(path: Path, settings: dict) -> dict:
     if not path.is_file():
         return dict(settings, shards={}, complete=False)
-    manifest = json.loads(path.read_text())
+    manifest = read_json(path)
     different = {k: (manifest.get(k), v) for k, v in settings.items() if manifest.get(k) != v}
     if different:
-        raise ValueError(f"{path} was written with other settings {different}; pack into a new folder")
+        raise UserInputError(f"{path} was written with other settings {different}; pack into a new folder")
     return manifest
 
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from maefast.errors import UserInputError
+
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
@@ -60,12 +62,12 @@ class TrainPlan:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         if batch_size < 1 or crops_per_image < 1:
-            raise ValueError(f"batch_size and crops_per_image must be >= 1, got {batch_size}, {crops_per_image}")
+            raise UserInputError(f"batch_size and crops_per_image must be >= 1, got {batch_size}, {crops_per_image}")
         height, width = image_shape
         if crop_size > min(height, width):
-            raise ValueError(f"crop_size {crop_size} is larger than the images ({height}x{width})")
+            raise UserInputError(f"crop_size {crop_size} is larger than the images ({height}x{width})")
         if num_images < world_size:
-            raise ValueError(f"{num_images} images cannot be sharded over world_size={world_size} ranks")
+            raise UserInputError(f"{num_images} images cannot be sharded over world_size={world_size} ranks")
         self.num_images, self.image_shape, self.batch_size = num_images, (height, width), batch_size
         self.crop_size, self.crops_per_image, self.seed = crop_size, crops_per_image, seed
         self.rank, self.world_size, self.augment, self.drop_last = rank, world_size, augment, drop_last
@@ -105,7 +107,7 @@ class TilePlan:
         height, width = image_shape
         self.rows, self.columns = height // crop_size, width // crop_size
         if self.rows == 0 or self.columns == 0:
-            raise ValueError(f"crop_size {crop_size} is larger than the images ({height}x{width})")
+            raise UserInputError(f"crop_size {crop_size} is larger than the images ({height}x{width})")
         self.num_images, self.image_shape, self.batch_size = num_images, (height, width), batch_size
         self.crop_size, self.rank, self.world_size = crop_size, rank, world_size
         self.crops_per_image = self.rows * self.columns

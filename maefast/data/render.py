@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from maefast.errors import UserInputError
+
 BASE_CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito", "Membrane")
 # phenotype features a perturbation can shift, in this order (effects are vectors over these)
 FEATURES = ("cell_size", "nucleus_ratio", "elongation", "density", "dna", "er", "rna", "agp", "mito",
@@ -20,7 +22,7 @@ FEATURES = ("cell_size", "nucleus_ratio", "elongation", "density", "dna", "er", 
 def channel_names(count: int) -> list[str]:
     """Names of `count` rendered channels: the six stains, then Extra7, Extra8, ... (mixtures of them)."""
     if count < 1:
-        raise ValueError(f"channels must be at least 1, got {count}")
+        raise UserInputError(f"channels must be at least 1, got {count}")
     return list(BASE_CHANNELS[:count]) + [f"Extra{k + 1}" for k in range(len(BASE_CHANNELS), count)]
 
 
@@ -54,7 +56,7 @@ def render_site(rng: np.random.Generator, size: int, channels: int, effect=None,
     """One site: (channels, size, size) integer pixels. effect: (len(FEATURES),) shifts, 0 = control."""
     effect = np.zeros(len(FEATURES), np.float32) if effect is None else np.asarray(effect, np.float32)
     if effect.shape != (len(FEATURES),):
-        raise ValueError(f"effect must have {len(FEATURES)} entries ({', '.join(FEATURES)}), got {effect.shape}")
+        raise UserInputError(f"effect must have {len(FEATURES)} entries ({', '.join(FEATURES)}), got {effect.shape}")
     f = dict(zip(FEATURES, effect))
     batch = BatchEffect.none(channels) if batch is None else batch
     fields = _cell_fields(rng, size, f)

@@ -11,7 +11,6 @@ resumption do not change the pixels. Files are written atomically; an interrupte
 """
 from __future__ import annotations
 
-import json
 import os
 import struct
 import time
@@ -23,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from maefast.data.render import FEATURES, BatchEffect, channel_names, render_site, render_sites
-from maefast.io import atomic_path, write_json_atomic
+from maefast.errors import UserInputError
+from maefast.io import atomic_path, read_json, write_json_atomic
 
 __all__ = ["synth_screen", "render_sites", "design_screen", "load_complexes", "write_png"]
 
@@ -54,12 +54,12 @@ def design_screen(num_genes: int = 100, replicates: int = 2, num_plates: int = 4
     members. sites: one row per site with experiment, plate, well, site, gene, well_type.
     """
     if num_plates % num_experiments:
-        raise ValueError(f"num_plates ({num_plates}) must be a multiple of num_experiments ({num_experiments})")
+        raise UserInputError(f"num_plates ({num_plates}) must be a multiple of num_experiments ({num_experiments})")
     if replicates > num_plates:
-        raise ValueError(f"replicates ({replicates}) must not exceed num_plates ({num_plates}): one well per plate")
+        raise UserInputError(f"replicates ({replicates}) must not exceed num_plates ({num_plates}): one well per plate")
     wells_per_plate = -(-num_genes * replicates // num_plates) + controls_per_plate
     if wells_per_plate > len(ROWS) * COLUMNS:
-        raise ValueError(f"{wells_per_plate} wells per plate do not fit a 384-well plate; add plates")
+        raise UserInputError(f"{wells_per_plate} wells per plate do not fit a 384-well plate; add plates")
     rng = np.random.default_rng([seed, 1])
     genes = _pick_genes(load_complexes(complexes), num_genes, rng)
     directions = {c: rng.normal(0, 1, len(FEATURES)) for c in genes["complex"].unique()}
@@ -101,10 +101,10 @@ def synth_screen(out_dir, layout: str = "rxrx", num_genes: int = 100, replicates
     gene, complex, effect per feature) and synth.json (the parameters).
     """
     if layout not in ("rxrx", "jump"):
-        raise ValueError(f"layout must be 'rxrx' or 'jump', got {layout!r}")
+        raise UserInputError(f"layout must be 'rxrx' or 'jump', got {layout!r}")
     bit_depth = bit_depth or (8 if layout == "rxrx" else 16)
     if bit_depth not in (8, 16):
-        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+        raise UserInputError(f"bit_depth must be 8 or 16, got {bit_depth}")
     out = Path(out_dir)
     sites, genes = design_screen(num_genes, replicates, num_plates, num_experiments, controls_per_plate,
                                  sites_per_well, effect_size, complexes, seed)
@@ -114,9 +114,9 @@ def synth_screen(out_dir, layout: str = "rxrx", num_genes: int = 100, replicates
                   sites_per_well=sites_per_well, size=size, channels=names, bit_depth=bit_depth,
                   effect_size=effect_size, batch_strength=batch_strength, seed=seed)
     previous = out / "synth.json"
-    if previous.is_file() and json.loads(previous.read_text()) != params:
-        raise ValueError(f"{out} holds a synthetic screen made with other parameters ({previous}); "
-                         "use a new folder")
+    if previous.is_file() and read_json(previous) != params:
+        raise UserInputError(f"{out} holds a synthetic screen made with other parameters ({previous}); "
+                             "use a new folder")
     write_json_atomic(previous, params)
     effects = genes.set_index("gene")[list(FEATURES)]
     sites["files"] = [_site_files(out, layout, s, names) for s in sites.itertuples()]
@@ -216,7 +216,7 @@ def _write_csv(table: pd.DataFrame, path: Path) -> None:
 def write_png(path, image: np.ndarray, level: int = 1) -> None:
     """A grayscale 8- or 16-bit PNG (no row filters, zlib `level`): faster to write than Pillow's encoder."""
     if image.ndim != 2 or image.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"write_png: expected a 2-D uint8/uint16 array, got {image.dtype} {image.shape}")
+        raise UserInputError(f"write_png: expected a 2-D uint8/uint16 array, got {image.dtype} {image.shape}")
     height, width = image.shape
     rows = image.astype(">u2") if image.dtype == np.uint16 else image
     raw = np.concatenate([np.zeros((height, 1), np.uint8), rows.view(np.uint8).reshape(height, -1)], axis=1)
@@ -233,7 +233,7 @@ def write_png(path, image: np.ndarray, level: int = 1) -> None:
 def _pick_genes(complexes: pd.DataFrame, num_genes: int, rng: np.random.Generator) -> pd.DataFrame:
     """num_genes genes from disjoint complexes of 3 to 8 members, complexes in random order."""
     if num_genes < 1:
-        raise ValueError(f"num_genes must be at least 1, got {num_genes}")
+        raise UserInputError(f"num_genes must be at least 1, got {num_genes}")
     sizes = complexes["genes"].map(len)
     candidates = complexes[(sizes >= 3) & (sizes <= 8)]
     used, rows = set(), []
@@ -246,5 +246,5 @@ def _pick_genes(complexes: pd.DataFrame, num_genes: int, rng: np.random.Generato
         rows += [dict(gene=g, complex=name) for g in members]
         if len(rows) == num_genes:
             return pd.DataFrame(rows)
-    raise ValueError(f"num_genes={num_genes}: the complexes table has only {len(rows)} genes in disjoint "
-                     "complexes of 3 to 8 members")
+    raise UserInputError(f"num_genes={num_genes}: the complexes table has only {len(rows)} genes in disjoint "
+                         "complexes of 3 to 8 members")

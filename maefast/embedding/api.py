@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from maefast.data import make_tile_loader, open_dataset
-from maefast.embedding.encoder import load_encoder
+from maefast.embedding.encoder import load_encoder, weights_file
 from maefast.embedding.job import EmbedSettings, run_embedding
+from maefast.errors import UserInputError
+from maefast.io import file_sha256
 from maefast.models.registry import input_config
 from maefast.train import distributed
 
@@ -17,15 +19,15 @@ def resolve_channels(dataset, encoder, requested: list[str], checkpoint_channels
     elif checkpoint_channels and not agnostic:
         missing = [c for c in checkpoint_channels if c not in dataset.stored_channels]
         if missing:
-            raise ValueError(f"the encoder was trained on channels {checkpoint_channels}; the data set lacks "
-                             f"{missing} (it has {list(dataset.stored_channels)}); choose channels with --channels")
+            raise UserInputError(f"the encoder was trained on channels {checkpoint_channels}; the data set lacks "
+                                 f"{missing} (it has {list(dataset.stored_channels)}); choose channels with --channels")
         dataset = dataset.select_channels(checkpoint_channels)
     count = len(dataset.channels)
     if agnostic and count > config.max_in_chans:
-        raise ValueError(f"{count} channels selected; the encoder takes at most {config.max_in_chans}")
+        raise UserInputError(f"{count} channels selected; the encoder takes at most {config.max_in_chans}")
     if not agnostic and count != config.in_chans:
-        raise ValueError(f"the encoder expects {config.in_chans} channels, the data set gives {count} "
-                         f"{list(dataset.channels)}; choose them with --channels")
+        raise UserInputError(f"the encoder expects {config.in_chans} channels, the data set gives {count} "
+                             f"{list(dataset.channels)}; choose them with --channels")
     return dataset
 
 
@@ -44,7 +46,8 @@ def embed(checkpoint, data, out, *, model: str | None = None, weights_layout: st
         dataset = resolve_channels(open_dataset(data, layout=layout), encoder, list(channels or []),
                                    checkpoint_channels)
         tile = input_config(encoder).img_size
-        settings = EmbedSettings(checkpoint=str(checkpoint), pool=pool, per_channel=per_channel, tile_size=tile,
+        settings = EmbedSettings(checkpoint=str(checkpoint), weights_sha256=file_sha256(weights_file(checkpoint)),
+                                 pool=pool, per_channel=per_channel, tile_size=tile,
                                  batch_size=batch_size, shard_size=shard_size, precision=precision,
                                  channels=tuple(dataset.channels))
 
@@ -52,8 +55,7 @@ def embed(checkpoint, data, out, *, model: str | None = None, weights_layout: st
             return make_tile_loader(subset, batch_size=batch_size, crop_size=tile, device=context.device,
                                     backend=backend, on_error=on_error, num_workers=workers)
 
-        return run_embedding(encoder, dataset, out, settings, make_tiles, context.device, context.rank,
-                             context.world_size, show_progress=show_progress and context.is_main,
-                             barrier=lambda: distributed.barrier(context))
+        return run_embedding(encoder, dataset, out, settings, make_tiles, context.device, context,
+                             show_progress=show_progress and context.is_main)
     finally:
         distributed.shutdown(context)

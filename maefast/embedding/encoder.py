@@ -1,10 +1,11 @@
 """Finding the encoder to embed with: a maefast checkpoint, a training run, or a timm / reference file."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from maefast.models.checkpoint import CONFIG_FILE, from_pretrained, load_pretrained
+from maefast.errors import UserInputError
+from maefast.io import read_json
+from maefast.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, from_pretrained, load_pretrained
 from maefast.models.mae import MaskedAutoencoder
 from maefast.models.registry import create_model
 
@@ -15,18 +16,34 @@ def load_encoder(checkpoint, model_name: str | None = None, layout: str = "auto"
     checkpoint: a save_pretrained directory (MAE or encoder), a training run directory (its encoder/),
     or a weights file in the timm / reference layout, which needs model_name (e.g. vit_large_patch8_256).
     """
-    path = Path(checkpoint)
-    if path.is_dir() and not (path / CONFIG_FILE).exists() and (path / "encoder" / CONFIG_FILE).exists():
-        path = path / "encoder"
-    if path.is_dir() and (path / CONFIG_FILE).exists():
-        meta = json.loads((path / CONFIG_FILE).read_text())
-        return embedder_of(from_pretrained(path)), list(meta.get("channel_names") or [])
+    path = checkpoint_path(checkpoint)
     if path.is_dir():
-        raise FileNotFoundError(f"{path} holds no {CONFIG_FILE}: not a maefast checkpoint or training run")
+        meta = read_json(path / CONFIG_FILE)
+        return embedder_of(from_pretrained(path)), list(meta.get("channel_names") or [])
     if model_name is None:
-        raise ValueError(f"{path} is a bare weights file: name its architecture with --model (e.g. vit_large_patch8_256)")
+        raise UserInputError(f"{path} is a bare weights file: name its architecture with --model "
+                             f"(e.g. vit_large_patch8_256)")
     model = load_pretrained(create_model(model_name), path, layout=layout, trust_pickle=trust_pickle)
     return embedder_of(model), []
+
+
+def checkpoint_path(checkpoint) -> Path:
+    """The maefast checkpoint directory (with config.json) or the bare weights file `checkpoint` names."""
+    path = Path(checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist: expected a maefast checkpoint directory, a "
+                                f"training run directory or a weights file")
+    if path.is_dir() and not (path / CONFIG_FILE).exists() and (path / "encoder" / CONFIG_FILE).exists():
+        path = path / "encoder"
+    if path.is_dir() and not (path / CONFIG_FILE).exists():
+        raise FileNotFoundError(f"{path} holds no {CONFIG_FILE}: not a maefast checkpoint or training run")
+    return path
+
+
+def weights_file(checkpoint) -> Path:
+    """The file whose tensors the encoder of `checkpoint` is loaded from."""
+    path = checkpoint_path(checkpoint)
+    return path / WEIGHTS_FILE if path.is_dir() else path
 
 
 def embedder_of(model):

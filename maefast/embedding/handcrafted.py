@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from maefast.errors import UserInputError
+
 QUANTILES = {"q01": 0.01, "q05": 0.05, "q25": 0.25, "median": 0.5, "q75": 0.75, "q95": 0.95, "q99": 0.99}
 INTENSITY_STATS = ("mean", "std", "min", "max", *QUANTILES, "skew", "kurtosis", "saturated")
 GLCM_STATS = ("contrast", "homogeneity", "energy", "correlation", "entropy")
@@ -54,7 +56,7 @@ def integer_levels(pixels: np.ndarray) -> tuple[np.ndarray, int]:
     """(N, C, H, W) uint8 / uint16 / float in [0, 1] -> (integer array, its full-scale value)."""
     pixels = np.asarray(pixels)
     if pixels.ndim != 4:
-        raise ValueError(f"expected images (N, C, H, W), got shape {pixels.shape}")
+        raise UserInputError(f"expected images (N, C, H, W), got shape {pixels.shape}")
     if pixels.dtype == np.uint8:
         return pixels, 255
     if pixels.dtype == np.uint16:
@@ -62,7 +64,7 @@ def integer_levels(pixels: np.ndarray) -> tuple[np.ndarray, int]:
     if np.issubdtype(pixels.dtype, np.floating):
         low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
         if not (0.0 <= low and high <= 1.0):  # also refuses NaN
-            raise ValueError(f"floating-point pixels must lie in [0, 1], got values in [{low}, {high}]")
+            raise UserInputError(f"floating-point pixels must lie in [0, 1], got values in [{low}, {high}]")
         return np.rint(pixels * 65535.0).astype(np.uint16), 65535
     raise TypeError(f"pixels must be uint8, uint16 or floating point in [0, 1], got {pixels.dtype}")
 
@@ -306,15 +308,15 @@ def nuclei_features(pixels: np.ndarray, full_scale: int, nuclei_channel: int,
 def check_options(glcm_levels: int, glcm_distances, smoothing_sigma: float, min_nucleus_area: int,
                   height: int, width: int) -> None:
     if min(height, width) < 3:
-        raise ValueError(f"images must be at least 3x3 for texture features, got {height}x{width}")
+        raise UserInputError(f"images must be at least 3x3 for texture features, got {height}x{width}")
     if not 2 <= glcm_levels <= 16:
-        raise ValueError(f"glcm_levels must be in [2, 16], got {glcm_levels}")
+        raise UserInputError(f"glcm_levels must be in [2, 16], got {glcm_levels}")
     if not glcm_distances or any(not 1 <= d < min(height, width) for d in glcm_distances):
-        raise ValueError(f"glcm_distances must be in [1, {min(height, width)}) for {height}x{width} images, "
-                         f"got {tuple(glcm_distances)}")
+        raise UserInputError(f"glcm_distances must be in [1, {min(height, width)}) for {height}x{width} images, "
+                             f"got {tuple(glcm_distances)}")
     if smoothing_sigma < 0 or min_nucleus_area < 1:
-        raise ValueError(f"smoothing_sigma must be >= 0 and min_nucleus_area >= 1, got {smoothing_sigma}, "
-                         f"{min_nucleus_area}")
+        raise UserInputError(f"smoothing_sigma must be >= 0 and min_nucleus_area >= 1, got {smoothing_sigma}, "
+                             f"{min_nucleus_area}")
 
 
 def chunk_features(pixels: np.ndarray, full_scale: int, nuclei_channel: int, glcm_levels: int,
@@ -343,9 +345,9 @@ def handcrafted_features(pixels: np.ndarray, channel_names: list[str] | None = N
     n, channels, height, width = levels.shape
     names = list(channel_names) if channel_names is not None else default_channel_names(channels)
     if len(names) != channels:
-        raise ValueError(f"{len(names)} channel_names given for images with {channels} channels")
+        raise UserInputError(f"{len(names)} channel_names given for images with {channels} channels")
     if not 0 <= nuclei_channel < channels:
-        raise ValueError(f"nuclei_channel must be in [0, {channels}), got {nuclei_channel}")
+        raise UserInputError(f"nuclei_channel must be in [0, {channels}), got {nuclei_channel}")
     check_options(glcm_levels, glcm_distances, smoothing_sigma, min_nucleus_area, height, width)
     blocks = [chunk_features(levels[start:start + chunk_size], full_scale, nuclei_channel, glcm_levels,
                              glcm_distances, smoothing_sigma, min_nucleus_area)

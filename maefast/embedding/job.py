@@ -4,12 +4,12 @@ The dataset's images are cut into shards of `shard_size` images (in table order)
 shards r, r + W, ... Each shard is written atomically as shards/shard-00007.parquet (metadata columns +
 feature_0000...); a shard file exists only when complete, so a restarted job skips what is done and
 never reads a partial file. When every shard is done, rank 0 writes the well-level aggregate and
-manifest.json (shards, rows, skipped images, job settings). A job restarted with other settings is
-refused rather than mixed.
+manifest.json (shards, rows, skipped images, job settings). job.json records the settings, the encoder's
+weights (sha256) and the data set's fingerprint; a job restarted with other settings, weights or data is
+refused rather than mixed. The output directory is locked: one job writes it at a time.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +19,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from maefast.io import atomic_path, write_json_atomic
+from maefast.errors import UserInputError
+from maefast.io import atomic_path, read_json, read_table, write_json_atomic
+from maefast.lock import OutputLock
+from maefast.records import changes, describe_changes
+from maefast.train.distributed import DistributedContext, barrier, run_on_main
 
 METADATA = ("id", "batch", "plate", "well", "site", "perturbation", "is_control")
 JOB_FILE, MANIFEST_FILE = "job.json", "manifest.json"
@@ -27,7 +31,8 @@ JOB_FILE, MANIFEST_FILE = "job.json", "manifest.json"
 
 @dataclass
 class EmbedSettings:
-    checkpoint: str
+    checkpoint: str               # where the encoder came from (compared through weights_sha256, not the path)
+    weights_sha256: str = ""      # the encoder's weights file
     pool: str = "mean"            # mean | cls
     per_channel: bool = False     # CA-MAE: mean per channel, concatenated
     tile_size: int = 256
@@ -38,12 +43,12 @@ class EmbedSettings:
 
     def validate(self) -> None:
         if self.pool not in ("mean", "cls"):
-            raise ValueError(f"pool must be 'mean' or 'cls', got {self.pool!r}")
+            raise UserInputError(f"pool must be 'mean' or 'cls', got {self.pool!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+            raise UserInputError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         for key in ("tile_size", "batch_size", "shard_size"):
             if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)}")
+                raise UserInputError(f"{key} must be a positive integer, got {getattr(self, key)}")
 
 
 def feature_columns(count: int) -> list[str]:
@@ -54,18 +59,29 @@ def shard_path(out: Path, index: int) -> Path:
     return out / "shards" / f"shard-{index:05d}.parquet"
 
 
-def check_job(out: Path, settings: EmbedSettings, dataset_size: int) -> None:
-    """Records the job's settings; refuses to continue a job that was started with other settings."""
-    record = {**asdict(settings), "channels": list(settings.channels), "images": dataset_size}
+def check_job(out: Path, settings: EmbedSettings, dataset) -> None:
+    """Records the job's settings, weights and data; refuses to continue a job started with other ones."""
+    record = {**asdict(settings), "data": dataset.fingerprint()}
     path = out / JOB_FILE
     if path.exists():
-        previous = json.loads(path.read_text())
-        changed = {k: (previous.get(k), v) for k, v in record.items() if previous.get(k) != v}
-        if changed:
-            raise ValueError(f"{out} holds an embedding job with other settings {changed} (old, new); "
-                             f"use another --out or the same settings")
+        differences = changes(read_json(path), record)
+        differences.pop("checkpoint", None)  # the same weights may come from another path
+        if differences:
+            raise UserInputError(f"{out} holds an embedding job with other settings, weights or data: "
+                                 f"{describe_changes(differences)}; use another --out or the same inputs")
     else:
         write_json_atomic(path, record)
+
+
+def start_job(out: Path, settings: EmbedSettings, dataset) -> OutputLock:
+    """Locks `out` for this job and checks it against the job it may continue."""
+    lock = OutputLock(out, "maefast embed")
+    try:
+        check_job(out, settings, dataset)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def embed_tiles(encoder, pixels: torch.Tensor, settings: EmbedSettings, autocast_dtype) -> torch.Tensor:
@@ -76,8 +92,9 @@ def embed_tiles(encoder, pixels: torch.Tensor, settings: EmbedSettings, autocast
 
 
 def embed_shard(encoder, dataset, rows: np.ndarray, settings: EmbedSettings, device, make_tiles, autocast_dtype,
-                progress) -> tuple[pd.DataFrame, list]:
-    """Embeddings of the images at `rows`: the mean over each image's tiles."""
+                progress) -> tuple[pd.DataFrame, list, int]:
+    """Embeddings of the images at `rows` (the mean over each image's tiles), the skipped images and the
+    number of tiles embedded."""
     subset = dataset.subset(rows)
     loader = make_tiles(subset)
     sums, counts = None, torch.zeros(len(rows), dtype=torch.float64)
@@ -93,8 +110,8 @@ def embed_shard(encoder, dataset, rows: np.ndarray, settings: EmbedSettings, dev
     done = counts > 0
     table = subset.table.loc[done.numpy()]
     if sums is None:  # every image of the shard was skipped
-        return site_table(table, np.zeros((0, 0), np.float32)), skipped
-    return site_table(table, (sums[done] / counts[done, None]).float().numpy()), skipped
+        return site_table(table, np.zeros((0, 0), np.float32)), skipped, 0
+    return site_table(table, (sums[done] / counts[done, None]).float().numpy()), skipped, int(counts.sum())
 
 
 def site_table(table: pd.DataFrame, features: np.ndarray) -> pd.DataFrame:
@@ -115,15 +132,25 @@ def aggregate_wells(sites: pd.DataFrame) -> pd.DataFrame:
     return wells.reset_index()[keys + carried + ["sites"] + features]
 
 
-def run_embedding(encoder, dataset, out, settings: EmbedSettings, make_tiles, device, rank: int = 0,
-                  world_size: int = 1, show_progress: bool = True, barrier=lambda: None) -> dict:
+def run_embedding(encoder, dataset, out, settings: EmbedSettings, make_tiles, device,
+                  context: DistributedContext | None = None, show_progress: bool = True) -> dict:
     """Embeds `dataset` into `out`; `make_tiles(subset)` gives an iterable of tile batches
-    (dict with pixels (N, C, s, s) and index (N,): each tile's row position within the subset)."""
+    (dict with pixels (N, C, s, s) and index (N,): each tile's row position within the subset).
+    context: this rank's place under torchrun (rank 0 holds the output lock and writes the aggregate)."""
     settings.validate()
-    out = Path(out)
-    if rank == 0:
-        check_job(out, settings, len(dataset))
-    barrier()
+    out, context = Path(out), context or DistributedContext(device=device)
+    lock = run_on_main(lambda: start_job(out, settings, dataset), context)
+    try:
+        return embed_shards(encoder, dataset, out, settings, make_tiles, device, context, show_progress)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def embed_shards(encoder, dataset, out: Path, settings: EmbedSettings, make_tiles, device,
+                 context: DistributedContext, show_progress: bool) -> dict:
+    """This rank's missing shards, then (rank 0, once every shard is there) the aggregate and manifest."""
+    rank, world_size = context.rank, context.world_size
     encoder = encoder.to(device).eval()
     precision = ("bf16" if device.type == "cuda" else "fp32") if settings.precision == "auto" else settings.precision
     autocast_dtype = torch.bfloat16 if precision == "bf16" else None
@@ -132,19 +159,22 @@ def run_embedding(encoder, dataset, out, settings: EmbedSettings, make_tiles, de
     tiles_per_image = (dataset.image_shape[0] // settings.tile_size) * (dataset.image_shape[1] // settings.tile_size)
     total_tiles = sum(min(settings.shard_size, len(dataset) - k * settings.shard_size) for k in mine) * tiles_per_image
     progress = tqdm(total=total_tiles, unit="crop", desc=f"embed rank {rank}", disable=not show_progress)
-    start, skipped_all = time.perf_counter(), []
+    start, skipped_all, crops = time.perf_counter(), [], 0
     for index in mine:
         rows = np.arange(index * settings.shard_size, min((index + 1) * settings.shard_size, len(dataset)))
-        frame, skipped = embed_shard(encoder, dataset, rows, settings, device, make_tiles, autocast_dtype, progress)
+        frame, skipped, shard_crops = embed_shard(encoder, dataset, rows, settings, device, make_tiles,
+                                                  autocast_dtype, progress)
+        crops += shard_crops
         with atomic_path(shard_path(out, index)) as temporary:
             frame.to_parquet(temporary, index=False)
         if skipped:
             write_json_atomic(shard_path(out, index).with_suffix(".skipped.json"), [str(s) for s in skipped])
         skipped_all.extend(skipped)
-        progress.set_postfix(crops_s=f"{progress.n / max(time.perf_counter() - start, 1e-9):.1f}")
+        progress.set_postfix(crops_s=f"{crops / max(time.perf_counter() - start, 1e-9):.1f}")
     progress.close()
-    barrier()
-    summary = {"num_shards": num_shards, "embedded_here": len(mine), "crops_per_s": progress.n / max(time.perf_counter() - start, 1e-9)}
+    barrier(context)
+    summary = {"num_shards": num_shards, "embedded_here": len(mine),
+               "crops_per_s": crops / max(time.perf_counter() - start, 1e-9)}
     if rank == 0:
         summary.update(finalize(out, num_shards))
     return summary
@@ -160,7 +190,7 @@ def finalize(out: Path, num_shards: int) -> dict:
         aggregate_wells(sites).to_parquet(temporary, index=False)
     skipped = []
     for path in sorted((out / "shards").glob("*.skipped.json")):
-        skipped.extend(json.loads(path.read_text()))
+        skipped.extend(read_json(path))
     manifest = {"complete": True, "shards": [shard_path(out, k).name for k in range(num_shards)],
                 "sites": len(sites), "features": len([c for c in sites.columns if c.startswith("feature_")]),
                 "skipped": skipped, "wells_file": "wells.parquet"}
@@ -174,8 +204,8 @@ def read_embeddings(out, level: str = "site", require_complete: bool = True) -> 
     if require_complete and not (out / MANIFEST_FILE).exists():
         raise FileNotFoundError(f"{out / MANIFEST_FILE} not found: the embedding job in {out} is not complete")
     if level == "well":
-        return pd.read_parquet(out / "wells.parquet")
+        return read_table(out / "wells.parquet")
     if level != "site":
-        raise ValueError(f"level must be 'site' or 'well', got {level!r}")
+        raise UserInputError(f"level must be 'site' or 'well', got {level!r}")
     shards = sorted((out / "shards").glob("shard-*.parquet"))
-    return pd.concat([pd.read_parquet(p) for p in shards], ignore_index=True)
+    return pd.concat([read_table(p) for p in shards], ignore_index=True)

@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from maefast.errors import UserInputError
 from maefast.evaluate.normalize import control_mask, feature_columns
 from maefast.evaluate.similarity import unit_rows
 
@@ -50,12 +51,12 @@ def replicate_consistency(
     perturbation has fewer than 2 replicates).
     """
     if n_null < 1:
-        raise ValueError(f"n_null must be at least 1, got {n_null}")
+        raise UserInputError(f"n_null must be at least 1, got {n_null}")
     controls = control_mask(table, perturbation_col, control_label)
     units = unit_rows(table[feature_columns(table, feature_cols)].to_numpy(np.float64))
     codes, names = pd.factorize(table.loc[~controls, perturbation_col], sort=True)
     if len(names) == 0:
-        raise ValueError(f"no perturbation rows besides the controls in {perturbation_col!r}")
+        raise UserInputError(f"no perturbation rows besides the controls in {perturbation_col!r}")
     sums = pd.DataFrame(units[~controls]).groupby(codes).sum().to_numpy()
     counts = np.bincount(codes, minlength=len(names))
     observed = mean_pair_cosine(sums, counts)
@@ -63,8 +64,8 @@ def replicate_consistency(
     control_units = units[controls]
     too_many = counts > len(control_units)
     if np.any(too_many):
-        raise ValueError(f"{names[np.argmax(too_many)]!r} has {counts.max()} replicates but there are only "
-                         f"{len(control_units)} control rows to build its null from")
+        raise UserInputError(f"{names[np.argmax(too_many)]!r} has {counts.max()} replicates but there are only "
+                             f"{len(control_units)} control rows to build its null from")
     rng = np.random.default_rng(seed)
     p_values = np.full(len(names), np.nan)
     for size in np.unique(counts[counts >= 2]):

@@ -18,6 +18,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from maefast.errors import UserInputError
+
 FEATURE_PREFIX = "feature_"
 TVN_REGULARIZATION = 0.5  # EFAAR adds 0.5 I to each batch's control covariance before whitening
 AGGREGATIONS = ("mean", "median")
@@ -28,18 +30,18 @@ def feature_columns(table: pd.DataFrame, feature_cols: Sequence[str] | None = No
     if feature_cols is None:
         columns = [c for c in table.columns if str(c).startswith(FEATURE_PREFIX)]
         if not columns:
-            raise ValueError(f"no feature columns: expected columns named {FEATURE_PREFIX}0, {FEATURE_PREFIX}1, "
-                             f"... or an explicit feature_cols; columns are {list(table.columns)[:10]}")
+            raise UserInputError(f"no feature columns: expected columns named {FEATURE_PREFIX}0, {FEATURE_PREFIX}1, "
+                                 f"... or an explicit feature_cols; columns are {list(table.columns)[:10]}")
         return columns
     missing = [c for c in feature_cols if c not in table.columns]
     if missing:
-        raise ValueError(f"unknown feature column(s) {missing[:5]}; columns are {list(table.columns)[:10]}")
+        raise UserInputError(f"unknown feature column(s) {missing[:5]}; columns are {list(table.columns)[:10]}")
     return list(feature_cols)
 
 
 def _require_column(table: pd.DataFrame, column: str, role: str) -> None:
     if column not in table.columns:
-        raise ValueError(f"unknown {role} column {column!r}; expected one of {list(table.columns)}")
+        raise UserInputError(f"unknown {role} column {column!r}; expected one of {list(table.columns)}")
 
 
 def control_mask(table: pd.DataFrame, perturbation_col: str, control_label: str | Sequence[str]) -> np.ndarray:
@@ -49,7 +51,7 @@ def control_mask(table: pd.DataFrame, perturbation_col: str, control_label: str 
     mask = table[perturbation_col].isin(labels).to_numpy()
     if not mask.any():
         seen = list(pd.unique(table[perturbation_col]))[:10]
-        raise ValueError(f"no control rows: no {perturbation_col!r} equal to {labels}; values include {seen}")
+        raise UserInputError(f"no control rows: no {perturbation_col!r} equal to {labels}; values include {seen}")
     return mask
 
 
@@ -59,7 +61,7 @@ def _batch_ids(table: pd.DataFrame, batch_col: str | None) -> tuple[np.ndarray, 
         return np.zeros(len(table), dtype=np.int64), ["all rows"]
     _require_column(table, batch_col, "batch")
     if table[batch_col].isna().any():
-        raise ValueError(f"batch column {batch_col!r} has {int(table[batch_col].isna().sum())} missing values")
+        raise UserInputError(f"batch column {batch_col!r} has {int(table[batch_col].isna().sum())} missing values")
     codes, names = pd.factorize(table[batch_col], sort=True)
     return codes, list(names)
 
@@ -68,7 +70,8 @@ def _batch_controls(batches: np.ndarray, controls: np.ndarray, batch: int, names
     rows = batches == batch
     count = int(np.sum(rows & controls))
     if count < minimum:
-        raise ValueError(f"batch {names[batch]!r} has {count} control rows; {step} needs at least {minimum} per batch")
+        raise UserInputError(f"batch {names[batch]!r} has {count} control rows; {step} needs at least {minimum} "
+                             f"per batch")
     return rows
 
 
@@ -93,7 +96,7 @@ def fit_pca(x: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray]:
     positive. The same subspace and scores as a full-SVD PCA (e.g. scikit-learn's) up to axis signs."""
     n, d = x.shape
     if not 1 <= n_components <= min(n, d):
-        raise ValueError(f"pca_components={n_components} must lie in [1, min(rows, features)] = [1, {min(n, d)}]")
+        raise UserInputError(f"pca_components={n_components} must lie in [1, min(rows, features)] = [1, {min(n, d)}]")
     mean = x.mean(axis=0)
     centered = x - mean
     values, vectors = np.linalg.eigh(centered.T @ centered)
@@ -117,8 +120,8 @@ def tvn_on_controls(x: np.ndarray, controls: np.ndarray, batches: np.ndarray | N
     """Typical variation normalization on the control rows (see the module docstring)."""
     n_controls, d = int(controls.sum()), x.shape[1]
     if n_controls <= d:
-        raise ValueError(f"TVN needs more control rows ({n_controls}) than feature dimensions ({d}); "
-                         "lower pca_components or turn TVN off")
+        raise UserInputError(f"TVN needs more control rows ({n_controls}) than feature dimensions ({d}); "
+                             "lower pca_components or turn TVN off")
     x = centerscale_on_controls(x, controls)
     x = pca_transform(x, *fit_pca(x[controls], d))
     x = centerscale_on_controls(x, controls)
@@ -148,12 +151,13 @@ def normalize_embeddings(
     columns = feature_columns(table, feature_cols)
     controls = control_mask(table, perturbation_col, control_label)
     if table[perturbation_col].isna().any():
-        raise ValueError(f"perturbation column {perturbation_col!r} has {int(table[perturbation_col].isna().sum())} "
-                         "missing values")
+        missing = int(table[perturbation_col].isna().sum())
+        raise UserInputError(f"perturbation column {perturbation_col!r} has {missing} "
+                             "missing values")
     batches, names = _batch_ids(table, batch_col)
     x = table[columns].to_numpy(dtype=np.float64)
     if not np.isfinite(x).all():
-        raise ValueError(f"feature columns have {int(np.sum(~np.isfinite(x)))} NaN or infinite values")
+        raise UserInputError(f"feature columns have {int(np.sum(~np.isfinite(x)))} NaN or infinite values")
 
     x = centerscale_on_controls(x, controls, batches, names)
     if pca_components:
@@ -179,12 +183,12 @@ def aggregate_map(
     Returns a DataFrame indexed by perturbation (index name `perturbation_col`), sorted by name.
     """
     if method not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {method!r}; expected one of {AGGREGATIONS}")
+        raise UserInputError(f"unknown aggregation {method!r}; expected one of {AGGREGATIONS}")
     _require_column(table, perturbation_col, "perturbation")
     columns = feature_columns(table, feature_cols)
     kept = table[~table[perturbation_col].isin(list(drop_labels))]
     if kept.empty:
-        raise ValueError(f"no rows left to aggregate after dropping {list(drop_labels)}")
+        raise UserInputError(f"no rows left to aggregate after dropping {list(drop_labels)}")
     return getattr(kept[columns].groupby(kept[perturbation_col], sort=True), method)()
 
 
@@ -204,7 +208,7 @@ def build_map(
     `keep_controls`). Returns a DataFrame indexed by perturbation with columns feature_0 ... feature_{K-1},
     ready for `relationship_recall`."""
     if aggregate not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {aggregate!r}; expected one of {AGGREGATIONS}")
+        raise UserInputError(f"unknown aggregation {aggregate!r}; expected one of {AGGREGATIONS}")
     normalized = normalize_embeddings(table, perturbation_col=perturbation_col, control_label=control_label,
                                       batch_col=batch_col, feature_cols=feature_cols,
                                       pca_components=pca_components, tvn=tvn)

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from maefast.errors import UserInputError
 from maefast.evaluate.relationships import MapScores, recall_column
 from maefast.evaluate.similarity import coarse_histogram
 from maefast.io import atomic_path
@@ -27,7 +28,7 @@ def recall_thresholds(table: pd.DataFrame) -> list[tuple[float, float]]:
     """The (lower, upper) pairs of a recall table's recall_<lower>_<upper> columns, in column order."""
     pairs = [tuple(map(float, m.groups())) for m in map(RECALL_COLUMN.match, map(str, table.columns)) if m]
     if not pairs:
-        raise ValueError(f"no recall_<lower>_<upper> columns in the table; columns are {list(table.columns)}")
+        raise UserInputError(f"no recall_<lower>_<upper> columns in the table; columns are {list(table.columns)}")
     return pairs
 
 
@@ -97,7 +98,7 @@ def plot_similarity_distributions(scores: MapScores, path: str | os.PathLike, bi
             density, _ = np.histogram(values, bins=edges, density=True)
             axes.stairs(density, edges, linewidth=1.5, label=f"{source} ({len(values):,})")
     if thresholds not in scores.threshold_values:
-        raise ValueError(f"thresholds {thresholds} were not scored; scored: {list(scores.threshold_values)}")
+        raise UserInputError(f"thresholds {thresholds} were not scored; scored: {list(scores.threshold_values)}")
     for k, cut_off in enumerate(scores.threshold_values[thresholds]):
         axes.axvline(cut_off, color="black", linestyle=":", linewidth=1,
                      label=f"all-pairs percentiles {thresholds[0]}, {thresholds[1]}" if k == 0 else None)
@@ -118,10 +119,10 @@ def plot_recall_vs_flops(table: pd.DataFrame, path: str | os.PathLike,
     column = recall_column(*thresholds)
     missing = {"checkpoint", "flops", "source", column} - set(table.columns)
     if missing:
-        raise ValueError(f"the scaling table lacks column(s) {sorted(missing)}; expected checkpoint, flops, "
-                         f"source, {column}")
+        raise UserInputError(f"the scaling table lacks column(s) {sorted(missing)}; expected checkpoint, flops, "
+                             f"source, {column}")
     if not (pd.to_numeric(table["flops"], errors="coerce") > 0).all():
-        raise ValueError("the scaling table's flops must be positive numbers")
+        raise UserInputError("the scaling table's flops must be positive numbers")
     figure = Figure(figsize=(6, 4))
     axes = figure.add_subplot()
     for source, rows in table.sort_values("flops").groupby("source", sort=False):
@@ -136,11 +137,11 @@ def plot_recall_vs_flops(table: pd.DataFrame, path: str | os.PathLike,
 
 def _sources(recalls: Mapping[str, pd.DataFrame], column: str) -> list[str]:
     if not recalls:
-        raise ValueError("no recall tables to plot")
+        raise UserInputError("no recall tables to plot")
     sources: list[str] = []
     for label, table in recalls.items():
         if "source" not in table.columns or column not in table.columns:
-            raise ValueError(f"recall table {label!r} lacks the columns 'source' and {column!r}")
+            raise UserInputError(f"recall table {label!r} lacks the columns 'source' and {column!r}")
         sources += [s for s in table["source"] if s not in sources]
     return sources
 

@@ -19,6 +19,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from maefast.errors import UserInputError
+from maefast.io import read_table
 from maefast.evaluate.similarity import SimilarityScan, scan_similarities
 
 KNOWN_SOURCES = ("CORUM", "HuMAP", "Reactome", "SIGNOR", "StringDB")
@@ -65,12 +67,12 @@ def load_relationships(source: str | os.PathLike) -> pd.DataFrame:
     elif os.path.exists(source):
         path = Path(source)
     else:
-        raise ValueError(f"unknown relationship source {source!r}: expected one of {', '.join(KNOWN_SOURCES)} "
-                         "or the path of a file with columns entity1,entity2")
-    table = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", dtype=str)
+        raise UserInputError(f"unknown relationship source {source!r}: expected one of {', '.join(KNOWN_SOURCES)} "
+                             "or the path of a file with columns entity1,entity2")
+    table = read_table(path, sep="\t" if path.suffix == ".tsv" else ",", dtype=str)
     missing = {"entity1", "entity2"} - set(table.columns)
     if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected a header entity1,entity2")
+        raise UserInputError(f"{path}: missing column(s) {sorted(missing)}; expected a header entity1,entity2")
     table = table.dropna(subset=["entity1", "entity2"])
     first, second = table["entity1"].to_numpy(), table["entity2"].to_numpy()
     swap = first > second
@@ -82,7 +84,7 @@ def check_thresholds(thresholds: Sequence[Sequence[float]]) -> list[tuple[float,
     checked = []
     for pair in thresholds:
         if len(pair) != 2 or not 0 < min(pair) < max(pair) < 1:
-            raise ValueError(f"threshold pair {tuple(pair)} must be two fractions 0 < lower < upper < 1")
+            raise UserInputError(f"threshold pair {tuple(pair)} must be two fractions 0 < lower < upper < 1")
         checked.append((float(min(pair)), float(max(pair))))
     return checked
 
@@ -92,15 +94,15 @@ def check_map(features: pd.DataFrame, min_entities: int = MIN_ENTITIES) -> None:
         raise TypeError(f"features must be a pandas DataFrame indexed by perturbation, got {type(features).__name__}")
     needed = max(min_entities, 2)
     if len(features) < needed:
-        raise ValueError(f"the map has {len(features)} entities; the benchmark needs at least {needed}")
+        raise UserInputError(f"the map has {len(features)} entities; the benchmark needs at least {needed}")
     duplicated = features.index[features.index.duplicated()].unique()
     if len(duplicated):
-        raise ValueError(f"the map index must name each perturbation once; repeated: {list(duplicated[:5])}")
+        raise UserInputError(f"the map index must name each perturbation once; repeated: {list(duplicated[:5])}")
     non_numeric = [c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
     if non_numeric:
-        raise ValueError(f"map columns must all be numeric features; not numeric: {non_numeric[:5]}")
+        raise UserInputError(f"map columns must all be numeric features; not numeric: {non_numeric[:5]}")
     if not np.isfinite(features.to_numpy(dtype=np.float64)).all():
-        raise ValueError("the map has NaN or infinite values")
+        raise UserInputError("the map has NaN or infinite values")
 
 
 def _threshold_ranks(lower: float, upper: float, n_pairs: int) -> tuple[int, int]:
@@ -133,7 +135,7 @@ def score_map(
         sources = [sources]
     names = [source_name(source) for source in sources]
     if not names or len(set(names)) != len(names):
-        raise ValueError(f"sources must be one or more distinct names; got {names}")
+        raise UserInputError(f"sources must be one or more distinct names; got {names}")
     position = pd.Series(np.arange(len(features)), index=features.index.astype(str))
     per_source = {}
     for name, source in zip(names, sources):

@@ -19,6 +19,8 @@ from typing import Iterator
 
 import numpy as np
 
+from maefast.errors import UserInputError
+
 ALL_PAIRS_BINS = 1 << 20  # bin width 2 / 2**20 ~ 1.9e-6: the second pass keeps a few thousand values
 DEFAULT_BLOCK_ELEMENTS = 1 << 23  # similarities held at once (64 MiB in float64)
 
@@ -37,7 +39,7 @@ def unit_rows(features: np.ndarray) -> np.ndarray:
     matrix = np.asarray(features, dtype=np.float64)
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     if np.any(norms == 0):
-        raise ValueError(f"{int(np.sum(norms == 0))} map rows are all zeros: cosine similarity is undefined")
+        raise UserInputError(f"{int(np.sum(norms == 0))} map rows are all zeros: cosine similarity is undefined")
     return matrix / norms
 
 
@@ -138,6 +140,6 @@ def coarse_histogram(histogram: np.ndarray, bins: int) -> tuple[np.ndarray, np.n
     Returns (counts, edges) like numpy.histogram over [-1, 1].
     """
     if ALL_PAIRS_BINS % bins:
-        raise ValueError(f"bins must divide {ALL_PAIRS_BINS}, got {bins}")
+        raise UserInputError(f"bins must divide {ALL_PAIRS_BINS}, got {bins}")
     counts = histogram.reshape(bins, -1).sum(axis=1)
     return counts, np.linspace(-1.0, 1.0, bins + 1)

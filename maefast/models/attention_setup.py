@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 
+from maefast.errors import UserInputError
 from maefast.models import layers
 from maefast.ops.attention import ATTENTION_BACKENDS, available_backends, time_backend
 
@@ -37,7 +38,7 @@ def attention_sites(model: torch.nn.Module) -> dict[str, list[layers.AttentionSi
 
 def check_attention_choice(choice: str) -> str:
     if choice not in ATTENTION_CHOICES:
-        raise ValueError(f"attention backend {choice!r} is not one of {', '.join(ATTENTION_CHOICES)}")
+        raise UserInputError(f"attention backend {choice!r} is not one of {', '.join(ATTENTION_CHOICES)}")
     return choice
 
 
@@ -48,7 +49,7 @@ def configure_attention(model: torch.nn.Module, choice: str | dict[str, str]) ->
     per_role = {role: choice for role in sites} if isinstance(choice, str) else dict(choice)
     unknown = sorted(set(per_role) - set(sites))
     if unknown:
-        raise ValueError(f"the model has no attention role(s) {unknown}; its roles are {sorted(sites)}")
+        raise UserInputError(f"the model has no attention role(s) {unknown}; its roles are {sorted(sites)}")
     for role, name in per_role.items():
         check_attention_choice(name)
         for site in sites[role]:

@@ -9,13 +9,14 @@ torch.load(weights_only=True).
 """
 from __future__ import annotations
 
-import json
+import pickle
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from maefast.io import atomic_path, write_json_atomic
+from maefast.errors import UserInputError
+from maefast.io import atomic_path, read_json, read_safetensors, write_json_atomic
 from maefast.models.registry import create_model, model_config_dict
 from maefast.models.vit import VisionTransformer
 
@@ -27,7 +28,7 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 REFERENCE_FIXED_KEYS = ("decoder.pos_embeddings", "decoder.placeholder")
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(UserInputError):
     """A checkpoint whose keys or shapes do not fit the model."""
 
 
@@ -41,15 +42,22 @@ def read_state_dict(source, trust_pickle: bool = False) -> dict[str, torch.Tenso
         if not path.exists():
             raise FileNotFoundError(f"checkpoint not found: {path}")
         if path.suffix == ".safetensors":
-            state = load_file(str(path))
+            state = read_safetensors(path)
         elif path.suffix in PICKLE_SUFFIXES:
             if not trust_pickle:
-                raise ValueError(f"{path} is a pickle file; maefast only opens pickles it is told to trust: "
-                                 f"pass trust_pickle=True (loaded with weights_only=True) or convert it to safetensors")
-            state = torch.load(path, map_location="cpu", weights_only=True)
+                raise UserInputError(f"{path} is a pickle file; maefast only opens pickles it is told to trust: "
+                                     f"pass trust_pickle=True (loaded with weights_only=True) or convert it to "
+                                     f"safetensors")
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except (RuntimeError, EOFError, pickle.UnpicklingError) as error:  # torch.load's ways to refuse a file
+                raise UserInputError(f"{path}: not a readable PyTorch weights file, damaged or holding more than "
+                                     f"tensors ({error})") from None
         else:
-            raise ValueError(f"{path}: unknown checkpoint format {path.suffix!r}; expected .safetensors or "
-                             f"one of {PICKLE_SUFFIXES}")
+            raise UserInputError(f"{path}: unknown checkpoint format {path.suffix!r}; expected .safetensors or "
+                                 f"one of {PICKLE_SUFFIXES}")
+    if not isinstance(state, dict):
+        raise UserInputError(f"{source}: expected a dict of tensors, got a {type(state).__name__}")
     for wrapper in ("state_dict", "model"):  # training checkpoints nest the weights
         if isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -90,7 +98,7 @@ def convert_reference(state: dict, model) -> dict:
 
 def to_model_layout(state: dict, model, layout: str) -> dict:
     if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        raise UserInputError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if layout == "auto":
         layout = detect_layout(state)
     if layout == "timm":
@@ -143,7 +151,7 @@ def pretrained_config(model, channel_names: list[str] | None = None, extra: dict
     """What config.json holds: the registry name and config that rebuild the model, channel names."""
     name = getattr(model, "model_name", None)
     if name is None:
-        raise ValueError("save_pretrained needs a model built by maefast.create_model (it records the name)")
+        raise UserInputError("save_pretrained needs a model built by maefast.create_model (it records the name)")
     config = model_config_dict(model)
     channel_names = list(channel_names or config.get("channel_names") or [])
     return {"format": "maefast", "model": name, "config": config, "channel_names": channel_names, **(extra or {})}
@@ -155,6 +163,8 @@ def from_pretrained(directory, **overrides):
     config_path = directory / CONFIG_FILE
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found: not a maefast checkpoint directory")
-    meta = json.loads(config_path.read_text())
+    meta = read_json(config_path)
+    if not (isinstance(meta, dict) and isinstance(meta.get("model"), str) and isinstance(meta.get("config"), dict)):
+        raise UserInputError(f"{config_path}: not a maefast model config (expected the keys model and config)")
     model = create_model(meta["model"], **{**meta["config"], **overrides})
     return load_pretrained(model, directory / WEIGHTS_FILE, layout="maefast")

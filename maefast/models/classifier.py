@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from maefast.errors import UserInputError
 from maefast.models.common import field_names, reject_unknown_options
 from maefast.models.vit import ViTConfig, VisionTransformer
 
@@ -29,11 +30,11 @@ class ClassifierConfig(ViTConfig):
     def validate(self) -> None:
         super().validate()
         if self.channel_agnostic:
-            raise ValueError("the WSL classifier uses a C-channel encoder; channel_agnostic must be False")
+            raise UserInputError("the WSL classifier uses a C-channel encoder; channel_agnostic must be False")
         if self.num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
+            raise UserInputError(f"num_classes must be at least 2, got {self.num_classes}")
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+            raise UserInputError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
     def encoder_config(self) -> ViTConfig:
         return ViTConfig(**{name: getattr(self, name) for name in field_names(ViTConfig)})
@@ -60,12 +61,12 @@ class WeaklySupervisedClassifier(nn.Module):
 
     def check_labels(self, labels: torch.Tensor, batch: int) -> None:
         if labels.shape != (batch,):
-            raise ValueError(f"labels must have shape ({batch},) for {batch} images, got {tuple(labels.shape)}")
+            raise UserInputError(f"labels must have shape ({batch},) for {batch} images, got {tuple(labels.shape)}")
         if labels.dtype != torch.int64:
             raise TypeError(f"labels must be int64 class indices, got {labels.dtype}")
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= self.config.num_classes:
-            raise ValueError(f"labels must be in [0, {self.config.num_classes}), got values in [{low}, {high}]")
+            raise UserInputError(f"labels must be in [0, {self.config.num_classes}), got values in [{low}, {high}]")
 
     def forward(self, pixels: torch.Tensor, labels: torch.Tensor | None = None):
         """Returns (loss or None, logits (B, num_classes), None)."""

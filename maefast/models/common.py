@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from maefast.errors import UnknownOptionError
+
 
 class PatchGrid:
     """For configs with img_size and patch_size: the side and size of the patch grid."""
@@ -24,8 +26,9 @@ def field_names(config_class) -> set[str]:
 
 
 def reject_unknown_options(overrides: dict, **options_by_part: set[str]) -> None:
-    """TypeError naming the options no part accepts, and each part's options (part names as given)."""
+    """UnknownOptionError (a TypeError) naming the options no part accepts, and each part's options (part
+    names as given)."""
     unknown = set(overrides).difference(*options_by_part.values())
     if unknown:
         listed = ", ".join(f"{part.replace('_', '-')} options: {sorted(names)}" for part, names in options_by_part.items())
-        raise TypeError(f"unknown model option(s) {sorted(unknown)}; {listed}")
+        raise UnknownOptionError(f"unknown model option(s) {sorted(unknown)}; {listed}")

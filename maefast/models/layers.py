@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from maefast.errors import UserInputError
 from maefast.ops import attention
 
 LAYER_NORM_EPS = 1e-6
@@ -91,7 +92,7 @@ class ParallelBlock(AttentionSite):
                  qk_norm: bool = True, init_values: float | None = 1e-4, drop_path: float = 0.0):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+            raise UserInputError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         mlp_hidden = int(mlp_ratio * dim)
@@ -188,7 +189,7 @@ def sincos_position_embedding(dim: int, grid_side: int, repeats: int = 1, scale:
     w_i = scale ** (-i / (dim / 4)), i < dim / 4. `repeats` tiles the grid (once per channel for CA-MAE).
     """
     if dim % 4:
-        raise ValueError(f"sin-cos position embedding needs a dimension divisible by 4, got {dim}")
+        raise UserInputError(f"sin-cos position embedding needs a dimension divisible by 4, got {dim}")
     quarter = dim // 4
     frequencies = 1.0 / scale ** (torch.arange(quarter, dtype=torch.float32) / quarter)
     coords = torch.arange(grid_side, dtype=torch.float32)

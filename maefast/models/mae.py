@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from maefast.errors import UserInputError
+from maefast.fields import check_field_types
 from maefast.models.layers import Block, CrossAttention, Mlp, layer_norm, sincos_position_embedding
 from maefast.models.vit import ViTConfig, VisionTransformer
 from maefast.ops import mae_loss, masked_targets, random_masking, unshuffle
@@ -33,12 +35,13 @@ class MAEConfig:
     fourier_weight: float = DEFAULT_FOURIER_WEIGHT
 
     def validate(self) -> None:
+        check_field_types(self)
         self.encoder.validate()
         check_mask_ratio(self.mask_ratio)
         check_fourier_weight(self.fourier_weight)
         if self.decoder_embed_dim % self.decoder_num_heads:
-            raise ValueError(f"decoder_embed_dim {self.decoder_embed_dim} is not divisible by "
-                             f"decoder_num_heads {self.decoder_num_heads}")
+            raise UserInputError(f"decoder_embed_dim {self.decoder_embed_dim} is not divisible by "
+                                 f"decoder_num_heads {self.decoder_num_heads}")
 
 
 class MAEDecoder(nn.Module):

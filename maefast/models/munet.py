@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from maefast.errors import UserInputError
+from maefast.fields import check_field_types
 from maefast.models.common import PatchGrid, field_names, reject_unknown_options
 from maefast.ops import mae_loss, masked_targets, patchify, random_masking, self_standardize, unpatchify
 from maefast.ops.mae_loss import DEFAULT_FOURIER_WEIGHT, check_fourier_weight
@@ -43,25 +45,27 @@ class MUNetConfig(PatchGrid):
     channel_names: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
+        check_field_types(self)
         if len(self.widths) < 2:
-            raise ValueError(f"widths needs at least 2 entries (one stage and the bottleneck), got {self.widths}")
+            raise UserInputError(f"widths needs at least 2 entries (one stage and the bottleneck), got {self.widths}")
         if len(self.depths) != len(self.widths) - 1:
-            raise ValueError(f"depths needs one entry per stage before the bottleneck ({len(self.widths) - 1} "
-                             f"for widths {self.widths}), got {self.depths}")
+            raise UserInputError(f"depths needs one entry per stage before the bottleneck ({len(self.widths) - 1} "
+                                 f"for widths {self.widths}), got {self.depths}")
         if any(d < 1 for d in self.depths) or self.bottleneck_depth < 1:
-            raise ValueError(f"depths and bottleneck_depth must be >= 1, got {self.depths}, {self.bottleneck_depth}")
+            raise UserInputError(f"depths and bottleneck_depth must be >= 1, got {self.depths}, "
+                                 f"{self.bottleneck_depth}")
         bad = [w for w in self.widths if w < 1 or w % self.norm_groups]
         if bad:
-            raise ValueError(f"widths {bad} are not positive multiples of norm_groups {self.norm_groups}")
+            raise UserInputError(f"widths {bad} are not positive multiples of norm_groups {self.norm_groups}")
         if self.in_chans < 1:
-            raise ValueError(f"in_chans must be positive, got {self.in_chans}")
+            raise UserInputError(f"in_chans must be positive, got {self.in_chans}")
         if self.img_size % self.patch_size:
-            raise ValueError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
+            raise UserInputError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
         if self.img_size % self.downsampling:
-            raise ValueError(f"img_size {self.img_size} is not divisible by {self.downsampling}, the U-Net's "
-                             f"total downsampling for {len(self.widths)} widths")
+            raise UserInputError(f"img_size {self.img_size} is not divisible by {self.downsampling}, the U-Net's "
+                                 f"total downsampling for {len(self.widths)} widths")
         if self.channel_names and len(self.channel_names) != self.in_chans:
-            raise ValueError(f"{len(self.channel_names)} channel_names given for in_chans={self.in_chans}")
+            raise UserInputError(f"{len(self.channel_names)} channel_names given for in_chans={self.in_chans}")
         check_mask_ratio(self.mask_ratio)
         check_fourier_weight(self.fourier_weight)
 
@@ -151,14 +155,14 @@ class MaskedUNet(nn.Module):
     def check_pixels(self, pixels: torch.Tensor) -> None:
         config = self.config
         if pixels.ndim != 4:
-            raise ValueError(f"expected images (B, C, H, W), got shape {tuple(pixels.shape)}")
+            raise UserInputError(f"expected images (B, C, H, W), got shape {tuple(pixels.shape)}")
         channels, height, width = pixels.shape[1:]
         if channels != config.in_chans:
-            raise ValueError(f"model expects {config.in_chans} channels, got {channels}")
+            raise UserInputError(f"model expects {config.in_chans} channels, got {channels}")
         if height != width:
-            raise ValueError(f"images must be square, got {height}x{width}")
+            raise UserInputError(f"images must be square, got {height}x{width}")
         if height != config.img_size:
-            raise ValueError(f"model expects {config.img_size}x{config.img_size} images, got {height}x{width}")
+            raise UserInputError(f"model expects {config.img_size}x{config.img_size} images, got {height}x{width}")
 
     # -- forward -----------------------------------------------------------------------------------
     def encode(self, inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+from maefast.errors import UnknownOptionError, UserInputError
 from maefast.models.classifier import classifier_factory
 from maefast.models.common import field_names, reject_unknown_options
 from maefast.models.mae import MAEConfig, MaskedAutoencoder
@@ -52,7 +53,7 @@ def encoder_factory(encoder_fields: dict, channel_agnostic: bool = False):
     def build(**overrides):
         encoder_overrides, mae_overrides = split_overrides(overrides)
         if mae_overrides:
-            raise TypeError(f"an encoder takes no MAE options, got {sorted(mae_overrides)}")
+            raise UnknownOptionError(f"an encoder takes no MAE options, got {sorted(mae_overrides)}")
         return VisionTransformer(ViTConfig(**{**encoder_fields, "channel_agnostic": channel_agnostic,
                                               **encoder_overrides}))
     return build
@@ -77,7 +78,7 @@ for _name, _fields in ENCODERS.items():
 def create_model(name: str, **overrides):
     """Builds a registered model; `list_models()` names them all."""
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+        raise UserInputError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
     model = _REGISTRY[name](**overrides)
     model.model_name = name
     return model
@@ -99,7 +100,7 @@ def encoder_name(mae_name: str) -> str:
         return "ca_" + mae_name.removeprefix("camae_")
     if mae_name.startswith("mae_"):
         return mae_name.removeprefix("mae_")
-    raise ValueError(f"{mae_name!r} is not an MAE model name (mae_* or camae_*)")
+    raise UserInputError(f"{mae_name!r} is not an MAE model name (mae_* or camae_*)")
 
 
 # -- baselines (issue 7): masked U-Nets and weakly supervised ViT classifiers (need num_classes=...)

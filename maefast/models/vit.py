@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from maefast.errors import UserInputError
+from maefast.fields import check_field_types
 from maefast.models.common import PatchGrid
 from maefast.models.layers import ParallelBlock, layer_norm, sincos_position_embedding
 from maefast.ops import all_tokens, tokenize
@@ -38,17 +40,18 @@ class ViTConfig(PatchGrid):
     channel_names: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
+        check_field_types(self)
         if self.img_size % self.patch_size:
-            raise ValueError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
+            raise UserInputError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
         if self.global_pool not in GLOBAL_POOLS:
-            raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {self.global_pool!r}")
+            raise UserInputError(f"global_pool must be one of {GLOBAL_POOLS}, got {self.global_pool!r}")
         if self.in_chans < 1 or self.max_in_chans < 1:
-            raise ValueError(f"channel counts must be positive, got in_chans={self.in_chans}, "
-                             f"max_in_chans={self.max_in_chans}")
+            raise UserInputError(f"channel counts must be positive, got in_chans={self.in_chans}, "
+                                 f"max_in_chans={self.max_in_chans}")
         if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+            raise UserInputError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if self.channel_names and len(self.channel_names) != self.in_chans:
-            raise ValueError(f"{len(self.channel_names)} channel_names given for in_chans={self.in_chans}")
+            raise UserInputError(f"{len(self.channel_names)} channel_names given for in_chans={self.in_chans}")
 
 
 class VisionTransformer(nn.Module):
@@ -95,20 +98,20 @@ class VisionTransformer(nn.Module):
     def check_pixels(self, pixels: torch.Tensor) -> None:
         config = self.config
         if pixels.ndim != 4:
-            raise ValueError(f"expected images (B, C, H, W), got shape {tuple(pixels.shape)}")
+            raise UserInputError(f"expected images (B, C, H, W), got shape {tuple(pixels.shape)}")
         channels, height, width = pixels.shape[1:]
         if config.channel_agnostic:
             if not 1 <= channels <= config.max_in_chans:
-                raise ValueError(f"channel-agnostic model takes 1 to {config.max_in_chans} channels, "
-                                 f"got {channels}")
+                raise UserInputError(f"channel-agnostic model takes 1 to {config.max_in_chans} channels, "
+                                     f"got {channels}")
         elif channels != config.in_chans:
-            raise ValueError(f"model expects {config.in_chans} channels, got {channels}")
+            raise UserInputError(f"model expects {config.in_chans} channels, got {channels}")
         if height != width:
-            raise ValueError(f"images must be square, got {height}x{width}")
+            raise UserInputError(f"images must be square, got {height}x{width}")
         if height % config.patch_size:
-            raise ValueError(f"image size {height} is not divisible by patch size {config.patch_size}")
+            raise UserInputError(f"image size {height} is not divisible by patch size {config.patch_size}")
         if height != config.img_size:
-            raise ValueError(f"model expects {config.img_size}x{config.img_size} images, got {height}x{width}")
+            raise UserInputError(f"model expects {config.img_size}x{config.img_size} images, got {height}x{width}")
 
     def num_tokens(self, channels: int) -> int:
         return self.config.num_patches * (channels if self.config.channel_agnostic else 1)
@@ -154,14 +157,14 @@ class VisionTransformer(nn.Module):
         features = self.forward_features(pixels)
         if pool == "cls":
             if per_channel:
-                raise ValueError("per_channel pooling needs pool='mean'")
+                raise UserInputError("per_channel pooling needs pool='mean'")
             return features[:, 0]
         if pool != "mean":
-            raise ValueError(f"pool must be 'mean' or 'cls', got {pool!r}")
+            raise UserInputError(f"pool must be 'mean' or 'cls', got {pool!r}")
         patches = features[:, self.num_prefix_tokens:]
         if not per_channel:
             return patches.mean(dim=1)
         if not self.config.channel_agnostic:
-            raise ValueError("per_channel pooling needs a channel-agnostic model")
+            raise UserInputError("per_channel pooling needs a channel-agnostic model")
         b, _, d = patches.shape
         return patches.reshape(b, pixels.shape[1], -1, d).mean(dim=2).reshape(b, -1)

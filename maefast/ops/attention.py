@@ -28,6 +28,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from maefast.errors import UserInputError
 from maefast.ops.backend import forced_backend
 
 SDPA_KERNELS = ("cudnn", "flash", "efficient", "math")
@@ -179,7 +180,7 @@ def backend_fn(name: str):
         return _flash_attn("flash_attn")
     if name == "fa3":
         return _flash_attn("flash_attn_interface")
-    raise ValueError(f"unknown attention backend {name!r}; expected 'auto' or one of {ATTENTION_BACKENDS}")
+    raise UserInputError(f"unknown attention backend {name!r}; expected 'auto' or one of {ATTENTION_BACKENDS}")
 
 
 def _norm_params(norm, head_dim: int):

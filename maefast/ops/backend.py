@@ -19,6 +19,8 @@ from contextlib import contextmanager
 
 import torch
 
+from maefast.errors import UserInputError
+
 try:
     from maefast import _C as _cpp_module
 except ImportError:  # built by pip install; without it the CPU ops run their reference
@@ -34,7 +36,7 @@ _override: list[str] = []
 def use_backend(name: str):
     """Forces every op to `name` inside the block (like MAEFAST_BACKEND), e.g. for baselines."""
     if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+        raise UserInputError(f"backend must be one of {BACKENDS}, got {name!r}")
     _override.append(name)
     try:
         yield
@@ -49,7 +51,7 @@ def forced_backend() -> str | None:
     if not value:
         return None
     if value not in BACKENDS:
-        raise ValueError(f"MAEFAST_BACKEND={value!r} is not a backend; expected one of {BACKENDS}")
+        raise UserInputError(f"MAEFAST_BACKEND={value!r} is not a backend; expected one of {BACKENDS}")
     return value
 
 
@@ -82,7 +84,7 @@ def why_unavailable(backend: str, device_type: str) -> str | None:
         if device_type == "cuda" or (device_type == "cpu" and triton_interpreting()):
             return None
         return f"triton needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors), these are on {device_type}"
-    raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    raise UserInputError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
 
 
 _warned: set[tuple[str, str]] = set()

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import torch
 
+from maefast.errors import UserInputError
 from maefast.ops.backend import select_backend
 
 IMPLEMENTED = ("reference", "triton")
@@ -66,7 +67,7 @@ def mae_loss_reference(pred, target, *, channels: int, norm_pix_loss: bool = Fal
 
 def check_fourier_weight(fourier_weight: float) -> None:
     if not (0.0 <= fourier_weight < 1.0):
-        raise ValueError(f"fourier_weight must be in [0, 1), got {fourier_weight}")
+        raise UserInputError(f"fourier_weight must be in [0, 1), got {fourier_weight}")
 
 
 @torch.library.custom_op("maefast::mae_loss", mutates_args=())
@@ -121,9 +122,9 @@ def mae_loss(pred, target, *, channels: int, norm_pix_loss: bool = False,
              fourier_weight: float = DEFAULT_FOURIER_WEIGHT, backend: str | None = None) -> MAELoss:
     check_fourier_weight(fourier_weight)
     if pred.shape != target.shape:
-        raise ValueError(f"mae_loss: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+        raise UserInputError(f"mae_loss: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
     if pred.shape[-1] % channels or math.isqrt(pred.shape[-1] // channels) ** 2 != pred.shape[-1] // channels:
-        raise ValueError(f"mae_loss: patch size {pred.shape[-1]} is not p*p*channels for channels={channels}")
+        raise UserInputError(f"mae_loss: patch size {pred.shape[-1]} is not p*p*channels for channels={channels}")
     backend = backend or select_backend("mae_loss", pred.device, IMPLEMENTED)
     if backend == "reference" or pred.shape[1] == 0 or target.requires_grad:
         return mae_loss_reference(pred, target, channels=channels, norm_pix_loss=norm_pix_loss,

@@ -10,6 +10,8 @@ from typing import NamedTuple
 
 import torch
 
+from maefast.errors import UserInputError
+
 
 class Mask(NamedTuple):
     keep_idx: torch.Tensor    # (B, K) int64, token ids the encoder sees, in shuffled order
@@ -24,7 +26,7 @@ def num_kept(num_tokens: int, mask_ratio: float) -> int:
 
 def check_mask_ratio(mask_ratio: float) -> None:
     if not (0.0 <= float(mask_ratio) < 1.0):
-        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        raise UserInputError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
 
 
 def random_masking(batch: int, num_tokens: int, mask_ratio: float, *, device=None,
@@ -33,7 +35,7 @@ def random_masking(batch: int, num_tokens: int, mask_ratio: float, *, device=Non
     if noise is None:
         noise = torch.rand(batch, num_tokens, device=device, generator=generator)
     elif noise.shape != (batch, num_tokens):
-        raise ValueError(f"noise must have shape {(batch, num_tokens)}, got {tuple(noise.shape)}")
+        raise UserInputError(f"noise must have shape {(batch, num_tokens)}, got {tuple(noise.shape)}")
     order = torch.argsort(noise, dim=1)
     keep_idx, masked_idx = order[:, :keep], order[:, keep:]
     mask = torch.ones(batch, num_tokens, device=order.device)

@@ -10,8 +10,6 @@ Both are decided once, at setup, outside any traced region, and the same way on 
 """
 from __future__ import annotations
 
-import json
-
 import torch
 
 from maefast.io import write_json_atomic
@@ -60,10 +58,3 @@ def choose_attention(model, requested: str, batch_shape: tuple[int, int, int], d
 
 def record_attention(out_dir, attention: dict) -> None:
     write_json_atomic(out_dir / ATTENTION_FILE, attention)
-
-
-def recorded_attention(meta_path) -> dict | None:
-    """The attention record a checkpoint's meta.json holds, or None (a checkpoint of an older run)."""
-    if not meta_path.exists():
-        return None
-    return json.loads(meta_path.read_text()).get("attention")

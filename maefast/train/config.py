@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from maefast.errors import UserInputError
+from maefast.fields import check_field_types
 from maefast.models.attention_setup import ATTENTION_CHOICES
 
 
@@ -28,7 +30,7 @@ class ModelSection:
 class DataSection:
     path: str = ""                 # dataset root; empty: a synthetic screen rendered into <out>/data
     layout: str = "auto"           # auto | rxrx | jump | packed
-    channels: list = field(default_factory=list)  # names to select / reorder; empty: all, in stored order
+    channels: list[str] = field(default_factory=list)  # names to select / reorder; empty: all, in stored order
     crop_size: int = 256
     crops_per_image: int = 1
     batch_size: int = 32
@@ -44,7 +46,7 @@ class OptimSection:
     name: str = "lion"             # lion | adamw
     lr: float = 1e-4
     weight_decay: float = 0.05
-    betas: tuple = (0.9, 0.95)
+    betas: tuple[float, float] = (0.9, 0.95)
     warmup_fraction: float = 0.1   # one-cycle: linear warm-up, then cosine decay to min_lr_ratio * lr
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0         # max global grad norm; 0 disables
@@ -104,8 +106,8 @@ def read_recipe(name_or_path: str) -> dict:
     if path.suffix in (".yaml", ".yml") and path.exists():
         return yaml.safe_load(path.read_text()) or {}
     if name_or_path not in recipe_names():
-        raise ValueError(f"unknown recipe {name_or_path!r}; built-in recipes: {', '.join(recipe_names())} "
-                         f"(or a path to a .yaml file)")
+        raise UserInputError(f"unknown recipe {name_or_path!r}; built-in recipes: {', '.join(recipe_names())} "
+                             f"(or a path to a .yaml file)")
     return yaml.safe_load(resources.files("maefast.recipes").joinpath(f"{name_or_path}.yaml").read_text()) or {}
 
 
@@ -132,11 +134,11 @@ def coerce_numbers(cls, values: dict) -> dict:
 
 def apply_override(raw: dict, assignment: str) -> None:
     if "=" not in assignment:
-        raise ValueError(f"--set takes key=value (e.g. optim.lr=3e-5), got {assignment!r}")
+        raise UserInputError(f"--set takes key=value (e.g. optim.lr=3e-5), got {assignment!r}")
     key, value = assignment.split("=", 1)
     parts = key.strip().split(".")
     if len(parts) < 2 or parts[0] not in SECTIONS:
-        raise ValueError(f"--set key {key!r} must start with one of {sorted(SECTIONS)} (e.g. run.max_steps)")
+        raise UserInputError(f"--set key {key!r} must start with one of {sorted(SECTIONS)} (e.g. run.max_steps)")
     node = raw
     for part in parts[:-1]:
         node = node.setdefault(part, {})
@@ -152,14 +154,14 @@ def build_config(raw: dict) -> TrainConfig:
     sections = {}
     for name, value in raw.items():
         if name not in SECTIONS:
-            raise ValueError(f"unknown config section {name!r}; sections are {sorted(SECTIONS)}")
+            raise UserInputError(f"unknown config section {name!r}; sections are {sorted(SECTIONS)}")
     for name, cls in SECTIONS.items():
         values = dict(raw.get(name) or {})
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown key(s) {[f'{name}.{k}' for k in unknown]}; {name} keys are {sorted(known)}")
-        if name == "optim" and "betas" in values:
+            raise UserInputError(f"unknown key(s) {[f'{name}.{k}' for k in unknown]}; {name} keys are {sorted(known)}")
+        if name == "optim" and isinstance(values.get("betas"), list):
             values["betas"] = tuple(values["betas"])
         sections[name] = cls(**coerce_numbers(cls, values))
     config = TrainConfig(**sections)
@@ -168,44 +170,46 @@ def build_config(raw: dict) -> TrainConfig:
 
 
 def validate(config: TrainConfig) -> None:
+    for name in SECTIONS:
+        check_field_types(getattr(config, name), prefix=f"{name}.")
     flat = {f"{section}.{key}": value for section, values in config.to_dict().items() for key, value in values.items()}
     for key, allowed in CHOICES.items():
         if flat[key] not in allowed:
-            raise ValueError(f"{key}={flat[key]!r} is not allowed; choose one of {allowed}")
+            raise UserInputError(f"{key}={flat[key]!r} is not allowed; choose one of {allowed}")
     for key in POSITIVE:
-        if not isinstance(flat[key], int) or flat[key] < 1:
-            raise ValueError(f"{key}={flat[key]!r} must be a positive integer")
+        if flat[key] < 1:
+            raise UserInputError(f"{key}={flat[key]!r} must be a positive integer")
     optim = config.optim
-    if not (isinstance(optim.lr, (int, float)) and optim.lr > 0):
-        raise ValueError(f"optim.lr={optim.lr!r} must be a positive number")
+    if optim.lr <= 0:
+        raise UserInputError(f"optim.lr={optim.lr!r} must be a positive number")
     if optim.weight_decay < 0:
-        raise ValueError(f"optim.weight_decay={optim.weight_decay!r} must be >= 0")
-    if len(optim.betas) != 2 or not all(0 <= b < 1 for b in optim.betas):
-        raise ValueError(f"optim.betas={list(optim.betas)!r} must be two numbers in [0, 1)")
+        raise UserInputError(f"optim.weight_decay={optim.weight_decay!r} must be >= 0")
+    if not all(0 <= b < 1 for b in optim.betas):
+        raise UserInputError(f"optim.betas={list(optim.betas)!r} must be two numbers in [0, 1)")
     if not 0 <= optim.warmup_fraction < 1:
-        raise ValueError(f"optim.warmup_fraction={optim.warmup_fraction!r} must be in [0, 1)")
+        raise UserInputError(f"optim.warmup_fraction={optim.warmup_fraction!r} must be in [0, 1)")
     if not 0 <= optim.min_lr_ratio <= 1:
-        raise ValueError(f"optim.min_lr_ratio={optim.min_lr_ratio!r} must be in [0, 1]")
+        raise UserInputError(f"optim.min_lr_ratio={optim.min_lr_ratio!r} must be in [0, 1]")
     if optim.grad_clip < 0:
-        raise ValueError(f"optim.grad_clip={optim.grad_clip!r} must be >= 0 (0 disables clipping)")
+        raise UserInputError(f"optim.grad_clip={optim.grad_clip!r} must be >= 0 (0 disables clipping)")
     from maefast.models.registry import create_model, input_config, list_models
     if config.model.name not in list_models():
-        raise ValueError(f"model.name={config.model.name!r} is not a registered model; "
-                         f"trainable models: {[m for m in list_models() if m.startswith(TRAINABLE_PREFIXES)]}")
+        raise UserInputError(f"model.name={config.model.name!r} is not a registered model; "
+                             f"trainable models: {[m for m in list_models() if m.startswith(TRAINABLE_PREFIXES)]}")
     if not config.model.name.startswith(TRAINABLE_PREFIXES):
-        raise ValueError(f"model.name={config.model.name!r}: training needs an MAE, CA-MAE, MU-Net or weakly "
-                         f"supervised model (named mae_*, camae_*, munet_* or wsl_*)")
+        raise UserInputError(f"model.name={config.model.name!r}: training needs an MAE, CA-MAE, MU-Net or weakly "
+                             f"supervised model (named mae_*, camae_*, munet_* or wsl_*)")
     overrides = dict(config.model.overrides)
     if config.model.name.startswith("wsl_"):
         overrides.setdefault("num_classes", 2)  # the trainer sets it from the data set's perturbations
     try:
         with torch.device("meta"):  # checks every model value without allocating weights
             model = create_model(config.model.name, **overrides)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"model.overrides: {error}") from None
+    except UserInputError as error:
+        raise UserInputError(f"model.overrides: {error}") from None
     img_size = input_config(model).img_size
     if config.data.crop_size != img_size:
-        raise ValueError(f"data.crop_size={config.data.crop_size} must equal the model's img_size {img_size}")
+        raise UserInputError(f"data.crop_size={config.data.crop_size} must equal the model's img_size {img_size}")
 
 
 def load_config(recipe: str, assignments: list[str] | None = None) -> TrainConfig:

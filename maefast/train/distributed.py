@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from maefast.errors import UserInputError
+
 
 @dataclass
 class DistributedContext:
@@ -30,7 +32,7 @@ class DistributedContext:
 def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise ValueError("run.device=cuda but no CUDA device is visible")
+            raise UserInputError("run.device=cuda but no CUDA device is visible")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
@@ -71,6 +73,23 @@ def any_rank(flag: bool, context: DistributedContext) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=context.device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item() > 0)
+
+
+def run_on_main(function, context: DistributedContext):
+    """`function()` on rank 0 only (None elsewhere). Every rank learns whether it raised, so that no rank
+    waits in a collective for a rank 0 that stopped: rank 0 re-raises its error, the others raise one that
+    points to it."""
+    result, error = None, None
+    if context.is_main:
+        try:
+            result = function()
+        except Exception as caught:  # re-raised below, once every rank knows
+            error = caught
+    if any_rank(error is not None, context):
+        if error is not None:
+            raise error
+        raise UserInputError(f"rank {context.rank}: stopping because rank 0 stopped (its output says why)")
+    return result
 
 
 def mean_over_ranks(value: float, context: DistributedContext) -> float:

@@ -12,45 +12,76 @@ import yaml
 from torch.distributed.checkpoint.state_dict import get_model_state_dict
 from tqdm import tqdm
 
+from maefast.errors import UserInputError
 from maefast.flops import model_training_flops
 from maefast.io import atomic_path, write_json_atomic
+from maefast.lock import OutputLock
 from maefast.models.checkpoint import pretrained_config, save_pretrained
 from maefast.models.registry import create_model, encoder_name, input_config
+from maefast.records import describe_changes
 from maefast.train import distributed as dist_utils
-from maefast.train.acceleration import choose_attention, compile_enabled, record_attention, recorded_attention
+from maefast.train.acceleration import choose_attention, compile_enabled, record_attention
 from maefast.train.config import TrainConfig
 from maefast.train.data import build_train_loader
 from maefast.train.observe import (
     ScalarLog, Throughput, measure_matmul_rate, save_loss_curve, save_reconstruction_grid,
 )
 from maefast.train.optim import build_optimizer, build_scheduler
-from maefast.train.state import FULL, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from maefast.train.resume import check_config, check_data, record_config
+from maefast.train.state import (
+    FULL, Checkpoint, checkpoint_dirs, checkpoint_root, newest_intact_checkpoint, restore_checkpoint, rng_state,
+    save_checkpoint, set_rng_state,
+)
 
 
 def transformer_blocks(model) -> list:
     """The blocks activation checkpointing wraps (ViT encoders and MAE decoders)."""
     if not hasattr(model, "encoder"):
-        raise ValueError(f"run.activation_checkpointing applies to transformer models, not {type(model).__name__}")
+        raise UserInputError(f"run.activation_checkpointing applies to transformer models, not "
+                             f"{type(model).__name__}")
     return list(model.encoder.blocks) + list(getattr(getattr(model, "decoder", None), "blocks", []))
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(UserInputError, RuntimeError):
     """Too many consecutive non-finite losses: the run stops, naming the step and the images."""
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, out_dir, resume: bool = False, show_progress: bool = True):
+    """A run in `out_dir`, which it holds exclusively (rank 0 holds the lock) until close().
+
+    recipe: the recipe's name or path, recorded with the run. resume: continue from the newest intact
+    checkpoint, with the config and data it was trained with; allow_config_change lets the resume continue
+    with other config values (not another model, optimizer or data set), recorded in config_history.json.
+    """
+
+    def __init__(self, config: TrainConfig, out_dir, resume: bool = False, show_progress: bool = True,
+                 recipe: str | None = None, allow_config_change: bool = False):
         self.config, self.out = config, Path(out_dir)
-        self.show_progress = show_progress
-        run = config.run
-        self.context = dist_utils.init_distributed(run.device)
+        self.show_progress, self.recipe = show_progress, recipe
+        self.context = dist_utils.init_distributed(config.run.device)
+        self.lock = dist_utils.run_on_main(lambda: OutputLock(self.out, "maefast train"), self.context)
+        try:
+            self.setup(resume, allow_config_change)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Releases the run directory for the next job."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def setup(self, resume: bool, allow_config_change: bool) -> None:
+        config, run = self.config, self.config.run
         device = self.context.device
-        checkpoint = latest_checkpoint(self.out)
-        if checkpoint is not None and not resume:
-            raise ValueError(f"{self.out} already holds checkpoints (latest {checkpoint.name}); pass --resume to "
-                             f"continue that run or choose another --out")
+        checkpoint = self.checkpoint_to_resume(resume)
+        changes = {} if checkpoint is None else check_config(checkpoint.meta, config, self.recipe,
+                                                              allow_config_change, checkpoint.path)
         self.precision = ("bf16" if device.type == "cuda" else "fp32") if run.precision == "auto" else run.precision
         self.loader = build_train_loader(config, self.out, self.context)
+        self.data_fingerprint = self.loader.dataset.fingerprint()
+        if checkpoint is not None:
+            check_data(checkpoint.meta, self.data_fingerprint, checkpoint.path)
         self.channel_names = list(self.loader.dataset.channels)
         overrides = dict(config.model.overrides)
         self.classes = None
@@ -66,7 +97,7 @@ class Trainer:
         batch_shape = (config.data.batch_size, len(self.channel_names), config.data.crop_size)
         self.attention = choose_attention(
             self.model, config.model.attention, batch_shape, device, self.autocast,
-            recorded_attention(checkpoint / "meta.json") if checkpoint is not None else None,
+            checkpoint.meta.get("attention") if checkpoint is not None else None,
             lambda obj: dist_utils.broadcast_object(obj, self.context))
         if run.activation_checkpointing:
             from torch.distributed._composable import checkpoint as checkpoint_activations
@@ -79,7 +110,6 @@ class Trainer:
             self.forward = torch.compile(self.wrapped, fullgraph=not self.context.enabled)
         optim = config.optim
         self.optimizer = build_optimizer(self.wrapped, optim.name, optim.lr, optim.weight_decay, optim.betas)
-        self.scheduler = build_scheduler(self.optimizer, run.max_steps, optim.warmup_fraction, optim.min_lr_ratio)
         channels = len(self.channel_names)
         self.flops_per_crop = model_training_flops(self.model, channels)
         self.tokens_per_crop = self.model.num_tokens(channels)
@@ -89,26 +119,45 @@ class Trainer:
             self.restore(checkpoint)
         else:
             torch.manual_seed(run.seed * 1_000_003 + self.context.rank)  # masks differ across ranks
+        self.scheduler = build_scheduler(self.optimizer, run.max_steps, optim.warmup_fraction, optim.min_lr_ratio,
+                                         start_step=self.step)
+        if changes and self.context.is_main:
+            print(f"maefast train: resuming with a changed config (--allow-config-change): "
+                  f"{describe_changes(changes)}")
         if self.context.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
             with atomic_path(self.out / "config.yaml") as temporary:
                 temporary.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+            record_config(self.out, config, self.recipe, self.step, changes)
             record_attention(self.out, self.attention)
+
+    def checkpoint_to_resume(self, resume: bool) -> Checkpoint | None:
+        existing = checkpoint_dirs(self.out)
+        if not resume:
+            if existing:
+                raise UserInputError(f"{self.out} already holds checkpoints (latest {existing[0].name}); pass "
+                                     f"--resume to continue that run or choose another --out")
+            return None
+        checkpoint = newest_intact_checkpoint(self.out)
+        if checkpoint is None:
+            raise UserInputError(f"--resume: {self.out} holds no checkpoint to resume from (nothing in "
+                                 f"{checkpoint_root(self.out)}); start the run without --resume")
+        return checkpoint
 
     def check_channels(self) -> None:
         encoder = input_config(self.model)
         count, names = len(self.channel_names), self.channel_names
         if getattr(encoder, "channel_agnostic", False) and count > encoder.max_in_chans:
-            raise ValueError(f"the dataset has {count} channels {names}; {self.config.model.name} takes at most "
-                             f"max_in_chans={encoder.max_in_chans}: select channels with data.channels")
+            raise UserInputError(f"the dataset has {count} channels {names}; {self.config.model.name} takes at most "
+                                 f"max_in_chans={encoder.max_in_chans}: select channels with data.channels")
         if not getattr(encoder, "channel_agnostic", False) and count != encoder.in_chans:
-            raise ValueError(f"the dataset has {count} channels {names}; {self.config.model.name} expects "
-                             f"in_chans={encoder.in_chans}: select channels with data.channels or set "
-                             f"model.overrides.in_chans={count}")
+            raise UserInputError(f"the dataset has {count} channels {names}; {self.config.model.name} expects "
+                                 f"in_chans={encoder.in_chans}: select channels with data.channels or set "
+                                 f"model.overrides.in_chans={count}")
 
     # -- checkpoints -------------------------------------------------------------------------------
-    def restore(self, path: Path) -> None:
-        state = load_checkpoint(path, self.wrapped, self.optimizer, self.scheduler)
+    def restore(self, checkpoint: Checkpoint) -> None:
+        restore_checkpoint(checkpoint, self.wrapped, self.optimizer)
+        state = checkpoint.train_state
         self.step, self.total_flops, self.crops_seen = state["step"], state["total_flops"], state["crops_seen"]
         self.loader.load_state_dict(state["loader"])
         rng_states = state["rng"]
@@ -119,18 +168,19 @@ class Trainer:
                           f"{self.context.world_size}: masks are re-seeded, not replayed")
             torch.manual_seed(self.config.run.seed * 1_000_003 + self.context.rank + self.step)
         if self.context.is_main:
-            print(f"maefast train: resumed from {path} at step {self.step}")
+            print(f"maefast train: resumed from {checkpoint.path} at step {self.step}")
 
     def save(self) -> None:
         rng_states = dist_utils.gather_objects(rng_state(), self.context)
         meta = {"total_flops": self.total_flops, "crops_seen": self.crops_seen, "model": self.config.model.name,
+                "config": self.config.to_dict(), "recipe": self.recipe, "data": self.data_fingerprint,
                 "attention": self.attention}
         train_state = {"step": self.step, "total_flops": self.total_flops, "crops_seen": self.crops_seen,
                        "loader": self.loader.state_dict()}
         model_config = pretrained_config(self.model, self.channel_names,
                                          {"classes": self.classes} if self.classes is not None else None)
-        save_checkpoint(self.out, self.step, self.wrapped, self.optimizer, self.scheduler, train_state,
-                        rng_states, meta, model_config, self.context.is_main, self.config.run.keep_checkpoints)
+        save_checkpoint(self.out, self.step, self.wrapped, self.optimizer, train_state, rng_states, meta,
+                        model_config, self.context.is_main, self.config.run.keep_checkpoints)
         dist_utils.barrier(self.context)
 
     def export_encoder(self) -> Path | None:
@@ -275,9 +325,12 @@ class Trainer:
         return summary
 
 
-def train(config: TrainConfig, out_dir, resume: bool = False, show_progress: bool = True) -> dict:
-    trainer = Trainer(config, out_dir, resume=resume, show_progress=show_progress)
+def train(config: TrainConfig, out_dir, resume: bool = False, show_progress: bool = True, recipe: str | None = None,
+          allow_config_change: bool = False) -> dict:
+    trainer = Trainer(config, out_dir, resume=resume, show_progress=show_progress, recipe=recipe,
+                      allow_config_change=allow_config_change)
     try:
         return trainer.train()
     finally:
+        trainer.close()
         dist_utils.shutdown(trainer.context)

@@ -7,6 +7,8 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from maefast.errors import UserInputError
+
 
 class Lion(Optimizer):
     """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms").
@@ -17,9 +19,9 @@ class Lion(Optimizer):
 
     def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.99), weight_decay: float = 0.0):
         if lr <= 0:
-            raise ValueError(f"Lion lr must be positive, got {lr}")
+            raise UserInputError(f"Lion lr must be positive, got {lr}")
         if not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"Lion betas must be in [0, 1), got {betas}")
+            raise UserInputError(f"Lion betas must be in [0, 1), got {betas}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
 
     @torch.no_grad()
@@ -62,7 +64,7 @@ def build_optimizer(model, name: str, lr: float, weight_decay: float, betas) -> 
         return Lion(groups, lr=lr, betas=betas)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
-    raise ValueError(f"optimizer must be 'lion' or 'adamw', got {name!r}")
+    raise UserInputError(f"optimizer must be 'lion' or 'adamw', got {name!r}")
 
 
 def one_cycle_factor(step: int, total_steps: int, warmup_fraction: float, min_ratio: float = 0.0) -> float:
@@ -74,5 +76,11 @@ def one_cycle_factor(step: int, total_steps: int, warmup_fraction: float, min_ra
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer, total_steps: int, warmup_fraction: float, min_ratio: float) -> LambdaLR:
-    return LambdaLR(optimizer, lambda step: one_cycle_factor(step, total_steps, warmup_fraction, min_ratio))
+def build_scheduler(optimizer, total_steps: int, warmup_fraction: float, min_ratio: float,
+                    start_step: int = 0) -> LambdaLR:
+    """The one-cycle schedule from `start_step` on (a resumed run): the learning rate is a function of the
+    step and the config only, so a resumed run rebuilds it rather than storing it."""
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]
+    return LambdaLR(optimizer, lambda step: one_cycle_factor(step, total_steps, warmup_fraction, min_ratio),
+                    last_epoch=start_step - 1)

@@ -1,30 +1,38 @@
-"""Training checkpoints: everything needed to continue exactly, written atomically.
+"""Training checkpoints: everything needed to continue exactly, written atomically, read without unpickling.
 
 <out>/checkpoints/step-00000100/  model.safetensors (full model) and config.json (as save_pretrained
-writes them, so `maefast embed --checkpoint` takes a checkpoint directly), train_state.pt (optimizer,
-scheduler, RNG states of every rank, loader position, counters), meta.json (step, cumulative FLOPs).
-<out>/checkpoints/flops.csv lists checkpoint,flops for the recall-against-FLOPs figure. The directory is written under a
-temporary name and renamed when complete; <out>/checkpoints/latest.json (the manifest) then names it,
-so a resumed run never reads a partial checkpoint.
+writes them, so `maefast embed --checkpoint` takes a checkpoint directly); train_state.safetensors +
+train_state.json (optimizer state, RNG states of every rank, loader position, counters: tensors and numpy
+arrays in the safetensors file, the rest as JSON, see maefast.io.write_state); meta.json (step, cumulative
+FLOPs, the effective config, recipe and data fingerprint the run had, for resume checks). The learning-rate
+schedule is a function of the step and the config, so it is rebuilt, not stored.
+<out>/checkpoints/flops.csv lists checkpoint,flops for the recall-against-FLOPs figure. The directory is
+written under a temporary name and renamed when complete; <out>/checkpoints/latest.json (the manifest)
+then names it. A resumed run takes the newest checkpoint whose files all read back, and says which newer
+ones it skipped and why.
 """
 from __future__ import annotations
 
-import json
 import random
 import shutil
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict,
     set_optimizer_state_dict,
 )
 
-from maefast.io import atomic_path, write_json_atomic
+from maefast.errors import UserInputError
+from maefast.io import atomic_path, read_json, read_safetensors, read_state, write_json_atomic, write_state
 
 MANIFEST = "latest.json"
+MODEL_FILE, STATE_STEM, META_FILE = "model.safetensors", "train_state", "meta.json"
+PICKLED_STATE = "train_state.pt"  # the format of maefast before the state moved to safetensors + JSON
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
@@ -47,8 +55,8 @@ def checkpoint_root(out_dir) -> Path:
     return Path(out_dir) / "checkpoints"
 
 
-def save_checkpoint(out_dir, step: int, model, optimizer, scheduler, train_state: dict, rng_states: list,
-                    meta: dict, model_config: dict, is_main: bool, keep: int) -> Path | None:
+def save_checkpoint(out_dir, step: int, model, optimizer, train_state: dict, rng_states: list, meta: dict,
+                    model_config: dict, is_main: bool, keep: int) -> Path | None:
     """Collective (every rank calls it, for FSDP's gather); rank 0 writes."""
     model_state = get_model_state_dict(model, options=FULL)
     optimizer_state = get_optimizer_state_dict(model, optimizer, options=FULL)
@@ -59,16 +67,18 @@ def save_checkpoint(out_dir, step: int, model, optimizer, scheduler, train_state
     partial = root / f".step-{step:08d}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model_state.items()}, str(partial / "model.safetensors"))
-    torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "rng": rng_states,
-                **train_state}, partial / "train_state.pt")
-    (partial / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=2))
-    (partial / "config.json").write_text(json.dumps(model_config, indent=2))
+    save_file({k: v.contiguous() for k, v in model_state.items()}, str(partial / MODEL_FILE))
+    write_state(partial / STATE_STEM, {"optimizer": optimizer_state, "rng": rng_states, **train_state})
+    write_json_atomic(partial / META_FILE, {"step": step, **meta})
+    write_json_atomic(partial / "config.json", model_config)
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)
-    write_json_atomic(root / MANIFEST, {"step": step, "path": final.name, **meta})
-    for old in sorted(root.glob("step-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    write_json_atomic(root / MANIFEST, {"step": step, "path": final.name, "total_flops": meta["total_flops"]})
+    # a checkpoint newer than this one is a damaged one the resume skipped: it goes with the oldest
+    kept = [path for path in checkpoint_dirs(out_dir) if path.name <= final.name][:keep]
+    for old in checkpoint_dirs(out_dir):
+        if old not in kept:
+            shutil.rmtree(old, ignore_errors=True)
     write_flops_table(root)
     return final
 
@@ -79,27 +89,75 @@ def write_flops_table(root: Path) -> None:
         temporary.write_text("\n".join(rows) + "\n")
 
 
-def latest_checkpoint(out_dir) -> Path | None:
-    manifest = checkpoint_root(out_dir) / MANIFEST
-    if not manifest.exists():
-        return None
-    path = checkpoint_root(out_dir) / json.loads(manifest.read_text())["path"]
-    if not (path / "train_state.pt").exists():
-        raise FileNotFoundError(f"{manifest} names {path}, which is incomplete or missing")
-    return path
+def checkpoint_dirs(out_dir) -> list[Path]:
+    """The complete checkpoint directories of a run, newest first."""
+    return sorted(checkpoint_root(out_dir).glob("step-*"), reverse=True)
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    """Restores model, optimizer and scheduler in place; returns the rest of the training state."""
-    set_model_state_dict(model, load_file(str(path / "model.safetensors")), options=FULL)
-    # written by this package (see save_checkpoint); RNG states and numpy arrays need full unpickling
-    state = torch.load(path / "train_state.pt", map_location="cpu", weights_only=False)
-    set_optimizer_state_dict(model, optimizer, state.pop("optimizer"), options=FULL)
-    scheduler.load_state_dict(state.pop("scheduler"))
-    return state
+@dataclass
+class Checkpoint:
+    """A checkpoint read whole into memory: nothing of it is applied before every file has read back."""
+    path: Path
+    meta: dict          # step, total_flops, crops_seen, config, recipe, data (see Trainer.save)
+    model_state: dict   # the full model's tensors
+    train_state: dict   # optimizer, rng (one per rank), loader, step, total_flops, crops_seen
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    """UserInputError or FileNotFoundError naming the file when one is missing or damaged."""
+    if not (path / f"{STATE_STEM}.json").exists() and (path / PICKLED_STATE).exists():
+        raise UserInputError(f"{path / PICKLED_STATE}: training state in the pickle format of older maefast "
+                             f"versions, which maefast no longer opens (unpickling a file can run code); "
+                             f"its {MODEL_FILE} still embeds and loads with maefast.from_pretrained")
+    meta = read_json(path / META_FILE)
+    require_keys(meta, ("step", "config", "data"), path / META_FILE)
+    train_state = read_state(path / STATE_STEM)
+    require_keys(train_state, ("optimizer", "rng", "loader", "step", "total_flops", "crops_seen"),
+                 path / f"{STATE_STEM}.json")
+    return Checkpoint(path, meta, read_safetensors(path / MODEL_FILE), train_state)
+
+
+def require_keys(record, keys: tuple[str, ...], path: Path) -> None:
+    missing = [key for key in keys if not isinstance(record, dict) or key not in record]
+    if missing:
+        raise UserInputError(f"{path}: lacks {missing}; not a checkpoint file of this maefast version")
+
+
+def newest_intact_checkpoint(out_dir) -> Checkpoint | None:
+    """The newest checkpoint whose files all read back (None when the run has none); warns about each newer
+    one it skips, naming the damaged file. UserInputError listing every checkpoint when none reads back."""
+    skipped = []
+    for path in checkpoint_dirs(out_dir):
+        try:
+            checkpoint = read_checkpoint(path)
+        except (UserInputError, FileNotFoundError) as error:
+            skipped.append(f"{path.name}: {error}")
+            continue
+        for reason in skipped:
+            warnings.warn(f"resume: skipped the damaged checkpoint {reason}")
+        return checkpoint
+    if skipped:
+        raise UserInputError(f"{checkpoint_root(out_dir)}: no intact checkpoint to resume from; " + "; ".join(skipped))
+    return None
+
+
+def restore_checkpoint(checkpoint: Checkpoint, model, optimizer) -> None:
+    """Loads the weights and the optimizer state in place. The optimizer keeps the hyperparameters it was
+    built with (the current config: the same unless a resume allowed a change), not the stored ones."""
+    set_model_state_dict(model, checkpoint.model_state, options=FULL)
+    stored = checkpoint.train_state["optimizer"]
+    groups = [{**{k: v for k, v in configured.items() if k != "params"}, "params": group["params"]}
+              for group, configured in zip(stored["param_groups"], optimizer.param_groups, strict=True)]
+    set_optimizer_state_dict(model, optimizer, {**stored, "param_groups": groups}, options=FULL)
 
 
 def checkpoint_history(out_dir) -> list[dict]:
-    """meta.json of every kept checkpoint, oldest first (step, cumulative FLOPs, ...), with its path."""
-    return [{**json.loads((p / "meta.json").read_text()), "path": p.name}
-            for p in sorted(checkpoint_root(out_dir).glob("step-*")) if (p / "meta.json").exists()]
+    """meta.json of every kept checkpoint, oldest first (step, cumulative FLOPs, ...), with its path; a
+    damaged one is left out with a warning (the table is a record, not a reason to stop a run)."""
+    history = []
+    for path in reversed(checkpoint_dirs(out_dir)):
+        try:
+            history.append({**read_json(path / META_FILE), "path": path.name})
+        except (UserInputError, FileNotFoundError) as error:
+            warnings.warn(f"checkpoint history: {path.name} left out: {error}")
+    return history

@@ -1,5 +1,7 @@
 """`maefast embed`: tiles -> encoder -> per-site rows in atomic shards; resumes; refuses mixed settings."""
 import json
+import re
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -9,7 +11,10 @@ import torch
 import maefast
 from maefast.cli import main
 from maefast.data import make_tile_loader, open_dataset, read_channel
+from maefast.data.synthetic import synth_screen
 from maefast.embedding.job import EmbedSettings, read_embeddings, run_embedding
+from maefast.errors import UserInputError
+from tests.test_lock import hold_lock
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +79,8 @@ def test_interrupted_job_resumes_to_the_same_output(screen, checkpoint, tmp_path
     assert summary["embedded_here"] == summary["num_shards"] - 2 and summary["complete"]
     pd.testing.assert_frame_equal(read_embeddings(tmp_path / "resumed"), read_embeddings(tmp_path / "straight"))
     changed = EmbedSettings(**{**settings.__dict__, "pool": "cls"})
-    with pytest.raises(ValueError, match="holds an embedding job with other settings .*'pool': \\('mean', 'cls'\\)"):
+    with pytest.raises(UserInputError, match="holds an embedding job with other settings, weights or data: "
+                                             "pool: 'mean' -> 'cls'; use another --out"):
         run_embedding(encoder, dataset, tmp_path / "resumed", changed, tiles, torch.device("cpu"), show_progress=False)
 
 
@@ -82,3 +88,39 @@ def test_channel_mismatch_is_refused(screen, checkpoint, tmp_path, capsys):
     code = main(["embed", "--checkpoint", str(checkpoint), "--data", str(screen), "--out", str(tmp_path / "x"),
                  "--channels", "DNA,RNA", "--no-progress"])
     assert code == 2 and "the encoder expects 3 channels, the data set gives 2" in capsys.readouterr().err
+
+
+def test_a_job_continued_with_other_data_or_weights_is_refused(screen, checkpoint, tmp_path, capsys):
+    """A resumed job used to mix the rows of two screens of the same size and report "complete"."""
+    def embed(data, weights, out=tmp_path / "emb"):
+        return main(["embed", "--checkpoint", str(weights), "--data", str(data), "--out", str(out), "--no-progress"])
+
+    assert embed(screen, checkpoint) == 0
+    capsys.readouterr()
+    other_screen = synth_screen(tmp_path / "other", layout="rxrx", num_genes=6, replicates=1, num_plates=1,
+                                num_experiments=1, controls_per_plate=2, sites_per_well=2, size=128, channels=6,
+                                seed=4, progress=False)
+    assert len(open_dataset(other_screen)) == len(open_dataset(screen))
+    assert embed(other_screen, checkpoint) == 2
+    assert re.search(r"holds an embedding job with other settings, weights or data: data.table_sha256: '\w+' -> "
+                     r"'\w+'; use another --out", capsys.readouterr().err)
+    torch.manual_seed(1)
+    other_weights = tmp_path / "other_weights"
+    maefast.save_pretrained(maefast.create_model("vit_debug_patch8_64", in_chans=3), other_weights,
+                            channel_names=["Mito", "DNA", "RNA"])
+    assert embed(screen, other_weights) == 2
+    assert re.search(r"weights_sha256: '\w+' -> '\w+'", capsys.readouterr().err)
+    moved = tmp_path / "moved"
+    shutil.copytree(checkpoint, moved)
+    assert embed(screen, moved) == 0  # the same weights from another path continue the job
+
+
+def test_one_embedding_job_per_output_directory(screen, checkpoint, tmp_path, capsys):
+    holder = hold_lock(tmp_path / "emb")
+    try:
+        assert main(["embed", "--checkpoint", str(checkpoint), "--data", str(screen), "--out", str(tmp_path / "emb"),
+                     "--no-progress"]) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"is in use by another maefast job (test holder, pid {holder.pid}" in capsys.readouterr().err

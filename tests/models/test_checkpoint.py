@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import maefast
+from maefast.errors import UserInputError
 from maefast.models import CheckpointMismatch
 from tests.helpers import random_pixels
 
@@ -50,3 +51,24 @@ def test_pickles_need_trust(tmp_path):
     maefast.load_pretrained(model, tmp_path / "weights.pth", trust_pickle=True)
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         maefast.load_pretrained(model, tmp_path / "nothing.safetensors")
+
+
+def test_damaged_checkpoint_files_are_named(tmp_path):
+    model = maefast.create_model("vit_debug_patch8_64", in_chans=2)
+    maefast.save_pretrained(model, tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(UserInputError, match=r"model.safetensors: damaged or truncated safetensors"):
+        maefast.load_pretrained(model, tmp_path)
+    with pytest.raises(UserInputError, match=r"model.safetensors: damaged or truncated safetensors"):
+        maefast.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text('{"format": "maefast", "mod')
+    with pytest.raises(UserInputError, match=r"config.json: damaged or truncated JSON"):
+        maefast.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text('["a list"]')
+    with pytest.raises(UserInputError, match=r"config.json: not a maefast model config"):
+        maefast.from_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    (tmp_path / "weights.pt").write_bytes((tmp_path / "weights.pt").read_bytes()[:200])
+    with pytest.raises(UserInputError, match=r"weights.pt: not a readable PyTorch weights file"):
+        maefast.load_pretrained(model, tmp_path / "weights.pt", trust_pickle=True)

@@ -3,8 +3,13 @@ import math
 import pytest
 import torch
 
+from maefast.errors import UserInputError
+from maefast.fields import field_types
 from maefast.flops import mae_training_flops, embedding_flops
-from maefast.train.config import load_config, recipe_names
+from maefast.models.mae import MAEConfig
+from maefast.models.munet import MUNetConfig
+from maefast.models.vit import ViTConfig
+from maefast.train.config import SECTIONS, load_config, recipe_names
 from maefast.train.optim import Lion, build_optimizer, one_cycle_factor
 import maefast
 
@@ -28,6 +33,7 @@ def test_overrides_and_refusals_name_the_key():
         "run.precision=fp8": "run.precision='fp8' is not allowed",
         "optim.lr=-1": "optim.lr=-1 must be a positive number",
         "optim.betas=[0.9, 1.5]": r"optim.betas=\[0.9, 1.5\] must be two numbers in \[0, 1\)",
+        "optim.betas=[0.9]": r"optim.betas=\(0.9,\) must be a list of 2 items: a finite number, a finite number",
         "model.name=vit_small_patch16_256": "training needs an MAE, CA-MAE, MU-Net or weakly supervised model",
         "model.overrides.mask_ratio=1.0": r"mask_ratio must be in \[0, 1\), got 1.0",
         "data.crop_size=32": "data.crop_size=32 must equal the model's img_size 64",
@@ -40,6 +46,34 @@ def test_overrides_and_refusals_name_the_key():
     with pytest.raises(ValueError, match="unknown recipe 'nope'"):
         load_config("nope")
 
+
+# values that are numbers or flags only to a lax reader: bool is an int subclass, inf and nan are floats
+NOT_OF_TYPE = {int: ["true", "1.5", "inf"], float: ["inf", "-inf", "nan", "true"], bool: ["1", "0.5", "auto"]}
+
+
+def scalar_fields(sections: dict, prefix_of=lambda name: f"{name}."):
+    return [(prefix_of(name) + key, expected) for name, cls in sections.items()
+            for key, expected in field_types(cls).items() if expected in NOT_OF_TYPE]
+
+
+TRAIN_FIELDS = scalar_fields(SECTIONS)
+MODEL_FIELDS = scalar_fields({"mae": MAEConfig, "vit": ViTConfig}, lambda _: "model.overrides.")
+
+
+@pytest.mark.parametrize("key,expected", TRAIN_FIELDS + MODEL_FIELDS, ids=[k for k, _ in TRAIN_FIELDS + MODEL_FIELDS])
+def test_every_number_and_flag_refuses_values_of_another_type(key, expected):
+    for text in NOT_OF_TYPE[expected]:
+        with pytest.raises(UserInputError, match=f"{key.removeprefix('model.overrides.')}=.* must be "):
+            load_config("debug", [f"{key}={text}"])
+
+
+def test_the_munet_config_checks_its_field_types_too():
+    numeric = {name for name, expected in field_types(MUNetConfig).items() if expected in (int, float)}
+    assert numeric >= {"in_chans", "mask_ratio"}
+    with pytest.raises(UserInputError, match=r"model.overrides: in_chans=True must be an integer"):
+        load_config("debug_munet", ["model.overrides.in_chans=true"])
+    with pytest.raises(UserInputError, match=r"widths=\[64, 1.5\] must be a list, each item an integer"):
+        load_config("debug_munet", ["model.overrides.widths=[64, 1.5]"])
 
 def test_lion_matches_its_update_rule():
     torch.manual_seed(0)

@@ -1,0 +1,65 @@
+"""One writer per output directory: a job holds an exclusive lock on its --out, and a second job started on
+the same directory is refused, naming the holder.
+
+The lock is fcntl.flock on <dir>/.maefast.lock. The kernel drops it when the holding process ends, however
+it ends (SIGKILL included), so a lock left by a killed job never blocks: the file may remain, but only a
+living holder keeps it locked. The file's content (pid, host, start time, command) only names the holder
+in the refusal message.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from maefast.errors import UserInputError
+
+LOCK_FILE = ".maefast.lock"
+
+
+class OutputLock:
+    """Held from construction until release() (or the end of the process)."""
+
+    def __init__(self, directory, job: str):
+        self.descriptor = None
+        directory = Path(directory)
+        if directory.exists() and not directory.is_dir():
+            raise UserInputError(f"--out {directory} is an existing file; {job} writes a directory there")
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / LOCK_FILE
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise UserInputError(f"--out {directory} is in use by another maefast job ({self.holder()}); wait for "
+                                 f"it to end or choose another --out") from None
+        holder = {"job": job, "pid": os.getpid(), "host": socket.gethostname(),
+                  "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "command": sys.argv}
+        try:
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, json.dumps(holder).encode(), 0)
+        except OSError:
+            os.close(descriptor)
+            raise
+        self.descriptor = descriptor
+
+    def holder(self) -> str:
+        try:
+            info = json.loads(self.path.read_text())
+            return f"{info['job']}, pid {info['pid']} on {info['host']}, started {info['started']}"
+        except (OSError, ValueError, KeyError, TypeError):  # being written this instant, or not maefast's
+            return f"the holder of {self.path}"
+
+    def release(self) -> None:
+        if self.descriptor is not None:
+            os.ftruncate(self.descriptor, 0)
+            os.close(self.descriptor)  # closing drops the flock
+            self.descriptor = None
+
+    def __del__(self):
+        self.release()

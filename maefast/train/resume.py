@@ -1,0 +1,58 @@
+"""Resuming a run: the config and data a checkpoint was trained with against the current ones, and the
+history of the configs a run directory has used.
+
+Every key of the effective config is compared (maefast.records flattens it), so a key added to the config
+later is covered without being listed here. A difference is refused, naming each key (old -> new), unless
+the resume allows config changes; even then a change of what the checkpoint's tensors depend on (the model,
+the optimizer) or of the data is refused.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from maefast.errors import UserInputError
+from maefast.io import read_json, write_json_atomic
+from maefast.records import changes, describe_changes
+from maefast.train.config import TrainConfig
+
+# config keys (prefixes) the stored weights and optimizer state depend on: a resume cannot change them
+FIXED_ON_RESUME = ("model.", "optim.name")
+HISTORY_FILE = "config_history.json"
+
+
+def check_config(meta: dict, config: TrainConfig, recipe: str | None, allow_change: bool, checkpoint: Path) -> dict:
+    """The config differences a resume from `checkpoint` applies ({} when none); UserInputError when the
+    difference is not allowed."""
+    differences = changes(meta["config"], config.to_dict())
+    if not differences:
+        return {}
+    recipe_note = f" (recipe {meta.get('recipe')!r} -> {recipe!r})" if meta.get("recipe") != recipe else ""
+    fixed = {key: change for key, change in differences.items() if key.startswith(FIXED_ON_RESUME)}
+    if fixed:
+        raise UserInputError(f"--resume: {checkpoint} was trained with another model or optimizer{recipe_note}, "
+                             f"which a resumed run cannot change: {describe_changes(fixed)}; start a new run "
+                             f"in another --out")
+    if not allow_change:
+        raise UserInputError(f"--resume: the config differs from the one {checkpoint} was trained with"
+                             f"{recipe_note}: {describe_changes(differences)}; resume with the same settings, or "
+                             f"pass --allow-config-change to continue with the new values")
+    return differences
+
+
+def check_data(meta: dict, fingerprint: dict, checkpoint: Path) -> None:
+    differences = changes({"dataset": meta["data"]}, {"dataset": fingerprint})
+    if differences:
+        raise UserInputError(f"--resume: the data differs from what {checkpoint} was trained on: "
+                             f"{describe_changes(differences)}; resume on the same data or start a new run")
+
+
+def record_config(out: Path, config: TrainConfig, recipe: str | None, step: int, differences: dict) -> None:
+    """Appends this start (or resume) to <out>/config_history.json: when, from which step, the recipe, the
+    changes a resume applied (key -> [old, new]) and the whole effective config."""
+    path = out / HISTORY_FILE
+    history = read_json(path) if path.exists() else []
+    history.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": step, "recipe": recipe,
+                    "changes": {key: list(change) for key, change in differences.items()},
+                    "config": config.to_dict()})
+    write_json_atomic(path, history)
