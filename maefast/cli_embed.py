@@ -7,10 +7,12 @@ def add_commands(subparsers) -> None:
                                    description="Embed every site of a data set. Many GPUs: torchrun "
                                                "--nproc-per-node N -m maefast.cli embed ...")
     parser.add_argument("--checkpoint", required=True,
-                        help="maefast checkpoint directory, training run directory, or timm/reference weights file")
+                        help="maefast checkpoint directory, training run directory, reference (OpenPhenom) folder, "
+                             "Hugging Face Hub id (owner/name), or timm/reference weights file")
     parser.add_argument("--model", help="architecture of a bare weights file, e.g. vit_large_patch8_256")
     parser.add_argument("--weights-layout", default="auto", choices=("auto", "maefast", "timm", "reference"))
-    parser.add_argument("--trust-pickle", action="store_true", help="allow .pt/.pth weights (loaded weights-only)")
+    parser.add_argument("--trust-pickle", action="store_true", help="allow weights stored as a torch pickle (as the reference's "
+                        "model.safetensors is), loaded with torch.load(weights_only=True)")
     parser.add_argument("--data", required=True, help="data set root (rxrx, jump or packed)")
     parser.add_argument("--layout", default="auto", help="data set layout: auto, rxrx, jump, packed")
     parser.add_argument("--channels", help="comma-separated channel names to use, in order")

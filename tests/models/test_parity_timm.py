@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 import maefast
 from maefast.models import CheckpointMismatch
 from tests.helpers import FIXTURES
+from tests.models.reference_layout import reference_positions
 
 
 def relative_error(a, b):
@@ -44,7 +45,7 @@ def test_timm_weights_into_mae_encoder_and_reference_layout(pool):
     decoder_state = {k: v for k, v in mae.state_dict().items() if not k.startswith("encoder.")}
     reference = {"encoder.vit_backbone." + k: v for k, v in state.items()}
     reference.update({k: torch.randn_like(v) for k, v in decoder_state.items()})
-    reference["decoder.pos_embeddings"] = torch.zeros(1, 17, 64)  # fixed in the reference, recomputed here
+    reference["decoder.pos_embeddings"] = reference_positions(64, 4, 1)  # fixed in the reference: checked, not loaded
     maefast.load_pretrained(mae, {"state_dict": reference})
     with torch.no_grad():
         assert relative_error(mae.forward_features(pixels), features) < 1e-5
