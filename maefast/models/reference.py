@@ -13,6 +13,29 @@ is refused, because maefast's standardization has no parameters.
 
 Architecture: read from the reference's config.json (Hydra `_target_` dicts for encoder and decoder).
 A config.json without them is the OpenPhenom release, whose MAEModel builds a fixed architecture.
+
+Where the reference differs from maefast, and what maefast does:
+- The encoder blocks' `mlp_bias`: the reference runs on timm 0.9 (requirements.txt pins timm==0.9.7),
+  whose ParallelScalingBlock, up to timm 1.0.24, adds the vector [0] * 3D ++ mlp_bias to in_proj's
+  outputs, which are ordered [MLP hidden (H = 4D), q, k, v]: the first 3D hidden units get no bias, the
+  last H - 3D get mlp_bias[:H - 3D], and q, k, v get the rest. (timm 1.0.25 changed this to add mlp_bias to
+  the MLP part only, so the reference's own code computes other embeddings from the same weights under a
+  current timm.) maefast reproduces the published computation exactly: such a checkpoint loads into a
+  ViT with qkv_bias=True, whose in_proj.bias is that vector (from_pretrained builds it so).
+- CA-MAE channel counts: the reference's encoder takes up to `max_in_chans` channels (11 for OpenPhenom)
+  while its decoder has `num_modalities` per-channel stacks (6); maefast keeps both (`decoder_channels`):
+  it embeds 1 to 11 channels and reconstructs at most 6. The reference decoder needs exactly 6 channels
+  (its positions and modality tokens are tiled for 6); maefast's decodes any count up to 6.
+- The release's MAEModel builds its decoder LayerNorms as torch's default (eps 1e-5) whatever its
+  config.json says; the published configs (and maefast's default) say 1e-6. maefast follows config.json
+  when it names the architecture and 1e-5 when it does not (`decoder_norm_eps`).
+- Input scaling: the reference divides every input by 255 before self-standardization, maefast by the
+  dtype's maximum (255 for uint8, 65535 for uint16). Standardization removes the scale, so the two agree
+  except through the 1e-5 epsilon, i.e. on nearly constant channels of 16-bit images.
+- Refused, with the reason: backbones without a maefast counterpart (the 512-pixel patch-32 ViTs), a
+  backbone without the sin-cos wrapper, other class-token / fc_norm / num_classes settings, a decoder
+  without qkv bias or with another norm layer, positions that are not maefast's sin-cos table, and
+  stateful input normalization.
 """
 from __future__ import annotations
 
@@ -36,7 +59,7 @@ BACKBONE_OPTIONS = ("img_size", "in_chans", "global_pool", "drop_path_rate", "in
 BACKBONE_FIXED = {"num_classes": 0, "class_token": True, "fc_norm": None}
 # MAEModel of the OpenPhenom release (huggingface_mae.py) ignores config.json's architecture and builds this:
 OPENPHENOM_RELEASE = {"model": "camae_vit_small_patch16_256",
-                      "overrides": dict(global_pool="avg", max_in_chans=11, decoder_channels=6, decoder_embed_dim=512,
+                      "overrides": dict(global_pool="avg", qkv_bias=True, max_in_chans=11, decoder_channels=6, decoder_embed_dim=512,
                                         decoder_depth=8, decoder_num_heads=16, decoder_mlp_ratio=4.0,
                                         decoder_norm_eps=1e-5)}
 
@@ -111,6 +134,7 @@ def model_spec(meta: dict) -> tuple[str, dict]:
         if target(encoder, "encoder") != "mae_modules.MAEEncoder":
             raise ReferenceConfigError(f"config.json: encoder {encoder['_target_']!r}; expected mae_modules.MAEEncoder")
         backbone, overrides = backbone_overrides(encoder)
+        overrides["qkv_bias"] = True  # the legacy mlp_bias is an in_proj bias (see the module docstring)
         agnostic = bool(encoder.get("channel_agnostic", False))
         name = ("camae_" if agnostic else "mae_") + backbone
         if agnostic:
@@ -132,15 +156,39 @@ def check_positions(value: torch.Tensor, dim: int, grid_side: int, repeats: int,
                          f"maefast cannot reproduce")
 
 
+def legacy_in_proj_bias(state: dict, key: str) -> torch.Tensor:
+    """timm < 1.0.25's effective in_proj bias of a block from its `mlp_bias` entry: [0] * 3D ++ mlp_bias."""
+    mlp_bias = state[key]
+    weight_key = key.removesuffix("mlp_bias") + "in_proj.weight"
+    if weight_key not in state:
+        raise ValueError(f"checkpoint has {key} but no {weight_key}")
+    qkv = state[weight_key].shape[0] - mlp_bias.shape[0]
+    return torch.cat([mlp_bias.new_zeros(qkv), mlp_bias])
+
+
+def check_biased_blocks(model, has_vit_encoder: bool) -> None:
+    encoder = model.encoder if has_vit_encoder else model
+    if not getattr(encoder.config, "qkv_bias", True):
+        raise ValueError("the reference's ViT blocks (timm < 1.0.25) put their mlp_bias on q, k, v as well as on the "
+                         "MLP; maefast holds that as an in_proj bias: build the model with qkv_bias=True "
+                         "(from_pretrained does), e.g. create_model(name, qkv_bias=True)")
+
+
 def convert_reference(state: dict, model, has_vit_encoder: bool) -> dict:
     """Reference keys -> maefast keys for `model` (an MAE / CA-MAE, or a bare encoder taking the backbone)."""
     stateful_norm = sorted(k for k in state if k.startswith(INPUT_NORM))
     if stateful_norm:
         raise ValueError(f"checkpoint has input normalization state {stateful_norm}: maefast self-standardizes each "
                          f"image channel without parameters and cannot represent it")
+    legacy_bias = any(k.startswith(ENCODER_PREFIX) and k.endswith(".mlp_bias") for k in state)
+    if legacy_bias:
+        check_biased_blocks(model, has_vit_encoder)
     converted = {}
     for key, value in state.items():
-        if key.startswith(ENCODER_PREFIX):
+        if key.startswith(ENCODER_PREFIX) and key.endswith(".mlp_bias"):
+            name = key.removeprefix(ENCODER_PREFIX).removesuffix("mlp_bias") + "in_proj.bias"
+            converted[("encoder." if has_vit_encoder else "") + name] = legacy_in_proj_bias(state, key)
+        elif key.startswith(ENCODER_PREFIX):
             converted[("encoder." if has_vit_encoder else "") + key.removeprefix(ENCODER_PREFIX)] = value
         elif not has_vit_encoder or key == PLACEHOLDER:
             continue  # an encoder takes only the backbone; the placeholder never reaches an output

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import maefast
 from maefast.embedding.encoder import load_encoder
@@ -96,10 +96,15 @@ def test_reference_folder_loads_every_value_into_its_parameter(tmp_path, agnosti
                          "decoder.norm.bias": "decoder.norm.bias"})
     for ours, theirs in expected.items():
         assert torch.equal(params[ours], state[theirs]), ours
-    # every value of the file is in exactly one parameter of the same name (less the backbone prefix)
+    # every value of the file is in exactly one parameter of the same name (less the backbone prefix); a block's
+    # mlp_bias is the tail of its in_proj bias, whose first 3 * 32 entries (q, k, v's share in timm < 1.0.25) are 0
     ours = model.state_dict()
     for key, value in state.items():
         if key in ("decoder.pos_embeddings", "decoder.placeholder"):
+            continue
+        if key.endswith("mlp_bias"):
+            bias = ours[key.replace("encoder.vit_backbone.", "encoder.").replace("mlp_bias", "in_proj.bias")]
+            assert torch.equal(bias[96:], value) and not bias[:96].any(), key
             continue
         assert torch.equal(ours[key.replace("encoder.vit_backbone.", "encoder.")], value), key
     assert len(ours) == len(state) - (2 if agnostic else 1)
@@ -118,10 +123,12 @@ def test_ca_encoder_takes_more_channels_than_the_decoder_reconstructs(tmp_path):
     encoder, channels = load_encoder(folder, trust_pickle=True)  # what `maefast embed --checkpoint DIR` uses
     assert channels == [] and encoder.config.max_in_chans == 5
     torch.testing.assert_close(encoder.blocks[0].in_proj.weight, model.encoder.blocks[0].in_proj.weight)
-    bare = maefast.load_pretrained(maefast.create_model("ca_vit_small_patch16_256", img_size=32, patch_size=8,
-                                                        embed_dim=32, depth=2, num_heads=4, max_in_chans=5,
-                                                        global_pool="avg"), folder, trust_pickle=True)
+    options = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, max_in_chans=5, global_pool="avg")
+    bare = maefast.load_pretrained(maefast.create_model("ca_vit_small_patch16_256", qkv_bias=True, **options),
+                                   folder, trust_pickle=True)
     torch.testing.assert_close(bare.fc_norm.weight, model.encoder.fc_norm.weight)
+    with pytest.raises(ValueError, match="put their mlp_bias on q, k, v as well .* build the model with qkv_bias=True"):
+        maefast.load_pretrained(maefast.create_model("ca_vit_small_patch16_256", **options), folder, trust_pickle=True)
 
 
 def test_unknown_missing_and_unsupported_keys_are_named(tmp_path):
@@ -133,10 +140,10 @@ def test_unknown_missing_and_unsupported_keys_are_named(tmp_path):
                                                  r"  unexpected: \['encoder.vit_backbone.head.weight'\]"):
         maefast.from_pretrained(folder, trust_pickle=True)
     state = reference_state(TINY)
-    state["encoder.vit_backbone.blocks.0.in_proj.weight"] = torch.zeros(7, 32)
+    state["encoder.vit_backbone.blocks.0.attn_out_proj.weight"] = torch.zeros(7, 32)
     folder = write_reference_folder(tmp_path / "b", tiny_config(TINY), state)
-    with pytest.raises(CheckpointMismatch, match=r"encoder.blocks.0.in_proj.weight \(checkpoint "
-                                                 r"encoder.vit_backbone.blocks.0.in_proj.weight\): checkpoint \(7, 32\)"):
+    with pytest.raises(CheckpointMismatch, match=r"encoder.blocks.0.attn_out_proj.weight \(checkpoint encoder."
+                                                 r"vit_backbone.blocks.0.attn_out_proj.weight\): checkpoint \(7, 32\)"):
         maefast.from_pretrained(folder, trust_pickle=True)
     state = {**reference_state(TINY), "input_norm.1.weight": torch.ones(3)}
     folder = write_reference_folder(tmp_path / "c", tiny_config(TINY), state)
@@ -178,3 +185,21 @@ def test_weights_format_is_read_from_the_bytes_not_the_name(tmp_path):
     with pytest.raises(ValueError, match="is a torch.save pickle"):
         maefast.load_pretrained(model, tmp_path / "legacy.safetensors")
     maefast.load_pretrained(model, tmp_path / "legacy.safetensors", trust_pickle=True)
+
+
+def test_reference_modules_outputs_are_reproduced():
+    """Golden outputs of the reference's own modules (tests/fixtures/make_reference_golden.py, run with timm and
+    the reference's code): its masked reconstruction, mask and embedding from the same weights and noise."""
+    tensors = load_file(os.path.join(FIXTURES, "reference_golden_camae.safetensors"))
+    state = {k.removeprefix("state."): v for k, v in tensors.items() if k.startswith("state.")}
+    model = maefast.create_model("camae_vit_small_patch16_256", img_size=32, patch_size=8, embed_dim=32, depth=2,
+                                 num_heads=4, max_in_chans=5, global_pool="avg", qkv_bias=True, decoder_channels=3,
+                                 decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=16).eval()
+    maefast.load_pretrained(model, {"state_dict": state})
+    with torch.no_grad():
+        _, pred, mask = model(tensors["pixels"], noise=tensors["noise"])
+        embedding = model.embed(tensors["pixels"])
+    torch.testing.assert_close(mask, tensors["mask"])
+    relative = lambda a, b: ((a - b).norm() / b.norm()).item()  # noqa: E731
+    assert relative(pred, tensors["reconstruction"]) < 1e-5
+    assert relative(embedding, tensors["embedding"]) < 1e-5
