@@ -14,8 +14,9 @@ def add_commands(subparsers) -> None:
                              "Hugging Face Hub id (owner/name), or timm/reference weights file")
     parser.add_argument("--model", help="architecture of a bare weights file, e.g. vit_large_patch8_256")
     parser.add_argument("--weights-layout", default="auto", choices=("auto", "maefast", "timm", "reference"))
-    parser.add_argument("--trust-pickle", action="store_true", help="allow weights stored as a torch pickle (as the reference's "
-                        "model.safetensors is), loaded with torch.load(weights_only=True)")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow weights stored as a torch pickle (as the reference's model.safetensors is), "
+                             "loaded with torch.load(weights_only=True)")
     parser.add_argument("--data", required=True, help="data set root (rxrx, jump or packed)")
     parser.add_argument("--layout", default="auto", help="data set layout: auto, rxrx, jump, packed")
     parser.add_argument("--channels", help="comma-separated channel names to use, in order")

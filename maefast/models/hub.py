@@ -27,7 +27,8 @@ def download(hub_id: str) -> Path:
         import huggingface_hub
     except ImportError:
         raise ImportError(f"{hub_id!r} is not a local path, and loading it from the Hugging Face Hub needs "
-                          f"huggingface_hub: pip install \"maefast[hub]\" (or download the folder and pass its path)") from None
+                          f"huggingface_hub: pip install \"maefast[hub]\" (or download the folder and pass "
+                          f"its path)") from None
     repo, revision = match["repo"], match["revision"]
     try:
         folder = huggingface_hub.snapshot_download(repo, revision=revision, allow_patterns=HUB_FILES)

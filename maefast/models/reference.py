@@ -59,9 +59,9 @@ BACKBONE_OPTIONS = ("img_size", "in_chans", "global_pool", "drop_path_rate", "in
 BACKBONE_FIXED = {"num_classes": 0, "class_token": True, "fc_norm": None}
 # MAEModel of the OpenPhenom release (huggingface_mae.py) ignores config.json's architecture and builds this:
 OPENPHENOM_RELEASE = {"model": "camae_vit_small_patch16_256",
-                      "overrides": dict(global_pool="avg", qkv_bias=True, max_in_chans=11, decoder_channels=6, decoder_embed_dim=512,
-                                        decoder_depth=8, decoder_num_heads=16, decoder_mlp_ratio=4.0,
-                                        decoder_norm_eps=1e-5)}
+                      "overrides": dict(global_pool="avg", qkv_bias=True, max_in_chans=11, decoder_channels=6,
+                                        decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16,
+                                        decoder_mlp_ratio=4.0, decoder_norm_eps=1e-5)}
 
 
 class ReferenceConfigError(ValueError):
@@ -73,24 +73,25 @@ def is_reference_config(meta: dict) -> bool:
 
 
 def target(part: dict | None, where: str) -> str:
+    """A Hydra dict's `_target_`, as the reference's top-level modules name it (mae_modules.X, vit.X)."""
     if not isinstance(part, dict) or "_target_" not in part:
         raise ReferenceConfigError(f"config.json: {where} has no _target_; expected a Hydra dict as the reference writes")
-    return part["_target_"]
+    return part["_target_"].removeprefix("maes_microscopy.")
 
 
 def backbone_overrides(encoder: dict) -> tuple[str, dict]:
     """The maefast encoder name and ViTConfig overrides of the reference's encoder dict."""
-    backbone = encoder.get("vit_backbone")
-    if target(backbone, "encoder.vit_backbone") == "vit.sincos_positional_encoding_vit":
-        if backbone.get("scale", 10000.0) != 10000.0:
-            raise ReferenceConfigError(f"config.json: sin-cos scale {backbone['scale']} (maefast's positions use 10000)")
-        backbone = backbone.get("vit_backbone")
-    else:
-        raise ReferenceConfigError("config.json: the encoder's backbone is not wrapped in vit.sincos_positional_encoding_vit; "
-                                   "maefast's ViT has fixed sin-cos positions only")
+    wrapper = encoder.get("vit_backbone")
+    if target(wrapper, "encoder.vit_backbone") != "vit.sincos_positional_encoding_vit":
+        raise ReferenceConfigError("config.json: the encoder's backbone is not wrapped in "
+                                   "vit.sincos_positional_encoding_vit; maefast's ViT has fixed sin-cos positions only")
+    if wrapper.get("scale", 10000.0) != 10000.0:
+        raise ReferenceConfigError(f"config.json: sin-cos scale {wrapper['scale']} (maefast's positions use 10000)")
+    backbone = wrapper.get("vit_backbone")
     function = target(backbone, "encoder.vit_backbone.vit_backbone")
     if function not in BACKBONES:
-        raise ReferenceConfigError(f"config.json: backbone {function!r} has no maefast counterpart; known: {sorted(BACKBONES)}")
+        raise ReferenceConfigError(f"config.json: backbone {function!r} has no maefast counterpart; "
+                                   f"known: {sorted(BACKBONES)}")
     options = {k: v for k, v in backbone.items() if k != "_target_"}
     fixed = {k: v for k, v in options.items() if k in BACKBONE_FIXED and v != BACKBONE_FIXED[k]}
     unknown = sorted(set(options) - set(BACKBONE_OPTIONS) - set(BACKBONE_FIXED))
@@ -104,8 +105,9 @@ def decoder_overrides(decoder: dict, channel_agnostic: bool, grid: int) -> dict:
     kind = target(decoder, "decoder")
     expected = "mae_modules.CAMAEDecoder" if channel_agnostic else "mae_modules.MAEDecoder"
     if kind != expected:
-        raise ReferenceConfigError(f"config.json: decoder {kind!r} with a {'channel-agnostic' if channel_agnostic else 'fixed-channel'} "
-                                   f"encoder; maefast builds {expected}'s counterpart")
+        encoder_kind = "channel-agnostic" if channel_agnostic else "fixed-channel"
+        raise ReferenceConfigError(f"config.json: decoder {kind!r} with a {encoder_kind} encoder; "
+                                   f"maefast builds {expected}'s counterpart")
     if decoder.get("qkv_bias", True) is not True:
         raise ReferenceConfigError("config.json: decoder qkv_bias=false; maefast's decoder blocks have qkv biases")
     norm = decoder.get("norm_layer")

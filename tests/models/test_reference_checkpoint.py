@@ -31,7 +31,8 @@ def tiny_config(layout: dict) -> dict:
                "embed_dim": layout["decoder_embed_dim"], "depth": layout["decoder_depth"], "num_heads": 16,
                "mlp_ratio": 4, "qkv_bias": True}
     if agnostic:
-        decoder.update(num_modalities=layout["num_modalities"], tokens_per_modality=(layout["img_size"] // layout["patch_size"]) ** 2)
+        decoder.update(num_modalities=layout["num_modalities"],
+                       tokens_per_modality=(layout["img_size"] // layout["patch_size"]) ** 2)
     return {"model_type": "MAE", "architectures": ["MAEModel"], "mask_ratio": 0.75, "fourier_loss_weight": 0.01,
             "encoder": {"_target_": "mae_modules.MAEEncoder", "channel_agnostic": agnostic,
                         "max_in_chans": layout["max_in_chans"],
@@ -89,7 +90,8 @@ def test_reference_folder_loads_every_value_into_its_parameter(tmp_path, agnosti
                          "decoder.decoders.2.1.attn.qkv.weight": "decoder.decoders.2.1.attn.qkv.weight",
                          "decoder.modality_tokens.1": "decoder.modality_tokens.1",
                          "decoder.cross_attention.kv.weight": "decoder.cross_attention.kv.weight",
-                         "decoder.query_norm.bias": "decoder.query_norm.bias", "decoder.mlp.fc2.weight": "decoder.mlp.fc2.weight"})
+                         "decoder.query_norm.bias": "decoder.query_norm.bias",
+                         "decoder.mlp.fc2.weight": "decoder.mlp.fc2.weight"})
     else:
         expected.update({"encoder.norm.weight": "encoder.vit_backbone.norm.weight",
                          "decoder.blocks.1.mlp.fc1.weight": "decoder.blocks.1.mlp.fc1.weight",
