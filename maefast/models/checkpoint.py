@@ -38,11 +38,11 @@ def weights_format(path: Path) -> str:
     """'safetensors' or 'pickle', from the file's first bytes."""
     with open(path, "rb") as handle:
         head = handle.read(9)
+    # safetensors first: its header length may begin with any byte, a pickle's 9th byte is never "{"
+    if len(head) == 9 and head[8:9] == b"{" and 8 < int.from_bytes(head[:8], "little") + 8 <= path.stat().st_size:
+        return "safetensors"
     if head.startswith(ZIP_MAGIC) or head.startswith(PICKLE_PROTOCOL):
         return "pickle"
-    size = path.stat().st_size
-    if len(head) == 9 and head[8:9] == b"{" and 8 < int.from_bytes(head[:8], "little") + 8 <= size:
-        return "safetensors"
     raise ValueError(f"{path}: neither safetensors (an 8-byte header length, then JSON) nor a torch.save pickle "
                      f"(zip archive or pickle stream); its first bytes are {head!r}")
 

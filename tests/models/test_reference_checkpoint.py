@@ -180,6 +180,13 @@ def test_weights_format_is_read_from_the_bytes_not_the_name(tmp_path):
     model = maefast.create_model("vit_debug_patch8_64", in_chans=2)
     save_file(model.state_dict(), str(tmp_path / "weights.pth"))  # safetensors under a pickle's name
     maefast.load_pretrained(model, tmp_path / "weights.pth")  # no trust needed
+    padded = {**model.state_dict(), "x" * 200: torch.zeros(1)}  # a header length whose first byte is 0x80
+    for extra in range(300):
+        save_file(padded, str(tmp_path / "padded.safetensors"), metadata={"pad": "p" * extra})
+        if (tmp_path / "padded.safetensors").read_bytes()[0] == 0x80:
+            break
+    assert (tmp_path / "padded.safetensors").read_bytes()[0] == 0x80
+    maefast.load_pretrained(model, tmp_path / "padded.safetensors", strict=False)
     (tmp_path / "garbage.safetensors").write_bytes(b"not a checkpoint at all")
     with pytest.raises(ValueError, match="neither safetensors .* nor a torch.save pickle"):
         maefast.load_pretrained(model, tmp_path / "garbage.safetensors")
