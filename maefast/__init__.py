@@ -4,6 +4,7 @@ The thin public API:
     create_model, list_models, load_pretrained, save_pretrained, from_pretrained   (models)
     pretrain(recipe, out, overrides)                                                (training)
     embed(checkpoint, data, out, ...)                                               (embedding a screen)
+    read_embeddings(path, level), write_embeddings(table, path, format)             (parquet, h5ad, pycytominer)
     build_map(...), relationship_recall(features, sources, thresholds)             (maps and benchmark)
 """
 from maefast._source_tree import register_kernels_package
@@ -16,7 +17,7 @@ from maefast.models import (  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["create_model", "from_pretrained", "list_models", "load_pretrained", "save_pretrained", "pretrain",
-           "embed", "build_map", "relationship_recall", "__version__"]
+           "embed", "read_embeddings", "write_embeddings", "build_map", "relationship_recall", "__version__"]
 
 
 def pretrain(recipe: str = "debug", out: str = "runs/pretrain", overrides: list[str] | None = None,
@@ -30,6 +31,19 @@ def embed(checkpoint, data, out, **options) -> dict:
     """Embeds a data set with a trained encoder; see maefast.embedding.api.embed for the options."""
     from maefast.embedding.api import embed as run
     return run(checkpoint, data, out, **options)
+
+
+def read_embeddings(path, level: str = "site"):
+    """Embeddings or a map as one DataFrame (metadata, then feature columns) from a finished `maefast embed`
+    folder (level "site" or "well"), a folder of parquet shards, or a parquet / .h5ad / pycytominer file."""
+    from maefast.tables import read_embeddings as run
+    return run(path, level)
+
+
+def write_embeddings(table, path, format: str = "parquet", feature_prefix: str = "feature_"):
+    """Writes a table of embeddings or a map as parquet, h5ad (AnnData) or pycytominer-csv / -parquet."""
+    from maefast.tables import write_table as run
+    return run(table, path, format, feature_prefix)
 
 
 def build_map(table, **options):

@@ -1,5 +1,8 @@
-"""`maefast embed`: a trained encoder over a whole data set, tiled, batched, sharded and resumable."""
+"""`maefast embed`: a trained encoder over a whole data set, tiled, batched, sharded and resumable;
+`maefast export`: its output (or a map) in another format."""
 from __future__ import annotations
+
+from maefast.tables import FEATURE_PREFIX, FORMATS, LEVELS
 
 
 def add_commands(subparsers) -> None:
@@ -7,10 +10,13 @@ def add_commands(subparsers) -> None:
                                    description="Embed every site of a data set. Many GPUs: torchrun "
                                                "--nproc-per-node N -m maefast.cli embed ...")
     parser.add_argument("--checkpoint", required=True,
-                        help="maefast checkpoint directory, training run directory, or timm/reference weights file")
+                        help="maefast checkpoint directory, training run directory, reference (OpenPhenom) folder, "
+                             "Hugging Face Hub id (owner/name), or timm/reference weights file")
     parser.add_argument("--model", help="architecture of a bare weights file, e.g. vit_large_patch8_256")
     parser.add_argument("--weights-layout", default="auto", choices=("auto", "maefast", "timm", "reference"))
-    parser.add_argument("--trust-pickle", action="store_true", help="allow .pt/.pth weights (loaded weights-only)")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow weights stored as a torch pickle (as the reference's model.safetensors is), "
+                             "loaded with torch.load(weights_only=True)")
     parser.add_argument("--data", required=True, help="data set root (rxrx, jump or packed)")
     parser.add_argument("--layout", default="auto", help="data set layout: auto, rxrx, jump, packed")
     parser.add_argument("--channels", help="comma-separated channel names to use, in order")
@@ -24,8 +30,22 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--on-error", default="raise", choices=("raise", "skip"))
     parser.add_argument("--workers", type=int, default=None, help="loader threads / processes")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--format", default="parquet", choices=FORMATS,
+                        help="also write the finished sites and wells as AnnData (sites.h5ad, wells.h5ad) or "
+                             "pycytominer-style tables (sites.pycytominer.csv.gz / .parquet); parquet shards always")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=embed_command)
+
+    export = subparsers.add_parser("export", help="convert embeddings or a map to AnnData / pycytominer / parquet",
+                                   description="Convert a finished embedding job, a parquet / h5ad / pycytominer "
+                                               "table or a map into another format (written atomically).")
+    export.add_argument("--embeddings", required=True,
+                        help="embedding job folder, folder of parquet shards, or a parquet / .h5ad / .csv[.gz] file")
+    export.add_argument("--out", required=True, help="output file (.parquet, .h5ad, .csv or .csv.gz)")
+    export.add_argument("--format", required=True, choices=FORMATS)
+    export.add_argument("--level", default="site", choices=LEVELS, help="of an embedding job: sites or wells")
+    export.add_argument("--feature-prefix", default=FEATURE_PREFIX, help="feature columns start with this")
+    export.set_defaults(func=export_command)
 
 
 def embed_command(args) -> int:
@@ -35,8 +55,18 @@ def embed_command(args) -> int:
                     trust_pickle=args.trust_pickle, layout=args.layout, channels=channels, pool=args.pool,
                     per_channel=args.per_channel, batch_size=args.batch_size, shard_size=args.shard_size,
                     precision=args.precision, backend=args.backend, on_error=args.on_error, workers=args.workers,
-                    device=args.device, show_progress=not args.no_progress)
+                    device=args.device, show_progress=not args.no_progress, format=args.format)
     if "complete" in summary:  # rank 0
         state = "complete" if summary["complete"] else f"incomplete (missing shards {summary.get('missing_shards')})"
         print(f"maefast embed: {summary['num_shards']} shards, {state}, {summary['crops_per_s']:.1f} crops/s; {args.out}")
+        for path in summary.get("exports", []):
+            print(f"maefast embed: wrote {path}")
+    return 0
+
+
+def export_command(args) -> int:
+    from maefast.tables import read_embeddings, write_table
+    table = read_embeddings(args.embeddings, level=args.level)
+    write_table(table, args.out, args.format, feature_prefix=args.feature_prefix)
+    print(f"maefast export: {len(table)} rows -> {args.out} ({args.format})")
     return 0

@@ -7,15 +7,19 @@ from pathlib import Path
 import pandas as pd
 
 from maefast.errors import UserInputError
-from maefast.io import atomic_path, read_table, write_json_atomic
+from maefast.io import atomic_path, write_json_atomic
+from maefast.tables import FORMATS, read_embeddings, read_table, write_table
 
 
 def add_commands(subparsers) -> None:
     build = subparsers.add_parser(
         "map", help="center-scale, PCA and TVN on controls, then aggregate embeddings per perturbation")
     build.add_argument("--embeddings", required=True,
-                       help="a parquet file, or a directory of parquet shards, of metadata + feature columns")
-    build.add_argument("--out", required=True, help="the map, a parquet file indexed by perturbation")
+                       help="metadata + feature columns: an embedding job folder, a folder of parquet shards, or a "
+                            "parquet / .h5ad (AnnData) / pycytominer .csv[.gz] file")
+    build.add_argument("--out", required=True, help="the map, indexed by perturbation (.parquet, .h5ad or .csv[.gz])")
+    build.add_argument("--format", default="parquet", choices=FORMATS,
+                       help="h5ad: AnnData (obs = perturbations); pycytominer-*: Metadata_<perturbation> + features")
     build.add_argument("--perturbation-col", required=True, help="metadata column naming the perturbation")
     build.add_argument("--control", required=True, action="append",
                        help="perturbation label of the control rows (repeat for several labels)")
@@ -31,7 +35,8 @@ def add_commands(subparsers) -> None:
     build.set_defaults(func=map_command)
 
     bench = subparsers.add_parser("benchmark", help="recall of known relationships by one or more maps, and plots")
-    bench.add_argument("--map", required=True, action="append", dest="maps", help="map parquet (repeatable)")
+    bench.add_argument("--map", required=True, action="append", dest="maps",
+                       help="map file: parquet, .h5ad or pycytominer .csv[.gz] (repeatable)")
     bench.add_argument("--label", action="append", dest="labels",
                        help="name of each map in tables and plots (default: file name without suffix)")
     bench.add_argument("--out", required=True, help="directory for recall.csv, recall.json and the plots")
@@ -47,19 +52,6 @@ def add_commands(subparsers) -> None:
     bench.set_defaults(func=benchmark_command)
 
 
-def read_embeddings(path: str | Path) -> pd.DataFrame:
-    """One parquet file, or every complete `*.parquet` shard of a directory (in name order)."""
-    path = Path(path)
-    if path.is_dir():
-        shards = sorted(p for p in path.glob("*.parquet") if not p.name.startswith("."))
-        if not shards:
-            raise FileNotFoundError(f"{path}: no *.parquet shards in this directory")
-        return pd.concat([read_table(shard) for shard in shards], ignore_index=True)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such embeddings file or directory")
-    return read_table(path)
-
-
 def map_command(args) -> int:
     from maefast.evaluate import aggregate_map, normalize_embeddings, replicate_consistency
 
@@ -73,8 +65,7 @@ def map_command(args) -> int:
                                       pca_components=args.pca_components or None, tvn=not args.no_tvn)
     perturbation_map = aggregate_map(normalized, perturbation_col=args.perturbation_col, method=args.aggregate,
                                      drop_labels=() if args.keep_controls else args.control)
-    with atomic_path(args.out) as temporary:
-        perturbation_map.to_parquet(temporary)
+    write_table(perturbation_map, args.out, args.format, feature_prefix=args.feature_prefix)
     print(f"map: {len(perturbation_map)} perturbations x {perturbation_map.shape[1]} features -> {args.out}")
     if args.consistency:
         consistency = replicate_consistency(normalized, **options, n_null=args.n_null, seed=args.seed)
@@ -92,7 +83,10 @@ def read_map(path: str | Path, perturbation_col: str | None) -> pd.DataFrame:
                                  f"columns are {list(table.columns)[:10]}")
         return table.set_index(perturbation_col)
     if isinstance(table.index, pd.RangeIndex):
-        raise UserInputError(f"{path}: the map has no perturbation index; pass --perturbation-col")
+        labels = [c for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
+        if len(labels) != 1:  # a pycytominer map's one metadata column is its perturbation
+            raise UserInputError(f"{path}: the map has no perturbation index; pass --perturbation-col")
+        return table.set_index(labels[0])
     return table
 
 

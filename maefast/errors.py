@@ -12,6 +12,10 @@ class UserInputError(ValueError):
     """Input the user can correct: a bad argument, config value, input file or output directory."""
 
 
+class MissingDependency(UserInputError, ImportError):
+    """An optional package a requested feature needs is not installed (the message says how to install it)."""
+
+
 class UnknownOptionError(UserInputError, TypeError):
     """A keyword option a factory does not take: a TypeError, as Python gives for a bad keyword."""
 

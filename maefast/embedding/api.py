@@ -7,6 +7,7 @@ from maefast.embedding.job import EmbedSettings, run_embedding
 from maefast.errors import UserInputError
 from maefast.io import file_sha256
 from maefast.models.registry import input_config
+from maefast.tables import check_format, export_embeddings, import_anndata
 from maefast.train import distributed
 
 
@@ -35,11 +36,15 @@ def embed(checkpoint, data, out, *, model: str | None = None, weights_layout: st
           trust_pickle: bool = False, layout: str = "auto", channels: list[str] | None = None, pool: str = "mean",
           per_channel: bool = False, batch_size: int = 16, shard_size: int = 1024, precision: str = "auto",
           backend: str = "auto", on_error: str = "raise", workers: int | None = None, device: str = "auto",
-          show_progress: bool = True) -> dict:
+          show_progress: bool = True, format: str = "parquet") -> dict:
     """Embeds every site of `data` with the encoder in `checkpoint` into `out`; returns the job summary.
 
-    Under torchrun each rank embeds its own shards. Read the result with maefast.embed.read_embeddings.
+    Under torchrun each rank embeds its own shards. Read the result with maefast.read_embeddings(out).
+    format: besides the parquet shards and wells.parquet, a finished job also writes sites and wells as
+    h5ad (AnnData), pycytominer-csv or pycytominer-parquet (see maefast.tables); listed in summary["exports"].
     """
+    if check_format(format) == "h5ad":
+        import_anndata()  # before hours of embedding, not after
     context = distributed.init_distributed(device)
     try:
         encoder, checkpoint_channels = load_encoder(checkpoint, model, weights_layout, trust_pickle)
@@ -55,7 +60,10 @@ def embed(checkpoint, data, out, *, model: str | None = None, weights_layout: st
             return make_tile_loader(subset, batch_size=batch_size, crop_size=tile, device=context.device,
                                     backend=backend, on_error=on_error, num_workers=workers)
 
-        return run_embedding(encoder, dataset, out, settings, make_tiles, context.device, context,
-                             show_progress=show_progress and context.is_main)
+        summary = run_embedding(encoder, dataset, out, settings, make_tiles, context.device, context,
+                                show_progress=show_progress and context.is_main)
+        if summary.get("complete"):  # rank 0 of a finished job
+            summary["exports"] = [str(path) for path in export_embeddings(out, format)]
+        return summary
     finally:
         distributed.shutdown(context)

@@ -1,10 +1,12 @@
-"""Finding the encoder to embed with: a maefast checkpoint, a training run, or a timm / reference file."""
+"""Finding the encoder to embed with: a maefast checkpoint, a training run, a reference (OpenPhenom)
+folder, a Hugging Face Hub id, or a timm / reference weights file."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from maefast.errors import UserInputError
 from maefast.io import read_json
+from maefast.models import hub
 from maefast.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, from_pretrained, load_pretrained
 from maefast.models.mae import MaskedAutoencoder
 from maefast.models.registry import create_model
@@ -13,13 +15,14 @@ from maefast.models.registry import create_model
 def load_encoder(checkpoint, model_name: str | None = None, layout: str = "auto", trust_pickle: bool = False):
     """The encoder (a VisionTransformer or another model with .embed) and its channel names.
 
-    checkpoint: a save_pretrained directory (MAE or encoder), a training run directory (its encoder/),
-    or a weights file in the timm / reference layout, which needs model_name (e.g. vit_large_patch8_256).
+    checkpoint: a save_pretrained directory (MAE or encoder), a training run directory (its encoder/), a
+    reference MAEModel folder or Hub id (e.g. recursionpharma/OpenPhenom), or a weights file in the timm /
+    reference layout, which needs model_name (e.g. vit_large_patch8_256).
     """
     path = checkpoint_path(checkpoint)
     if path.is_dir():
         meta = read_json(path / CONFIG_FILE)
-        return embedder_of(from_pretrained(path)), list(meta.get("channel_names") or [])
+        return embedder_of(from_pretrained(path, trust_pickle=trust_pickle)), list(meta.get("channel_names") or [])
     if model_name is None:
         raise UserInputError(f"{path} is a bare weights file: name its architecture with --model "
                              f"(e.g. vit_large_patch8_256)")
@@ -28,11 +31,12 @@ def load_encoder(checkpoint, model_name: str | None = None, layout: str = "auto"
 
 
 def checkpoint_path(checkpoint) -> Path:
-    """The maefast checkpoint directory (with config.json) or the bare weights file `checkpoint` names."""
-    path = Path(checkpoint)
+    """The checkpoint directory (with config.json) or the bare weights file `checkpoint` names (a Hub id is
+    fetched first)."""
+    path = Path(hub.resolve(str(checkpoint)))
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist: expected a maefast checkpoint directory, a "
-                                f"training run directory or a weights file")
+                                f"training run directory, a reference folder, a Hub id or a weights file")
     if path.is_dir() and not (path / CONFIG_FILE).exists() and (path / "encoder" / CONFIG_FILE).exists():
         path = path / "encoder"
     if path.is_dir() and not (path / CONFIG_FILE).exists():

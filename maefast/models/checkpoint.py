@@ -3,9 +3,12 @@
 Layouts read by `load_pretrained`:
   "maefast"   this package's own state dict (model.safetensors written by save_pretrained)
   "timm"      a timm VisionTransformer state dict (parallel-block, qk-norm variants)
-  "reference" the public reference MAE / CA-MAE modules: `encoder.vit_backbone.*`, `decoder.*`, ...
-Pickle files (.pt, .pth, .bin, .ckpt) are only opened with `trust_pickle=True`, and then with
-torch.load(weights_only=True).
+  "reference" the public reference MAE / CA-MAE (`MAEModel` of recursionpharma/maes_microscopy, the OpenPhenom
+              release): `encoder.vit_backbone.*`, `decoder.*`, ... (see maefast.models.reference)
+A weights file is recognized by its bytes, never by its name: a safetensors header, or a torch.save
+pickle (zip archive or legacy pickle), which the reference writes under the name model.safetensors.
+A pickle is only opened with `trust_pickle=True`, and then with torch.load(weights_only=True).
+A checkpoint may also be a Hugging Face Hub id (owner/name), fetched with huggingface_hub (maefast.models.hub).
 """
 from __future__ import annotations
 
@@ -17,45 +20,64 @@ from safetensors.torch import save_file
 
 from maefast.errors import UserInputError
 from maefast.io import atomic_path, read_json, read_safetensors, write_json_atomic
+from maefast.models import hub, reference
 from maefast.models.registry import create_model, model_config_dict
 from maefast.models.vit import VisionTransformer
 
 LAYOUTS = ("auto", "maefast", "timm", "reference")
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
-# Reference-layout entries that are recomputed here rather than loaded.
-REFERENCE_FIXED_KEYS = ("decoder.pos_embeddings", "decoder.placeholder")
+ZIP_MAGIC = b"PK\x03\x04"      # torch.save's default (zip) format
+PICKLE_PROTOCOL = b"\x80"       # torch.save's legacy format starts with a pickle protocol opcode
 
 
 class CheckpointMismatch(UserInputError):
     """A checkpoint whose keys or shapes do not fit the model."""
 
 
+def weights_format(path: Path) -> str:
+    """'safetensors' or 'pickle', from the file's first bytes."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    # safetensors first: its header length may begin with any byte, a pickle's 9th byte is never "{"
+    if len(head) == 9 and head[8:9] == b"{" and 8 < int.from_bytes(head[:8], "little") + 8 <= path.stat().st_size:
+        return "safetensors"
+    if head.startswith(ZIP_MAGIC) or head.startswith(PICKLE_PROTOCOL):
+        return "pickle"
+    raise UserInputError(f"{path}: neither safetensors (an 8-byte header length, then JSON) nor a torch.save pickle "
+                     f"(zip archive or pickle stream); its first bytes are {head!r}")
+
+
+def weights_path(source) -> Path:
+    path = Path(source)
+    if path.is_dir():
+        if not (path / WEIGHTS_FILE).exists():
+            present = sorted(p.name for p in path.iterdir())
+            raise FileNotFoundError(f"{path} holds no {WEIGHTS_FILE} (it has {present[:20]})")
+        path = path / WEIGHTS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return path
+
+
 def read_state_dict(source, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
     if isinstance(source, dict):
         state = source
     else:
-        path = Path(source)
-        if path.is_dir():
-            path = path / WEIGHTS_FILE
-        if not path.exists():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        if path.suffix == ".safetensors":
+        path = weights_path(hub.resolve(source))
+        if weights_format(path) == "safetensors":
             state = read_safetensors(path)
-        elif path.suffix in PICKLE_SUFFIXES:
-            if not trust_pickle:
-                raise UserInputError(f"{path} is a pickle file; maefast only opens pickles it is told to trust: "
-                                     f"pass trust_pickle=True (loaded with weights_only=True) or convert it to "
-                                     f"safetensors")
+        elif not trust_pickle:
+            raise UserInputError(f"{path} is a torch.save pickle, whatever its name says; maefast opens pickles only "
+                                 f"when told to trust them: pass trust_pickle=True (command line: --trust-pickle); it "
+                                 f"is then read with torch.load(weights_only=True), which loads tensors and refuses code")
+        else:  # through a handle: torch.load given a path ending in .safetensors reads it as safetensors
             try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
+                with open(path, "rb") as handle:
+                    state = torch.load(handle, map_location="cpu", weights_only=True)
             except (RuntimeError, EOFError, pickle.UnpicklingError) as error:  # torch.load's ways to refuse a file
                 raise UserInputError(f"{path}: not a readable PyTorch weights file, damaged or holding more than "
                                      f"tensors ({error})") from None
-        else:
-            raise UserInputError(f"{path}: unknown checkpoint format {path.suffix!r}; expected .safetensors or "
-                                 f"one of {PICKLE_SUFFIXES}")
     if not isinstance(state, dict):
         raise UserInputError(f"{source}: expected a dict of tensors, got a {type(state).__name__}")
     for wrapper in ("state_dict", "model"):  # training checkpoints nest the weights
@@ -83,19 +105,6 @@ def convert_timm(state: dict, model) -> dict:
     return {prefix + k: v for k, v in state.items()}
 
 
-def convert_reference(state: dict, model) -> dict:
-    converted = {}
-    for key, value in state.items():
-        if key in REFERENCE_FIXED_KEYS:
-            continue
-        if key.startswith("encoder.vit_backbone."):
-            key = key.replace("encoder.vit_backbone.", "encoder.", 1)
-        elif not has_vit_encoder(model):
-            continue  # an encoder takes only the backbone of an MAE checkpoint
-        converted[key if has_vit_encoder(model) else key.removeprefix("encoder.")] = value
-    return converted
-
-
 def to_model_layout(state: dict, model, layout: str) -> dict:
     if layout not in LAYOUTS:
         raise UserInputError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -104,7 +113,7 @@ def to_model_layout(state: dict, model, layout: str) -> dict:
     if layout == "timm":
         return convert_timm(state, model)
     if layout == "reference":
-        return convert_reference(state, model)
+        return reference.convert_reference(state, model, has_vit_encoder(model))
     if isinstance(model, VisionTransformer) and any(k.startswith("encoder.") for k in state):
         # a maefast MAE (or classifier) checkpoint loaded into a bare encoder
         return {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
@@ -112,18 +121,26 @@ def to_model_layout(state: dict, model, layout: str) -> dict:
 
 
 def load_pretrained(model, checkpoint, layout: str = "auto", strict: bool = True, trust_pickle: bool = False):
-    """Loads `checkpoint` (path, directory or state dict) into `model`; returns the model.
+    """Loads `checkpoint` (path, directory, Hub id or state dict) into `model`; returns the model.
 
-    strict=True refuses missing or unexpected keys, listing them; shapes must always match.
+    strict=True refuses missing or unexpected keys, listing them (unexpected ones by their names in the
+    checkpoint); shapes must always match.
     """
-    state = to_model_layout(read_state_dict(checkpoint, trust_pickle), model, layout)
+    raw = read_state_dict(checkpoint, trust_pickle)
+    state = to_model_layout(raw, model, layout)
+    origin = {id(value): key for key, value in raw.items()}  # conversions rename keys, never copy values
+
+    def named(key: str) -> str:
+        source = origin.get(id(state[key]), key)
+        return key if source == key else f"{key} (checkpoint {source})"
+
     expected = model.state_dict()
-    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+    mismatched = [f"{named(k)}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
                   for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
     if mismatched:
         raise CheckpointMismatch("checkpoint does not match the model's shapes:\n  " + "\n  ".join(mismatched))
     missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+    unexpected = sorted(origin.get(id(state[k]), k) for k in set(state) - set(expected))
     if strict and (missing or unexpected):
         raise CheckpointMismatch(
             f"checkpoint keys do not match the model (pass strict=False to load anyway):\n"
@@ -157,14 +174,33 @@ def pretrained_config(model, channel_names: list[str] | None = None, extra: dict
     return {"format": "maefast", "model": name, "config": config, "channel_names": channel_names, **(extra or {})}
 
 
-def from_pretrained(directory, **overrides):
-    """Rebuilds a model saved by save_pretrained and loads its weights."""
-    directory = Path(directory)
+def read_config(directory: Path) -> dict:
     config_path = directory / CONFIG_FILE
     if not config_path.exists():
-        raise FileNotFoundError(f"{config_path} not found: not a maefast checkpoint directory")
+        raise FileNotFoundError(f"{config_path} not found: a checkpoint folder needs its {CONFIG_FILE} to rebuild "
+                                f"the model (for bare weights, build the model with create_model and call load_pretrained)")
     meta = read_json(config_path)
-    if not (isinstance(meta, dict) and isinstance(meta.get("model"), str) and isinstance(meta.get("config"), dict)):
-        raise UserInputError(f"{config_path}: not a maefast model config (expected the keys model and config)")
-    model = create_model(meta["model"], **{**meta["config"], **overrides})
-    return load_pretrained(model, directory / WEIGHTS_FILE, layout="maefast")
+    if not isinstance(meta, dict):
+        raise UserInputError(f"{config_path}: expected a JSON object, got a {type(meta).__name__}")
+    return meta
+
+
+def from_pretrained(directory, trust_pickle: bool = False, **overrides):
+    """Rebuilds the model of a checkpoint folder (or Hub id) and loads its weights.
+
+    The folder is maefast's (save_pretrained) or the public reference's (MAEModel.save_pretrained: its
+    config.json and a model.safetensors that is a pickle, so trust_pickle=True is needed; see
+    maefast.models.reference). overrides change create_model's options (e.g. drop_path_rate=0.0).
+    """
+    directory = Path(hub.resolve(directory))
+    meta = read_config(directory)
+    if reference.is_reference_config(meta):
+        name, config = reference.model_spec(meta)
+        layout = "reference"
+    elif isinstance(meta.get("model"), str) and isinstance(meta.get("config"), dict):
+        name, config, layout = meta["model"], meta["config"], "maefast"
+    else:
+        raise UserInputError(f"{directory / CONFIG_FILE}: neither a maefast config (keys model and config) nor the "
+                             f"public reference's (model_type: MAE); keys: {sorted(meta)[:12]}")
+    model = create_model(name, **{**config, **overrides})
+    return load_pretrained(model, directory / WEIGHTS_FILE, layout=layout, trust_pickle=trust_pickle)

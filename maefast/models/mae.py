@@ -30,6 +30,8 @@ class MAEConfig:
     decoder_num_heads: int = 16
     decoder_mlp_ratio: float = 4.0
     cross_attention_heads: int = 8  # CA-MAE decoder only
+    decoder_channels: int | None = None  # CA-MAE: per-channel decoders (None: the encoder's max_in_chans)
+    decoder_norm_eps: float = 1e-6  # the decoder's LayerNorms (the public OpenPhenom release code uses 1e-5)
     mask_ratio: float = 0.75
     norm_pix_loss: bool = False
     fourier_weight: float = DEFAULT_FOURIER_WEIGHT
@@ -42,6 +44,14 @@ class MAEConfig:
         if self.decoder_embed_dim % self.decoder_num_heads:
             raise UserInputError(f"decoder_embed_dim {self.decoder_embed_dim} is not divisible by "
                                  f"decoder_num_heads {self.decoder_num_heads}")
+        if self.decoder_channels is not None and not 1 <= self.decoder_channels <= self.encoder.max_in_chans:
+            raise UserInputError(f"decoder_channels must be in [1, max_in_chans={self.encoder.max_in_chans}], "
+                             f"got {self.decoder_channels}")
+
+    @property
+    def num_decoder_channels(self) -> int:
+        """CA-MAE: how many channels the decoder reconstructs (one decoder stack each)."""
+        return self.encoder.max_in_chans if self.decoder_channels is None else self.decoder_channels
 
 
 class MAEDecoder(nn.Module):
@@ -99,11 +109,14 @@ class MaskedAutoencoder(nn.Module):
         dim = config.decoder_embed_dim
         self.encoder_decoder_proj = nn.Linear(enc.embed_dim, dim)
         if self.channel_agnostic:
-            self.decoder = CAMAEDecoder(dim, config.decoder_depth, config.decoder_num_heads,
-                                        config.decoder_mlp_ratio, enc.max_in_chans, config.cross_attention_heads)
+            self.decoder = CAMAEDecoder(dim, config.decoder_depth, config.decoder_num_heads, config.decoder_mlp_ratio,
+                                        config.num_decoder_channels, config.cross_attention_heads)
         else:
             self.decoder = MAEDecoder(dim, config.decoder_depth, config.decoder_num_heads, config.decoder_mlp_ratio)
-        repeats = enc.max_in_chans if self.channel_agnostic else 1
+        for module in self.decoder.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.eps = config.decoder_norm_eps
+        repeats = config.num_decoder_channels if self.channel_agnostic else 1
         self.register_buffer("decoder_pos_embed", sincos_position_embedding(dim, enc.grid_side, repeats),
                              persistent=False)
         patch_values = enc.patch_size ** 2 * (1 if self.channel_agnostic else enc.in_chans)
@@ -135,6 +148,9 @@ class MaskedAutoencoder(nn.Module):
         self.encoder.check_pixels(pixels)
         ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
         batch, channels = pixels.shape[:2]
+        if self.channel_agnostic and channels > self.config.num_decoder_channels:
+            raise ValueError(f"this CA-MAE's decoder reconstructs at most {self.config.num_decoder_channels} "
+                             f"channels, got {channels} (its encoder embeds up to {self.config.encoder.max_in_chans})")
         num_tokens = self.encoder.num_tokens(channels)
         mask = random_masking(batch, num_tokens, ratio, device=pixels.device, noise=noise)
         latent = self.encoder.forward_encoder(pixels, mask)

@@ -15,14 +15,27 @@ class Lion(Optimizer):
 
     update = sign(beta1 * m + (1 - beta1) * g); p <- p * (1 - lr * wd) - lr * update;
     m <- beta2 * m + (1 - beta2) * g. Decoupled weight decay, one state tensor per parameter.
+
+    foreach=True updates each group's tensors of one device and dtype with torch's multi-tensor
+    `_foreach_*` ops (a few kernel launches per group instead of seven per parameter); foreach=False loops
+    over the parameters one by one. The default (None) is torch's choice: foreach on CUDA, the loop
+    elsewhere (on a CPU the multi-tensor ops are loops themselves: no faster, measured). Both do the same
+    arithmetic in the same order: bitwise equal results in float32 and float64 (bfloat16 kernels may round
+    an intermediate differently by one unit in the last place).
     """
 
-    def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.99), weight_decay: float = 0.0):
+    def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.99), weight_decay: float = 0.0,
+                 foreach: bool | None = None):
         if lr <= 0:
             raise UserInputError(f"Lion lr must be positive, got {lr}")
         if not all(0.0 <= b < 1.0 for b in betas):
             raise UserInputError(f"Lion betas must be in [0, 1), got {betas}")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, foreach=foreach))
+
+    def __setstate__(self, state):  # optimizer state saved before the foreach option existed
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("foreach", None)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -31,20 +44,45 @@ class Lion(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if any(p.grad.is_sparse for p in params):
+                raise RuntimeError("Lion does not support sparse gradients")
+            for param in params:
+                if not self.state[param]:
+                    self.state[param]["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            grads = [p.grad for p in params]
+            moments = [self.state[p]["exp_avg"] for p in params]
+            foreach = group["foreach"]
+            if foreach is None:
+                foreach = all(p.device.type == "cuda" for p in params)
+            update = lion_foreach if foreach else lion_single_tensor
             beta1, beta2 = group["betas"]
-            lr, decay = group["lr"], group["weight_decay"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                state = self.state[param]
-                if not state:
-                    state["exp_avg"] = torch.zeros_like(param)
-                momentum = state["exp_avg"]
-                param.mul_(1.0 - lr * decay)
-                update = momentum.mul(beta1).add_(param.grad, alpha=1.0 - beta1).sign_()
-                param.add_(update, alpha=-lr)
-                momentum.mul_(beta2).add_(param.grad, alpha=1.0 - beta2)
+            update(params, grads, moments, group["lr"], beta1, beta2, group["weight_decay"])
         return loss
+
+
+def lion_single_tensor(params, grads, moments, lr: float, beta1: float, beta2: float, decay: float) -> None:
+    for param, grad, momentum in zip(params, grads, moments):
+        if decay:
+            param.mul_(1.0 - lr * decay)
+        update = momentum.mul(beta1).add_(grad, alpha=1.0 - beta1).sign_()
+        param.add_(update, alpha=-lr)
+        momentum.mul_(beta2).add_(grad, alpha=1.0 - beta2)
+
+
+def lion_foreach(params, grads, moments, lr: float, beta1: float, beta2: float, decay: float) -> None:
+    if not params:
+        return
+    grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, moments])
+    for (device_params, device_grads, device_moments), _ in grouped.values():
+        if decay:
+            torch._foreach_mul_(device_params, 1.0 - lr * decay)
+        updates = torch._foreach_mul(device_moments, beta1)
+        torch._foreach_add_(updates, device_grads, alpha=1.0 - beta1)
+        torch._foreach_sign_(updates)
+        torch._foreach_add_(device_params, updates, alpha=-lr)
+        torch._foreach_mul_(device_moments, beta2)
+        torch._foreach_add_(device_moments, device_grads, alpha=1.0 - beta2)
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

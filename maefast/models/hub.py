@@ -1,0 +1,49 @@
+"""Checkpoints by Hugging Face Hub id ("owner/name", optionally "owner/name@revision").
+
+A local path always wins: a string that names an existing file or folder is used as it is. Anything
+else of the form owner/name is fetched with huggingface_hub (optional: `pip install "maefast[hub]"`),
+which keeps its own cache; with HF_HUB_OFFLINE=1 it answers from that cache only.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from maefast.errors import MissingDependency, UserInputError
+
+HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(@(?P<revision>[\w./-]+))?$")
+# what a checkpoint folder may hold: weights (safetensors or pickle under any of these names) and configs
+HUB_FILES = ["*.json", "*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt"]
+
+
+def is_hub_id(source) -> bool:
+    return isinstance(source, str) and not Path(source).exists() and HUB_ID.match(source) is not None
+
+
+def download(hub_id: str) -> Path:
+    """The local folder of a Hub checkpoint (downloaded, or found in huggingface_hub's cache)."""
+    match = HUB_ID.match(hub_id)
+    if match is None:
+        raise UserInputError(f"{hub_id!r} is not a Hugging Face Hub id (owner/name or owner/name@revision)")
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise MissingDependency(f"{hub_id!r} is not a local path, and loading it from the Hugging Face Hub "
+                                f"needs huggingface_hub: python -m pip install \"maefast[hub]\" (or download the "
+                                f"folder and pass its path)") from None
+    repo, revision = match["repo"], match["revision"]
+    try:
+        folder = huggingface_hub.snapshot_download(repo, revision=revision, allow_patterns=HUB_FILES)
+    except Exception as error:  # network, authentication, missing repo or revision, offline without a cached copy
+        raise OSError(f"could not get {hub_id!r} from the Hugging Face Hub ({type(error).__name__}: {error}). "
+                      f"Offline: download the folder on a machine with network access (huggingface-cli download "
+                      f"{repo} --local-dir DIR) and pass DIR, or set HF_HUB_OFFLINE=1 to use a copy already in the "
+                      f"huggingface_hub cache") from error
+    return Path(folder)
+
+
+def resolve(source):
+    """A path for a local checkpoint or a Hub id; state dicts and other objects pass through."""
+    if is_hub_id(source):
+        return download(source)
+    return source

@@ -1,0 +1,123 @@
+"""Embeddings and maps as parquet, AnnData (.h5ad) and pycytominer-style tables: round trips, atomic
+writes, the command line (embed --format, export, map --format, benchmark on any format)."""
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import maefast
+from maefast.cli import main
+from maefast.tables import FORMATS, read_embeddings, write_table
+
+SUFFIX = {"parquet": ".parquet", "h5ad": ".h5ad", "pycytominer-csv": ".csv.gz", "pycytominer-parquet": ".parquet"}
+
+
+def has_anndata() -> bool:
+    try:
+        import anndata  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def with_anndata(formats):
+    """h5ad runs where anndata is installed (the [anndata] extra pins pandas < 3, so CI's test extra leaves it out)."""
+    return [pytest.param(f, marks=pytest.mark.skipif(not has_anndata(), reason="anndata not installed"))
+            if f == "h5ad" else f for f in formats]
+
+
+def site_table(rows: int = 12, features: int = 5, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    metadata = pd.DataFrame({"id": [f"P1_A{r:02d}_s1" for r in range(rows)], "plate": ["P1"] * rows,
+                             "well": [f"A{r:02d}" for r in range(rows)], "site": np.arange(rows) % 2 + 1,
+                             "perturbation": [f"gene{r % 3}" for r in range(rows)],
+                             "is_control": np.arange(rows) % 4 == 0})
+    values = rng.standard_normal((rows, features)).astype(np.float32)
+    return pd.concat([metadata, pd.DataFrame(values, columns=[f"feature_{i:04d}" for i in range(features)])], axis=1)
+
+
+def perturbation_map(entities: int = 25, features: int = 4) -> pd.DataFrame:
+    values = np.random.default_rng(1).standard_normal((entities, features)).astype(np.float32)
+    return pd.DataFrame(values, columns=[f"feature_{i}" for i in range(features)],
+                        index=pd.Index([f"gene{i}" for i in range(entities)], name="perturbation"))
+
+
+@pytest.mark.parametrize("format", with_anndata(FORMATS))
+def test_site_tables_round_trip(tmp_path, format):
+    table = site_table()
+    path = write_table(table, tmp_path / f"sites{SUFFIX[format]}", format)
+    assert not list(tmp_path.glob(".*partial"))
+    back = read_embeddings(path)
+    pd.testing.assert_frame_equal(back, table, check_dtype=format in ("parquet", "pycytominer-parquet"))
+    assert back.filter(like="feature_").to_numpy().dtype == np.float32 or format == "pycytominer-csv"
+
+
+@pytest.mark.parametrize("format", with_anndata(FORMATS))
+def test_maps_round_trip_with_their_perturbation_index(tmp_path, format):
+    table = perturbation_map()
+    path = write_table(table, tmp_path / f"map{SUFFIX[format]}", format)
+    back = read_embeddings(path)
+    if format.startswith("pycytominer"):
+        back = back.set_index("perturbation")  # a pycytominer map keeps its perturbations in Metadata_perturbation
+    pd.testing.assert_frame_equal(back, table, check_dtype=format != "pycytominer-csv")
+
+
+def test_pycytominer_columns_and_file_names(tmp_path):
+    write_table(site_table(rows=3), tmp_path / "sites.csv", "pycytominer-csv")
+    columns = list(pd.read_csv(tmp_path / "sites.csv").columns)
+    assert columns[:6] == ["Metadata_id", "Metadata_plate", "Metadata_well", "Metadata_site", "Metadata_perturbation",
+                           "Metadata_is_control"] and columns[6:] == [f"feature_{i:04d}" for i in range(5)]
+    with pytest.raises(ValueError, match=r"a h5ad file's name ends with .h5ad"):
+        write_table(site_table(), tmp_path / "sites.parquet", "h5ad")
+    with pytest.raises(ValueError, match="format must be one of"):
+        write_table(site_table(), tmp_path / "sites.parquet", "loom")
+
+
+@pytest.mark.skipif(not has_anndata(), reason="anndata not installed")
+def test_h5ad_is_what_anndata_users_expect(tmp_path):
+    import anndata
+    table = site_table()
+    data = anndata.read_h5ad(write_table(table, tmp_path / "sites.h5ad", "h5ad"))
+    assert data.X.dtype == np.float32 and data.shape == (12, 5)
+    assert list(data.var_names) == [f"feature_{i:04d}" for i in range(5)]
+    assert list(data.obs["perturbation"]) == list(table["perturbation"]) and data.obs["is_control"].dtype == bool
+    np.testing.assert_array_equal(data.X, table.filter(like="feature_").to_numpy())
+
+
+def test_h5ad_without_anndata_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "anndata", None)
+    with pytest.raises(ImportError, match=r"pip install \"maefast\[anndata\]\""):
+        write_table(site_table(), tmp_path / "sites.h5ad", "h5ad")
+    assert not list(tmp_path.iterdir())  # nothing half-written
+    assert main(["export", "--embeddings", str(write_table(site_table(), tmp_path / "s.parquet")), "--out",
+                 str(tmp_path / "s.h5ad"), "--format", "h5ad"]) == 2
+
+
+@pytest.mark.parametrize("format", with_anndata(["h5ad", "pycytominer-csv", "pycytominer-parquet"]))
+def test_embed_format_export_and_map_on_each_format(screen, tmp_path, format, capsys):
+    encoder = maefast.create_model("vit_debug_patch8_64", in_chans=3)
+    maefast.save_pretrained(encoder, tmp_path / "ckpt", channel_names=["Mito", "DNA", "RNA"])
+    job = tmp_path / "emb"
+    assert main(["embed", "--checkpoint", str(tmp_path / "ckpt"), "--data", str(screen), "--out", str(job),
+                 "--no-progress", "--format", format]) == 0
+    ending = {"h5ad": ".h5ad", "pycytominer-csv": ".pycytominer.csv.gz", "pycytominer-parquet": ".pycytominer.parquet"}
+    sites = maefast.read_embeddings(job)
+    for level, expected in (("site", sites), ("well", maefast.read_embeddings(job, level="well"))):
+        exported = read_embeddings(job / f"{level}s{ending[format]}")
+        if format == "pycytominer-csv":  # CSV keeps text, not types: plate "1" reads back as the number 1
+            metadata = [c for c in expected.columns if not c.startswith("feature_")]
+            exported[metadata], expected = exported[metadata].astype(str), expected.astype({c: str for c in metadata})
+        pd.testing.assert_frame_equal(exported, expected, check_dtype=False, check_exact=False, rtol=1e-6)
+    converted = tmp_path / f"sites{SUFFIX[format]}"
+    assert main(["export", "--embeddings", str(job), "--out", str(converted), "--format", format]) == 0
+    out = tmp_path / f"map{SUFFIX[format]}"
+    assert main(["map", "--embeddings", str(converted), "--out", str(out), "--format", format,
+                 "--perturbation-col", "perturbation", "--control", "EMPTY", "--batch-col", "plate",
+                 "--pca-components", "0", "--no-tvn"]) == 0
+    expected_map = tmp_path / "map_reference.parquet"
+    assert main(["map", "--embeddings", str(job / "shards"), "--out", str(expected_map), "--perturbation-col",
+                 "perturbation", "--control", "EMPTY", "--batch-col", "plate", "--pca-components", "0", "--no-tvn"]) == 0
+    from maefast.cli_evaluate import read_map
+    np.testing.assert_allclose(read_map(out, None).sort_index().to_numpy(),
+                               read_map(expected_map, None).sort_index().to_numpy(), rtol=1e-4, atol=1e-5)
