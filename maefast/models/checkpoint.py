@@ -181,7 +181,7 @@ def read_config(directory: Path) -> dict:
                                 f"the model (for bare weights, build the model with create_model and call load_pretrained)")
     meta = read_json(config_path)
     if not isinstance(meta, dict):
-        raise UserInputError(f"{config_path}: expected a JSON object, got a {type(meta).__name__}")
+        raise UserInputError(f"{config_path}: not a maefast model config (a JSON object), got a {type(meta).__name__}")
     return meta
 
 

@@ -1,0 +1,158 @@
+"""torch.compile(fullgraph=True) over every model family, in the CPU configuration and in the CUDA one.
+
+The traced code depends on the device only through the ops' backend choice (maefast.ops.backend), which
+dynamo evaluates while tracing. The CUDA configuration is traced here without a GPU by giving the ops the
+choice CUDA gets (the Triton kernels, which run on CPU tensors under TRITON_INTERPRET=1) and checking that
+choice itself traces for a CUDA device. The models are the registry's families at each patch size, shrunk
+(2 blocks of width 64, a 4 x 4 patch grid): the traced Python is the same at every width and depth.
+"""
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+import torch._dynamo
+
+from maefast import create_model, list_models
+from maefast.models.attention_setup import configure_attention
+from maefast.models.registry import input_config
+from maefast.ops.backend import select_backend, triton_installed, triton_interpreting
+
+# maefast.ops re-exports each op's function under its module's name
+OPS = {op: importlib.import_module(f"maefast.ops.{op}").IMPLEMENTED for op in ("tokenize", "unshuffle", "mae_loss")}
+FAMILIES = ("vit_", "ca_vit_", "mae_", "camae_", "wsl_", "munet_")
+needs_interpreter = pytest.mark.skipif(not (triton_installed() and triton_interpreting()),
+                                       reason="the CUDA configuration runs the Triton kernels under TRITON_INTERPRET=1")
+
+
+def family_of(name: str) -> str:
+    return next(prefix for prefix in FAMILIES if name.startswith(prefix))
+
+
+def representatives() -> list[str]:
+    """One registered model per (family, patch size), the smallest by name order."""
+    chosen = {}
+    for name in list_models():
+        if "debug" in name and not name.startswith("munet_"):
+            continue
+        with torch.device("meta"):
+            model = create_model(name, **({"num_classes": 2} if name.startswith("wsl_") else {}))
+        chosen.setdefault((family_of(name), input_config(model).patch_size), name)
+    return sorted(chosen.values())
+
+
+def small_model(name: str, drop_path_rate: float = 0.1):
+    """The registered model at its patch size, with 2 blocks of width 64 and a 4 x 4 patch grid."""
+    if name.startswith("munet_"):
+        return create_model(name, img_size=32, patch_size=8, in_chans=3, widths=[16, 32, 64], depths=[1, 1],
+                            bottleneck_depth=1, norm_groups=8)
+    with torch.device("meta"):
+        patch = input_config(create_model(name, **({"num_classes": 2} if name.startswith("wsl_") else {}))).patch_size
+    overrides = dict(depth=2, embed_dim=64, num_heads=4, img_size=4 * patch, drop_path_rate=drop_path_rate)
+    if name.startswith(("mae_", "camae_")):
+        overrides.update(decoder_depth=1, decoder_embed_dim=64, decoder_num_heads=4, cross_attention_heads=4)
+    if name.startswith(("vit_", "mae_", "wsl_")):
+        overrides["in_chans"] = 3
+    if name.startswith("wsl_"):
+        overrides["num_classes"] = 3
+    return create_model(name, **overrides)
+
+
+def inputs_for(model, batch: int = 2) -> tuple:
+    config = input_config(model)
+    channels = 2 if getattr(config, "channel_agnostic", False) else config.in_chans
+    pixels = torch.randint(0, 65536, (batch, channels, config.img_size, config.img_size), dtype=torch.int32)
+    inputs = (pixels.to(torch.uint16),)
+    if getattr(model, "needs_labels", False):
+        inputs += (torch.randint(0, model.config.num_classes, (batch,)),)
+    return inputs
+
+
+def fresh_dynamo() -> None:
+    """No compiled code and no counts from earlier tests."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+
+
+def graphs_compiled() -> int:
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+def test_the_cuda_backend_choice_traces_for_a_cuda_device():
+    """What select_backend does for CUDA tensors (no GPU needed: it only reads the device type)."""
+    def choose(x):
+        return x + sum(len(select_backend(op, torch.device("cuda"), implemented)) for op, implemented in OPS.items())
+
+    fresh_dynamo()
+    out = torch.compile(choose, fullgraph=True, backend="eager")(torch.zeros(1))
+    expected = {op: "triton" if triton_installed() else "reference" for op in OPS}
+    assert out.item() == sum(len(v) for v in expected.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("configuration", ["cpu", pytest.param("cuda", marks=needs_interpreter)])
+@pytest.mark.parametrize("name", representatives())
+def test_model_compiles_as_one_graph_for_training_and_embedding(monkeypatch, configuration, name):
+    torch.manual_seed(0)
+    model = small_model(name)
+    if configuration == "cuda":
+        monkeypatch.setenv("MAEFAST_BACKEND", "triton")  # the backend every fused op gets on CUDA
+        configure_attention(model, "triton" if family_of(name) in ("mae_", "vit_", "munet_") else "math")
+    inputs = inputs_for(model)
+    fresh_dynamo()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    for _ in range(2):  # the second step must reuse the graph
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = compiled(*inputs)
+        # masked models and classifiers return (loss, ...); an encoder its pooled features
+        loss = out[0] if isinstance(out, tuple) else out.float().square().mean()
+        loss.backward()
+    assert graphs_compiled() == 1
+    embed = model.embed
+    model.eval()
+    fresh_dynamo()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        features = torch.compile(embed, fullgraph=True, backend="aot_eager")(inputs[0])
+    assert features.ndim == 2 and torch.isfinite(features.float()).all()
+
+
+def test_blocks_with_different_drop_path_rates_share_one_graph():
+    """Blocks compiled one by one (as FSDP users do) recompile per drop-path rate when the rate is a Python
+    float; the rate is a tensor, so every block runs the same graph."""
+    model = create_model("vit_debug_patch8_64", depth=4, drop_path_rate=0.3)
+    rates = [block.drop_path.drop_prob.item() for block in model.blocks[1:]]
+    assert len(set(rates)) == 3
+    tokens = torch.randn(2, 9, model.embed_dim)
+    fresh_dynamo()
+    for block in model.blocks[1:]:
+        torch.compile(block, fullgraph=True, backend="eager")(tokens)
+    assert graphs_compiled() == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mae_vit_debug_patch8_64", "camae_vit_debug_patch8_64", "munet_debug_64"])
+def test_inductor_compiled_model_matches_eager(name):
+    """The compiled model (inductor on the CPU, the default CPU backends) gives eager's loss, predictions and
+    gradients."""
+    torch.manual_seed(0)
+    overrides = {"img_size": 32} | ({} if name.startswith("camae_") else {"in_chans": 3})
+    model = create_model(name, **overrides)
+    (pixels,) = inputs_for(model)
+    noise = torch.rand(pixels.shape[0], model.num_tokens(pixels.shape[1]))
+
+    def loss_and_grads(forward):
+        model.zero_grad(set_to_none=True)
+        loss, pred, _ = forward(pixels, noise=noise)
+        loss.backward()
+        return loss.detach(), pred.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    eager = loss_and_grads(model)
+    fresh_dynamo()
+    compiled = loss_and_grads(torch.compile(model, fullgraph=True))
+    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled[1], eager[1], rtol=1e-4, atol=1e-5)
+    assert compiled[2].keys() == eager[2].keys()
+    for key, grad in eager[2].items():
+        torch.testing.assert_close(compiled[2][key], grad, rtol=1e-4, atol=1e-5 * max(grad.abs().max().item(), 1.0),
+                                   msg=key)
