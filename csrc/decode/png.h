@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "header.h"
 #include "inflate.h"
 
 namespace maefast::decode {
@@ -24,9 +25,7 @@ struct PngInfo {
 
 namespace png_detail {
 
-inline uint32_t read_be32(const uint8_t* p) {
-  return static_cast<uint32_t>(p[0]) << 24 | static_cast<uint32_t>(p[1]) << 16 | static_cast<uint32_t>(p[2]) << 8 | p[3];
-}
+using header_detail::be32;
 
 inline int paeth(int left, int up, int up_left) {
   int p = left + up - up_left;
@@ -68,27 +67,23 @@ inline void unfilter_row(int filter, const uint8_t* row, const uint8_t* prior, u
 // Decodes PNG files; keeps its buffers between calls (one decoder per thread).
 class PngDecoder {
  public:
-  // Reads the header only.
+  // Reads the header only; refuses what this decoder does not decode.
   static PngInfo info(const uint8_t* data, size_t size) {
-    using namespace png_detail;
-    static constexpr uint8_t kSignature[8] = {137, 80, 78, 71, 13, 10, 26, 10};
-    if (size < 8 || std::memcmp(data, kSignature, 8) != 0) throw DecodeError("not a PNG file (bad signature)");
-    if (size < 33 || std::memcmp(data + 12, "IHDR", 4) != 0 || read_be32(data + 8) != 13)
-      throw DecodeError("truncated or corrupt PNG (no IHDR chunk)");
-    const uint8_t* header = data + 16;
-    PngInfo info;
-    uint32_t width = read_be32(header), height = read_be32(header + 4);
-    int depth = header[8], color = header[9], interlace = header[12];
+    const PngHeader header = png_header(data, size);
+    const uint32_t width = header.width, height = header.height;
     if (width == 0 || height == 0 || width > (1u << 20) || height > (1u << 20))
       throw DecodeError("PNG has an invalid size " + std::to_string(width) + "x" + std::to_string(height));
-    if (color != 0)
-      throw DecodeError("PNG color type " + std::to_string(color) + " is not single-channel grayscale");
-    if (depth != 8 && depth != 16) throw DecodeError("PNG bit depth " + std::to_string(depth) + " (need 8 or 16)");
-    if (header[10] != 0 || header[11] != 0) throw DecodeError("corrupt PNG: unknown compression or filter method");
-    if (interlace != 0) throw DecodeError("interlaced PNG is not supported (re-save without interlacing)");
+    if (header.color != 0)
+      throw DecodeError("PNG color type " + std::to_string(header.color) + " is not single-channel grayscale");
+    if (header.depth != 8 && header.depth != 16)
+      throw DecodeError("PNG bit depth " + std::to_string(header.depth) + " (need 8 or 16)");
+    if (header.compression != 0 || header.filter != 0)
+      throw DecodeError("corrupt PNG: unknown compression or filter method");
+    if (header.interlace != 0) throw DecodeError("interlaced PNG is not supported (re-save without interlacing)");
+    PngInfo info;
     info.width = static_cast<int>(width);
     info.height = static_cast<int>(height);
-    info.bytes_per_pixel = depth / 8;
+    info.bytes_per_pixel = header.depth / 8;
     return info;
   }
 
@@ -106,7 +101,7 @@ class PngDecoder {
         if (idat_chunks) break;  // like Pillow: complete image data without IEND still decodes
         throw DecodeError("truncated PNG (no image data)");
       }
-      uint32_t length = read_be32(data + pos);
+      uint32_t length = be32(data + pos);
       const uint8_t* type = data + pos + 4;
       if (length > size - pos - 12) {
         if (std::memcmp(type, "IDAT", 4) == 0) throw DecodeError("truncated PNG (image data cut short)");
