@@ -119,16 +119,21 @@ struct Huffman {
   uint16_t count[kMaxBits + 1];
   uint16_t symbols[Symbols];
 
-  // lengths[s] is the code length of symbol s (0: unused). Refuses over-subscribed codes.
-  void build(const uint8_t* lengths, int num_symbols) {
+  // lengths[s] is the code length of symbol s (0: unused). Refuses over-subscribed codes, and incomplete
+  // ones as zlib does: all of them, except a single 1-bit code where single_code_ok (literal/length and
+  // distance codes) and a code with no symbols (caught when one of its symbols is needed).
+  void build(const uint8_t* lengths, int num_symbols, bool single_code_ok) {
     std::memset(count, 0, sizeof(count));
     for (int s = 0; s < num_symbols; ++s) count[lengths[s]]++;
     count[0] = 0;
-    int left = 1;
+    int left = 1, longest = 0;
     for (int len = 1; len <= kMaxBits; ++len) {
       left = (left << 1) - count[len];
       if (left < 0) throw DecodeError("corrupt deflate stream: over-subscribed Huffman code");
+      if (count[len]) longest = len;
     }
+    if (left > 0 && longest > 0 && !(single_code_ok && longest == 1))
+      throw DecodeError("corrupt deflate stream: incomplete Huffman code");
     uint16_t offsets[kMaxBits + 2];
     offsets[1] = 0;
     for (int len = 1; len <= kMaxBits; ++len) offsets[len + 1] = offsets[len] + count[len];
@@ -198,7 +203,7 @@ inline const LitLenCode& fixed_litlen() {
     for (int s = 144; s < 256; ++s) lengths[s] = 9;
     for (int s = 256; s < 280; ++s) lengths[s] = 7;
     for (int s = 280; s < 288; ++s) lengths[s] = 8;
-    h.build(lengths, kLitLenSymbols);
+    h.build(lengths, kLitLenSymbols, true);
     return h;
   }();
   return code;
@@ -209,7 +214,7 @@ inline const DistCode& fixed_dist() {
     DistCode h;
     uint8_t lengths[kDistSymbols];
     std::memset(lengths, 5, sizeof(lengths));
-    h.build(lengths, kDistSymbols);
+    h.build(lengths, kDistSymbols, true);
     return h;
   }();
   return code;
@@ -228,7 +233,7 @@ inline void read_dynamic_codes(BitReader& bits, LitLenCode& litlen, DistCode& di
     codelen_lengths[kOrder[i]] = static_cast<uint8_t>(bits.take(3));
   }
   CodeLenCode codelen;
-  codelen.build(codelen_lengths, 19);
+  codelen.build(codelen_lengths, 19, false);
   uint8_t lengths[kLitLenSymbols + kDistSymbols] = {0};
   int total = num_litlen + num_dist;
   for (int i = 0; i < total;) {
@@ -253,8 +258,8 @@ inline void read_dynamic_codes(BitReader& bits, LitLenCode& litlen, DistCode& di
     i += repeat;
   }
   if (lengths[256] == 0) throw DecodeError("corrupt deflate stream: no end-of-block code");
-  litlen.build(lengths, num_litlen);
-  dist.build(lengths + num_litlen, num_dist);
+  litlen.build(lengths, num_litlen, true);
+  dist.build(lengths + num_litlen, num_dist, true);
 }
 
 inline uint32_t adler32(const uint8_t* data, size_t size) {
@@ -332,6 +337,11 @@ inline void decode_block(BitReader& bits, const LitLenCode& lit_code, const Dist
 // Space to allocate past the expected output size: lets match copies run 8 bytes at a time.
 constexpr size_t kInflateSlack = 8;
 
+// DEFLATE expands at most 1032-fold (a 258-byte match in 2 bits): a header that announces more output
+// than its compressed data can hold is refused before anything of that size is allocated.
+constexpr size_t kMaxInflateRatio = 1032;
+inline bool can_inflate_to(size_t in_size, size_t out_size) { return out_size / kMaxInflateRatio <= in_size; }
+
 // Inflates the zlib stream in[0:in_size] into out, which must hold out_size + kInflateSlack bytes.
 // The stream must decode to exactly out_size bytes and its Adler-32 must match; otherwise DecodeError.
 inline void zlib_inflate(const uint8_t* in, size_t in_size, uint8_t* out, size_t out_size) {
@@ -339,6 +349,7 @@ inline void zlib_inflate(const uint8_t* in, size_t in_size, uint8_t* out, size_t
   if (in_size < 6) throw DecodeError("truncated zlib stream");
   if ((in[0] & 15) != 8 || ((in[0] << 8) | in[1]) % 31 != 0)
     throw DecodeError("not a zlib stream (bad header)");
+  if ((in[0] >> 4) > 7) throw DecodeError("not a zlib stream (window size over 32 KiB)");
   if (in[1] & 32) throw DecodeError("zlib stream needs a preset dictionary");
   BitReader bits(in + 2, in_size - 2);
   uint8_t* const begin = out;
