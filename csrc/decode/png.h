@@ -55,39 +55,60 @@ inline uint32_t chunk_crc(const uint8_t* data, size_t size) {
   return c ^ 0xFFFFFFFFu;
 }
 
+// The Paeth predictor without branches (noisy images make its branches unpredictable): with
+// p = left + up - up_left, the distances |p - left|, |p - up|, |p - up_left| are these.
 inline int paeth(int left, int up, int up_left) {
-  int p = left + up - up_left;
-  int pa = std::abs(p - left), pb = std::abs(p - up), pc = std::abs(p - up_left);
-  if (pa <= pb && pa <= pc) return left;
-  return pb <= pc ? up : up_left;
+  const int to_left = std::abs(up - up_left), to_up = std::abs(left - up_left);
+  const int to_up_left = std::abs(left + up - 2 * up_left);
+  const int up_or_up_left = to_up <= to_up_left ? up : up_left;
+  return (to_left <= to_up) & (to_left <= to_up_left) ? left : up_or_up_left;
 }
 
-// Reverses the PNG row filter of one row: `row` holds the filtered bytes, `prior` the previous row's
-// reconstructed bytes (zeros for the first row); the result goes to `out`.
-inline void unfilter_row(int filter, const uint8_t* row, const uint8_t* prior, uint8_t* out, int length, int bpp) {
+// The filters that predict from the left neighbour (Sub, Average, Paeth). The last Bpp reconstructed bytes
+// and the bytes above them stay in registers: reloading out[i - Bpp] just after storing it would put a
+// store-to-load forwarding delay on the chain from each byte to the next.
+template <int Bpp, typename Predict>
+inline void unfilter_from_left(const uint8_t* row, const uint8_t* prior, uint8_t* out, int length, Predict predict) {
+  int left[Bpp] = {}, up_left[Bpp] = {};  // zeros left of the first pixel
+  for (int i = 0; i < length; i += Bpp) {
+    for (int k = 0; k < Bpp; ++k) {
+      const int up = prior[i + k];
+      const int value = (row[i + k] + predict(left[k], up, up_left[k])) & 0xFF;
+      out[i + k] = static_cast<uint8_t>(value);
+      left[k] = value;
+      up_left[k] = up;
+    }
+  }
+}
+
+template <int Bpp>
+inline void unfilter_row(int filter, const uint8_t* row, const uint8_t* prior, uint8_t* out, int length) {
   switch (filter) {
     case 0:
       std::memcpy(out, row, length);
       return;
     case 1:
-      for (int i = 0; i < bpp; ++i) out[i] = row[i];
-      for (int i = bpp; i < length; ++i) out[i] = static_cast<uint8_t>(row[i] + out[i - bpp]);
+      unfilter_from_left<Bpp>(row, prior, out, length, [](int left, int, int) { return left; });
       return;
     case 2:
       for (int i = 0; i < length; ++i) out[i] = static_cast<uint8_t>(row[i] + prior[i]);
       return;
     case 3:
-      for (int i = 0; i < bpp; ++i) out[i] = static_cast<uint8_t>(row[i] + (prior[i] >> 1));
-      for (int i = bpp; i < length; ++i) out[i] = static_cast<uint8_t>(row[i] + ((out[i - bpp] + prior[i]) >> 1));
+      unfilter_from_left<Bpp>(row, prior, out, length, [](int left, int up, int) { return (left + up) >> 1; });
       return;
     case 4:
-      for (int i = 0; i < bpp; ++i) out[i] = static_cast<uint8_t>(row[i] + prior[i]);
-      for (int i = bpp; i < length; ++i)
-        out[i] = static_cast<uint8_t>(row[i] + paeth(out[i - bpp], prior[i], prior[i - bpp]));
+      unfilter_from_left<Bpp>(row, prior, out, length, paeth);
       return;
     default:
       throw DecodeError("corrupt PNG: invalid row filter type " + std::to_string(filter));
   }
+}
+
+// Reverses the PNG row filter of one row: `row` holds the filtered bytes, `prior` the previous row's
+// reconstructed bytes (zeros for the first row); the result goes to `out`. bpp: 1 or 2 bytes per pixel.
+inline void unfilter_row(int filter, const uint8_t* row, const uint8_t* prior, uint8_t* out, int length, int bpp) {
+  if (bpp == 1) unfilter_row<1>(filter, row, prior, out, length);
+  else unfilter_row<2>(filter, row, prior, out, length);
 }
 
 }  // namespace png_detail
