@@ -9,7 +9,8 @@ Decoders: one 512x512 8-bit and one 16-bit synthetic channel saved by Pillow (zl
 filters, as most tools write PNG). The inflate alone: maefast's (maefast._C.zlib_inflate), libdeflate's
 (the `deflate` package: pip install -e ".[bench]") and zlib's; the whole PNG decode: maefast's, Pillow's and
 DALI's (fn.decoders.image on the CPU, one thread, batches of 8). Each figure is the fastest of many single
-calls, the decoders taking turns, so that a busy machine slows them alike and its pauses are left out.
+calls, the decoders taking turns in a shuffled order, so that a busy machine slows them alike, its pauses
+are left out and no decoder always finds the caches as the same other one left them.
 
 Data: a synthetic RxRx-style screen rendered into a temporary folder (or --data DIR, an existing
 dataset) and its packed copy. Each run iterates one warm-up epoch (DataLoader workers started, first
@@ -92,7 +93,7 @@ def _dali_png_decoder(png: bytes, dtype, batch: int):
     return lambda: pipe.run()
 
 
-def decode_benchmark(size: int = 512, calls: int = 60) -> dict:
+def decode_benchmark(size: int = 512, calls: int = 100) -> dict:
     """Milliseconds per 512x512 channel of each decoder (the fastest single call), for uint8 and uint16."""
     import io
     import zlib
@@ -124,8 +125,10 @@ def decode_benchmark(size: int = 512, calls: int = 60) -> dict:
         if importlib.util.find_spec("nvidia.dali"):
             decoders["dali png"] = (_dali_png_decoder(png, dtype, batch), batch)
         best = {name: float("inf") for name in decoders}
+        order = np.random.default_rng(0)
         for _ in range(calls):
-            for name, (decode, images) in decoders.items():
+            for name in order.permutation(list(decoders)):  # no decoder always follows the same one
+                decode, images = decoders[name]
                 start = time.perf_counter()
                 decode()
                 best[name] = min(best[name], (time.perf_counter() - start) / images)

@@ -60,7 +60,9 @@ class DaliBackend:
             if dataset.illumination == "illum":
                 self._illum = table[[f"illum_{c}" for c in dataset.channels]].to_numpy()
         all_png = dataset.layout != "packed" and bool(np.char.endswith(np.char.lower(self._files.astype(str)), ".png").all())
-        # maefast's crop operators: packed shards, and PNG files without illumination correction
+        # maefast's crop operators: packed shards, and PNG files without illumination correction. The plugin
+        # is needed on every path (maefast_read_image checks the TIFF files): without it, "auto" falls back
+        # to the PyTorch loader.
         self._native = dataset.layout == "packed" or (all_png and self._illum is None)
         dali_plugin.load()
 

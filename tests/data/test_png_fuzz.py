@@ -84,7 +84,7 @@ def test_fuzz_png_decoder_briefly(tmp_path):
     assert counts["inputs"] == CI_ITERATIONS and counts["failures"] == 0
     # the mutants must reach the pixel comparison, not only the error paths
     assert counts["decoded"] > CI_ITERATIONS // 20, counts
-    assert counts["slowest_input_s"] < 1.0, counts
+    assert counts["slowest_input_s"] < 5.0, counts  # a hang or a quadratic case, not a busy machine
     saved = sorted((tmp_path / "decoded").glob("decoded-*.png"))
     assert len(saved) >= 50
     for path in saved:
