@@ -28,9 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """The exception types reported as one line (see the module docstring)."""
-    from maefast.data.decode import ImageReadError  # names the image file; maefast.data owns it
-    return UserInputError, ImageReadError, OSError
+    """The exception types reported as one line (see the module docstring); an unreadable image
+    (maefast.data.ImageReadError) is a UserInputError too."""
+    return UserInputError, OSError
 
 
 def one_line(error: BaseException) -> str:

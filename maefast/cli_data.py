@@ -48,6 +48,8 @@ def _dataset_arguments(parser) -> None:
     parser.add_argument("--layout", choices=("auto", "rxrx", "jump", "packed"), default="auto")
     parser.add_argument("--channels", default=None, help="comma-separated channel names to select, in order")
     parser.add_argument("--illumination", choices=("raw", "illum"), default="raw")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="let file paths in the metadata leave the data root (refused by default)")
 
 
 def _channels(args):
@@ -67,7 +69,8 @@ def synth_command(args) -> int:
 def check_command(args) -> int:
     from maefast.data.check import check_dataset
     from maefast.io import write_json_atomic
-    report = check_dataset(args.path, args.layout, _channels(args), args.illumination, args.workers)
+    report = check_dataset(args.path, args.layout, _channels(args), args.illumination, args.workers,
+                           allow_outside_root=args.allow_outside_root)
     print(report.text())
     if args.json:
         write_json_atomic(args.json, dict(path=report.path, layout=report.layout, images=report.images,
@@ -79,7 +82,7 @@ def pack_command(args) -> int:
     from maefast.data import open_dataset
     from maefast.data.packed import pack_dataset
     from maefast.io import read_json
-    dataset = open_dataset(args.path, args.layout, _channels(args), args.illumination)
+    dataset = open_dataset(args.path, args.layout, _channels(args), args.illumination, args.allow_outside_root)
     out = pack_dataset(dataset, args.out, args.shard_images, args.on_error, args.workers)
     manifest = read_json(out / "manifest.json")
     skipped = sum(len(s["skipped"]) for s in manifest["shards"].values())
@@ -89,7 +92,7 @@ def pack_command(args) -> int:
 
 def info_command(args) -> int:
     from maefast.data import open_dataset
-    dataset = open_dataset(args.path, args.layout, _channels(args), args.illumination)
+    dataset = open_dataset(args.path, args.layout, _channels(args), args.illumination, args.allow_outside_root)
     print(dataset.describe())
     table = dataset.table
     print(f"batches {table['batch'].nunique()}, plates {table['plate'].nunique()}, "

@@ -20,6 +20,8 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--data", required=True, help="data set root (rxrx, jump or packed)")
     parser.add_argument("--layout", default="auto", help="data set layout: auto, rxrx, jump, packed")
     parser.add_argument("--channels", help="comma-separated channel names to use, in order")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="let file paths in the data set's metadata leave its root (refused by default)")
     parser.add_argument("--out", required=True, help="output directory (shards/, wells.parquet, manifest.json)")
     parser.add_argument("--pool", default="mean", choices=("mean", "cls"))
     parser.add_argument("--per-channel", action="store_true", help="CA-MAE: one embedding per channel, concatenated")
@@ -52,7 +54,8 @@ def embed_command(args) -> int:
     from maefast.embedding.api import embed
     channels = [c.strip() for c in args.channels.split(",")] if args.channels else None
     summary = embed(args.checkpoint, args.data, args.out, model=args.model, weights_layout=args.weights_layout,
-                    trust_pickle=args.trust_pickle, layout=args.layout, channels=channels, pool=args.pool,
+                    trust_pickle=args.trust_pickle, layout=args.layout, channels=channels,
+                    allow_outside_root=args.allow_outside_root, pool=args.pool,
                     per_channel=args.per_channel, batch_size=args.batch_size, shard_size=args.shard_size,
                     precision=args.precision, backend=args.backend, on_error=args.on_error, workers=args.workers,
                     device=args.device, show_progress=not args.no_progress, format=args.format)

@@ -1,14 +1,19 @@
 // DALI operators of maefast's decode-and-crop loader (a DALI plugin, built and loaded on first use by
 // maefast/data/dali_plugin.py against the installed DALI).
 //
-//   fn.maefast_png_crops(path_0, ..., path_{C-1}, anchors[, augment], crop_size=s, channels=C, dtype=...)
-//   fn.maefast_packed_crops(shard_path, row, anchors[, augment], crop_size=s, channels=[...], dtype=...)
+//   fn.maefast_png_crops(path_0, ..., path_{C-1}, anchors[, augment], crop_size=s, channels=C, dtype=...,
+//                        height=H, width=W)
+//   fn.maefast_packed_crops(shard_path, row, anchors[, augment], crop_size=s, channels=[...], dtype=...,
+//                           image_shape=[C_stored, H, W])
+//   fn.maefast_read_image(path, dtype=..., height=H, width=W): the file's bytes, for DALI's decoders
 //
 // Each sample is one image; the output sample is (K, C, s, s): its K crops at anchors (K, 2) int32 (top,
 // left), each transposed / flipped as augment (K, 3) uint8 says (maefast.data.plan.apply_augment).
 // PNG: every channel file is read and decoded once (csrc/decode/png.h), all crops cut from the plane.
 // Packed: the shard (.npy of shape (N, C, H, W)) is memory-mapped once per operator and each crop
 // copies only its own rows. Work is spread over DALI's thread pool per (image, channel) or per image.
+// Every operator checks each file against the dataset's declared size and dtype (csrc/decode/header.h)
+// and refuses, naming the file, whatever differs: nothing is cropped from a larger image or converted.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -22,6 +27,7 @@
 #include <vector>
 
 #include "../decode/crops.h"
+#include "../decode/header.h"
 #include "../decode/png.h"
 #include "dali/pipeline/operator/operator.h"
 
@@ -39,16 +45,42 @@ std::string path_of(const ::dali::ConstSampleView<CPUBackend>& sample) {
   return std::string(chars, chars + sample.shape().num_elements());
 }
 
-void read_file(const std::string& path, std::vector<uint8_t>& bytes) {
+size_t file_size(const std::string& path) {
+  struct stat info;
+  if (::stat(path.c_str(), &info) != 0 || !S_ISREG(info.st_mode))
+    throw maefast::decode::DecodeError(path + ": missing or unreadable file");
+  return static_cast<size_t>(info.st_size);
+}
+
+// Reads exactly `size` bytes of the file (its size when it was stat'ed) into `out`.
+void read_file(const std::string& path, uint8_t* out, size_t size) {
   std::unique_ptr<FILE, int (*)(FILE*)> file(std::fopen(path.c_str(), "rb"), std::fclose);
   if (!file) throw maefast::decode::DecodeError(path + ": missing or unreadable file");
-  std::fseek(file.get(), 0, SEEK_END);
-  long size = std::ftell(file.get());
-  std::fseek(file.get(), 0, SEEK_SET);
-  if (size < 0) throw maefast::decode::DecodeError(path + ": cannot read the file size");
-  bytes.resize(static_cast<size_t>(size));
-  if (size && std::fread(bytes.data(), 1, bytes.size(), file.get()) != bytes.size())
-    throw maefast::decode::DecodeError(path + ": read failed");
+  if (size && std::fread(out, 1, size, file.get()) != size)
+    throw maefast::decode::DecodeError(path + ": read failed (the file changed while it was read?)");
+}
+
+void read_file(const std::string& path, std::vector<uint8_t>& bytes) {
+  bytes.resize(file_size(path));
+  read_file(path, bytes.data(), bytes.size());
+}
+
+// The dataset's declared image: arguments height, width and dtype of an operator.
+maefast::decode::ImageSpec image_spec(const OpSpec& spec, int bytes_per_pixel) {
+  maefast::decode::ImageSpec image;
+  image.height = spec.GetArgument<int>("height");
+  image.width = spec.GetArgument<int>("width");
+  image.bytes_per_pixel = bytes_per_pixel;
+  return image;
+}
+
+// Throws "<path>: expected <spec>, found <what the header says>" when they differ.
+void check_file(const std::string& path, const maefast::decode::ImageSpec& image, const uint8_t* data, size_t size) {
+  try {
+    image.check(maefast::decode::image_header(data, size));
+  } catch (const maefast::decode::DecodeError& error) {
+    throw maefast::decode::DecodeError(path + ": " + error.what());
+  }
 }
 
 int element_size(DALIDataType type) {
@@ -131,7 +163,8 @@ class CropOperator : public ::dali::Operator<CPUBackend> {
 
 class PngCrops : public CropOperator {
  public:
-  explicit PngCrops(const OpSpec& spec) : CropOperator(spec), channels_(spec.GetArgument<int>("channels")) {}
+  explicit PngCrops(const OpSpec& spec)
+      : CropOperator(spec), channels_(spec.GetArgument<int>("channels")), image_(image_spec(spec, element_size(dtype_))) {}
 
  protected:
   int first_plan_input() const override { return channels_; }
@@ -148,16 +181,13 @@ class PngCrops : public CropOperator {
           thread_local std::vector<uint8_t> bytes;
           const std::string path = path_of(ws.Input<CPUBackend>(c)[s]);
           read_file(path, bytes);
+          check_file(path, image_, bytes.data(), bytes.size());
           maefast::decode::PngInfo png;
           try {
             png = decoder.decode(bytes.data(), bytes.size());
           } catch (const maefast::decode::DecodeError& error) {
             throw maefast::decode::DecodeError(path + ": " + error.what());
           }
-          if (png.bytes_per_pixel != element_size(dtype_))
-            throw maefast::decode::DecodeError(path + ": " + std::to_string(8 * png.bytes_per_pixel) +
-                                               "-bit PNG in a " + std::to_string(8 * element_size(dtype_)) +
-                                               "-bit data set");
           CropPlan crops = plan(ws, s);
           void* out = output[s].raw_mutable_data();
           if (png.bytes_per_pixel == 1)
@@ -174,12 +204,14 @@ class PngCrops : public CropOperator {
 
  private:
   int channels_;
+  maefast::decode::ImageSpec image_;
 };
 
-// A read-only memory map of one .npy shard of shape (N, C, H, W), uint8 or uint16, C order.
+// A read-only memory map of one .npy shard of shape (N, C, H, W), uint8 or uint16, C order; (C, H, W)
+// must be the dataset's `image_shape`.
 class MappedShard {
  public:
-  MappedShard(const std::string& path, int itemsize) : path_(path) {
+  MappedShard(const std::string& path, int itemsize, const std::vector<int64_t>& image_shape) : path_(path) {
     int fd = ::open(path.c_str(), O_RDONLY);
     if (fd < 0) throw maefast::decode::DecodeError(path + ": missing or unreadable shard");
     struct stat info;
@@ -192,7 +224,12 @@ class MappedShard {
     ::close(fd);
     if (data == MAP_FAILED) throw maefast::decode::DecodeError(path + ": cannot memory-map the shard");
     base_ = static_cast<const uint8_t*>(data);
-    parse_header(itemsize);
+    try {
+      parse_header(itemsize, image_shape);
+    } catch (...) {
+      ::munmap(data, size_);
+      throw;
+    }
   }
   ~MappedShard() { ::munmap(const_cast<uint8_t*>(base_), size_); }
   MappedShard(const MappedShard&) = delete;
@@ -205,7 +242,7 @@ class MappedShard {
   const std::string& path() const { return path_; }
 
  private:
-  void parse_header(int itemsize) {
+  void parse_header(int itemsize, const std::vector<int64_t>& image_shape) {
     if (std::memcmp(base_, "\x93NUMPY", 6) != 0) throw maefast::decode::DecodeError(path_ + ": not a .npy file");
     int major = base_[6];
     size_t header_len = major == 1 ? (base_[8] | base_[9] << 8) : (base_[8] | base_[9] << 8 | base_[10] << 16 | base_[11] << 24);
@@ -228,9 +265,17 @@ class MappedShard {
       cursor = after;
       while (*cursor == ',' || *cursor == ' ' || *cursor == 'L') ++cursor;
     }
+    if (shape_[1] != image_shape[0] || shape_[2] != image_shape[1] || shape_[3] != image_shape[2]) {
+      throw maefast::decode::DecodeError(
+          path_ + ": expected a shard of (n, " + std::to_string(image_shape[0]) + ", " + std::to_string(image_shape[1]) +
+          ", " + std::to_string(image_shape[2]) + ") uint" + std::to_string(8 * itemsize) + " images, found (" +
+          std::to_string(shape_[0]) + ", " + std::to_string(shape_[1]) + ", " + std::to_string(shape_[2]) + ", " +
+          std::to_string(shape_[3]) + ")");
+    }
     itemsize_ = itemsize;
-    size_t expected = offset_ + static_cast<size_t>(shape_[0] * shape_[1] * shape_[2] * shape_[3]) * itemsize;
-    if (expected > size_) throw maefast::decode::DecodeError(path_ + ": truncated shard");
+    const size_t image_bytes = static_cast<size_t>(image_shape[0] * image_shape[1] * image_shape[2]) * itemsize;
+    if (shape_[0] < 0 || static_cast<size_t>(shape_[0]) > (size_ - offset_) / image_bytes)
+      throw maefast::decode::DecodeError(path_ + ": truncated shard");
   }
 
   std::string path_;
@@ -240,11 +285,17 @@ class MappedShard {
   int itemsize_ = 1;
 };
 
+std::vector<int64_t> int64_vector(const std::vector<int>& values) { return {values.begin(), values.end()}; }
+
 class PackedCrops : public CropOperator {
  public:
   explicit PackedCrops(const OpSpec& spec)
-      : CropOperator(spec), channels_(spec.GetRepeatedArgument<int>("channels")) {
+      : CropOperator(spec),
+        channels_(spec.GetRepeatedArgument<int>("channels")),
+        image_shape_(int64_vector(spec.GetRepeatedArgument<int>("image_shape"))) {
     if (channels_.empty()) throw std::invalid_argument("maefast_packed_crops: channels must not be empty");
+    if (image_shape_.size() != 3 || image_shape_[0] < 1 || image_shape_[1] < 1 || image_shape_[2] < 1)
+      throw std::invalid_argument("maefast_packed_crops: image_shape must be [channels, height, width] >= 1");
   }
 
  protected:
@@ -287,13 +338,56 @@ class PackedCrops : public CropOperator {
     std::lock_guard<std::mutex> lock(mutex_);
     auto found = shards_.find(path);
     if (found != shards_.end()) return *found->second;
-    auto mapped = std::make_unique<MappedShard>(path, element_size(dtype_));
+    auto mapped = std::make_unique<MappedShard>(path, element_size(dtype_), image_shape_);
     return *shards_.emplace(path, std::move(mapped)).first->second;
   }
 
   std::vector<int> channels_;
+  std::vector<int64_t> image_shape_;
   std::mutex mutex_;
   std::unordered_map<std::string, std::unique_ptr<MappedShard>> shards_;
+};
+
+// The bytes of one image file per sample (for DALI's decoders), after checking its header against the
+// dataset's declared image, so that no decoder silently converts a bit depth or decodes a wrong size.
+class ReadImage : public ::dali::Operator<CPUBackend> {
+ public:
+  explicit ReadImage(const OpSpec& spec)
+      : ::dali::Operator<CPUBackend>(spec),
+        image_(image_spec(spec, element_size(spec.GetArgument<DALIDataType>("dtype")))) {}
+
+ protected:
+  bool SetupImpl(std::vector<OutputDesc>& outputs, const Workspace& ws) override {
+    const auto& paths = ws.Input<CPUBackend>(0);
+    const int samples = paths.num_samples();
+    TensorListShape<> shape(samples, 1);
+    sizes_.resize(samples);
+    for (int s = 0; s < samples; ++s) {
+      sizes_[s] = file_size(path_of(paths[s]));
+      shape.set_tensor_shape(s, {static_cast<int64_t>(sizes_[s])});
+    }
+    outputs.resize(1);
+    outputs[0] = {shape, DALI_UINT8};
+    return true;
+  }
+
+  void RunImpl(Workspace& ws) override {
+    auto& output = ws.Output<CPUBackend>(0);
+    auto& pool = ws.GetThreadPool();
+    for (int s = 0; s < output.num_samples(); ++s) {
+      pool.AddWork([&, s](int) {
+        const std::string path = path_of(ws.Input<CPUBackend>(0)[s]);
+        uint8_t* bytes = static_cast<uint8_t*>(output[s].raw_mutable_data());
+        read_file(path, bytes, sizes_[s]);
+        check_file(path, image_, bytes, sizes_[s]);
+      });
+    }
+    pool.RunAll();
+  }
+
+ private:
+  maefast::decode::ImageSpec image_;
+  std::vector<size_t> sizes_;
 };
 
 }  // namespace maefast_dali
@@ -308,6 +402,8 @@ DALI_SCHEMA(MaefastPngCrops)
     .AddArg("channels", "Number of channel-file inputs (the first inputs; anchors and augment follow).",
             DALI_INT32)
     .AddArg("dtype", "UINT8 or UINT16: the data set's pixel type.", DALI_DATA_TYPE)
+    .AddArg("height", "The data set's image height: every file must have it.", DALI_INT32)
+    .AddArg("width", "The data set's image width: every file must have it.", DALI_INT32)
     .AddOptionalArg("augment", "Whether a (K, 3) uint8 augment input follows the anchors.", false);
 
 DALI_REGISTER_OPERATOR(MaefastPackedCrops, ::maefast_dali::PackedCrops, ::dali::CPU);
@@ -319,4 +415,16 @@ DALI_SCHEMA(MaefastPackedCrops)
     .AddArg("crop_size", "Side of the square crops.", DALI_INT32)
     .AddArg("channels", "Stored channel indices to output, in order.", DALI_INT_VEC)
     .AddArg("dtype", "UINT8 or UINT16: the shard's pixel type.", DALI_DATA_TYPE)
+    .AddArg("image_shape", "[channels, height, width] every shard's images must have (the manifest's).",
+            DALI_INT_VEC)
     .AddOptionalArg("augment", "Whether a (K, 3) uint8 augment input follows the anchors.", false);
+
+DALI_REGISTER_OPERATOR(MaefastReadImage, ::maefast_dali::ReadImage, ::dali::CPU);
+DALI_SCHEMA(MaefastReadImage)
+    .DocStr("Reads one PNG or TIFF file per sample into its bytes (uint8), refusing a file whose header "
+            "differs from the data set's declared image: height x width, dtype, one sample, one page.")
+    .NumInput(1)
+    .NumOutput(1)
+    .AddArg("dtype", "UINT8 or UINT16: the data set's pixel type.", DALI_DATA_TYPE)
+    .AddArg("height", "The data set's image height.", DALI_INT32)
+    .AddArg("width", "The data set's image width.", DALI_INT32);

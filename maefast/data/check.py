@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maefast.data.dataset import Dataset, detect_layout
+from maefast.data.dataset import Dataset, detect_layout, read_layout
 from maefast.data.decode import ImageReadError, read_channel
 
 KINDS = ("metadata", "duplicate id", "missing", "unreadable", "format")
@@ -54,22 +54,13 @@ class CheckReport:
 
 
 def check_dataset(path, layout: str = "auto", channels=None, illumination: str = "raw", workers: int = 2,
-                  progress: bool = True) -> CheckReport:
-    from maefast.data import layouts
-    from maefast.data.dataset import _open_packed
+                  progress: bool = True, allow_outside_root: bool = False) -> CheckReport:
     path = Path(path)
     report = CheckReport(str(path))
     try:
         layout = detect_layout(path) if layout == "auto" else layout
         report.layout = layout
-        if layout == "packed":
-            dataset = _open_packed(path)
-        elif layout == "rxrx":
-            dataset = layouts.read_rxrx(path)
-        elif layout == "jump":
-            dataset = layouts.read_jump(path, illumination)
-        else:
-            raise ValueError(f"layout must be one of auto, rxrx, jump, packed; got {layout!r}")
+        dataset = read_layout(path, layout, illumination, allow_outside_root)
         if channels is not None:
             dataset = dataset.select_channels(channels)
     except (ValueError, FileNotFoundError, KeyError, ImageReadError) as error:
@@ -106,13 +97,9 @@ def _check_files(dataset: Dataset, report: CheckReport, workers: int, progress: 
     def check(job):
         image_id, file = job
         try:
-            array = read_channel(file, image_id)
+            read_channel(file, image_id, dataset.spec)
         except ImageReadError as error:
             return error
-        if array.shape != tuple(dataset.image_shape) or array.dtype != dataset.dtype:
-            return ImageReadError(file, f"expected {dataset.image_shape[0]}x{dataset.image_shape[1]} "
-                                        f"{dataset.dtype}, got {array.shape[0]}x{array.shape[1]} {array.dtype}",
-                                  image_id, "format")
         return None
 
     start = time.perf_counter()
@@ -138,9 +125,10 @@ def _check_shards(dataset: Dataset, report: CheckReport) -> None:
         except (OSError, ValueError) as error:
             report.add("unreadable", f"unreadable or truncated shard ({error})", path=shard)
             continue
-        expected = (len(dataset.stored_channels),) + tuple(dataset.image_shape)
-        if array.ndim != 4 or array.shape[1:] != expected or array.dtype != dataset.dtype:
-            report.add("format", f"shard holds {array.dtype} {array.shape}, expected (n, {expected}) {dataset.dtype}",
-                       path=shard)
-        elif rows.max() >= array.shape[0]:
+        try:
+            dataset.spec.check_shard(shard, array.shape, array.dtype, len(dataset.stored_channels))
+        except ImageReadError as error:
+            report.add(error.kind, error.reason, path=shard)
+            continue
+        if rows.max() >= array.shape[0]:
             report.add("format", f"index refers to row {rows.max()} but the shard has {array.shape[0]}", path=shard)

@@ -5,9 +5,12 @@ use by maefast.data.dali_plugin): one sample per image, whose K augmented crops 
 one operator call. `maefast_png_crops` reads and decodes each channel file once with maefast's PNG
 decoder (about twice as fast as libpng/zlib on microscopy channels) and cuts every crop from the plane;
 `maefast_packed_crops` memory-maps each shard once and copies only the crops' rows. TIFF files and
-illumination correction use DALI's own decoders: fn.io.file.read + fn.decoders.image (8- or 16-bit kept
-exact), optional correction, channel concatenation and crop slicing. With a GPU the crops move to the
+illumination correction use DALI's own decoders: fn.maefast_read_image + fn.decoders.image (8- or 16-bit
+kept exact), optional correction, channel concatenation and crop slicing. With a GPU the crops move to the
 device inside the pipeline (DALI decodes PNG/TIFF on the host; its GPU decoders cover JPEG formats).
+
+Every operator gets the dataset's ImageSpec (height, width, dtype; packed: the manifest's shape) and
+refuses a file that differs, before any decoder could crop or convert it.
 
 Sharding, order and crop positions come from the plan, not from DALI's readers, so both backends agree and
 a pipeline can be rebuilt at any step (resume). A failing batch (missing or corrupt file) stops a DALI
@@ -57,10 +60,11 @@ class DaliBackend:
             if dataset.illumination == "illum":
                 self._illum = table[[f"illum_{c}" for c in dataset.channels]].to_numpy()
         all_png = dataset.layout != "packed" and bool(np.char.endswith(np.char.lower(self._files.astype(str)), ".png").all())
-        # maefast's operators: packed shards, and PNG files without illumination correction
+        # maefast's crop operators: packed shards, and PNG files without illumination correction. The plugin
+        # is needed on every path (maefast_read_image checks the TIFF files): without it, "auto" falls back
+        # to the PyTorch loader.
         self._native = dataset.layout == "packed" or (all_png and self._illum is None)
-        if self._native:
-            dali_plugin.load()
+        dali_plugin.load()
 
     def run(self, batches: list[Batch]):
         """Yields (batch actually read, pixels (n*K, C, s, s) on the device, skipped) like TorchBackend.run."""
@@ -76,10 +80,11 @@ class DaliBackend:
                     continue
                 try:
                     (outputs,) = pipe.run()
+                    pixels = self._to_torch(outputs, len(batch.images))
                 except RuntimeError as error:
                     failed, failure = position, error
                     break
-                yield batch, self._to_torch(outputs, len(batch.images)), pending.pop(position, [])
+                yield batch, pixels, pending.pop(position, [])
             del pipe
             if failed is None:
                 return
@@ -166,7 +171,8 @@ class DaliBackend:
             inputs = fn.external_source(source=self._file_feed(feed), num_outputs=outputs, batch=True)
             planes = []
             for c in range(channels):
-                plane = fn.decoders.image(fn.io.file.read(inputs[c]), output_type=types.ANY_DATA, dtype=dtype)
+                encoded = fn.maefast_read_image(inputs[c], dtype=dtype, height=d.image_shape[0], width=d.image_shape[1])
+                plane = fn.decoders.image(encoded, output_type=types.ANY_DATA, dtype=dtype)
                 if illum:
                     function = fn.decoders.numpy(fn.io.file.read(inputs[channels + c]), dtype=types.FLOAT)
                     corrected = dali_math.floor(plane / fn.expand_dims(function, axes=[2]) + 0.5)
@@ -202,6 +208,7 @@ class DaliBackend:
     def _native_pipeline(self, feed: list[Batch]):
         d, gpu = self.dataset, self.device.type == "cuda"
         options = dict(crop_size=self.crop_size, dtype=_DALI_TYPES[d.dtype], augment=self.augment)
+        height, width = (int(n) for n in d.image_shape)
         packed = d.layout == "packed"
         paths = 2 if packed else len(d.channels)  # (shard, row) or one file per channel
 
@@ -210,9 +217,10 @@ class DaliBackend:
             inputs = fn.external_source(source=self._native_feed(feed), num_outputs=paths + 1 + self.augment,
                                         batch=True)
             if packed:
-                crops = fn.maefast_packed_crops(*inputs, channels=list(d.channel_index), **options)
+                crops = fn.maefast_packed_crops(*inputs, channels=list(d.channel_index),
+                                                image_shape=[len(d.stored_channels), height, width], **options)
             else:
-                crops = fn.maefast_png_crops(*inputs, channels=len(d.channels), **options)
+                crops = fn.maefast_png_crops(*inputs, channels=len(d.channels), height=height, width=width, **options)
             return crops.gpu() if gpu else crops
 
         return pipeline()

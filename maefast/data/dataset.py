@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from maefast.data.decode import probe_channel
+from maefast.data.decode import ImageReadError, ImageSpec, probe_channel
 from maefast.errors import UserInputError
 from maefast.io import read_json, read_table
 
@@ -28,6 +30,9 @@ LAYOUTS = ("rxrx", "jump", "packed")
 STANDARD_COLUMNS = ("id", "batch", "plate", "well", "site", "perturbation", "is_control")
 PACKED_FORMAT = "maefast-packed-v1"
 PATH_COLUMN_PREFIXES = ("file_", "illum_", "shard")  # columns of file paths
+HEADER_SAMPLE = 16  # images whose headers decide the size and dtype of a per-channel-file dataset
+OUTSIDE_ROOT_HINT = ("metadata paths must stay inside the data root unless allowed: open_dataset(..., "
+                     "allow_outside_root=True), --allow-outside-root, or --set data.allow_outside_root=true")
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,11 @@ class Dataset:
     @property
     def ids(self) -> np.ndarray:
         return self.table["id"].to_numpy()
+
+    @property
+    def spec(self) -> ImageSpec:
+        """What every channel image must be (size, dtype, one page); every loader checks it."""
+        return ImageSpec(tuple(self.image_shape), np.dtype(self.dtype))
 
     @property
     def channel_index(self) -> list[int]:
@@ -91,7 +101,8 @@ class Dataset:
                 "image_shape": list(self.image_shape), "dtype": str(self.dtype), "table_sha256": digest.hexdigest()}
 
 
-def open_dataset(path, layout: str = "auto", channels=None, illumination: str = "raw") -> Dataset:
+def open_dataset(path, layout: str = "auto", channels=None, illumination: str = "raw",
+                 allow_outside_root: bool = False) -> Dataset:
     """Reads a screen's metadata into a Dataset. layout: "auto" | "rxrx" | "jump" | "packed".
 
     rxrx: a folder with metadata.csv and {experiment}/Plate{plate}/{well}_s{site}_w{k}.png files.
@@ -99,7 +110,17 @@ def open_dataset(path, layout: str = "auto", channels=None, illumination: str = 
     packed: a folder written by `maefast data pack` (manifest.json, index.parquet, shards/).
     channels: names to select and reorder (default: all, in stored order).
     illumination: "raw" or "illum" (jump: divide by the FileName_Illum*/PathName_Illum* .npy functions).
+    allow_outside_root: let file paths built from the metadata (rxrx experiment/plate/well, jump PathName_* /
+    FileName_*, packed shard names) leave the data root (the folder, or the load_data table's folder);
+    by default such a path is refused, naming its row.
     """
+    dataset = read_layout(path, layout, illumination, allow_outside_root)
+    _check_ids(dataset.table, Path(path))
+    return dataset if channels is None else dataset.select_channels(channels)
+
+
+def read_layout(path, layout: str = "auto", illumination: str = "raw", allow_outside_root: bool = False) -> Dataset:
+    """open_dataset without the duplicate-id check and channel selection (`data check` reports those)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"dataset path {path} does not exist")
@@ -113,13 +134,10 @@ def open_dataset(path, layout: str = "auto", channels=None, illumination: str = 
         raise UserInputError(f"illumination='illum' needs the jump layout (illumination files), got {layout}")
     from maefast.data import layouts
     if layout == "packed":
-        dataset = _open_packed(path)
-    elif layout == "rxrx":
-        dataset = layouts.read_rxrx(path)
-    else:
-        dataset = layouts.read_jump(path, illumination)
-    _check_ids(dataset.table, path)
-    return dataset if channels is None else dataset.select_channels(channels)
+        return _open_packed(path, allow_outside_root)
+    if layout == "rxrx":
+        return layouts.read_rxrx(path, allow_outside_root)
+    return layouts.read_jump(path, illumination, allow_outside_root)
 
 
 def detect_layout(path: Path) -> str:
@@ -137,16 +155,57 @@ def detect_layout(path: Path) -> str:
 
 def file_dataset(root: Path, layout: str, table: pd.DataFrame, channels: list[str],
                  illumination: str = "raw") -> Dataset:
-    """A Dataset over per-channel files; size and dtype come from the first image's first channel."""
+    """A Dataset over per-channel files; size and dtype are the ones most of a sample of headers show."""
     if table.empty:
         raise UserInputError(f"{root}: the metadata lists no images")
-    shape, dtype = probe_channel(table.iloc[0][f"file_{channels[0]}"])
-    return Dataset(root=root, layout=layout, table=table.reset_index(drop=True), stored_channels=tuple(channels),
-                   channels=tuple(channels), image_shape=tuple(shape), dtype=np.dtype(dtype),
-                   illumination=illumination)
+    table = table.reset_index(drop=True)
+    shape, dtype = _common_format(table, channels, root)
+    return Dataset(root=root, layout=layout, table=table, stored_channels=tuple(channels),
+                   channels=tuple(channels), image_shape=shape, dtype=dtype, illumination=illumination)
 
 
-def _open_packed(path: Path) -> Dataset:
+def sample_rows(count: int, size: int = HEADER_SAMPLE) -> np.ndarray:
+    """Up to `size` row positions spread evenly over `count` rows, the first included."""
+    return np.unique(np.linspace(0, count - 1, min(count, size)).round().astype(np.int64))
+
+
+def _common_format(table: pd.DataFrame, channels: list[str], root: Path) -> tuple[tuple[int, int], np.dtype]:
+    """The (height, width) and dtype most headers of a sample of images show: one odd or unreadable image,
+    the first one included, does not set the norm (the loaders refuse or skip it against this norm)."""
+    found, errors = Counter(), []
+    for row in sample_rows(len(table)):
+        for channel in channels:
+            try:
+                shape, dtype = probe_channel(table.at[row, f"file_{channel}"])
+                found[tuple(shape), dtype.str] += 1
+            except ImageReadError as error:
+                errors.append(error)
+    if not found:
+        raise UserInputError(f"{root}: none of the {len(errors)} sampled channel files has a readable header, "
+                         f"e.g. {errors[0]}")
+    (shape, dtype), _ = found.most_common(1)[0]
+    return shape, np.dtype(dtype)
+
+
+def require_inside_root(paths: pd.Series, root: Path, source, columns: str, allowed: bool) -> None:
+    """Refuses file paths built from metadata that leave the data root (through `..` or an absolute path),
+    naming the first such row, unless `allowed`. Symbolic links inside the root are followed as they are:
+    they are the file system owner's choice, not the metadata's."""
+    if allowed or paths.empty:
+        return
+    prefix = os.path.join(os.path.normpath(Path(root).resolve()), "")
+    text = paths.astype(str)
+    suspicious = ~text.str.startswith(prefix) | text.str.contains("/../", regex=False) | text.str.endswith("/..")
+    outside = [i for i in np.flatnonzero(suspicious.to_numpy())
+               if not os.path.join(os.path.normpath(text.iloc[i]), "").startswith(prefix)]
+    if outside:
+        first = outside[0]
+        more = f" (and {len(outside) - 1} more rows)" if len(outside) > 1 else ""
+        raise UserInputError(f"{source}: row {paths.index[first]} ({columns}) names {text.iloc[first]}, outside the "
+                         f"data root {root}{more}; {OUTSIDE_ROOT_HINT}")
+
+
+def _open_packed(path: Path, allow_outside_root: bool = False) -> Dataset:
     manifest = read_json(path / "manifest.json")
     if manifest.get("format") != PACKED_FORMAT:
         raise UserInputError(f"{path / 'manifest.json'}: expected format {PACKED_FORMAT!r}, "
@@ -154,7 +213,8 @@ def _open_packed(path: Path) -> Dataset:
     if not manifest.get("complete"):
         raise UserInputError(f"{path}: packing is not complete (run `maefast data pack` again to resume)")
     table = read_table(path / "index.parquet")
-    table["shard"] = [str(path / "shards" / name) for name in table["shard"]]
+    table["shard"] = [str(path.resolve() / "shards" / name) for name in table["shard"]]
+    require_inside_root(table["shard"], path, path / "index.parquet", "shard", allow_outside_root)
     return Dataset(root=path, layout="packed", table=table, stored_channels=tuple(manifest["channels"]),
                    channels=tuple(manifest["channels"]), image_shape=tuple(manifest["image_shape"]),
                    dtype=np.dtype(manifest["dtype"]))

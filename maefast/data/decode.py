@@ -6,15 +6,19 @@ stored integers. The DALI pipelines must produce the same pixels; the tests comp
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from maefast.errors import UserInputError
+
 INTEGER_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 TIFF_SUFFIXES = (".tif", ".tiff")
+PNG_MODES = {"L": np.uint8, "I": np.uint16, "I;16": np.uint16, "I;16B": np.uint16}  # Pillow's grayscale modes
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UserInputError):
     """A channel file is missing, unreadable, truncated, or has the wrong size or dtype.
 
     Attributes: path (the file), reason (what was wrong), image_id (the image's id when known), kind:
@@ -28,49 +32,91 @@ class ImageReadError(ValueError):
         super().__init__(f"{path}{where}: {reason}")
 
 
-def read_channel(path: str | os.PathLike, image_id: str | None = None) -> np.ndarray:
-    """Decodes one single-channel image file into a 2-D uint8/uint16 array; raises ImageReadError."""
+@dataclass(frozen=True)
+class ImageSpec:
+    """What every channel image of a dataset must be: one page of height x width pixels of one dtype.
+
+    The one description that every reader checks: `data check` and the PyTorch reader through
+    `read_channel` / `check_shard`, the DALI pipelines by handing the same numbers to maefast's C++
+    operators (csrc/decode/header.h), whose refusals the backend then names with this class's errors.
+    """
+    shape: tuple[int, int]  # (height, width)
+    dtype: np.dtype         # uint8 or uint16
+
+    def __str__(self) -> str:
+        return f"{self.shape[0]}x{self.shape[1]} {np.dtype(self.dtype)}, one page"
+
+    def check(self, path, shape, dtype, pages: int = 1, image_id: str | None = None) -> None:
+        """Raises ImageReadError (kind "format") naming the file when a decoded image is not what the spec says."""
+        if tuple(shape) != tuple(self.shape) or np.dtype(dtype) != np.dtype(self.dtype) or pages != 1:
+            raise ImageReadError(path, f"expected {self}, found {describe_image(shape, dtype, pages)}", image_id, "format")
+
+    def check_shard(self, path, shape, dtype, channels: int, image_id: str | None = None) -> None:
+        """The same for a packed shard: an (n, channels, height, width) array of the dtype."""
+        expected = (channels,) + tuple(self.shape)
+        if len(shape) != 4 or tuple(shape[1:]) != expected or np.dtype(dtype) != np.dtype(self.dtype):
+            raise ImageReadError(path, f"expected a shard of (n, {', '.join(map(str, expected))}) "
+                                       f"{np.dtype(self.dtype)} images, found {tuple(shape)} {np.dtype(dtype)}",
+                                 image_id, "format")
+
+
+def describe_image(shape, dtype, pages: int = 1) -> str:
+    text = "x".join(str(n) for n in shape) + f" {np.dtype(dtype)}"
+    return text + (f", {pages} pages" if pages != 1 else "")
+
+
+def read_channel(path: str | os.PathLike, image_id: str | None = None, spec: ImageSpec | None = None) -> np.ndarray:
+    """Decodes one single-page, single-channel image file (PNG or TIFF) into a 2-D uint8/uint16 array.
+
+    With `spec`, the image must also match it (size, dtype). Raises ImageReadError naming the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(path, "missing file", image_id, "missing")
     try:
-        array = _decode(path)
-    except ImageReadError:
-        raise
+        array, pages = _decode(path)
+    except ImageReadError as error:
+        raise ImageReadError(error.path, error.reason, image_id, error.kind) from None
     except Exception as error:  # every decoder failure becomes one documented error naming the file
         raise ImageReadError(path, f"unreadable or truncated image ({type(error).__name__}: {error})",
                              image_id) from error
-    if array.ndim != 2:
-        raise ImageReadError(path, f"expected a single-channel 2-D image, got shape {array.shape}", image_id, "format")
-    if array.dtype not in INTEGER_DTYPES:
-        raise ImageReadError(path, f"expected uint8 or uint16 pixels, got {array.dtype}", image_id, "format")
+    if spec is not None:
+        spec.check(path, array.shape, array.dtype, pages, image_id)
+    elif pages != 1 or array.ndim != 2 or array.dtype not in INTEGER_DTYPES:
+        raise ImageReadError(path, "expected a single-page 2-D uint8 or uint16 image, found "
+                                   f"{describe_image(array.shape, array.dtype, pages)}", image_id, "format")
     return array
 
 
-def _decode(path: Path) -> np.ndarray:
+def _decode(path: Path) -> tuple[np.ndarray, int]:
+    """(the first page's pixels, the number of pages)."""
     suffix = path.suffix.lower()
     if suffix in TIFF_SUFFIXES:
         import tifffile
-        return tifffile.imread(path)
+        with tifffile.TiffFile(path) as tif:
+            return tif.pages[0].asarray(), len(tif.pages)
     if suffix == ".npy":
-        return np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False), 1
     from PIL import Image
     with Image.open(path) as image:
+        if image.format != "PNG":
+            raise ImageReadError(path, f"expected a PNG or TIFF file, found {image.format}", kind="format")
         image.load()
-        if image.mode in ("I", "I;16", "I;16B"):  # 16-bit grayscale PNG
+        pages = getattr(image, "n_frames", 1)
+        if PNG_MODES.get(image.mode) == np.uint16:
             array = np.asarray(image)
             if array.dtype != np.uint16:
                 if array.size and (array.min() < 0 or array.max() > 65535):
                     raise ImageReadError(path, "expected 16-bit pixel values")
                 array = array.astype(np.uint16)
-            return array
+            return array, pages
         if image.mode != "L":
-            raise ImageReadError(path, f"expected a grayscale 8- or 16-bit image, got mode {image.mode}", kind="format")
-        return np.asarray(image)
+            raise ImageReadError(path, f"expected a grayscale 8- or 16-bit image, found mode {image.mode}", kind="format")
+        return np.asarray(image), pages
 
 
 def probe_channel(path: str | os.PathLike) -> tuple[tuple[int, int], np.dtype]:
-    """(height, width) and dtype of one channel file, from its header where the format allows."""
+    """(height, width) and dtype of one channel file's first page, from its header."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(path, "missing file", kind="missing")
@@ -86,8 +132,9 @@ def probe_channel(path: str | os.PathLike) -> tuple[tuple[int, int], np.dtype]:
             return tuple(array.shape[:2]), array.dtype
         from PIL import Image
         with Image.open(path) as image:
-            dtype = np.uint8 if image.mode == "L" else np.uint16
-            return (image.height, image.width), np.dtype(dtype)
+            if image.mode not in PNG_MODES:
+                raise ValueError(f"mode {image.mode} is not 8- or 16-bit grayscale")
+            return (image.height, image.width), np.dtype(PNG_MODES[image.mode])
     except Exception as error:
         raise ImageReadError(path, f"unreadable image header ({type(error).__name__}: {error})") from error
 

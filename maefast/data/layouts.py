@@ -4,12 +4,13 @@ Each turns the layout's metadata into the standard table of maefast.data.dataset
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import pandas as pd
 
-from maefast.data.dataset import Dataset, file_dataset
+from maefast.data.dataset import Dataset, file_dataset, require_inside_root, sample_rows
 from maefast.errors import UserInputError
 from maefast.io import read_json, read_table
 
@@ -18,11 +19,11 @@ RXRX_PERTURBATION_COLUMNS = ("perturbation", "gene", "sirna", "treatment")
 JUMP_PERTURBATION_COLUMNS = ("Metadata_Perturbation", "Metadata_Symbol", "Metadata_JCP2022", "Metadata_broad_sample")
 
 
-def read_rxrx(root: Path) -> Dataset:
+def read_rxrx(root: Path, allow_outside_root: bool = False) -> Dataset:
     """RxRx: root/metadata.csv with experiment, plate, well (or address), site columns; one row per site.
 
     Files: root/{experiment}/Plate{plate}/{well}_s{site}_w{k}.png. Channel names are the w-tokens
-    ("w1", "w2", ...) found for the first site, or the names in root/channels.json ({"w1": "DNA", ...}).
+    ("w1", "w2", ...) found for a sample of sites, or the names in root/channels.json ({"w1": "DNA", ...}).
     """
     metadata_path = root / "metadata.csv"
     table = read_table(metadata_path)
@@ -31,12 +32,11 @@ def read_rxrx(root: Path) -> Dataset:
     _require(table, ("experiment", "plate", "well", "site"), metadata_path)
     table["plate"] = table["plate"].astype(str).str.replace("^Plate", "", regex=True)
     table["site"] = table["site"].astype(int)
-    first = table.iloc[0]
-    tokens = _rxrx_channel_tokens(root / str(first["experiment"]) / f"Plate{first['plate']}", first["well"],
-                                  first["site"])
-    names = _rxrx_channel_names(root, tokens)
     base = (root.resolve().as_posix() + "/" + table["experiment"].astype(str) + "/Plate" + table["plate"]
             + "/" + table["well"].astype(str) + "_s" + table["site"].astype(str) + "_w")
+    require_inside_root(base, root, metadata_path, "experiment, plate, well", allow_outside_root)
+    tokens = _rxrx_channel_tokens(base)
+    names = _rxrx_channel_names(root, tokens)
     for token, name in zip(tokens, names):
         table[f"file_{name}"] = base + token[1:] + ".png"
     if "site_id" in table.columns:
@@ -53,11 +53,12 @@ def read_rxrx(root: Path) -> Dataset:
     return file_dataset(root, "rxrx", table, names)
 
 
-def read_jump(path: Path, illumination: str = "raw") -> Dataset:
+def read_jump(path: Path, illumination: str = "raw", allow_outside_root: bool = False) -> Dataset:
     """JUMP-CP: a load_data table with FileName_Orig<Channel>, PathName_Orig<Channel>, Metadata_* columns.
 
-    Relative PathName_* values are resolved against the table's folder. With illumination="illum", the
-    FileName_Illum<Channel> / PathName_Illum<Channel> columns name .npy illumination functions.
+    Relative PathName_* values are resolved against the table's folder, the data root that the paths must
+    stay in unless allow_outside_root. With illumination="illum", the FileName_Illum<Channel> /
+    PathName_Illum<Channel> columns name .npy illumination functions.
     """
     table_path = path if path.is_file() else next(
         p for p in (path / "load_data.parquet", path / "load_data.csv") if p.is_file())
@@ -70,11 +71,15 @@ def read_jump(path: Path, illumination: str = "raw") -> Dataset:
     base_dir = table_path.parent.resolve()
     for name in names:
         table[f"file_{name}"] = _join_paths(base_dir, table[f"PathName_Orig{name}"], table[f"FileName_Orig{name}"])
+        require_inside_root(table[f"file_{name}"], base_dir, table_path, f"PathName_Orig{name}, FileName_Orig{name}",
+                            allow_outside_root)
     if illumination == "illum":
         _require(table, [f"{kind}_Illum{n}" for n in names for kind in ("FileName", "PathName")], table_path)
         for name in names:
             table[f"illum_{name}"] = _join_paths(base_dir, table[f"PathName_Illum{name}"],
                                                  table[f"FileName_Illum{name}"])
+            require_inside_root(table[f"illum_{name}"], base_dir, table_path,
+                                f"PathName_Illum{name}, FileName_Illum{name}", allow_outside_root)
     keys = [c for c in ("Metadata_Source", "Metadata_Batch", "Metadata_Plate", "Metadata_Well", "Metadata_Site")
             if c in table.columns]
     table["id"] = table[keys].astype(str).agg("__".join, axis=1)
@@ -91,14 +96,21 @@ def read_jump(path: Path, illumination: str = "raw") -> Dataset:
     return file_dataset(base_dir, "jump", table, names, illumination)
 
 
-def _rxrx_channel_tokens(plate_dir: Path, well, site) -> list[str]:
-    pattern = re.compile(rf"^{re.escape(str(well))}_s{site}_w(\d+)\.png$")
-    found = sorted((int(m.group(1)) for p in (plate_dir.iterdir() if plate_dir.is_dir() else ())
-                    if (m := pattern.match(p.name))))
+def _rxrx_channel_tokens(base: pd.Series) -> list[str]:
+    """The channel tokens w<k> of the files found for a sample of sites (their union: a site missing a
+    channel file, the first one included, does not drop that channel from the dataset)."""
+    found, listings = set(), {}
+    for row in sample_rows(len(base)):
+        prefix = Path(base.iloc[row])
+        if prefix.parent not in listings:
+            listings[prefix.parent] = os.listdir(prefix.parent) if prefix.parent.is_dir() else []
+        pattern = re.compile(rf"^{re.escape(prefix.name)}(\d+)\.png$")
+        found.update(int(m.group(1)) for name in listings[prefix.parent] if (m := pattern.match(name)))
     if not found:
-        raise FileNotFoundError(f"no channel files {well}_s{site}_w<k>.png in {plate_dir} for the first site "
-                                "of metadata.csv")
-    return [f"w{k}" for k in found]
+        first = Path(base.iloc[0])
+        raise FileNotFoundError(f"no channel files {first.name}<k>.png in {first.parent} (nor for the other "
+                                "sampled sites of metadata.csv)")
+    return [f"w{k}" for k in sorted(found)]
 
 
 def _rxrx_channel_names(root: Path, tokens: list[str]) -> list[str]:

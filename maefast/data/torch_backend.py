@@ -5,6 +5,8 @@ It executes the same plan (maefast.data.plan) as the DALI pipelines and gives th
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset as TorchDataset
@@ -25,47 +27,56 @@ class ImageReader:
     def read_image(self, row: int) -> np.ndarray:
         """The full image of table row `row`: (C, H, W) integer pixels of the selected channels."""
         d = self.dataset
-        image_id = d.table.at[row, "id"]
         if d.layout == "packed":
-            return np.array(self._shard(row)[d.table.at[row, "row"]][d.channel_index])
+            return np.array(self._stored(row)[d.channel_index])
+        image_id = d.table.at[row, "id"]
         illum = d.illum_files(row)
         channels = []
         for c, path in enumerate(d.channel_files(row)):
-            array = read_channel(path, image_id)
-            if array.shape != tuple(d.image_shape) or array.dtype != d.dtype:
-                raise ImageReadError(path, f"expected {d.image_shape[0]}x{d.image_shape[1]} {d.dtype} like the "
-                                           f"rest of the dataset, got {array.shape[0]}x{array.shape[1]} {array.dtype}",
-                                     image_id, "format")
+            array = read_channel(path, image_id, d.spec)
             if illum is not None:
-                array = apply_illumination(array, self._illumination(illum[c]))
+                array = apply_illumination(array, self._illumination(illum[c], image_id))
             channels.append(array)
         return np.stack(channels)
 
     def read_crops(self, row: int, anchors: np.ndarray, augment: np.ndarray, size: int) -> np.ndarray:
         """(K, C, size, size) crops of image `row` at anchors (K, 2), augmented by augment (K, 3)."""
         if self.dataset.layout == "packed":  # read only the crop's bytes from the memory map
-            stored = self._shard(row)[self.dataset.table.at[row, "row"]]
+            stored = self._stored(row)
             sources = [stored[:, y:y + size, x:x + size][self.dataset.channel_index] for y, x in anchors]
         else:
             image = self.read_image(row)
             sources = [image[:, y:y + size, x:x + size] for y, x in anchors]
         return np.stack([apply_augment(s, *a) for s, a in zip(sources, augment)])
 
-    def _shard(self, row: int) -> np.ndarray:
-        path = self.dataset.table.at[row, "shard"]
+    def _stored(self, row: int) -> np.ndarray:
+        """The memory-mapped (C_stored, H, W) image of table row `row` of a packed dataset."""
+        d = self.dataset
+        path, position, image_id = d.table.at[row, "shard"], int(d.table.at[row, "row"]), d.table.at[row, "id"]
         if path not in self._shards:
             try:
-                self._shards[path] = np.load(path, mmap_mode="r", allow_pickle=False)
+                shard = np.load(path, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError) as error:
-                raise ImageReadError(path, f"unreadable shard ({error})", self.dataset.table.at[row, "id"]) from error
-        return self._shards[path]
+                kind = "unreadable" if os.path.exists(path) else "missing"
+                raise ImageReadError(path, f"unreadable shard ({error})", image_id, kind) from error
+            d.spec.check_shard(path, shard.shape, shard.dtype, len(d.stored_channels), image_id)
+            self._shards[path] = shard
+        shard = self._shards[path]
+        if not 0 <= position < shard.shape[0]:
+            raise ImageReadError(path, f"the index names row {position}, the shard holds {shard.shape[0]} images",
+                                 image_id, "format")
+        return shard[position]
 
-    def _illumination(self, path: str) -> np.ndarray:
+    def _illumination(self, path: str, image_id) -> np.ndarray:
         if path not in self._illum:
             try:
-                self._illum[path] = np.load(path, allow_pickle=False).astype(np.float32)
+                function = np.load(path, allow_pickle=False).astype(np.float32)
             except (OSError, ValueError) as error:
-                raise ImageReadError(path, f"unreadable illumination function ({error})") from error
+                raise ImageReadError(path, f"unreadable illumination function ({error})", image_id) from error
+            if function.shape != tuple(self.dataset.image_shape):
+                raise ImageReadError(path, f"expected an illumination function of shape {self.dataset.image_shape}, "
+                                           f"found {function.shape}", image_id, "format")
+            self._illum[path] = function
         return self._illum[path]
 
 

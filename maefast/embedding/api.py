@@ -33,7 +33,8 @@ def resolve_channels(dataset, encoder, requested: list[str], checkpoint_channels
 
 
 def embed(checkpoint, data, out, *, model: str | None = None, weights_layout: str = "auto",
-          trust_pickle: bool = False, layout: str = "auto", channels: list[str] | None = None, pool: str = "mean",
+          trust_pickle: bool = False, layout: str = "auto", channels: list[str] | None = None,
+          allow_outside_root: bool = False, pool: str = "mean",
           per_channel: bool = False, batch_size: int = 16, shard_size: int = 1024, precision: str = "auto",
           backend: str = "auto", on_error: str = "raise", workers: int | None = None, device: str = "auto",
           show_progress: bool = True, format: str = "parquet") -> dict:
@@ -48,7 +49,8 @@ def embed(checkpoint, data, out, *, model: str | None = None, weights_layout: st
     context = distributed.init_distributed(device)
     try:
         encoder, checkpoint_channels = load_encoder(checkpoint, model, weights_layout, trust_pickle)
-        dataset = resolve_channels(open_dataset(data, layout=layout), encoder, list(channels or []),
+        dataset = resolve_channels(open_dataset(data, layout=layout, allow_outside_root=allow_outside_root), encoder,
+                                   list(channels or []),
                                    checkpoint_channels)
         tile = input_config(encoder).img_size
         settings = EmbedSettings(checkpoint=str(checkpoint), weights_sha256=file_sha256(weights_file(checkpoint)),

@@ -37,6 +37,7 @@ class DataSection:
     num_workers: int = 2
     backend: str = "auto"          # auto | dali | torch
     on_error: str = "raise"        # raise | skip
+    allow_outside_root: bool = False  # let metadata paths leave the data root (open_dataset's opt-in)
     synthetic_genes: int = 12      # synthetic screen (when path is empty): perturbed genes, 2 wells each
     synthetic_site_size: int = 256
 
@@ -86,6 +87,7 @@ CHOICES = {
     "data.layout": ("auto", "rxrx", "jump", "packed"),
     "data.backend": ("auto", "dali", "torch"),
     "data.on_error": ("raise", "skip"),
+    "data.allow_outside_root": (False, True),
     "optim.name": ("lion", "adamw"),
     "run.device": ("auto", "cpu", "cuda"),
     "run.precision": ("auto", "bf16", "fp32"),

@@ -25,7 +25,8 @@ def synthetic_screen_path(config: TrainConfig, out_dir: Path, context: Distribut
 def build_train_loader(config: TrainConfig, out_dir, context: DistributedContext):
     data = config.data
     path = data.path or synthetic_screen_path(config, out_dir, context)
-    dataset = open_dataset(path, layout=data.layout, channels=list(data.channels) or None)
+    dataset = open_dataset(path, layout=data.layout, channels=list(data.channels) or None,
+                           allow_outside_root=data.allow_outside_root)
     return make_loader(dataset, batch_size=data.batch_size, crop_size=data.crop_size,
                        crops_per_image=data.crops_per_image, seed=config.run.seed, rank=context.rank,
                        world_size=context.world_size, device=context.device, backend=data.backend,
