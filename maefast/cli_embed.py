@@ -28,6 +28,11 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="images per batch (each gives several tiles)")
     parser.add_argument("--shard-size", type=int, default=1024, help="images per output shard")
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    parser.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
+                        help="torch.compile with fixed shapes and CUDA graphs (auto: on CUDA)")
+    parser.add_argument("--attention", default="auto",
+                        help="attention kernel of every site: auto (on CUDA the fastest, timed once) or one of "
+                             "triton, sdpa, cudnn, flash, efficient, math, flash_attn, fa3")
     parser.add_argument("--backend", default="auto", choices=("auto", "dali", "torch"), help="loader backend")
     parser.add_argument("--on-error", default="raise", choices=("raise", "skip"))
     parser.add_argument("--workers", type=int, default=None, help="loader threads / processes")
@@ -58,7 +63,8 @@ def embed_command(args) -> int:
                     allow_outside_root=args.allow_outside_root, pool=args.pool,
                     per_channel=args.per_channel, batch_size=args.batch_size, shard_size=args.shard_size,
                     precision=args.precision, backend=args.backend, on_error=args.on_error, workers=args.workers,
-                    device=args.device, show_progress=not args.no_progress, format=args.format)
+                    device=args.device, show_progress=not args.no_progress, format=args.format,
+                    compile=args.compile, attention=args.attention)
     if "complete" in summary:  # rank 0
         state = "complete" if summary["complete"] else f"incomplete (missing shards {summary.get('missing_shards')})"
         print(f"maefast embed: {summary['num_shards']} shards, {state}, {summary['crops_per_s']:.1f} crops/s; {args.out}")

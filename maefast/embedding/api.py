@@ -37,12 +37,15 @@ def embed(checkpoint, data, out, *, model: str | None = None, weights_layout: st
           allow_outside_root: bool = False, pool: str = "mean",
           per_channel: bool = False, batch_size: int = 16, shard_size: int = 1024, precision: str = "auto",
           backend: str = "auto", on_error: str = "raise", workers: int | None = None, device: str = "auto",
-          show_progress: bool = True, format: str = "parquet") -> dict:
+          show_progress: bool = True, format: str = "parquet", compile: str = "auto",
+          attention: str = "auto") -> dict:
     """Embeds every site of `data` with the encoder in `checkpoint` into `out`; returns the job summary.
 
     Under torchrun each rank embeds its own shards. Read the result with maefast.read_embeddings(out).
     format: besides the parquet shards and wells.parquet, a finished job also writes sites and wells as
     h5ad (AnnData), pycytominer-csv or pycytominer-parquet (see maefast.tables); listed in summary["exports"].
+    compile: "auto" compiles on CUDA (fixed shapes, CUDA graphs), "on" / "off" force it; attention: "auto"
+    (on CUDA the fastest kernel at the job's shapes, timed once) or a backend name for every attention site.
     """
     if check_format(format) == "h5ad":
         import_anndata()  # before hours of embedding, not after
@@ -56,7 +59,7 @@ def embed(checkpoint, data, out, *, model: str | None = None, weights_layout: st
         settings = EmbedSettings(checkpoint=str(checkpoint), weights_sha256=file_sha256(weights_file(checkpoint)),
                                  pool=pool, per_channel=per_channel, tile_size=tile,
                                  batch_size=batch_size, shard_size=shard_size, precision=precision,
-                                 channels=tuple(dataset.channels))
+                                 channels=tuple(dataset.channels), compile=compile, attention=attention)
 
         def make_tiles(subset):
             return make_tile_loader(subset, batch_size=batch_size, crop_size=tile, device=context.device,

@@ -21,9 +21,11 @@ from tqdm import tqdm
 
 from maefast.errors import UserInputError
 from maefast.io import atomic_path, read_json, read_table, write_json_atomic
+from maefast.embedding.runner import COMPILE_CHOICES, TileEmbedder
 from maefast.lock import OutputLock
+from maefast.models.attention_setup import check_attention_choice
 from maefast.records import changes, describe_changes
-from maefast.train.distributed import DistributedContext, barrier, run_on_main
+from maefast.train.distributed import DistributedContext, barrier, broadcast_object, run_on_main
 
 METADATA = ("id", "batch", "plate", "well", "site", "perturbation", "is_control")
 JOB_FILE, MANIFEST_FILE = "job.json", "manifest.json"
@@ -40,12 +42,17 @@ class EmbedSettings:
     shard_size: int = 1024        # images per output shard
     precision: str = "auto"       # auto (bf16 on CUDA) | bf16 | fp32
     channels: tuple = ()
+    compile: str = "auto"         # auto (on CUDA: compiled, fixed shapes, CUDA graphs) | on | off
+    attention: str = "auto"       # auto (on CUDA: the fastest, timed once) or an attention backend
 
     def validate(self) -> None:
         if self.pool not in ("mean", "cls"):
             raise UserInputError(f"pool must be 'mean' or 'cls', got {self.pool!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise UserInputError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.compile not in COMPILE_CHOICES:
+            raise UserInputError(f"compile must be one of {COMPILE_CHOICES}, got {self.compile!r}")
+        check_attention_choice(self.attention)
         for key in ("tile_size", "batch_size", "shard_size"):
             if getattr(self, key) < 1:
                 raise UserInputError(f"{key} must be a positive integer, got {getattr(self, key)}")
@@ -84,14 +91,7 @@ def start_job(out: Path, settings: EmbedSettings, dataset) -> OutputLock:
     return lock
 
 
-def embed_tiles(encoder, pixels: torch.Tensor, settings: EmbedSettings, autocast_dtype) -> torch.Tensor:
-    with torch.no_grad(), torch.autocast(pixels.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        if settings.pool == "mean" and not settings.per_channel:  # every embedder's default (MU-Net, WSL too)
-            return encoder.embed(pixels).float()
-        return encoder.embed(pixels, pool=settings.pool, per_channel=settings.per_channel).float()
-
-
-def embed_shard(encoder, dataset, rows: np.ndarray, settings: EmbedSettings, device, make_tiles, autocast_dtype,
+def embed_shard(embedder: TileEmbedder, dataset, rows: np.ndarray, make_tiles, device,
                 progress) -> tuple[pd.DataFrame, list, int]:
     """Embeddings of the images at `rows` (the mean over each image's tiles), the skipped images and the
     number of tiles embedded."""
@@ -99,7 +99,7 @@ def embed_shard(encoder, dataset, rows: np.ndarray, settings: EmbedSettings, dev
     loader = make_tiles(subset)
     sums, counts = None, torch.zeros(len(rows), dtype=torch.float64)
     for batch in loader:
-        features = embed_tiles(encoder, batch["pixels"].to(device, non_blocking=True), settings, autocast_dtype)
+        features = embedder(batch["pixels"].to(device, non_blocking=True))
         owners = torch.as_tensor(batch["index"], dtype=torch.int64)
         if sums is None:
             sums = torch.zeros(len(rows), features.shape[1], dtype=torch.float64)
@@ -151,19 +151,21 @@ def embed_shards(encoder, dataset, out: Path, settings: EmbedSettings, make_tile
                  context: DistributedContext, show_progress: bool) -> dict:
     """This rank's missing shards, then (rank 0, once every shard is there) the aggregate and manifest."""
     rank, world_size = context.rank, context.world_size
-    encoder = encoder.to(device).eval()
-    precision = ("bf16" if device.type == "cuda" else "fp32") if settings.precision == "auto" else settings.precision
-    autocast_dtype = torch.bfloat16 if precision == "bf16" else None
     num_shards = -(-len(dataset) // settings.shard_size)
     mine = [k for k in range(rank, num_shards, world_size) if not shard_path(out, k).exists()]
     tiles_per_image = (dataset.image_shape[0] // settings.tile_size) * (dataset.image_shape[1] // settings.tile_size)
+    embedder = TileEmbedder(encoder, pool=settings.pool, per_channel=settings.per_channel,
+                            precision=settings.precision, device=device,
+                            batch_tiles=settings.batch_size * tiles_per_image,
+                            tile_shape=(len(dataset.channels), settings.tile_size, settings.tile_size),
+                            compile=settings.compile, attention=settings.attention,
+                            out=out if rank == 0 else None, broadcast=lambda obj: broadcast_object(obj, context))
     total_tiles = sum(min(settings.shard_size, len(dataset) - k * settings.shard_size) for k in mine) * tiles_per_image
     progress = tqdm(total=total_tiles, unit="crop", desc=f"embed rank {rank}", disable=not show_progress)
     start, skipped_all, crops = time.perf_counter(), [], 0
     for index in mine:
         rows = np.arange(index * settings.shard_size, min((index + 1) * settings.shard_size, len(dataset)))
-        frame, skipped, shard_crops = embed_shard(encoder, dataset, rows, settings, device, make_tiles,
-                                                  autocast_dtype, progress)
+        frame, skipped, shard_crops = embed_shard(embedder, dataset, rows, make_tiles, device, progress)
         crops += shard_crops
         with atomic_path(shard_path(out, index)) as temporary:
             frame.to_parquet(temporary, index=False)
