@@ -32,7 +32,7 @@ def add_commands(subparsers) -> None:
                         help="torch.compile with fixed shapes and CUDA graphs (auto: on CUDA)")
     parser.add_argument("--attention", default="auto",
                         help="attention kernel of every site: auto (on CUDA the fastest, timed once) or one of "
-                             "triton, sdpa, cudnn, flash, efficient, math, flash_attn, fa3")
+                             "triton, sdpa, cudnn, flash, efficient, math, flash_attn, fa3, fa4")
     parser.add_argument("--backend", default="auto", choices=("auto", "dali", "torch"), help="loader backend")
     parser.add_argument("--on-error", default="raise", choices=("raise", "skip"))
     parser.add_argument("--workers", type=int, default=None, help="loader threads / processes")

@@ -83,7 +83,16 @@ class ParallelBlock(AttentionSite):
 
     y = in_norm(x); [mlp_hidden, q, k, v] = in_proj(y); q, k <- LayerNorm per head (qk-norm);
     x + drop_path(ls(attn_out_proj(attention(q, k, v)) + mlp_out_proj(gelu(mlp_hidden + mlp_bias))))
-    Same parameters and math as timm's ParallelScalingBlock.
+    Same parameters and math as timm's ParallelScalingBlock (`forward_unfused` computes it op by op, the
+    reference of `forward`).
+
+    `forward` runs both out-projections as one GEMM: z = [attention output, gelu(mlp_hidden + mlp_bias)]
+    (one buffer) times the two weights side by side, with LayerScale folded into them and into the summed
+    bias, so the residual update is z @ (gamma * [W_attn | W_mlp])^T + gamma * (b_attn + b_mlp). Under
+    torch.compile the weight fold and cast fuse into one kernel per block, GELU and the bias into the
+    writing of z, and the bias, drop path and residual add into one kernel after the GEMM. The residual
+    stream keeps the dtype it has (fp32 under autocast: with LayerScale starting at 1e-4, a bf16 stream
+    would round the blocks' updates away).
     """
 
     attention_role = "encoder"
@@ -109,17 +118,32 @@ class ParallelBlock(AttentionSite):
         self.ls = LayerScale(dim, init_values) if init_values is not None else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x):
+    def attention_and_mlp_hidden(self, x):
+        """(merged attention output (B, N, D), MLP hidden before its bias and GELU (B, N, hidden))."""
         mlp_hidden, q, k, v = torch.split(self.in_proj(self.in_norm(x)), self.in_split, dim=-1)
-        if self.mlp_bias is not None:
-            mlp_hidden = mlp_hidden + self.mlp_bias
         q, k, v = (split_heads(t, self.num_heads) for t in (q, k, v))
         if self.qk_norm:  # the attention op applies the qk LayerNorm (fused into the Triton kernel)
             attended = self.attend(q, k, v, q_norm=self.q_norm, k_norm=self.k_norm)
         else:
             attended = self.attend(q, k, v)
-        attended = merge_heads(attended)
-        y = self.attn_out_proj(attended) + self.mlp_out_proj(F.gelu(mlp_hidden))
+        return merge_heads(attended), mlp_hidden
+
+    def activated_mlp_hidden(self, mlp_hidden):
+        return F.gelu(mlp_hidden if self.mlp_bias is None else mlp_hidden + self.mlp_bias)
+
+    def forward(self, x):
+        attended, mlp_hidden = self.attention_and_mlp_hidden(x)
+        z = torch.cat([attended, self.activated_mlp_hidden(mlp_hidden)], dim=-1)
+        weight = torch.cat([self.attn_out_proj.weight, self.mlp_out_proj.weight], dim=1)
+        bias = self.attn_out_proj.bias + self.mlp_out_proj.bias
+        if isinstance(self.ls, LayerScale):
+            weight, bias = weight * self.ls.gamma[:, None], bias * self.ls.gamma
+        return x + self.drop_path(F.linear(z, weight) + bias)
+
+    def forward_unfused(self, x):
+        """The block op by op, as timm's ParallelScalingBlock: the reference of forward."""
+        attended, mlp_hidden = self.attention_and_mlp_hidden(x)
+        y = self.attn_out_proj(attended) + self.mlp_out_proj(self.activated_mlp_hidden(mlp_hidden))
         return x + self.drop_path(self.ls(y))
 
 

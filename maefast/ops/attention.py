@@ -6,8 +6,9 @@ Backends (`ATTENTION_BACKENDS`):
   "triton"          maefast's flash attention (kernels/attention.py), forward and backward, custom op
   "sdpa"            torch.nn.functional.scaled_dot_product_attention, PyTorch's own choice of kernel, and
                     the same function pinned to one kernel: "cudnn", "flash", "efficient", "math"
-  "flash_attn"      FlashAttention-2 (`flash_attn`) and "fa3", FlashAttention-3 (`flash_attn_interface`),
-                    when installed
+  "flash_attn"      FlashAttention-2 (`flash_attn`), "fa3": FlashAttention-3 (`flash_attn_interface`), and
+                    "fa4": FlashAttention-4 (`flash_attn.cute`, CuTe-DSL kernels for Hopper and Blackwell;
+                    the `flash4` extra), when installed
 
 The backend is chosen before the forward, never inside it: `attention(..., backend=name)` runs `name`;
 "auto" (the default) is a fixed rule, "sdpa" unless MAEFAST_BACKEND forces the Triton kernel (also on CPU
@@ -32,7 +33,8 @@ from maefast.errors import UserInputError
 from maefast.ops.backend import forced_backend
 
 SDPA_KERNELS = ("cudnn", "flash", "efficient", "math")
-ATTENTION_BACKENDS = ("triton", "sdpa", *SDPA_KERNELS, "flash_attn", "fa3")
+FLASH_ATTENTION_MODULES = {"flash_attn": "flash_attn", "fa3": "flash_attn_interface", "fa4": "flash_attn.cute"}
+ATTENTION_BACKENDS = ("triton", "sdpa", *SDPA_KERNELS, *FLASH_ATTENTION_MODULES)
 MAX_TRITON_HEAD_DIM = 128
 
 
@@ -176,10 +178,8 @@ def backend_fn(name: str):
         return _sdpa
     if name in SDPA_KERNELS:
         return _sdpa_pinned(name)
-    if name == "flash_attn":
-        return _flash_attn("flash_attn")
-    if name == "fa3":
-        return _flash_attn("flash_attn_interface")
+    if name in FLASH_ATTENTION_MODULES:
+        return _flash_attn(FLASH_ATTENTION_MODULES[name])
     raise UserInputError(f"unknown attention backend {name!r}; expected 'auto' or one of {ATTENTION_BACKENDS}")
 
 
@@ -228,11 +228,16 @@ def available_backends(device: torch.device, dtype: torch.dtype, head_dim: int) 
     sixteen_bit = dtype in (torch.float16, torch.bfloat16)
     if sixteen_bit and head_dim <= MAX_TRITON_HEAD_DIM and importlib.util.find_spec("triton") is not None:
         names.insert(0, "triton")
-    if sixteen_bit and importlib.util.find_spec("flash_attn") is not None:
-        names.append("flash_attn")
-    if sixteen_bit and importlib.util.find_spec("flash_attn_interface") is not None:
-        names.append("fa3")
+    if sixteen_bit:
+        names += [name for name, module in FLASH_ATTENTION_MODULES.items() if _installed(module)]
     return names
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a submodule whose parent package is missing
+        return False
 
 
 def resolve_backend(backend: str) -> str:

@@ -9,16 +9,17 @@ The reference below is the specification. Shapes:
     -> tokens   (B, K, D) in `out_dtype` (default: the autocast dtype when autocast is on, else weight's)
 
 Backends: "triton" (kernels/tokenize.py), "cpp" (csrc/tokenize.cpp), "reference". The fused backends
-never build the full patch tensor: the forward gathers and standardizes only the visible patches, and
-the backward (weight and bias gradients; pixels get none) recomputes them tile by tile from the pixels
-and the per-(image, channel) statistics saved by the forward.
+never build the full patch tensor: they standardize and gather only the visible patches, and the backward
+(weight and bias gradients; pixels get none) gathers them again from the pixels and the per-(image,
+channel) statistics saved by the forward. On a GPU the projection is a cuBLAS GEMM on the gathered
+patches, with the positions (and bias) added in its epilogue; the C++ backend fuses the forward on the CPU.
 """
 from __future__ import annotations
 
 import torch
 
 from maefast.ops import _cpp
-from maefast.ops.backend import cpp_extension, select_backend, triton_interpreting
+from maefast.ops.backend import cpp_extension, select_backend
 from maefast.ops.patches import embedding_patches, gather_tokens, patchify, self_standardize
 
 IMPLEMENTED = ("reference", "triton", "cpp")
@@ -58,16 +59,6 @@ def _kernel_pixels(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.contiguous()
 
 
-def _dot_mode(out_dtype: torch.dtype) -> str:
-    if triton_interpreting():
-        return "ieee"  # the interpreter's bf16 dots are not exact
-    if out_dtype == torch.bfloat16:
-        return "bf16"
-    if out_dtype == torch.float16:
-        return "fp16"
-    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
-
-
 def _stats(pixels: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     b, c, h, w = pixels.shape
     if backend == "triton":
@@ -92,13 +83,7 @@ def _tokenize_op(pixels: torch.Tensor, keep_idx: torch.Tensor, weight: torch.Ten
     mean, rstd = _stats(pixels, backend)
     pos = pos_embed.contiguous()
     if backend == "triton":
-        from maefast.kernels import tokenize as kernels
-        mode = _dot_mode(out_dtype)
-        w_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode, torch.float32)
-        tokens = kernels.tokenize_forward(pixels, keep_idx, weight.reshape(d, -1).to(w_dtype).contiguous(), bias,
-                                          pos, mean, rstd, patch=patch, channel_agnostic=channel_agnostic,
-                                          out_dtype=out_dtype, dot_mode=mode)
-        return tokens, mean, rstd
+        return _triton_tokens(pixels, keep_idx, weight, bias, pos, mean, rstd, channel_agnostic, out_dtype), mean, rstd
     tokens = torch.empty(b, keep_idx.shape[1], d, dtype=out_dtype)
     cpp_extension().tokenize_forward(
         _cpp.buffer(pixels), _cpp.kind(pixels.dtype), b, c, h, w, patch, channel_agnostic, _cpp.buffer(keep_idx),
@@ -125,12 +110,7 @@ def _tokenize_backward_op(grad: torch.Tensor, pixels: torch.Tensor, keep_idx: to
     keep_idx = keep_idx.contiguous()
     grad = grad.contiguous()
     if backend == "triton":
-        from maefast.kernels import tokenize as kernels
-        mode = _dot_mode(grad.dtype)
-        if mode in ("bf16", "fp16"):  # the gradient is already 16-bit; the patches follow it
-            mode = "bf16" if grad.dtype == torch.bfloat16 else "fp16"
-        return kernels.tokenize_backward(grad, pixels, keep_idx, mean, rstd, patch=patch,
-                                         channel_agnostic=channel_agnostic, dot_mode=mode)
+        return _triton_weight_grads(grad, pixels, keep_idx, mean, rstd, embed_dim, patch, channel_agnostic)
     # CPU: the C++ kernel gathers the standardized visible patches (never all of them), and the weight
     # gradient is one GEMM through PyTorch's BLAS, measured faster here than a hand-written GEMM.
     channels = 1 if channel_agnostic else pixels.shape[1]
@@ -193,9 +173,44 @@ def _masked_targets_op(pixels: torch.Tensor, masked_idx: torch.Tensor, patch_siz
     mean, rstd = _stats(pixels, backend)
     if backend == "triton":
         from maefast.kernels import tokenize as kernels
-        return kernels.masked_targets(pixels, masked_idx, mean, rstd, patch=patch_size,
-                                      channel_agnostic=channel_agnostic)
+        return kernels.gather_patches(pixels, masked_idx, mean, rstd, patch=patch_size,
+                                      channel_agnostic=channel_agnostic, channels_last=True, dtype=torch.float32)
     return _cpp_standardized_patches(pixels, masked_idx, mean, rstd, patch_size, channel_agnostic)
+
+
+def _triton_tokens(pixels, keep_idx, weight, bias, pos, mean, rstd, channel_agnostic: bool,
+                   out_dtype: torch.dtype) -> torch.Tensor:
+    """The GPU forward: the Triton kernel gathers the standardized visible patches in the projection's layout
+    and dtype, and one GEMM projects them with the gathered positions (plus the bias) as its C input."""
+    from maefast.kernels import tokenize as kernels
+    b, k = keep_idx.shape
+    d, patch = weight.shape[0], weight.shape[-1]
+    patches = kernels.gather_patches(pixels, keep_idx, mean, rstd, patch=patch, channel_agnostic=channel_agnostic,
+                                     channels_last=False, dtype=out_dtype).view(b * k, -1)
+    table = pos.float() if bias is None else pos.float() + bias.detach().float()
+    base = table.index_select(0, keep_idx.reshape(-1)).to(out_dtype)
+    tokens = torch.addmm(base, patches, weight.detach().reshape(d, -1).to(out_dtype).t())
+    return tokens.view(b, k, d)
+
+
+def _triton_weight_grads(grad, pixels, keep_idx, mean, rstd, embed_dim: int, patch: int,
+                         channel_agnostic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The GPU backward: the visible patches gathered again, in the gradient's dtype (the 16-bit operands
+    of autocast's convolution backward), and one GEMM, grad^T @ patches, accumulated and returned in fp32;
+    the bias gradient is the gradient's column sum in fp32."""
+    from maefast.kernels import tokenize as kernels
+    flat_grad = grad.reshape(-1, embed_dim)
+    patches = kernels.gather_patches(pixels, keep_idx, mean, rstd, patch=patch, channel_agnostic=channel_agnostic,
+                                     channels_last=False, dtype=grad.dtype)
+    return _mm_float32(flat_grad.t(), patches.reshape(flat_grad.shape[0], -1)), flat_grad.float().sum(0)
+
+
+def _mm_float32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b with fp32 accumulation and an fp32 result, whatever the operands' dtype (cuBLAS with an fp32
+    output on a GPU; the same arithmetic on CPU tensors, where that GEMM variant does not exist)."""
+    if a.is_cuda:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return a.float() @ b.float()
 
 
 def _cpp_standardized_patches(pixels, index, mean, rstd, patch: int, channel_agnostic: bool) -> torch.Tensor:

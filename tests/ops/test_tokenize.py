@@ -36,8 +36,8 @@ def make_inputs(case, device, bias=True):
 def low_precision_reference(pixels, keep_idx, weight, bias, pos, ca, dtype, round_operands):
     """The reference run in a 16-bit dtype. round_operands=False: computed in fp32 and rounded once, like
     tokenize_reference(out_dtype=dtype) (the C++ forward). True: 16-bit operands, as a patch embedding under
-    autocast multiplies them (the Triton kernels; the C++ weight gradient of a bf16 gradient): patches and
-    weight rounded to dtype, fp32 accumulation, rounded output."""
+    autocast multiplies them (the Triton path's GEMMs; the C++ weight gradient of a bf16 gradient): patches
+    and weight rounded to dtype, fp32 accumulation, rounded output."""
     if not round_operands:
         return tokenize_reference(pixels, keep_idx, weight, bias, pos, channel_agnostic=ca, out_dtype=dtype)
     patches = embedding_patches(self_standardize(pixels), weight.shape[-1], ca)
@@ -71,10 +71,8 @@ def test_tokenize_matches_reference(backend, out_dtype, case):
     assert tokens.dtype == out_dtype and tokens.shape == exact.shape
     low = None
     if out_dtype != torch.float32:
-        on_gpu = device.type == "cuda"
-        low = low_precision_reference(pixels, mask.keep_idx, weight, bias, pos, ca, out_dtype, on_gpu)
-        low_for_grads = low_precision_reference(pixels, mask.keep_idx, weight, bias, pos, ca, out_dtype,
-                                                on_gpu or backend == "cpp")
+        low = low_precision_reference(pixels, mask.keep_idx, weight, bias, pos, ca, out_dtype, backend == "triton")
+        low_for_grads = low_precision_reference(pixels, mask.keep_idx, weight, bias, pos, ca, out_dtype, True)
         low_grads = grads(low_for_grads, weight, bias, grad.to(out_dtype).float())
     assert_close_to(tokens.float(), exact, low_precision_reference=None if low is None else low.float(),
                     atol=1e-4, rtol=1e-5, what="tokens")
