@@ -146,6 +146,8 @@ def mae_loss_partials(pred, target, *, channels: int, norm_pix_loss: bool, eps: 
     programs_max = triton.cdiv(n_rows, min(c.kwargs["BLOCK_R"] for c in configs))
     partial = torch.zeros(programs_max, 2, dtype=torch.float32, device=pred.device)  # programs write a prefix
     grad = torch.empty_like(pred) if coef is not None else None
+    if n_rows == 0:  # nothing masked: zero sums, an empty gradient
+        return partial.sum(0), grad
     launch(Launch(
         _mae_loss_kernel, lambda meta: (triton.cdiv(n_rows, meta["BLOCK_R"]),),
         (pred, target, re, im, partial, coef if coef is not None else partial, grad if grad is not None else pred,

@@ -76,7 +76,8 @@ def _mae_loss_op(pred: torch.Tensor, target: torch.Tensor, channels: int, norm_p
     from maefast.kernels import mae_loss as kernels
     sums, _ = kernels.mae_loss_partials(pred.contiguous(), target.contiguous(), channels=channels,
                                         norm_pix_loss=norm_pix_loss, eps=NORM_PIX_EPS)
-    mse, fourier = sums[0] / pred.numel(), sums[1] / pred.numel()
+    count = max(pred.numel(), 1)  # nothing masked: zero losses, as the reference gives
+    mse, fourier = sums[0] / count, sums[1] / count
     return (1.0 - fourier_weight) * mse + fourier_weight * fourier, mse, fourier
 
 
@@ -126,7 +127,7 @@ def mae_loss(pred, target, *, channels: int, norm_pix_loss: bool = False,
     if pred.shape[-1] % channels or math.isqrt(pred.shape[-1] // channels) ** 2 != pred.shape[-1] // channels:
         raise UserInputError(f"mae_loss: patch size {pred.shape[-1]} is not p*p*channels for channels={channels}")
     backend = backend or select_backend("mae_loss", pred.device, IMPLEMENTED)
-    if backend == "reference" or pred.shape[1] == 0 or target.requires_grad:
+    if backend == "reference" or target.requires_grad:
         return mae_loss_reference(pred, target, channels=channels, norm_pix_loss=norm_pix_loss,
                                   fourier_weight=fourier_weight)
     return MAELoss(*_mae_loss_op(pred, target, channels, norm_pix_loss, float(fourier_weight)))

@@ -215,7 +215,8 @@ class Trainer:
     def train_step(self, iterator):
         """One optimizer step's forward and backward over `accumulation` micro-batches.
 
-        Returns (mean loss, image ids, and the last micro-batch's pixels, pred and mask)."""
+        Returns (mean losses: the loss, then for the masked models its MSE and Fourier parts; image ids; and the
+        last micro-batch's pixels, pred and mask)."""
         accumulation = self.config.optim.accumulation
         total, ids = 0.0, []
         for micro in range(accumulation):
@@ -229,7 +230,9 @@ class Trainer:
                 with self.autocast():
                     loss, pred, mask = self.forward(*inputs)
                 (loss / accumulation).backward()
-            total = total + loss.detach().float() / accumulation
+            parts = getattr(self.model, "last_losses", None)  # MAELoss(loss, mse, fourier) of the masked models
+            losses = torch.stack(list(parts)) if parts is not None else loss[None]
+            total = total + losses.detach().float() / accumulation
         return total, ids, pixels, pred, mask
 
     def labels(self, rows) -> torch.Tensor:
@@ -250,7 +253,7 @@ class Trainer:
             while self.step < run.max_steps:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss, ids, pixels, pred, mask = self.train_step(iterator)
-                if dist_utils.any_rank(not torch.isfinite(loss).item(), context):
+                if dist_utils.any_rank(not torch.isfinite(loss).all().item(), context):
                     streak += 1
                     message = f"non-finite loss at step {self.step + 1} (batch images {ids[:16]}{'...' if len(ids) > 16 else ''})"
                     if streak >= run.nonfinite_limit:
@@ -266,7 +269,7 @@ class Trainer:
                 self.crops_seen += crops * context.world_size
                 self.total_flops += crops * context.world_size * self.flops_per_crop
                 meter.add(crops)
-                losses.append(loss.item())
+                losses.append(loss.tolist())  # one transfer for the loss and its parts
                 progress.update(1)
                 if self.step % run.log_every == 0 or self.step == run.max_steps:
                     self.log_scalars(log, progress, losses, meter, grad_norm)
@@ -295,11 +298,13 @@ class Trainer:
         return float(torch.nn.utils.clip_grad_norm_(self.wrapped.parameters(), limit))
 
     def log_scalars(self, log, progress, losses, meter, grad_norm) -> None:
-        loss = dist_utils.mean_over_ranks(sum(losses) / max(len(losses), 1), self.context)
+        means = [dist_utils.mean_over_ranks(sum(values) / len(values), self.context) for values in zip(*losses)]
+        loss = means[0]
         rates = meter.report()
         if log is None:
             return
-        scalars = {"loss": loss, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+        parts = dict(zip(("mse", "fourier"), means[1:]))  # the MSE and Fourier terms of the masked models
+        scalars = {"loss": loss, **parts, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                    "total_flops": self.total_flops, **rates}
         log.log(self.step, scalars)
         progress.set_postfix(loss=f"{loss:.4f}", crops_s=f"{rates['crops_per_s']:.1f}",

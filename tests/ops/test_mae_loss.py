@@ -1,6 +1,7 @@
 """mae_loss: the fused Triton loss against the reference (ARCHITECTURE §3)."""
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from maefast.ops.mae_loss import mae_loss, mae_loss_reference
 
@@ -35,11 +36,30 @@ def test_triton_mae_loss_matches_reference(backend, dtype, case):
                         atol=1e-6, rtol=2e-5, what=name)
 
 
+class RecordedOps(TorchDispatchMode):
+    """The ops that reach the dispatcher inside the block."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
 @pytest.mark.parametrize("backend", kernel_backends("triton"))
 def test_mae_loss_with_nothing_masked_is_zero(backend):
+    """An empty set of masked patches goes through the fused op (its launcher skips the empty grid) and
+    gives zero losses and an empty gradient, as the reference does."""
     pred = torch.randn(2, 0, 64, device=device_for(backend), requires_grad=True)
-    losses = mae_loss(pred, torch.randn(2, 0, 64, device=pred.device), channels=1, backend=backend)
-    assert losses.loss.item() == 0.0
+    target = torch.randn(2, 0, 64, device=pred.device)
+    with RecordedOps() as recorded:
+        losses = mae_loss(pred, target, channels=1, backend=backend)
+        (grad,) = torch.autograd.grad(losses.loss, pred)
+    assert "maefast.mae_loss.default" in recorded.names and "maefast.mae_loss_backward.default" in recorded.names
+    assert [losses.loss.item(), losses.mse.item(), losses.fourier.item()] == [0.0, 0.0, 0.0]
+    assert grad.shape == pred.shape
 
 
 def test_mae_loss_rejects_bad_channels():

@@ -32,7 +32,10 @@ def test_debug_run_writes_checkpoints_metrics_images_and_encoder(screen, tmp_pat
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*")) == ["step-00000003", "step-00000006"]
     assert json.loads((tmp_path / "checkpoints" / "latest.json").read_text())["step"] == 6
     lines = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert lines[0].startswith("step,loss,lr") and len(lines) == 4
+    assert lines[0].startswith("step,loss,mse,fourier,lr") and len(lines) == 4
+    for row in lines[1:]:  # the logged parts make up the logged loss: (1 - w) * mse + w * fourier, w = 0.01
+        loss, mse, fourier = map(float, row.split(",")[1:4])
+        assert mse > 0 and fourier > 0 and loss == pytest.approx(0.99 * mse + 0.01 * fourier, rel=1e-5)
     images = sorted((tmp_path / "images").glob("*.png"))
     assert [p.name for p in images] == ["reconstruction-step00000004.png", "reconstruction-step00000006.png"]
     assert all(p.stat().st_size > 5000 for p in images) and (tmp_path / "loss.png").exists()
