@@ -2,6 +2,7 @@
 
 The thin public API:
     create_model, list_models, load_pretrained, save_pretrained, from_pretrained   (models)
+    configure_attention(model, backend), tune_attention(model, step)               (attention kernels)
     pretrain(recipe, out, overrides)                                                (training)
     embed(checkpoint, data, out, ...)                                               (embedding a screen)
     read_embeddings(path, level), write_embeddings(table, path, format)             (parquet, h5ad, pycytominer)
@@ -16,8 +17,11 @@ from maefast.models import (  # noqa: E402
 )
 
 __version__ = "0.1.0"
-__all__ = ["create_model", "from_pretrained", "list_models", "load_pretrained", "save_pretrained", "pretrain",
-           "embed", "read_embeddings", "write_embeddings", "build_map", "relationship_recall", "__version__"]
+from maefast.models.attention_setup import configure_attention, tune_attention  # noqa: E402
+
+__all__ = ["create_model", "from_pretrained", "list_models", "load_pretrained", "save_pretrained",
+           "configure_attention", "tune_attention", "pretrain", "embed", "read_embeddings", "write_embeddings",
+           "build_map", "relationship_recall", "__version__"]
 
 
 def pretrain(recipe: str = "debug", out: str = "runs/pretrain", overrides: list[str] | None = None,
