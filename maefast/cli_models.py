@@ -12,11 +12,12 @@ def list_models_command(args) -> int:
     import torch
 
     from maefast.models import create_model, list_models
+    from maefast.models.families import family_of
     for name in list_models():
         if args.params:
-            options = {"num_classes": 1000} if name.startswith("wsl_") else {}  # classifiers need a head size
             with torch.device("meta"):
-                count = sum(p.numel() for p in create_model(name, **options).parameters())
+                model = create_model(name, **family_of(name).build_options)
+                count = sum(p.numel() for p in model.parameters())
             print(f"{name:40s} {count / 1e6:9.2f} M")
         else:
             print(name)

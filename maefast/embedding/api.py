@@ -8,7 +8,7 @@ from maefast.errors import UserInputError
 from maefast.io import file_sha256
 from maefast.models.registry import input_config
 from maefast.tables import check_format, export_embeddings, import_anndata
-from maefast.train import distributed
+from maefast import distributed
 
 
 def resolve_channels(dataset, encoder, requested: list[str], checkpoint_channels: list[str]):

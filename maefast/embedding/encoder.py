@@ -8,7 +8,7 @@ from maefast.errors import UserInputError
 from maefast.io import read_json
 from maefast.models import hub
 from maefast.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, from_pretrained, load_pretrained
-from maefast.models.mae import MaskedAutoencoder
+from maefast.models.families import family_of
 from maefast.models.registry import create_model
 
 
@@ -51,5 +51,5 @@ def weights_file(checkpoint) -> Path:
 
 
 def embedder_of(model):
-    """An MAE embeds with its encoder; every other model (encoder, MU-Net, classifier) with itself."""
-    return model.encoder if isinstance(model, MaskedAutoencoder) else model
+    """What embeds: an MAE's encoder; every other model (encoder, MU-Net, classifier) itself."""
+    return family_of(model).embedder(model)

@@ -25,7 +25,7 @@ from maefast.embedding.runner import COMPILE_CHOICES, TileEmbedder
 from maefast.lock import OutputLock
 from maefast.models.attention_setup import check_attention_choice
 from maefast.records import changes, describe_changes
-from maefast.train.distributed import DistributedContext, barrier, broadcast_object, run_on_main
+from maefast.distributed import DistributedContext, barrier, broadcast_object, run_on_main
 
 METADATA = ("id", "batch", "plate", "well", "site", "perturbation", "is_control")
 JOB_FILE, MANIFEST_FILE = "job.json", "manifest.json"

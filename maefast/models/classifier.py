@@ -5,8 +5,9 @@ each image (e.g. the siRNA), embedding with the classifier's penultimate feature
 
 `loss, logits, None = model(pixels, labels)`: pixels (B, C, H, W) integer or float in [0, 1], labels (B,)
 int64 class indices; loss is cross-entropy (optional label smoothing), None when labels is None. The
-third output keeps the (loss, prediction, mask) shape of the masked models. `needs_labels = True` tells
-the trainer to pass the labels. `model.embed(pixels)` -> (B, D): the features the linear head reads.
+third output keeps the (loss, prediction, mask) shape of the masked models. Its model family
+(maefast.models.families) tells the trainer to pass the labels. `model.embed(pixels)` -> (B, D): the
+features the linear head reads.
 """
 from __future__ import annotations
 
@@ -41,8 +42,6 @@ class ClassifierConfig(ViTConfig):
 
 
 class WeaklySupervisedClassifier(nn.Module):
-    needs_labels = True
-
     def __init__(self, config: ClassifierConfig):
         super().__init__()
         config.validate()

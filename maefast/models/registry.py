@@ -94,15 +94,6 @@ def model_config_dict(model) -> dict:
     return dataclasses.asdict(config)
 
 
-def encoder_name(mae_name: str) -> str:
-    """The registry name of an MAE's encoder: mae_vit_x -> vit_x, camae_vit_x -> ca_vit_x."""
-    if mae_name.startswith("camae_"):
-        return "ca_" + mae_name.removeprefix("camae_")
-    if mae_name.startswith("mae_"):
-        return mae_name.removeprefix("mae_")
-    raise UserInputError(f"{mae_name!r} is not an MAE model name (mae_* or camae_*)")
-
-
 # -- baselines (issue 7): masked U-Nets and weakly supervised ViT classifiers (need num_classes=...)
 for _name, _fields in MUNET_SIZES.items():
     register(_name, munet_factory(_fields))

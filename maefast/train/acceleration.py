@@ -14,6 +14,7 @@ import torch
 
 from maefast.io import write_json_atomic
 from maefast.models.attention_setup import configure_attention, current_attention, tune_attention
+from maefast.models.families import family_of
 
 ATTENTION_FILE = "attention.json"
 
@@ -28,7 +29,7 @@ def random_batch(model, batch: int, channels: int, size: int, device: torch.devi
     """Inputs of one training step at the run's shapes: uint16 pixels (and labels for a classifier)."""
     pixels = torch.randint(0, 65536, (batch, channels, size, size), dtype=torch.int32, device=device)
     inputs = (pixels.to(torch.uint16),)
-    if getattr(model, "needs_labels", False):
+    if family_of(model).needs_labels:
         inputs += (torch.randint(0, model.config.num_classes, (batch,), device=device),)
     return inputs
 

@@ -147,8 +147,6 @@ def apply_override(raw: dict, assignment: str) -> None:
     node[parts[-1]] = parse_value(value)
 
 
-# MAE, CA-MAE, masked U-Net, weakly supervised classifier
-TRAINABLE_PREFIXES = ("mae_", "camae_", "munet_", "wsl_")
 SECTIONS = {"model": ModelSection, "data": DataSection, "optim": OptimSection, "run": RunSection}
 
 
@@ -194,16 +192,18 @@ def validate(config: TrainConfig) -> None:
         raise UserInputError(f"optim.min_lr_ratio={optim.min_lr_ratio!r} must be in [0, 1]")
     if optim.grad_clip < 0:
         raise UserInputError(f"optim.grad_clip={optim.grad_clip!r} must be >= 0 (0 disables clipping)")
+    from maefast.models.families import FAMILIES, family_of, trainable_names
     from maefast.models.registry import create_model, input_config, list_models
     if config.model.name not in list_models():
         raise UserInputError(f"model.name={config.model.name!r} is not a registered model; "
-                             f"trainable models: {[m for m in list_models() if m.startswith(TRAINABLE_PREFIXES)]}")
-    if not config.model.name.startswith(TRAINABLE_PREFIXES):
-        raise UserInputError(f"model.name={config.model.name!r}: training needs an MAE, CA-MAE, MU-Net or weakly "
-                             f"supervised model (named mae_*, camae_*, munet_* or wsl_*)")
-    overrides = dict(config.model.overrides)
-    if config.model.name.startswith("wsl_"):
-        overrides.setdefault("num_classes", 2)  # the trainer sets it from the data set's perturbations
+                             f"trainable models: {trainable_names(list_models())}")
+    family = family_of(config.model.name)
+    if not family.trainable:
+        kinds = ", ".join(f"{f.name} ({f.prefix}*)" for f in FAMILIES if f.trainable)
+        raise UserInputError(f"model.name={config.model.name!r} ({family.name} family) cannot be trained; the "
+                             f"trainable families are {kinds}")
+    # options the data set gives at training time (a classifier's num_classes) take a stand-in value here
+    overrides = {**family.build_options, **config.model.overrides}
     try:
         with torch.device("meta"):  # checks every model value without allocating weights
             model = create_model(config.model.name, **overrides)

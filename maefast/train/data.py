@@ -6,7 +6,7 @@ from pathlib import Path
 from maefast.data import make_loader, open_dataset
 from maefast.data.synthetic import synth_screen
 from maefast.train.config import TrainConfig
-from maefast.train.distributed import DistributedContext, barrier
+from maefast.distributed import DistributedContext, barrier
 
 
 def synthetic_screen_path(config: TrainConfig, out_dir: Path, context: DistributedContext) -> Path:

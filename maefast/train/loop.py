@@ -13,13 +13,13 @@ from torch.distributed.checkpoint.state_dict import get_model_state_dict
 from tqdm import tqdm
 
 from maefast.errors import UserInputError
-from maefast.flops import model_training_flops
 from maefast.io import atomic_path, write_json_atomic
 from maefast.lock import OutputLock
 from maefast.models.checkpoint import pretrained_config, save_pretrained
-from maefast.models.registry import create_model, encoder_name, input_config
+from maefast.models.families import family_of
+from maefast.models.registry import create_model, input_config
 from maefast.records import describe_changes
-from maefast.train import distributed as dist_utils
+from maefast import distributed as dist_utils
 from maefast.train.acceleration import choose_attention, compile_enabled, record_attention
 from maefast.train.config import TrainConfig
 from maefast.train.data import build_train_loader
@@ -32,14 +32,6 @@ from maefast.train.state import (
     FULL, Checkpoint, checkpoint_dirs, checkpoint_root, newest_intact_checkpoint, restore_checkpoint, rng_state,
     save_checkpoint, set_rng_state,
 )
-
-
-def transformer_blocks(model) -> list:
-    """The blocks activation checkpointing wraps (ViT encoders and MAE decoders)."""
-    if not hasattr(model, "encoder"):
-        raise UserInputError(f"run.activation_checkpointing applies to transformer models, not "
-                             f"{type(model).__name__}")
-    return list(model.encoder.blocks) + list(getattr(getattr(model, "decoder", None), "blocks", []))
 
 
 class NonFiniteLoss(UserInputError, RuntimeError):
@@ -85,7 +77,8 @@ class Trainer:
         self.channel_names = list(self.loader.dataset.channels)
         overrides = dict(config.model.overrides)
         self.classes = None
-        if config.model.name.startswith("wsl_"):  # weakly supervised: the perturbation is the label
+        self.family = family_of(config.model.name)
+        if self.family.needs_labels:  # weakly supervised: the perturbation is the label
             perturbations = self.loader.dataset.table["perturbation"].astype(str).to_numpy()
             self.classes, class_of_row = np.unique(perturbations, return_inverse=True)
             self.classes = self.classes.tolist()
@@ -99,11 +92,15 @@ class Trainer:
             self.model, config.model.attention, batch_shape, device, self.autocast,
             checkpoint.meta.get("attention") if checkpoint is not None else None,
             lambda obj: dist_utils.broadcast_object(obj, self.context))
+        blocks = self.family.blocks(self.model)
         if run.activation_checkpointing:
+            if not blocks:
+                raise UserInputError(f"run.activation_checkpointing recomputes transformer blocks; a {self.family.name} "
+                                     f"has none")
             from torch.distributed._composable import checkpoint as checkpoint_activations
-            for block in transformer_blocks(self.model):
+            for block in blocks:
                 checkpoint_activations(block)
-        self.wrapped = dist_utils.wrap_model(self.model, self.context, run.parallel)
+        self.wrapped = dist_utils.wrap_model(self.model, blocks, self.context, run.parallel)
         self.forward = self.wrapped
         if compile_enabled(run.compile, device):
             # one graph for the whole model on one device; under DDP / FSDP the wrapper's hooks split it
@@ -111,7 +108,7 @@ class Trainer:
         optim = config.optim
         self.optimizer = build_optimizer(self.wrapped, optim.name, optim.lr, optim.weight_decay, optim.betas)
         channels = len(self.channel_names)
-        self.flops_per_crop = model_training_flops(self.model, channels)
+        self.flops_per_crop = self.family.training_flops(self.model, channels)
         self.tokens_per_crop = self.model.num_tokens(channels)
         self.step, self.total_flops, self.crops_seen = 0, 0.0, 0
         self.last_batch = None  # (pixels, pred, mask) of the latest step, for reconstruction images
@@ -189,17 +186,15 @@ class Trainer:
         full = get_model_state_dict(self.wrapped, options=FULL)
         if not self.context.is_main:
             return None
-        name = self.config.model.name
         extra = {"step": self.step, "total_flops": self.total_flops}
         if self.classes is not None:
             extra["classes"] = self.classes
-        if name.startswith(("mae_", "camae_")):
-            encoder = self.model.encoder
-            encoder.model_name = encoder_name(name)
-            full = {k.removeprefix("encoder."): v for k, v in full.items() if k.startswith("encoder.")}
-        else:
-            encoder = self.model
-        return save_pretrained(encoder, self.out / "encoder", channel_names=self.channel_names, state_dict=full,
+        embedder = self.family.embedder(self.model)
+        if embedder is not self.model:  # the embedder is a submodule (an MAE's encoder): its part of the weights
+            prefix = next(name for name, module in self.model.named_modules() if module is embedder) + "."
+            full = {k.removeprefix(prefix): v for k, v in full.items() if k.startswith(prefix)}
+            embedder.model_name = self.family.embedder_name(self.config.model.name)
+        return save_pretrained(embedder, self.out / "encoder", channel_names=self.channel_names, state_dict=full,
                                extra=extra)
 
     # -- steps -------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 import maefast
-from maefast.flops import classifier_forward_flops, encoder_forward_flops, model_training_flops
+from maefast.models.families import family_of
+from maefast.models.flops import classifier_forward_flops, encoder_forward_flops, model_training_flops
 from maefast.models.classifier import WeaklySupervisedClassifier
 from tests.helpers import random_pixels
 
@@ -20,7 +21,7 @@ def test_registered_for_every_encoder_and_needs_labels():
     names = maefast.list_models()
     for size in ("vit_small_patch16_256", "vit_base_patch16_256", "vit_large_patch8_256", "vit_debug_patch8_64"):
         assert "wsl_" + size in names
-    assert WeaklySupervisedClassifier.needs_labels is True
+    assert family_of(DEBUG).needs_labels and not family_of("mae_vit_debug_patch8_64").needs_labels
     with pytest.raises(TypeError, match="needs num_classes="):
         maefast.create_model(DEBUG)
 

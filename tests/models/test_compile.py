@@ -16,6 +16,7 @@ import torch._dynamo
 
 from maefast import create_model, list_models
 from maefast.models.attention_setup import configure_attention
+from maefast.models.families import family_of
 from maefast.models.registry import input_config
 from maefast.ops.backend import select_backend, triton_installed, triton_interpreting
 
@@ -64,7 +65,7 @@ def inputs_for(model, batch: int = 2) -> tuple:
     channels = 2 if getattr(config, "channel_agnostic", False) else config.in_chans
     pixels = torch.randint(0, 65536, (batch, channels, config.img_size, config.img_size), dtype=torch.int32)
     inputs = (pixels.to(torch.uint16),)
-    if getattr(model, "needs_labels", False):
+    if family_of(model).needs_labels:
         inputs += (torch.randint(0, model.config.num_classes, (batch,)),)
     return inputs
 

@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 import maefast
-from maefast.flops import model_training_flops, munet_forward_flops
+from maefast.models.flops import model_training_flops, munet_forward_flops
 from maefast.ops import mae_loss, patchify, self_standardize
 from maefast.ops.patches import gather_tokens
 from tests.helpers import random_pixels

@@ -47,7 +47,7 @@ def test_debug_run_writes_checkpoints_metrics_images_and_encoder(screen, tmp_pat
     assert not torch.equal(early.cls_token, encoder.cls_token)
     pixels = torch.randint(0, 255, (2, 6, 64, 64), dtype=torch.uint8)
     assert encoder.embed(pixels).shape == (2, 64)
-    assert summary["total_flops"] == pytest.approx(6 * 8 * maefast.flops.model_training_flops(encoder_owner(tmp_path), 6))
+    assert summary["total_flops"] == pytest.approx(6 * 8 * maefast.models.flops.model_training_flops(encoder_owner(tmp_path), 6))
 
 
 def encoder_owner(run_dir):

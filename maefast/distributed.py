@@ -50,14 +50,13 @@ def init_distributed(device_preference: str = "auto") -> DistributedContext:
     return DistributedContext(rank, world_size, local_rank, device)
 
 
-def wrap_model(model: torch.nn.Module, context: DistributedContext, parallel: str) -> torch.nn.Module:
+def wrap_model(model: torch.nn.Module, blocks: list, context: DistributedContext, parallel: str) -> torch.nn.Module:
+    """DDP, or FSDP2 with one shard group per block of `blocks` (the model family's) and the rest at the root."""
     if not context.enabled:
         return model
     if parallel == "fsdp":
         from torch.distributed.fsdp import fully_shard
-        encoder_blocks = list(model.encoder.blocks) if hasattr(model, "encoder") else []
-        decoder_blocks = list(getattr(getattr(model, "decoder", None), "blocks", []))
-        for block in encoder_blocks + decoder_blocks:  # one shard group per block, the rest at the root
+        for block in blocks:
             fully_shard(block)
         fully_shard(model)
         return model
