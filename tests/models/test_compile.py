@@ -22,13 +22,8 @@ from maefast.ops.backend import select_backend, triton_installed, triton_interpr
 
 # maefast.ops re-exports each op's function under its module's name
 OPS = {op: importlib.import_module(f"maefast.ops.{op}").IMPLEMENTED for op in ("tokenize", "unshuffle", "mae_loss")}
-FAMILIES = ("vit_", "ca_vit_", "mae_", "camae_", "wsl_", "munet_")
 needs_interpreter = pytest.mark.skipif(not (triton_installed() and triton_interpreting()),
                                        reason="the CUDA configuration runs the Triton kernels under TRITON_INTERPRET=1")
-
-
-def family_of(name: str) -> str:
-    return next(prefix for prefix in FAMILIES if name.startswith(prefix))
 
 
 def representatives() -> list[str]:
@@ -38,8 +33,8 @@ def representatives() -> list[str]:
         if "debug" in name and not name.startswith("munet_"):
             continue
         with torch.device("meta"):
-            model = create_model(name, **({"num_classes": 2} if name.startswith("wsl_") else {}))
-        chosen.setdefault((family_of(name), input_config(model).patch_size), name)
+            model = create_model(name, **family_of(name).build_options)
+        chosen.setdefault((family_of(name).name, input_config(model).patch_size), name)
     return sorted(chosen.values())
 
 
@@ -49,7 +44,7 @@ def small_model(name: str, drop_path_rate: float = 0.1):
         return create_model(name, img_size=32, patch_size=8, in_chans=3, widths=[16, 32, 64], depths=[1, 1],
                             bottleneck_depth=1, norm_groups=8)
     with torch.device("meta"):
-        patch = input_config(create_model(name, **({"num_classes": 2} if name.startswith("wsl_") else {}))).patch_size
+        patch = input_config(create_model(name, **family_of(name).build_options)).patch_size
     overrides = dict(depth=2, embed_dim=64, num_heads=4, img_size=4 * patch, drop_path_rate=drop_path_rate)
     if name.startswith(("mae_", "camae_")):
         overrides.update(decoder_depth=1, decoder_embed_dim=64, decoder_num_heads=4, cross_attention_heads=4)
@@ -99,7 +94,7 @@ def test_model_compiles_as_one_graph_for_training_and_embedding(monkeypatch, con
     model = small_model(name)
     if configuration == "cuda":
         monkeypatch.setenv("MAEFAST_BACKEND", "triton")  # the backend every fused op gets on CUDA
-        configure_attention(model, "triton" if family_of(name) in ("mae_", "vit_", "munet_") else "math")
+        configure_attention(model, "triton" if family_of(name).name in ("MAE", "encoder", "MU-Net") else "math")
     inputs = inputs_for(model)
     fresh_dynamo()
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
