@@ -1,8 +1,8 @@
 """Loader throughput: crops/s and bytes read per format (PNG files, packed shards), DALI against the
 PyTorch fallback with the same number of CPU workers, in one run.
 
-    python benchmarks/bench_loader.py --quick            # < 1 minute on a 2-core CPU machine
-    python benchmarks/bench_loader.py --device cuda      # the GPU path (DALI output on the GPU)
+    python -m benchmarks.bench_loader --quick            # < 1 minute on a 2-core CPU machine
+    python -m benchmarks.bench_loader --device cuda      # the GPU path (DALI output on the GPU)
 
 Data: a synthetic RxRx-style screen rendered into a temporary folder (or --data DIR, an existing
 dataset) and its packed copy. Each run iterates one warm-up epoch (DataLoader workers started, first
