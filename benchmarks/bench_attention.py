@@ -137,7 +137,7 @@ def summarize(rec, results: dict, device: torch.device) -> None:
     geomean = math.exp(sum(map(math.log, plain.values())) / len(plain)) if plain else None
     rec.emit(kind="summary", backend=candidate, value=geomean and round(geomean, 3), baseline=1.0,
              ratio=geomean and round(geomean, 3), vs=f"best {family[0]}", **{"pass": "fwd+bwd"},
-             unit=f"speedup of {candidate} vs the best {family[0]} backend (geomean over lengths)",
+             unit=f"x best {family[0]} (geomean)",
              by_case={f"{case} {label}": r for label, per_case in ratios.items() for case, r in per_case.items()})
 
 

@@ -126,14 +126,12 @@ def describe_error(error: BaseException) -> str:
 
 def time_variants(variants: dict[str, Callable[[], object]], device: torch.device, reps: int, warmup: int = 2,
                   report: Callable[[Timing], None] = lambda timing: None) -> dict[str, Timing]:
-    """Warms up each variant (its first `warmup` calls, timed apart: compilation happens there), then times it.
-
-    A variant that raises is reported with its error and the others go on. On a GPU each variant is warmed up,
-    timed and reported before the next starts, so a time limit keeps what finished; on a CPU the variants are
-    timed round-robin after all warm-ups (time_interleaved). `report(timing)` is called as each one is known."""
+    """Each variant in turn: its first `warmup` calls timed apart (compilation happens there), then `reps` timed
+    calls (time_ms), then `report(timing)`, so a time limit keeps what finished. A variant that raises is
+    reported with its error and the others go on. (Not round-robin on a CPU as time_interleaved: a compiled
+    variant's OpenMP threads would slow whichever eager variant ran next.)"""
     timings: dict[str, Timing] = {}
-
-    def warm(name, fn) -> bool:
+    for name, fn in variants.items():
         start = time.perf_counter()
         try:
             for _ in range(warmup):
@@ -141,20 +139,8 @@ def time_variants(variants: dict[str, Callable[[], object]], device: torch.devic
             synchronize(device)
         except Exception as error:  # noqa: BLE001 - a failing variant is reported, the others still run
             timings[name] = Timing(name, error=describe_error(error))
-            report(timings[name])
-            return False
-        timings[name] = Timing(name, warmup_s=time.perf_counter() - start)
-        return True
-
-    if device.type == "cuda":
-        for name, fn in variants.items():
-            if warm(name, fn):
-                timings[name].ms = time_ms(fn, device, reps, warmup=0)
-                report(timings[name])
-        return timings
-    ready = {name: fn for name, fn in variants.items() if warm(name, fn)}
-    for name, ms in time_interleaved(ready, device, reps, warmup=0).items():
-        timings[name].ms = ms
+        else:
+            timings[name] = Timing(name, warmup_s=time.perf_counter() - start, ms=time_ms(fn, device, reps, warmup=0))
         report(timings[name])
     return timings
 
@@ -234,25 +220,28 @@ def rates(ms: float, nbytes: float | None = None, flops: float | None = None, co
 
 
 TABLE_COLUMNS = ["bench", "kind", "case", "backend", "pass", "ms", "GB/s", "of_copy_bw", "TFLOP/s", "of_matmul",
-                 "value", "unit", "baseline", "ratio", "vs", "mfu", "warmup_s", "share", "correct", "skipped"]
+                 "value", "unit", "baseline", "ratio", "vs", "mfu", "warmup_s", "share", "correct", "skipped",
+                 "copy_GBps", "matmul_TFLOPs"]
 
 
 def print_table(paths: list[str]) -> None:
-    """Prints the records of JSON-line files: one row per measurement."""
+    """Prints the records of JSON-line files, one row per measurement: the scalar fields (the dictionaries of a
+    summary are in the records) and not profile_step's per-kernel rows (in its log)."""
     rows = []
     for path in paths:
         for line in Path(path).read_text().splitlines():
-            if line.strip():
-                rows.append(json.loads(line))
+            record = json.loads(line) if line.strip() else {}
+            if record and record.get("kind") != "kernel":
+                rows.append({k: v for k, v in record.items() if not isinstance(v, (dict, list))})
     if not rows:
         print("no records")
         return
-    present = [c for c in TABLE_COLUMNS if any(c in r for r in rows)]
-    cells = [[str(r.get(c, ""))[:60] for c in present] for r in rows]
+    present = [c for c in TABLE_COLUMNS if any(r.get(c) is not None for r in rows)]
+    cells = [["" if r.get(c) is None else str(r[c])[:60] for c in present] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(present)]
     print("  ".join(c.ljust(w) for c, w in zip(present, widths)))
     for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
     first = rows[0]
     print(f"device: {first.get('device')}  commit: {first.get('commit')}  date: {first.get('date')}")
 

@@ -50,8 +50,8 @@ def autocast(device: torch.device):
 
 @dataclass
 class Job:
-    """The variants of one job, in the order they are measured (maefast first, then its strongest baseline
-    candidates, so a time limit keeps the figures that matter most), and the variants left out, with why."""
+    """The variants of one job, in the order they are measured (maefast first, the compiled baselines last:
+    their compile is what a time limit cuts), and the variants left out, with why."""
     variants: dict[str, Callable[[], None]]
     unavailable: dict[str, str] = field(default_factory=dict)
     setup: dict = field(default_factory=dict)
@@ -97,10 +97,8 @@ def training_job(model, pixels: torch.Tensor) -> Job:
 
     def reference(p):
         return reference_forward(baseline, p)[0]
-    return Job({"maefast": ours["maefast"],
-                "reference_compiled": training_step(baseline, torch.compile(reference), pixels),
-                "maefast_eager": ours["maefast_eager"],
-                "reference": training_step(baseline, reference, pixels)}, setup=setup)
+    return Job({**ours, "reference": training_step(baseline, reference, pixels),
+                "reference_compiled": training_step(baseline, torch.compile(reference), pixels)}, setup=setup)
 
 
 def inference_step(fn: Callable, pixels: torch.Tensor) -> Callable[[], None]:
@@ -146,17 +144,13 @@ def embedding_job(encoder, pixels: torch.Tensor) -> Job:
 
     def reference(p):
         return reference_embed(baseline, p)
-    variants, unavailable = {"maefast": ours["maefast"]}, {}
-    if importlib.util.find_spec("timm") is None:
-        unavailable["timm"] = unavailable["timm_compiled"] = "timm is not installed (python -m pip install timm)"
-    else:
-        timm_embed = timm_encoder(baseline)
-        variants["timm_compiled"] = inference_step(torch.compile(timm_embed), pixels)
-    variants["reference_compiled"] = inference_step(torch.compile(reference), pixels)
-    variants["maefast_eager"] = ours["maefast_eager"]
-    if "timm" not in unavailable:
-        variants["timm"] = inference_step(timm_embed, pixels)
-    variants["reference"] = inference_step(reference, pixels)
+    baselines = {"reference": reference}
+    if importlib.util.find_spec("timm") is not None:
+        baselines = {"timm": timm_encoder(baseline), **baselines}
+    unavailable = {} if "timm" in baselines else dict.fromkeys(
+        ("timm", "timm_compiled"), "timm is not installed (python -m pip install timm)")
+    variants = {**ours, **{name: inference_step(fn, pixels) for name, fn in baselines.items()},
+                **{f"{name}_compiled": inference_step(torch.compile(fn), pixels) for name, fn in baselines.items()}}
     return Job(variants, unavailable, setup)
 
 

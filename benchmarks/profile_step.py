@@ -191,7 +191,7 @@ def report(rec: common.Recorder, job: str, result: Breakdown, steps: int, top: i
         rec.emit(kind="kernel", case=job, rank=rank, backend=group, kernel=name[:200], ms=ms(us),
                  share=round(us / total, 4), launches=count // steps)
     shares = {group: round(result.groups[group] / total, 4) for group in GROUPS}
-    rec.emit(kind="summary", case=job, value=shares["elementwise_copy_norm"], unit="share of elementwise+copy+norm",
+    rec.emit(kind="summary", case=job, value=shares["elementwise_copy_norm"], unit="elementwise+copy+norm share",
              ms=ms(result.total_us), shares=shares, cast_share=round(result.tags["cast"] / total, 4),
              copy_share=round(result.tags["copy"] / total, 4), time_of=unit)
 

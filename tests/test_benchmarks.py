@@ -90,3 +90,27 @@ def test_profile_classifies_kernels_by_name_and_launching_ops(kernel, ops, group
 
 def test_gpu_suite_is_valid_shell():
     subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_suite.sh")], check=True)
+
+
+def test_profile_breakdown_attributes_gpu_kernels_to_their_ops_and_keeps_the_rest():
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import Kernel
+
+    from benchmarks.profile_step import breakdown
+
+    def event(name, kernels=(), parent=None, device=DeviceType.CPU, us=0.0):
+        return SimpleNamespace(name=name, kernels=list(kernels), cpu_parent=parent, device_type=device,
+                               time_range=SimpleNamespace(elapsed_us=lambda: us))
+    to = event("aten::to")
+    to_copy = event("aten::_to_copy", parent=to)
+    copy = event("aten::copy_", [Kernel("direct_copy_kernel_cuda", 0, 30.0)], parent=to_copy)
+    mm = event("aten::mm", [Kernel("nvjet_tst_128x256", 0, 100.0)])
+    on_device = [event("direct_copy_kernel_cuda", device=DeviceType.CUDA, us=30.0),
+                 event("nvjet_tst_128x256", device=DeviceType.CUDA, us=100.0),
+                 event("triton_poi_fused_add_0", device=DeviceType.CUDA, us=20.0)]  # launched outside any op
+    result = breakdown([to, to_copy, copy, mm, *on_device], torch.device("cuda"), {})
+    assert result.total_us == 150.0
+    assert result.groups["gemm"] == 100.0 and result.groups["elementwise_copy_norm"] == 50.0
+    assert result.tags["cast"] == 30.0 and result.kernels["triton_poi_fused_add_0"][:2] == [20.0, 1]
