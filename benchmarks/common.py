@@ -127,21 +127,25 @@ def describe_error(error: BaseException) -> str:
 def time_variants(variants: dict[str, Callable[[], object]], device: torch.device, reps: int, warmup: int = 2,
                   report: Callable[[Timing], None] = lambda timing: None) -> dict[str, Timing]:
     """Each variant in turn: its first `warmup` calls timed apart (compilation happens there), then `reps` timed
-    calls (time_ms), then `report(timing)`, so a time limit keeps what finished. A variant that raises is
-    reported with its error and the others go on. (Not round-robin on a CPU as time_interleaved: a compiled
-    variant's OpenMP threads would slow whichever eager variant ran next.)"""
+    calls (time_ms), then `report(timing)`. A variant that raises is reported with its error and the others go
+    on; at a time limit (TimeLimit) the variants measured so far are returned. (Not round-robin on a CPU as
+    time_interleaved: a compiled variant's OpenMP threads would slow whichever eager variant ran next.)"""
     timings: dict[str, Timing] = {}
-    for name, fn in variants.items():
-        start = time.perf_counter()
-        try:
-            for _ in range(warmup):
-                fn()
-            synchronize(device)
-        except Exception as error:  # noqa: BLE001 - a failing variant is reported, the others still run
-            timings[name] = Timing(name, error=describe_error(error))
-        else:
-            timings[name] = Timing(name, warmup_s=time.perf_counter() - start, ms=time_ms(fn, device, reps, warmup=0))
-        report(timings[name])
+    try:
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            try:
+                for _ in range(warmup):
+                    fn()
+                synchronize(device)
+            except Exception as error:  # noqa: BLE001 - a failing variant is reported, the others still run
+                timing = Timing(name, error=describe_error(error))
+            else:
+                timing = Timing(name, warmup_s=time.perf_counter() - start, ms=time_ms(fn, device, reps, warmup=0))
+            timings[name] = timing
+            report(timing)
+    except TimeLimit:
+        pass  # stopped() tells the caller
     return timings
 
 

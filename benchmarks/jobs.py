@@ -172,11 +172,9 @@ def run_job(rec: common.Recorder, job: Job, device: torch.device, reps: int, cro
 
     for name, reason in job.unavailable.items():
         rec.emit(**context, backend=name, skipped=reason)
-    timings: dict[str, common.Timing] = {}
-    try:
-        timings = common.time_variants(job.variants, device, reps, report=report)
-    except common.TimeLimit as stop:
-        rec.emit(**context, kind="note", skipped=f"{stop}; variants not measured are left out of the summary")
+    timings = common.time_variants(job.variants, device, reps, report=report)
+    if common.stopped():
+        rec.emit(**context, kind="note", skipped="time limit (SIGTERM): the variants not measured are left out")
     measured = {name: crops_per_s(t) for name, t in timings.items() if t.ms is not None}
     baselines = {name: value for name, value in measured.items() if not name.startswith("maefast")}
     ours = measured.get("maefast")
