@@ -44,6 +44,7 @@ class OpCase:
 
 @dataclass(frozen=True, eq=False)
 class CaseSpec:
+    """One case of an op as a plan lists it: known before anything is allocated; `build()` makes it."""
     op: str
     name: str
     backends: tuple[str, ...]
