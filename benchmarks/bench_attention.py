@@ -1,151 +1,149 @@
-"""attention: every backend side by side (Triton flash attention, flash_attn / FA3 when installed, SDPA and its
-pinned kernels, and the timed dispatcher `auto`), forward, backward and both, bf16, head dim 64.
+"""attention: every backend side by side (maefast's Triton flash attention, SDPA with PyTorch's own choice and
+pinned to cudnn / flash / efficient / math, flash_attn and fa3 when installed), forward, backward and both.
 
-Full mode (GPU): ViT-L sequence lengths 257, 1025, 1537 and 6145 (16 heads, batch chosen so that each case
-does similar work), TFLOP/s against the matmul rate measured in the same run, and a correctness check of the
-Triton kernel against an fp32 reference (error at most twice SDPA's bf16 error). The summary compares the
-dispatcher's choice with the best SDPA backend, forward + backward, over all lengths (geometric mean).
---quick on a CPU: SDPA (the CPU path) against the explicit-softmax reference at length 257.
+    python -m benchmarks.bench_attention            # GPU: bf16, head dim 64, N = 257, 1025, 1537, 6145
+    python -m benchmarks.bench_attention --quick    # CPU smoke run (GPU: N = 257 and 1025 only)
+
+Full mode (GPU): ViT-L sequence lengths (16 heads, batch chosen so that each case does similar work), TFLOP/s
+against the matmul rate measured in the same run, each backend checked against an fp32 reference (error at
+most twice SDPA's bf16 error). Plus the encoder's qk-norm attention at N = 257 (training) and 1025 (embedding):
+the Triton kernel with the LayerNorms fused against LayerNorm then each SDPA kernel, all under bf16 autocast as
+in the model (the LayerNorm runs in fp32, q and k are cast back to bf16 before SDPA). For each case and pass
+the rows `vs best sdpa` give the Triton kernel against the fastest SDPA backend, and `fastest` names the
+backend that tune_attention would pick. On a CPU: SDPA against the explicit-softmax reference, fp32 (qk-norm:
+bf16 autocast).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-import common  # noqa: E402
-from maefast.ops import attention as attention_fn  # noqa: E402
-from maefast.ops.attention import attention_reference, available_backends  # noqa: E402
+from benchmarks import opcases
+from maefast.ops.attention import SDPA_KERNELS, attention, attention_reference, available_backends
 
 GPU_CASES = [(64, 257), (16, 1025), (8, 1537), (2, 6145)]  # (batch, sequence length)
-HEADS, HEAD_DIM = 16, 64
+CPU_CASES = [(2, 257)]
+HEADS, HEAD_DIM, EPS = 16, 64, 1e-6
+PASSES = ("fwd", "bwd", "fwd+bwd")
+SDPA_FAMILY = ("sdpa", *SDPA_KERNELS)
 
 
-def qkv(batch, length, dtype, device):
-    """q, k, v as the models make them: strided views of one (B, N, 3 * H * d) projection."""
+def precision(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def backend_names(device: torch.device) -> tuple[str, ...]:
+    if device.type != "cuda":
+        return ("reference", "sdpa")
+    return tuple(available_backends(device, precision(device), HEAD_DIM))
+
+
+def backend_fn(name: str):
+    return reference if name == "reference" else functools.partial(attention, backend=name)
+
+
+def reference(q, k, v, q_norm=None, k_norm=None):
+    """The specification: explicit softmax in fp32 (autocast off), after the fp32 qk LayerNorms."""
+    with torch.autocast(q.device.type, enabled=False):
+        return attention_reference(*normed(q, k, q_norm, k_norm), v)
+
+
+def normed(q, k, q_norm=None, k_norm=None):
+    """LayerNorm(q), LayerNorm(k) in fp32 (the reference's qk-norm), or q and k as they are."""
+    if q_norm is None:
+        return q, k
+    return (F.layer_norm(q.float(), (HEAD_DIM,), q_norm.weight, q_norm.bias, EPS),
+            F.layer_norm(k.float(), (HEAD_DIM,), k_norm.weight, k_norm.bias, EPS))
+
+
+def build(device: torch.device, batch: int, length: int, qk_norm: bool) -> opcases.OpCase:
+    dtype = precision(device)
+    # q, k, v as the models make them: strided views of one (B, N, 3 * H * d) projection
     x = torch.randn(batch, length, 3, HEADS, HEAD_DIM, device=device, dtype=dtype)
-    return [x[:, :, i].transpose(1, 2).requires_grad_() for i in range(3)]
-
-
-def run(fn, q, k, v):
-    return fn(q, k, v)
-
-
-def gpu_case(rec, device, batch, length, reps, peak):
-    q, k, v = qkv(batch, length, torch.bfloat16, device)
-    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
-    grad = torch.randn_like(q)
+    leaves = [x[:, :, i].transpose(1, 2).detach().requires_grad_() for i in range(3)]
+    norms = {}
+    if qk_norm:
+        norms = {name: torch.nn.LayerNorm(HEAD_DIM, eps=EPS).to(device) for name in ("q_norm", "k_norm")}
+        for norm in norms.values():  # not the identity, so that a missing normalization shows
+            torch.nn.init.normal_(norm.weight, 1.0, 0.1)
+            torch.nn.init.normal_(norm.bias, 0.0, 0.1)
+    # the model runs qk-norm attention under autocast: fp32 LayerNorm, then q and k cast back to bf16
+    autocast = (functools.partial(torch.autocast, device.type, dtype=torch.bfloat16) if qk_norm
+                else contextlib.nullcontext)
+    grad = torch.randn_like(leaves[0])
     fwd_flops = 4 * batch * HEADS * length * length * HEAD_DIM
-    names = available_backends(q) + ["auto"]
-    exact = attention_reference(*(t.detach().float() for t in (q, k, v)))
-    sdpa_error = (F.scaled_dot_product_attention(q, k, v).float() - exact).abs().max().item()
-    results = {}
-    for name in names:
-        fn = (lambda a, b, c: attention_fn(a, b, c)) if name == "auto" else (
-            lambda a, b, c, name=name: attention_fn(a, b, c, backend=name))
-        try:
-            out = fn(*leaves)
-        except (RuntimeError, ValueError, NotImplementedError) as error:
-            rec.emit(case=f"N{length}", backend=name, skipped=str(error).splitlines()[0][:120])
-            continue
-        correct = None
-        if name == "triton":
-            correct = (out.float() - exact).abs().max().item() <= 2 * sdpa_error + 1e-3
+    case = opcases.OpCase(flops={"fwd": fwd_flops, "bwd": 2.5 * fwd_flops, "fwd+bwd": 3.5 * fwd_flops})
+    exact = attention_reference(*normed(*(t.detach().float() for t in leaves[:2]), *norms.values()),
+                                leaves[2].detach().float())
+    with torch.no_grad(), autocast():
+        sdpa_error = (attention(*leaves, backend="sdpa", **norms).float() - exact).abs().max().item()
+
+    for name in backend_names(device):
+        fn = backend_fn(name)
 
         def forward(fn=fn):
-            with torch.no_grad():
-                fn(*leaves)
+            with autocast():
+                return fn(*leaves, **norms)
 
-        def backward(out=out):
-            torch.autograd.grad(out, leaves, grad, retain_graph=True)
+        def no_grad_forward(fn=fn):
+            with torch.no_grad():
+                forward(fn)
 
         def both(fn=fn):
-            torch.autograd.grad(fn(*leaves), leaves, grad)
+            torch.autograd.grad(forward(fn), leaves, grad)
 
-        for label, step, flops in (("fwd", forward, fwd_flops), ("bwd", backward, 2.5 * fwd_flops),
-                                   ("fwd+bwd", both, 3.5 * fwd_flops)):
-            ms = common.time_ms(step, device, reps=reps)
-            results[(name, label)] = ms
-            rec.emit(case=f"N{length}", backend=name, **{"pass": label}, correct=correct,
-                     **common.rates(ms, None, flops, None, peak))
-    sdpa = [n for n in names if n.startswith("sdpa")]
-    summary = {}
-    for label in ("fwd", "bwd", "fwd+bwd"):
-        best = min(results[(n, label)] for n in sdpa if (n, label) in results)
-        for name in ("triton", "auto"):
-            if (name, label) in results:
-                summary[(name, label)] = best / results[(name, label)]
-                rec.emit(case=f"N{length}", backend=name, **{"pass": label}, ratio=round(best / results[(name, label)], 3),
-                         vs="best sdpa")
-    return results, summary
+        def passes(out, both=both, no_grad_forward=no_grad_forward):
+            return {"fwd": no_grad_forward, "fwd+bwd": both,
+                    "bwd": lambda: torch.autograd.grad(out, leaves, grad, retain_graph=True)}
+
+        case.add(name, forward, passes, lambda out: (out.float() - exact).abs().max().item() <= 2 * sdpa_error + 1e-3)
+    return case
 
 
-def qk_norm_case(rec, device, batch, length, reps, peak):
-    """The encoder's qk-norm attention: LayerNorm(q), LayerNorm(k) fused into the Triton kernel, against
-    LayerNorm then the best SDPA backend (what the model does without the fused entry point)."""
-    q, k, v = [t.detach().requires_grad_() for t in qkv(batch, length, torch.bfloat16, device)]
-    norms = [torch.nn.LayerNorm(HEAD_DIM, eps=1e-6).to(device) for _ in range(2)]
-    grad = torch.randn_like(q)
-    fwd_flops = 4 * batch * HEADS * length * length * HEAD_DIM
-    times = {}
-    for name in ["triton"] + [n for n in available_backends(q) if n.startswith("sdpa")]:
-        def both(name=name):
-            out = attention_fn(q, k, v, backend=name, q_norm=norms[0], k_norm=norms[1])
-            torch.autograd.grad(out, (q, k, v), grad)
-        try:
-            times[name] = common.time_ms(both, device, reps=reps)
-        except (RuntimeError, ValueError, NotImplementedError) as error:
-            rec.emit(case=f"N{length}_qknorm", backend=name, skipped=str(error).splitlines()[0][:120])
-            continue
-        rec.emit(case=f"N{length}_qknorm", backend=name, **{"pass": "fwd+bwd"},
-                 **common.rates(times[name], None, 3.5 * fwd_flops, None, peak))
-    best = min(t for n, t in times.items() if n != "triton")
-    if "triton" in times:
-        rec.emit(case=f"N{length}_qknorm", backend="triton", **{"pass": "fwd+bwd"}, ratio=round(best / times["triton"], 3),
-                 vs="LayerNorm + best sdpa")
+def plan(device: torch.device, quick: bool) -> list[opcases.CaseSpec]:
+    cases = CPU_CASES if device.type != "cuda" else (GPU_CASES[:2] if quick else GPU_CASES)
+    specs = [opcases.CaseSpec("attention", f"N{length}", backend_names(device), PASSES,
+                              functools.partial(build, device, batch, length, False)) for batch, length in cases]
+    specs += [opcases.CaseSpec("attention", f"N{length}_qknorm", backend_names(device), ("fwd+bwd",),
+                               functools.partial(build, device, batch, length, True)) for batch, length in cases[:2]]
+    return specs
 
 
-def main():
-    args = common.parser(__doc__.splitlines()[0]).parse_args()
-    device = common.pick_device(args.device)
-    rec = common.Recorder("attention", device, args.json_out)
-    torch.manual_seed(0)
-    if device.type != "cuda":
-        reps = args.reps or 5
-        q, k, v = qkv(2, 257, torch.float32, device)
-        grad = torch.randn_like(q)
-        steps = {name: (lambda fn=fn: torch.autograd.grad(fn(q, k, v), (q, k, v), grad))
-                 for name, fn in (("reference", attention_reference), ("sdpa", lambda *a: attention_fn(*a)))}
-        times = common.time_interleaved(steps, device, reps=reps)
-        for name, ms in times.items():
-            rec.emit(case="N257", backend=name, **{"pass": "fwd+bwd"}, ms=round(ms, 4))
-        rec.finish(times["sdpa"], times["reference"], backend="sdpa", case="N257", **{"pass": "fwd+bwd"},
-                   note="CPU path is SDPA; the Triton kernel needs a GPU")
-        return
-    peak = common.matmul_tflops(device)
-    rec.emit(kind="device_rates", matmul_TFLOPs=round(peak, 1))
-    reps = args.reps or 10
-    cases = GPU_CASES[:2] if args.quick else GPU_CASES
-    ratios = {}
-    for batch, length in cases:
-        _, summary = gpu_case(rec, device, batch, length, reps, peak)
-        for key, ratio in summary.items():
-            ratios.setdefault(key, []).append(ratio)
-    qk_norm_case(rec, device, *cases[0], reps, peak)
-    geo = {key: math.exp(sum(map(math.log, values)) / len(values)) for key, values in ratios.items()}
-    # value / baseline in ms of the longest case, ratio = geometric mean over the lengths
-    rec.emit(kind="summary", value=round(geo.get(("auto", "fwd+bwd"), 0.0), 3), baseline=1.0,
-             ratio=round(geo.get(("auto", "fwd+bwd"), 0.0), 3), unit="speedup vs best SDPA (geomean)",
-             triton_fwd=round(geo.get(("triton", "fwd"), 0.0), 3), triton_bwd=round(geo.get(("triton", "bwd"), 0.0), 3),
-             triton_fwd_bwd=round(geo.get(("triton", "fwd+bwd"), 0.0), 3),
-             triton_min_fwd_bwd=round(min(ratios.get(("triton", "fwd+bwd"), [0.0])), 3))
+def summarize(rec, results: dict, device: torch.device) -> None:
+    """Per case and pass: the candidate (Triton on a GPU, SDPA on a CPU) against the fastest baseline (the SDPA
+    backends on a GPU, the reference on a CPU), and the fastest backend of all; then the summary line."""
+    candidate = "triton" if device.type == "cuda" else "sdpa"
+    family = SDPA_FAMILY if candidate == "triton" else ("reference",)
+    ratios: dict[str, dict[str, float]] = {}
+    for case, measured in results.items():
+        for label in PASSES:
+            timed = {backend: ms for (backend, p), ms in measured.items() if p == label}
+            baselines = {backend: ms for backend, ms in timed.items() if backend in family}
+            if not timed:
+                continue
+            fastest = min(timed, key=timed.get)
+            rec.emit(case=case, backend=fastest, **{"pass": label}, ms=round(timed[fastest], 4), vs="fastest")
+            if candidate in timed and baselines:
+                best = min(baselines, key=baselines.get)
+                ratio = round(baselines[best] / timed[candidate], 3)
+                ratios.setdefault(label, {})[case] = ratio
+                rec.emit(case=case, backend=candidate, **{"pass": label}, ratio=ratio, vs=f"best {family[0]} ({best})")
+    plain = {case: r for case, r in ratios.get("fwd+bwd", {}).items() if not case.endswith("qknorm")}
+    geomean = math.exp(sum(map(math.log, plain.values())) / len(plain)) if plain else None
+    rec.emit(kind="summary", backend=candidate, value=geomean and round(geomean, 3), baseline=1.0,
+             ratio=geomean and round(geomean, 3), vs=f"best {family[0]}", **{"pass": "fwd+bwd"},
+             unit=f"x best {family[0]} (geomean)",
+             by_case={f"{case} {label}": r for label, per_case in ratios.items() for case, r in per_case.items()})
+
+
+def main(argv=None) -> int:
+    return opcases.run_script("attention", __doc__, plan, summarize, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

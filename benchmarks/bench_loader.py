@@ -1,9 +1,9 @@
 """Loader throughput: crops/s and bytes read per format (PNG files, packed shards), DALI against the
 PyTorch fallback with the same number of CPU workers, in one run; and a decode-only micro-benchmark.
 
-    python benchmarks/bench_loader.py --quick            # < 1 minute on a 2-core CPU machine
-    python benchmarks/bench_loader.py --device cuda      # the GPU path (DALI output on the GPU)
-    python benchmarks/bench_loader.py --decode-only      # the decoders alone
+    python -m benchmarks.bench_loader --quick            # < 1 minute on a 2-core CPU machine
+    python -m benchmarks.bench_loader --device cuda      # the GPU path (DALI output on the GPU)
+    python -m benchmarks.bench_loader --decode-only      # the decoders alone
 
 Decoders: one 512x512 8-bit and one 16-bit synthetic channel saved by Pillow (zlib level 6, adaptive row
 filters, as most tools write PNG). The inflate alone: maefast's (maefast._C.zlib_inflate), libdeflate's

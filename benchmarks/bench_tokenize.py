@@ -1,32 +1,35 @@
 """tokenize: fused backends against the reference and the public reference's conv-then-gather path.
 
+    python -m benchmarks.bench_tokenize            # GPU: ViT-L/8 geometry, batch 256
+    python -m benchmarks.bench_tokenize --quick    # CPU smoke run
+
 Cases: ViT (C-channel projection) and CA-MAE (shared 1-channel projection). Passes: forward, and forward +
 backward (weight and bias gradients). Baselines, measured in the same run:
   reference    maefast's tokenize_reference (standardize all, gather visible patches, GEMM)
   conv_gather  the public reference's path: standardize, embed every patch with a convolution (for CA-MAE
                one convolution per channel in a Python loop), add positions, gather the visible tokens
-Full mode (GPU): ViT-L/8, 6 x 256 x 256 uint8, batch 256, mask 0.75, bf16 autocast, with GB/s against the
-copy bandwidth measured in the same run. --quick: the same geometry at batch 8 (CA: 2) on this machine;
-the summary line is the fused CPU backend (C++) against the reference, forward + backward, ViT.
-Precision: tokens are bf16. The reference computes in fp32 and rounds once; the C++ forward does the same,
-while its weight gradient of the bf16 gradient multiplies bf16 operands with fp32 accumulation (as autocast
-runs that product; on CPUs with AMX / AVX512-BF16 this GEMM is ~3.5x faster than fp32).
+Full mode (GPU): ViT-L/8, 6 x 256 x 256 uint8, batch 256, mask 0.75, bf16 tokens, with GB/s against the copy
+bandwidth measured in the same run. --quick: the same geometry at batch 8 (CA: 2) on a CPU (32 / 8 on a GPU).
+The summary is the fused backend (Triton on a GPU, C++ on a CPU) against the reference, forward + backward, ViT.
+Precision: the reference computes in fp32 and rounds once; the C++ forward does the same, while its weight
+gradient of the bf16 gradient multiplies bf16 operands with fp32 accumulation (as autocast runs that product).
 """
 from __future__ import annotations
 
+import functools
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+from benchmarks import opcases
+from maefast.ops.masking import random_masking
+from maefast.ops.patches import gather_tokens, self_standardize
+from maefast.ops.tokenize import tokenize, tokenize_reference
 
-import common  # noqa: E402
-from maefast.ops.masking import random_masking  # noqa: E402
-from maefast.ops.patches import gather_tokens, self_standardize  # noqa: E402
-from maefast.ops.tokenize import tokenize, tokenize_reference  # noqa: E402
+GEOMETRY = dict(channels=6, size=256, patch=8, dim=1024, ratio=0.75)
+PASSES = ("fwd", "fwd+bwd")
+OUT_DTYPE = torch.bfloat16
 
 
 def conv_gather(pixels, keep_idx, weight, bias, pos_embed, *, channel_agnostic, out_dtype):
@@ -43,89 +46,80 @@ def conv_gather(pixels, keep_idx, weight, bias, pos_embed, *, channel_agnostic, 
     return gather_tokens(tokens, keep_idx).to(out_dtype)
 
 
-def fused(backend):
-    return lambda *args, **kwargs: tokenize(*args, **kwargs, backend=backend)
+def backend_fns(device: torch.device) -> dict:
+    fused = opcases.fused_backend("tokenize", device)
+    fns = {"reference": functools.partial(tokenize, backend="reference")}
+    fns[fused] = functools.partial(tokenize, backend=fused)
+    fns["conv_gather"] = conv_gather
+    return fns
 
 
-def make_case(device, batch, channels, size, patch, dim, ratio, channel_agnostic):
+def build(device, batch, channel_agnostic, channels, size, patch, dim, ratio) -> opcases.OpCase:
     pixels = torch.randint(0, 256, (batch, channels, size, size), dtype=torch.int32, device=device).to(torch.uint8)
     tokens = (size // patch) ** 2 * (channels if channel_agnostic else 1)
-    mask = random_masking(batch, tokens, ratio, device=device)
+    keep = random_masking(batch, tokens, ratio, device=device).keep_idx
     weight = (torch.randn(dim, 1 if channel_agnostic else channels, patch, patch, device=device) * 0.02)
-    bias = torch.randn(dim, device=device) * 0.02
+    weight.requires_grad_()
+    bias = (torch.randn(dim, device=device) * 0.02).requires_grad_()
     pos = torch.randn(tokens, dim, device=device)
-    return pixels, mask.keep_idx, weight.requires_grad_(), bias.requires_grad_(), pos
-
-
-def run_case(rec, device, name, case, backends, reps, copy_gbs, peak, out_dtype, channel_agnostic):
-    pixels, keep, weight, bias, pos = case
-    b, k = keep.shape
-    d, kd = weight.shape[0], weight[0].numel()
+    inputs = (pixels, keep, weight, bias, pos)
+    options = dict(channel_agnostic=channel_agnostic)
+    kept = keep.shape[1]
     pixel_bytes = pixels.numel() * pixels.element_size()
-    visible_bytes = pixel_bytes * k / ((pixels.shape[-1] // weight.shape[-1]) ** 2 *
-                                       (pixels.shape[1] if channel_agnostic else 1))
-    token_bytes = b * k * d * torch.empty((), dtype=out_dtype).element_size()
-    fwd_bytes = pixel_bytes + visible_bytes + token_bytes
-    both_bytes = fwd_bytes + token_bytes + visible_bytes
-    flops = 2 * b * k * kd * d
-    exact = tokenize_reference(pixels, keep, weight, bias, pos, channel_agnostic=channel_agnostic,
-                               out_dtype=torch.float32).detach()
-    low_error = (tokenize_reference(pixels, keep, weight, bias, pos, channel_agnostic=channel_agnostic,
-                                    out_dtype=out_dtype).float() - exact).abs().max().item()
-    grad = torch.randn(b, k, d, device=device, dtype=out_dtype)
-    steps, correct = {}, {}
-    for backend, fn in backends.items():
+    visible_bytes = pixel_bytes * kept / tokens
+    token_bytes = batch * kept * dim * OUT_DTYPE.itemsize
+    flops = 2 * batch * kept * weight[0].numel() * dim
+    case = opcases.OpCase(nbytes={"fwd": pixel_bytes + visible_bytes + token_bytes,
+                                  "fwd+bwd": pixel_bytes + 2 * visible_bytes + 2 * token_bytes},
+                          flops={"fwd": flops, "fwd+bwd": 2 * flops})
+    exact = tokenize_reference(*inputs, **options, out_dtype=torch.float32).detach()
+    rounded_error = (tokenize_reference(*inputs, **options, out_dtype=OUT_DTYPE).float() - exact).abs().max().item()
+    grad = torch.randn(batch, kept, dim, device=device, dtype=OUT_DTYPE)
+    for backend, fn in backend_fns(device).items():
         def forward(fn=fn):
             with torch.no_grad():
-                return fn(pixels, keep, weight, bias, pos, channel_agnostic=channel_agnostic, out_dtype=out_dtype)
+                return fn(*inputs, **options, out_dtype=OUT_DTYPE)
 
         def both(fn=fn):
-            out = fn(pixels, keep, weight, bias, pos, channel_agnostic=channel_agnostic, out_dtype=out_dtype)
-            torch.autograd.grad(out, (weight, bias), grad)
+            torch.autograd.grad(fn(*inputs, **options, out_dtype=OUT_DTYPE), (weight, bias), grad)
 
-        error = (forward().float() - exact).abs().max().item()
-        correct[backend] = error <= 2 * low_error + 1e-3 if backend != "conv_gather" else None
-        steps[backend] = {"fwd": forward, "fwd+bwd": both}
-    results = {}
-    for label, nbytes, nflops in (("fwd", fwd_bytes, flops), ("fwd+bwd", both_bytes, 2 * flops)):
-        times = common.time_interleaved({b: steps[b][label] for b in steps}, device, reps=reps)
-        for backend, ms in times.items():
-            results[(backend, label)] = ms
-            rec.emit(case=name, backend=backend, **{"pass": label}, correct=correct[backend],
-                     **common.rates(ms, nbytes, nflops, copy_gbs, peak))
-    return results
+        check = (lambda out: None) if backend == "conv_gather" else (
+            lambda out: (out.float() - exact).abs().max().item() <= 2 * rounded_error + 1e-3)
+        case.add(backend, forward, lambda _: {"fwd": forward, "fwd+bwd": both}, check)
+    return case
 
 
-def main():
-    args = common.parser(__doc__.splitlines()[0]).parse_args()
-    device = common.pick_device(args.device)
-    rec = common.Recorder("tokenize", device, args.json_out)
-    on_gpu = device.type == "cuda"
-    reps = args.reps or (20 if on_gpu else 5)
-    if on_gpu:
-        batch, ca_batch = (32, 8) if args.quick else (256, 256)
-        copy_gbs, peak = common.copy_bandwidth_gbs(device), common.matmul_tflops(device)
-    else:
-        batch, ca_batch = (8, 2) if args.quick else (32, 8)
-        copy_gbs, peak = common.copy_bandwidth_gbs(device, 256, reps=3), None
-    rec.emit(kind="device_rates", copy_GBps=round(copy_gbs, 1), matmul_TFLOPs=peak and round(peak, 1))
-    fused_name = "triton" if on_gpu else "cpp"
-    out_dtype = torch.bfloat16
-    backends = {"reference": fused("reference"), fused_name: fused(fused_name), "conv_gather": conv_gather}
-    geometry = dict(channels=6, size=256, patch=8, dim=1024, ratio=0.75)
-    torch.manual_seed(0)
-    vit = run_case(rec, device, f"vit_l8_b{batch}", make_case(device, batch, channel_agnostic=False, **geometry),
-                   backends, reps, copy_gbs, peak, out_dtype, False)
-    ca = run_case(rec, device, f"ca_l8_b{ca_batch}", make_case(device, ca_batch, channel_agnostic=True, **geometry),
-                  backends, reps, copy_gbs, peak, out_dtype, True)
+def batches(device: torch.device, quick: bool) -> tuple[int, int]:
+    """(ViT batch, CA-MAE batch)."""
+    if device.type == "cuda":
+        return (32, 8) if quick else (256, 256)
+    return (8, 2) if quick else (32, 8)
+
+
+def plan(device: torch.device, quick: bool) -> list[opcases.CaseSpec]:
+    vit, ca = batches(device, quick)
+    backends = tuple(backend_fns(device))
+    return [opcases.CaseSpec("tokenize", f"{kind}_l8_b{batch}", backends, PASSES,
+                             functools.partial(build, device, batch, kind == "ca", **GEOMETRY))
+            for kind, batch in (("vit", vit), ("ca", ca))]
+
+
+def summarize(rec, results: dict, device: torch.device) -> None:
+    fused = opcases.fused_backend("tokenize", device)
+    vit_case = next((name for name in results if name.startswith("vit")), None)
+    ca_case = next((name for name in results if name.startswith("ca")), None)
+    vit, ca = results.get(vit_case, {}), results.get(ca_case, {})
     both = "fwd+bwd"
-    rec.finish(vit[(fused_name, both)], vit[("reference", both)], backend=fused_name, case=f"vit_l8_b{batch}",
-               **{"pass": both},
-               conv_gather_ratio=round(vit[("conv_gather", both)] / vit[(fused_name, both)], 3),
-               ca_ratio=round(ca[("reference", both)] / ca[(fused_name, both)], 3),
-               ca_loop_ratio=round(ca[("conv_gather", both)] / ca[(fused_name, both)], 3),
-               fwd_ratio=round(vit[("reference", "fwd")] / vit[(fused_name, "fwd")], 3))
+    opcases.finish(rec, vit, (fused, both), ("reference", both), backend=fused, case=vit_case, **{"pass": both},
+                   conv_gather_ratio=opcases.ratio(vit, ("conv_gather", both), (fused, both)),
+                   ca_ratio=opcases.ratio(ca, ("reference", both), (fused, both)),
+                   ca_loop_ratio=opcases.ratio(ca, ("conv_gather", both), (fused, both)),
+                   fwd_ratio=opcases.ratio(vit, ("reference", "fwd"), (fused, "fwd")))
+
+
+def main(argv=None) -> int:
+    return opcases.run_script("tokenize", __doc__, plan, summarize, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

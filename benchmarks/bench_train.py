@@ -1,81 +1,57 @@
-"""Training throughput: maefast against the public reference's pipeline on the same weights, one run.
+"""Training throughput: maefast against the public reference's pipeline on the same weights, eager and compiled.
 
-    python benchmarks/bench_train.py                       # GPU: MAE ViT-L/8 and CA-MAE ViT-B/16, bf16
-    python benchmarks/bench_train.py --model camae_vit_base_patch16_256 --batch 64
-    python benchmarks/bench_train.py --quick               # CPU smoke run, under a minute
+    python -m benchmarks.bench_train                       # GPU: MAE ViT-L/8 and CA-MAE ViT-B/16, bf16
+    python -m benchmarks.bench_train --model camae_vit_base_patch16_256 --batch 64
+    python -m benchmarks.bench_train --quick               # CPU smoke run (a debug model)
 
-Full training steps (forward, backward, AdamW step) on random integer crops already on the device, so
-this measures the model, not the loader (bench_loader.py does that). Reports crops/s and MFU (FLOPs from
-maefast.flops over the matmul rate measured in the same run); the last line is the JSON summary.
+Full training steps (forward, backward, AdamW step) on random integer crops already on the device, so this
+measures the model, not the loader (bench_loader does that; gpu_suite.sh runs `maefast train` on packed shards
+for the end-to-end figure). Variants (benchmarks/jobs.py): maefast as a user gets it on CUDA (attention tuned
+at setup, torch.compile fullgraph), maefast eager, the reference pipeline eager and under torch.compile.
+One record per variant (crops/s, MFU from maefast.models.flops over the matmul rate measured in the same run, compile
+warm-up seconds apart), then per model a summary: maefast against every baseline, `ratio` against the fastest.
 """
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Recorder, matmul_tflops, parser, pick_device, time_interleaved  # noqa: E402
-from reference_pipeline import reference_forward  # noqa: E402
+import maefast
+from benchmarks import common, jobs
+from maefast.models.families import family_of
 
-import maefast  # noqa: E402
-from maefast.flops import model_training_flops  # noqa: E402
-
-QUICK = dict(model="mae_vit_debug_patch8_64", overrides=dict(embed_dim=128, depth=4, num_heads=4), batch=32)
-
-
-def random_crops(batch: int, channels: int, size: int, device) -> torch.Tensor:
-    """Random uint16 crops (never zeros) on `device`."""
-    return torch.randint(1, 65535, (batch, channels, size, size), dtype=torch.int32).to(torch.uint16).to(device)
-
-
-def training_step(model, loss_fn, pixels, autocast_dtype):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(pixels.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            loss = loss_fn(pixels)
-        loss.backward()
-        optimizer.step()
-    return step
-
-
-def bench_model(recorder, name: str, overrides: dict, batch: int, reps: int, device, channels: int) -> dict:
-    torch.manual_seed(0)
-    model = maefast.create_model(name, **overrides).to(device)
-    pixels = random_crops(batch, channels, model.config.encoder.img_size, device)
-    dtype = torch.bfloat16 if device.type == "cuda" else None
-    ms = time_interleaved({"maefast": training_step(model, lambda x: model(x)[0], pixels, dtype),
-                           "reference": training_step(model, lambda x: reference_forward(model, x)[0], pixels, dtype)},
-                          device, reps=reps)
-    ours, baseline = (batch / (ms[k] * 1e-3) for k in ("maefast", "reference"))
-    flops = model_training_flops(model, channels)
-    matmul = matmul_tflops(device, dtype or torch.float32, n=8192 if device.type == "cuda" else 1024) * 1e12
-    return recorder.emit(model=name, batch=batch, channels=channels, precision="bf16" if dtype else "fp32",
-                         value=round(ours, 2), baseline=round(baseline, 2), ratio=round(ours / baseline, 3),
-                         unit="crops/s", gflop_per_crop=round(flops / 1e9, 2), mfu=round(ours * flops / matmul, 4),
-                         baseline_mfu=round(baseline * flops / matmul, 4), matmul_tflops=round(matmul / 1e12, 2))
+DEFAULT_MODELS = ["mae_vit_large_patch8_256", "camae_vit_base_patch16_256"]
 
 
 def main(argv=None) -> int:
-    args_parser = parser(__doc__)
-    args_parser.add_argument("--model", action="append", help="MAE model name (repeatable)")
-    args_parser.add_argument("--batch", type=int, default=None)
+    args_parser = common.parser(__doc__)
+    args_parser.add_argument("--model", action="append", help="MAE / CA-MAE model name (repeatable)")
+    args_parser.add_argument("--batch", type=int, default=None, help="crops per step (default 64; --quick 16)")
     args_parser.add_argument("--channels", type=int, default=6)
     args = args_parser.parse_args(argv)
-    device = torch.device("cpu") if args.quick else pick_device(args.device)
-    recorder = Recorder("train", device, args.json_out)
-    if args.quick:
-        runs = [(QUICK["model"], {**QUICK["overrides"], "in_chans": args.channels}, args.batch or QUICK["batch"])]
-    else:
-        names = args.model or ["mae_vit_large_patch8_256", "camae_vit_base_patch16_256"]
-        runs = [(n, {"in_chans": args.channels} if n.startswith("mae_") else {}, args.batch or 64) for n in names]
-    results = [bench_model(recorder, n, o, b, args.reps or (4 if args.quick else 10), device, args.channels)
-               for n, o, b in runs]
-    first = results[0]  # the summary: the first model (ViT-L/8 MAE by default), last line
-    recorder.emit(kind="summary", **{k: first[k] for k in ("model", "value", "baseline", "ratio", "unit", "mfu")})
+    device = torch.device("cpu") if args.quick else common.pick_device(args.device)
+    rec = common.Recorder("train", device, args.json_out)
+    common.stop_on_sigterm()
+    names = args.model or ([jobs.QUICK_TRAIN_MODEL] if args.quick else DEFAULT_MODELS)
+    batch = args.batch or (16 if args.quick else 64)
+    reps = args.reps or (3 if args.quick else 10)
+    matmul = jobs.matmul_rate(device)
+    for name in names:
+        if common.stopped():
+            break
+        try:
+            torch.manual_seed(0)
+            model = maefast.create_model(name, **({"in_chans": args.channels} if name.startswith("mae_") else {}))
+            model = model.to(device)
+            pixels = jobs.random_crops(batch, args.channels, model.config.encoder.img_size, device)
+            job = jobs.training_job(model, pixels)
+        except common.TimeLimit as stop:
+            rec.emit(kind="summary", case=name, value=None, ratio=None, skipped=f"{stop} (during setup)")
+            break
+        jobs.run_job(rec, job, device, reps, batch, family_of(model).training_flops(model, args.channels), matmul,
+                     case=name, batch=batch, channels=args.channels)
+        del job, model, pixels
     return 0
 
 

@@ -1,20 +1,27 @@
-"""Shared helpers of the benchmark scripts: timing, device rates measured in the same run, JSON lines.
+"""Shared helpers of the benchmarks: the command line, timing, device rates measured in the same run, JSON lines.
 
 Every benchmark prints one JSON object per measurement and, as its last line, a summary object with at least
 `bench`, `device`, `value`, `baseline` and `ratio` (ARCHITECTURE §5: a number is a ratio against a baseline
-measured side by side, or an absolute figure with its device named). `python benchmarks/common.py table
+measured side by side, or an absolute figure with its device named). `python -m benchmarks.common table
 FILE...` prints the records of JSON-line files as a table.
+
+A benchmark run under `timeout` (benchmarks/gpu_suite.sh) gets SIGTERM when its share of the suite's time is
+spent: `stop_on_sigterm()` turns that into `TimeLimit`, so that a script still prints the summary of what it
+measured before the limit.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -24,8 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--quick", action="store_true", help="small shapes, about a minute on a CPU")
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small shapes: a smoke run of about a minute on a CPU")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per measurement")
     p.add_argument("--json-out", default=None, help="also append every record to this JSON-lines file")
@@ -42,6 +49,26 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+class TimeLimit(BaseException):
+    """SIGTERM arrived (the suite's `timeout`): stop measuring and report what was measured. A BaseException,
+    so that the `except Exception` around a variant that may fail does not swallow it."""
+
+
+_stopped: list[bool] = []
+
+
+def stop_on_sigterm() -> None:
+    def handler(signum, frame):
+        _stopped.append(True)
+        raise TimeLimit("SIGTERM: the time limit of this benchmark was reached")
+    signal.signal(signal.SIGTERM, handler)
+
+
+def stopped() -> bool:
+    """True once SIGTERM has arrived: start nothing new."""
+    return bool(_stopped)
 
 
 def time_ms(fn, device: torch.device, reps: int = 10, warmup: int = 2) -> float:
@@ -82,6 +109,46 @@ def time_interleaved(fns: dict, device: torch.device, reps: int = 10, warmup: in
     return {name: min(values) for name, values in samples.items()}
 
 
+@dataclass
+class Timing:
+    """One variant of a job: milliseconds per call after its warm-up, the warm-up's seconds (compilation
+    included, never part of `ms`), or the error that stopped it."""
+    name: str
+    ms: float | None = None
+    warmup_s: float | None = None
+    error: str | None = None
+
+
+def describe_error(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200] if text else ''}"
+
+
+def time_variants(variants: dict[str, Callable[[], object]], device: torch.device, reps: int, warmup: int = 2,
+                  report: Callable[[Timing], None] = lambda timing: None) -> dict[str, Timing]:
+    """Each variant in turn: its first `warmup` calls timed apart (compilation happens there), then `reps` timed
+    calls (time_ms), then `report(timing)`. A variant that raises is reported with its error and the others go
+    on; at a time limit (TimeLimit) the variants measured so far are returned. (Not round-robin on a CPU as
+    time_interleaved: a compiled variant's OpenMP threads would slow whichever eager variant ran next.)"""
+    timings: dict[str, Timing] = {}
+    try:
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            try:
+                for _ in range(warmup):
+                    fn()
+                synchronize(device)
+            except Exception as error:  # noqa: BLE001 - a failing variant is reported, the others still run
+                timing = Timing(name, error=describe_error(error))
+            else:
+                timing = Timing(name, warmup_s=time.perf_counter() - start, ms=time_ms(fn, device, reps, warmup=0))
+            timings[name] = timing
+            report(timing)
+    except TimeLimit:
+        pass  # stopped() tells the caller
+    return timings
+
+
 def copy_bandwidth_gbs(device: torch.device, megabytes: int = 1024, reps: int = 10) -> float:
     """Device copy bandwidth (read + write bytes per second), measured now."""
     n = megabytes * 2**20 // 4
@@ -97,6 +164,13 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype = torch.bfloat16, n: 
     b = torch.randn(n, n, device=device, dtype=dtype)
     ms = time_ms(lambda: a @ b, device, reps=reps)
     return 2 * n**3 / (ms * 1e-3) / 1e12
+
+
+def device_rates(device: torch.device) -> tuple[float, float | None]:
+    """(copy GB/s, bf16 matmul TFLOP/s) of `device`, measured now; on a CPU the copy rate only (fewer bytes)."""
+    if device.type == "cuda":
+        return copy_bandwidth_gbs(device), matmul_tflops(device)
+    return copy_bandwidth_gbs(device, 256, reps=3), None
 
 
 def git_commit() -> str:
@@ -149,24 +223,29 @@ def rates(ms: float, nbytes: float | None = None, flops: float | None = None, co
     return out
 
 
+TABLE_COLUMNS = ["bench", "kind", "case", "backend", "pass", "ms", "GB/s", "of_copy_bw", "TFLOP/s", "of_matmul",
+                 "value", "unit", "baseline", "ratio", "vs", "mfu", "warmup_s", "share", "correct", "skipped",
+                 "copy_GBps", "matmul_TFLOPs"]
+
+
 def print_table(paths: list[str]) -> None:
-    """Prints the records of JSON-line files: one row per measurement."""
+    """Prints the records of JSON-line files, one row per measurement: the scalar fields (the dictionaries of a
+    summary are in the records) and not profile_step's per-kernel rows (in its log)."""
     rows = []
     for path in paths:
         for line in Path(path).read_text().splitlines():
-            if line.strip():
-                rows.append(json.loads(line))
+            record = json.loads(line) if line.strip() else {}
+            if record and record.get("kind") != "kernel":
+                rows.append({k: v for k, v in record.items() if not isinstance(v, (dict, list))})
     if not rows:
         print("no records")
         return
-    columns = ["bench", "kind", "case", "backend", "pass", "ms", "GB/s", "of_copy_bw", "TFLOP/s", "of_matmul",
-               "value", "baseline", "ratio", "vs", "correct", "skipped"]
-    present = [c for c in columns if any(c in r for r in rows)]
-    cells = [[str(r.get(c, "")) for c in present] for r in rows]
+    present = [c for c in TABLE_COLUMNS if any(r.get(c) is not None for r in rows)]
+    cells = [["" if r.get(c) is None else str(r[c])[:60] for c in present] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(present)]
     print("  ".join(c.ljust(w) for c, w in zip(present, widths)))
     for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
     first = rows[0]
     print(f"device: {first.get('device')}  commit: {first.get('commit')}  date: {first.get('date')}")
 
@@ -175,4 +254,4 @@ if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "table":
         print_table(sys.argv[2:])
     else:
-        print("usage: python benchmarks/common.py table FILE.jsonl [...]")
+        print("usage: python -m benchmarks.common table FILE.jsonl [...]")

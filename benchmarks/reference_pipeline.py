@@ -4,8 +4,9 @@ As in recursionpharma/maes_microscopy: float self-standardization of the whole i
 embeds every patch (for CA-MAE one convolution per channel in a Python loop), argsort/gather masking of
 the embedded tokens, SDPA attention in the blocks, mask tokens gathered back with restore indices, an
 explicit-softmax cross-attention in the CA-MAE decoder, and a loss over all patches weighted by the
-mask. The blocks are maefast's (parity-tested against timm's ParallelScalingBlock) with every op forced
-to its PyTorch reference, so both sides share weights and differ only in the pipeline.
+mask. The blocks are maefast's computed op by op as timm's ParallelScalingBlock does (forward_unfused,
+parity-tested against timm), with every op forced to its PyTorch reference, so both sides share weights and
+differ only in the pipeline and the block's fusion.
 """
 from __future__ import annotations
 
@@ -15,6 +16,14 @@ import torch.nn.functional as F
 from maefast.ops.backend import use_backend
 from maefast.ops.mae_loss import mae_loss_reference
 from maefast.ops.patches import patchify, pixel_scale
+
+
+def unfused_blocks(encoder, tokens: torch.Tensor) -> torch.Tensor:
+    """The encoder blocks op by op, as timm's ParallelScalingBlock computes them (maefast's blocks fuse the
+    two out-projections)."""
+    for block in encoder.blocks:
+        tokens = block.forward_unfused(tokens)
+    return tokens
 
 
 def embed_all_patches(encoder, images: torch.Tensor) -> torch.Tensor:
@@ -71,7 +80,7 @@ def reference_forward(model, pixels: torch.Tensor, noise: torch.Tensor | None = 
             noise = torch.rand(tokens.shape[:2], device=tokens.device)
         visible, mask, restore = reference_masking(tokens, config.mask_ratio, noise)
         cls = (encoder.cls_token + encoder.pos_embed[:, :1]).expand(visible.shape[0], -1, -1)
-        latent = encoder.norm(encoder.blocks(torch.cat([cls, visible], dim=1)))
+        latent = encoder.norm(unfused_blocks(encoder, torch.cat([cls, visible], dim=1)))
         projected = model.encoder_decoder_proj(latent)
         missing = restore.shape[1] + 1 - projected.shape[1]
         filled = torch.cat([projected[:, 1:], model.decoder.mask_token.repeat(projected.shape[0], missing, 1)], dim=1)
@@ -99,5 +108,5 @@ def reference_embed(encoder, pixels: torch.Tensor) -> torch.Tensor:
         tokens = embed_all_patches(encoder, images).to(images.dtype)
         tokens = tokens + encoder.pos_embed[:, 1:1 + tokens.shape[1]]
         cls = (encoder.cls_token + encoder.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
-        features = encoder.norm(encoder.blocks(torch.cat([cls, tokens], dim=1)))
+        features = encoder.norm(unfused_blocks(encoder, torch.cat([cls, tokens], dim=1)))
         return features[:, 1:].mean(dim=1)

@@ -72,19 +72,6 @@ def mae_training_flops(config: MAEConfig, channels: int) -> int:
     return 3 * mae_forward_flops(config, channels)
 
 
-def model_training_flops(model, channels: int) -> int:
-    """FLOPs of one training step per image for any registered trainable model (MAE, MU-Net, WSL)."""
-    config = model.config
-    if isinstance(config, MAEConfig):
-        return mae_training_flops(config, channels)
-    if isinstance(config, MUNetConfig):
-        return 3 * munet_forward_flops(config, channels)
-    if isinstance(config, ClassifierConfig):
-        return 3 * classifier_forward_flops(config, channels)
-    raise TypeError(f"no FLOP count for a model with a {type(config).__name__}; expected MAEConfig, "
-                    f"MUNetConfig or ClassifierConfig")
-
-
 def embedding_flops(config: ViTConfig, channels: int) -> int:
     """FLOPs of embedding one crop (all tokens through the encoder)."""
     return encoder_forward_flops(config, channels)

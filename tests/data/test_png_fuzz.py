@@ -3,7 +3,7 @@ deterministic run of mutated and truncated PNGs (8 and 16 bit, every row filter,
 deflate blocks, split image data). Every input must decode to what zlib decodes, or raise; no crash or
 out-of-bounds access. The decodable mutants are then compared with Pillow.
 
-The long run: python tests/data/test_png_fuzz.py --iterations 5000000 [--seed 1]
+The long run: python -m tests.data.test_png_fuzz --iterations 5000000 [--seed 1]  (from the repository root)
 """
 import argparse
 import io
@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.data.test_png_decoder import encode_png, textured
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))  # run as a script too
-from tests.data.test_png_decoder import encode_png, textured  # noqa: E402
 
 HARNESS = ROOT / "csrc" / "fuzz" / "fuzz_png.cc"
 CI_ITERATIONS = 40_000

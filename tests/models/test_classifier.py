@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 import maefast
 from maefast.models.families import family_of
-from maefast.models.flops import classifier_forward_flops, encoder_forward_flops, model_training_flops
+from maefast.models.flops import classifier_forward_flops, encoder_forward_flops
 from maefast.models.classifier import WeaklySupervisedClassifier
 from tests.helpers import random_pixels
 
@@ -104,7 +104,7 @@ def test_flops_are_the_encoder_plus_the_head():
     model = maefast.create_model("wsl_vit_small_patch16_256", num_classes=1139)
     expected = encoder_forward_flops(model.encoder.config, 6) + 2 * 384 * 1139
     assert classifier_forward_flops(model.config, 6) == expected
-    assert model_training_flops(model, 6) == 3 * expected
+    assert family_of(model).training_flops(model, 6) == 3 * expected
 
 
 def test_learns_a_separable_toy_problem():

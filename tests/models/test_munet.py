@@ -4,7 +4,8 @@ import torch
 import torch.nn as nn
 
 import maefast
-from maefast.models.flops import model_training_flops, munet_forward_flops
+from maefast.models.families import family_of
+from maefast.models.flops import munet_forward_flops
 from maefast.ops import mae_loss, patchify, self_standardize
 from maefast.ops.patches import gather_tokens
 from tests.helpers import random_pixels
@@ -160,7 +161,7 @@ def test_flops_match_the_executed_convolutions(overrides):
     model = debug_model(3, **overrides)
     executed = count_conv_flops(model, random_pixels(1, 3, 64))
     assert munet_forward_flops(model.config, 3) == executed
-    assert model_training_flops(model, 3) == 3 * executed
+    assert family_of(model).training_flops(model, 3) == 3 * executed
 
 
 def test_debug_model_learns():

@@ -1,15 +1,10 @@
 """maefast's pipeline computes what the public reference's pipeline computes (benchmarks' baseline)."""
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 import maefast
+from benchmarks.reference_pipeline import reference_embed, reference_forward
 from tests.helpers import random_pixels
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from reference_pipeline import reference_embed, reference_forward  # noqa: E402
 
 
 @pytest.mark.parametrize("name, channels", [("mae_vit_debug_patch8_64", 3), ("camae_vit_debug_patch8_64", 4)])

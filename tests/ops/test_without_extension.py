@@ -16,8 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = textwrap.dedent("""
     import os, sys, warnings
     sys.modules["maefast._C"] = None  # importing it fails, as when it was never built
-    sys.path.insert(0, "tests")
-    import conftest  # noqa: F401  (the interpreter fix for numpy >= 2.4)
+    import tests.conftest  # noqa: F401  (the interpreter fix for numpy >= 2.4; run from the repository root)
     import torch
     import maefast
     from maefast.ops.backend import cpp_extension, select_backend

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 import maefast
+from maefast.models.families import family_of
 from maefast.embedding.encoder import load_encoder
 from maefast.train.config import load_config
 from maefast.train.loop import NonFiniteLoss, Trainer, train
@@ -47,7 +48,7 @@ def test_debug_run_writes_checkpoints_metrics_images_and_encoder(screen, tmp_pat
     assert not torch.equal(early.cls_token, encoder.cls_token)
     pixels = torch.randint(0, 255, (2, 6, 64, 64), dtype=torch.uint8)
     assert encoder.embed(pixels).shape == (2, 64)
-    assert summary["total_flops"] == pytest.approx(6 * 8 * maefast.models.flops.model_training_flops(encoder_owner(tmp_path), 6))
+    assert summary["total_flops"] == pytest.approx(6 * 8 * family_of(encoder_owner(tmp_path)).training_flops(encoder_owner(tmp_path), 6))
 
 
 def encoder_owner(run_dir):

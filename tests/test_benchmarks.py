@@ -1,0 +1,116 @@
+"""The benchmarks package: importable without path tricks, its op plans and job summaries sound, the profile's
+kernel classification right on the names GPUs show, and gpu_suite.sh valid shell. (The benchmarks themselves
+run with `python -m pytest benchmarks/ --benchmark-only` and `bash benchmarks/gpu_suite.sh --dry-run`.)"""
+import importlib
+import pkgutil
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import benchmarks
+from benchmarks import bench_attention, bench_mae_loss, bench_tokenize, bench_unshuffle, common, jobs
+from benchmarks.profile_step import classify
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_benchmark_module_imports():
+    names = [info.name for info in pkgutil.iter_modules(benchmarks.__path__)]
+    assert {"bench_train", "bench_embed", "profile_step", "bench_train_e2e", "test_ops"} <= set(names)
+    for name in names:
+        importlib.import_module(f"benchmarks.{name}")
+
+
+def test_no_import_path_edits_in_benchmarks_or_tests():
+    edit = re.compile(r"sys\.path(\.insert|\.append|\[:0\]\s*=)")
+    for path in [*ROOT.glob("benchmarks/*.py"), *ROOT.glob("tests/**/*.py")]:
+        assert not edit.search(path.read_text()), f"{path} edits sys.path; import through the packages instead"
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_op_plans_name_each_case_once_without_building_it(quick):
+    device = torch.device("cpu")
+    specs = [spec for module in (bench_tokenize, bench_unshuffle, bench_mae_loss, bench_attention)
+             for spec in module.plan(device, quick)]
+    assert len({spec.id for spec in specs}) == len(specs)
+    assert all("reference" in spec.backends and spec.passes for spec in specs)
+
+
+def test_job_summary_names_the_fastest_baseline_and_what_did_not_run(capsys):
+    def failing():
+        raise RuntimeError("no kernel for this shape")
+    job = jobs.Job({"maefast": lambda: time.sleep(0.002), "reference_compiled": failing,
+                    "reference": lambda: time.sleep(0.02), "timm": lambda: time.sleep(0.05)},
+                   unavailable={"timm_compiled": "timm is not installed"})
+    rec = common.Recorder("test", torch.device("cpu"))
+    summary = jobs.run_job(rec, job, torch.device("cpu"), reps=2, crops_per_step=8, flops_per_crop=1e9,
+                           matmul_flops=1e12, case="toy")
+    assert summary["vs"] == "reference" and summary["ratio"] > 1
+    assert set(summary["ratios"]) == {"reference", "timm"}
+    assert summary["not_run"]["reference_compiled"].startswith("RuntimeError: no kernel")
+    assert summary["not_run"]["timm_compiled"] == "timm is not installed"
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith('{"bench": "test", "kind": "summary"')
+
+
+MAEFAST = {"_attention_fwd_kernel": "attention", "_tokenize_fwd_kernel": "tokenize"}
+
+
+@pytest.mark.parametrize("kernel, ops, group, tags", [
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", ["aten::addmm", "aten::linear"], "gemm", set()),
+    ("nvjet_tst_192x192_64x3_2x1_v_bz_coopB_TNT", ["aten::mm"], "gemm", set()),
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x64",
+     ["aten::_scaled_dot_product_cudnn_attention", "aten::scaled_dot_product_attention"], "attention", set()),
+    ("_attention_fwd_kernel", ["maefast::flash_attention_qknorm"], "attention", set()),
+    ("_tokenize_fwd_kernel", ["maefast::tokenize"], "maefast", set()),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>", ["aten::zeros",
+     "maefast::tokenize"], "maefast", set()),
+    ("void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda>",
+     ["aten::copy_", "aten::_to_copy", "aten::to"], "elementwise_copy_norm", {"cast"}),
+    ("void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda>",
+     ["aten::copy_", "aten::clone", "aten::contiguous"], "elementwise_copy_norm", {"copy"}),
+    ("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<float, float>",
+     ["aten::native_layer_norm", "aten::layer_norm"], "elementwise_copy_norm", {"norm"}),
+    ("triton_per_fused__to_copy_native_layer_norm_3", ["CompiledFunction"], "elementwise_copy_norm",
+     {"cast", "norm"}),
+    ("triton_poi_fused_add_gelu_7", ["CompiledFunction"], "elementwise_copy_norm", set()),
+    ("triton_tem_fused_mm_0", ["CompiledFunction"], "gemm", set()),
+    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>",
+     ["aten::_foreach_add_", "Optimizer.step#AdamW.step"], "elementwise_copy_norm", {"optimizer"}),
+    ("Memcpy HtoD (Pageable -> Device)", [], "other", set()),
+    ("aten::_scaled_dot_product_flash_attention_for_cpu", ["aten::_scaled_dot_product_flash_attention_for_cpu"],
+     "attention", set()),
+])
+def test_profile_classifies_kernels_by_name_and_launching_ops(kernel, ops, group, tags):
+    assert classify(kernel, ops, MAEFAST) == (group, tags)
+
+
+def test_gpu_suite_is_valid_shell():
+    subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_suite.sh")], check=True)
+
+
+def test_profile_breakdown_attributes_gpu_kernels_to_their_ops_and_keeps_the_rest():
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import Kernel
+
+    from benchmarks.profile_step import breakdown
+
+    def event(name, kernels=(), parent=None, device=DeviceType.CPU, us=0.0):
+        return SimpleNamespace(name=name, kernels=list(kernels), cpu_parent=parent, device_type=device,
+                               time_range=SimpleNamespace(elapsed_us=lambda: us))
+    to = event("aten::to")
+    to_copy = event("aten::_to_copy", parent=to)
+    copy = event("aten::copy_", [Kernel("direct_copy_kernel_cuda", 0, 30.0)], parent=to_copy)
+    mm = event("aten::mm", [Kernel("nvjet_tst_128x256", 0, 100.0)])
+    on_device = [event("direct_copy_kernel_cuda", device=DeviceType.CUDA, us=30.0),
+                 event("nvjet_tst_128x256", device=DeviceType.CUDA, us=100.0),
+                 event("triton_poi_fused_add_0", device=DeviceType.CUDA, us=20.0)]  # launched outside any op
+    result = breakdown([to, to_copy, copy, mm, *on_device], torch.device("cuda"), {})
+    assert result.total_us == 150.0
+    assert result.groups["gemm"] == 100.0 and result.groups["elementwise_copy_norm"] == 50.0
+    assert result.tags["cast"] == 30.0 and result.kernels["triton_poi_fused_add_0"][:2] == [20.0, 1]
