@@ -40,7 +40,7 @@ def embed(checkpoint, data, out, **options) -> dict:
 def read_embeddings(path, level: str = "site"):
     """Embeddings or a map as one DataFrame (metadata, then feature columns) from a finished `maefast embed`
     folder (level "site" or "well"), a folder of parquet shards, or a parquet / .h5ad / pycytominer file."""
-    from maefast.tables import read_embeddings as run
+    from maefast.embedding.outputs import read_embeddings as run
     return run(path, level)
 
 

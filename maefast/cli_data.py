@@ -1,6 +1,9 @@
 """`maefast data ...`: synth, check, pack and info for microscopy datasets (see docs/data.md)."""
 from __future__ import annotations
 
+from maefast.data.decode import ERROR_POLICIES
+from maefast.data.layouts import LAYOUTS
+
 
 def add_commands(subparsers) -> None:
     data = subparsers.add_parser("data", help="datasets: synthetic screen, validation, packing")
@@ -34,7 +37,7 @@ def add_commands(subparsers) -> None:
     _dataset_arguments(pack)
     pack.add_argument("--out", required=True)
     pack.add_argument("--shard-images", type=int, default=64)
-    pack.add_argument("--on-error", choices=("raise", "skip"), default="raise")
+    pack.add_argument("--on-error", choices=ERROR_POLICIES, default="raise")
     pack.add_argument("--workers", type=int, default=2)
     pack.set_defaults(func=pack_command)
 
@@ -45,7 +48,7 @@ def add_commands(subparsers) -> None:
 
 def _dataset_arguments(parser) -> None:
     parser.add_argument("path", help="dataset folder or load_data table")
-    parser.add_argument("--layout", choices=("auto", "rxrx", "jump", "packed"), default="auto")
+    parser.add_argument("--layout", choices=("auto", *LAYOUTS), default="auto")
     parser.add_argument("--channels", default=None, help="comma-separated channel names to select, in order")
     parser.add_argument("--illumination", choices=("raw", "illum"), default="raw")
     parser.add_argument("--allow-outside-root", action="store_true",

@@ -2,6 +2,7 @@
 `maefast export`: its output (or a map) in another format."""
 from __future__ import annotations
 
+from maefast.data.decode import ERROR_POLICIES
 from maefast.tables import FEATURE_PREFIX, FORMATS, LEVELS
 
 
@@ -34,7 +35,7 @@ def add_commands(subparsers) -> None:
                         help="attention kernel of every site: auto (on CUDA the fastest, timed once) or one of "
                              "triton, sdpa, cudnn, flash, efficient, math, flash_attn, fa3, fa4")
     parser.add_argument("--backend", default="auto", choices=("auto", "dali", "torch"), help="loader backend")
-    parser.add_argument("--on-error", default="raise", choices=("raise", "skip"))
+    parser.add_argument("--on-error", default="raise", choices=ERROR_POLICIES)
     parser.add_argument("--workers", type=int, default=None, help="loader threads / processes")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--format", default="parquet", choices=FORMATS,
@@ -74,7 +75,8 @@ def embed_command(args) -> int:
 
 
 def export_command(args) -> int:
-    from maefast.tables import read_embeddings, write_table
+    from maefast.embedding.outputs import read_embeddings
+    from maefast.tables import write_table
     table = read_embeddings(args.embeddings, level=args.level)
     write_table(table, args.out, args.format, feature_prefix=args.feature_prefix)
     print(f"maefast export: {len(table)} rows -> {args.out} ({args.format})")

@@ -8,7 +8,8 @@ import pandas as pd
 
 from maefast.errors import UserInputError
 from maefast.io import atomic_path, write_json_atomic
-from maefast.tables import FORMATS, read_embeddings, read_table, write_table
+from maefast.embedding.outputs import read_embeddings
+from maefast.tables import FORMATS, read_table, write_table
 
 
 def add_commands(subparsers) -> None:

@@ -21,7 +21,7 @@ from maefast.data import make_tile_loader, open_dataset
 from maefast.data.synthetic import CONTROL_LABEL, synth_screen
 from maefast.embedding.api import embed
 from maefast.embedding.handcrafted import HandcraftedEmbedder
-from maefast.embedding.job import read_embeddings, site_table
+from maefast.embedding.job import read_job, site_table
 from maefast.errors import UserInputError
 from maefast.evaluate import build_map, relationship_recall
 from maefast.evaluate.plots import plot_recall_bars
@@ -128,7 +128,7 @@ def score(sites: pd.DataFrame, label: str) -> pd.DataFrame:
 def embedded_sites(checkpoint: Path, screen: Path, out: Path, name: str, channels=None) -> pd.DataFrame:
     target = out / "embeddings" / name
     embed(checkpoint, screen, target, channels=channels, batch_size=8, shard_size=256, show_progress=False)
-    return read_embeddings(target, level="site")
+    return read_job(target, level="site")
 
 
 def results_table(recalls: list[pd.DataFrame]) -> pd.DataFrame:

@@ -9,8 +9,8 @@ chosen by a prefix); a map is indexed by perturbation. On disk (`FORMATS`):
   pycytominer-csv       pycytominer / CellProfiler style: metadata columns prefixed `Metadata_`, then the
   pycytominer-parquet   features under their own names; CSV (gzip when the name ends in .gz) or parquet
 
-Every file is written to a temporary name and renamed when complete. `read_embeddings` reads all of
-them back (and an embedding job's output folder, and a folder of parquet shards) into the same table.
+Every file is written to a temporary name and renamed when complete; `read_table` reads each of them back
+into the same table (maefast.embedding.outputs.read_embeddings also reads an embedding job's folder).
 """
 from __future__ import annotations
 
@@ -152,34 +152,3 @@ def read_table(path) -> pd.DataFrame:
     if any(str(c).startswith(METADATA_PREFIX) for c in table.columns):
         return from_pycytominer(table)
     return table
-
-
-def read_embeddings(path, level: str = "site") -> pd.DataFrame:
-    """Embeddings (or a map) as one table: metadata columns, then feature columns.
-
-    path: a finished `maefast embed` output folder (level "site" or "well"), a folder of parquet shards,
-    or a file in any of maefast.tables.FORMATS (parquet, .h5ad, pycytominer CSV / parquet).
-    """
-    from maefast.embedding.job import MANIFEST_FILE
-    from maefast.embedding.job import read_embeddings as read_job
-
-    if level not in LEVELS:
-        raise UserInputError(f"level must be one of {LEVELS}, got {level!r}")
-    path = Path(path)
-    if path.is_dir():
-        if (path / MANIFEST_FILE).exists() or (path / "shards").is_dir():
-            return read_job(path, level=level)  # refuses an unfinished job
-        shards = sorted(p for p in path.glob("*.parquet") if not p.name.startswith("."))  # dot names: partial
-        if not shards:
-            raise FileNotFoundError(f"{path}: neither an embedding job's output nor a folder of *.parquet shards")
-        return pd.concat([read_table(shard) for shard in shards], ignore_index=True)
-    return read_table(path)
-
-
-def export_embeddings(job: Path, format: str, levels=LEVELS) -> list[Path]:
-    """Writes a finished embedding job's tables as `<job>/sites<suffix>`, `<job>/wells<suffix>`."""
-    if check_format(format) == "parquet":
-        return []
-    job = Path(job)
-    return [write_table(read_embeddings(job, level), job / f"{level}s{EXPORT_SUFFIXES[format]}", format)
-            for level in levels]

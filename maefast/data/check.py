@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from maefast.data.dataset import Dataset, detect_layout, read_layout
+from maefast.data.dataset import Dataset
+from maefast.data.layouts import detect_layout, read_layout
 from maefast.data.decode import ImageReadError, read_channel
 
 KINDS = ("metadata", "duplicate id", "missing", "unreadable", "format")

@@ -20,7 +20,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import maefast
 
 _loaded: Path | None = None
 
@@ -31,7 +30,7 @@ class PluginUnavailable(RuntimeError):
 
 def source_dir() -> Path:
     """csrc/ of a source checkout, or maefast/csrc of an installed package."""
-    package = Path(maefast.__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # the maefast package folder
     for candidate in (package / "csrc", package.parent / "csrc"):
         if (candidate / "dali" / "maefast_dali.cc").is_file():
             return candidate

@@ -18,6 +18,15 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 PNG_MODES = {"L": np.uint8, "I": np.uint16, "I;16": np.uint16, "I;16B": np.uint16}  # Pillow's grayscale modes
 
 
+ERROR_POLICIES = ("raise", "skip")  # what a loader does with an image it cannot read: stop, or skip and count it
+
+
+def check_error_policy(on_error: str) -> str:
+    if on_error not in ERROR_POLICIES:
+        raise UserInputError(f"on_error must be one of {ERROR_POLICIES}, got {on_error!r}")
+    return on_error
+
+
 class ImageReadError(UserInputError):
     """A channel file is missing, unreadable, truncated, or has the wrong size or dtype.
 

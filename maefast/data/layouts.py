@@ -1,6 +1,8 @@
-"""Readers of the two per-channel-file layouts users bring: RxRx-style PNG and JUMP-CP-style TIFF.
+"""The data layouts maefast reads, and opening a data set in any of them.
 
-Each turns the layout's metadata into the standard table of maefast.data.dataset (one row per image).
+rxrx: RxRx-style per-channel PNG files; jump: JUMP-CP-style per-channel TIFF files with a load_data table;
+packed: maefast's own shards (`maefast data pack`). Each reader turns the layout's metadata into the
+standard table of maefast.data.dataset (one row per image); `open_dataset` picks the reader.
 """
 from __future__ import annotations
 
@@ -10,13 +12,84 @@ from pathlib import Path
 
 import pandas as pd
 
-from maefast.data.dataset import Dataset, file_dataset, require_inside_root, sample_rows
+import numpy as np
+
+from maefast.data.dataset import PACKED_FORMAT, Dataset, file_dataset, require_inside_root, sample_rows
 from maefast.errors import UserInputError
 from maefast.io import read_json, read_table
 
+LAYOUTS = ("rxrx", "jump", "packed")
+ILLUMINATION = ("raw", "illum")
 CONTROL_LABELS = ("EMPTY", "control", "negcon", "non-targeting", "DMSO")
 RXRX_PERTURBATION_COLUMNS = ("perturbation", "gene", "sirna", "treatment")
 JUMP_PERTURBATION_COLUMNS = ("Metadata_Perturbation", "Metadata_Symbol", "Metadata_JCP2022", "Metadata_broad_sample")
+
+
+def open_dataset(path, layout: str = "auto", channels=None, illumination: str = "raw",
+                 allow_outside_root: bool = False) -> Dataset:
+    """Reads a screen's metadata into a Dataset. layout: "auto" | "rxrx" | "jump" | "packed".
+
+    rxrx: a folder with metadata.csv and {experiment}/Plate{plate}/{well}_s{site}_w{k}.png files.
+    jump: a load_data table (.csv or .parquet), or a folder holding load_data.csv / load_data.parquet.
+    packed: a folder written by `maefast data pack` (manifest.json, index.parquet, shards/).
+    channels: names to select and reorder (default: all, in stored order).
+    illumination: "raw" or "illum" (jump: divide by the FileName_Illum*/PathName_Illum* .npy functions).
+    allow_outside_root: let file paths built from the metadata (rxrx experiment/plate/well, jump PathName_* /
+    FileName_*, packed shard names) leave the data root (the folder, or the load_data table's folder);
+    by default such a path is refused, naming its row.
+    """
+    dataset = read_layout(path, layout, illumination, allow_outside_root)
+    _check_ids(dataset.table, Path(path))
+    return dataset if channels is None else dataset.select_channels(channels)
+
+
+def read_layout(path, layout: str = "auto", illumination: str = "raw", allow_outside_root: bool = False) -> Dataset:
+    """open_dataset without the duplicate-id check and channel selection (`data check` reports those)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset path {path} does not exist")
+    if layout == "auto":
+        layout = detect_layout(path)
+    if layout not in LAYOUTS:
+        raise UserInputError(f"layout must be one of auto, {', '.join(LAYOUTS)}; got {layout!r}")
+    if illumination not in ILLUMINATION:
+        raise UserInputError(f"illumination must be 'raw' or 'illum', got {illumination!r}")
+    if illumination == "illum" and layout != "jump":
+        raise UserInputError(f"illumination='illum' needs the jump layout (illumination files), got {layout}")
+    if layout == "packed":
+        return read_packed(path, allow_outside_root)
+    if layout == "rxrx":
+        return read_rxrx(path, allow_outside_root)
+    return read_jump(path, illumination, allow_outside_root)
+
+
+def detect_layout(path: Path) -> str:
+    if path.is_dir() and (path / "manifest.json").is_file():
+        return "packed"
+    if path.is_file() and path.suffix in (".csv", ".parquet"):
+        return "jump"
+    if path.is_dir() and any((path / f"load_data{s}").is_file() for s in (".csv", ".parquet")):
+        return "jump"
+    if path.is_dir() and (path / "metadata.csv").is_file():
+        return "rxrx"
+    raise UserInputError(f"cannot tell the layout of {path}: expected a packed folder (manifest.json), a jump "
+                         "load_data table (.csv/.parquet) or a folder with metadata.csv (rxrx); pass layout=")
+
+
+def read_packed(path: Path, allow_outside_root: bool = False) -> Dataset:
+    """packed: a folder written by `maefast data pack` (manifest.json, index.parquet, shards/)."""
+    manifest = read_json(path / "manifest.json")
+    if manifest.get("format") != PACKED_FORMAT:
+        raise UserInputError(f"{path / 'manifest.json'}: expected format {PACKED_FORMAT!r}, "
+                             f"got {manifest.get('format')!r}")
+    if not manifest.get("complete"):
+        raise UserInputError(f"{path}: packing is not complete (run `maefast data pack` again to resume)")
+    table = read_table(path / "index.parquet")
+    table["shard"] = [str(path.resolve() / "shards" / name) for name in table["shard"]]
+    require_inside_root(table["shard"], path, path / "index.parquet", "shard", allow_outside_root)
+    return Dataset(root=path, layout="packed", table=table, stored_channels=tuple(manifest["channels"]),
+                   channels=tuple(manifest["channels"]), image_shape=tuple(manifest["image_shape"]),
+                   dtype=np.dtype(manifest["dtype"]))
 
 
 def read_rxrx(root: Path, allow_outside_root: bool = False) -> Dataset:
@@ -148,3 +221,10 @@ def _require(table: pd.DataFrame, columns, source: Path) -> None:
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise UserInputError(f"{source}: missing metadata column(s) {missing}; found {list(table.columns)}")
+
+
+def _check_ids(table: pd.DataFrame, path: Path) -> None:
+    duplicated = table["id"][table["id"].duplicated()]
+    if len(duplicated):
+        raise UserInputError(f"{path}: duplicate image ids, e.g. {list(duplicated.unique()[:5])}; "
+                             "every row must describe a different image")

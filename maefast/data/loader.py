@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from maefast.data.dataset import Dataset
+from maefast.data.decode import check_error_policy
 from maefast.data.plan import TilePlan, TrainPlan
 from maefast.errors import UserInputError
 
@@ -39,8 +40,7 @@ class Loader:
 
     def __init__(self, dataset: Dataset, plan, backend: str, device, on_error: str, num_workers: int,
                  tiles: bool = False):
-        if on_error not in ("raise", "skip"):
-            raise UserInputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        check_error_policy(on_error)
         if backend not in BACKENDS:
             raise UserInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.dataset, self.plan, self.tiles = dataset, plan, tiles

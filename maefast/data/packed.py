@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from maefast.data.dataset import PACKED_FORMAT, Dataset
-from maefast.data.decode import ImageReadError
+from maefast.data.decode import ImageReadError, check_error_policy
 from maefast.data.torch_backend import ImageReader
 from maefast.errors import UserInputError
 from maefast.io import atomic_path, read_json, write_json_atomic
@@ -30,8 +30,7 @@ from maefast.io import atomic_path, read_json, write_json_atomic
 def pack_dataset(dataset: Dataset, out_dir, shard_images: int = 64, on_error: str = "raise", workers: int = 2,
                  progress: bool = True) -> Path:
     """Packs the dataset's selected channels (illumination-corrected if the dataset says so) into out_dir."""
-    if on_error not in ("raise", "skip"):
-        raise UserInputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    check_error_policy(on_error)
     if shard_images < 1:
         raise UserInputError(f"shard_images must be >= 1, got {shard_images}")
     out = Path(out_dir)

@@ -2,6 +2,6 @@
 from maefast.embedding.api import embed
 from maefast.embedding.encoder import load_encoder
 from maefast.embedding.job import EmbedSettings, aggregate_wells, run_embedding
-from maefast.tables import read_embeddings
+from maefast.embedding.outputs import read_embeddings
 
 __all__ = ["embed", "load_encoder", "EmbedSettings", "aggregate_wells", "read_embeddings", "run_embedding"]

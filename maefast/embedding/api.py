@@ -7,7 +7,8 @@ from maefast.embedding.job import EmbedSettings, run_embedding
 from maefast.errors import UserInputError
 from maefast.io import file_sha256
 from maefast.models.registry import input_config
-from maefast.tables import check_format, export_embeddings, import_anndata
+from maefast.embedding.outputs import export_embeddings
+from maefast.tables import check_format, import_anndata
 from maefast import distributed
 
 

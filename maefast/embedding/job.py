@@ -187,7 +187,7 @@ def finalize(out: Path, num_shards: int) -> dict:
     missing = [k for k in range(num_shards) if not shard_path(out, k).exists()]
     if missing:
         return {"complete": False, "missing_shards": missing}
-    sites = read_embeddings(out, level="site", require_complete=False)
+    sites = read_job(out, level="site", require_complete=False)
     with atomic_path(out / "wells.parquet") as temporary:
         aggregate_wells(sites).to_parquet(temporary, index=False)
     skipped = []
@@ -200,7 +200,7 @@ def finalize(out: Path, num_shards: int) -> dict:
     return manifest
 
 
-def read_embeddings(out, level: str = "site", require_complete: bool = True) -> pd.DataFrame:
+def read_job(out, level: str = "site", require_complete: bool = True) -> pd.DataFrame:
     """The embeddings of a finished job: one row per site (level='site') or per well (level='well')."""
     out = Path(out)
     if require_complete and not (out / MANIFEST_FILE).exists():

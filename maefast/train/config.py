@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from maefast.data.decode import ERROR_POLICIES
+from maefast.data.layouts import LAYOUTS
 from maefast.errors import UserInputError
 from maefast.fields import check_field_types
 from maefast.models.attention_setup import ATTENTION_CHOICES
@@ -84,9 +86,9 @@ class TrainConfig:
 CHOICES = {
     "model.attention": ATTENTION_CHOICES,
     "run.compile": ("auto", True, False),
-    "data.layout": ("auto", "rxrx", "jump", "packed"),
+    "data.layout": ("auto", *LAYOUTS),
     "data.backend": ("auto", "dali", "torch"),
-    "data.on_error": ("raise", "skip"),
+    "data.on_error": ERROR_POLICIES,
     "data.allow_outside_root": (False, True),
     "optim.name": ("lion", "adamw"),
     "run.device": ("auto", "cpu", "cuda"),

@@ -12,7 +12,7 @@ import maefast
 from maefast.cli import main
 from maefast.data import make_tile_loader, open_dataset, read_channel
 from maefast.data.synthetic import synth_screen
-from maefast.embedding.job import EmbedSettings, read_embeddings, run_embedding
+from maefast.embedding.job import EmbedSettings, read_job, run_embedding
 from maefast.errors import UserInputError
 from tests.test_lock import hold_lock
 
@@ -32,7 +32,7 @@ def test_embeddings_are_the_mean_over_each_sites_tiles(screen, checkpoint, tmp_p
     manifest = json.loads((tmp_path / "emb" / "manifest.json").read_text())
     dataset = open_dataset(screen)
     assert manifest["complete"] and manifest["sites"] == len(dataset) and len(manifest["shards"]) == -(-len(dataset) // 5)
-    sites = read_embeddings(tmp_path / "emb")
+    sites = read_job(tmp_path / "emb")
     assert list(sites["id"]) == list(dataset.ids) and sites.filter(like="feature_").shape[1] == 64
     # one site by hand: its channels in the checkpoint's order, four 64 x 64 tiles, mean of the tile embeddings
     encoder = maefast.from_pretrained(checkpoint).eval()
@@ -44,7 +44,7 @@ def test_embeddings_are_the_mean_over_each_sites_tiles(screen, checkpoint, tmp_p
         expected = encoder.embed(tiles.contiguous()).mean(0)
     got = torch.tensor(sites.filter(like="feature_").iloc[row].to_numpy(), dtype=torch.float32)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
-    wells = read_embeddings(tmp_path / "emb", level="well")
+    wells = read_job(tmp_path / "emb", level="well")
     assert len(wells) == len(dataset) // 2 and (wells["sites"] == 2).all()
     one_well = sites[sites["well"] == wells["well"].iloc[0]].filter(like="feature_").mean().to_numpy()
     np.testing.assert_allclose(wells.filter(like="feature_").iloc[0].to_numpy(), one_well, rtol=1e-5)
@@ -74,10 +74,10 @@ def test_interrupted_job_resumes_to_the_same_output(screen, checkpoint, tmp_path
     assert len(list((tmp_path / "resumed" / "shards").glob("*.parquet"))) == 2
     assert not (tmp_path / "resumed" / "manifest.json").exists()
     with pytest.raises(FileNotFoundError, match="is not complete"):
-        read_embeddings(tmp_path / "resumed")
+        read_job(tmp_path / "resumed")
     summary = run_embedding(encoder, dataset, tmp_path / "resumed", settings, tiles, torch.device("cpu"), show_progress=False)
     assert summary["embedded_here"] == summary["num_shards"] - 2 and summary["complete"]
-    pd.testing.assert_frame_equal(read_embeddings(tmp_path / "resumed"), read_embeddings(tmp_path / "straight"))
+    pd.testing.assert_frame_equal(read_job(tmp_path / "resumed"), read_job(tmp_path / "straight"))
     changed = EmbedSettings(**{**settings.__dict__, "pool": "cls"})
     with pytest.raises(UserInputError, match="holds an embedding job with other settings, weights or data: "
                                              "pool: 'mean' -> 'cls'; use another --out"):

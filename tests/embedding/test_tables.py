@@ -8,7 +8,8 @@ import pytest
 
 import maefast
 from maefast.cli import main
-from maefast.tables import FORMATS, read_embeddings, write_table
+from maefast.embedding.outputs import read_embeddings
+from maefast.tables import FORMATS, write_table
 
 SUFFIX = {"parquet": ".parquet", "h5ad": ".h5ad", "pycytominer-csv": ".csv.gz", "pycytominer-parquet": ".parquet"}
 
