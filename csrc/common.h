@@ -14,7 +14,7 @@
 namespace maefast {
 namespace py = pybind11;
 
-// Element kinds passed from Python (maefast/ops/_cpp.py keeps the same numbering).
+// Element kinds passed from Python (maefast/ops/_cpp.py reads them through maefast._C.ELEMENT_KINDS).
 enum Kind : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2, kUInt8 = 3, kUInt16 = 4, kInt64 = 5 };
 
 inline int num_threads() {

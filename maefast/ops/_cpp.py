@@ -1,7 +1,7 @@
 """Zero-copy views of CPU tensors for maefast._C (buffer protocol), and the element kinds it understands.
 
-numpy has no bfloat16, so 16-bit floats travel as int16 views; `kind` tells the C++ side what they are
-(csrc/common.h keeps the same numbering).
+numpy has no bfloat16, so 16-bit floats travel as int16 views; `kind` tells the C++ side what they are,
+with the numbering the extension itself exports (maefast._C.ELEMENT_KINDS, from csrc/common.h's enum).
 """
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ import ctypes
 import numpy as np
 import torch
 
-KIND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.uint8: 3, torch.uint16: 4, torch.int64: 5}
-
+from maefast.ops.backend import cpp_extension
 
 def kind(dtype: torch.dtype) -> int:
-    if dtype not in KIND:
-        raise TypeError(f"maefast._C does not take {dtype}; expected one of {list(KIND)}")
-    return KIND[dtype]
+    kinds = cpp_extension().ELEMENT_KINDS
+    name = str(dtype).removeprefix("torch.")
+    if name not in kinds:
+        raise TypeError(f"maefast._C does not take {dtype}; expected one of {sorted(kinds)}")
+    return kinds[name]
 
 
 NUMPY = {torch.float32: np.float32, torch.int16: np.int16, torch.uint8: np.uint8, torch.uint16: np.uint16,
