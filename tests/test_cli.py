@@ -5,7 +5,7 @@ import re
 import pytest
 
 import maefast
-import maefast.cli_models
+import maefast.cli.models
 from maefast.cli import main
 
 TRAIN = ["train", "--recipe", "debug", "--no-progress", "--max-steps", "2", "--set", "data.batch_size=4",
@@ -48,7 +48,7 @@ def test_debug_prints_the_traceback_as_well(tmp_path, capsys):
 def test_bugs_keep_their_traceback(monkeypatch, bug):
     def broken(args):
         raise bug
-    monkeypatch.setattr(maefast.cli_models, "list_models_command", broken)
+    monkeypatch.setattr(maefast.cli.models, "list_models_command", broken)
     with pytest.raises(type(bug)):
         main(["models"])
 
@@ -78,3 +78,15 @@ def test_embed_without_a_progress_bar_still_measures_its_speed(screen, checkpoin
                  "--no-progress", "--shard-size", "8"]) == 0
     rate = float(re.search(r"complete, ([0-9.]+) crops/s", capsys.readouterr().out).group(1))
     assert rate > 0
+
+
+def test_help_describes_the_tool_and_version_prints(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"maefast {maefast.__version__}"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "microscopy" in text and "torchrun" in text and "hook" not in text
+    for command in ("models", "data", "train", "embed", "export", "map", "benchmark", "demo"):
+        assert f"    {command}" in text

@@ -3,6 +3,7 @@
     map = build_map(embeddings, perturbation_col="gene", control_label="EMPTY_control", batch_col="plate")
     recall = relationship_recall(map)   # one row per source: n_pairs, recall_0.05_0.95, recall_0.1_0.9
 """
+from maefast.evaluate.benchmark import benchmark_maps
 from maefast.evaluate.consistency import replicate_consistency
 from maefast.evaluate.normalize import (
     aggregate_map, build_map, centerscale_on_controls, fit_pca, normalize_embeddings, pca_transform,
@@ -18,6 +19,7 @@ from maefast.evaluate.relationships import (
 
 __all__ = [
     "DEFAULT_THRESHOLDS", "KNOWN_SOURCES", "MIN_ENTITIES", "SWEEP_THRESHOLDS", "MapScores", "aggregate_map",
+    "benchmark_maps",
     "build_map", "centerscale_on_controls", "fit_pca", "load_relationships", "normalize_embeddings",
     "pca_transform", "plot_recall_bars", "plot_recall_sweep", "plot_recall_vs_flops",
     "plot_similarity_distributions", "relationship_recall", "replicate_consistency", "score_map",

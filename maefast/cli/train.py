@@ -5,8 +5,10 @@ from maefast.errors import UserInputError
 
 
 def add_commands(subparsers) -> None:
-    parser = subparsers.add_parser("train", help="pretrain an MAE or CA-MAE from a recipe",
-                                   description="Pretrain an MAE or CA-MAE. Many GPUs: torchrun --nproc-per-node N "
+    parser = subparsers.add_parser("train",
+                                   help="pretrain a model from a recipe (MAE, CA-MAE, MU-Net, weakly supervised)",
+                                   description="Pretrain a model (MAE, CA-MAE, MU-Net, weakly supervised ViT) from a "
+                                               "recipe. Many GPUs: torchrun --nproc-per-node N "
                                                "-m maefast.cli train ...")
     parser.add_argument("--recipe", default="debug",
                         help="built-in recipe name (see --list-recipes) or a YAML file")

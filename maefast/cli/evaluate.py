@@ -1,13 +1,12 @@
 """`maefast map` (embeddings -> map of perturbations) and `maefast benchmark` (map -> recall and plots)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from maefast.errors import UserInputError
-from maefast.io import atomic_path, write_json_atomic
+from maefast.io import atomic_path
 from maefast.embedding.outputs import read_embeddings
 from maefast.tables import FORMATS, read_table, write_table
 
@@ -100,48 +99,19 @@ def parse_threshold(text: str) -> tuple[float, float]:
 
 
 def benchmark_command(args) -> int:
-    from maefast.evaluate import plots
-    from maefast.evaluate.relationships import (
-        DEFAULT_THRESHOLDS, KNOWN_SOURCES, MIN_ENTITIES, SWEEP_THRESHOLDS, check_thresholds, recall_column,
-        score_map,
-    )
+    from maefast.evaluate.benchmark import benchmark_maps
+    from maefast.evaluate.relationships import DEFAULT_THRESHOLDS, KNOWN_SOURCES, MIN_ENTITIES
 
     labels = args.labels or [Path(p).stem for p in args.maps]
     if len(labels) != len(args.maps) or len(set(labels)) != len(labels):
         raise UserInputError(f"--label: expected {len(args.maps)} distinct labels, one per --map; got {labels}")
-    thresholds = check_thresholds([parse_threshold(t) for t in args.thresholds] if args.thresholds
-                                  else DEFAULT_THRESHOLDS)
-    scored = list(dict.fromkeys(thresholds + check_thresholds(SWEEP_THRESHOLDS)))
-    flops = read_flops(args.flops, labels) if args.flops else None
-    out = Path(args.out)
-
-    recalls, sweeps = {}, {}
-    for label, path in zip(labels, args.maps):
-        scores = score_map(read_map(path, args.perturbation_col), args.sources or KNOWN_SOURCES, scored,
-                           args.min_entities if args.min_entities is not None else MIN_ENTITIES)
-        fixed = ["source", "n_pairs", "n_all_pairs"]
-        recalls[label] = scores.recall[fixed + [recall_column(*t) for t in thresholds]]
-        sweeps[label] = scores.recall[fixed + [recall_column(*t) for t in sorted(SWEEP_THRESHOLDS)]]
-        plots.plot_similarity_distributions(scores, out / f"similarity_{label}.png", thresholds=thresholds[0])
-
-    table = pd.concat([t.assign(map=label) for label, t in recalls.items()], ignore_index=True)
-    table = table[["map"] + [c for c in table.columns if c != "map"]]
-    if flops is not None:
-        table["flops"] = table["map"].map(flops)
-    with atomic_path(out / "recall.csv") as temporary:
-        table.to_csv(temporary, index=False)
-    write_json_atomic(out / "recall.json", json.loads(table.to_json(orient="records")))
-    sweep_table = pd.concat([t.assign(map=label) for label, t in sweeps.items()], ignore_index=True)
-    with atomic_path(out / "recall_sweep.csv") as temporary:
-        sweep_table.to_csv(temporary, index=False)
-
-    plots.plot_recall_bars(recalls, out / "recall_bars.png", thresholds=thresholds[0])
-    plots.plot_recall_sweep(sweeps, out / "recall_sweep.png")
-    if flops is not None:
-        plots.plot_recall_vs_flops(table.rename(columns={"map": "checkpoint"}), out / "recall_vs_flops.png",
-                                   thresholds=thresholds[0])
+    thresholds = [parse_threshold(t) for t in args.thresholds] if args.thresholds else DEFAULT_THRESHOLDS
+    table = benchmark_maps({label: read_map(path, args.perturbation_col) for label, path in zip(labels, args.maps)},
+                           args.out, args.sources or KNOWN_SOURCES, thresholds,
+                           args.min_entities if args.min_entities is not None else MIN_ENTITIES,
+                           read_flops(args.flops, labels) if args.flops else None)
     print(table.to_string(index=False))
-    print(f"wrote recall.csv, recall.json, recall_sweep.csv and plots to {out}")
+    print(f"wrote recall.csv, recall.json, recall_sweep.csv and plots to {args.out}")
     return 0
 
 
