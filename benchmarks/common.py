@@ -1,7 +1,7 @@
 """Shared helpers of the benchmarks: the command line, timing, device rates measured in the same run, JSON lines.
 
 Every benchmark prints one JSON object per measurement and, as its last line, a summary object with at least
-`bench`, `device`, `value`, `baseline` and `ratio` (ARCHITECTURE §5: a number is a ratio against a baseline
+`bench`, `device`, `value`, `baseline` and `ratio` (docs/architecture.md, "Performance accounting": a number is a ratio against a baseline
 measured side by side, or an absolute figure with its device named). `python -m benchmarks.common table
 FILE...` prints the records of JSON-line files as a table.
 

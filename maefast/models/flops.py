@@ -1,4 +1,4 @@
-"""FLOP accounting: the one place the code base counts model FLOPs (ARCHITECTURE §5).
+"""FLOP accounting: the one place the code base counts model FLOPs (docs/architecture.md, "Performance accounting").
 
 Counts matrix-multiply FLOPs (2 per multiply-add) of linear layers and attention; norms, activations
 and the loss are left out, as is usual for MFU. The encoder counts visible tokens only; a training step
@@ -77,7 +77,7 @@ def embedding_flops(config: ViTConfig, channels: int) -> int:
     return encoder_forward_flops(config, channels)
 
 
-# -- baselines (issue 7): masked U-Net and weakly supervised classifier ----------------------------------
+# -- baselines: masked U-Net and weakly supervised classifier -----------------------------------------
 
 def conv_flops(out_pixels: int, kernel: int, fan_in: int, fan_out: int) -> int:
     """A (transposed) convolution as a GEMM: 2 * output pixels * k * k * C_in * C_out.

@@ -94,7 +94,7 @@ def model_config_dict(model) -> dict:
     return dataclasses.asdict(config)
 
 
-# -- baselines (issue 7): masked U-Nets and weakly supervised ViT classifiers (need num_classes=...)
+# -- baselines: masked U-Nets and weakly supervised ViT classifiers (need num_classes=...)
 for _name, _fields in MUNET_SIZES.items():
     register(_name, munet_factory(_fields))
 for _name, _fields in ENCODERS.items():

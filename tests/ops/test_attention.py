@@ -1,4 +1,4 @@
-"""attention: the Triton flash-attention kernel against the reference, and the dispatcher (ARCHITECTURE §3)."""
+"""attention: the Triton flash-attention kernel against the reference, and the dispatcher (docs/architecture.md, "The op contract")."""
 import importlib
 
 import pytest

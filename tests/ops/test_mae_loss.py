@@ -1,4 +1,4 @@
-"""mae_loss: the fused Triton loss against the reference (ARCHITECTURE §3)."""
+"""mae_loss: the fused Triton loss against the reference (docs/architecture.md, "The op contract")."""
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode

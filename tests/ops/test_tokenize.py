@@ -1,4 +1,4 @@
-"""tokenize and masked_targets: every fused backend against the reference (ARCHITECTURE §3)."""
+"""tokenize and masked_targets: every fused backend against the reference (docs/architecture.md, "The op contract")."""
 import pytest
 import torch
 

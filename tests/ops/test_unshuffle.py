@@ -1,4 +1,4 @@
-"""unshuffle: every fused backend against the reference (ARCHITECTURE §3)."""
+"""unshuffle: every fused backend against the reference (docs/architecture.md, "The op contract")."""
 import pytest
 import torch
 
