@@ -120,7 +120,7 @@ torch.__version__, '| maefast._C', 'built' if cpp() else 'not built (CPU ops: re
 
     stamp "done (tests exit code $tests_rc)"
     echo
-    column -t -s $'\t' "$out/steps.tsv" | tee "$out/steps.tsv"
+    column -t -s $'\t' "$out/steps.tsv" | tee "$out/steps.txt"
     echo
     python -m benchmarks.common table "$records" | tee "$out/table.txt"
     exit $tests_rc
