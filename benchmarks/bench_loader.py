@@ -112,14 +112,15 @@ def decode_benchmark(size: int = 512, calls: int = 100) -> dict:
         stream, raw_size = _image_data(png), (size * image.itemsize + 1) * size
         assert np.array_equal(_C.decode_png(png), image)
         batch = 8
-        decoders = {"maefast inflate": (lambda: _C.zlib_inflate(stream, raw_size), 1),
-                    "zlib inflate": (lambda: zlib.decompress(stream), 1),
-                    "maefast png": (lambda: _C.decode_png(png), 1),
-                    "pillow png": (lambda: np.asarray(Image.open(io.BytesIO(png))), 1)}
+        # the lambdas run before the loop moves on: binding stream, raw_size and png late is what is meant
+        decoders = {"maefast inflate": (lambda: _C.zlib_inflate(stream, raw_size), 1),  # noqa: B023
+                    "zlib inflate": (lambda: zlib.decompress(stream), 1),  # noqa: B023
+                    "maefast png": (lambda: _C.decode_png(png), 1),  # noqa: B023
+                    "pillow png": (lambda: np.asarray(Image.open(io.BytesIO(png))), 1)}  # noqa: B023
         try:
             import deflate
             assert deflate.zlib_decompress(stream, raw_size) == zlib.decompress(stream)
-            decoders["libdeflate inflate"] = (lambda: deflate.zlib_decompress(stream, raw_size), 1)
+            decoders["libdeflate inflate"] = (lambda: deflate.zlib_decompress(stream, raw_size), 1)  # noqa: B023
         except ImportError:
             print("decode: libdeflate not measured: pip install deflate (or maefast[bench])")
         if importlib.util.find_spec("nvidia.dali"):

@@ -18,8 +18,8 @@ from __future__ import annotations
 import copy
 import importlib.util
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

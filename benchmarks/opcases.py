@@ -9,8 +9,8 @@ An op module (bench_tokenize, bench_unshuffle, bench_mae_loss, bench_attention) 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 

@@ -3,7 +3,7 @@
 softmax(q k^T * scale) v without materializing the scores: online softmax over key blocks in the forward
 (saving the base-2 log-sum-exp per query row), recomputation in the backward:
 _attention_fwd_kernel        one program per (query block, batch * head)
-_attention_bwd_delta_kernel  delta = rowsum(dO * O)
+_attention_bwd_delta_kernel  delta = rowsum(dO * OUT)
 _attention_bwd_dkdv_kernel   one program per (key block, batch * head), loops over query blocks
 _attention_bwd_dq_kernel     one program per (query block, batch * head), loops over key blocks
 Any sequence lengths (self- and cross-attention), head dims up to 128 (padded to a power of two), any
@@ -16,7 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-from maefast.kernels._common import Launch, config, emulate_rtne, interpreting as _interpreting, launch, to_output
+from maefast.kernels._common import Launch, config, emulate_rtne, launch, to_output
+from maefast.kernels._common import interpreting as _interpreting
 
 LOG2E = 1.4426950408889634  # the kernels work in base 2: exp(x) = exp2(x * log2(e))
 
@@ -64,7 +65,7 @@ def _ln_rows_backward(dy, x_hat, rstd, w_ptr, offs_d, d_mask, HEAD_DIM):
 
 
 @triton.jit
-def _attention_fwd_kernel(Q, K, V, O, LSE, QW, QB, KW, KB, qk_scale, eps,
+def _attention_fwd_kernel(Q, K, V, OUT, LSE, QW, QB, KW, KB, qk_scale, eps,
                           sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod,
                           H, NQ, NK, HEAD_DIM,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -113,14 +114,14 @@ def _attention_fwd_kernel(Q, K, V, O, LSE, QW, QB, KW, KB, qk_scale, eps,
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
     acc = acc / l_i[:, None]
-    o_base = O + b.to(tl.int64) * sob + h.to(tl.int64) * soh
-    tl.store(o_base + offs_m[:, None] * som + offs_d[None, :] * sod, to_output(acc, O.dtype.element_ty, EMULATE_RTNE),
+    o_base = OUT + b.to(tl.int64) * sob + h.to(tl.int64) * soh
+    tl.store(o_base + offs_m[:, None] * som + offs_d[None, :] * sod, to_output(acc, OUT.dtype.element_ty, EMULATE_RTNE),
              mask=m_mask[:, None] & d_mask[None, :])
     tl.store(LSE + pid_bh.to(tl.int64) * NQ + offs_m, m_i + tl.math.log2(l_i), mask=m_mask)
 
 
 @triton.jit
-def _attention_bwd_delta_kernel(O, DO, DELTA, sob, soh, som, sod, sdb, sdh, sdm, sdd, H, NQ, HEAD_DIM,
+def _attention_bwd_delta_kernel(OUT, DO, DELTA, sob, soh, som, sod, sdb, sdh, sdm, sdd, H, NQ, HEAD_DIM,
                                 BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -129,7 +130,7 @@ def _attention_bwd_delta_kernel(O, DO, DELTA, sob, soh, som, sod, sdb, sdh, sdm,
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_m < NQ)[:, None] & (offs_d < HEAD_DIM)[None, :]
-    o = tl.load(O + b.to(tl.int64) * sob + h.to(tl.int64) * soh + offs_m[:, None] * som + offs_d[None, :] * sod,
+    o = tl.load(OUT + b.to(tl.int64) * sob + h.to(tl.int64) * soh + offs_m[:, None] * som + offs_d[None, :] * sod,
                 mask=mask, other=0.0).to(tl.float32)
     do = tl.load(DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh + offs_m[:, None] * sdm + offs_d[None, :] * sdd,
                  mask=mask, other=0.0).to(tl.float32)

@@ -15,7 +15,7 @@ transposed in registers.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import torch
 import triton
@@ -106,7 +106,7 @@ def _mae_loss_kernel(pred_ptr, target_ptr, dft_re_ptr, dft_im_ptr, partial_ptr, 
     tl.store(partial_ptr + pid * 2 + 1, tl.sum(tl.sum(fourier_acc, axis=1), axis=0))
 
 
-@lru_cache(maxsize=None)
+@cache
 def dft_matrices(side: int, device_str: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Real and imaginary parts (p*p, p*p) of the orthonormal 2-D DFT acting on row-major flattened patches."""
     k = torch.arange(side, dtype=torch.float64)

@@ -23,13 +23,13 @@ def _unshuffle_fwd_kernel(vis_ptr, inv_ptr, mask_ptr, pos_ptr, out_ptr, n_rows, 
     d_mask = d < D
     k = tl.load(inv_ptr + r, mask=r_mask, other=-1)
     b = r // L
-    l = r % L
+    position = r % L
     visible = k >= 0
     src = (b.to(tl.int64) * K + k)[:, None] * D + d[None, :]
     v = tl.load(vis_ptr + src, mask=(r_mask & visible)[:, None] & d_mask[None, :], other=0.0).to(tl.float32)
     token = tl.load(mask_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
     value = tl.where(visible[:, None], v, token[None, :])
-    value += tl.load(pos_ptr + l[:, None] * D + d[None, :], mask=r_mask[:, None] & d_mask[None, :],
+    value += tl.load(pos_ptr + position[:, None] * D + d[None, :], mask=r_mask[:, None] & d_mask[None, :],
                      other=0.0).to(tl.float32)
     tl.store(out_ptr + r[:, None].to(tl.int64) * D + d[None, :], to_output(value, out_ptr.dtype.element_ty, EMULATE_RTNE),
              mask=r_mask[:, None] & d_mask[None, :])

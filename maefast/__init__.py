@@ -13,7 +13,11 @@ from maefast._source_tree import register_kernels_package
 register_kernels_package()
 
 from maefast.models import (  # noqa: E402
-    create_model, from_pretrained, list_models, load_pretrained, save_pretrained,
+    create_model,
+    from_pretrained,
+    list_models,
+    load_pretrained,
+    save_pretrained,
 )
 
 __version__ = "0.1.0"

@@ -24,4 +24,4 @@ def register_kernels_package() -> None:
     module = importlib.util.module_from_spec(spec)
     sys.modules["maefast.kernels"] = module
     spec.loader.exec_module(module)
-    setattr(sys.modules["maefast"], "kernels", module)
+    sys.modules["maefast"].kernels = module

@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from maefast.errors import MissingDependency, UserInputError
-from maefast.io import atomic_path, read_table as read_named_table
+from maefast.io import atomic_path
+from maefast.io import read_table as read_named_table
 
 FORMATS = ("parquet", "h5ad", "pycytominer-csv", "pycytominer-parquet")
 METADATA_PREFIX = "Metadata_"

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from maefast.embedding.outputs import read_embeddings
 from maefast.errors import UserInputError
 from maefast.io import atomic_path
-from maefast.embedding.outputs import read_embeddings
 from maefast.tables import FORMATS, read_table, write_table
 
 

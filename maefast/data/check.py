@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from maefast.data.dataset import Dataset
-from maefast.data.layouts import detect_layout, read_layout
 from maefast.data.decode import ImageReadError, read_channel
+from maefast.data.layouts import detect_layout, read_layout
 
 KINDS = ("metadata", "duplicate id", "missing", "unreadable", "format")
 

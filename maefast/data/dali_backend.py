@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from nvidia.dali import fn, math as dali_math, pipeline_def, types
+from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali import math as dali_math
 
 from maefast.data import dali_plugin
 from maefast.data.dataset import Dataset
@@ -31,6 +32,8 @@ from maefast.data.torch_backend import ImageReader
 
 _DALI_TYPES = {np.dtype(np.uint8): types.UINT8, np.dtype(np.uint16): types.UINT16}
 
+
+CPU = torch.device("cpu")
 
 def _encode(path: str) -> np.ndarray:
     return np.frombuffer(path.encode("utf-8"), dtype=np.uint8)
@@ -45,8 +48,7 @@ def _augment(crop, flags):
 
 class DaliBackend:
     def __init__(self, dataset: Dataset, crop_size: int, crops_per_image: int, batch_size: int, augment: bool,
-                 num_threads: int = 2, on_error: str = "raise", device: torch.device = torch.device("cpu"),
-                 prefetch: int = 2):
+                 num_threads: int = 2, on_error: str = "raise", device: torch.device = CPU, prefetch: int = 2):
         self.dataset, self.crop_size, self.crops, self.batch_size = dataset, crop_size, crops_per_image, batch_size
         self.augment, self.num_threads, self.on_error = augment, num_threads, on_error
         self.device, self.prefetch = device, prefetch

@@ -20,7 +20,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-
 _loaded: Path | None = None
 
 

@@ -24,7 +24,6 @@ import pandas as pd
 
 from maefast.data.decode import ImageReadError, ImageSpec, probe_channel
 from maefast.errors import UserInputError
-from maefast.io import read_json, read_table
 
 STANDARD_COLUMNS = ("id", "batch", "plate", "well", "site", "perturbation", "is_control")
 PACKED_FORMAT = "maefast-packed-v1"
@@ -73,10 +72,10 @@ class Dataset:
         record = self.table.iloc[row]
         return [record[f"illum_{name}"] for name in self.channels]
 
-    def select_channels(self, names) -> "Dataset":
+    def select_channels(self, names) -> Dataset:
         return replace(self, channels=_select(names, self.stored_channels))
 
-    def subset(self, rows) -> "Dataset":
+    def subset(self, rows) -> Dataset:
         """The dataset restricted to the given row positions (in that order)."""
         return replace(self, table=self.table.iloc[np.asarray(rows)].reset_index(drop=True))
 

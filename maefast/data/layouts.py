@@ -10,9 +10,8 @@ import os
 import re
 from pathlib import Path
 
-import pandas as pd
-
 import numpy as np
+import pandas as pd
 
 from maefast.data.dataset import PACKED_FORMAT, Dataset, file_dataset, require_inside_root, sample_rows
 from maefast.errors import UserInputError

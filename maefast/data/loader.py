@@ -59,8 +59,7 @@ class Loader:
             except PluginUnavailable as error:
                 if backend == "dali":
                     raise
-                warnings.warn(f"DALI loader unavailable, using the PyTorch fallback: {error}")
-        self.backend_name = backend if self.backend is not None else "torch"
+                warnings.warn(f"DALI loader unavailable, using the PyTorch fallback: {error}", stacklevel=3)
         if self.backend is None:
             from maefast.data.torch_backend import TorchBackend
             self.backend = TorchBackend(dataset, plan.crop_size, num_workers, on_error, self.device)
@@ -82,9 +81,6 @@ class Loader:
             self.step = batch.step + 1
             yield out
         self.epoch, self.step = self.epoch + 1, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch, self.step = epoch, 0
 
     def state_dict(self) -> dict:
         return dict(epoch=self.epoch, step=self.step, seed=getattr(self.plan, "seed", None),

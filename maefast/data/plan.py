@@ -34,7 +34,7 @@ class Batch:
     anchors: np.ndarray       # (n, K, 2) int64 top-left (y, x) of each crop
     augment: np.ndarray       # (n, K, 3) bool: transpose, flip vertical, flip horizontal
 
-    def without(self, keep: np.ndarray) -> "Batch":
+    def without(self, keep: np.ndarray) -> Batch:
         return Batch(self.step, self.images[keep], self.anchors[keep], self.augment[keep])
 
 

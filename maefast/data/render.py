@@ -34,11 +34,11 @@ class BatchEffect:
     vignette: float = 0.0     # strength of the radial fall-off
 
     @staticmethod
-    def none(channels: int) -> "BatchEffect":
+    def none(channels: int) -> BatchEffect:
         return BatchEffect(np.ones(channels, np.float32), np.full(channels, 0.03, np.float32))
 
     @staticmethod
-    def random(rng: np.random.Generator, channels: int, strength: float = 1.0) -> "BatchEffect":
+    def random(rng: np.random.Generator, channels: int, strength: float = 1.0) -> BatchEffect:
         return BatchEffect(gain=np.exp(rng.normal(0, 0.15 * strength, channels)).astype(np.float32),
                            offset=(0.03 + 0.02 * strength * rng.random(channels)).astype(np.float32),
                            tilt=tuple(rng.normal(0, 0.1 * strength, 2)), vignette=float(0.25 * strength * rng.random()))

@@ -193,7 +193,7 @@ def _write_jump_tables(out: Path, sites: pd.DataFrame, names: list[str], config)
                           "Metadata_Symbol": sites["gene"],
                           "Metadata_pert_type": np.where(sites["gene"] == CONTROL_LABEL, "control", "trt")})
     for k, name in enumerate(names):
-        files = sites["files"].map(lambda f: Path(f[k]))
+        files = sites["files"].map(lambda f, k=k: Path(f[k]))
         table[f"FileName_Orig{name}"] = files.map(lambda p: p.name)
         table[f"PathName_Orig{name}"] = files.map(lambda p: str(p.parent.relative_to(out)))
         table[f"FileName_Illum{name}"] = table["Metadata_Plate"] + f"_Illum{name}.npy"

@@ -9,12 +9,14 @@ import os
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset as TorchDataset
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
 
 from maefast.data.dataset import Dataset
 from maefast.data.decode import ImageReadError, apply_illumination, read_channel
 from maefast.data.plan import Batch, apply_augment
 
+CPU = torch.device("cpu")
 
 class ImageReader:
     """Reads images and crops of one Dataset; shared by the fallback loader, `data pack` and `data check`."""
@@ -118,7 +120,7 @@ class TorchBackend:
     """Executes planned batches with a torch DataLoader of `num_workers` persistent processes (0: in this one)."""
 
     def __init__(self, dataset: Dataset, crop_size: int, num_workers: int = 2, on_error: str = "raise",
-                 device: torch.device = torch.device("cpu")):
+                 device: torch.device = CPU):
         self.dataset, self.on_error, self.device, self.feed = dataset, on_error, device, _Feed()
         workers = dict(num_workers=num_workers, persistent_workers=True, prefetch_factor=2,
                        # workers forked from a process running DALI threads can deadlock: start clean ones

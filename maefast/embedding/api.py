@@ -1,15 +1,15 @@
 """`maefast.embed(...)`: the library form of `maefast embed`."""
 from __future__ import annotations
 
+from maefast import distributed
 from maefast.data import make_tile_loader, open_dataset
 from maefast.embedding.encoder import load_encoder, weights_file
 from maefast.embedding.job import EmbedSettings, run_embedding
+from maefast.embedding.outputs import export_embeddings
 from maefast.errors import UserInputError
 from maefast.io import file_sha256
 from maefast.models.registry import input_config
-from maefast.embedding.outputs import export_embeddings
 from maefast.tables import check_format, import_anndata
-from maefast import distributed
 
 
 def resolve_channels(dataset, encoder, requested: list[str], checkpoint_channels: list[str]):

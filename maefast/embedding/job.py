@@ -19,13 +19,13 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from maefast.distributed import DistributedContext, barrier, broadcast_object, run_on_main
+from maefast.embedding.runner import COMPILE_CHOICES, TileEmbedder
 from maefast.errors import UserInputError
 from maefast.io import atomic_path, read_json, read_table, write_json_atomic
-from maefast.embedding.runner import COMPILE_CHOICES, TileEmbedder
 from maefast.lock import OutputLock
 from maefast.models.attention_setup import check_attention_choice
 from maefast.records import changes, describe_changes
-from maefast.distributed import DistributedContext, barrier, broadcast_object, run_on_main
 
 METADATA = ("id", "batch", "plate", "well", "site", "perturbation", "is_control")
 JOB_FILE, MANIFEST_FILE = "job.json", "manifest.json"

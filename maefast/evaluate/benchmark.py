@@ -15,7 +15,13 @@ import pandas as pd
 
 from maefast.evaluate import plots
 from maefast.evaluate.relationships import (
-    DEFAULT_THRESHOLDS, KNOWN_SOURCES, MIN_ENTITIES, SWEEP_THRESHOLDS, check_thresholds, recall_column, score_map,
+    DEFAULT_THRESHOLDS,
+    KNOWN_SOURCES,
+    MIN_ENTITIES,
+    SWEEP_THRESHOLDS,
+    check_thresholds,
+    recall_column,
+    score_map,
 )
 from maefast.io import atomic_path, write_json_atomic
 

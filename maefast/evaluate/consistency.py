@@ -11,7 +11,7 @@ values >= x (EFAAR: 1 - searchsorted(sorted_null, x, "left") / len(null)).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

@@ -13,7 +13,7 @@ The input is a table with one row per replicate unit (site or well): metadata co
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

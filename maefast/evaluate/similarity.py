@@ -14,8 +14,8 @@ raise instead of giving a wrong answer. Memory is one block of `block_rows` x N 
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from maefast.errors import UserInputError
 from maefast.models.common import field_names, reject_unknown_options
-from maefast.models.vit import ViTConfig, VisionTransformer
+from maefast.models.vit import VisionTransformer, ViTConfig
 
 
 @dataclass

@@ -15,7 +15,7 @@ import torch.nn as nn
 from maefast.errors import UserInputError
 from maefast.fields import check_field_types
 from maefast.models.layers import Block, CrossAttention, Mlp, layer_norm, sincos_position_embedding
-from maefast.models.vit import ViTConfig, VisionTransformer
+from maefast.models.vit import VisionTransformer, ViTConfig
 from maefast.ops import mae_loss, masked_targets, random_masking, unshuffle
 from maefast.ops.mae_loss import DEFAULT_FOURIER_WEIGHT, check_fourier_weight
 from maefast.ops.masking import check_mask_ratio

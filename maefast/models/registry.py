@@ -6,14 +6,14 @@ Overrides are fields of ViTConfig (encoder) or MAEConfig (decoder, masking, loss
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 from maefast.errors import UnknownOptionError, UserInputError
 from maefast.models.classifier import classifier_factory
 from maefast.models.common import field_names, reject_unknown_options
 from maefast.models.mae import MAEConfig, MaskedAutoencoder
 from maefast.models.munet import MUNET_SIZES, munet_factory
-from maefast.models.vit import ViTConfig, VisionTransformer
+from maefast.models.vit import VisionTransformer, ViTConfig
 
 # name -> encoder config fields (the papers' backbones: timm sizes at 256 x 256)
 ENCODERS: dict[str, dict] = {

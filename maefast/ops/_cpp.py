@@ -12,6 +12,7 @@ import torch
 
 from maefast.ops.backend import cpp_extension
 
+
 def kind(dtype: torch.dtype) -> int:
     kinds = cpp_extension().ELEMENT_KINDS
     name = str(dtype).removeprefix("torch.")

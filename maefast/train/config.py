@@ -154,7 +154,7 @@ SECTIONS = {"model": ModelSection, "data": DataSection, "optim": OptimSection, "
 
 def build_config(raw: dict) -> TrainConfig:
     sections = {}
-    for name, value in raw.items():
+    for name in raw:
         if name not in SECTIONS:
             raise UserInputError(f"unknown config section {name!r}; sections are {sorted(SECTIONS)}")
     for name, cls in SECTIONS.items():

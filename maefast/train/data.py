@@ -5,8 +5,8 @@ from pathlib import Path
 
 from maefast.data import make_loader, open_dataset
 from maefast.data.synthetic import synth_screen
-from maefast.train.config import TrainConfig
 from maefast.distributed import DistributedContext, barrier
+from maefast.train.config import TrainConfig
 
 
 def synthetic_screen_path(config: TrainConfig, out_dir: Path, context: DistributedContext) -> Path:

@@ -12,6 +12,7 @@ import yaml
 from torch.distributed.checkpoint.state_dict import get_model_state_dict
 from tqdm import tqdm
 
+from maefast import distributed as dist_utils
 from maefast.errors import UserInputError
 from maefast.io import atomic_path, write_json_atomic
 from maefast.lock import OutputLock
@@ -19,18 +20,28 @@ from maefast.models.checkpoint import pretrained_config, save_pretrained
 from maefast.models.families import family_of
 from maefast.models.registry import create_model, input_config
 from maefast.records import describe_changes
-from maefast import distributed as dist_utils
 from maefast.train.acceleration import choose_attention, compile_enabled, record_attention
 from maefast.train.config import TrainConfig
 from maefast.train.data import build_train_loader
 from maefast.train.observe import (
-    ScalarLog, Throughput, measure_matmul_rate, save_loss_curve, save_reconstruction_grid,
+    ScalarLog,
+    Throughput,
+    measure_matmul_rate,
+    save_loss_curve,
+    save_reconstruction_grid,
 )
 from maefast.train.optim import build_optimizer, build_scheduler
 from maefast.train.resume import check_config, check_data, record_config
 from maefast.train.state import (
-    FULL, Checkpoint, checkpoint_dirs, checkpoint_root, newest_intact_checkpoint, restore_checkpoint, rng_state,
-    save_checkpoint, set_rng_state,
+    FULL,
+    Checkpoint,
+    checkpoint_dirs,
+    checkpoint_root,
+    newest_intact_checkpoint,
+    restore_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
 )
 
 
@@ -162,7 +173,7 @@ class Trainer:
             set_rng_state(rng_states[self.context.rank])
         else:
             warnings.warn(f"checkpoint has RNG states of {len(rng_states)} ranks, this run has "
-                          f"{self.context.world_size}: masks are re-seeded, not replayed")
+                          f"{self.context.world_size}: masks are re-seeded, not replayed", stacklevel=2)
             torch.manual_seed(self.config.run.seed * 1_000_003 + self.context.rank + self.step)
         if self.context.is_main:
             print(f"maefast train: resumed from {checkpoint.path} at step {self.step}")
@@ -253,7 +264,7 @@ class Trainer:
                     message = f"non-finite loss at step {self.step + 1} (batch images {ids[:16]}{'...' if len(ids) > 16 else ''})"
                     if streak >= run.nonfinite_limit:
                         raise NonFiniteLoss(f"{message}; {streak} in a row, the limit is run.nonfinite_limit={run.nonfinite_limit}")
-                    warnings.warn(message + ": step skipped")
+                    warnings.warn(message + ": step skipped", stacklevel=2)
                     continue
                 streak = 0
                 grad_norm = self.clip_gradients()

@@ -23,7 +23,10 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict,
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
     set_optimizer_state_dict,
 )
 
@@ -134,7 +137,7 @@ def newest_intact_checkpoint(out_dir) -> Checkpoint | None:
             skipped.append(f"{path.name}: {error}")
             continue
         for reason in skipped:
-            warnings.warn(f"resume: skipped the damaged checkpoint {reason}")
+            warnings.warn(f"resume: skipped the damaged checkpoint {reason}", stacklevel=2)
         return checkpoint
     if skipped:
         raise UserInputError(f"{checkpoint_root(out_dir)}: no intact checkpoint to resume from; " + "; ".join(skipped))
@@ -159,5 +162,5 @@ def checkpoint_history(out_dir) -> list[dict]:
         try:
             history.append({**read_json(path / META_FILE), "path": path.name})
         except (UserInputError, FileNotFoundError) as error:
-            warnings.warn(f"checkpoint history: {path.name} left out: {error}")
+            warnings.warn(f"checkpoint history: {path.name} left out: {error}", stacklevel=2)
     return history

@@ -128,6 +128,7 @@ def test_check_reports_what_the_loaders_refuse(jump16, tmp_path):
 def test_rxrx_paths_outside_the_root(rxrx8, tmp_path):
     """An `experiment` value with ../ leaves the data root: refused naming the row, read with the opt-in."""
     import pandas as pd
+
     from maefast.cli import main
     root = copy_screen(rxrx8, tmp_path)
     metadata = pd.read_csv(root / "metadata.csv")
@@ -154,6 +155,7 @@ def test_rxrx_paths_outside_the_root(rxrx8, tmp_path):
 def test_jump_paths_outside_the_root(jump16, tmp_path, kind):
     """PathName_* / FileName_* columns that leave the table's folder: refused, or read with the opt-in."""
     import pandas as pd
+
     from maefast.train.config import build_config
     root = copy_screen(jump16, tmp_path)
     table = pd.read_csv(root / "load_data.csv")

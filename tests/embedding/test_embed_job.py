@@ -59,7 +59,10 @@ def test_interrupted_job_resumes_to_the_same_output(screen, checkpoint, tmp_path
     encoder = maefast.from_pretrained(checkpoint)
     settings = EmbedSettings(checkpoint=str(checkpoint), tile_size=64, batch_size=2, shard_size=4,
                              channels=tuple(dataset.channels))
-    tiles = lambda subset: make_tile_loader(subset, batch_size=2, crop_size=64)
+
+    def tiles(subset):
+        return make_tile_loader(subset, batch_size=2, crop_size=64)
+
     run_embedding(encoder, dataset, tmp_path / "straight", settings, tiles, torch.device("cpu"), show_progress=False)
     calls = {"n": 0}
 

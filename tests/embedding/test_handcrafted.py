@@ -7,7 +7,12 @@ import scipy.stats
 import torch
 
 from maefast.embedding.handcrafted import (
-    GLCM_STATS, HandcraftedEmbedder, cooccurrence, feature_names, glcm_statistics, handcrafted_features,
+    GLCM_STATS,
+    HandcraftedEmbedder,
+    cooccurrence,
+    feature_names,
+    glcm_statistics,
+    handcrafted_features,
 )
 
 

@@ -2,15 +2,20 @@
 import numpy as np
 import pandas as pd
 import pytest
-from tests.evaluate.evaluate_helpers import synthetic_screen
 from scipy import linalg
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
 from maefast.evaluate import (
-    aggregate_map, build_map, centerscale_on_controls, fit_pca, normalize_embeddings, pca_transform,
+    aggregate_map,
+    build_map,
+    centerscale_on_controls,
+    fit_pca,
+    normalize_embeddings,
+    pca_transform,
     tvn_on_controls,
 )
+from tests.evaluate.evaluate_helpers import synthetic_screen
 
 
 def align_signs(actual, expected):

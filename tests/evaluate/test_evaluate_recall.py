@@ -2,11 +2,11 @@
 import numpy as np
 import pandas as pd
 import pytest
-from tests.evaluate.evaluate_helpers import brute_force_recall
 
 from maefast.evaluate import KNOWN_SOURCES, load_relationships, relationship_recall, score_map
 from maefast.evaluate.relationships import annotation_dir
 from maefast.evaluate.similarity import scan_similarities
+from tests.evaluate.evaluate_helpers import brute_force_recall
 
 THRESHOLDS = [(0.05, 0.95), (0.1, 0.9), (0.01, 0.99), (0.25, 0.6)]
 

@@ -6,7 +6,6 @@ import torch.nn.functional as F
 import maefast
 from maefast.models.families import family_of
 from maefast.models.flops import classifier_forward_flops, encoder_forward_flops
-from maefast.models.classifier import WeaklySupervisedClassifier
 from tests.helpers import random_pixels
 
 DEBUG = "wsl_vit_debug_patch8_64"

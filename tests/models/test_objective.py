@@ -52,7 +52,10 @@ def test_masked_mse_and_fourier_mix():
     pred, target = torch.randn(2, 5, 48), torch.randn(2, 5, 48)  # patch 4, 3 channels
     out = mae_loss(pred, target, channels=3, fourier_weight=0.25)
     mse = ((pred - target) ** 2).mean()
-    spectrum = lambda x: torch.fft.fft2(x.view(2, 5, 4, 4, 3).permute(0, 1, 4, 2, 3), norm="ortho").abs()
+
+    def spectrum(x):
+        return torch.fft.fft2(x.view(2, 5, 4, 4, 3).permute(0, 1, 4, 2, 3), norm="ortho").abs()
+
     fourier = (spectrum(pred) - spectrum(target)).abs().mean()
     torch.testing.assert_close(out.mse, mse)
     torch.testing.assert_close(out.fourier, fourier)

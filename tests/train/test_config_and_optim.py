@@ -3,15 +3,15 @@ import math
 import pytest
 import torch
 
+import maefast
 from maefast.errors import UserInputError
 from maefast.fields import field_types
-from maefast.models.flops import mae_training_flops, embedding_flops
+from maefast.models.flops import embedding_flops, mae_training_flops
 from maefast.models.mae import MAEConfig
 from maefast.models.munet import MUNetConfig
 from maefast.models.vit import ViTConfig
 from maefast.train.config import SECTIONS, load_config, recipe_names
 from maefast.train.optim import Lion, build_optimizer, one_cycle_factor
-import maefast
 
 
 def test_recipes_hold_the_papers_settings():
@@ -34,7 +34,7 @@ def test_overrides_and_refusals_name_the_key():
         "optim.lr=-1": "optim.lr=-1 must be a positive number",
         "optim.betas=[0.9, 1.5]": r"optim.betas=\[0.9, 1.5\] must be two numbers in \[0, 1\)",
         "optim.betas=[0.9]": r"optim.betas=\(0.9,\) must be a list of 2 items: a finite number, a finite number",
-        "model.name=vit_small_patch16_256": "encoder family\) cannot be trained; the trainable families are CA-MAE \(camae_\*\), MAE",
+        "model.name=vit_small_patch16_256": r"encoder family\) cannot be trained; the trainable families are CA-MAE \(camae_\*\), MAE",
         "model.overrides.mask_ratio=1.0": r"mask_ratio must be in \[0, 1\), got 1.0",
         "data.crop_size=32": "data.crop_size=32 must equal the model's img_size 64",
         "run.speed=9": r"unknown key\(s\) \['run.speed'\]",

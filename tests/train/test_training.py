@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 import maefast
-from maefast.models.families import family_of
 from maefast.embedding.encoder import load_encoder
+from maefast.models.families import family_of
 from maefast.train.config import load_config
 from maefast.train.loop import NonFiniteLoss, Trainer, train
 
@@ -185,7 +185,7 @@ def test_activation_checkpointing_recomputes_blocks_and_trains_the_same(screen, 
         trainer = Trainer(config_for(screen, "run.max_steps=2", f"run.activation_checkpointing={checkpointing}"),
                           tmp_path / name, show_progress=False)
         calls = []
-        trainer.model.encoder.blocks[0].in_proj.register_forward_hook(lambda *_: calls.append(1))
+        trainer.model.encoder.blocks[0].in_proj.register_forward_hook(lambda *_, calls=calls: calls.append(1))
         trainer.train()
         forward_calls.append(len(calls))
         weights.append(load_file(str(tmp_path / name / "checkpoints" / "step-00000002" / "model.safetensors")))
