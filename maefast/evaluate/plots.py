@@ -58,7 +58,7 @@ def plot_recall_bars(recalls: Mapping[str, pd.DataFrame], path: str | os.PathLik
     column = recall_column(*thresholds)
     sources = _sources(recalls, column)
     width = 0.8 / len(recalls)
-    figure = Figure(figsize=(1.2 + 1.3 * len(sources) + 0.3 * len(recalls), 4))
+    figure = Figure(figsize=(3.5 + 1.3 * len(sources) + 0.3 * len(recalls), 4))
     axes = figure.add_subplot()
     for i, (label, table) in enumerate(recalls.items()):
         values = table.set_index("source")[column].reindex(sources)
@@ -72,7 +72,7 @@ def plot_recall_bars(recalls: Mapping[str, pd.DataFrame], path: str | os.PathLik
     axes.set_xticks(np.arange(len(sources)), [_source_label(recalls, source) for source in sources])
     axes.set_ylabel(f"recall at ({thresholds[0]}, {thresholds[1]})")
     axes.set_title("Known relationships recalled" + (" (bars: 95% intervals)" if intervals else ""))
-    axes.legend(fontsize="small")
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never on them
     save_figure(figure, path)
 
 
@@ -92,7 +92,8 @@ def plot_map_pca(maps: Mapping[str, pd.DataFrame], groups: pd.Series, path: str 
     if not maps:
         raise UserInputError("no maps to plot")
     labels = sorted(set(groups.dropna()))
-    colours = {g: (cm.tab20(k % 20), "os^D"[k // 20 % 4]) for k, g in enumerate(labels)}
+    # tab20's 10 dark hues first, then their light pairs; markers change every 20 groups
+    colours = {g: (cm.tab20((2 * k + k // 10) % 20), "os^D"[k // 20 % 4]) for k, g in enumerate(labels)}
     columns = min(len(maps), 4)
     rows = math.ceil(len(maps) / columns)
     figure = Figure(figsize=(3.3 * columns, 3.2 * rows + 0.4))

@@ -124,7 +124,8 @@ def test_plots_are_written(tmp_path):
 def test_bars_with_intervals_and_pair_counts(tmp_path):
     rng = np.random.default_rng()
     sources = ["CORUM", "HuMAP"]
-    tables = {label: pd.DataFrame({"source": sources, "n_pairs": [133, n], "recall_0.05_0.95": rng.uniform(0.2, 0.8, 2)})
+    tables = {label: pd.DataFrame({"source": sources, "n_pairs": [133, n],
+                                   "recall_0.05_0.95": rng.uniform(0.2, 0.8, 2)})
               for label, n in (("a", 7), ("b", 9))}
     intervals = {label: table.assign(recall_low=table["recall_0.05_0.95"] - 0.1,
                                      recall_high=table["recall_0.05_0.95"] + 0.1) for label, table in tables.items()}

@@ -61,7 +61,8 @@ def test_permutation_null_equals_relabelled_maps(tmp_path):
         names = np.empty(len(features), dtype=object)
         names[order] = features.index.to_numpy()  # row order[i] now carries the name of entity i
         relabelled = features.set_axis(names, axis=0)
-        assert relationship_recall(relabelled, sources=[path], thresholds=[THRESHOLDS]).loc[0, "recall_0.05_0.95"] == null[k]
+        recall = relationship_recall(relabelled, sources=[path], thresholds=[THRESHOLDS])
+        assert recall.loc[0, "recall_0.05_0.95"] == null[k]
 
 
 def test_summary_tells_signal_from_chance(tmp_path):
