@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from maefast.data.render import BASE_CHANNELS, FEATURES
 from maefast.evaluate.plots import plot_map_pca, plot_recall_bars, random_recall
 from maefast.io import atomic_path
 
@@ -20,6 +21,7 @@ GROUND_TRUTH = "rendered_complexes"  # the source (file stem) of the pairs withi
 RANDOM_LABEL, HANDCRAFTED_LABEL = "Random ViT", "Hand-crafted features"
 INTENSITY_LABEL, TILES_LABEL = "Channel mean intensities", "Self-standardized tile statistics"
 P_LEVEL = 0.05  # above chance: fewer than this fraction of label shuffles reach the observed recall
+STAIN_EFFECTS = [f for f in FEATURES if f in {c.lower() for c in BASE_CHANNELS}]  # whole-stain brightness
 KINDS = {"learned": "trained", "baseline": "baseline", "reference": "reference"}  # in this order in the table
 
 
@@ -46,7 +48,8 @@ def write_results(out: Path, scored: list[Scored], setting: dict) -> None:
     print(text, flush=True)
     plot_recall_bars({s.label: s.recall for s in scored}, out / "recall_bars.png", setting["thresholds"],
                      intervals={s.label: s.summary for s in scored})
-    plot_map_pca({s.label: s.gene_map for s in scored}, setting["genes_to_complex"], out / "gene_map_pca.png",
+    complexes = {s.label: setting["complexes_jump" if "JUMP" in s.label else "complexes_main"] for s in scored}
+    plot_map_pca({s.label: s.gene_map for s in scored}, complexes, out / "gene_map_pca.png",
                  title="Gene maps (one point per gene), first two principal components, coloured by rendered complex")
 
 
@@ -56,10 +59,12 @@ def report(scored: list[Scored], setting: dict) -> str:
     lines = ["# maefast demo: known relationships recalled from a synthetic screen", "", describe(setting), "",
              f"Recall at the ({lower}, {upper}) percentile thresholds; a map unrelated to the annotations recalls "
              f"{chance:.2f} on average. Each cell: recall [95% bootstrap interval over the annotated pairs]; n is the "
-             f"number of annotated pairs among the map's genes (given in a cell where it differs from the header: "
-             f"the JUMP screen has other genes). `{GROUND_TRUTH}` holds the pairs of genes the renderer gave one "
-             "complex's phenotype, the only relationships this screen contains; a public source scores the pairs "
-             "it shares with them (CORUM the most).", "", recall_table(scored), "", verdicts(scored, setting), ""]
+             "number of annotated pairs among the map's genes (given in a cell where it differs from the header: "
+             "the JUMP screen has other genes). The interval treats pairs as independent, which pairs of one "
+             "complex are not, so it is too narrow; it has zero width when no pair (or every pair) is recalled. "
+             f"`{GROUND_TRUTH}` holds the pairs of genes the renderer gave one complex's phenotype, the only "
+             "relationships this screen contains; a public source scores the pairs it shares with them (CORUM the "
+             "most).", "", recall_table(scored), "", verdicts(scored, setting), ""]
     why = explanation(scored, setting)
     if why:
         lines += [why, ""]
@@ -106,8 +111,9 @@ def verdicts(scored: list[Scored], setting: dict) -> str:
     random = ground_truth_row(next(s for s in scored if s.label == RANDOM_LABEL))
     lines = [f"## Against chance and the random baseline (`{GROUND_TRUTH}`)", "",
              f"Chance: the same annotated pairs placed on shuffled gene labels ({setting['permutations']:,} shuffles); "
-             "p is the fraction of shuffles that reach the observed recall. The baseline: the same ViT with random "
-             f"weights, recall {random['recall']:.3f} [{random['recall_low']:.2f}, {random['recall_high']:.2f}].", ""]
+             "p is the fraction of shuffles that reach the observed recall. The baseline: a ViT the size of the "
+             f"trained ViTs with random weights, recall {random['recall']:.3f} "
+             f"[{random['recall_low']:.2f}, {random['recall_high']:.2f}].", ""]
     for s in scored:
         if s.label == RANDOM_LABEL:
             continue
@@ -140,6 +146,8 @@ def explanation(scored: list[Scored], setting: dict) -> str:
     if not weak:
         return ""
     rows = {s.label: ground_truth_row(s) for s in scored}
+    strong = [f"{s.label} ({rows[s.label]['recall']:.3f}, p = {rows[s.label]['p_value']:.3f})" for s in scored
+              if s.kind == "learned" and "JUMP" not in s.label and s.label not in weak]
     found = {label: rows[label]["p_value"] < P_LEVEL for label in (INTENSITY_LABEL, TILES_LABEL)}
     intensity, tiles = (f"{rows[label]['recall']:.3f} (p = {rows[label]['p_value']:.3f})"
                         for label in (INTENSITY_LABEL, TILES_LABEL))
@@ -151,14 +159,18 @@ def explanation(scored: list[Scored], setting: dict) -> str:
          "- Whole-stain brightness alone carries no signal above chance here") +
         f": the mean intensity of each channel (6 numbers per site) recalls {intensity}; all hand-crafted features "
         f"{rows[HANDCRAFTED_LABEL]['recall']:.3f}. The renderer shifts each stain's overall brightness by complex "
-        "(6 of its 12 phenotype parameters), and every model here standardizes each crop and channel to zero mean and "
-        "unit variance (as the papers' models do), which removes a change of overall brightness by design.",
+        f"({len(STAIN_EFFECTS)} of its {len(FEATURES)} phenotype parameters), and every model here standardizes each "
+        "crop and channel to zero mean and unit variance (as the papers' models do), which removes a change of "
+        "overall brightness by design.",
         ("- What survives self-standardization still carries signal" if found[TILES_LABEL] else
          "- Little survives self-standardization") +
         f": simple statistics of the self-standardized {setting['tile']} x {setting['tile']} tiles the encoders "
-        f"receive (per channel: 5 quantiles and the fractions of pixels above 0, 1 and 2) recall {tiles}.",
+        f"receive (per channel: 5 quantiles and the fractions of pixels above 0, 1 and 2) recall {tiles}."
+        + (f" {' and '.join(strong)}, trained as long on the same self-standardized crops, "
+           f"{'is' if len(strong) == 1 else 'are'} above chance and above the random ViT." if strong else ""),
         f"- Each system trained on {crops:,} crops; the papers train ViT-S to ViT-L on tens of millions. At this scale "
         f"the trained systems named above extract no more than the untrained ViT ({rows[RANDOM_LABEL]['recall']:.3f}) "
         "or nothing above chance. docs/demo.md records controlled experiments at the default CPU scale (pooling, "
-        "LayerScale, map normalization, control wells, training length) and what each changed.",
+        "LayerScale, map normalization, control wells, training length) and what each changed; of these only "
+        "longer training (`maefast demo --steps N`) moved the MAE.",
     ])

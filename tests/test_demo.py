@@ -31,6 +31,7 @@ def test_demo_report_states_what_it_computed(tmp_path, capsys):
             assert row.recall_low <= row.recall <= row.recall_high
             assert f"{row.recall:.3f} [{row.recall_low:.2f}, {row.recall_high:.2f}]" in text
     assert (results.loc[results["source"] == GROUND_TRUTH, "n_pairs"] > 0).all()
+    assert f"`{GROUND_TRUTH}` holds the pairs" in text and "{" not in text  # every placeholder filled
     # the renderer gives each complex one phenotype: the hand-crafted features find it, above chance
     truth = results[results["source"] == GROUND_TRUTH].set_index("method")
     assert truth.loc["Hand-crafted features", "p_value"] < 0.05
@@ -85,6 +86,9 @@ def test_verdicts_follow_the_numbers():
     assert why.startswith("## Why A, B are at chance") and "C" not in why.splitlines()[0]
     assert "recalls 0.500 (p = 0.001)" in why and "recall 0.300 (p = 0.001)" in why
     assert "Whole-stain brightness carries signal" in why and "still carries signal" in why
+    assert "(6 of its 12 phenotype parameters)" in why
+    assert ("C (0.300, p = 0.001) and D (0.200, p = 0.010), trained as long on the same self-standardized crops, "
+            "are above chance") in why
     quiet = explanation(baselines(intensity_p=0.5, tiles_p=0.5) + [scored("A", "learned", 0.08, 0.7)], SETTING)
     assert "alone carries no signal above chance" in quiet and "Little survives self-standardization" in quiet
     assert explanation([scored("C", "learned", 0.3, 0.001), *baselines()], SETTING) == ""
@@ -114,3 +118,14 @@ def test_gpu_expectations_describe_the_gpu_profile():
     assert f"{gpu.steps:,} steps of {gpu.batch_size} images" in text
     sites = gpu.genes * gpu.replicates * 2 + gpu.plates * gpu.controls_per_plate * 2
     assert f"{sites:,} sites of {gpu.site_size} x {gpu.site_size} px" in text
+
+
+def test_steps_override_and_unknown_profile():
+    from maefast.demo import resolve_profile
+    fast = resolve_profile("fast", steps=5)
+    assert fast.steps == 5 and fast.genes == PROFILES["fast"].genes and PROFILES["fast"].steps == 60
+    assert resolve_profile(TINY) is TINY
+    with pytest.raises(UserInputError, match="steps must be at least 1"):
+        resolve_profile("default", steps=0)
+    with pytest.raises(UserInputError, match="unknown demo profile 'huge'"):
+        resolve_profile("huge")

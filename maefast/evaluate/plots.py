@@ -84,16 +84,14 @@ def _source_label(recalls: Mapping[str, pd.DataFrame], source: str) -> str:
     return f"{source}\nn = {counts[0]}" if len(counts) == 1 else f"{source}\nn = {counts[0]}-{counts[-1]}"
 
 
-def plot_map_pca(maps: Mapping[str, pd.DataFrame], groups: pd.Series, path: str | os.PathLike,
-                 title: str = "Gene maps, first two principal components") -> None:
+def plot_map_pca(maps: Mapping[str, pd.DataFrame], groups: pd.Series | Mapping[str, pd.Series],
+                 path: str | os.PathLike, title: str = "Gene maps, first two principal components") -> None:
     """One panel per map: its rows scaled to unit length (the cosine geometry the recall uses), projected
-    on their first two principal components, each entity coloured by its group (groups: entity -> label;
-    entities without a group in grey)."""
+    on their first two principal components, each entity coloured by its group. groups: entity -> label, for
+    every map or per map label (entities without a group in grey). Colours are assigned per panel, among the
+    groups it shows."""
     if not maps:
         raise UserInputError("no maps to plot")
-    labels = sorted(set(groups.dropna()))
-    # tab20's 10 dark hues first, then their light pairs; markers change every 20 groups
-    colours = {g: (cm.tab20((2 * k + k // 10) % 20), "os^D"[k // 20 % 4]) for k, g in enumerate(labels)}
     columns = min(len(maps), 4)
     rows = math.ceil(len(maps) / columns)
     figure = Figure(figsize=(3.3 * columns, 3.2 * rows + 0.4))
@@ -107,17 +105,21 @@ def plot_map_pca(maps: Mapping[str, pd.DataFrame], groups: pd.Series, path: str 
         projected = x @ axes_t[:2].T
         explained = singular[:2] ** 2 / max(float(np.sum(singular ** 2)), 1e-30)
         axes = figure.add_subplot(rows, columns, k + 1)
-        member = groups.reindex(features.index)
-        for group in [None, *labels]:
-            rows_of = member.isna().to_numpy() if group is None else (member == group).to_numpy()
-            if rows_of.any():
-                colour, marker = colours.get(group, ("lightgray", "."))
-                axes.scatter(projected[rows_of, 0], projected[rows_of, 1], s=14, color=colour, marker=marker)
-        axes.set_title(name, fontsize="small")
+        member = (groups if isinstance(groups, pd.Series) else groups[name]).reindex(features.index)
+        present = sorted(set(member.dropna()))
+        if member.isna().any():
+            axes.scatter(projected[member.isna().to_numpy(), 0], projected[member.isna().to_numpy(), 1], s=10,
+                         color="lightgray", marker=".")
+        for index, group in enumerate(present):
+            # tab20's 10 dark hues first, then their light pairs; another marker every 20 groups
+            colour, marker = cm.tab20((2 * index + index // 10) % 20), "os^D"[index // 20 % 4]
+            rows_of = (member == group).to_numpy()
+            axes.scatter(projected[rows_of, 0], projected[rows_of, 1], s=14, color=colour, marker=marker)
+        axes.set_title(f"{name} ({len(present)} groups)", fontsize="small")
         axes.set_xlabel(f"PC1 ({explained[0]:.0%})", fontsize="small")
         axes.set_ylabel(f"PC2 ({explained[1]:.0%})", fontsize="small")
         axes.tick_params(labelsize="x-small")
-    figure.suptitle(f"{title}; one colour per group ({len(labels)} groups)", fontsize="medium")
+    figure.suptitle(f"{title}; one colour and marker per group", fontsize="medium")
     save_figure(figure, path)
 
 

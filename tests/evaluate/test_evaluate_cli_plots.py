@@ -143,6 +143,8 @@ def test_map_pca_view(tmp_path):
     groups = pd.Series({name: name.split("_")[0] for name in names[:-3]})  # three entities without a group
     plot_map_pca({"structured": features, "noise": features.sample(frac=1, axis=1)}, groups, tmp_path / "pca.png")
     assert_png(tmp_path / "pca.png")
+    plot_map_pca({"a": features, "b": features}, {"a": groups, "b": groups.iloc[:5]}, tmp_path / "each.png")
+    assert_png(tmp_path / "each.png")
     with pytest.raises(UserInputError, match="PCA view"):
         plot_map_pca({"one feature": features.iloc[:, :1]}, groups, tmp_path / "never.png")
     assert not (tmp_path / "never.png").exists()
