@@ -11,8 +11,8 @@ per method and source with 95% intervals and pair counts, a test against chance 
 a trained system is at chance when it is), results.csv, recall_bars.png and gene_map_pca.png. Resumable.
 
 default: 80 genes, tiny ViTs on 64 x 64 crops, 600 steps each; about 9 minutes on two idle CPU cores.
---fast:  40 genes, 60 steps; about 7 CPU-minutes. At these sizes the trained systems are expected to be at
-         chance (the report says why; docs/demo.md).
+--fast:  40 genes, 60 steps; a few CPU minutes. At these sizes the MAE and CA-MAE are expected to be at
+         chance (the report says why; docs/demo.md); --steps trains longer.
 """
 
 # What `maefast demo --gpu` (maefast.demo.PROFILES["gpu"]) runs and is expected to cost on one GPU.
