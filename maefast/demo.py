@@ -1,14 +1,24 @@
 """`maefast demo`: the papers' comparison end to end on a synthetic screen anyone can generate.
 
-Generate a screen whose gene perturbations shift morphology by known complex (CORUM), pretrain a small
-MAE and CA-MAE, train a masked U-Net and a weakly supervised classifier, embed the screen with each (and
-with hand-crafted features and a randomly initialized ViT), build maps (center-scale, PCA, TVN on
-controls per plate, mean per gene), and score the recall of known relationships. Then CA-MAE's channel
-generalization: embed a second screen in the JUMP layout with fewer channels in another order.
-Writes results.csv, results.md and recall_bars.png under --out; every stage resumes where it stopped.
+Generate a screen whose gene perturbations shift morphology and stain intensities by known complex
+(CORUM), pretrain a small MAE and CA-MAE, train a masked U-Net and a weakly supervised classifier, embed
+the screen with each (and with hand-crafted features and a randomly initialized ViT), build maps
+(center-scale, PCA, TVN on controls per plate, mean per gene), and score the recall of known
+relationships, with intervals and a chance level, against the complexes the screen was rendered from
+and the public sources. Then CA-MAE's channel generalization: embed a second screen in the JUMP layout
+with fewer channels in another order.
+
+Two reference features show where the signal is: the mean intensity of each channel (what every model's
+per-crop self-standardization removes) and statistics of the self-standardized tiles the encoders see
+(what is left for them). Writes results.md, results.csv, recall_bars.png and gene_map_pca.png under
+--out (see maefast.demo_report and docs/demo.md); every stage resumes where it stopped.
+
+Profiles: "fast" and "default" run on a CPU (tiny ViTs on 64 x 64 crops); "gpu" is the papers' ViT-S/16
+setting at 256 x 256 crops for one GPU (what it is expected to cost: `maefast demo --help`, docs/demo.md).
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,19 +29,29 @@ import torch
 
 from maefast.data import make_tile_loader, open_dataset
 from maefast.data.synthetic import CONTROL_LABEL, synth_screen
+from maefast.demo_report import (
+    GROUND_TRUTH, HANDCRAFTED_LABEL, INTENSITY_LABEL, RANDOM_LABEL, TILES_LABEL, Scored, write_results,
+)
 from maefast.embedding.api import embed
 from maefast.embedding.handcrafted import HandcraftedEmbedder
 from maefast.embedding.job import read_job, site_table
 from maefast.errors import UserInputError
-from maefast.evaluate import build_map, relationship_recall
-from maefast.evaluate.plots import plot_recall_bars
+from maefast.evaluate import KNOWN_SOURCES, build_map, recall_summary, score_map
 from maefast.io import atomic_path
 from maefast.models import create_model, save_pretrained
+from maefast.ops import self_standardize
 from maefast.train.config import load_config
 from maefast.train.loop import train
 from maefast.train.state import checkpoint_dirs
 
 THRESHOLDS = ((0.05, 0.95), (0.1, 0.9))
+MAX_COMPONENTS = 32
+# TVN whitens with each plate's control covariance: estimated from at least this many control sites per
+# map dimension (with 24 control sites for 23 dimensions it whitened noise: docs/demo.md)
+CONTROL_SITES_PER_COMPONENT = 3
+PERMUTATIONS = 1000
+TILE_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+TILE_LEVELS = (0.0, 1.0, 2.0)  # fractions of pixels above these standardized values
 
 
 @dataclass(frozen=True)
@@ -42,6 +62,7 @@ class Profile:
     site_size: int
     steps: int
     batch_size: int
+    controls_per_plate: int = 48  # control wells per plate (2 sites each): TVN's reference
     random_model: str = "vit_debug_patch8_64"  # the untrained baseline, the size of the trained ViTs
     # (label, recipe, extra overrides) of the trained systems
     systems: tuple = (("MAE ViT", "debug", ()), ("CA-MAE ViT", "debug_camae", ()),
@@ -49,13 +70,17 @@ class Profile:
 
 
 PROFILES = {
-    "fast": Profile(genes=40, replicates=2, plates=2, site_size=128, steps=60, batch_size=12),
+    "fast": Profile(genes=40, replicates=2, plates=2, site_size=128, steps=60, batch_size=12, controls_per_plate=24),
     "default": Profile(genes=80, replicates=3, plates=3, site_size=192, steps=600, batch_size=16),
-    # a GPU: the papers' ViT-S/16 sizes at 256 x 256 crops
+    # one GPU: the papers' ViT-S/16 systems at 256 x 256 crops
     "gpu": Profile(genes=300, replicates=4, plates=4, site_size=512, steps=3000, batch_size=128,
-                   random_model="vit_small_patch16_256", systems=(("MAE ViT-S/16", "mae_vit_small_patch16", ()), ("CA-MAE ViT-S/16", "camae_vit_small_patch16", ()),
-                            ("MU-Net", "munet_small", ()), ("Weakly supervised ViT-S/16", "wsl_vit_small_patch16", ()))),
+                   random_model="vit_small_patch16_256",
+                   systems=(("MAE ViT-S/16", "mae_vit_small_patch16", ()),
+                            ("CA-MAE ViT-S/16", "camae_vit_small_patch16", ()),
+                            ("MU-Net", "munet_small", ()),
+                            ("Weakly supervised ViT-S/16", "wsl_vit_small_patch16", ()))),
 }
+
 
 
 def log(message: str) -> None:
@@ -64,12 +89,25 @@ def log(message: str) -> None:
 
 def make_screens(out: Path, profile: Profile, seed: int) -> tuple[Path, Path]:
     common = dict(num_genes=profile.genes, replicates=profile.replicates, num_plates=profile.plates,
-                  num_experiments=1, controls_per_plate=12, sites_per_well=2, size=profile.site_size, seed=seed)
-    log(f"synthetic screens: {profile.genes} genes x {profile.replicates} replicates on {profile.plates} plates")
+                  num_experiments=1, controls_per_plate=profile.controls_per_plate, sites_per_well=2,
+                  size=profile.site_size, seed=seed)
+    log(f"synthetic screens: {profile.genes} genes x {profile.replicates} replicates on {profile.plates} plates, "
+        f"{profile.controls_per_plate} control wells per plate")
     screen = synth_screen(out / "screen", layout="rxrx", channels=6, **common)
     # the channel-generalization screen: JUMP layout, 16 bit, 5 channels
     jump = synth_screen(out / "screen_jump", layout="jump", channels=5, **{**common, "seed": seed + 1})
     return screen, jump
+
+
+def complex_pairs(screen: Path) -> Path:
+    """The screen's ground truth as a relationship file: every pair of genes rendered with one complex."""
+    path = screen / f"{GROUND_TRUTH}.csv"
+    if not path.exists():
+        genes = pd.read_csv(screen / "genes.csv")
+        pairs = [(a, b) for _, group in genes.groupby("complex") for a in group["gene"] for b in group["gene"] if a < b]
+        with atomic_path(path) as temporary:
+            pd.DataFrame(pairs, columns=["entity1", "entity2"]).to_csv(temporary, index=False)
+    return path
 
 
 def train_system(out: Path, recipe: str, screen: Path, profile: Profile, overrides, device: str) -> Path:
@@ -82,7 +120,10 @@ def train_system(out: Path, recipe: str, screen: Path, profile: Profile, overrid
     if profile.site_size < 256 and not recipe.startswith("debug"):
         raise UserInputError(f"recipe {recipe} needs sites of at least 256 px, this profile renders "
                              f"{profile.site_size}")
-    train(load_config(recipe, settings), run, resume=bool(checkpoint_dirs(run)), recipe=recipe)
+    summary = train(load_config(recipe, settings), run, resume=bool(checkpoint_dirs(run)), recipe=recipe)
+    if summary["step"] < profile.steps:  # stopped by SIGTERM: checkpointed, resumable
+        raise UserInputError(f"training {recipe} stopped at step {summary['step']} of {profile.steps}; run the "
+                             "demo again with the same --out to resume")
     return run
 
 
@@ -96,33 +137,72 @@ def random_vit(out: Path, name: str) -> Path:
     return path
 
 
-def handcrafted_sites(screen: Path, out: Path) -> pd.DataFrame:
-    """Hand-crafted features of every full site, in the embedding job's table format."""
-    path = out / "embeddings" / "handcrafted_sites.parquet"
+def cached_sites(path: Path, compute) -> pd.DataFrame:
     if path.exists():
         return pd.read_parquet(path)
-    dataset = open_dataset(screen)
-    embedder = HandcraftedEmbedder(list(dataset.channels))
-    loader = make_tile_loader(dataset, batch_size=16, crop_size=min(dataset.image_shape), backend="torch")
-    rows, features = [], []
-    for batch in loader:
-        rows.append(batch["index"].numpy())
-        features.append(embedder.embed(batch["pixels"]))
-    frame = site_table(dataset.table.iloc[np.concatenate(rows)], np.concatenate(features))
+    frame = compute()
     with atomic_path(path) as temporary:
         frame.to_parquet(temporary, index=False)
     return frame
 
 
-def score(sites: pd.DataFrame, label: str) -> pd.DataFrame:
-    """Map (site-level rows: center-scale, PCA, TVN on each plate's controls; mean per gene), then recall."""
+def handcrafted_sites(screen: Path, out: Path) -> pd.DataFrame:
+    """Hand-crafted features of every full site, in the embedding job's table format."""
+    def compute():
+        dataset = open_dataset(screen)
+        embedder = HandcraftedEmbedder(list(dataset.channels))
+        loader = make_tile_loader(dataset, batch_size=16, crop_size=min(dataset.image_shape), backend="torch")
+        rows, features = [], []
+        for batch in loader:
+            rows.append(batch["index"].numpy())
+            features.append(embedder.embed(batch["pixels"]))
+        return site_table(dataset.table.iloc[np.concatenate(rows)], np.concatenate(features))
+    return cached_sites(out / "embeddings" / "handcrafted_sites.parquet", compute)
+
+
+def channel_intensity_sites(handcrafted: pd.DataFrame, channels: list[str]) -> pd.DataFrame:
+    """The mean intensity of each channel (columns of the hand-crafted table): whole-stain brightness."""
+    names = HandcraftedEmbedder(channels).feature_names
+    wanted = [f"feature_{names.index(f'{channel}_intensity_mean'):04d}" for channel in channels]
+    metadata = [c for c in handcrafted.columns if not c.startswith("feature_")]
+    return handcrafted[metadata + wanted]
+
+
+def tile_statistics(pixels: torch.Tensor) -> np.ndarray:
+    """(N, C, s, s) tiles -> (N, C * 8): per channel of each self-standardized tile, the TILE_QUANTILES and
+    the fractions of pixels above TILE_LEVELS: what of a tile's pixel distribution the encoders receive."""
+    z = self_standardize(pixels).flatten(2).cpu().numpy()
+    quantiles = np.moveaxis(np.quantile(z, TILE_QUANTILES, axis=2), 0, 2)
+    fractions = np.stack([(z > level).mean(2) for level in TILE_LEVELS], axis=2)
+    return np.concatenate([quantiles, fractions], axis=2).reshape(len(z), -1)
+
+
+def tile_statistics_sites(screen: Path, out: Path, tile: int) -> pd.DataFrame:
+    """tile_statistics of every `tile` x `tile` tile, averaged per site (as the embedding job averages tiles)."""
+    def compute():
+        dataset = open_dataset(screen)
+        loader = make_tile_loader(dataset, batch_size=16, crop_size=tile, backend="torch")
+        sums, counts = {}, {}
+        for batch in loader:
+            for row, values in zip(batch["index"].tolist(), tile_statistics(batch["pixels"])):
+                sums[row] = sums.get(row, 0) + values
+                counts[row] = counts.get(row, 0) + 1
+        rows = sorted(sums)
+        return site_table(dataset.table.iloc[rows], np.stack([sums[r] / counts[r] for r in rows]))
+    return cached_sites(out / "embeddings" / f"tile_statistics_{tile}.parquet", compute)
+
+
+def score(sites: pd.DataFrame, label: str, sources: list, kind: str) -> Scored:
+    """Map (site rows: center-scale, PCA, TVN on each plate's controls; mean per gene), recall with intervals
+    and the permutation chance level. kind: "learned", "baseline" or "reference" (for the report)."""
     features = [c for c in sites.columns if c.startswith("feature_") and sites[c].nunique() > 1]
-    controls_per_plate = sites[sites["perturbation"] == CONTROL_LABEL].groupby("plate").size().min()
-    components = int(min(32, len(features), controls_per_plate - 1))  # TVN needs more controls than dimensions
+    control_sites = int(sites[sites["perturbation"] == CONTROL_LABEL].groupby("plate").size().min())
+    components = int(min(MAX_COMPONENTS, len(features), control_sites // CONTROL_SITES_PER_COMPONENT))
     gene_map = build_map(sites, perturbation_col="perturbation", control_label=CONTROL_LABEL, batch_col="plate",
                          feature_cols=features, pca_components=components, tvn=True)
-    recall = relationship_recall(gene_map, thresholds=THRESHOLDS)
-    return recall.assign(method=label)
+    scores = score_map(gene_map, sources=sources, thresholds=THRESHOLDS)
+    summary = recall_summary(gene_map, scores, THRESHOLDS[0], permutations=PERMUTATIONS, seed=0)
+    return Scored(label, kind, gene_map, scores.recall.assign(method=label), summary.assign(method=label))
 
 
 def embedded_sites(checkpoint: Path, screen: Path, out: Path, name: str, channels=None) -> pd.DataFrame:
@@ -131,56 +211,65 @@ def embedded_sites(checkpoint: Path, screen: Path, out: Path, name: str, channel
     return read_job(target, level="site")
 
 
-def results_table(recalls: list[pd.DataFrame]) -> pd.DataFrame:
-    table = pd.concat(recalls, ignore_index=True)
-    columns = [c for c in table.columns if c.startswith("recall_")]
-    return table.pivot_table(index="method", columns="source", values=columns[0], sort=False)
-
-
-def run_demo(out, profile: str | Profile = "default", seed: int = 0, device: str = "auto") -> pd.DataFrame:
-    """Runs the comparison (see the module docstring); returns recall per method and source."""
-    if isinstance(profile, str):
+def resolve_profile(profile: str | Profile, steps: int | None = None) -> Profile:
+    if not isinstance(profile, Profile):
         if profile not in PROFILES:
             raise UserInputError(f"unknown demo profile {profile!r}; choose one of {sorted(PROFILES)}")
         profile = PROFILES[profile]
+    if steps is None:
+        return profile
+    if steps < 1:
+        raise UserInputError(f"steps must be at least 1, got {steps}")
+    return dataclasses.replace(profile, steps=steps)
+
+
+def run_demo(out, profile: str | Profile = "default", seed: int = 0, device: str = "auto",
+             steps: int | None = None) -> pd.DataFrame:
+    """Runs the comparison (see the module docstring); returns recall at (0.05, 0.95) per method and source.
+
+    steps: training steps per system instead of the profile's (the trained systems need more than the
+    CPU profiles give them to carry signal: docs/demo.md); use a new `out` for another value.
+    """
+    profile = resolve_profile(profile, steps)
     out, start = Path(out), time.time()
     screen, jump = make_screens(out, profile, seed)
-    recalls, runs = [], {}
+    sources = [complex_pairs(screen), *KNOWN_SOURCES]
+    scored, runs = [], {}
     for label, recipe, overrides in profile.systems:
         log(f"training {label} ({recipe}, {profile.steps} steps)")
         runs[recipe] = train_system(out, recipe, screen, profile, overrides, device)
         log(f"embedding with {label}")
-        recalls.append(score(embedded_sites(runs[recipe], screen, out, recipe), label))
-    log("hand-crafted features")
-    recalls.append(score(handcrafted_sites(screen, out), "Hand-crafted features"))
+        scored.append(score(embedded_sites(runs[recipe], screen, out, recipe), label, sources, "learned"))
+    log("hand-crafted features, channel intensities, tile statistics")
+    handcrafted = handcrafted_sites(screen, out)
+    scored.append(score(handcrafted, HANDCRAFTED_LABEL, sources, "baseline"))
     log("randomly initialized ViT")
-    recalls.append(score(embedded_sites(random_vit(out, profile.random_model), screen, out, "random_vit"), "Random ViT"))
+    random_path = random_vit(out, profile.random_model)
+    scored.append(score(embedded_sites(random_path, screen, out, "random_vit"), RANDOM_LABEL, sources, "baseline"))
+    channels = list(open_dataset(screen).channels)
+    scored.append(score(channel_intensity_sites(handcrafted, channels), INTENSITY_LABEL, sources, "reference"))
+    tile = create_model(profile.random_model).config.img_size
+    scored.append(score(tile_statistics_sites(screen, out, tile), TILES_LABEL, sources, "reference"))
     ca_recipe = next(recipe for _, recipe, _ in profile.systems if "camae" in recipe)
     jump_channels = list(reversed(open_dataset(jump).channels))  # another count and order than in training
     log(f"CA-MAE channel generalization: JUMP screen, channels {jump_channels}")
     sites = embedded_sites(runs[ca_recipe], jump, out, "camae_on_jump", channels=jump_channels)
-    recalls.append(score(sites, f"CA-MAE on JUMP ({len(jump_channels)} channels, reordered)"))
-    table = results_table(recalls)
-    write_results(out, table, recalls)
+    scored.append(score(sites, f"CA-MAE on JUMP ({len(jump_channels)} channels, reordered)",
+                        [complex_pairs(jump), *KNOWN_SOURCES], "learned"))
+    write_results(out, scored, describe_setting(profile, (screen, jump), device, tile))
     log(f"done in {time.time() - start:.0f} s; results in {out / 'results.md'}")
-    return table
+    return pd.concat([s.summary for s in scored]).pivot_table(index="method", columns="source", values="recall",
+                                                             sort=False)
 
 
-def write_results(out: Path, table: pd.DataFrame, recalls: list[pd.DataFrame]) -> None:
-    full = pd.concat(recalls, ignore_index=True)
-    with atomic_path(out / "results.csv") as temporary:
-        full.to_csv(temporary, index=False)
-    text = "Recall of known relationships at the (0.05, 0.95) percentile thresholds (random: 0.10)\n\n"
-    text += markdown_table(table)
-    with atomic_path(out / "results.md") as temporary:
-        temporary.write_text(text + "\n")
-    print(text, flush=True)
-    plot_recall_bars({method: rows for method, rows in full.groupby("method", sort=False)}, out / "recall_bars.png")
-
-
-def markdown_table(table: pd.DataFrame) -> str:
-    header = [table.index.name or ""] + [str(c) for c in table.columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for label, row in table.iterrows():
-        lines.append("| " + " | ".join([str(label)] + [f"{v:.3f}" for v in row]) + " |")
-    return "\n".join(lines)
+def describe_setting(profile: Profile, screens: tuple[Path, Path], device: str, tile: int) -> dict:
+    """What the report says about the run (complexes_main / _jump: gene -> complex of each screen)."""
+    genes = [pd.read_csv(screen / "genes.csv") for screen in screens]
+    crops_per_image = load_config(profile.systems[0][1]).data.crops_per_image
+    return dict(genes=profile.genes, complexes=genes[0]["complex"].nunique(), replicates=profile.replicates,
+                plates=profile.plates, controls_per_plate=profile.controls_per_plate, site_size=profile.site_size,
+                steps=profile.steps, batch_size=profile.batch_size, crops_per_image=crops_per_image,
+                device=device if device != "auto" else "cuda" if torch.cuda.is_available() else "cpu", tile=tile,
+                thresholds=THRESHOLDS[0], permutations=PERMUTATIONS,
+                complexes_main=genes[0].set_index("gene")["complex"],
+                complexes_jump=genes[1].set_index("gene")["complex"])

@@ -10,18 +10,19 @@ from maefast.evaluate.normalize import (
     tvn_on_controls,
 )
 from maefast.evaluate.plots import (
-    plot_recall_bars, plot_recall_sweep, plot_recall_vs_flops, plot_similarity_distributions,
+    plot_map_pca, plot_recall_bars, plot_recall_sweep, plot_recall_vs_flops, plot_similarity_distributions,
 )
 from maefast.evaluate.relationships import (
     DEFAULT_THRESHOLDS, KNOWN_SOURCES, MIN_ENTITIES, SWEEP_THRESHOLDS, MapScores, load_relationships,
     relationship_recall, score_map,
 )
+from maefast.evaluate.uncertainty import recall_intervals, recall_summary
 
 __all__ = [
     "DEFAULT_THRESHOLDS", "KNOWN_SOURCES", "MIN_ENTITIES", "SWEEP_THRESHOLDS", "MapScores", "aggregate_map",
     "benchmark_maps",
     "build_map", "centerscale_on_controls", "fit_pca", "load_relationships", "normalize_embeddings",
-    "pca_transform", "plot_recall_bars", "plot_recall_sweep", "plot_recall_vs_flops",
-    "plot_similarity_distributions", "relationship_recall", "replicate_consistency", "score_map",
-    "tvn_on_controls",
+    "pca_transform", "plot_map_pca", "plot_recall_bars", "plot_recall_sweep", "plot_recall_vs_flops",
+    "plot_similarity_distributions", "recall_intervals", "recall_summary", "relationship_recall",
+    "replicate_consistency", "score_map", "tvn_on_controls",
 ]

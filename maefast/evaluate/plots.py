@@ -1,6 +1,8 @@
 """The papers' benchmark figures, as PNG files (matplotlib Figure objects, no pyplot state, Agg rendering).
 
-- `plot_recall_bars`: recall per source, one bar per map side by side, with the random-map level.
+- `plot_recall_bars`: recall per source, one bar per map side by side, with the random-map level, the
+  number of annotated pairs per source and, when given, an interval per bar.
+- `plot_map_pca`: the first two principal components of maps (cosine geometry), entities coloured by group.
 - `plot_recall_sweep`: recall across a sweep of percentile threshold pairs, one panel per source.
 - `plot_similarity_distributions`: cosine similarities of annotated pairs against all pairs.
 - `plot_recall_vs_flops`: recall of successive checkpoints against cumulative training FLOPs.
@@ -14,6 +16,7 @@ from typing import Mapping
 
 import numpy as np
 import pandas as pd
+from matplotlib import cm
 from matplotlib.figure import Figure
 
 from maefast.errors import UserInputError
@@ -44,21 +47,79 @@ def save_figure(figure: Figure, path: str | os.PathLike) -> None:
 
 
 def plot_recall_bars(recalls: Mapping[str, pd.DataFrame], path: str | os.PathLike,
-                     thresholds: tuple[float, float] = (0.05, 0.95)) -> None:
-    """Recall per source at one threshold pair; `recalls` maps a map's label to its recall table."""
+                     thresholds: tuple[float, float] = (0.05, 0.95),
+                     intervals: Mapping[str, pd.DataFrame] | None = None) -> None:
+    """Recall per source at one threshold pair; `recalls` maps a map's label to its recall table.
+
+    The source labels carry the number of annotated pairs (n_pairs) each recall rests on, a range when the
+    maps differ. intervals: label -> table with columns source, recall_low, recall_high (e.g. from
+    maefast.evaluate.uncertainty.recall_intervals), drawn as error bars.
+    """
     column = recall_column(*thresholds)
     sources = _sources(recalls, column)
     width = 0.8 / len(recalls)
-    figure = Figure(figsize=(1.2 + 1.3 * len(sources) + 0.3 * len(recalls), 4))
+    figure = Figure(figsize=(3.5 + 1.3 * len(sources) + 0.3 * len(recalls), 4))
     axes = figure.add_subplot()
     for i, (label, table) in enumerate(recalls.items()):
         values = table.set_index("source")[column].reindex(sources)
-        axes.bar(np.arange(len(sources)) + (i - (len(recalls) - 1) / 2) * width, values, width, label=label)
+        error = None
+        if intervals is not None and label in intervals:
+            bounds = intervals[label].set_index("source").reindex(sources)
+            error = np.vstack([values - bounds["recall_low"], bounds["recall_high"] - values])
+        axes.bar(np.arange(len(sources)) + (i - (len(recalls) - 1) / 2) * width, values, width, label=label,
+                 yerr=error, error_kw=dict(elinewidth=0.8, capsize=1.5, ecolor="black"))
     axes.axhline(random_recall(*thresholds), color="gray", linestyle="--", label="random")
-    axes.set_xticks(np.arange(len(sources)), sources)
+    axes.set_xticks(np.arange(len(sources)), [_source_label(recalls, source) for source in sources])
     axes.set_ylabel(f"recall at ({thresholds[0]}, {thresholds[1]})")
-    axes.set_title("Known relationships recalled")
-    axes.legend(fontsize="small")
+    axes.set_title("Known relationships recalled" + (" (bars: 95% intervals)" if intervals else ""))
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never on them
+    save_figure(figure, path)
+
+
+def _source_label(recalls: Mapping[str, pd.DataFrame], source: str) -> str:
+    counts = sorted({int(n) for table in recalls.values() if "n_pairs" in table.columns
+                     for n in table.loc[table["source"] == source, "n_pairs"]})
+    if not counts:
+        return source
+    return f"{source}\nn = {counts[0]}" if len(counts) == 1 else f"{source}\nn = {counts[0]}-{counts[-1]}"
+
+
+def plot_map_pca(maps: Mapping[str, pd.DataFrame], groups: pd.Series | Mapping[str, pd.Series],
+                 path: str | os.PathLike, title: str = "Gene maps, first two principal components") -> None:
+    """One panel per map: its rows scaled to unit length (the cosine geometry the recall uses), projected
+    on their first two principal components, each entity coloured by its group. groups: entity -> label, for
+    every map or per map label (entities without a group in grey). Colours are assigned per panel, among the
+    groups it shows."""
+    if not maps:
+        raise UserInputError("no maps to plot")
+    columns = min(len(maps), 4)
+    rows = math.ceil(len(maps) / columns)
+    figure = Figure(figsize=(3.3 * columns, 3.2 * rows + 0.4))
+    for k, (name, features) in enumerate(maps.items()):
+        x = features.to_numpy(np.float64)
+        if x.shape[0] < 3 or x.shape[1] < 2:
+            raise UserInputError(f"map {name!r} has shape {x.shape}; a PCA view needs 3 rows and 2 features")
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        x = x - x.mean(0)
+        _, singular, axes_t = np.linalg.svd(x, full_matrices=False)
+        projected = x @ axes_t[:2].T
+        explained = singular[:2] ** 2 / max(float(np.sum(singular ** 2)), 1e-30)
+        axes = figure.add_subplot(rows, columns, k + 1)
+        member = (groups if isinstance(groups, pd.Series) else groups[name]).reindex(features.index)
+        present = sorted(set(member.dropna()))
+        if member.isna().any():
+            axes.scatter(projected[member.isna().to_numpy(), 0], projected[member.isna().to_numpy(), 1], s=10,
+                         color="lightgray", marker=".")
+        for index, group in enumerate(present):
+            # tab20's 10 dark hues first, then their light pairs; another marker every 20 groups
+            colour, marker = cm.tab20((2 * index + index // 10) % 20), "os^D"[index // 20 % 4]
+            rows_of = (member == group).to_numpy()
+            axes.scatter(projected[rows_of, 0], projected[rows_of, 1], s=14, color=colour, marker=marker)
+        axes.set_title(f"{name} ({len(present)} groups)", fontsize="small")
+        axes.set_xlabel(f"PC1 ({explained[0]:.0%})", fontsize="small")
+        axes.set_ylabel(f"PC2 ({explained[1]:.0%})", fontsize="small")
+        axes.tick_params(labelsize="x-small")
+    figure.suptitle(f"{title}; one colour and marker per group", fontsize="medium")
     save_figure(figure, path)
 
 

@@ -11,7 +11,7 @@ entities; recall is the fraction of annotated pairs recalled. The percentile rul
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
@@ -36,6 +36,7 @@ class MapScores:
     pair_similarities: dict[str, np.ndarray]  # source -> similarities of its annotated pairs in the map
     scan: SimilarityScan  # all-pairs histogram and exact percentile values
     threshold_values: dict[tuple[float, float], tuple[float, float]]  # (lower, upper) -> similarity cut-offs
+    pairs: dict[str, np.ndarray] = field(default_factory=dict)  # source -> (M, 2) row positions of its pairs
 
 
 def recall_column(lower: float, upper: float) -> str:
@@ -163,7 +164,7 @@ def score_map(
             row[recall_column(lower, upper)] = float(np.mean(below | above)) if len(values) else float("nan")
         rows.append(row)
     cut_offs = {pair: (scan.order_statistics[lo], scan.order_statistics[hi]) for pair, (lo, hi) in ranks.items()}
-    return MapScores(pd.DataFrame(rows), similarities, scan, cut_offs)
+    return MapScores(pd.DataFrame(rows), similarities, scan, cut_offs, per_source)
 
 
 def relationship_recall(

@@ -7,10 +7,12 @@ import pytest
 from tests.evaluate.evaluate_helpers import synthetic_screen
 
 from maefast.cli import main
+from maefast.errors import UserInputError
 from maefast.evaluate import (
-    build_map, plot_recall_bars, plot_recall_sweep, plot_recall_vs_flops, plot_similarity_distributions,
-    relationship_recall, score_map,
+    build_map, plot_map_pca, plot_recall_bars, plot_recall_sweep, plot_recall_vs_flops,
+    plot_similarity_distributions, relationship_recall, score_map,
 )
+from maefast.evaluate.plots import _source_label
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -116,4 +118,33 @@ def test_plots_are_written(tmp_path):
         assert_png(tmp_path / f"{name}.png")
     with pytest.raises(ValueError, match="lacks column"):
         plot_recall_vs_flops(scaling.drop(columns="flops"), tmp_path / "never.png")
+    assert not (tmp_path / "never.png").exists()
+
+
+def test_bars_with_intervals_and_pair_counts(tmp_path):
+    rng = np.random.default_rng()
+    sources = ["CORUM", "HuMAP"]
+    tables = {label: pd.DataFrame({"source": sources, "n_pairs": [133, n],
+                                   "recall_0.05_0.95": rng.uniform(0.2, 0.8, 2)})
+              for label, n in (("a", 7), ("b", 9))}
+    intervals = {label: table.assign(recall_low=table["recall_0.05_0.95"] - 0.1,
+                                     recall_high=table["recall_0.05_0.95"] + 0.1) for label, table in tables.items()}
+    assert _source_label(tables, "CORUM") == "CORUM\nn = 133"
+    assert _source_label(tables, "HuMAP") == "HuMAP\nn = 7-9"
+    plot_recall_bars(tables, tmp_path / "bars.png", intervals=intervals)
+    assert_png(tmp_path / "bars.png")
+
+
+def test_map_pca_view(tmp_path):
+    rng = np.random.default_rng()
+    centres = rng.normal(size=(5, 12))
+    names = [f"G{g}_{k}" for g in range(5) for k in range(6)]
+    features = pd.DataFrame(np.repeat(centres, 6, axis=0) + 0.1 * rng.normal(size=(30, 12)), index=names)
+    groups = pd.Series({name: name.split("_")[0] for name in names[:-3]})  # three entities without a group
+    plot_map_pca({"structured": features, "noise": features.sample(frac=1, axis=1)}, groups, tmp_path / "pca.png")
+    assert_png(tmp_path / "pca.png")
+    plot_map_pca({"a": features, "b": features}, {"a": groups, "b": groups.iloc[:5]}, tmp_path / "each.png")
+    assert_png(tmp_path / "each.png")
+    with pytest.raises(UserInputError, match="PCA view"):
+        plot_map_pca({"one feature": features.iloc[:, :1]}, groups, tmp_path / "never.png")
     assert not (tmp_path / "never.png").exists()
