@@ -30,7 +30,13 @@ import torch
 from maefast.data import make_tile_loader, open_dataset
 from maefast.data.synthetic import CONTROL_LABEL, synth_screen
 from maefast.demo_report import (
-    GROUND_TRUTH, HANDCRAFTED_LABEL, INTENSITY_LABEL, RANDOM_LABEL, TILES_LABEL, Scored, write_results,
+    GROUND_TRUTH,
+    HANDCRAFTED_LABEL,
+    INTENSITY_LABEL,
+    RANDOM_LABEL,
+    TILES_LABEL,
+    Scored,
+    write_results,
 )
 from maefast.embedding.api import embed
 from maefast.embedding.handcrafted import HandcraftedEmbedder

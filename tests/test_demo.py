@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maefast.cli_demo import GPU_EXPECTATIONS
+from maefast.cli.demo import GPU_EXPECTATIONS
 from maefast.demo import PROFILES, Profile, run_demo, tile_statistics
 from maefast.demo_report import GROUND_TRUTH, Scored, explanation, report, verdicts
 from maefast.errors import UserInputError

@@ -12,7 +12,7 @@ LAYERS = [
     {"models"},
     {"data"},
     {"train", "embedding", "evaluate"},
-    {"cli", "demo", "__init__"},
+    {"cli", "demo", "demo_report", "__init__"},
 ]
 
 

@@ -6,15 +6,30 @@
 from maefast.evaluate.benchmark import benchmark_maps
 from maefast.evaluate.consistency import replicate_consistency
 from maefast.evaluate.normalize import (
-    aggregate_map, build_map, centerscale_on_controls, fit_pca, normalize_embeddings, pca_transform,
+    aggregate_map,
+    build_map,
+    centerscale_on_controls,
+    fit_pca,
+    normalize_embeddings,
+    pca_transform,
     tvn_on_controls,
 )
 from maefast.evaluate.plots import (
-    plot_map_pca, plot_recall_bars, plot_recall_sweep, plot_recall_vs_flops, plot_similarity_distributions,
+    plot_map_pca,
+    plot_recall_bars,
+    plot_recall_sweep,
+    plot_recall_vs_flops,
+    plot_similarity_distributions,
 )
 from maefast.evaluate.relationships import (
-    DEFAULT_THRESHOLDS, KNOWN_SOURCES, MIN_ENTITIES, SWEEP_THRESHOLDS, MapScores, load_relationships,
-    relationship_recall, score_map,
+    DEFAULT_THRESHOLDS,
+    KNOWN_SOURCES,
+    MIN_ENTITIES,
+    SWEEP_THRESHOLDS,
+    MapScores,
+    load_relationships,
+    relationship_recall,
+    score_map,
 )
 from maefast.evaluate.uncertainty import recall_intervals, recall_summary
 

@@ -11,17 +11,17 @@ entities; recall is the fraction of annotated pairs recalled. The percentile rul
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from maefast.errors import UserInputError
-from maefast.io import read_table
 from maefast.evaluate.similarity import SimilarityScan, scan_similarities
+from maefast.io import read_table
 
 KNOWN_SOURCES = ("CORUM", "HuMAP", "Reactome", "SIGNOR", "StringDB")
 DEFAULT_THRESHOLDS = ((0.05, 0.95), (0.1, 0.9))

@@ -4,15 +4,21 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from tests.evaluate.evaluate_helpers import synthetic_screen
 
 from maefast.cli import main
 from maefast.errors import UserInputError
 from maefast.evaluate import (
-    build_map, plot_map_pca, plot_recall_bars, plot_recall_sweep, plot_recall_vs_flops,
-    plot_similarity_distributions, relationship_recall, score_map,
+    build_map,
+    plot_map_pca,
+    plot_recall_bars,
+    plot_recall_sweep,
+    plot_recall_vs_flops,
+    plot_similarity_distributions,
+    relationship_recall,
+    score_map,
 )
 from maefast.evaluate.plots import _source_label
+from tests.evaluate.evaluate_helpers import synthetic_screen
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

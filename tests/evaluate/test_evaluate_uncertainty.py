@@ -2,11 +2,11 @@
 import numpy as np
 import pandas as pd
 import pytest
-from tests.evaluate.evaluate_helpers import synthetic_screen
 
 from maefast.errors import UserInputError
 from maefast.evaluate import build_map, relationship_recall, score_map
 from maefast.evaluate.uncertainty import permutation_null, recall_intervals, recall_summary
+from tests.evaluate.evaluate_helpers import synthetic_screen
 
 THRESHOLDS = (0.05, 0.95)
 
