@@ -152,7 +152,8 @@ def main() -> None:
     parser.add_argument("--crops-per-image", type=int, default=4)
     parser.add_argument("--batch", type=int, default=8, help="images per batch")
     parser.add_argument("--workers", type=int, default=2, help="DALI threads = DataLoader worker processes")
-    parser.add_argument("--epochs", type=int, default=None, help="timed epochs of PNG (default 2; packed runs 3x as many)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="timed epochs of PNG (default 2; packed runs 3x as many)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--decode-only", action="store_true", help="only the decode micro-benchmark")
     args = parser.parse_args()
@@ -183,13 +184,14 @@ def main() -> None:
                       f"{r['bytes_per_crop'] / 1e3:8.1f} kB/crop  ({r['crops']} crops in {r['seconds']:.2f} s)",
                       flush=True)
     png_dali, png_torch = results["png", "dali"]["crops_per_s"], results["png", "torch"]["crops_per_s"]
-    packed_dali = results["packed", "dali"]["crops_per_s"]
-    summary = dict(bench="loader", device=_device_name(args.device), metric="crops/s, DALI on PNG", value=round(png_dali, 1),
-                   baseline=round(png_torch, 1), ratio=round(png_dali / png_torch, 3),
-                   packed_dali=round(packed_dali, 1), packed_torch=round(results["packed", "torch"]["crops_per_s"], 1),
+    packed_dali, packed_torch = results["packed", "dali"]["crops_per_s"], results["packed", "torch"]["crops_per_s"]
+    summary = dict(bench="loader", device=_device_name(args.device), metric="crops/s, DALI on PNG",
+                   value=round(png_dali, 1), baseline=round(png_torch, 1), ratio=round(png_dali / png_torch, 3),
+                   packed_dali=round(packed_dali, 1), packed_torch=round(packed_torch, 1),
                    packed_over_png=round(packed_dali / png_dali, 2),
-                   packed_over_png_fallback=round(packed_dali / png_torch, 2), crop=args.crop, channels=len(packed.channels),
-                   crops_per_image=args.crops_per_image, batch_images=args.batch, workers=args.workers,
+                   packed_over_png_fallback=round(packed_dali / png_torch, 2), crop=args.crop,
+                   channels=len(packed.channels), crops_per_image=args.crops_per_image, batch_images=args.batch,
+                   workers=args.workers,
                    image_size=list(source.image_shape), dtype=str(source.dtype), sites=len(source),
                    decode_ms_per_channel=decoding)
     print(json.dumps(summary))

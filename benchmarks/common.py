@@ -1,9 +1,9 @@
 """Shared helpers of the benchmarks: the command line, timing, device rates measured in the same run, JSON lines.
 
 Every benchmark prints one JSON object per measurement and, as its last line, a summary object with at least
-`bench`, `device`, `value`, `baseline` and `ratio` (docs/architecture.md, "Performance accounting": a number is a ratio against a baseline
-measured side by side, or an absolute figure with its device named). `python -m benchmarks.common table
-FILE...` prints the records of JSON-line files as a table.
+`bench`, `device`, `value`, `baseline` and `ratio` (docs/architecture.md, "Performance accounting": a number is
+a ratio against a baseline measured side by side, or an absolute figure with its device named).
+`python -m benchmarks.common table FILE...` prints the records of JSON-line files as a table.
 
 A benchmark run under `timeout` (benchmarks/gpu_suite.sh) gets SIGTERM when its share of the suite's time is
 spent: `stop_on_sigterm()` turns that into `TimeLimit`, so that a script still prints the summary of what it

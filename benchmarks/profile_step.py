@@ -15,8 +15,8 @@ torch.profiler. Every kernel launch is put in one group by its name and the ops 
                          elementwise, casts, copies, LayerNorms, reductions, the optimizer's foreach updates
   other                  host <-> device transfers, communication
 and tagged, within any group, `cast` (dtype conversion), `copy` (same-dtype copies: clone, contiguous, cat),
-`norm` and `optimizer` (the casts and copies are a target of the fused block). On a CPU the rows are the ops' self times.
-Printed as a readable table per job, then as JSON records (`--json-out` appends them to a file).
+`norm` and `optimizer` (the casts and copies are a target of the fused block). On a CPU the rows are the ops'
+self times. Printed as a readable table per job, then as JSON records (`--json-out` appends them to a file).
 """
 from __future__ import annotations
 

@@ -62,7 +62,8 @@ def reference_ca_decoder(decoder, tokens: torch.Tensor, channels: int) -> torch.
     outputs = []
     for c in range(channels):
         chunk = patches[:, c * per_channel:(c + 1) * per_channel]
-        chunk = explicit_cross_attention(decoder.cross_attention, decoder.query_norm(chunk), decoder.context_norm(patches))
+        chunk = explicit_cross_attention(decoder.cross_attention, decoder.query_norm(chunk),
+                                         decoder.context_norm(patches))
         chunk = chunk + decoder.mlp(decoder.out_norm(chunk))
         outputs.append(decoder.decoders[c](chunk))
     return torch.cat([tokens[:, :1]] + outputs, dim=1)

@@ -31,8 +31,8 @@ def _unshuffle_fwd_kernel(vis_ptr, inv_ptr, mask_ptr, pos_ptr, out_ptr, n_rows, 
     value = tl.where(visible[:, None], v, token[None, :])
     value += tl.load(pos_ptr + position[:, None] * D + d[None, :], mask=r_mask[:, None] & d_mask[None, :],
                      other=0.0).to(tl.float32)
-    tl.store(out_ptr + r[:, None].to(tl.int64) * D + d[None, :], to_output(value, out_ptr.dtype.element_ty, EMULATE_RTNE),
-             mask=r_mask[:, None] & d_mask[None, :])
+    tl.store(out_ptr + r[:, None].to(tl.int64) * D + d[None, :],
+             to_output(value, out_ptr.dtype.element_ty, EMULATE_RTNE), mask=r_mask[:, None] & d_mask[None, :])
 
 
 @triton.jit

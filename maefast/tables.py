@@ -45,7 +45,8 @@ def import_anndata():
     try:
         import anndata
     except ImportError:
-        raise MissingDependency("AnnData (.h5ad) files need the anndata package: python -m pip install \"maefast[anndata]\"") from None
+        raise MissingDependency("AnnData (.h5ad) files need the anndata package: "
+                                "python -m pip install \"maefast[anndata]\"") from None
     return anndata
 
 

@@ -19,7 +19,7 @@ def test_wheel_contains_extension_kernels_and_recipes(tmp_path):
 
 
 def test_kernels_import_from_any_directory(tmp_path):
+    code = "import maefast.kernels, maefast; print(maefast.kernels.__name__)"
     for cwd in (tmp_path, ROOT):
-        result = subprocess.run([sys.executable, "-c", "import maefast.kernels, maefast; print(maefast.kernels.__name__)"],
-                                cwd=cwd, capture_output=True, text=True)
+        result = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True)
         assert result.returncode == 0 and result.stdout.strip() == "maefast.kernels", result.stderr

@@ -68,7 +68,8 @@ def embed_command(args) -> int:
                     compile=args.compile, attention=args.attention)
     if "complete" in summary:  # rank 0
         state = "complete" if summary["complete"] else f"incomplete (missing shards {summary.get('missing_shards')})"
-        print(f"maefast embed: {summary['num_shards']} shards, {state}, {summary['crops_per_s']:.1f} crops/s; {args.out}")
+        print(f"maefast embed: {summary['num_shards']} shards, {state}, "
+              f"{summary['crops_per_s']:.1f} crops/s; {args.out}")
         for path in summary.get("exports", []):
             print(f"maefast embed: wrote {path}")
     return 0

@@ -61,7 +61,8 @@ class DaliBackend:
             self._files = table[[f"file_{c}" for c in dataset.channels]].to_numpy()
             if dataset.illumination == "illum":
                 self._illum = table[[f"illum_{c}" for c in dataset.channels]].to_numpy()
-        all_png = dataset.layout != "packed" and bool(np.char.endswith(np.char.lower(self._files.astype(str)), ".png").all())
+        all_png = (dataset.layout != "packed"
+                   and bool(np.char.endswith(np.char.lower(self._files.astype(str)), ".png").all()))
         # maefast's crop operators: packed shards, and PNG files without illumination correction. The plugin
         # is needed on every path (maefast_read_image checks the TIFF files): without it, "auto" falls back
         # to the PyTorch loader.
@@ -132,9 +133,12 @@ class DaliBackend:
 
     def _pipeline_args(self) -> dict:
         gpu = self.device.type == "cuda"
-        device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if gpu else None
+        device_id = None
+        if gpu:
+            device_id = self.device.index if self.device.index is not None else torch.cuda.current_device()
         return dict(batch_size=self.batch_size, num_threads=self.num_threads, device_id=device_id,
-                    prefetch_queue_depth=self.prefetch, exec_dynamic=True, enable_conditionals=self.augment and not self._native, seed=0)
+                    prefetch_queue_depth=self.prefetch, exec_dynamic=True,
+                    enable_conditionals=self.augment and not self._native, seed=0)
 
     def _build(self, feed: list[Batch]):
         pipe = self._native_pipeline(feed) if self._native else self._file_pipeline(feed)

@@ -51,7 +51,8 @@ def cuda_include_dir() -> Path | None:
 
 def _command(compiler: str, output: Path, dali_flags: list[str], cuda: Path) -> list[str]:
     root = source_dir()
-    return [*shlex.split(compiler), "-std=c++20", "-O3", "-shared", "-fPIC", "-w", str(root / "dali" / "maefast_dali.cc"),
+    operators = root / "dali" / "maefast_dali.cc"
+    return [*shlex.split(compiler), "-std=c++20", "-O3", "-shared", "-fPIC", "-w", str(operators),
             "-o", str(output), *dali_flags, f"-I{cuda}"]
 
 

@@ -58,7 +58,8 @@ class ImageSpec:
     def check(self, path, shape, dtype, pages: int = 1, image_id: str | None = None) -> None:
         """Raises ImageReadError (kind "format") naming the file when a decoded image is not what the spec says."""
         if tuple(shape) != tuple(self.shape) or np.dtype(dtype) != np.dtype(self.dtype) or pages != 1:
-            raise ImageReadError(path, f"expected {self}, found {describe_image(shape, dtype, pages)}", image_id, "format")
+            found = describe_image(shape, dtype, pages)
+            raise ImageReadError(path, f"expected {self}, found {found}", image_id, "format")
 
     def check_shard(self, path, shape, dtype, channels: int, image_id: str | None = None) -> None:
         """The same for a packed shard: an (n, channels, height, width) array of the dtype."""
@@ -120,7 +121,8 @@ def _decode(path: Path) -> tuple[np.ndarray, int]:
                 array = array.astype(np.uint16)
             return array, pages
         if image.mode != "L":
-            raise ImageReadError(path, f"expected a grayscale 8- or 16-bit image, found mode {image.mode}", kind="format")
+            raise ImageReadError(path, f"expected a grayscale 8- or 16-bit image, found mode {image.mode}",
+                                 kind="format")
         return np.asarray(image), pages
 
 

@@ -146,7 +146,8 @@ def _plate_batch(seed: int, experiment: str, plate: int, channels: int, strength
     """Experiment-level and plate-level batch effects combined (same for every site of the plate)."""
     experiment_rng = np.random.default_rng([seed, 2, int(experiment.split("-")[1])])
     plate_rng = np.random.default_rng([seed, 3, int(experiment.split("-")[1]), plate])
-    e, p = BatchEffect.random(experiment_rng, channels, strength), BatchEffect.random(plate_rng, channels, 0.5 * strength)
+    e = BatchEffect.random(experiment_rng, channels, strength)
+    p = BatchEffect.random(plate_rng, channels, 0.5 * strength)
     return BatchEffect(gain=e.gain * p.gain, offset=e.offset + p.offset - 0.03,
                        tilt=(e.tilt[0] + p.tilt[0], e.tilt[1] + p.tilt[1]), vignette=e.vignette + p.vignette)
 

@@ -69,8 +69,9 @@ def read_state_dict(source, trust_pickle: bool = False) -> dict[str, torch.Tenso
             state = read_safetensors(path)
         elif not trust_pickle:
             raise UserInputError(f"{path} is a torch.save pickle, whatever its name says; maefast opens pickles only "
-                                 f"when told to trust them: pass trust_pickle=True (command line: --trust-pickle); it "
-                                 f"is then read with torch.load(weights_only=True), which loads tensors and refuses code")
+                                 f"when told to trust them: pass trust_pickle=True (command line: --trust-pickle); "
+                                 f"it is then read with torch.load(weights_only=True), which loads tensors and "
+                                 f"refuses code")
         else:  # through a handle: torch.load given a path ending in .safetensors reads it as safetensors
             try:
                 with open(path, "rb") as handle:
@@ -178,7 +179,8 @@ def read_config(directory: Path) -> dict:
     config_path = directory / CONFIG_FILE
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found: a checkpoint folder needs its {CONFIG_FILE} to rebuild "
-                                f"the model (for bare weights, build the model with create_model and call load_pretrained)")
+                                f"the model (for bare weights, build the model with create_model and call "
+                                f"load_pretrained)")
     meta = read_json(config_path)
     if not isinstance(meta, dict):
         raise UserInputError(f"{config_path}: not a maefast model config (a JSON object), got a {type(meta).__name__}")

@@ -30,5 +30,6 @@ def reject_unknown_options(overrides: dict, **options_by_part: set[str]) -> None
     names as given)."""
     unknown = set(overrides).difference(*options_by_part.values())
     if unknown:
-        listed = ", ".join(f"{part.replace('_', '-')} options: {sorted(names)}" for part, names in options_by_part.items())
+        listed = ", ".join(f"{part.replace('_', '-')} options: {sorted(names)}"
+                           for part, names in options_by_part.items())
         raise UnknownOptionError(f"unknown model option(s) {sorted(unknown)}; {listed}")

@@ -76,7 +76,8 @@ def is_reference_config(meta: dict) -> bool:
 def target(part: dict | None, where: str) -> str:
     """A Hydra dict's `_target_`, as the reference's top-level modules name it (mae_modules.X, vit.X)."""
     if not isinstance(part, dict) or "_target_" not in part:
-        raise ReferenceConfigError(f"config.json: {where} has no _target_; expected a Hydra dict as the reference writes")
+        raise ReferenceConfigError(f"config.json: {where} has no _target_; "
+                                   f"expected a Hydra dict as the reference writes")
     return part["_target_"].removeprefix("maes_microscopy.")
 
 
@@ -118,8 +119,8 @@ def decoder_overrides(decoder: dict, channel_agnostic: bool, grid: int) -> dict:
     eps = 1e-6 if norm is None else float(norm.get("eps", 1e-5))
     overrides = dict(decoder_embed_dim=decoder.get("embed_dim", 256 if channel_agnostic else 512),
                      decoder_depth=decoder.get("depth", 2 if channel_agnostic else 8),
-                     decoder_num_heads=decoder.get("num_heads", 16), decoder_mlp_ratio=float(decoder.get("mlp_ratio", 4)),
-                     decoder_norm_eps=eps)
+                     decoder_num_heads=decoder.get("num_heads", 16),
+                     decoder_mlp_ratio=float(decoder.get("mlp_ratio", 4)), decoder_norm_eps=eps)
     if channel_agnostic:
         overrides["decoder_channels"] = decoder.get("num_modalities", 6)
         if decoder.get("tokens_per_modality", grid) != grid:
@@ -172,8 +173,8 @@ def legacy_in_proj_bias(state: dict, key: str) -> torch.Tensor:
 def check_biased_blocks(model, has_vit_encoder: bool) -> None:
     encoder = model.encoder if has_vit_encoder else model
     if not getattr(encoder.config, "qkv_bias", True):
-        raise UserInputError("the reference's ViT blocks (timm < 1.0.25) put their mlp_bias on q, k, v as well as on the "
-                         "MLP; maefast holds that as an in_proj bias: build the model with qkv_bias=True "
+        raise UserInputError("the reference's ViT blocks (timm < 1.0.25) put their mlp_bias on q, k, v as well as "
+                         "on the MLP; maefast holds that as an in_proj bias: build the model with qkv_bias=True "
                          "(from_pretrained does), e.g. create_model(name, qkv_bias=True)")
 
 
@@ -181,8 +182,8 @@ def convert_reference(state: dict, model, has_vit_encoder: bool) -> dict:
     """Reference keys -> maefast keys for `model` (an MAE / CA-MAE, or a bare encoder taking the backbone)."""
     stateful_norm = sorted(k for k in state if k.startswith(INPUT_NORM))
     if stateful_norm:
-        raise UserInputError(f"checkpoint has input normalization state {stateful_norm}: maefast self-standardizes each "
-                         f"image channel without parameters and cannot represent it")
+        raise UserInputError(f"checkpoint has input normalization state {stateful_norm}: maefast self-standardizes "
+                         f"each image channel without parameters and cannot represent it")
     legacy_bias = any(k.startswith(ENCODER_PREFIX) and k.endswith(".mlp_bias") for k in state)
     if legacy_bias:
         check_biased_blocks(model, has_vit_encoder)

@@ -52,7 +52,8 @@ def _(visible, keep_idx, mask_token, pos_embed, backend):
 
 
 @torch.library.custom_op("maefast::unshuffle_backward", mutates_args=())
-def _unshuffle_backward_op(grad: torch.Tensor, keep_idx: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _unshuffle_backward_op(grad: torch.Tensor, keep_idx: torch.Tensor,
+                           backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(grad_visible in grad's dtype, grad_mask_token float32)."""
     grad = grad.contiguous()
     keep_idx = keep_idx.contiguous()

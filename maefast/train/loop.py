@@ -106,8 +106,8 @@ class Trainer:
         blocks = self.family.blocks(self.model)
         if run.activation_checkpointing:
             if not blocks:
-                raise UserInputError(f"run.activation_checkpointing recomputes transformer blocks; a {self.family.name} "
-                                     f"has none")
+                raise UserInputError(f"run.activation_checkpointing recomputes transformer blocks; "
+                                     f"a {self.family.name} has none")
             from torch.distributed._composable import checkpoint as checkpoint_activations
             for block in blocks:
                 checkpoint_activations(block)
@@ -231,7 +231,8 @@ class Trainer:
             inputs = (pixels,) if self.classes is None else (pixels, self.labels(batch["index"]))
             ids.extend(list(batch["ids"]))
             last_micro = micro == accumulation - 1
-            sync = contextlib.nullcontext() if last_micro or not hasattr(self.wrapped, "no_sync") else self.wrapped.no_sync()
+            defer_sync = not last_micro and hasattr(self.wrapped, "no_sync")
+            sync = self.wrapped.no_sync() if defer_sync else contextlib.nullcontext()
             with sync:
                 with self.autocast():
                     loss, pred, mask = self.forward(*inputs)
@@ -261,9 +262,11 @@ class Trainer:
                 loss, ids, pixels, pred, mask = self.train_step(iterator)
                 if dist_utils.any_rank(not torch.isfinite(loss).all().item(), context):
                     streak += 1
-                    message = f"non-finite loss at step {self.step + 1} (batch images {ids[:16]}{'...' if len(ids) > 16 else ''})"
+                    batch_ids = f"{ids[:16]}{'...' if len(ids) > 16 else ''}"
+                    message = f"non-finite loss at step {self.step + 1} (batch images {batch_ids})"
                     if streak >= run.nonfinite_limit:
-                        raise NonFiniteLoss(f"{message}; {streak} in a row, the limit is run.nonfinite_limit={run.nonfinite_limit}")
+                        raise NonFiniteLoss(f"{message}; {streak} in a row, the limit is "
+                                            f"run.nonfinite_limit={run.nonfinite_limit}")
                     warnings.warn(message + ": step skipped", stacklevel=2)
                     continue
                 streak = 0

@@ -34,7 +34,8 @@ def run_op(op, columns, **options):
 
 def expected_crops(image, anchors, flags, size):
     """(K, C, size, size) from the reference augmentation of a (C, H, W) image."""
-    return np.stack([apply_augment(image[:, y:y + size, x:x + size], *map(bool, f)) for (y, x), f in zip(anchors, flags)])
+    return np.stack([apply_augment(image[:, y:y + size, x:x + size], *map(bool, f))
+                     for (y, x), f in zip(anchors, flags)])
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
@@ -47,7 +48,8 @@ def test_packed_crops_all_symmetries(tmp_path, dtype, size):
     rows, anchors, flags = [], [], []
     for row in (0, 2, 1):
         rows.append(np.array([row], np.int32))
-        anchors.append(np.stack([rng.integers(0, 70 - size + 1, 8), rng.integers(0, 90 - size + 1, 8)], 1).astype(np.int32))
+        ys, xs = rng.integers(0, 70 - size + 1, 8), rng.integers(0, 90 - size + 1, 8)
+        anchors.append(np.stack([ys, xs], 1).astype(np.int32))
         flags.append(FLAGS.copy())
     paths = [_encode(str(tmp_path / "shard.npy"))] * 3
     out = run_op("maefast_packed_crops", [paths, rows, anchors, flags], crop_size=size, channels=channels,

@@ -61,7 +61,8 @@ def test_crops_at_planned_positions(rxrx8, backend):
 def test_augmentation_is_the_eight_symmetries():
     crop = np.arange(2 * 3 * 3).reshape(2, 3, 3)
     results = {apply_augment(crop, t, v, h).tobytes() for t in (0, 1) for v in (0, 1) for h in (0, 1)}
-    rotations = {np.rot90(np.flip(crop, -1) if f else crop, k, axes=(-2, -1)).tobytes() for k in range(4) for f in (0, 1)}
+    rotations = {np.rot90(np.flip(crop, -1) if f else crop, k, axes=(-2, -1)).tobytes()
+                 for k in range(4) for f in (0, 1)}
     assert results == rotations and len(results) == 8
 
 

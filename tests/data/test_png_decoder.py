@@ -229,12 +229,13 @@ def test_chunks_checked_as_pillow_checks_them():
     image = textured(rng, 6, 8, np.uint8)
     good = encode_png(image, rng.integers(0, 5, 6), idat_parts=2)
     end = good.index(b"IEND") - 4
+    deflated = zlib.compress(_filter_rows(image, np.zeros(6, int), 1))
     variants = {
         "bad checksum of chunk gAMA": good[:33] + _chunk(b"gAMA", b"\x00\x00\xb1\x8f")[:-1] + b"\x00" + good[33:],
         "runs past the end": good[:end] + struct.pack(">I", 4000) + b"tEXt" + b"x" * 10,
-        "truncated deflate stream": (good[:33] + _chunk(b"IDAT", zlib.compress(_filter_rows(image, np.zeros(6, int), 1))[:20])
+        "truncated deflate stream": (good[:33] + _chunk(b"IDAT", deflated[:20])
                                   + _chunk(b"tIME", b"\x07\xe8\x01\x01\x00\x00\x00")
-                                  + _chunk(b"IDAT", zlib.compress(_filter_rows(image, np.zeros(6, int), 1))[20:])
+                                  + _chunk(b"IDAT", deflated[20:])
                                   + _chunk(b"IEND", b"")),
     }
     variants["checksum missing"] = good[:33] + _chunk(b"tEXt", b"a\x00b")[:-2]  # the file ends in it

@@ -117,8 +117,9 @@ def test_embed_format_export_and_map_on_each_format(screen, tmp_path, format, ca
                  "--perturbation-col", "perturbation", "--control", "EMPTY", "--batch-col", "plate",
                  "--pca-components", "0", "--no-tvn"]) == 0
     expected_map = tmp_path / "map_reference.parquet"
-    assert main(["map", "--embeddings", str(job / "shards"), "--out", str(expected_map), "--perturbation-col",
-                 "perturbation", "--control", "EMPTY", "--batch-col", "plate", "--pca-components", "0", "--no-tvn"]) == 0
+    assert main(["map", "--embeddings", str(job / "shards"), "--out", str(expected_map),
+                 "--perturbation-col", "perturbation", "--control", "EMPTY", "--batch-col", "plate",
+                 "--pca-components", "0", "--no-tvn"]) == 0
     from maefast.cli.evaluate import read_map
     np.testing.assert_allclose(read_map(out, None).sort_index().to_numpy(),
                                read_map(expected_map, None).sort_index().to_numpy(), rtol=1e-4, atol=1e-5)

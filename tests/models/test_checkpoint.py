@@ -46,7 +46,8 @@ def test_missing_and_unexpected_keys_are_listed_unless_non_strict():
 def test_pickles_need_trust(tmp_path):
     model = maefast.create_model("vit_debug_patch8_64", in_chans=2)
     torch.save({"state_dict": model.state_dict()}, tmp_path / "weights.pth")
-    with pytest.raises(ValueError, match="is a torch.save pickle.*maefast opens pickles only when told to trust them: pass trust_pickle=True"):
+    with pytest.raises(ValueError, match="is a torch.save pickle.*maefast opens pickles only "
+                                         "when told to trust them: pass trust_pickle=True"):
         maefast.load_pretrained(model, tmp_path / "weights.pth")
     maefast.load_pretrained(model, tmp_path / "weights.pth", trust_pickle=True)
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):

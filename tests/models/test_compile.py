@@ -141,7 +141,8 @@ def test_inductor_compiled_model_matches_eager(name):
         model.zero_grad(set_to_none=True)
         loss, pred, _ = forward(pixels, noise=noise)
         loss.backward()
-        return loss.detach(), pred.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return loss.detach(), pred.detach(), grads
 
     eager = loss_and_grads(model)
     fresh_dynamo()

@@ -54,5 +54,6 @@ def test_timm_weights_into_mae_encoder(pool):
 def test_timm_checkpoint_into_wrong_model_names_shapes():
     state, *_ = golden("token")
     wrong = maefast.create_model("vit_debug_patch8_64", img_size=32, in_chans=5, embed_dim=48, num_heads=4, depth=2)
-    with pytest.raises(CheckpointMismatch, match=r"patch_embed.proj.weight: checkpoint \(48, 3, 8, 8\) vs model \(48, 5, 8, 8\)"):
+    expected = r"patch_embed.proj.weight: checkpoint \(48, 3, 8, 8\) vs model \(48, 5, 8, 8\)"
+    with pytest.raises(CheckpointMismatch, match=expected):
         maefast.load_pretrained(wrong, state)

@@ -177,7 +177,8 @@ def compile_to_ptx(src: ASTSource, options) -> tuple[dict, dict]:
     context = ir.context()
     ir.load_dialects(context)
     backend.load_dialects(context)
-    module = src.make_ir(HOPPER, options, backend.get_codegen_implementation(options), backend.get_module_map(), context)
+    codegen = backend.get_codegen_implementation(options)
+    module = src.make_ir(HOPPER, options, codegen, backend.get_module_map(), context)
     text = {}
     for stage, lower in stages.items():
         if stage == "cubin":

@@ -1,4 +1,5 @@
-"""attention: the Triton flash-attention kernel against the reference, and the dispatcher (docs/architecture.md, "The op contract")."""
+"""attention: the Triton flash-attention kernel against the reference, and the dispatcher (docs/architecture.md,
+"The op contract")."""
 import importlib
 
 import pytest

@@ -18,7 +18,8 @@ def test_recipes_hold_the_papers_settings():
     assert {"debug", "mae_vit_small_patch16", "mae_vit_base_patch16", "mae_vit_base_patch8", "mae_vit_large_patch8",
             "camae_vit_small_patch16", "camae_vit_base_patch16"} <= set(recipe_names())
     large = load_config("mae_vit_large_patch8")
-    assert (large.optim.name, large.optim.lr, large.optim.weight_decay, large.optim.betas) == ("lion", 3e-5, 0.05, (0.9, 0.95))
+    optim = large.optim
+    assert (optim.name, optim.lr, optim.weight_decay, optim.betas) == ("lion", 3e-5, 0.05, (0.9, 0.95))
     assert load_config("mae_vit_base_patch16").optim.lr == 1e-4
     assert large.optim.warmup_fraction == 0.1
 
@@ -34,7 +35,8 @@ def test_overrides_and_refusals_name_the_key():
         "optim.lr=-1": "optim.lr=-1 must be a positive number",
         "optim.betas=[0.9, 1.5]": r"optim.betas=\[0.9, 1.5\] must be two numbers in \[0, 1\)",
         "optim.betas=[0.9]": r"optim.betas=\(0.9,\) must be a list of 2 items: a finite number, a finite number",
-        "model.name=vit_small_patch16_256": r"encoder family\) cannot be trained; the trainable families are CA-MAE \(camae_\*\), MAE",
+        "model.name=vit_small_patch16_256": (r"encoder family\) cannot be trained; "
+                                             r"the trainable families are CA-MAE \(camae_\*\), MAE"),
         "model.overrides.mask_ratio=1.0": r"mask_ratio must be in \[0, 1\), got 1.0",
         "data.crop_size=32": "data.crop_size=32 must equal the model's img_size 64",
         "run.speed=9": r"unknown key\(s\) \['run.speed'\]",

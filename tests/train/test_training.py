@@ -48,7 +48,8 @@ def test_debug_run_writes_checkpoints_metrics_images_and_encoder(screen, tmp_pat
     assert not torch.equal(early.cls_token, encoder.cls_token)
     pixels = torch.randint(0, 255, (2, 6, 64, 64), dtype=torch.uint8)
     assert encoder.embed(pixels).shape == (2, 64)
-    assert summary["total_flops"] == pytest.approx(6 * 8 * family_of(encoder_owner(tmp_path)).training_flops(encoder_owner(tmp_path), 6))
+    owner = encoder_owner(tmp_path)
+    assert summary["total_flops"] == pytest.approx(6 * 8 * family_of(owner).training_flops(owner, 6))
 
 
 def encoder_owner(run_dir):
@@ -146,11 +147,13 @@ class PoisonedLoader:
 
 
 def test_nonfinite_losses_are_skipped_then_stop_the_run(screen, tmp_path):
-    trainer = Trainer(config_for(screen, "run.max_steps=4", "run.nonfinite_limit=3"), tmp_path / "a", show_progress=False)
+    trainer = Trainer(config_for(screen, "run.max_steps=4", "run.nonfinite_limit=3"), tmp_path / "a",
+                      show_progress=False)
     trainer.loader = PoisonedLoader(trainer.loader, {2})
     with pytest.warns(UserWarning, match=r"non-finite loss at step 2 \(batch images \["):
         assert trainer.train()["step"] == 4
-    trainer = Trainer(config_for(screen, "run.max_steps=8", "run.nonfinite_limit=3"), tmp_path / "b", show_progress=False)
+    trainer = Trainer(config_for(screen, "run.max_steps=8", "run.nonfinite_limit=3"), tmp_path / "b",
+                      show_progress=False)
     trainer.loader = PoisonedLoader(trainer.loader, {2, 3, 4})
     with pytest.warns(UserWarning), pytest.raises(NonFiniteLoss, match=r"non-finite loss at step 2 .*3 in a row"):
         trainer.train()
