@@ -2,6 +2,8 @@
 `maefast export`: its output (or a map) in another format."""
 from __future__ import annotations
 
+import argparse
+
 from maefast.data.decode import ERROR_POLICIES
 from maefast.tables import FEATURE_PREFIX, FORMATS, LEVELS
 
@@ -34,6 +36,9 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--attention", default="auto",
                         help="attention kernel of every site: auto (on CUDA the fastest, timed once) or one of "
                              "triton, sdpa, cudnn, flash, efficient, math, flash_attn, fa3, fa4")
+    parser.add_argument("--tile-batch", type=tile_batch, default="auto",
+                        help="tiles per encoder forward: auto (on CUDA the largest batch that fits and still "
+                             "gets faster, timed once; elsewhere one loader batch's tiles) or a number")
     parser.add_argument("--backend", default="auto", choices=("auto", "dali", "torch"), help="loader backend")
     parser.add_argument("--on-error", default="raise", choices=ERROR_POLICIES)
     parser.add_argument("--workers", type=int, default=None, help="loader threads / processes")
@@ -56,6 +61,14 @@ def add_commands(subparsers) -> None:
     export.set_defaults(func=export_command)
 
 
+def tile_batch(text: str) -> int | str:
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected auto or a positive number of tiles, got {text!r}")
+    return int(text)
+
+
 def embed_command(args) -> int:
     from maefast.embedding.api import embed
     channels = [c.strip() for c in args.channels.split(",")] if args.channels else None
@@ -65,11 +78,11 @@ def embed_command(args) -> int:
                     per_channel=args.per_channel, batch_size=args.batch_size, shard_size=args.shard_size,
                     precision=args.precision, backend=args.backend, on_error=args.on_error, workers=args.workers,
                     device=args.device, show_progress=not args.no_progress, format=args.format,
-                    compile=args.compile, attention=args.attention)
+                    compile=args.compile, attention=args.attention, tile_batch=args.tile_batch)
     if "complete" in summary:  # rank 0
         state = "complete" if summary["complete"] else f"incomplete (missing shards {summary.get('missing_shards')})"
         print(f"maefast embed: {summary['num_shards']} shards, {state}, "
-              f"{summary['crops_per_s']:.1f} crops/s; {args.out}")
+              f"{summary['crops_per_s']:.1f} crops/s ({summary['tile_batch']} tiles per forward); {args.out}")
         for path in summary.get("exports", []):
             print(f"maefast embed: wrote {path}")
     return 0

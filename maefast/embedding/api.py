@@ -39,14 +39,16 @@ def embed(checkpoint, data, out, *, model: str | None = None, weights_layout: st
           per_channel: bool = False, batch_size: int = 16, shard_size: int = 1024, precision: str = "auto",
           backend: str = "auto", on_error: str = "raise", workers: int | None = None, device: str = "auto",
           show_progress: bool = True, format: str = "parquet", compile: str = "auto",
-          attention: str = "auto") -> dict:
+          attention: str = "auto", tile_batch: int | str = "auto") -> dict:
     """Embeds every site of `data` with the encoder in `checkpoint` into `out`; returns the job summary.
 
     Under torchrun each rank embeds its own shards. Read the result with maefast.read_embeddings(out).
     format: besides the parquet shards and wells.parquet, a finished job also writes sites and wells as
     h5ad (AnnData), pycytominer-csv or pycytominer-parquet (see maefast.tables); listed in summary["exports"].
     compile: "auto" compiles on CUDA (fixed shapes, CUDA graphs), "on" / "off" force it; attention: "auto"
-    (on CUDA the fastest kernel at the job's shapes, timed once) or a backend name for every attention site.
+    (on CUDA the fastest kernel at the job's shapes, timed once) or a backend name for every attention site;
+    tile_batch: tiles per encoder forward, "auto" (on CUDA the largest batch that fits and still gets faster,
+    timed once; elsewhere one loader batch's tiles) or a number.
     """
     if check_format(format) == "h5ad":
         import_anndata()  # before hours of embedding, not after
@@ -60,7 +62,8 @@ def embed(checkpoint, data, out, *, model: str | None = None, weights_layout: st
         settings = EmbedSettings(checkpoint=str(checkpoint), weights_sha256=file_sha256(weights_file(checkpoint)),
                                  pool=pool, per_channel=per_channel, tile_size=tile,
                                  batch_size=batch_size, shard_size=shard_size, precision=precision,
-                                 channels=tuple(dataset.channels), compile=compile, attention=attention)
+                                 channels=tuple(dataset.channels), compile=compile, attention=attention,
+                                 tile_batch=tile_batch)
 
         def make_tiles(subset):
             return make_tile_loader(subset, batch_size=batch_size, crop_size=tile, device=context.device,

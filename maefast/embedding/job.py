@@ -11,6 +11,7 @@ refused rather than mixed. The output directory is locked: one job writes it at 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,6 +45,8 @@ class EmbedSettings:
     channels: tuple = ()
     compile: str = "auto"         # auto (on CUDA: compiled, fixed shapes, CUDA graphs) | on | off
     attention: str = "auto"       # auto (on CUDA: the fastest, timed once) or an attention backend
+    tile_batch: int | str = "auto"  # tiles per encoder forward; auto: on CUDA the largest that fits and
+                                    # gets faster (timed once), elsewhere one loader batch's tiles
 
     def validate(self) -> None:
         if self.pool not in ("mean", "cls"):
@@ -53,6 +56,8 @@ class EmbedSettings:
         if self.compile not in COMPILE_CHOICES:
             raise UserInputError(f"compile must be one of {COMPILE_CHOICES}, got {self.compile!r}")
         check_attention_choice(self.attention)
+        if self.tile_batch != "auto" and not (isinstance(self.tile_batch, int) and self.tile_batch >= 1):
+            raise UserInputError(f"tile_batch must be 'auto' or a positive integer, got {self.tile_batch!r}")
         for key in ("tile_size", "batch_size", "shard_size"):
             if getattr(self, key) < 1:
                 raise UserInputError(f"{key} must be a positive integer, got {getattr(self, key)}")
@@ -98,9 +103,8 @@ def embed_shard(embedder: TileEmbedder, dataset, rows: np.ndarray, make_tiles, d
     subset = dataset.subset(rows)
     loader = make_tiles(subset)
     sums, counts = None, torch.zeros(len(rows), dtype=torch.float64)
-    for batch in loader:
-        features = embedder(batch["pixels"].to(device, non_blocking=True))
-        owners = torch.as_tensor(batch["index"], dtype=torch.int64)
+    for pixels, owners in regroup(loader, embedder.batch_tiles, device):
+        features = embedder(pixels)
         if sums is None:
             sums = torch.zeros(len(rows), features.shape[1], dtype=torch.float64)
         sums.index_add_(0, owners, features.double().cpu())
@@ -112,6 +116,23 @@ def embed_shard(embedder: TileEmbedder, dataset, rows: np.ndarray, make_tiles, d
     if sums is None:  # every image of the shard was skipped
         return site_table(table, np.zeros((0, 0), np.float32)), skipped, 0
     return site_table(table, (sums[done] / counts[done, None]).float().numpy()), skipped, int(counts.sum())
+
+
+def regroup(loader, size: int, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The loader's tiles in batches of `size` (the last one smaller), whatever its own batches hold:
+    (pixels on `device`, index of each tile's image within the subset)."""
+    pixels, owners, held = [], [], 0
+    for batch in loader:
+        pixels.append(batch["pixels"].to(device, non_blocking=True))
+        owners.append(torch.as_tensor(batch["index"], dtype=torch.int64))
+        held += len(owners[-1])
+        while held >= size:
+            all_pixels = torch.cat(pixels) if len(pixels) > 1 else pixels[0]
+            all_owners = torch.cat(owners) if len(owners) > 1 else owners[0]
+            yield all_pixels[:size], all_owners[:size]
+            pixels, owners, held = [all_pixels[size:]], [all_owners[size:]], held - size
+    if held:
+        yield torch.cat(pixels), torch.cat(owners)
 
 
 def site_table(table: pd.DataFrame, features: np.ndarray) -> pd.DataFrame:
@@ -156,7 +177,7 @@ def embed_shards(encoder, dataset, out: Path, settings: EmbedSettings, make_tile
     tiles_per_image = (dataset.image_shape[0] // settings.tile_size) * (dataset.image_shape[1] // settings.tile_size)
     embedder = TileEmbedder(encoder, pool=settings.pool, per_channel=settings.per_channel,
                             precision=settings.precision, device=device,
-                            batch_tiles=settings.batch_size * tiles_per_image,
+                            batch_tiles=settings.tile_batch, loader_tiles=settings.batch_size * tiles_per_image,
                             tile_shape=(len(dataset.channels), settings.tile_size, settings.tile_size),
                             compile=settings.compile, attention=settings.attention,
                             out=out if rank == 0 else None, broadcast=lambda obj: broadcast_object(obj, context))
@@ -175,7 +196,7 @@ def embed_shards(encoder, dataset, out: Path, settings: EmbedSettings, make_tile
         progress.set_postfix(crops_s=f"{crops / max(time.perf_counter() - start, 1e-9):.1f}")
     progress.close()
     barrier(context)
-    summary = {"num_shards": num_shards, "embedded_here": len(mine),
+    summary = {"num_shards": num_shards, "embedded_here": len(mine), "tile_batch": embedder.batch_tiles,
                "crops_per_s": crops / max(time.perf_counter() - start, 1e-9)}
     if rank == 0:
         summary.update(finalize(out, num_shards))

@@ -51,6 +51,24 @@ def test_embeddings_are_the_mean_over_each_sites_tiles(screen, checkpoint, tmp_p
     np.testing.assert_allclose(wells.filter(like="feature_").iloc[0].to_numpy(), one_well, rtol=1e-5)
 
 
+def test_the_tile_batch_regroups_tiles_without_changing_the_features(screen, checkpoint, tmp_path):
+    common = ["embed", "--checkpoint", str(checkpoint), "--data", str(screen), "--shard-size", "5",
+              "--batch-size", "3", "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "loader")]) == 0  # one loader batch (12 tiles) per forward
+    assert main([*common, "--out", str(tmp_path / "five"), "--tile-batch", "5"]) == 0  # forwards across batches
+    loader, five = read_job(tmp_path / "loader"), read_job(tmp_path / "five")
+    assert list(loader["id"]) == list(five["id"])
+    np.testing.assert_allclose(five.filter(like="feature_").to_numpy(), loader.filter(like="feature_").to_numpy(),
+                               rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "many"])
+def test_a_bad_tile_batch_is_refused_by_name(value, capsys):
+    with pytest.raises(SystemExit):
+        main(["embed", "--checkpoint", "c", "--data", "d", "--out", "o", "--tile-batch", value])
+    assert "--tile-batch" in capsys.readouterr().err
+
+
 class Interrupt(Exception):
     pass
 

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from maefast import create_model
-from maefast.embedding.runner import ATTENTION_FILE, TileEmbedder
+from maefast.embedding.job import regroup
+from maefast.embedding.runner import ATTENTION_FILE, SATURATION_GAIN, TileEmbedder, choose_tile_batch
+from maefast.errors import UserInputError
 from maefast.models.attention_setup import current_attention
 
 
@@ -43,3 +45,64 @@ def test_a_chosen_attention_backend_runs_every_site():
     runner = embedder("off", attention="math")
     assert current_attention(runner.encoder) == {"encoder": "math"}
     assert runner(tiles(2)).shape == (2, 64)
+
+
+def test_batches_larger_than_the_tile_batch_run_in_chunks_with_the_same_features():
+    runner, pixels = embedder("off"), tiles(15)  # 6 + 6 + 3
+    whole = runner.forward(pixels)
+    torch.testing.assert_close(runner(pixels), whole, rtol=1e-4, atol=1e-5)
+
+
+def test_regroup_gives_batches_of_the_tile_batch_in_the_loaders_order():
+    sizes = [3, 5, 2, 7]
+    loader = [{"pixels": tiles(n), "index": list(range(sum(sizes[:i]), sum(sizes[:i + 1])))}
+              for i, n in enumerate(sizes)]
+    groups = list(regroup(loader, 4, torch.device("cpu")))
+    assert [len(owners) for _, owners in groups] == [4, 4, 4, 4, 1]
+    torch.testing.assert_close(torch.cat([p for p, _ in groups]), torch.cat([b["pixels"] for b in loader]))
+    assert torch.cat([o for _, o in groups]).tolist() == list(range(17))
+
+
+def rate_curve(rates: dict[int, float], peaks: dict[int, int] | None = None, oom_from: int | None = None):
+    """measure(tiles) of a device whose throughput at each batch is `rates` and runs out of memory from
+    `oom_from` tiles; records which batches were tried."""
+    tried = []
+
+    def measure(count: int) -> tuple[float, int]:
+        tried.append(count)
+        if oom_from is not None and count >= oom_from:
+            raise torch.OutOfMemoryError(f"{count} tiles")
+        return rates[count], (peaks or {}).get(count, count)
+    return measure, tried
+
+
+def test_the_tile_batch_grows_until_the_throughput_saturates():
+    rates = {16: 100.0, 32: 180.0, 64: 300.0, 128: 310.0, 256: 320.0}
+    measure, tried = rate_curve(rates)
+    tiles_chosen, trials = choose_tile_batch(measure, memory_limit=10**9, candidates=tuple(rates))
+    assert 310.0 < 300.0 * SATURATION_GAIN  # 128 gains too little: stop there, keep the largest that fit
+    assert tried == [16, 32, 64, 128] and tiles_chosen == 128
+    assert [t.outcome for t in trials] == ["fits", "fits", "fits", "no faster"]
+
+
+def test_the_tile_batch_stops_below_out_of_memory_and_the_memory_share():
+    rates = {16: 100.0, 32: 200.0, 64: 400.0, 128: 800.0}
+    measure, _ = rate_curve(rates, oom_from=64)
+    assert choose_tile_batch(measure, memory_limit=10**9, candidates=tuple(rates))[0] == 32
+    measure, _ = rate_curve(rates, peaks={16: 1, 32: 2, 64: 3, 128: 99})
+    tiles_chosen, trials = choose_tile_batch(measure, memory_limit=10, candidates=tuple(rates))
+    assert tiles_chosen == 64 and trials[-1].outcome == "over the memory share"
+
+
+def test_a_device_too_small_for_the_smallest_batch_is_a_clear_error():
+    measure, _ = rate_curve({16: 1.0}, oom_from=16)
+    with pytest.raises(UserInputError, match="not even 16 tiles per forward fit.*out of memory"):
+        choose_tile_batch(measure, memory_limit=10**9, candidates=(16, 32))
+
+
+def test_a_cpu_job_runs_one_loader_batch_per_forward_unless_told():
+    assert embedder("off", loader_tiles=12).batch_tiles == 6  # the number given
+    encoder = create_model("vit_debug_patch8_64", img_size=32, in_chans=3)
+    auto = TileEmbedder(encoder, pool="mean", per_channel=False, precision="fp32", device=torch.device("cpu"),
+                        batch_tiles="auto", tile_shape=(3, 32, 32), compile="off", loader_tiles=12)
+    assert auto.batch_tiles == 12
