@@ -51,7 +51,7 @@ def choose_tile_batch(measure: Callable[[int], tuple[float, int]], memory_limit:
     measure(tiles) -> (tiles per second, peak memory in bytes), raising torch.OutOfMemoryError when the
     batch does not fit. The search stops at the first batch that runs out of memory, peaks above
     `memory_limit`, or gains less than SATURATION_GAIN over the best so far; the answer is the largest batch
-    that fit. Returns it and every trial."""
+    that fit and was no slower than a smaller one. Returns it and every trial."""
     trials: list[BatchTrial] = []
     best_rate = 0.0
     for tiles in candidates:
@@ -73,7 +73,9 @@ def choose_tile_batch(measure: Callable[[int], tuple[float, int]], memory_limit:
         if trial.outcome != "fits":
             break
         best_rate = trial.tiles_per_s
-    fitting = [t.tiles for t in trials if t.outcome in ("fits", "no faster")]
+    # the batch that stopped the growth still counts when it is no slower: the largest batch that fits
+    fitting = [t.tiles for t in trials
+               if t.outcome == "fits" or (t.outcome == "no faster" and t.tiles_per_s >= best_rate)]
     if not fitting:
         raise UserInputError(f"not even {candidates[0]} tiles per forward fit on the device "
                              f"({trials[0].outcome}); the encoder is too large for it")

@@ -83,6 +83,8 @@ def test_the_tile_batch_grows_until_the_throughput_saturates():
     assert 310.0 < 300.0 * SATURATION_GAIN  # 128 gains too little: stop there, keep the largest that fit
     assert tried == [16, 32, 64, 128] and tiles_chosen == 128
     assert [t.outcome for t in trials] == ["fits", "fits", "fits", "no faster"]
+    measure, _ = rate_curve({**rates, 128: 290.0})  # slower at 128: keep 64
+    assert choose_tile_batch(measure, memory_limit=10**9, candidates=tuple(rates))[0] == 64
 
 
 def test_the_tile_batch_stops_below_out_of_memory_and_the_memory_share():
