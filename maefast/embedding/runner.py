@@ -21,7 +21,7 @@ import torch
 
 from maefast.errors import UserInputError
 from maefast.io import read_json, write_json_atomic
-from maefast.models.attention_setup import configure_attention, tune_attention
+from maefast.models.attention_setup import configure_attention, random_pixels, tune_attention
 
 ATTENTION_FILE, TILE_BATCH_FILE = "attention.json", "tile_batch.json"
 COMPILE_CHOICES = ("auto", "on", "off")
@@ -87,7 +87,7 @@ def measure_forward(forward: Callable[[torch.Tensor], torch.Tensor], tile_shape:
     """measure(tiles) for choose_tile_batch: a CUDA forward's tiles per second and peak memory (random
     16-bit pixels; one warm-up call, then `repeats` timed ones)."""
     def measure(tiles: int) -> tuple[float, int]:
-        pixels = torch.randint(0, 65536, (tiles, *tile_shape), dtype=torch.int32, device=device).to(torch.uint16)
+        pixels = random_pixels((tiles, *tile_shape), device)
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         forward(pixels)
@@ -172,8 +172,7 @@ class TileEmbedder:
         if recorded is not None and recorded.exists():
             result = {**read_json(recorded), "reused": True}
         elif requested == "auto" and self.device.type == "cuda":
-            pixels = torch.randint(0, 65536, (self.batch_tiles, *self.tile_shape), dtype=torch.int32,
-                                   device=self.device).to(torch.uint16)
+            pixels = random_pixels((self.batch_tiles, *self.tile_shape), self.device)
             tuning = tune_attention(self.encoder, lambda: self.forward(pixels), needs_grad=False)
             result = {"choice": tuning.choice, "timings": tuning.timings}
             if recorded is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from maefast.io import write_json_atomic
-from maefast.models.attention_setup import configure_attention, current_attention, tune_attention
+from maefast.models.attention_setup import configure_attention, current_attention, random_pixels, tune_attention
 from maefast.models.families import family_of
 
 ATTENTION_FILE = "attention.json"
@@ -27,8 +27,7 @@ def compile_enabled(setting, device: torch.device) -> bool:
 
 def random_batch(model, batch: int, channels: int, size: int, device: torch.device) -> tuple:
     """Inputs of one training step at the run's shapes: uint16 pixels (and labels for a classifier)."""
-    pixels = torch.randint(0, 65536, (batch, channels, size, size), dtype=torch.int32, device=device)
-    inputs = (pixels.to(torch.uint16),)
+    inputs = (random_pixels((batch, channels, size, size), device),)
     if family_of(model).needs_labels:
         inputs += (torch.randint(0, model.config.num_classes, (batch,), device=device),)
     return inputs
