@@ -10,8 +10,8 @@ features, a random ViT and two reference features), builds maps and writes, unde
 per method and source with 95% intervals and pair counts, a test against chance and the random ViT, and why
 a trained system is at chance when it is), results.csv, recall_bars.png and gene_map_pca.png. Resumable.
 
-default: 80 genes, tiny ViTs on 64 x 64 crops, 600 steps each; about 9 minutes on two idle CPU cores.
---fast:  40 genes, 60 steps; a few CPU minutes. At these sizes the MAE and CA-MAE are expected to be at
+default: 80 genes, tiny ViTs on 64 x 64 crops, 600 steps each; about 7 minutes on two idle CPU cores.
+--fast:  40 genes, 60 steps; about a minute. At these sizes the MAE and CA-MAE are expected to be at
          chance (the report says why; docs/demo.md); --steps trains longer.
 """
 
