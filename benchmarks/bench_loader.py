@@ -23,7 +23,6 @@ on PNG, i.e. against maefast's fast PNG path) and packed_over_png_fallback (agai
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -32,6 +31,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from maefast.errors import installed
 
 
 def _device_name(device: str) -> str:
@@ -123,7 +124,7 @@ def decode_benchmark(size: int = 512, calls: int = 100) -> dict:
             decoders["libdeflate inflate"] = (lambda: deflate.zlib_decompress(stream, raw_size), 1)  # noqa: B023
         except ImportError:
             print("decode: libdeflate not measured: pip install deflate (or maefast[bench])")
-        if importlib.util.find_spec("nvidia.dali"):
+        if installed("nvidia.dali"):
             decoders["dali png"] = (_dali_png_decoder(png, dtype, batch), batch)
         best = {name: float("inf") for name in decoders}
         order = np.random.default_rng(0)

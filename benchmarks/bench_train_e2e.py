@@ -15,7 +15,6 @@ that survives the loader and the trainer (the recipe's Lion and gradient clippin
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import common
+from maefast.errors import installed
 
 GPU = dict(recipe="mae_vit_large_patch8", model="mae_vit_large_patch8_256", batch=64, steps=150, log_every=10,
            workers=8, screen=["--genes", "12", "--plates", "2", "--controls", "4", "--size", "512"])
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     steps = args.steps or settings["steps"]
     rec = common.Recorder("train_e2e", device, args.json_out)
     common.stop_on_sigterm()
-    loader = "auto" if importlib.util.find_spec("nvidia.dali") is not None else "torch"
+    loader = "auto" if installed("nvidia.dali") else "torch"
     variant = "maefast" if device.type == "cuda" else "maefast_eager"  # what run.compile=auto does
     with tempfile.TemporaryDirectory(prefix="bench_train_e2e_") as scratch:
         work = Path(args.workdir or scratch)

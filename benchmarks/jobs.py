@@ -16,7 +16,6 @@ warm-ups are reported apart (`warmup_s`) and never counted in a throughput.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from benchmarks import common
 from benchmarks.reference_pipeline import reference_embed, reference_forward
 from maefast.embedding.runner import TileEmbedder
+from maefast.errors import installed
 from maefast.models.attention_setup import configure_attention
 from maefast.ops.patches import pixel_scale
 from maefast.train.acceleration import choose_attention
@@ -152,7 +152,7 @@ def embedding_job(encoder, pixels: torch.Tensor) -> Job:
     def reference(p):
         return reference_embed(baseline, p)
     baselines = {"reference": reference}
-    if importlib.util.find_spec("timm") is not None:
+    if installed("timm"):
         baselines = {"timm": timm_encoder(baseline), **baselines}
     unavailable = {} if "timm" in baselines else dict.fromkeys(
         ("timm", "timm_compiled"), "timm is not installed (python -m pip install timm)")

@@ -34,6 +34,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import maefast
 from benchmarks import common, jobs
+from maefast.errors import installed
 
 GROUPS = ("gemm", "attention", "maefast", "elementwise_copy_norm", "other")
 TAGS = ("cast", "copy", "norm", "optimizer")
@@ -51,7 +52,7 @@ JOBS = {"train": ("mae_vit_large_patch8_256", jobs.QUICK_TRAIN_MODEL, 64, 16, jo
 
 def maefast_kernel_names() -> dict[str, str]:
     """Name of each @triton.jit function of maefast.kernels (the name a profiler shows) -> its kernel module."""
-    if importlib.util.find_spec("triton") is None:
+    if not installed("triton"):
         return {}  # without Triton no maefast kernel can run
     from triton.runtime import JITFunction
 

@@ -7,6 +7,8 @@ exception is a bug in maefast and keeps its traceback.
 """
 from __future__ import annotations
 
+import importlib.util
+
 
 class UserInputError(ValueError):
     """Input the user can correct: a bad argument, config value, input file or output directory."""
@@ -14,6 +16,14 @@ class UserInputError(ValueError):
 
 class MissingDependency(UserInputError, ImportError):
     """An optional package a requested feature needs is not installed (the message says how to install it)."""
+
+
+def installed(module: str) -> bool:
+    """Whether an optional package (or a submodule of one) can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a submodule whose parent package is missing ("nvidia.dali" without nvidia)
+        return False
 
 
 class UnknownOptionError(UserInputError, TypeError):

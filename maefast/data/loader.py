@@ -16,7 +16,6 @@ maefast.data.ImageReadError naming the file.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import warnings
 
@@ -26,13 +25,13 @@ import torch
 from maefast.data.dataset import Dataset
 from maefast.data.decode import check_error_policy
 from maefast.data.plan import TilePlan, TrainPlan
-from maefast.errors import UserInputError
+from maefast.errors import UserInputError, installed
 
 BACKENDS = ("auto", "dali", "torch")
 
 
 def dali_available() -> bool:
-    return importlib.util.find_spec("nvidia.dali") is not None
+    return installed("nvidia.dali")
 
 
 class Loader:

@@ -29,7 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from maefast.errors import UserInputError
+from maefast.errors import UserInputError, installed
 from maefast.ops.backend import forced_backend
 
 SDPA_KERNELS = ("cudnn", "flash", "efficient", "math")
@@ -226,18 +226,11 @@ def available_backends(device: torch.device, dtype: torch.dtype, head_dim: int) 
         return ["sdpa"]
     names = ["sdpa", *SDPA_KERNELS]
     sixteen_bit = dtype in (torch.float16, torch.bfloat16)
-    if sixteen_bit and head_dim <= MAX_TRITON_HEAD_DIM and importlib.util.find_spec("triton") is not None:
+    if sixteen_bit and head_dim <= MAX_TRITON_HEAD_DIM and installed("triton"):
         names.insert(0, "triton")
     if sixteen_bit:
-        names += [name for name, module in FLASH_ATTENTION_MODULES.items() if _installed(module)]
+        names += [name for name, module in FLASH_ATTENTION_MODULES.items() if installed(module)]
     return names
-
-
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # a submodule whose parent package is missing
-        return False
 
 
 def resolve_backend(backend: str) -> str:

@@ -12,20 +12,19 @@ the traced region, and the custom ops stay opaque to dynamo through their fake i
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import warnings
 from contextlib import contextmanager
 
 import torch
 
-from maefast.errors import UserInputError
+from maefast.errors import UserInputError, installed
 
 try:
     from maefast import _C as _cpp_module
 except ImportError:  # built by pip install; without it the CPU ops run their reference
     _cpp_module = None
-_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+_TRITON_INSTALLED = installed("triton")
 
 BACKENDS = ("reference", "triton", "cpp")
 

@@ -1,4 +1,7 @@
 """Each image exactly once per epoch over all ranks; determinism; resume mid-epoch."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -79,3 +82,23 @@ def test_resume_mid_epoch_gives_the_same_batches(rxrx8, backend):
     other = make_loader(dataset, batch_size=4, crop_size=48, seed=9, backend=backend)
     with pytest.raises(ValueError, match="batch_size"):
         other.load_state_dict(state)
+
+
+WITHOUT_NVIDIA = """
+import sys
+class NoNvidia:  # as on a CPU machine without DALI or CUDA wheels: no `nvidia` namespace package at all
+    def find_spec(self, name, path=None, target=None):
+        if name == "nvidia" or name.startswith("nvidia."):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+sys.meta_path.insert(0, NoNvidia())
+from maefast.data import make_loader, open_dataset
+loader = make_loader(open_dataset(sys.argv[1]), batch_size=2, crop_size=32, backend="auto")
+print(type(loader.backend).__name__, next(iter(loader))["pixels"].shape[0])
+"""
+
+
+def test_auto_backend_falls_back_to_torch_without_the_nvidia_package(rxrx8):
+    """The README's first command installs no DALI: `auto` must pick the PyTorch reader, not crash."""
+    result = subprocess.run([sys.executable, "-c", WITHOUT_NVIDIA, str(rxrx8)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[1] == "2"
