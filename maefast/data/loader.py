@@ -30,10 +30,6 @@ from maefast.errors import UserInputError, installed
 BACKENDS = ("auto", "dali", "torch")
 
 
-def dali_available() -> bool:
-    return installed("nvidia.dali")
-
-
 class Loader:
     """Iterates a plan with a backend; keeps the position (epoch, step) and the skipped images."""
 
@@ -47,7 +43,7 @@ class Loader:
         self.epoch, self.step, self.skipped = 0, 0, []
         crops = plan.crops_per_image
         self.backend = None
-        if backend == "dali" or (backend == "auto" and dali_available()):
+        if backend == "dali" or (backend == "auto" and installed("nvidia.dali")):
             from maefast.data.dali_backend import DaliBackend
             from maefast.data.dali_plugin import PluginUnavailable
             try:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from maefast.distributed import DistributedContext, barrier, broadcast_object, run_on_main
 from maefast.embedding.runner import COMPILE_CHOICES, TileEmbedder
 from maefast.errors import UserInputError
+from maefast.fields import matches
 from maefast.io import atomic_path, read_json, read_table, write_json_atomic
 from maefast.lock import OutputLock
 from maefast.models.attention_setup import check_attention_choice
@@ -56,7 +57,7 @@ class EmbedSettings:
         if self.compile not in COMPILE_CHOICES:
             raise UserInputError(f"compile must be one of {COMPILE_CHOICES}, got {self.compile!r}")
         check_attention_choice(self.attention)
-        if self.tile_batch != "auto" and not (isinstance(self.tile_batch, int) and self.tile_batch >= 1):
+        if self.tile_batch != "auto" and not (matches(self.tile_batch, int) and self.tile_batch >= 1):
             raise UserInputError(f"tile_batch must be 'auto' or a positive integer, got {self.tile_batch!r}")
         for key in ("tile_size", "batch_size", "shard_size"):
             if getattr(self, key) < 1:

@@ -62,6 +62,12 @@ def test_the_tile_batch_regroups_tiles_without_changing_the_features(screen, che
                                rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("value", [0, -2, True, 2.5, "many"])
+def test_embed_settings_refuse_a_tile_batch_that_is_not_a_positive_integer(value):
+    with pytest.raises(UserInputError, match="tile_batch must be 'auto' or a positive integer"):
+        EmbedSettings(checkpoint="c", tile_batch=value).validate()
+
+
 @pytest.mark.parametrize("value", ["0", "-2", "many"])
 def test_a_bad_tile_batch_is_refused_by_name(value, capsys):
     with pytest.raises(SystemExit):
