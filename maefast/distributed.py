@@ -50,15 +50,82 @@ def init_distributed(device_preference: str = "auto") -> DistributedContext:
     return DistributedContext(rank, world_size, local_rank, device)
 
 
-def wrap_model(model: torch.nn.Module, blocks: list, context: DistributedContext, parallel: str) -> torch.nn.Module:
+# Activation checkpointing of a block: "full" recomputes its whole forward in the backward and keeps only its
+# input; "selective" keeps the outputs of its matrix multiplications and attention (the costly ops) and recomputes
+# the cheap ones (norms, GELU, residual adds, casts), about a third of a block's saved bytes for no extra matmul.
+RECOMPUTE_MODES = ("full", "selective")
+_SAVED_BY_SELECTIVE = ("aten.mm", "aten.addmm", "aten.bmm", "aten.linear", "aten._scaled_dot_product",
+                       "maefast.flash_attention")
+
+
+def recompute_mode(setting) -> str | None:
+    """run.activation_checkpointing as a mode: False -> None, True or "full" -> "full", "selective"."""
+    if setting is False:
+        return None
+    return "full" if setting is True else setting
+
+
+def _keep_costly_outputs(ctx, op, *args, **kwargs):
+    from torch.utils.checkpoint import CheckpointPolicy
+    name = str(op).replace("::", ".")
+    saved = name.startswith(_SAVED_BY_SELECTIVE) and "backward" not in name
+    return CheckpointPolicy.MUST_SAVE if saved else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _selective_context():
+    from torch.utils.checkpoint import create_selective_checkpoint_contexts
+    return create_selective_checkpoint_contexts(_keep_costly_outputs)
+
+
+def checkpoint_blocks(model: torch.nn.Module, blocks: list, mode: str) -> list:
+    """Activation checkpointing per block: each block of `model` is replaced by torch's checkpoint wrapper
+    around it (which torch.compile traces, so a compiled block recomputes inside its graph). State dicts keep
+    the block's own names (the wrapper's prefix is removed by its hooks and by torch.distributed.checkpoint).
+    Returns the wrapped blocks, the units FSDP2 then shards."""
+    if mode not in RECOMPUTE_MODES:
+        raise UserInputError(f"activation checkpointing is one of {RECOMPUTE_MODES}, got {mode!r}")
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+    options = {} if mode == "full" else {"context_fn": _selective_context}
+    place = {id(module): (parent, name) for parent in model.modules() for name, module in parent.named_children()}
+    wrapped = []
+    for block in blocks:
+        parent, name = place[id(block)]
+        wrapper = checkpoint_wrapper(block, preserve_rng_state=True, **options)
+        parent.register_module(name, wrapper)
+        wrapped.append(wrapper)
+    return wrapped
+
+
+def compile_blocks(blocks: list, backend: str = "inductor") -> None:
+    """Regional compilation: each block compiled in place (identical blocks share one compiled graph), the
+    rest of the model eager; FSDP2's gather and reduce hooks of a block run around its graph."""
+    for block in blocks:
+        block.compile(backend=backend, fullgraph=True)
+
+
+def fsdp_policies(precision: str) -> tuple:
+    """(blocks' policy, root's policy) for fully_shard. bf16: the blocks' parameters are gathered in bf16 and
+    their gradients reduced in fp32 (sharded master weights and gradients stay fp32); their inputs are not
+    cast, so the residual stream keeps the dtype autocast gives it. The root's parameters (patch projection,
+    tokens, positions, norms, heads: a small share) stay fp32, as under DDP."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+    if precision != "bf16":
+        return MixedPrecisionPolicy(), MixedPrecisionPolicy()
+    blocks = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False)
+    return blocks, MixedPrecisionPolicy(reduce_dtype=torch.float32, cast_forward_inputs=False)
+
+
+def wrap_model(model: torch.nn.Module, blocks: list, context: DistributedContext, parallel: str,
+               precision: str = "fp32") -> torch.nn.Module:
     """DDP, or FSDP2 with one shard group per block of `blocks` (the model family's) and the rest at the root."""
     if not context.enabled:
         return model
     if parallel == "fsdp":
         from torch.distributed.fsdp import fully_shard
+        block_policy, root_policy = fsdp_policies(precision)
         for block in blocks:
-            fully_shard(block)
-        fully_shard(model)
+            fully_shard(block, mp_policy=block_policy)
+        fully_shard(model, mp_policy=root_policy)
         return model
     from torch.nn.parallel import DistributedDataParallel
     device_ids = [context.device.index] if context.device.type == "cuda" else None

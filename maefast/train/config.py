@@ -63,7 +63,9 @@ class RunSection:
     device: str = "auto"           # auto | cpu | cuda
     precision: str = "auto"        # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
     compile: str | bool = "auto"   # auto (torch.compile on CUDA, not on the CPU) | true | false
-    activation_checkpointing: bool = False
+    # recompute each block's activations in the backward: false | true (= full: keep only block inputs) |
+    # selective (keep matmul and attention outputs, recompute the cheap ops)
+    activation_checkpointing: bool | str = False
     parallel: str = "ddp"          # ddp | fsdp (only used under torchrun with world size > 1)
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
@@ -94,6 +96,7 @@ CHOICES = {
     "run.device": ("auto", "cpu", "cuda"),
     "run.precision": ("auto", "bf16", "fp32"),
     "run.parallel": ("ddp", "fsdp"),
+    "run.activation_checkpointing": (False, True, "full", "selective"),
 }
 POSITIVE = ("data.crop_size", "data.crops_per_image", "data.batch_size", "data.synthetic_genes",
             "data.synthetic_site_size", "optim.accumulation", "run.max_steps", "run.checkpoint_every",

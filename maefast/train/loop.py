@@ -104,17 +104,20 @@ class Trainer:
             checkpoint.meta.get("attention") if checkpoint is not None else None,
             lambda obj: dist_utils.broadcast_object(obj, self.context))
         blocks = self.family.blocks(self.model)
-        if run.activation_checkpointing:
+        recompute = dist_utils.recompute_mode(run.activation_checkpointing)
+        if recompute:
             if not blocks:
                 raise UserInputError(f"run.activation_checkpointing recomputes transformer blocks; "
                                      f"a {self.family.name} has none")
-            from torch.distributed._composable import checkpoint as checkpoint_activations
-            for block in blocks:
-                checkpoint_activations(block)
-        self.wrapped = dist_utils.wrap_model(self.model, blocks, self.context, run.parallel)
+            blocks = dist_utils.checkpoint_blocks(self.model, blocks, recompute)
+        compiled = compile_enabled(run.compile, device)
+        sharded = self.context.enabled and run.parallel == "fsdp"
+        if compiled and sharded:  # regional: each block compiled, FSDP2's hooks around them
+            dist_utils.compile_blocks(blocks)
+        self.wrapped = dist_utils.wrap_model(self.model, blocks, self.context, run.parallel, self.precision)
         self.forward = self.wrapped
-        if compile_enabled(run.compile, device):
-            # one graph for the whole model on one device; under DDP / FSDP the wrapper's hooks split it
+        if compiled and not sharded:
+            # one graph for the whole model on one device; under DDP the wrapper's hooks split it
             self.forward = torch.compile(self.wrapped, fullgraph=not self.context.enabled)
         optim = config.optim
         self.optimizer = build_optimizer(self.wrapped, optim.name, optim.lr, optim.weight_decay, optim.betas)
