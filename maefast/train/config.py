@@ -68,6 +68,9 @@ class RunSection:
     activation_checkpointing: bool | str = False
     parallel: str = "ddp"          # ddp | fsdp (only used under torchrun with world size > 1)
     checkpoint_every: int = 200
+    # auto: sharded under FSDP (every rank writes its part, asynchronously), whole otherwise (rank 0 writes
+    # model.safetensors); see maefast.train.sharded. Either kind resumes on any world size.
+    checkpoint_format: str = "auto"
     keep_checkpoints: int = 3
     log_every: int = 10
     image_every: int = 200
@@ -96,6 +99,7 @@ CHOICES = {
     "run.device": ("auto", "cpu", "cuda"),
     "run.precision": ("auto", "bf16", "fp32"),
     "run.parallel": ("ddp", "fsdp"),
+    "run.checkpoint_format": ("auto", "whole", "sharded"),
     "run.activation_checkpointing": (False, True, "full", "selective"),
 }
 POSITIVE = ("data.crop_size", "data.crops_per_image", "data.batch_size", "data.synthetic_genes",

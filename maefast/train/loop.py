@@ -32,6 +32,7 @@ from maefast.train.observe import (
 )
 from maefast.train.optim import build_optimizer, build_scheduler
 from maefast.train.resume import check_config, check_data, record_config
+from maefast.train.sharded import ShardedWriter
 from maefast.train.state import (
     FULL,
     Checkpoint,
@@ -41,6 +42,7 @@ from maefast.train.state import (
     restore_checkpoint,
     rng_state,
     save_checkpoint,
+    save_sharded_checkpoint,
     set_rng_state,
 )
 
@@ -119,6 +121,9 @@ class Trainer:
         if compiled and not sharded:
             # one graph for the whole model on one device; under DDP the wrapper's hooks split it
             self.forward = torch.compile(self.wrapped, fullgraph=not self.context.enabled)
+        self.sharded_writer = None
+        if run.checkpoint_format == "sharded" or (run.checkpoint_format == "auto" and sharded):
+            self.sharded_writer = ShardedWriter(distributed=self.context.enabled)
         optim = config.optim
         self.optimizer = build_optimizer(self.wrapped, optim.name, optim.lr, optim.weight_decay, optim.betas)
         channels = len(self.channel_names)
@@ -190,8 +195,14 @@ class Trainer:
                        "loader": self.loader.state_dict()}
         model_config = pretrained_config(self.model, self.channel_names,
                                          {"classes": self.classes} if self.classes is not None else None)
+        keep = self.config.run.keep_checkpoints
+        if self.sharded_writer is not None:
+            save_sharded_checkpoint(self.out, self.step, self.wrapped, self.optimizer, train_state, rng_states, meta,
+                                    model_config, self.context.is_main, keep, self.sharded_writer,
+                                    lambda: dist_utils.barrier(self.context))
+            return
         save_checkpoint(self.out, self.step, self.wrapped, self.optimizer, train_state, rng_states, meta,
-                        model_config, self.context.is_main, self.config.run.keep_checkpoints)
+                        model_config, self.context.is_main, keep)
         dist_utils.barrier(self.context)
 
     def export_encoder(self) -> Path | None:
@@ -289,13 +300,19 @@ class Trainer:
                 self.last_batch = (pixels, pred, mask) if mask is not None else None
                 if context.is_main and self.last_batch is not None and self.step % run.image_every == 0:
                     self.save_images(*self.last_batch)
+                if self.sharded_writer is not None:
+                    self.sharded_writer.poll()
                 stop = dist_utils.any_rank(stop_requested["flag"], context)
                 if self.step % run.checkpoint_every == 0 or self.step == run.max_steps or stop:
                     self.save()
                 if stop:
+                    if self.sharded_writer is not None:
+                        self.sharded_writer.wait()
                     if context.is_main:
                         print(f"maefast train: SIGTERM: checkpoint at step {self.step} written, stopping")
                     break
+            if self.sharded_writer is not None:
+                self.sharded_writer.wait()  # a checkpoint being written is complete before the run ends
         finally:
             progress.close()
             signal.signal(signal.SIGTERM, previous_handler)

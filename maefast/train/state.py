@@ -32,6 +32,14 @@ from torch.distributed.checkpoint.state_dict import (
 
 from maefast.errors import UserInputError
 from maefast.io import atomic_path, read_json, read_safetensors, read_state, write_json_atomic, write_state
+from maefast.train.sharded import (
+    ShardedWriter,
+    check_shards,
+    is_sharded,
+    load_sharded,
+    optimizer_param_groups,
+    with_configured_hyperparameters,
+)
 
 MANIFEST = "latest.json"
 MODEL_FILE, STATE_STEM, META_FILE = "model.safetensors", "train_state", "meta.json"
@@ -60,23 +68,65 @@ def checkpoint_root(out_dir) -> Path:
 
 def save_checkpoint(out_dir, step: int, model, optimizer, train_state: dict, rng_states: list, meta: dict,
                     model_config: dict, is_main: bool, keep: int) -> Path | None:
-    """Collective (every rank calls it, for FSDP's gather); rank 0 writes."""
+    """A whole checkpoint. Collective (every rank calls it, for FSDP's gather); rank 0 writes."""
     model_state = get_model_state_dict(model, options=FULL)
     optimizer_state = get_optimizer_state_dict(model, optimizer, options=FULL)
     if not is_main:
         return None
-    root = checkpoint_root(out_dir)
-    final = root / f"step-{step:08d}"
-    partial = root / f".step-{step:08d}.partial"
+    partial = start_checkpoint(out_dir, step)
+    save_file({k: v.contiguous() for k, v in model_state.items()}, str(partial / MODEL_FILE))
+    write_records(partial, step, {"optimizer": optimizer_state, "rng": rng_states, **train_state}, meta, model_config)
+    return commit_checkpoint(out_dir, step, meta["total_flops"], keep)
+
+
+def save_sharded_checkpoint(out_dir, step: int, model, optimizer, train_state: dict, rng_states: list, meta: dict,
+                            model_config: dict, is_main: bool, keep: int, writer: ShardedWriter, barrier) -> None:
+    """A sharded checkpoint (maefast.train.sharded): rank 0 writes the records, every rank its shard, in the
+    background where `writer` is asynchronous; the directory is committed once all of it is written.
+    Collective: every rank calls it; barrier() waits for every rank."""
+    writer.wait()  # the previous save is committed before this one starts
+    param_groups = optimizer_param_groups(model, optimizer)
+    if is_main:
+        partial = start_checkpoint(out_dir, step)
+        write_records(partial, step, {"optimizer": {"param_groups": param_groups}, "rng": rng_states, **train_state},
+                      {**meta, "format": "sharded"}, model_config)
+    barrier()  # the partial directory exists before any rank writes into it
+
+    def commit():
+        if is_main:
+            commit_checkpoint(out_dir, step, meta["total_flops"], keep)
+
+    writer.save(partial_dir(out_dir, step), model, optimizer, commit)
+
+
+def partial_dir(out_dir, step: int) -> Path:
+    """Where a checkpoint is written until it is complete (never read as a checkpoint)."""
+    return checkpoint_root(out_dir) / f".step-{step:08d}.partial"
+
+
+def start_checkpoint(out_dir, step: int) -> Path:
+    """An empty partial directory for the checkpoint of `step` (what a crashed save left there is removed)."""
+    partial = partial_dir(out_dir, step)
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model_state.items()}, str(partial / MODEL_FILE))
-    write_state(partial / STATE_STEM, {"optimizer": optimizer_state, "rng": rng_states, **train_state})
+    return partial
+
+
+def write_records(partial: Path, step: int, state: dict, meta: dict, model_config: dict) -> None:
+    """The checkpoint's training state, meta.json and config.json (everything but the weights)."""
+    write_state(partial / STATE_STEM, state)
     write_json_atomic(partial / META_FILE, {"step": step, **meta})
     write_json_atomic(partial / "config.json", model_config)
+
+
+def commit_checkpoint(out_dir, step: int, total_flops: float, keep: int) -> Path:
+    """Renames the complete partial directory of `step` into place, names it in the manifest and removes the
+    checkpoints beyond the newest `keep` (rank 0, once every file of the checkpoint is written)."""
+    root = checkpoint_root(out_dir)
+    final = root / f"step-{step:08d}"
     shutil.rmtree(final, ignore_errors=True)
-    partial.rename(final)
-    write_json_atomic(root / MANIFEST, {"step": step, "path": final.name, "total_flops": meta["total_flops"]})
+    partial_dir(out_dir, step).rename(final)
+    write_json_atomic(root / MANIFEST, {"step": step, "path": final.name, "total_flops": total_flops})
     # a checkpoint newer than this one is a damaged one the resume skipped: it goes with the oldest
     kept = [path for path in checkpoint_dirs(out_dir) if path.name <= final.name][:keep]
     for old in checkpoint_dirs(out_dir):
@@ -102,7 +152,7 @@ class Checkpoint:
     """A checkpoint read whole into memory: nothing of it is applied before every file has read back."""
     path: Path
     meta: dict          # step, total_flops, crops_seen, config, recipe, data (see Trainer.save)
-    model_state: dict   # the full model's tensors
+    model_state: dict | None  # the full model's tensors (None: a sharded checkpoint, read when restored)
     train_state: dict   # optimizer, rng (one per rank), loader, step, total_flops, crops_seen
 
 
@@ -117,6 +167,9 @@ def read_checkpoint(path: Path) -> Checkpoint:
     train_state = read_state(path / STATE_STEM)
     require_keys(train_state, ("optimizer", "rng", "loader", "step", "total_flops", "crops_seen"),
                  path / f"{STATE_STEM}.json")
+    if is_sharded(path):  # its tensors are read by every rank, each its own part, when restored
+        check_shards(path)
+        return Checkpoint(path, meta, None, train_state)
     return Checkpoint(path, meta, read_safetensors(path / MODEL_FILE), train_state)
 
 
@@ -145,12 +198,15 @@ def newest_intact_checkpoint(out_dir) -> Checkpoint | None:
 
 
 def restore_checkpoint(checkpoint: Checkpoint, model, optimizer) -> None:
-    """Loads the weights and the optimizer state in place. The optimizer keeps the hyperparameters it was
-    built with (the current config: the same unless a resume allowed a change), not the stored ones."""
-    set_model_state_dict(model, checkpoint.model_state, options=FULL)
+    """Loads the weights and the optimizer state in place (collective under torch.distributed). The optimizer
+    keeps the hyperparameters it was built with (the current config: the same unless a resume allowed a
+    change), not the stored ones."""
     stored = checkpoint.train_state["optimizer"]
-    groups = [{**{k: v for k, v in configured.items() if k != "params"}, "params": group["params"]}
-              for group, configured in zip(stored["param_groups"], optimizer.param_groups, strict=True)]
+    if checkpoint.model_state is None:
+        load_sharded(checkpoint.path, model, optimizer, stored["param_groups"])
+        return
+    set_model_state_dict(model, checkpoint.model_state, options=FULL)
+    groups = with_configured_hyperparameters(stored["param_groups"], optimizer.param_groups)
     set_optimizer_state_dict(model, optimizer, {**stored, "param_groups": groups}, options=FULL)
 
 
