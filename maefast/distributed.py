@@ -29,6 +29,11 @@ class DistributedContext:
         return self.world_size > 1
 
 
+def restarted_by_torchrun() -> bool:
+    """Whether torchrun's elastic agent restarted this process group (--max-restarts) after a failure."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
 def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():

@@ -5,7 +5,8 @@
     for batch in loader:            # one epoch from the current position
         batch["pixels"]             # (n * crops_per_image, C, crop, crop) uint8/uint16 on the device
         batch["index"], batch["ids"]  # dataset row and image id of every crop
-    state = loader.state_dict()     # {"epoch", "step", ...}; loader.load_state_dict(state) resumes there
+    state = loader.state_dict()     # {"epoch", "position", ...}; loader.load_state_dict(state) resumes there,
+                                    # also on another world size (the same next image, see maefast.data.plan)
 
     tiles = make_tile_loader(dataset, batch_size=16, crop_size=256, rank=rank, world_size=world_size)
     for batch in tiles:             # pixels of every tile of 16 images; "index", "ids", "tile" per crop
@@ -31,7 +32,7 @@ BACKENDS = ("auto", "dali", "torch")
 
 
 class Loader:
-    """Iterates a plan with a backend; keeps the position (epoch, step) and the skipped images."""
+    """Iterates a plan with a backend; keeps the position (epoch, images of it taken) and the skipped images."""
 
     def __init__(self, dataset: Dataset, plan, backend: str, device, on_error: str, num_workers: int,
                  tiles: bool = False):
@@ -40,7 +41,7 @@ class Loader:
             raise UserInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.dataset, self.plan, self.tiles = dataset, plan, tiles
         self.device = torch.device(device)
-        self.epoch, self.step, self.skipped = 0, 0, []
+        self.epoch, self.position, self.skipped = 0, 0, []
         crops = plan.crops_per_image
         self.backend = None
         if backend == "dali" or (backend == "auto" and installed("nvidia.dali")):
@@ -64,7 +65,8 @@ class Loader:
         return self.plan.steps()
 
     def __iter__(self):
-        batches = list(self.plan.batches(self.epoch, self.step))
+        """The rest of the current epoch, from the position reached."""
+        batches = list(self.plan.batches(self.epoch, self.position))
         crops, ids = self.plan.crops_per_image, self.dataset.ids
         for batch, pixels, skipped in self.backend.run(batches):
             self.skipped += skipped
@@ -73,21 +75,29 @@ class Loader:
                        epoch=self.epoch, step=batch.step)
             if self.tiles:
                 out["tile"] = torch.from_numpy(np.tile(np.arange(crops), len(batch.images)))
-            self.step = batch.step + 1
+            self.position = batch.end
             yield out
-        self.epoch, self.step = self.epoch + 1, 0
+        self.epoch, self.position = self.epoch + 1, 0
 
     def state_dict(self) -> dict:
-        return dict(epoch=self.epoch, step=self.step, seed=getattr(self.plan, "seed", None),
+        return dict(epoch=self.epoch, position=self.position, seed=getattr(self.plan, "seed", None),
                     world_size=self.plan.world_size, batch_size=self.plan.batch_size,
                     num_images=self.plan.num_images, skipped=list(self.skipped))
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "world_size", "batch_size", "num_images"):
+        """Resumes at the saved position; a training loader also on another world size or batch size (a tile
+        loader's position is its rank's own, so it needs the same world size)."""
+        fixed = ("seed", "num_images") if isinstance(self.plan, TrainPlan) else ("seed", "world_size", "num_images")
+        for key in fixed:
             if state.get(key) != self.state_dict()[key]:
                 raise UserInputError(f"loader state: {key} is {state.get(key)} in the saved state but "
                                      f"{self.state_dict()[key]} here; the position would not mean the same images")
-        self.epoch, self.step, self.skipped = int(state["epoch"]), int(state["step"]), list(state["skipped"])
+        if "position" in state:
+            position = int(state["position"])
+        else:  # saved by maefast before positions: steps of batch_size * world_size images
+            position = min(int(state["step"]) * int(state["batch_size"]) * int(state["world_size"]),
+                           self.plan.num_images)
+        self.epoch, self.position, self.skipped = int(state["epoch"]), position, list(state["skipped"])
 
 
 def _workers(num_workers):

@@ -3,10 +3,12 @@
 A plan is the specification both backends (DALI and the PyTorch fallback) execute, so they produce the
 same crops for the same seed and position.
 
-Training (`TrainPlan`): epoch e shuffles all images with seed (seed, e). Global step s takes the next
+Training (`TrainPlan`): epoch e shuffles all images with seed (seed, e). Each global step takes the next
 batch_size * world_size images of that order and splits them evenly over the ranks (rank r takes the
 r-th part), so over all ranks each image appears exactly once per epoch and every rank runs the same
-number of steps; only the last step of an epoch may be smaller (drop_last=True drops it).
+number of steps; only the last step of an epoch may be smaller (drop_last=True drops it). A position in
+the epoch is the number of images of its order the steps so far took (over all ranks): the order does not
+depend on the world size, so a run resumed on another number of ranks continues from the same image.
 Each image gets crops_per_image crops; crop k of image i in epoch e has its top-left corner (y, x) and
 its augmentation drawn from a counter-based hash of (seed, e, i, k): independent of batch size, world
 size and of images skipped around it. The augmentation is one of the 8 flips / 90-degree rotations of
@@ -29,13 +31,14 @@ _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 @dataclass(frozen=True)
 class Batch:
-    step: int                 # the step in the epoch
+    step: int                 # the step in the epoch (from the position it started at)
     images: np.ndarray        # (n,) int64 row positions in the dataset table
     anchors: np.ndarray       # (n, K, 2) int64 top-left (y, x) of each crop
     augment: np.ndarray       # (n, K, 3) bool: transpose, flip vertical, flip horizontal
+    end: int = 0              # the position in the epoch after this step (see the module docstring)
 
     def without(self, keep: np.ndarray) -> Batch:
-        return Batch(self.step, self.images[keep], self.anchors[keep], self.augment[keep])
+        return Batch(self.step, self.images[keep], self.anchors[keep], self.augment[keep], self.end)
 
 
 def _splitmix(x: np.ndarray) -> np.ndarray:
@@ -72,22 +75,24 @@ class TrainPlan:
         self.crop_size, self.crops_per_image, self.seed = crop_size, crops_per_image, seed
         self.rank, self.world_size, self.augment, self.drop_last = rank, world_size, augment, drop_last
 
-    def steps(self) -> int:
-        per_step = self.batch_size * self.world_size
-        return self.num_images // per_step if self.drop_last else -(-self.num_images // per_step)
+    def steps(self, position: int = 0) -> int:
+        """Steps of an epoch from `position` on (the same on every rank)."""
+        per_step, left = self.batch_size * self.world_size, max(self.num_images - position, 0)
+        return left // per_step if self.drop_last else -(-left // per_step)
 
     def order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(self.num_images)
 
-    def batches(self, epoch: int, start_step: int = 0):
-        """This rank's batches of the epoch from start_step on."""
+    def batches(self, epoch: int, position: int = 0):
+        """This rank's batches of the epoch from `position` (images of the epoch's order already taken) on."""
         order, per_step = self.order(epoch), self.batch_size * self.world_size
-        for step in range(start_step, self.steps()):
-            chunk = order[step * per_step:(step + 1) * per_step]
+        for step in range(self.steps(position)):
+            start = position + step * per_step
+            chunk = order[start:start + per_step]
             images = np.array_split(chunk, self.world_size)[self.rank]
-            yield self.batch(epoch, step, images)
+            yield self.batch(epoch, step, images, start + len(chunk))
 
-    def batch(self, epoch: int, step: int, images: np.ndarray) -> Batch:
+    def batch(self, epoch: int, step: int, images: np.ndarray, end: int = 0) -> Batch:
         images = np.asarray(images, np.int64)
         draws = hash_draws(self.seed, epoch, images, self.crops_per_image, 3)
         height, width = self.image_shape
@@ -96,7 +101,7 @@ class TrainPlan:
         anchors = np.stack([y, x], axis=-1).astype(np.int64)
         bits = (draws[..., 2:3] >> np.arange(3, dtype=np.uint64)) & np.uint64(1)
         augment = bits.astype(bool) if self.augment else np.zeros(bits.shape, bool)
-        return Batch(step, images, anchors, augment)
+        return Batch(step, images, anchors, augment, end)
 
 
 class TilePlan:
@@ -118,11 +123,13 @@ class TilePlan:
     def steps(self) -> int:
         return -(-len(self.mine) // self.batch_size)
 
-    def batches(self, epoch: int = 0, start_step: int = 0):
-        for step in range(start_step, self.steps()):
-            images = self.mine[step * self.batch_size:(step + 1) * self.batch_size]
+    def batches(self, epoch: int = 0, position: int = 0):
+        """This rank's batches from `position` (images of this rank's list already done) on."""
+        for step in range(-(-(len(self.mine) - position) // self.batch_size)):
+            images = self.mine[position + step * self.batch_size:position + (step + 1) * self.batch_size]
             anchors = np.broadcast_to(self.grid, (len(images),) + self.grid.shape).copy()
-            yield Batch(step, images, anchors, np.zeros(anchors.shape[:2] + (3,), bool))
+            end = position + step * self.batch_size + len(images)
+            yield Batch(step, images, anchors, np.zeros(anchors.shape[:2] + (3,), bool), end)
 
 
 def apply_augment(crop: np.ndarray, transpose: bool, flip_vertical: bool, flip_horizontal: bool) -> np.ndarray:

@@ -148,6 +148,8 @@ class Trainer:
 
     def checkpoint_to_resume(self, resume: bool) -> Checkpoint | None:
         existing = checkpoint_dirs(self.out)
+        if dist_utils.restarted_by_torchrun():  # the elastic agent restarted the group: continue where it was
+            resume = bool(existing)
         if not resume:
             if existing:
                 raise UserInputError(f"{self.out} already holds checkpoints (latest {existing[0].name}); pass "

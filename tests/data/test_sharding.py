@@ -72,16 +72,39 @@ def test_resume_mid_epoch_gives_the_same_batches(rxrx8, backend):
     for _ in range(2):
         next(iterator)
     state = interrupted.state_dict()
-    assert (state["epoch"], state["step"]) == (0, 2)
+    assert (state["epoch"], state["position"]) == (0, 6)  # two steps of three images
     resumed = loader()
     resumed.load_state_dict(state)
     rest = list(resumed) + list(resumed)
     assert len(rest) == len(epoch0) - 2 + len(epoch1)
     for a, b in zip(epoch0[2:] + epoch1, rest):
         assert a["ids"] == b["ids"] and torch.equal(a["pixels"], b["pixels"])
-    other = make_loader(dataset, batch_size=4, crop_size=48, seed=9, backend=backend)
-    with pytest.raises(ValueError, match="batch_size"):
-        other.load_state_dict(state)
+    other_seed = make_loader(dataset, batch_size=3, crop_size=48, seed=10, backend=backend)
+    with pytest.raises(ValueError, match="seed"):
+        other_seed.load_state_dict(state)
+
+
+def test_resume_on_another_world_size_continues_from_the_same_image(rxrx8):
+    """Three steps of 2 ranks x 1 image, then 3 ranks x 2 images: every image exactly once in the epoch, in
+    the epoch's order, whatever the world size before and after."""
+    dataset = open_dataset(rxrx8)
+
+    def loaders(world_size, batch_size):
+        return [make_loader(dataset, batch_size=batch_size, crop_size=48, seed=4, rank=rank, world_size=world_size,
+                            backend="torch", num_workers=0) for rank in range(world_size)]
+
+    before = loaders(2, 1)
+    iterators = [iter(loader) for loader in before]
+    taken = [[next(iterator)["ids"] for iterator in iterators] for _ in range(3)]
+    states = [loader.state_dict() for loader in before]
+    assert {state["position"] for state in states} == {6}
+    after = loaders(3, 2)
+    for loader in after:
+        loader.load_state_dict(states[0])
+    rest = [[batch["ids"] for batch in loader] for loader in after]
+    seen = [i for step in taken for ids in step for i in ids] + [i for ids in zip(*rest) for part in ids for i in part]
+    order = list(dataset.ids[before[0].plan.order(0)])
+    assert seen == order
 
 
 WITHOUT_NVIDIA = """
