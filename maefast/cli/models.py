@@ -5,6 +5,10 @@ from __future__ import annotations
 def add_commands(subparsers) -> None:
     models = subparsers.add_parser("models", help="list registered models")
     models.add_argument("--params", action="store_true", help="also count parameters (builds each model)")
+    models.add_argument("--flops", action="store_true",
+                        help="also give the FLOPs of one crop at the model's input size and channel count: a "
+                             "training step's (forward and backward) for the models that train, an embedding's "
+                             "for the encoders (maefast.models.flops)")
     models.set_defaults(func=list_models_command)
 
 
@@ -14,11 +18,27 @@ def list_models_command(args) -> int:
     from maefast.models import create_model, list_models
     from maefast.models.families import family_of
     for name in list_models():
-        if args.params:
-            with torch.device("meta"):
-                model = create_model(name, **family_of(name).build_options)
-                count = sum(p.numel() for p in model.parameters())
-            print(f"{name:40s} {count / 1e6:9.2f} M")
-        else:
+        if not (args.params or args.flops):
             print(name)
+            continue
+        with torch.device("meta"):
+            model = create_model(name, **family_of(name).build_options)
+        line = f"{name:40s}"
+        if args.params:
+            line += f" {sum(p.numel() for p in model.parameters()) / 1e6:9.2f} M"
+        if args.flops:
+            line += f" {crop_flops(model) / 1e9:10.1f} GFLOP/crop ({'train' if family_of(name).trainable else 'embed'})"
+        print(line)
     return 0
+
+
+def crop_flops(model) -> int:
+    """FLOPs of one crop with the model's configured channel count: a training step, or an embedding."""
+    from maefast.models.flops import embedding_flops
+    from maefast.models.families import family_of
+    from maefast.models.registry import input_config
+    config = input_config(model)
+    family = family_of(model)
+    if family.trainable:
+        return family.training_flops(model, config.in_chans)
+    return embedding_flops(config, config.in_chans)

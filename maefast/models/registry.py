@@ -23,6 +23,13 @@ ENCODERS: dict[str, dict] = {
     "vit_base_patch8_256": dict(patch_size=8, embed_dim=768, depth=12, num_heads=12, drop_path_rate=0.1),
     "vit_large_patch16_256": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16, drop_path_rate=0.3),
     "vit_large_patch8_256": dict(patch_size=8, embed_dim=1024, depth=24, num_heads=16, drop_path_rate=0.3),
+    # ViT-H (Dosovitskiy et al.): width 1280, depth 32, 16 heads, MLP 5120. ViT-H/14's patch does not divide 256,
+    # so at 256 x 256 it takes 16 x 16 patches (256 tokens per channel image, as ViT-H/14 at 224).
+    "vit_huge_patch16_256": dict(patch_size=16, embed_dim=1280, depth=32, num_heads=16, drop_path_rate=0.3),
+    # ViT-G (Zhai et al., "Scaling Vision Transformers"): width 1664, depth 48, 16 heads, MLP 8192 (= 1664 * 64/13);
+    # at 8 x 8 patches the size of Phenom-2 (Kenyon-Dean et al. 2025), about 1.84 billion encoder parameters
+    "vit_gigantic_patch8_256": dict(patch_size=8, embed_dim=1664, depth=48, num_heads=16, mlp_ratio=64 / 13,
+                                    drop_path_rate=0.4),
     # a few-second CPU model for demos, tests and CI
     "vit_debug_patch8_64": dict(img_size=64, patch_size=8, embed_dim=64, depth=2, num_heads=4, drop_path_rate=0.0),
 }
