@@ -34,8 +34,8 @@ def list_models_command(args) -> int:
 
 def crop_flops(model) -> int:
     """FLOPs of one crop with the model's configured channel count: a training step, or an embedding."""
-    from maefast.models.flops import embedding_flops
     from maefast.models.families import family_of
+    from maefast.models.flops import embedding_flops
     from maefast.models.registry import input_config
     config = input_config(model)
     family = family_of(model)

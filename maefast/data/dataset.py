@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from maefast.data.decode import ImageReadError, ImageSpec, probe_channel
+from maefast.data.storage import is_remote
 from maefast.errors import UserInputError
 
 STANDARD_COLUMNS = ("id", "batch", "plate", "well", "site", "perturbation", "is_control")
@@ -35,7 +36,7 @@ OUTSIDE_ROOT_HINT = ("metadata paths must stay inside the data root unless allow
 
 @dataclass(frozen=True)
 class Dataset:
-    root: Path
+    root: Path | str                  # a local folder (or load_data table), or a URL (maefast.data.storage)
     layout: str                       # "rxrx" | "jump" | "packed"
     table: pd.DataFrame               # one row per image, see the module docstring
     stored_channels: tuple[str, ...]  # channels as stored (packed: the order inside the shards)
@@ -88,8 +89,11 @@ class Dataset:
         dtype and a hash of the index table (its file paths relative to the root, so a moved data set keeps
         its fingerprint). Not a hash of the pixels: rewritten image files with the same table are not seen."""
         table = self.table.copy()
-        base = self.root if self.root.is_dir() else self.root.parent
-        prefixes = {base.as_posix() + "/", base.resolve().as_posix() + "/"}
+        if is_remote(self.root):
+            prefixes = {str(self.root).rstrip("/") + "/"}
+        else:
+            base = self.root if self.root.is_dir() else self.root.parent
+            prefixes = {base.as_posix() + "/", base.resolve().as_posix() + "/"}
         for column in [c for c in table.columns if c.startswith(PATH_COLUMN_PREFIXES)]:
             for prefix in prefixes:
                 table[column] = table[column].astype(str).str.removeprefix(prefix)

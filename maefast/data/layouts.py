@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from maefast.data.dataset import PACKED_FORMAT, Dataset, file_dataset, require_inside_root, sample_rows
+from maefast.data.storage import is_remote, join, object_cache, read_remote_json, read_remote_table
 from maefast.errors import UserInputError
 from maefast.io import read_json, read_table
 
@@ -38,12 +39,14 @@ def open_dataset(path, layout: str = "auto", channels=None, illumination: str = 
     by default such a path is refused, naming its row.
     """
     dataset = read_layout(path, layout, illumination, allow_outside_root)
-    _check_ids(dataset.table, Path(path))
+    _check_ids(dataset.table, path)
     return dataset if channels is None else dataset.select_channels(channels)
 
 
 def read_layout(path, layout: str = "auto", illumination: str = "raw", allow_outside_root: bool = False) -> Dataset:
     """open_dataset without the duplicate-id check and channel selection (`data check` reports those)."""
+    if is_remote(path):
+        return read_remote(str(path), layout, illumination)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"dataset path {path} does not exist")
@@ -62,6 +65,32 @@ def read_layout(path, layout: str = "auto", illumination: str = "raw", allow_out
     return read_jump(path, illumination, allow_outside_root)
 
 
+def read_remote(url: str, layout: str = "auto", illumination: str = "raw") -> Dataset:
+    """A data set on object storage (maefast.data.storage): packed shards under a URL prefix."""
+    root = url.rstrip("/")
+    if layout == "auto":
+        layout = "packed" if object_cache().exists(join(root, "manifest.json")) else layout
+    if layout != "packed" or illumination != "raw":
+        raise UserInputError(f"{url}: from object storage maefast reads packed data sets (a prefix holding "
+                             f"manifest.json, index.parquet and shards/); pack the screen with `maefast data pack` "
+                             f"and copy the folder there")
+    manifest = read_remote_json(join(root, "manifest.json"))
+    table = read_remote_table(join(root, "index.parquet"))
+    table["shard"] = [join(root, "shards", name) for name in table["shard"]]
+    return packed_dataset(root, manifest, table, join(root, "manifest.json"))
+
+
+def packed_dataset(root, manifest: dict, table: pd.DataFrame, manifest_name) -> Dataset:
+    """The Dataset of a packed folder from its manifest and index (shard column: each shard's path or URL)."""
+    if manifest.get("format") != PACKED_FORMAT:
+        raise UserInputError(f"{manifest_name}: expected format {PACKED_FORMAT!r}, got {manifest.get('format')!r}")
+    if not manifest.get("complete"):
+        raise UserInputError(f"{root}: packing is not complete (run `maefast data pack` again to resume)")
+    return Dataset(root=root, layout="packed", table=table, stored_channels=tuple(manifest["channels"]),
+                   channels=tuple(manifest["channels"]), image_shape=tuple(manifest["image_shape"]),
+                   dtype=np.dtype(manifest["dtype"]))
+
+
 def detect_layout(path: Path) -> str:
     if path.is_dir() and (path / "manifest.json").is_file():
         return "packed"
@@ -78,17 +107,10 @@ def detect_layout(path: Path) -> str:
 def read_packed(path: Path, allow_outside_root: bool = False) -> Dataset:
     """packed: a folder written by `maefast data pack` (manifest.json, index.parquet, shards/)."""
     manifest = read_json(path / "manifest.json")
-    if manifest.get("format") != PACKED_FORMAT:
-        raise UserInputError(f"{path / 'manifest.json'}: expected format {PACKED_FORMAT!r}, "
-                             f"got {manifest.get('format')!r}")
-    if not manifest.get("complete"):
-        raise UserInputError(f"{path}: packing is not complete (run `maefast data pack` again to resume)")
     table = read_table(path / "index.parquet")
     table["shard"] = [str(path.resolve() / "shards" / name) for name in table["shard"]]
     require_inside_root(table["shard"], path, path / "index.parquet", "shard", allow_outside_root)
-    return Dataset(root=path, layout="packed", table=table, stored_channels=tuple(manifest["channels"]),
-                   channels=tuple(manifest["channels"]), image_shape=tuple(manifest["image_shape"]),
-                   dtype=np.dtype(manifest["dtype"]))
+    return packed_dataset(path, manifest, table, path / "manifest.json")
 
 
 def read_rxrx(root: Path, allow_outside_root: bool = False) -> Dataset:

@@ -26,9 +26,11 @@ import torch
 from maefast.data.dataset import Dataset
 from maefast.data.decode import check_error_policy
 from maefast.data.plan import TilePlan, TrainPlan
+from maefast.data.storage import ReadAhead, is_remote
 from maefast.errors import UserInputError, installed
 
 BACKENDS = ("auto", "dali", "torch")
+READ_AHEAD_STEPS = 4  # steps whose objects are downloaded ahead of the loader (data on object storage)
 
 
 class Loader:
@@ -44,7 +46,11 @@ class Loader:
         self.epoch, self.position, self.skipped = 0, 0, []
         crops = plan.crops_per_image
         self.backend = None
-        if backend == "dali" or (backend == "auto" and installed("nvidia.dali")):
+        self.remote = is_remote(dataset.root)
+        if self.remote and backend == "dali":
+            raise UserInputError(f"{dataset.root}: data on object storage is read by the PyTorch loader (through "
+                                 f"maefast's local cache); choose backend 'torch' or 'auto'")
+        if not self.remote and (backend == "dali" or (backend == "auto" and installed("nvidia.dali"))):
             from maefast.data.dali_backend import DaliBackend
             from maefast.data.dali_plugin import PluginUnavailable
             try:
@@ -68,7 +74,12 @@ class Loader:
         """The rest of the current epoch, from the position reached."""
         batches = list(self.plan.batches(self.epoch, self.position))
         crops, ids = self.plan.crops_per_image, self.dataset.ids
-        for batch, pixels, skipped in self.backend.run(batches):
+        read_ahead = ReadAhead() if self.remote else None
+        for upcoming in batches[:READ_AHEAD_STEPS] if read_ahead else ():
+            read_ahead.fetch(self.objects(upcoming))
+        for number, (batch, pixels, skipped) in enumerate(self.backend.run(batches)):
+            if read_ahead is not None and number + READ_AHEAD_STEPS < len(batches):
+                read_ahead.fetch(self.objects(batches[number + READ_AHEAD_STEPS]))
             self.skipped += skipped
             index = np.repeat(batch.images, crops)
             out = dict(pixels=pixels, index=torch.from_numpy(index), ids=list(ids[index]),
@@ -77,7 +88,16 @@ class Loader:
                 out["tile"] = torch.from_numpy(np.tile(np.arange(crops), len(batch.images)))
             self.position = batch.end
             yield out
+        if read_ahead is not None:
+            read_ahead.close()
         self.epoch, self.position = self.epoch + 1, 0
+
+    def objects(self, batch) -> set[str]:
+        """The stored objects a batch reads: its shards (packed), or its channel (and illumination) files."""
+        rows = self.dataset.table.iloc[batch.images]
+        columns = ["shard"] if self.dataset.layout == "packed" else [c for c in rows.columns
+                                                                      if c.startswith(("file_", "illum_"))]
+        return set(rows[columns].to_numpy().ravel().tolist())
 
     def state_dict(self) -> dict:
         return dict(epoch=self.epoch, position=self.position, seed=getattr(self.plan, "seed", None),

@@ -15,8 +15,21 @@ from torch.utils.data import Dataset as TorchDataset
 from maefast.data.dataset import Dataset
 from maefast.data.decode import ImageReadError, apply_illumination, read_channel
 from maefast.data.plan import Batch, apply_augment
+from maefast.data.storage import StorageError, is_remote, object_cache
 
 CPU = torch.device("cpu")
+OPEN_REMOTE_SHARDS = 4  # memory maps a reader keeps of shards copied from object storage
+
+
+def local_copy(path: str, image_id) -> str:
+    """`path` itself, or for a URL the local copy maefast.data.storage keeps (ImageReadError naming the URL)."""
+    if not is_remote(path):
+        return path
+    try:
+        return str(object_cache().local_path(path))
+    except StorageError as error:
+        raise ImageReadError(path, error.reason, image_id, error.kind) from None
+
 
 class ImageReader:
     """Reads images and crops of one Dataset; shared by the fallback loader, `data pack` and `data check`."""
@@ -35,7 +48,7 @@ class ImageReader:
         illum = d.illum_files(row)
         channels = []
         for c, path in enumerate(d.channel_files(row)):
-            array = read_channel(path, image_id, d.spec)
+            array = read_channel(local_copy(path, image_id), image_id, d.spec)
             if illum is not None:
                 array = apply_illumination(array, self._illumination(illum[c], image_id))
             channels.append(array)
@@ -56,8 +69,10 @@ class ImageReader:
         d = self.dataset
         path, position, image_id = d.table.at[row, "shard"], int(d.table.at[row, "row"]), d.table.at[row, "id"]
         if path not in self._shards:
+            if is_remote(path) and len(self._shards) >= OPEN_REMOTE_SHARDS:
+                self._shards.pop(next(iter(self._shards)))  # lets the cache remove the oldest shard's copy
             try:
-                shard = np.load(path, mmap_mode="r", allow_pickle=False)
+                shard = np.load(local_copy(path, image_id), mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError) as error:
                 kind = "unreadable" if os.path.exists(path) else "missing"
                 raise ImageReadError(path, f"unreadable shard ({error})", image_id, kind) from error
