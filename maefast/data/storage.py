@@ -29,6 +29,7 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
@@ -88,13 +89,14 @@ PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirector
 @dataclass
 class RetryPolicy:
     retries: int = 5
-    backoff_s: float = 0.5
+    backoff_s: float = 0.5  # the first wait; then doubled each time, times a jitter in [0.5, 1.5)
+    sleep: Callable[[float], None] = time.sleep
 
     @classmethod
     def from_environment(cls) -> RetryPolicy:
         return cls(int(os.environ.get("MAEFAST_RETRIES", "5")), float(os.environ.get("MAEFAST_BACKOFF_S", "0.5")))
 
-    def call(self, url: str, action, sleep=time.sleep):
+    def call(self, url: str, action):
         """action() with retries on transient failures; StorageError naming `url` when it cannot succeed."""
         transient = transient_errors()
         for attempt in range(self.retries + 1):
@@ -108,7 +110,7 @@ class RetryPolicy:
                 if attempt == self.retries:
                     raise StorageError(url, f"failed {attempt + 1} times, last with {type(error).__name__}: "
                                             f"{error}") from None
-                sleep(self.backoff_s * 2 ** attempt * (0.5 + random.random()))
+                self.sleep(self.backoff_s * 2 ** attempt * (0.5 + random.random()))
 
 
 class ObjectCache:
