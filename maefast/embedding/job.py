@@ -174,7 +174,10 @@ def embed_shards(encoder, dataset, out: Path, settings: EmbedSettings, make_tile
     """This rank's missing shards, then (rank 0, once every shard is there) the aggregate and manifest."""
     rank, world_size = context.rank, context.world_size
     num_shards = -(-len(dataset) // settings.shard_size)
-    mine = [k for k in range(rank, num_shards, world_size) if not shard_path(out, k).exists()]
+    # rank 0's list of the missing shards, dealt round-robin: every rank sees the same list even when another
+    # rank finishes a shard while it looks (a job rerun after a failure, on any number of ranks)
+    missing = broadcast_object([k for k in range(num_shards) if not shard_path(out, k).exists()], context)
+    mine = missing[rank::world_size]
     tiles_per_image = (dataset.image_shape[0] // settings.tile_size) * (dataset.image_shape[1] // settings.tile_size)
     embedder = TileEmbedder(encoder, pool=settings.pool, per_channel=settings.per_channel,
                             precision=settings.precision, device=device,
@@ -200,26 +203,39 @@ def embed_shards(encoder, dataset, out: Path, settings: EmbedSettings, make_tile
     summary = {"num_shards": num_shards, "embedded_here": len(mine), "tile_batch": embedder.batch_tiles,
                "crops_per_s": crops / max(time.perf_counter() - start, 1e-9)}
     if rank == 0:
-        summary.update(finalize(out, num_shards))
+        summary.update(finalize(out, num_shards, dataset.ids))
     return summary
 
 
-def finalize(out: Path, num_shards: int) -> dict:
-    """Writes wells.parquet and manifest.json once every shard is complete."""
+def finalize(out: Path, num_shards: int, ids) -> dict:
+    """Writes wells.parquet and manifest.json once every shard is complete and holds each of the data set's
+    images (`ids`) exactly once (those the job skipped aside)."""
     missing = [k for k in range(num_shards) if not shard_path(out, k).exists()]
     if missing:
         return {"complete": False, "missing_shards": missing}
     sites = read_job(out, level="site", require_complete=False)
-    with atomic_path(out / "wells.parquet") as temporary:
-        aggregate_wells(sites).to_parquet(temporary, index=False)
     skipped = []
     for path in sorted((out / "shards").glob("*.skipped.json")):
         skipped.extend(read_json(path))
+    check_sites(out, sites, ids, len(skipped))
+    with atomic_path(out / "wells.parquet") as temporary:
+        aggregate_wells(sites).to_parquet(temporary, index=False)
     manifest = {"complete": True, "shards": [shard_path(out, k).name for k in range(num_shards)],
                 "sites": len(sites), "features": len([c for c in sites.columns if c.startswith("feature_")]),
                 "skipped": skipped, "wells_file": "wells.parquet"}
     write_json_atomic(out / MANIFEST_FILE, manifest)
     return manifest
+
+
+def check_sites(out: Path, sites: pd.DataFrame, ids, skipped: int) -> None:
+    """The merged shards hold each image of the data set at most once, and all of them but the skipped ones."""
+    found = sites["id"].astype(str)
+    duplicated = sorted(set(found[found.duplicated()]))
+    unknown = sorted(set(found) - {str(i) for i in ids})
+    if duplicated or unknown or len(found) + skipped != len(ids):
+        raise UserInputError(f"{out / 'shards'}: the shards do not hold each image once (duplicated {duplicated[:5]}, "
+                             f"not in the data set {unknown[:5]}, {len(found)} sites + {skipped} skipped for "
+                             f"{len(ids)} images): they were written by another job; embed into a new --out")
 
 
 def read_job(out, level: str = "site", require_complete: bool = True) -> pd.DataFrame:
