@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from maefast.data.decode import ERROR_POLICIES
+from maefast.errors import UserInputError
 from maefast.tables import FEATURE_PREFIX, FORMATS, LEVELS
 
 
@@ -49,13 +50,23 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=embed_command)
 
-    export = subparsers.add_parser("export", help="convert embeddings or a map to AnnData / pycytominer / parquet",
+    export = subparsers.add_parser("export", help="convert embeddings or a map to AnnData / pycytominer / parquet, "
+                                                  "or a training checkpoint to one safetensors file",
                                    description="Convert a finished embedding job, a parquet / h5ad / pycytominer "
-                                               "table or a map into another format (written atomically).")
-    export.add_argument("--embeddings", required=True,
+                                               "table or a map into another format; or a training checkpoint "
+                                               "(sharded or whole) into the model.safetensors + config.json that "
+                                               "maefast.from_pretrained and `maefast embed` read. Written "
+                                               "atomically.")
+    source = export.add_mutually_exclusive_group(required=True)
+    source.add_argument("--embeddings",
                         help="embedding job folder, folder of parquet shards, or a parquet / .h5ad / .csv[.gz] file")
-    export.add_argument("--out", required=True, help="output file (.parquet, .h5ad, .csv or .csv.gz)")
-    export.add_argument("--format", required=True, choices=FORMATS)
+    source.add_argument("--checkpoint", help="a training checkpoint (run/checkpoints/step-*) or a run directory "
+                                             "(its newest checkpoint)")
+    export.add_argument("--out", required=True, help="output file (.parquet, .h5ad, .csv or .csv.gz); with "
+                                                     "--checkpoint a directory")
+    export.add_argument("--format", choices=FORMATS, help="the table format (with --embeddings)")
+    export.add_argument("--encoder-only", action="store_true",
+                        help="with --checkpoint: only what embeds (an MAE's encoder), as a run's encoder/ holds it")
     export.add_argument("--level", default="site", choices=LEVELS, help="of an embedding job: sites or wells")
     export.add_argument("--feature-prefix", default=FEATURE_PREFIX, help="feature columns start with this")
     export.set_defaults(func=export_command)
@@ -89,6 +100,13 @@ def embed_command(args) -> int:
 
 
 def export_command(args) -> int:
+    if args.checkpoint:
+        from maefast.train.sharded import export_checkpoint
+        print(f"maefast export: {export_checkpoint(args.checkpoint, args.out, args.encoder_only)} "
+              f"(model.safetensors, config.json)")
+        return 0
+    if args.format is None:
+        raise UserInputError("--embeddings needs --format: one of " + ", ".join(FORMATS))
     from maefast.embedding.outputs import read_embeddings
     from maefast.tables import write_table
     table = read_embeddings(args.embeddings, level=args.level)

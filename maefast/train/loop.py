@@ -16,7 +16,7 @@ from maefast import distributed as dist_utils
 from maefast.errors import UserInputError
 from maefast.io import atomic_path, write_json_atomic
 from maefast.lock import OutputLock
-from maefast.models.checkpoint import pretrained_config, save_pretrained
+from maefast.models.checkpoint import pretrained_config
 from maefast.models.families import family_of
 from maefast.models.registry import create_model, input_config
 from maefast.records import describe_changes
@@ -32,7 +32,7 @@ from maefast.train.observe import (
 )
 from maefast.train.optim import build_optimizer, build_scheduler
 from maefast.train.resume import check_config, check_data, record_config
-from maefast.train.sharded import ShardedWriter
+from maefast.train.sharded import ShardedWriter, save_embedder
 from maefast.train.state import (
     FULL,
     Checkpoint,
@@ -216,13 +216,7 @@ class Trainer:
         extra = {"step": self.step, "total_flops": self.total_flops}
         if self.classes is not None:
             extra["classes"] = self.classes
-        embedder = self.family.embedder(self.model)
-        if embedder is not self.model:  # the embedder is a submodule (an MAE's encoder): its part of the weights
-            prefix = next(name for name, module in self.model.named_modules() if module is embedder) + "."
-            full = {k.removeprefix(prefix): v for k, v in full.items() if k.startswith(prefix)}
-            embedder.model_name = self.family.embedder_name(self.config.model.name)
-        return save_pretrained(embedder, self.out / "encoder", channel_names=self.channel_names, state_dict=full,
-                               extra=extra)
+        return save_embedder(self.model, full, self.out / "encoder", self.config.model.name, self.channel_names, extra)
 
     # -- steps -------------------------------------------------------------------------------------
     def batches(self):

@@ -128,3 +128,46 @@ def load_sharded_weights(path: Path, model) -> None:
     except Exception as error:
         raise UserInputError(f"{path / SHARDED_DIR}: does not load into {type(model).__name__} ({error})") from None
     model.load_state_dict(state)
+
+
+def save_embedder(model, state: dict, directory: Path, model_name: str, channel_names: list[str],
+                  extra: dict | None = None) -> Path:
+    """What embeds of a trained `model` (whole weights `state`), as save_pretrained writes it: an MAE's encoder
+    under the encoder's registry name, or the whole model (MU-Net, classifier), whose .embed gives the embedding."""
+    from maefast.models.checkpoint import save_pretrained
+    from maefast.models.families import family_of
+    family = family_of(model_name)
+    embedder = family.embedder(model)
+    if embedder is not model:  # the embedder is a submodule (an MAE's encoder): its part of the weights
+        prefix = next(name for name, module in model.named_modules() if module is embedder) + "."
+        state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+        embedder.model_name = family.embedder_name(model_name)
+    return save_pretrained(embedder, directory, channel_names=channel_names, state_dict=state, extra=extra)
+
+
+def export_checkpoint(source, out, encoder_only: bool = False) -> Path:
+    """`maefast export --checkpoint`: a training checkpoint (sharded or whole; or a run directory: its newest)
+    as the single-file safetensors + config.json that maefast.from_pretrained reads, in this one process."""
+    from maefast.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_config, read_state_dict, save_pretrained
+    from maefast.models.registry import create_model
+    path = Path(source)
+    if (path / "checkpoints").is_dir():
+        steps = sorted((path / "checkpoints").glob("step-*"), reverse=True)
+        if not steps:
+            raise UserInputError(f"{path}: a run directory without a complete checkpoint")
+        path = steps[0]
+    if not (path / CONFIG_FILE).exists():
+        raise UserInputError(f"{path}: not a training checkpoint (no {CONFIG_FILE}); give a checkpoints/step-* "
+                             f"directory or a run directory")
+    meta = read_config(path)
+    model = create_model(meta["model"], **meta["config"])
+    if is_sharded(path):
+        check_shards(path)
+        load_sharded_weights(path, model)
+    else:
+        model.load_state_dict(read_state_dict(path / WEIGHTS_FILE))
+    extra = {k: v for k, v in meta.items() if k not in ("format", "model", "config", "channel_names")}
+    channels = list(meta.get("channel_names") or [])
+    if encoder_only:
+        return save_embedder(model, model.state_dict(), Path(out), meta["model"], channels, extra)
+    return save_pretrained(model, out, channel_names=channels, extra=extra)
