@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import HuggingFaceStorageReader, HuggingFaceStorageWriter
@@ -66,7 +67,7 @@ class ShardedWriter:
             dcp.save(tensors, storage_writer=writer, no_dist=True)
             commit()
             return
-        future = dcp.async_save(tensors, storage_writer=writer, process_group=self.group)
+        future = dcp.async_save(snapshot_cpu_tensors(tensors), storage_writer=writer, process_group=self.group)
         self.pending = (future, commit)
 
     def poll(self) -> None:
@@ -82,6 +83,16 @@ class ShardedWriter:
         self.pending = None
         future.result()
         commit()
+
+
+def snapshot_cpu_tensors(state):
+    """`state` with its CPU tensors copied: DCP stages device tensors into CPU memory before it returns, but
+    takes CPU tensors as they are, which the next optimizer steps would change while the thread writes them."""
+    if isinstance(state, dict):
+        return {key: snapshot_cpu_tensors(value) for key, value in state.items()}
+    if isinstance(state, torch.Tensor) and state.device.type == "cpu":
+        return state.detach().clone()
+    return state
 
 
 def optimizer_param_groups(model, optimizer) -> list:
