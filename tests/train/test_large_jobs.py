@@ -86,7 +86,7 @@ def test_sharded_checkpoints_reshard_4_2_3_and_sigterm_saves_every_rank(screen, 
     out, report = tmp_path / "run", tmp_path / "report"
     settings = ["run.parallel=fsdp", "run.max_steps=60", "run.checkpoint_every=2", "optim.name=adamw"]
     checkpoints = out / "checkpoints"
-    first_step = 2
+    first_step, previous = 2, None
     for hop, ranks in enumerate((4, 2, 3)):
         stop_with_sigterm(torchrun(ranks, WORKER, "train", str(screen), str(out), f"{report}{hop}", *settings),
                           checkpoints / f"step-{first_step:08d}")
@@ -98,7 +98,7 @@ def test_sharded_checkpoints_reshard_4_2_3_and_sigterm_saves_every_rank(screen, 
         final = checkpoints / f"step-{last['step']:08d}"
         assert len(list((final / "sharded").glob("*.safetensors"))) == ranks
         assert not list(final.rglob("*.pt")) and not (final / "model.safetensors").exists()
-        if hop:  # resumed the model, optimizer and data position the previous world size saved
+        if previous is not None:  # resumed the model, optimizer and data position the previous world size saved
             for r in ranks_reports:
                 assert r["restored"]["step"] == previous["step"] and r["restored"]["position"] == previous["position"]
                 assert r["restored"]["params"] == pytest.approx(previous["params"], rel=1e-12)
@@ -114,7 +114,7 @@ def test_sharded_checkpoints_reshard_4_2_3_and_sigterm_saves_every_rank(screen, 
                                        "than the uninterrupted run (also without a kill: resume from step 4 of 8)")
 def test_elastic_restart_after_a_killed_rank_ends_with_the_uninterrupted_weights(screen, tmp_path):
     settings = ["run.parallel=fsdp", "run.max_steps=8", "run.checkpoint_every=2", "run.seed=3",
-                "run.checkpoint_format=whole"]  # (a rank killed while an asynchronous save is in flight: see the report)
+                "run.checkpoint_format=whole"]  # a rank killed during an asynchronous save: see the report
     run(torchrun(2, WORKER, "train", str(screen), str(tmp_path / "straight"), str(tmp_path / "a"), *settings))
     out = tmp_path / "killed"
     # two restarts allowed: on two shared cores the re-rendezvous itself has been seen to time out once
