@@ -122,15 +122,17 @@ def _common_format(table: pd.DataFrame, channels: list[str], root: Path) -> tupl
     for row in sample_rows(len(table)):
         for channel in channels:
             try:
-                shape, dtype = probe_channel(table.at[row, f"file_{channel}"])
-                found[tuple(shape), dtype.str] += 1
+                found[probe_channel(table.at[row, f"file_{channel}"])] += 1
             except ImageReadError as error:
                 errors.append(error)
     if not found:
         raise UserInputError(f"{root}: none of the {len(errors)} sampled channel files has a readable header, "
-                         f"e.g. {errors[0]}")
-    (shape, dtype), _ = found.most_common(1)[0]
-    return shape, np.dtype(dtype)
+                             f"e.g. {errors[0]}")
+    (shape, kind), _ = found.most_common(1)[0]
+    if kind not in ("uint8", "uint16"):
+        raise UserInputError(f"{root}: most sampled channel files are {shape[0]}x{shape[1]} {kind} images; maefast "
+                             "reads single-page uint8 or uint16 images (see the table of formats in docs/data.md)")
+    return shape, np.dtype(kind)
 
 
 def require_inside_root(paths: pd.Series, root: Path, source, columns: str, allowed: bool) -> None:
