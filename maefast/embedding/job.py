@@ -68,6 +68,11 @@ def feature_columns(count: int) -> list[str]:
     return [f"feature_{i:04d}" for i in range(count)]
 
 
+def loader_tiles(settings: EmbedSettings, images: int, tiles_per_image: int) -> int:
+    """Tiles in the largest loader batch: batch_size images, or fewer when a shard (or the data set) is smaller."""
+    return min(settings.batch_size, settings.shard_size, images) * tiles_per_image
+
+
 def shard_path(out: Path, index: int) -> Path:
     return out / "shards" / f"shard-{index:05d}.parquet"
 
@@ -178,7 +183,8 @@ def embed_shards(encoder, dataset, out: Path, settings: EmbedSettings, make_tile
     tiles_per_image = (dataset.image_shape[0] // settings.tile_size) * (dataset.image_shape[1] // settings.tile_size)
     embedder = TileEmbedder(encoder, pool=settings.pool, per_channel=settings.per_channel,
                             precision=settings.precision, device=device,
-                            batch_tiles=settings.tile_batch, loader_tiles=settings.batch_size * tiles_per_image,
+                            batch_tiles=settings.tile_batch,
+                            loader_tiles=loader_tiles(settings, len(dataset), tiles_per_image),
                             tile_shape=(len(dataset.channels), settings.tile_size, settings.tile_size),
                             compile=settings.compile, attention=settings.attention,
                             out=out if rank == 0 else None, broadcast=lambda obj: broadcast_object(obj, context))

@@ -14,6 +14,7 @@ import yaml
 
 from maefast.data.decode import ERROR_POLICIES
 from maefast.data.layouts import LAYOUTS
+from maefast.data.plan import MAX_SEED
 from maefast.errors import UserInputError
 from maefast.fields import check_field_types
 from maefast.models.attention_setup import ATTENTION_CHOICES
@@ -108,11 +109,35 @@ def recipe_names() -> list[str]:
 def read_recipe(name_or_path: str) -> dict:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") and path.exists():
-        return yaml.safe_load(path.read_text()) or {}
+        return recipe_mapping(safe_yaml(path.read_text(), f"recipe {path}"), f"recipe {path}")
     if name_or_path not in recipe_names():
         raise UserInputError(f"unknown recipe {name_or_path!r}; built-in recipes: {', '.join(recipe_names())} "
                              f"(or a path to a .yaml file)")
-    return yaml.safe_load(resources.files("maefast.recipes").joinpath(f"{name_or_path}.yaml").read_text()) or {}
+    text = resources.files("maefast.recipes").joinpath(f"{name_or_path}.yaml").read_text()
+    return recipe_mapping(safe_yaml(text, f"recipe {name_or_path}"), f"recipe {name_or_path}")
+
+
+def safe_yaml(text: str, what: str):
+    """YAML without tags that build Python objects (!!python/...); UserInputError naming `what` otherwise."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        problem = " ".join(str(error).split())
+        raise UserInputError(f"{what}: not plain YAML ({problem})") from None
+
+
+def recipe_mapping(raw, what: str) -> dict:
+    """A recipe is a mapping of sections to mappings (an empty file is an empty recipe)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserInputError(f"{what}: expected a mapping of sections ({', '.join(SECTIONS)}), got a "
+                             f"{type(raw).__name__}")
+    for name, values in raw.items():
+        if values is not None and not isinstance(values, dict):
+            raise UserInputError(f"{what}: section {name!r} must be a mapping of keys to values, got a "
+                                 f"{type(values).__name__}")
+    return raw
 
 
 def parse_value(text: str):
@@ -121,7 +146,7 @@ def parse_value(text: str):
             return number(text)
         except ValueError:
             pass
-    return yaml.safe_load(text)
+    return safe_yaml(text, f"--set value {text!r}")
 
 
 def coerce_numbers(cls, values: dict) -> dict:
@@ -144,8 +169,10 @@ def apply_override(raw: dict, assignment: str) -> None:
     if len(parts) < 2 or parts[0] not in SECTIONS:
         raise UserInputError(f"--set key {key!r} must start with one of {sorted(SECTIONS)} (e.g. run.max_steps)")
     node = raw
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1]):
         node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserInputError(f"--set {key}: {'.'.join(parts[:depth + 1])} is a value, not a section")
     node[parts[-1]] = parse_value(value)
 
 
@@ -153,6 +180,7 @@ SECTIONS = {"model": ModelSection, "data": DataSection, "optim": OptimSection, "
 
 
 def build_config(raw: dict) -> TrainConfig:
+    raw = recipe_mapping(raw, "config")
     sections = {}
     for name in raw:
         if name not in SECTIONS:
@@ -181,6 +209,11 @@ def validate(config: TrainConfig) -> None:
     for key in POSITIVE:
         if flat[key] < 1:
             raise UserInputError(f"{key}={flat[key]!r} must be a positive integer")
+    if config.data.num_workers < 0:
+        raise UserInputError(f"data.num_workers={config.data.num_workers!r} must be >= 0 (0: read in the training "
+                             f"process)")
+    if not 0 <= config.run.seed <= MAX_SEED:
+        raise UserInputError(f"run.seed={config.run.seed!r} must be an integer from 0 to {MAX_SEED}")
     optim = config.optim
     if optim.lr <= 0:
         raise UserInputError(f"optim.lr={optim.lr!r} must be a positive number")
