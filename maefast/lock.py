@@ -4,14 +4,17 @@ the same directory is refused, naming the holder.
 The lock is fcntl.flock on <dir>/.maefast.lock. The kernel drops it when the holding process ends, however
 it ends (SIGKILL included), so a lock left by a killed job never blocks: the file may remain, but only a
 living holder keeps it locked. The file's content (pid, host, start time, command) only names the holder
-in the refusal message.
+in the refusal message. The file is opened without following a symbolic link (one planted at
+<dir>/.maefast.lock would otherwise have its target truncated) and must be a regular file.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
@@ -31,7 +34,18 @@ class OutputLock:
             raise UserInputError(f"--out {directory} is an existing file; {job} writes a directory there")
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / LOCK_FILE
-        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                                 0o666)
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):  # a link, a FIFO, a directory
+                raise UserInputError(f"{self.path} is not a regular file (a symbolic link, FIFO or directory "
+                                     f"there?); remove it, maefast keeps its lock in a plain file") from None
+            raise
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            os.close(descriptor)
+            raise UserInputError(f"{self.path} is not a regular file; remove it, maefast keeps its lock in a "
+                                 f"plain file")
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -50,7 +64,9 @@ class OutputLock:
 
     def holder(self) -> str:
         try:
-            info = json.loads(self.path.read_text())
+            descriptor = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            with os.fdopen(descriptor, "rb") as handle:
+                info = json.loads(handle.read(1 << 16))
             return f"{info['job']}, pid {info['pid']} on {info['host']}, started {info['started']}"
         except (OSError, ValueError, KeyError, TypeError):  # being written this instant, or not maefast's
             return f"the holder of {self.path}"

@@ -35,8 +35,10 @@ def die_with_parent() -> None:
 
 
 def worker_dies_with_parent(worker_id: int) -> None:
-    """The DataLoader's worker_init_fn."""
+    """The DataLoader's worker_init_fn. Ctrl-C reaches the whole process group; the job handles it (a
+    training run checkpoints first), so a worker ignores it rather than die under the job's feet."""
     del worker_id
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent()
 
 

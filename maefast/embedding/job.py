@@ -11,6 +11,7 @@ refused rather than mixed. The output directory is locked: one job writes it at 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from maefast.data.identity import compare_fingerprints
 from maefast.distributed import DistributedContext, barrier, broadcast_object, run_on_main
 from maefast.embedding.runner import COMPILE_CHOICES, TileEmbedder
 from maefast.errors import UserInputError
@@ -82,11 +84,18 @@ def check_job(out: Path, settings: EmbedSettings, dataset) -> None:
     record = {**asdict(settings), "data": dataset.fingerprint()}
     path = out / JOB_FILE
     if path.exists():
-        differences = changes(read_json(path), record)
+        recorded = read_json(path)
+        data_differences, note = compare_fingerprints(recorded.get("data"), record["data"])
+        differences = changes({k: v for k, v in recorded.items() if k != "data"}, {k: v for k, v in record.items()
+                                                                                  if k != "data"})
         differences.pop("checkpoint", None)  # the same weights may come from another path
+        differences.update({f"data.{k}": v for k, v in data_differences.items()})
         if differences:
             raise UserInputError(f"{out} holds an embedding job with other settings, weights or data: "
                                  f"{describe_changes(differences)}; use another --out or the same inputs")
+        if note:  # a job of an older maefast: record the whole fingerprint from now on
+            warnings.warn(f"{out}: {note}", stacklevel=3)
+            write_json_atomic(path, {**recorded, "data": record["data"]})
     else:
         write_json_atomic(path, record)
 

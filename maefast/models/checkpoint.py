@@ -16,10 +16,9 @@ import pickle
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from maefast.errors import UserInputError
-from maefast.io import atomic_path, read_json, read_safetensors, write_json_atomic
+from maefast.io import read_json, read_safetensors, write_json_atomic, write_safetensors
 from maefast.models import hub, reference
 from maefast.models.registry import create_model, model_config_dict
 from maefast.models.vit import VisionTransformer
@@ -159,8 +158,7 @@ def save_pretrained(model, directory, channel_names: list[str] | None = None, ex
     directory = Path(directory)
     meta = pretrained_config(model, channel_names, extra)
     state = {k: v.detach().contiguous().cpu() for k, v in (state_dict or model.state_dict()).items()}
-    with atomic_path(directory / WEIGHTS_FILE) as temporary:
-        save_file(state, str(temporary), metadata={"format": "pt", "model": meta["model"]})
+    write_safetensors(state, directory / WEIGHTS_FILE, metadata={"format": "pt", "model": meta["model"]})
     write_json_atomic(directory / CONFIG_FILE, meta)
     return directory
 

@@ -143,6 +143,7 @@ def test_another_model_optimizer_or_data_set_is_refused_even_when_changes_are_al
         resume(run_dir, screen, recipe="debug_camae", allow=True)
     other = synth_screen(tmp_path / "other", layout="rxrx", num_genes=4, replicates=1, num_plates=1, num_experiments=1,
                          controls_per_plate=2, sites_per_well=2, size=128, channels=6, seed=5, progress=False)
-    with pytest.raises(UserInputError, match=r"the data differs from what .* was trained on: dataset.images: 16 -> 12; "
+    with pytest.raises(UserInputError, match=r"the data differs from what .* was trained on: dataset.content.bytes: "
+                                             r"\d+ -> \d+; .*; dataset.images: 16 -> 12; "
                                              r"dataset.table_sha256: '.*' -> '.*'; resume on the same data"):
         resume(run_dir, other, allow=True)
