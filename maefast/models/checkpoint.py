@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from maefast.errors import UserInputError
-from maefast.io import read_json, read_safetensors, write_json_atomic, write_safetensors
+from maefast.io import check_finite, read_json, read_safetensors, write_json_atomic, write_safetensors
 from maefast.models import hub, reference
 from maefast.models.registry import create_model, model_config_dict
 from maefast.models.vit import VisionTransformer
@@ -124,9 +124,10 @@ def load_pretrained(model, checkpoint, layout: str = "auto", strict: bool = True
     """Loads `checkpoint` (path, directory, Hub id or state dict) into `model`; returns the model.
 
     strict=True refuses missing or unexpected keys, listing them (unexpected ones by their names in the
-    checkpoint); shapes must always match.
+    checkpoint); shapes must always match, and every value must be finite.
     """
     raw = read_state_dict(checkpoint, trust_pickle)
+    check_finite(raw, "the state dict" if isinstance(checkpoint, dict) else checkpoint)  # NaN weights embed NaN
     state = to_model_layout(raw, model, layout)
     origin = {id(value): key for key, value in raw.items()}  # conversions rename keys, never copy values
 
