@@ -40,18 +40,19 @@ SIZE = 32
 pytest.importorskip("nvidia.dali")
 
 
-def read_by_every_path(root, **options) -> tuple[dict, dict]:
-    """({image id: ("read", pixels (C, H, W)) or ("refused", path, kind, reason)} on which both loaders agree,
-    {(path, kind, reason) data check reports}). Asserts that the three paths agree."""
+def read_by_every_path(root, crop: int = SIZE, **options) -> tuple[dict, set]:
+    """({image id: ("read", its tiles (K, C, crop, crop)) or ("refused", path, kind, reason)} on which both
+    loaders agree, {(path, kind, reason) data check reports}). Asserts that the three paths agree."""
     dataset = open_dataset(root, **options)
     results = []
     for backend in ("torch", "dali"):
-        loader = make_tile_loader(dataset, batch_size=5, crop_size=SIZE, backend=backend, on_error="skip",
+        loader = make_tile_loader(dataset, batch_size=5, crop_size=crop, backend=backend, on_error="skip",
                                   num_workers=0)
-        outcome = {}
+        tiles = {}
         for batch in loader:
             for pixels, image_id in zip(batch["pixels"], batch["ids"]):
-                outcome[image_id] = ("read", pixels.numpy())
+                tiles.setdefault(image_id, []).append(pixels.numpy())
+        outcome = {image_id: ("read", np.stack(found)) for image_id, found in tiles.items()}
         for skipped in loader.skipped:
             outcome[skipped["id"]] = ("refused", skipped["path"], skipped["kind"], skipped["reason"])
         assert sorted(outcome) == sorted(dataset.ids), backend
@@ -78,7 +79,7 @@ def assert_cases(outcome: dict, dataset, cases: dict, paths: dict) -> None:
         got = outcome[image_id]
         if isinstance(expected, np.ndarray):
             assert got[0] == "read", (name, got)
-            np.testing.assert_array_equal(got[1][0], expected, err_msg=name)
+            np.testing.assert_array_equal(got[1][0, 0], expected, err_msg=name)
         else:
             kind, pattern = expected
             assert got[0] == "refused" and got[2] == kind and re.fullmatch(pattern, got[3]), (name, got)
@@ -213,7 +214,7 @@ def test_illumination_functions(tmp_path):
             assert got[0] == "refused" and got[2:] == ("format", reasons[row])
             assert got[1].endswith(f"illum{row:03d}.npy")
         else:
-            np.testing.assert_array_equal(got[1][0], apply_illumination(image, function.astype(np.float32)))
+            np.testing.assert_array_equal(got[1][0, 0], apply_illumination(image, function.astype(np.float32)))
     assert len(checked) == 3
 
 
@@ -260,7 +261,7 @@ def test_packed_shards_and_index_rows(tmp_path):
             assert got[0] == "refused" and got[2] == kind and re.fullmatch(pattern, got[3]), (row, got)
         else:
             expected = np.load(shards[shard])[table.at[row, "row"]]
-            np.testing.assert_array_equal(got[1], expected)
+            np.testing.assert_array_equal(got[1][0], expected)
     assert len(checked) == len(reasons) + 2
 
 
