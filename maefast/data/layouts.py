@@ -262,8 +262,9 @@ def _whole_numbers(values: pd.Series, column: str, source: Path) -> pd.Series:
     numbers = pd.to_numeric(values, errors="coerce")
     bad = np.flatnonzero((numbers.isna() | (numbers != numbers.round())).to_numpy())
     if len(bad):
+        value = values.tolist()[bad[0]]  # a Python value, for the message
         raise UserInputError(f"{source}: column {column} must hold whole numbers; row {values.index[bad[0]]} has "
-                             f"{values.iloc[bad[0]]!r}{f' (and {len(bad) - 1} more rows)' if len(bad) > 1 else ''}")
+                             f"{value!r}{f' (and {len(bad) - 1} more rows)' if len(bad) > 1 else ''}")
     return numbers.astype(np.int64)
 
 
