@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from maefast.errors import UserInputError
+from maefast.io import current_umask
 from maefast.lock import LOCK_FILE, OutputLock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,3 +95,33 @@ def test_under_torchrun_a_refused_lock_stops_every_rank(screen, tmp_path):
     assert result.returncode != 0
     assert "is in use by another maefast job (test holder" in result.stderr
     assert "rank 1: stopping because rank 0 stopped" in result.stderr
+
+
+@pytest.mark.parametrize("planted", ["symlink", "fifo", "directory"])
+def test_the_lock_file_is_never_a_link_or_anything_but_a_file(tmp_path, planted):
+    """A symbolic link planted at <out>/.maefast.lock had its target truncated to 0 bytes."""
+    out, target = tmp_path / "out", tmp_path / "precious.txt"
+    out.mkdir()
+    target.write_text("keep me")
+    lock = out / LOCK_FILE
+    if planted == "symlink":
+        lock.symlink_to(target)
+    elif planted == "fifo":
+        os.mkfifo(lock)
+    else:
+        lock.mkdir()
+    with pytest.raises(UserInputError, match=rf"{LOCK_FILE} is not a regular file"):
+        OutputLock(out, "maefast embed")
+    assert target.read_text() == "keep me"
+    (lock.unlink if planted != "directory" else lock.rmdir)()
+    OutputLock(out, "maefast embed").release()
+    assert oct(lock.stat().st_mode & 0o777) == oct(0o666 & ~current_umask())
+
+
+def test_with_a_symlinked_lock_a_command_is_one_line(screen, tmp_path, capsys):
+    from maefast.cli import main
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / LOCK_FILE).symlink_to(tmp_path / "elsewhere")
+    assert main(train_command(tmp_path / "run", screen)[3:]) == 2
+    assert not (tmp_path / "elsewhere").exists()
+    assert capsys.readouterr().err.count("\n") == 1

@@ -266,3 +266,27 @@ def test_resume_is_bitwise_identical_with_either_loader(screen, tmp_path, backen
     expected = load_file(str(checkpoint(tmp_path / "straight", 4) / "model.safetensors"))
     got = load_file(str(checkpoint(tmp_path / "stopped", 4) / "model.safetensors"))
     assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_a_reimaged_screen_with_the_same_table_is_refused_even_when_changes_are_allowed(run_dir, screen, tmp_path):
+    from tests.data.test_identity import reimaged
+    with pytest.raises(UserInputError, match=r"the data differs from what .* was trained on: (dataset.content.bytes: "
+                                             r"\d+ -> \d+; )?dataset.content.sha256: '\w+' -> '\w+'; resume on the "
+                                             r"same data"):
+        resume(run_dir, reimaged(screen, tmp_path / "other"), allow=True)
+
+
+def test_a_checkpoint_whose_fingerprint_lacks_the_content_resumes_with_a_note(run_dir, screen):
+    from maefast.train.integrity import write_digests
+    for step in (2, 4):  # as an older maefast recorded them
+        path = checkpoint(run_dir, step) / "meta.json"
+        meta = json.loads(path.read_text())
+        del meta["data"]["content"]
+        path.write_text(json.dumps(meta))
+        write_digests(checkpoint(run_dir, step))
+    with pytest.warns(UserWarning, match=r"--resume: the data's fingerprint was recorded without content \(by an "
+                                         r"older maefast\)"):
+        trainer = resume(run_dir, screen, "run.max_steps=6", allow=True)
+    trainer.train()
+    trainer.close()
+    assert "content" in json.loads((checkpoint(run_dir, 6) / "meta.json").read_text())["data"]
