@@ -8,7 +8,7 @@ named by a hash of the sources, the DALI version and the compiler, and written a
 first uses (torchrun ranks) do not see a partial file.
 
     from maefast.data import dali_plugin
-    dali_plugin.load()          # then fn.maefast_png_crops / fn.maefast_packed_crops exist
+    dali_plugin.load()          # then fn.maefast_image_crops / fn.maefast_packed_crops exist
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def source_dir() -> Path:
 
 
 def _sources(root: Path) -> list[Path]:
-    return [root / "dali" / "maefast_dali.cc", *sorted((root / "decode").glob("*.h"))]
+    return [root / "dali" / "maefast_dali.cc", *sorted((root / "decode").glob("*.h"))]  # the hash of the cache
 
 
 def cuda_include_dir() -> Path | None:

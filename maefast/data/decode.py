@@ -184,3 +184,34 @@ def apply_illumination(raw: np.ndarray, illum: np.ndarray) -> np.ndarray:
         raise ValueError(f"illumination function shape {illum.shape} does not match image shape {raw.shape}")
     corrected = np.floor(raw.astype(np.float32) / illum.astype(np.float32) + np.float32(0.5))
     return np.clip(corrected, 0, np.iinfo(raw.dtype).max).astype(raw.dtype)
+
+
+def accepted_formats_table() -> str:
+    """The table of accepted formats (csrc/decode/formats.h, as maefast._C exports it) in Markdown: what
+    docs/data.md shows (tests/data/test_formats.py checks that it does)."""
+    table = readers().accepted_formats()
+
+    def codes(values):
+        return ", ".join(f"{value} ({name})" for value, name in values)
+
+    def dtypes(descrs):
+        return ", ".join(np.dtype(descr).name for descr in descrs) + " (little-endian)"
+
+    png, tiff = table["png"], table["tiff"]
+    depths = " or ".join(str(d) for d in png["bit_depths"])
+    rows = [
+        ("PNG channel image", f"grayscale (colour type 0), {depths} bits, not interlaced, one frame"),
+        ("TIFF channel image", "one page, one sample per pixel, unsigned "
+                               f"{' or '.join(str(d) for d in tiff['bit_depths'])} bits, in strips, either byte "
+                               "order, classic or BigTIFF, ImageDepth 1"),
+        ("TIFF compression", codes(tiff["compressions"])),
+        ("TIFF predictor", codes(tiff["predictors"]) + " (LZW and Deflate)"),
+        ("TIFF photometric interpretation", codes(tiff["photometrics"]) + " or no tag"),
+        ("TIFF orientation", codes(tiff["orientations"]) + " or no tag"),
+        ("TIFF planar configuration", codes(tiff["planar_configurations"])),
+        ("packed shard (.npy)", f"(n, channels, height, width), C order, {dtypes(table['shard']['descrs'])}: the "
+                                "manifest's dtype"),
+        ("illumination function (.npy)", f"(height, width), C order, {dtypes(table['illumination']['descrs'])}, "
+                                         "every value finite and > 0"),
+    ]
+    return "\n".join(["| file | accepted |", "|---|---|"] + [f"| {what} | {accepted} |" for what, accepted in rows])
