@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from maefast.data import native
 from maefast.errors import MissingDependency, UserInputError
 
 ERROR_POLICIES = ("raise", "skip")  # what a loader does with an image it cannot read: stop, or skip and count it
@@ -50,13 +51,10 @@ def max_ratio() -> float:
 
 
 def readers():
-    """maefast._C, whose C++ readers every loader path decodes with; MissingDependency when it was not built."""
+    """The C++ readers every loader path decodes with: maefast._C, or where it was not built the same bindings
+    compiled on first use (maefast.data.native); MissingDependency when neither is possible."""
     from maefast.ops.backend import cpp_extension
-    module = cpp_extension()
-    if module is None:
-        raise MissingDependency("reading images needs maefast's C++ readers (maefast._C), which were not built: "
-                                "install a C++ compiler and reinstall maefast (python -m pip install -e .)")
-    return module
+    return cpp_extension() or native.readers_module()
 
 
 class ImageReadError(UserInputError):
