@@ -27,7 +27,7 @@ from maefast.data.decode import check_error_policy
 from maefast.data.plan import TilePlan, TrainPlan
 from maefast.errors import UserInputError, installed
 from maefast.fields import matches
-from maefast.limits import require_memory
+from maefast.limits import format_bytes, require_memory
 
 BACKENDS = ("auto", "dali", "torch")
 
@@ -97,15 +97,22 @@ class Loader:
 
 def check_batch_memory(dataset: Dataset, plan, num_workers: int) -> None:
     """Refuses a plan whose batches in flight (DALI's prefetch queue or the DataLoader workers' prefetched
-    batches, plus the one in use) would not fit in memory, before a single one is allocated."""
+    batches, plus the one in use) and decoding buffers (per reader, a whole image's file and planes) would not
+    fit in memory, before a single one is allocated."""
     images = min(plan.batch_size, -(-plan.num_images // plan.world_size))
-    crop = len(dataset.channels) * plan.crop_size ** 2 * np.dtype(dataset.dtype).itemsize
+    itemsize, channels = np.dtype(dataset.dtype).itemsize, len(dataset.channels)
     in_flight = max(4, 2 * num_workers + 2)
-    total = in_flight * images * plan.crops_per_image * crop
+    total = in_flight * images * plan.crops_per_image * channels * plan.crop_size ** 2 * itemsize
+    decoding = ""
+    if dataset.layout != "packed":  # shards are memory-mapped: a crop reads only its rows
+        height, width = dataset.image_shape
+        buffers = 2 * max(1, num_workers) * channels * height * width * itemsize
+        total += buffers
+        decoding = f" and {format_bytes(buffers)} to decode {height}x{width} images"
     crops = "" if isinstance(plan, TilePlan) else f"crops_per_image={plan.crops_per_image}, "
     require_memory(total, f"{crops}batch_size={plan.batch_size}: {in_flight} batches in flight of {images} images x "
-                          f"{plan.crops_per_image} crops of {len(dataset.channels)}x{plan.crop_size}x{plan.crop_size} "
-                          f"{np.dtype(dataset.dtype)}")
+                          f"{plan.crops_per_image} crops of {channels}x{plan.crop_size}x{plan.crop_size} "
+                          f"{np.dtype(dataset.dtype)}{decoding}")
 
 
 def _workers(num_workers):

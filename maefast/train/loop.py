@@ -82,7 +82,8 @@ class Trainer:
                                                               allow_config_change, checkpoint.path)
         self.precision = ("bf16" if device.type == "cuda" else "fp32") if run.precision == "auto" else run.precision
         self.loader = build_train_loader(config, self.out, self.context)
-        self.data_fingerprint = self.loader.dataset.fingerprint()
+        self.data_fingerprint = dist_utils.broadcast_object(  # rank 0 reads the files' samples
+            self.loader.dataset.fingerprint() if self.context.is_main else None, self.context)
         if checkpoint is not None:
             check_data(checkpoint.meta, self.data_fingerprint, checkpoint.path)
         self.channel_names = list(self.loader.dataset.channels)
@@ -249,7 +250,7 @@ class Trainer:
     def train(self) -> dict:
         run, context = self.config.run, self.context
         self.interrupted = None
-        stops = StopRequests().__enter__()  # SIGTERM / SIGINT: checkpoint at the end of the step, then stop
+        stops = StopRequests().install()  # SIGTERM / SIGINT: checkpoint at the end of the step, then stop
         matmul_rate = measure_matmul_rate(context.device, torch.bfloat16 if self.precision == "bf16" else torch.float32)
         meter = Throughput(self.flops_per_crop, self.tokens_per_crop, matmul_rate, context.world_size)
         log = ScalarLog(self.out, self.step) if context.is_main else None
@@ -297,7 +298,7 @@ class Trainer:
                     break
         finally:
             progress.close()
-            stops.__exit__()
+            stops.restore()
             if log is not None:
                 log.close()
         return self.finish(log)

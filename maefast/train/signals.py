@@ -10,20 +10,21 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class StopRequests:
-    """Installed for the training loop (in the main thread), restored after it."""
+    """Installed for the training loop (in the main thread: signal handlers live there), restored after it."""
 
     def __init__(self):
         self.received: str | None = None  # "SIGTERM" or "SIGINT" once one arrived
         self.previous = {}
 
-    def __enter__(self) -> StopRequests:
+    def install(self) -> StopRequests:
         if threading.current_thread() is threading.main_thread():
             self.previous = {number: signal.signal(number, self.handle) for number in STOP_SIGNALS}
         return self
 
-    def __exit__(self, *exc) -> None:
+    def restore(self) -> None:
         for number, handler in self.previous.items():
             signal.signal(number, handler)
+        self.previous = {}
 
     def handle(self, number, frame) -> None:
         if number == signal.SIGINT and self.received == "SIGINT":
