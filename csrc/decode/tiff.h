@@ -217,14 +217,14 @@ inline TiffImage tiff_parse(const uint8_t* data, size_t size) {
 
   const uint64_t entries = tiff.read(first, count_size);
   if (entries > (size - first) / entry_size) throw DecodeError("truncated TIFF header (IFD)");
-  std::vector<uint64_t> seen;
+  std::vector<bool> seen(1 << 16);  // tags are 16-bit: a bitmap keeps the check linear in the entries
   for (uint64_t i = 0; i < entries; ++i) {
     const uint64_t entry = first + count_size + i * entry_size;
     const uint64_t tag = tiff.read(entry, 2), type = tiff.read(entry + 2, 2);
     const uint64_t count = tiff.read(entry + 4, offset_size);
-    if (std::find(seen.begin(), seen.end(), tag) != seen.end())
+    if (seen[tag])
       throw DecodeError("corrupt TIFF: " + tiff_detail::describe_tag(tag) + " appears twice in the first IFD");
-    seen.push_back(tag);
+    seen[tag] = true;
     const int type_bytes = tiff_detail::type_size(type);
     if (type_bytes == 0 || count == 0) continue;  // unknown types are skipped, as libtiff does
     // The values: in the entry itself when they fit there, else at the offset it holds, inside the file.

@@ -44,3 +44,14 @@ def test_lzw_with_the_early_code_width_change_and_table_resets():
     image = rng.integers(0, 60000, (300, 200)).astype(np.uint16)
     data = pillow_bytes(image, "TIFF", compression="tiff_lzw")
     np.testing.assert_array_equal(_C.decode_image(data, 300, 200, 2, 1100.0), image)
+
+
+def test_a_duplicate_among_every_possible_tag():
+    """An IFD of 65,000 distinct tags and one repeated (the check is a bitmap of the 16-bit tags, linear in the
+    entries, where a search of the tags seen was quadratic)."""
+    from tests.data.crafted import LONG, tiff_bytes
+    image = np.zeros((4, 4), np.uint8)
+    extra = [(tag, LONG, [1]) for tag in range(400, 65536) if tag not in (32997,)] + [(500, LONG, [2])]
+    data = tiff_bytes(image, extra=extra)
+    with pytest.raises(_C.DecodeError, match=r"corrupt TIFF: tag 500 appears twice in the first IFD"):
+        _C.decode_image(data, 4, 4, 1, 1100.0)
