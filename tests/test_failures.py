@@ -9,8 +9,10 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -18,6 +20,9 @@ import maefast
 from maefast.cli import main
 from maefast.data import open_dataset
 from maefast.data.packed import pack_dataset
+from maefast.embedding.outputs import read_embeddings
+from tests.data.crafted import jump_screen, tifffile_bytes
+from tests.train.test_training import FAST
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["train", "--recipe", "debug", "--no-progress", "--max-steps", "2", "--set", "data.batch_size=4",
@@ -113,9 +118,7 @@ def test_rxrx_metadata(screen, tmp_path, capsys, edit, message):
 
 
 def test_jump_metadata_and_site_ids(screen, tmp_path, capsys):
-    import numpy as np
 
-    from tests.data.crafted import jump_screen, tifffile_bytes
     root = jump_screen(tmp_path / "jump", [tifffile_bytes(np.full((32, 32), 7, np.uint16))] * 4)
     table = pd.read_csv(root / "load_data.csv")
     table["Metadata_Site"] = table["Metadata_Site"].astype(object)
@@ -177,11 +180,9 @@ def test_a_full_disk_while_a_checkpoint_is_written(screen, tmp_path):
 def test_sigint_writes_a_checkpoint_and_exits_130_with_the_usual_file_modes(screen, tmp_path):
     """Ctrl-C used to end a run with a traceback and no checkpoint; every output was also mode 0600
     (safetensors) whatever the umask."""
-    from tests.train.test_training import FAST
     run = run_cli("train", "--recipe", "debug", "--no-progress", "--max-steps", "10000", "--data", str(screen),
                   "--out", str(tmp_path / "run"), *[f"--set={s}" for s in FAST],
                   "--set=run.checkpoint_every=5000", "--set=run.log_every=1", preexec=lambda: os.umask(0o027))
-    import time
     deadline = time.time() + 240
     while not (tmp_path / "run" / "metrics.csv").exists() and time.time() < deadline and run.poll() is None:
         time.sleep(0.05)
@@ -202,7 +203,6 @@ def test_sigint_during_an_embedding_is_one_line(screen, tmp_path):
     maefast.save_pretrained(maefast.create_model("vit_debug_patch8_64", in_chans=6), checkpoint)
     run = run_cli("embed", "--checkpoint", str(checkpoint), "--data", str(screen), "--out", str(tmp_path / "emb"),
                   "--shard-size", "1", "--batch-size", "1", "--no-progress")
-    import time
     deadline = time.time() + 240
     while not list((tmp_path / "emb").glob("shards/shard-*.parquet")) and time.time() < deadline:
         time.sleep(0.05)
@@ -247,6 +247,5 @@ def test_a_huge_batch_size_reads_the_batches_there_are(screen, tmp_path, capsys)
     for out, size in (("small", "4"), ("huge", "1000000000")):
         assert main(["embed", "--checkpoint", str(checkpoint), "--data", str(screen), "--out", str(tmp_path / out),
                      "--batch-size", size, "--backend", "dali", "--no-progress"]) == 0
-    from maefast.embedding.outputs import read_embeddings
     pd.testing.assert_frame_equal(read_embeddings(tmp_path / "huge"), read_embeddings(tmp_path / "small"),
                                   check_exact=False, rtol=1e-5)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from maefast.data import open_dataset
+from maefast.data.packed import pack_dataset
 from tests.data.crafted import (
     LONG,
     SHORT,
@@ -141,7 +142,6 @@ print(json.dumps(result))
 
 def test_a_fifo_is_refused_not_waited_on(tmp_path):
     """A read blocked on a FIFO ignored SIGTERM for over 11 minutes; now no path opens one for reading."""
-    from maefast.data.packed import pack_dataset
     rng = np.random.default_rng(2)
     pngs = rxrx_screen(tmp_path / "png", [pillow_bytes(textured_image(rng, (32, 32), np.uint8)) for _ in range(4)])
     packed = pack_dataset(open_dataset(pngs), tmp_path / "packed", shard_images=2, progress=False)

@@ -1,5 +1,6 @@
 """The one table of accepted formats (csrc/decode/formats.h) is the one docs/data.md shows, and maefast's TIFF
 reader decodes what the writers users have (tifffile, Pillow's libtiff) write, as they read it back."""
+import io
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,7 @@ import tifffile
 
 from maefast import _C
 from maefast.data.decode import accepted_formats_table
-from tests.data.crafted import pillow_bytes, textured_image, tifffile_bytes
+from tests.data.crafted import LONG, pillow_bytes, textured_image, tiff_bytes, tifffile_bytes
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "data.md"
 
@@ -34,7 +35,6 @@ def test_tiff_as_the_writers_write_it(dtype, writer, options):
     decoded = _C.decode_image(data, 37, 53, image.itemsize, 1100.0)
     np.testing.assert_array_equal(decoded, image)
     if writer == "tifffile":  # and tifffile reads the same back
-        import io
         np.testing.assert_array_equal(decoded, tifffile.imread(io.BytesIO(data)))
 
 
@@ -49,7 +49,6 @@ def test_lzw_with_the_early_code_width_change_and_table_resets():
 def test_a_duplicate_among_every_possible_tag():
     """An IFD of 65,000 distinct tags and one repeated (the check is a bitmap of the 16-bit tags, linear in the
     entries, where a search of the tags seen was quadratic)."""
-    from tests.data.crafted import LONG, tiff_bytes
     image = np.zeros((4, 4), np.uint8)
     extra = [(tag, LONG, [1]) for tag in range(400, 65536) if tag not in (32997,)] + [(500, LONG, [2])]
     data = tiff_bytes(image, extra=extra)

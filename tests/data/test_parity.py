@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maefast.data import make_tile_loader, open_dataset
+from maefast.data import ImageReadError, make_tile_loader, open_dataset
 from maefast.data.check import check_dataset
 from maefast.data.decode import apply_illumination
 from maefast.data.packed import pack_dataset
@@ -270,7 +270,6 @@ def test_raise_names_the_first_bad_image_on_both_loaders(tmp_path):
     image = textured_image(rng, (SIZE, SIZE), np.uint8)
     files = [pillow_bytes(image)] * 3 + [interlaced_png(image)] + [pillow_bytes(image)] * 3
     dataset = open_dataset(rxrx_screen(tmp_path / "png", files))
-    from maefast.data import ImageReadError
     for backend in ("torch", "dali"):
         loader = make_tile_loader(dataset, batch_size=2, crop_size=SIZE, backend=backend, num_workers=0)
         with pytest.raises(ImageReadError) as caught:

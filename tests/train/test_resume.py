@@ -1,17 +1,23 @@
 """--resume: never unpickles, skips damaged checkpoints, refuses other configs and data unless allowed."""
 import json
 import shutil
+import signal
 
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
+from maefast.cli import main
 from maefast.data.synthetic import synth_screen
 from maefast.errors import UserInputError
+from maefast.io import read_safetensors, write_safetensors
+from maefast.models.registry import create_model
 from maefast.train.config import load_config
+from maefast.train.integrity import write_digests
 from maefast.train.loop import Trainer, train
 from maefast.train.optim import one_cycle_factor
+from tests.data.test_identity import reimaged
 from tests.train.test_training import FAST
 
 RUN = ["run.max_steps=4", "run.checkpoint_every=2"]
@@ -161,8 +167,6 @@ def falls_back(run_dir, screen, reason: str) -> None:
 def edit_weights(run_dir, change) -> None:
     """Rewrites step 4's weights with `change(tensors)` applied, then its digests (as a tool that keeps them
     consistent would), so that the check that follows the digests is what refuses it."""
-    from maefast.io import read_safetensors, write_safetensors
-    from maefast.train.integrity import write_digests
     path = checkpoint(run_dir, 4) / "model.safetensors"
     tensors = read_safetensors(path)
     change(tensors)
@@ -190,7 +194,7 @@ def test_nan_weights(run_dir, screen, tmp_path, capsys):
     edit_weights(run_dir, poison)
     falls_back(run_dir, screen, r"non-finite values \(NaN or infinity\) in 1 tensor\(s\): "
                                 r"encoder.blocks.0.in_proj.weight")
-    from maefast.cli import main  # embedding from it used to write NaN features, blaming nothing
+    # embedding from it used to write NaN features, blaming nothing
     code = main(["embed", "--checkpoint", str(checkpoint(run_dir, 4)), "--data", str(screen), "--out",
                  str(tmp_path / "emb"), "--no-progress"])
     error = capsys.readouterr().err
@@ -198,7 +202,6 @@ def test_nan_weights(run_dir, screen, tmp_path, capsys):
 
 
 def test_another_architectures_weights(run_dir, screen):
-    from maefast.models.registry import create_model
     other = create_model("camae_vit_debug_patch8_64", max_in_chans=6, decoder_depth=1).state_dict()
     edit_weights(run_dir, lambda tensors: (tensors.clear(), tensors.update(other)))
     falls_back(run_dir, screen, r"not the weights of mae_vit_debug_patch8_64 \(config.json\): missing \['decoder.*; "
@@ -214,7 +217,6 @@ def test_another_architectures_weights(run_dir, screen):
     (lambda state: state.update(rng={"__tensor__": "999"}), r"names tensor 999, which .* lacks"),
 ])
 def test_a_hand_edited_training_state(run_dir, screen, edit, reason):
-    from maefast.train.integrity import write_digests
     path = checkpoint(run_dir, 4) / "train_state.json"
     state = json.loads(path.read_text())
     edit(state)
@@ -238,7 +240,6 @@ class StopAfter:
         self.loader, self.count, self.dataset, self.handed = loader, count, loader.dataset, 0
 
     def __iter__(self):
-        import signal
         for batch in self.loader:
             self.handed += 1
             if self.handed == self.count:
@@ -269,7 +270,6 @@ def test_resume_is_bitwise_identical_with_either_loader(screen, tmp_path, backen
 
 
 def test_a_reimaged_screen_with_the_same_table_is_refused_even_when_changes_are_allowed(run_dir, screen, tmp_path):
-    from tests.data.test_identity import reimaged
     with pytest.raises(UserInputError, match=r"the data differs from what .* was trained on: (dataset.content.bytes: "
                                              r"\d+ -> \d+; )?dataset.content.sha256: '\w+' -> '\w+'; resume on the "
                                              r"same data"):
@@ -277,7 +277,6 @@ def test_a_reimaged_screen_with_the_same_table_is_refused_even_when_changes_are_
 
 
 def test_a_checkpoint_whose_fingerprint_lacks_the_content_resumes_with_a_note(run_dir, screen):
-    from maefast.train.integrity import write_digests
     for step in (2, 4):  # as an older maefast recorded them
         path = checkpoint(run_dir, step) / "meta.json"
         meta = json.loads(path.read_text())
