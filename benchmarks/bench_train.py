@@ -42,8 +42,7 @@ def main(argv=None) -> int:
             break
         try:
             torch.manual_seed(0)
-            model = maefast.create_model(name, **({"in_chans": args.channels} if name.startswith("mae_") else {}))
-            model = model.to(device)
+            model = maefast.create_model(name, in_chans=args.channels).to(device)  # a CA-MAE takes any count
             pixels = jobs.random_crops(batch, args.channels, model.config.encoder.img_size, device)
             job = jobs.training_job(model, pixels)
         except common.TimeLimit as stop:

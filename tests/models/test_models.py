@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import maefast
-from tests.helpers import random_pixels
+from maefast.ops.patches import random_pixels
 
 DEBUG = "mae_vit_debug_patch8_64"
 CA_DEBUG = "camae_vit_debug_patch8_64"
@@ -98,7 +98,7 @@ def test_embed_and_timm_api():
 
 
 @pytest.mark.parametrize("shape, message", [
-    ((2, 4, 64, 64), "model expects 3 channels, got 4"),
+    ((2, 4, 64, 64), "the input has 4 channels; the model takes in_chans=3"),
     ((2, 3, 64, 56), "images must be square, got 64x56"),
     ((2, 3, 60, 60), "image size 60 is not divisible by patch size 8"),
     ((2, 3, 128, 128), "model expects 64x64 images, got 128x128"),
@@ -112,7 +112,7 @@ def test_bad_images_name_expected_and_given(shape, message):
 
 def test_too_many_channels_for_ca_mae():
     model = maefast.create_model(CA_DEBUG, max_in_chans=3)
-    with pytest.raises(ValueError, match="takes 1 to 3 channels, got 4"):
+    with pytest.raises(ValueError, match="the input has 4 channels; the model takes 1 to max_in_chans=3"):
         model(random_pixels(1, 4, 64))
 
 
