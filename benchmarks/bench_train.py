@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     names = args.model or ([jobs.QUICK_TRAIN_MODEL] if args.quick else DEFAULT_MODELS)
     batch = args.batch or (16 if args.quick else 64)
     reps = args.reps or (3 if args.quick else 10)
-    matmul = jobs.matmul_rate(device)
+    matmul = jobs.job_matmul_rate(device)
     for name in names:
         if common.stopped():
             break
