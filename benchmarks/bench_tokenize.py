@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from benchmarks import opcases
 from maefast.ops.masking import random_masking
-from maefast.ops.patches import gather_tokens, self_standardize
+from maefast.ops.patches import gather_tokens, random_pixels, self_standardize
 from maefast.ops.tokenize import tokenize, tokenize_reference
 
 GEOMETRY = dict(channels=6, size=256, patch=8, dim=1024, ratio=0.75)
@@ -55,7 +55,7 @@ def backend_fns(device: torch.device) -> dict:
 
 
 def build(device, batch, channel_agnostic, channels, size, patch, dim, ratio) -> opcases.OpCase:
-    pixels = torch.randint(0, 256, (batch, channels, size, size), dtype=torch.int32, device=device).to(torch.uint8)
+    pixels = random_pixels(batch, channels, size, torch.uint8, device)
     tokens = (size // patch) ** 2 * (channels if channel_agnostic else 1)
     keep = random_masking(batch, tokens, ratio, device=device).keep_idx
     weight = (torch.randn(dim, 1 if channel_agnostic else channels, patch, patch, device=device) * 0.02)

@@ -74,7 +74,7 @@ class Trainer:
         checkpoint = self.checkpoint_to_resume(resume)
         changes = {} if checkpoint is None else check_config(checkpoint.meta, config, self.recipe,
                                                               allow_config_change, checkpoint.path)
-        self.setup = RunSetup.resolve(device, run.precision, run.compile)
+        self.run_setup = RunSetup.resolve(device, run.precision, run.compile)
         self.loader = build_train_loader(config, self.out, self.context)
         self.data_fingerprint = self.loader.dataset.fingerprint()
         if checkpoint is not None:
@@ -93,10 +93,11 @@ class Trainer:
         self.model = create_model(config.model.name, **overrides).to(device)
         self.check_channels()
         batch_shape = (config.data.batch_size, len(self.channel_names), config.data.crop_size)
-        self.attention = choose_attention(
-            self.model, config.model.attention, self.setup, training_step(self.model, batch_shape, self.setup),
-            needs_grad=True, recorded=checkpoint.meta.get("attention") if checkpoint is not None else None,
-            broadcast=lambda obj: dist_utils.broadcast_object(obj, self.context))
+        step = training_step(self.model, batch_shape, self.run_setup)
+        recorded = checkpoint.meta.get("attention") if checkpoint is not None else None
+        self.attention = choose_attention(self.model, config.model.attention, self.run_setup, step, needs_grad=True,
+                                          recorded=recorded,
+                                          broadcast=lambda obj: dist_utils.broadcast_object(obj, self.context))
         blocks = self.family.blocks(self.model)
         if run.activation_checkpointing:
             if not blocks:
@@ -107,7 +108,7 @@ class Trainer:
                 checkpoint_activations(block)
         self.wrapped = dist_utils.wrap_model(self.model, blocks, self.context, run.parallel)
         self.forward = self.wrapped
-        if self.setup.compile:
+        if self.run_setup.compile:
             # one graph for the whole model on one device; under DDP / FSDP the wrapper's hooks split it
             self.forward = torch.compile(self.wrapped, fullgraph=not self.context.enabled)
         optim = config.optim
@@ -218,7 +219,7 @@ class Trainer:
             defer_sync = not last_micro and hasattr(self.wrapped, "no_sync")
             sync = self.wrapped.no_sync() if defer_sync else contextlib.nullcontext()
             with sync:
-                with self.setup.autocast():
+                with self.run_setup.autocast():
                     output = self.forward(*inputs)
                 (output.loss / accumulation).backward()
             self.loss_names = ["loss", *output.parts]
@@ -234,8 +235,8 @@ class Trainer:
         run, context = self.config.run, self.context
         stop_requested = {"flag": False}
         previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.update(flag=True))
-        meter = Throughput(self.flops_per_crop, self.tokens_per_crop, matmul_rate(context.device, self.setup.precision),
-                           context.world_size)
+        rate = matmul_rate(context.device, self.run_setup.precision)
+        meter = Throughput(self.flops_per_crop, self.tokens_per_crop, rate, context.world_size)
         log = ScalarLog(self.out, self.step) if context.is_main else None
         progress = tqdm(total=run.max_steps, initial=self.step, disable=not (context.is_main and self.show_progress),
                         desc="train", dynamic_ncols=True)

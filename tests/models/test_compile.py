@@ -19,6 +19,7 @@ from maefast.models.attention_setup import configure_attention
 from maefast.models.families import CA_MAE, MAE, MU_NET, family_of
 from maefast.models.registry import input_config
 from maefast.ops.backend import BACKENDS, select_backend, triton_installed, triton_interpreting
+from maefast.ops.patches import random_pixels
 
 # maefast.ops re-exports each op's function under its module's name
 OPS = {op: importlib.import_module(f"maefast.ops.{op}").IMPLEMENTED for op in ("tokenize", "unshuffle", "mae_loss")}
@@ -57,8 +58,7 @@ def small_model(name: str, drop_path_rate: float = 0.1):
 def inputs_for(model, batch: int = 2) -> tuple:
     config = input_config(model)
     channels = 2 if getattr(config, "channel_agnostic", False) else config.in_chans
-    pixels = torch.randint(0, 65536, (batch, channels, config.img_size, config.img_size), dtype=torch.int32)
-    inputs = (pixels.to(torch.uint16),)
+    inputs = (random_pixels(batch, channels, config.img_size, torch.uint16),)
     if family_of(model).needs_labels:
         inputs += (torch.randint(0, model.config.num_classes, (batch,)),)
     return inputs

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from maefast.embedding.encoder import load_encoder
+from maefast.ops.patches import random_pixels
 from maefast.train.config import load_config
 from maefast.train.loop import NonFiniteLoss, Trainer, train
 
@@ -44,7 +45,7 @@ def test_debug_run_writes_checkpoints_metrics_images_and_encoder(screen, tmp_pat
     assert flops[0] == "checkpoint,flops" and flops[1].startswith("step-00000003,") and len(flops) == 3
     early, _ = load_encoder(tmp_path / "checkpoints" / "step-00000003")  # a checkpoint embeds directly
     assert not torch.equal(early.cls_token, encoder.cls_token)
-    pixels = torch.randint(0, 255, (2, 6, 64, 64), dtype=torch.uint8)
+    pixels = random_pixels(2, 6, 64)
     assert encoder.embed(pixels).shape == (2, 64)
     assert summary["total_flops"] == 6 * 8 * DEBUG_MAE_TRAINING_FLOPS  # 6 steps of 4 images x 2 crops
 
@@ -185,7 +186,7 @@ def test_other_systems_train_and_export_an_embedder(screen, tmp_path, recipe):
     embedder, channels = load_encoder(tmp_path)
     assert len(channels) == 6
     with torch.no_grad():
-        embedding = embedder.embed(torch.randint(0, 255, (2, 6, 64, 64), dtype=torch.uint8))
+        embedding = embedder.embed(random_pixels(2, 6, 64))
     assert embedding.ndim == 2 and embedding.shape[0] == 2 and torch.isfinite(embedding).all()
     images = list((tmp_path / "images").glob("*.png"))
     assert len(images) == (0 if recipe == "debug_wsl" else 1)
