@@ -34,7 +34,8 @@ from maefast.ops.patches import random_pixels
 
 PRECISIONS = ("auto", "bf16", "fp32")
 COMPILE_CHOICES = ("auto", True, False)
-ATTENTION_FILE, TILE_BATCH_FILE = "attention.json", "tile_batch.json"
+# what a job writes into its folder: its effective config, and the records of its setup
+JOB_CONFIG_FILE, ATTENTION_FILE, TILE_BATCH_FILE = "config.yaml", "attention.json", "tile_batch.json"
 TILE_BATCH_CANDIDATES = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 # A tuned batch may peak at this share of the GPU's memory: the rest is for the CUDA graphs' memory pool,
 # compiled kernels' workspaces and a GPU-resident loader.

@@ -23,8 +23,6 @@ from maefast.models.attention_setup import ATTENTION_CHOICES
 from maefast.models.checkpoint import LAYOUTS as WEIGHTS_LAYOUTS
 from maefast.tables import FORMATS
 
-CONFIG_FILE = "config.yaml"
-
 
 def setting(default, help: str, **options):
     """A field with its help text (what `maefast embed --help` shows)."""

@@ -19,15 +19,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from tqdm import tqdm
 
 from maefast.distributed import DistributedContext, barrier, broadcast_object, run_on_main
-from maefast.embedding.config import CONFIG_FILE, EmbedConfig
+from maefast.embedding.config import EmbedConfig
 from maefast.embedding.runner import PooledEncoder, TileEmbedder
 from maefast.errors import UserInputError
-from maefast.io import atomic_path, read_json, read_table, write_json_atomic
-from maefast.job_setup import ATTENTION_FILE, TILE_BATCH_FILE, RunSetup, choose_attention, choose_tile_batch
+from maefast.io import atomic_path, read_json, read_table, write_json_atomic, write_yaml_atomic
+from maefast.job_setup import (
+    ATTENTION_FILE,
+    JOB_CONFIG_FILE,
+    TILE_BATCH_FILE,
+    RunSetup,
+    choose_attention,
+    choose_tile_batch,
+)
 from maefast.lock import OutputLock
 from maefast.models.checkpoint import ResolvedCheckpoint
 from maefast.models.registry import input_config
@@ -81,8 +87,7 @@ def start_job(out: Path, config: EmbedConfig, record: dict) -> OutputLock:
     lock = OutputLock(out, "maefast embed")
     try:
         check_job(out, record)
-        with atomic_path(out / CONFIG_FILE) as temporary:
-            temporary.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        write_yaml_atomic(out / JOB_CONFIG_FILE, config.to_dict())
     except BaseException:
         lock.release()
         raise

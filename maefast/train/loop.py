@@ -8,14 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch.distributed.checkpoint.state_dict import get_model_state_dict
 from tqdm import tqdm
 
 from maefast import distributed as dist_utils
 from maefast.errors import UserInputError
-from maefast.io import atomic_path, write_json_atomic
-from maefast.job_setup import ATTENTION_FILE, RunSetup, choose_attention, matmul_rate, training_step
+from maefast.io import write_json_atomic, write_yaml_atomic
+from maefast.job_setup import ATTENTION_FILE, JOB_CONFIG_FILE, RunSetup, choose_attention, matmul_rate, training_step
 from maefast.lock import OutputLock
 from maefast.models.checkpoint import ENCODER_DIR, pretrained_config, save_pretrained
 from maefast.models.families import family_of
@@ -128,8 +127,7 @@ class Trainer:
             print(f"maefast train: resuming with a changed config (--allow-config-change): "
                   f"{describe_changes(changes)}")
         if self.context.is_main:
-            with atomic_path(self.out / "config.yaml") as temporary:
-                temporary.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+            write_yaml_atomic(self.out / JOB_CONFIG_FILE, config.to_dict())
             record_config(self.out, config, self.recipe, self.step, changes)
             write_json_atomic(self.out / ATTENTION_FILE, self.attention)
 
