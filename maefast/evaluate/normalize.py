@@ -132,7 +132,8 @@ def normalize_embeddings(
 ) -> pd.DataFrame:
     """Center-scale on controls (per batch), PCA (None: skip), TVN on controls (per batch).
 
-    Returns the metadata columns of `table` (same row order) followed by the K features (maefast.tables.feature_names).
+    Returns the metadata columns of `table` (same row order) followed by the K features (maefast.tables.feature_names);
+    the table's other `feature_*` columns (those feature_cols leaves out) are left out.
     """
     columns = feature_columns(table, names=feature_cols)
     controls = control_mask(table, perturbation_col, control_label)
@@ -151,7 +152,10 @@ def normalize_embeddings(
     if tvn:
         x = tvn_on_controls(x, controls, batches, names)
 
-    metadata = table.drop(columns=columns).reset_index(drop=True)
+    # feature columns left out of feature_cols are left out of the result too: they are not metadata, and they
+    # would mix with the normalized features, which have the same names
+    dropped = list(dict.fromkeys([*columns, *feature_columns(table, required=False)]))
+    metadata = table.drop(columns=dropped).reset_index(drop=True)
     features = pd.DataFrame(x, columns=feature_names(x.shape[1]))
     return pd.concat([metadata, features], axis=1)
 

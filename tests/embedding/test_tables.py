@@ -140,3 +140,15 @@ def test_every_writer_names_features_one_way_and_readers_take_the_earlier_names(
     perturbation_map = build_map(table, perturbation_col="perturbation", control_label="CONTROL",
                                  pca_components=3, tvn=False)
     assert list(perturbation_map.columns) == feature_names(3) and len(perturbation_map) == 8
+
+
+def test_a_map_of_some_feature_columns_holds_only_their_normalized_features():
+    """The features feature_cols leaves out (here a constant one) stay out of the map: they would otherwise be
+    carried as metadata and share names with the normalized features."""
+    rng = np.random.default_rng(1)
+    labels = ["CONTROL"] * 12 + [f"gene{i}" for i in range(8) for _ in range(3)]
+    table = pd.DataFrame(rng.normal(size=(len(labels), 5)), columns=feature_names(5)).assign(perturbation=labels)
+    table["feature_0004"] = 7.0
+    perturbation_map = build_map(table, perturbation_col="perturbation", control_label="CONTROL",
+                                 feature_cols=feature_names(4), pca_components=3, tvn=False)
+    assert list(perturbation_map.columns) == feature_names(3)
