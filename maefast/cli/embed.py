@@ -57,7 +57,7 @@ def add_setting_flag(parser, setting: dataclasses.Field, expected, choices) -> N
         return
     if expected == list[str]:
         options["type"], options["metavar"] = comma_separated, "A,B,..."
-    elif members == (str, bool) or members == (bool, str):
+    elif set(members) == {str, bool}:
         options["type"], options["metavar"] = typed_choice(choices), "{" + ",".join(map(shown, choices)) + "}"
     elif int in members and str in members:
         options["type"] = auto_or_positive_integer
