@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -63,6 +64,12 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
             code = re.search(r"os error (\d+)", str(error))
             raise OSError(int(code.group(1)) if code else errno.EIO, f"{path}: could not write ({error})") from None
         os.chmod(temporary, 0o666 & ~current_umask())
+
+
+def write_yaml_atomic(path: str | os.PathLike, payload) -> None:
+    """A job's effective config, as YAML in the order of its keys (config.yaml of training and embedding)."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(yaml.safe_dump(payload, sort_keys=False))
 
 
 def read_json(path: str | os.PathLike):

@@ -18,9 +18,10 @@ import pytest
 
 import maefast
 from maefast.cli import main
-from maefast.data import open_dataset
+from maefast.data import make_tile_loader, open_dataset
 from maefast.data.packed import pack_dataset
 from maefast.embedding.outputs import read_embeddings
+from maefast.errors import UserInputError
 from tests.data.crafted import jump_screen, tifffile_bytes
 from tests.train.test_training import FAST
 
@@ -39,7 +40,7 @@ def error_line(capsys, command: str) -> str:
     ("run.seed=-1", "run.seed=-1 must be an integer from 0 to 4294967295"),
     ("run.seed=4294967296", "run.seed=4294967296 must be an integer from 0 to 4294967295"),
     ("data.num_workers=-1", "data.num_workers=-1 must be >= 0 (0: read in the training process)"),
-    ("model.name.size=3", "--set model.name.size: model.name is a value, not a section"),
+    ("model.name.size=3", "model.name holds a value, not keys: cannot set model.name.size"),
 ])
 def test_settings(tmp_path, capsys, setting, message):
     assert main([*TRAIN, "--out", str(tmp_path / "run"), "--set", setting]) == 2
@@ -76,7 +77,10 @@ def test_negative_loader_workers_for_embed(screen, tmp_path, capsys):
     maefast.save_pretrained(maefast.create_model("vit_debug_patch8_64", in_chans=6), checkpoint)
     assert main(["embed", "--checkpoint", str(checkpoint), "--data", str(screen), "--out", str(tmp_path / "emb"),
                  "--workers", "-1", "--no-progress"]) == 2
-    assert "num_workers must be an integer >= 0 (0: read in this process), got -1" in error_line(capsys, "embed")
+    assert "workers=-1 must be >= 0 (0: read in this process)" in error_line(capsys, "embed")
+    with pytest.raises(UserInputError, match=r"num_workers must be an integer >= 0 \(0: read in this "
+                                             r"process\), got -1"):  # the loader of a library caller
+        make_tile_loader(open_dataset(screen), batch_size=2, crop_size=64, num_workers=-1)
 
 
 def copy_metadata(screen, tmp_path, edit) -> Path:
