@@ -1,4 +1,5 @@
 """One writer per output directory: a second job is refused naming the holder; a killed holder's lock is gone."""
+import fcntl
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import pytest
 
 from maefast.errors import UserInputError
 from maefast.io import current_umask
-from maefast.lock import LOCK_FILE, OutputLock
+from maefast.lock import LOCK_FILE, OutputLock, holder_record
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLD = "import sys, time; from maefast.lock import OutputLock; lock = OutputLock(sys.argv[1], 'test holder'); " \
@@ -41,6 +42,36 @@ def test_a_second_writer_is_refused_naming_the_holder_until_it_ends(tmp_path):
     assert json.loads((tmp_path / "out" / LOCK_FILE).read_text())["pid"] == os.getpid()
     lock.release()
     OutputLock(tmp_path / "out", "after the release").release()
+
+
+def test_a_refused_job_waits_for_the_record_of_a_holder_that_has_locked_but_not_written_it(tmp_path, monkeypatch):
+    """A holder truncates the lock file, then writes its record; a job refused in between read an empty file and
+    named "the holder of <path>" (test_two_train_runs_started_at_once_into_one_directory failed so, now and then).
+    Here the holder locks, waits until the refused job has read the empty file, then writes."""
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)  # its own open file: its flock excludes ours
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    reads, read_holder = [], OutputLock.read_holder
+
+    def read_then_the_holder_writes(lock):
+        reads.append(read_holder(lock))
+        if len(reads) == 1:
+            os.pwrite(holder, holder_record("late holder"), 0)
+        return reads[-1]
+    monkeypatch.setattr(OutputLock, "read_holder", read_then_the_holder_writes)
+    try:
+        with pytest.raises(UserInputError, match=rf"in use by another maefast job \(late holder, pid {os.getpid()} "):
+            OutputLock(out, "second")
+        assert reads[0] is None and reads[-1]["job"] == "late holder"
+        # a record that never comes (the holder is not maefast): after the wait, the refusal names the file
+        os.ftruncate(holder, 0)
+        monkeypatch.setattr("maefast.lock.HOLDER_WAIT_S", 0.1)
+        monkeypatch.setattr(OutputLock, "read_holder", read_holder)
+        with pytest.raises(UserInputError, match=rf"in use by another maefast job \(the holder of .*{LOCK_FILE}\)"):
+            OutputLock(out, "third")
+    finally:
+        os.close(holder)
 
 
 def test_an_existing_file_is_not_an_output_directory(tmp_path):
