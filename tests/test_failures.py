@@ -72,10 +72,8 @@ def test_recipes_that_are_not_mappings(tmp_path, capsys, text, message):
     assert message in error_line(capsys, "train")
 
 
-def test_negative_loader_workers_for_embed(screen, tmp_path, capsys):
-    checkpoint = tmp_path / "ckpt"
-    maefast.save_pretrained(maefast.create_model("vit_debug_patch8_64", in_chans=6), checkpoint)
-    assert main(["embed", "--checkpoint", str(checkpoint), "--data", str(screen), "--out", str(tmp_path / "emb"),
+def test_negative_loader_workers_for_embed(screen, screen_encoder, tmp_path, capsys):
+    assert main(["embed", "--checkpoint", str(screen_encoder), "--data", str(screen), "--out", str(tmp_path / "emb"),
                  "--workers", "-1", "--no-progress"]) == 2
     assert "workers=-1 must be >= 0 (0: read in this process)" in error_line(capsys, "embed")
     with pytest.raises(UserInputError, match=r"num_workers must be an integer >= 0 \(0: read in this "
@@ -202,10 +200,8 @@ def test_sigint_writes_a_checkpoint_and_exits_130_with_the_usual_file_modes(scre
     assert any(name.endswith("model.safetensors") for name in modes)
 
 
-def test_sigint_during_an_embedding_is_one_line(screen, tmp_path):
-    checkpoint = tmp_path / "ckpt"
-    maefast.save_pretrained(maefast.create_model("vit_debug_patch8_64", in_chans=6), checkpoint)
-    run = run_cli("embed", "--checkpoint", str(checkpoint), "--data", str(screen), "--out", str(tmp_path / "emb"),
+def test_sigint_during_an_embedding_is_one_line(screen, screen_encoder, tmp_path):
+    run = run_cli("embed", "--checkpoint", str(screen_encoder), "--data", str(screen), "--out", str(tmp_path / "emb"),
                   "--shard-size", "1", "--batch-size", "1", "--no-progress")
     deadline = time.time() + 240
     while not list((tmp_path / "emb").glob("shards/shard-*.parquet")) and time.time() < deadline:
@@ -243,13 +239,11 @@ def test_a_checkpoint_config_too_deep_for_the_machine(screen, tmp_path, capsys):
     assert "its weights need more than" in line and "of memory available; choose a smaller model" in line
 
 
-def test_a_huge_batch_size_reads_the_batches_there_are(screen, tmp_path, capsys):
+def test_a_huge_batch_size_reads_the_batches_there_are(screen, screen_encoder, tmp_path, capsys):
     """--batch-size 1e9 made the DALI path pad every batch to a billion samples (a 7.45 GiB allocation); the
     batches are the data set's, and the embedding is the same as with a small batch size."""
-    checkpoint = tmp_path / "ckpt"
-    maefast.save_pretrained(maefast.create_model("vit_debug_patch8_64", in_chans=6), checkpoint)
     for out, size in (("small", "4"), ("huge", "1000000000")):
-        assert main(["embed", "--checkpoint", str(checkpoint), "--data", str(screen), "--out", str(tmp_path / out),
+        assert main(["embed", "--checkpoint", str(screen_encoder), "--data", str(screen), "--out", str(tmp_path / out),
                      "--batch-size", size, "--backend", "dali", "--no-progress"]) == 0
     pd.testing.assert_frame_equal(read_embeddings(tmp_path / "huge"), read_embeddings(tmp_path / "small"),
                                   check_exact=False, rtol=1e-5)

@@ -7,10 +7,8 @@ import shutil
 import warnings
 
 import numpy as np
-import pytest
 from PIL import Image
 
-import maefast
 from maefast.cli import main
 from maefast.data import open_dataset
 from maefast.data.identity import compare_fingerprints, content_fingerprint, sampled_bytes
@@ -57,17 +55,10 @@ def test_an_older_record_is_compared_without_the_content(screen):
     assert differences == {"images": (3, 16)}
 
 
-@pytest.fixture(scope="module")
-def encoder(tmp_path_factory):
-    path = tmp_path_factory.mktemp("encoder")
-    maefast.save_pretrained(maefast.create_model("vit_debug_patch8_64", in_chans=6), path)
-    return path
-
-
-def test_an_embedding_rerun_on_a_reimaged_screen_is_refused(screen, encoder, tmp_path, capsys):
+def test_an_embedding_rerun_on_a_reimaged_screen_is_refused(screen, screen_encoder, tmp_path, capsys):
     """It used to continue the job, mixing the two screens' rows (features off by 0.33)."""
     def embed(data):
-        return main(["embed", "--checkpoint", str(encoder), "--data", str(data), "--out", str(tmp_path / "emb"),
+        return main(["embed", "--checkpoint", str(screen_encoder), "--data", str(data), "--out", str(tmp_path / "emb"),
                      "--no-progress", "--shard-size", "8"])
 
     assert embed(screen) == 0
