@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from maefast.errors import UserInputError
 
+INTERRUPTED = 130  # the shell's code for a job ended by SIGINT (128 + 2)
+
 
 def add_commands(subparsers) -> None:
     parser = subparsers.add_parser("train",
@@ -34,16 +36,13 @@ def train_command(args) -> int:
         return 0
     if not args.out:
         raise UserInputError("--out is required: the directory for checkpoints, metrics and images")
-    assignments = list(args.assignments)
-    if args.data:
-        assignments.append(f"data.path={args.data}")
-    if args.max_steps is not None:
-        assignments.append(f"run.max_steps={args.max_steps}")
-    config = load_config(args.recipe, assignments)
+    flags = {"data.path": args.data, "run.max_steps": args.max_steps}  # typed values, applied after --set
+    config = load_config(args.recipe, args.assignments,
+                         {key: value for key, value in flags.items() if value is not None})
     from maefast.train.loop import train
     summary = train(config, args.out, resume=args.resume, show_progress=not args.no_progress, recipe=args.recipe,
                     allow_config_change=args.allow_config_change)
     if summary.get("final_loss") is not None:
         print(f"maefast train: {summary['step']} steps, final loss {summary['final_loss']:.4f}, "
               f"{summary['total_flops'] / 1e12:.2f} TFLOP; outputs in {summary['out']}")
-    return 0
+    return INTERRUPTED if summary.get("interrupted") == "SIGINT" else 0

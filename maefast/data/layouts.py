@@ -3,10 +3,13 @@
 rxrx: RxRx-style per-channel PNG files; jump: JUMP-CP-style per-channel TIFF files with a load_data table;
 packed: maefast's own shards (`maefast data pack`). Each reader turns the layout's metadata into the
 standard table of maefast.data.dataset (one row per image); `open_dataset` picks the reader.
+
+Every layout is read from a local folder or from object storage (a URL such as s3://bucket/screen, through
+maefast.data.storage): the metadata is read from the store, the files' paths in the table are URLs, and the
+readers (maefast.data.decode) read each file from its local copy in the storage layer's bounded cache.
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -14,9 +17,19 @@ import numpy as np
 import pandas as pd
 
 from maefast.data.dataset import PACKED_FORMAT, Dataset, file_dataset, require_inside_root, sample_rows
-from maefast.data.storage import is_remote, join, object_cache, read_remote_json, read_remote_table
+from maefast.data.storage import (
+    exists,
+    is_file,
+    is_remote,
+    join,
+    list_names,
+    normalized,
+    parent_of,
+    read_metadata_json,
+    read_metadata_table,
+)
 from maefast.errors import UserInputError
-from maefast.io import read_json, read_table
+from maefast.fields import matches
 
 LAYOUTS = ("rxrx", "jump", "packed")
 ILLUMINATION = ("raw", "illum")
@@ -44,11 +57,10 @@ def open_dataset(path, layout: str = "auto", channels=None, illumination: str = 
 
 
 def read_layout(path, layout: str = "auto", illumination: str = "raw", allow_outside_root: bool = False) -> Dataset:
-    """open_dataset without the duplicate-id check and channel selection (`data check` reports those)."""
-    if is_remote(path):
-        return read_remote(str(path), layout, illumination)
-    path = Path(path)
-    if not path.exists():
+    """open_dataset without the duplicate-id check and channel selection (`data check` reports those).
+    `path` is a local path or a URL (maefast.data.storage)."""
+    path = normalized(str(path)) if is_remote(path) else Path(path)
+    if not exists(path):
         raise FileNotFoundError(f"dataset path {path} does not exist")
     if layout == "auto":
         layout = detect_layout(path)
@@ -65,68 +77,77 @@ def read_layout(path, layout: str = "auto", illumination: str = "raw", allow_out
     return read_jump(path, illumination, allow_outside_root)
 
 
-def read_remote(url: str, layout: str = "auto", illumination: str = "raw") -> Dataset:
-    """A data set on object storage (maefast.data.storage): packed shards under a URL prefix."""
-    root = url.rstrip("/")
-    if layout == "auto":
-        layout = "packed" if object_cache().exists(join(root, "manifest.json")) else layout
-    if layout != "packed" or illumination != "raw":
-        raise UserInputError(f"{url}: from object storage maefast reads packed data sets (a prefix holding "
-                             f"manifest.json, index.parquet and shards/); pack the screen with `maefast data pack` "
-                             f"and copy the folder there")
-    manifest = read_remote_json(join(root, "manifest.json"))
-    table = read_remote_table(join(root, "index.parquet"))
-    table["shard"] = [join(root, "shards", name) for name in table["shard"]]
-    return packed_dataset(root, manifest, table, join(root, "manifest.json"))
+def located(folder, *parts) -> Path | str:
+    """A path under `folder`: a Path under a local folder, a URL under a URL prefix."""
+    return join(folder, *parts) if is_remote(folder) else Path(folder).joinpath(*parts)
 
 
-def packed_dataset(root, manifest: dict, table: pd.DataFrame, manifest_name) -> Dataset:
-    """The Dataset of a packed folder from its manifest and index (shard column: each shard's path or URL)."""
-    if manifest.get("format") != PACKED_FORMAT:
-        raise UserInputError(f"{manifest_name}: expected format {PACKED_FORMAT!r}, got {manifest.get('format')!r}")
-    if not manifest.get("complete"):
-        raise UserInputError(f"{root}: packing is not complete (run `maefast data pack` again to resume)")
-    return Dataset(root=root, layout="packed", table=table, stored_channels=tuple(manifest["channels"]),
-                   channels=tuple(manifest["channels"]), image_shape=tuple(manifest["image_shape"]),
-                   dtype=np.dtype(manifest["dtype"]))
+def absolute(path) -> str:
+    """A local path resolved (the form every path of a table takes), or a URL as it is."""
+    return str(path) if is_remote(path) else Path(path).resolve().as_posix()
 
 
-def detect_layout(path: Path) -> str:
-    if path.is_dir() and (path / "manifest.json").is_file():
+def detect_layout(path) -> str:
+    if is_file(located(path, "manifest.json")):
         return "packed"
-    if path.is_file() and path.suffix in (".csv", ".parquet"):
+    if str(path).endswith((".csv", ".parquet")) and is_file(path):
         return "jump"
-    if path.is_dir() and any((path / f"load_data{s}").is_file() for s in (".csv", ".parquet")):
+    if any(is_file(located(path, f"load_data{s}")) for s in (".csv", ".parquet")):
         return "jump"
-    if path.is_dir() and (path / "metadata.csv").is_file():
+    if is_file(located(path, "metadata.csv")):
         return "rxrx"
     raise UserInputError(f"cannot tell the layout of {path}: expected a packed folder (manifest.json), a jump "
                          "load_data table (.csv/.parquet) or a folder with metadata.csv (rxrx); pass layout=")
 
 
-def read_packed(path: Path, allow_outside_root: bool = False) -> Dataset:
+def read_packed(path, allow_outside_root: bool = False) -> Dataset:
     """packed: a folder written by `maefast data pack` (manifest.json, index.parquet, shards/)."""
-    manifest = read_json(path / "manifest.json")
-    table = read_table(path / "index.parquet")
-    table["shard"] = [str(path.resolve() / "shards" / name) for name in table["shard"]]
-    require_inside_root(table["shard"], path, path / "index.parquet", "shard", allow_outside_root)
-    return packed_dataset(path, manifest, table, path / "manifest.json")
+    manifest_path, index_path = located(path, "manifest.json"), located(path, "index.parquet")
+    manifest = read_metadata_json(manifest_path)
+    if not isinstance(manifest, dict) or manifest.get("format") != PACKED_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else manifest
+        raise UserInputError(f"{manifest_path}: expected format {PACKED_FORMAT!r}, got {found!r}")
+    if not manifest.get("complete"):
+        raise UserInputError(f"{path}: packing is not complete (run `maefast data pack` again to resume)")
+    channels, dtype, shape = manifest.get("channels"), manifest.get("dtype"), manifest.get("image_shape")
+    if not (isinstance(channels, list) and channels and all(isinstance(c, str) for c in channels)
+            and len(set(channels)) == len(channels)):
+        raise UserInputError(f"{manifest_path}: \"channels\" must list the stored channels' names, each once; "
+                             f"found {channels!r}")
+    if dtype not in ("uint8", "uint16"):
+        raise UserInputError(f"{manifest_path}: \"dtype\" must be uint8 or uint16, found {dtype!r}")
+    if not (isinstance(shape, list) and len(shape) == 2 and all(matches(n, int) and n > 0 for n in shape)):
+        raise UserInputError(f"{manifest_path}: \"image_shape\" must be [height, width], found {shape!r}")
+    table = read_metadata_table(index_path)
+    _require(table, ("id", "shard", "row"), index_path)
+    if not pd.api.types.is_integer_dtype(table["row"]) or pd.api.types.is_bool_dtype(table["row"]):
+        raise UserInputError(f"{index_path}: column row must hold integers (positions in the shards), found "
+                             f"{table['row'].dtype}")
+    _require_values(table, ("id", "shard"), index_path)
+    shards = absolute(path) + "/shards/"
+    table["shard"] = [normalized(shards + name) if is_remote(path) else str(Path(shards, name)) for name in
+                      table["shard"].astype(str)]
+    require_inside_root(table["shard"], path, index_path, "shard", allow_outside_root)
+    return Dataset(root=path, layout="packed", table=table, stored_channels=tuple(channels),
+                   channels=tuple(channels), image_shape=tuple(shape), dtype=np.dtype(dtype))
 
 
-def read_rxrx(root: Path, allow_outside_root: bool = False) -> Dataset:
+def read_rxrx(root, allow_outside_root: bool = False) -> Dataset:
     """RxRx: root/metadata.csv with experiment, plate, well (or address), site columns; one row per site.
 
     Files: root/{experiment}/Plate{plate}/{well}_s{site}_w{k}.png. Channel names are the w-tokens
     ("w1", "w2", ...) found for a sample of sites, or the names in root/channels.json ({"w1": "DNA", ...}).
     """
-    metadata_path = root / "metadata.csv"
-    table = read_table(metadata_path)
+    metadata_path = located(root, "metadata.csv")
+    table = read_metadata_table(metadata_path)
     if "well" not in table.columns and "address" in table.columns:
         table = table.rename(columns={"address": "well"})
     _require(table, ("experiment", "plate", "well", "site"), metadata_path)
+    _require_values(table, ("experiment", "plate", "well", "site_id") if "site_id" in table else
+                    ("experiment", "plate", "well"), metadata_path)
     table["plate"] = table["plate"].astype(str).str.replace("^Plate", "", regex=True)
-    table["site"] = table["site"].astype(int)
-    base = (root.resolve().as_posix() + "/" + table["experiment"].astype(str) + "/Plate" + table["plate"]
+    table["site"] = _whole_numbers(table["site"], "site", metadata_path)
+    base = (absolute(root) + "/" + table["experiment"].astype(str) + "/Plate" + table["plate"]
             + "/" + table["well"].astype(str) + "_s" + table["site"].astype(str) + "_w")
     require_inside_root(base, root, metadata_path, "experiment, plate, well", allow_outside_root)
     tokens = _rxrx_channel_tokens(base)
@@ -147,28 +168,31 @@ def read_rxrx(root: Path, allow_outside_root: bool = False) -> Dataset:
     return file_dataset(root, "rxrx", table, names)
 
 
-def read_jump(path: Path, illumination: str = "raw", allow_outside_root: bool = False) -> Dataset:
+def read_jump(path, illumination: str = "raw", allow_outside_root: bool = False) -> Dataset:
     """JUMP-CP: a load_data table with FileName_Orig<Channel>, PathName_Orig<Channel>, Metadata_* columns.
 
     Relative PathName_* values are resolved against the table's folder, the data root that the paths must
     stay in unless allow_outside_root. With illumination="illum", the FileName_Illum<Channel> /
     PathName_Illum<Channel> columns name .npy illumination functions.
     """
-    table_path = path if path.is_file() else next(
-        p for p in (path / "load_data.parquet", path / "load_data.csv") if p.is_file())
-    table = read_table(table_path)
+    table_path = path if is_file(path) else next(
+        p for p in (located(path, "load_data.parquet"), located(path, "load_data.csv")) if is_file(p))
+    table = read_metadata_table(table_path)
     names = [c[len("FileName_Orig"):] for c in table.columns if c.startswith("FileName_Orig")]
     if not names:
         raise UserInputError(f"{table_path}: no FileName_Orig<Channel> columns; expected e.g. FileName_OrigDNA")
     _require(table, [f"PathName_Orig{n}" for n in names] + ["Metadata_Plate", "Metadata_Well", "Metadata_Site"],
              table_path)
-    base_dir = table_path.parent.resolve()
+    _require_values(table, [f"{kind}_Orig{n}" for n in names for kind in ("FileName", "PathName")]
+                    + ["Metadata_Plate", "Metadata_Well"], table_path)
+    base_dir = parent_of(table_path) if is_remote(table_path) else table_path.parent.resolve()
     for name in names:
         table[f"file_{name}"] = _join_paths(base_dir, table[f"PathName_Orig{name}"], table[f"FileName_Orig{name}"])
         require_inside_root(table[f"file_{name}"], base_dir, table_path, f"PathName_Orig{name}, FileName_Orig{name}",
                             allow_outside_root)
     if illumination == "illum":
         _require(table, [f"{kind}_Illum{n}" for n in names for kind in ("FileName", "PathName")], table_path)
+        _require_values(table, [f"{kind}_Illum{n}" for n in names for kind in ("FileName", "PathName")], table_path)
         for name in names:
             table[f"illum_{name}"] = _join_paths(base_dir, table[f"PathName_Illum{name}"],
                                                  table[f"FileName_Illum{name}"])
@@ -181,7 +205,7 @@ def read_jump(path: Path, illumination: str = "raw", allow_outside_root: bool = 
     table["batch"] = table[batch_keys].astype(str).agg("__".join, axis=1)
     table["plate"] = table["Metadata_Plate"].astype(str)
     table["well"] = table["Metadata_Well"].astype(str)
-    table["site"] = table["Metadata_Site"].astype(int)
+    table["site"] = _whole_numbers(table["Metadata_Site"], "Metadata_Site", table_path)
     table["perturbation"] = _first_column(table, JUMP_PERTURBATION_COLUMNS)
     if "Metadata_pert_type" in table.columns:
         table["is_control"] = table["Metadata_pert_type"].astype(str).isin(["control", "negcon"])
@@ -195,34 +219,41 @@ def _rxrx_channel_tokens(base: pd.Series) -> list[str]:
     channel file, the first one included, does not drop that channel from the dataset)."""
     found, listings = set(), {}
     for row in sample_rows(len(base)):
-        prefix = Path(base.iloc[row])
-        if prefix.parent not in listings:
-            listings[prefix.parent] = os.listdir(prefix.parent) if prefix.parent.is_dir() else []
-        pattern = re.compile(rf"^{re.escape(prefix.name)}(\d+)\.png$")
-        found.update(int(m.group(1)) for name in listings[prefix.parent] if (m := pattern.match(name)))
+        folder, _, prefix = base.iloc[row].rpartition("/")
+        if folder not in listings:
+            listings[folder] = list_names(folder)
+        pattern = re.compile(rf"^{re.escape(prefix)}(\d+)\.png$")
+        found.update(int(m.group(1)) for name in listings[folder] if (m := pattern.match(name)))
     if not found:
-        first = Path(base.iloc[0])
-        raise FileNotFoundError(f"no channel files {first.name}<k>.png in {first.parent} (nor for the other "
+        folder, _, prefix = base.iloc[0].rpartition("/")
+        raise FileNotFoundError(f"no channel files {prefix}<k>.png in {folder} (nor for the other "
                                 "sampled sites of metadata.csv)")
     return [f"w{k}" for k in sorted(found)]
 
 
-def _rxrx_channel_names(root: Path, tokens: list[str]) -> list[str]:
-    mapping_path = root / "channels.json"
-    if not mapping_path.is_file():
+def _rxrx_channel_names(root, tokens: list[str]) -> list[str]:
+    mapping_path = located(root, "channels.json")
+    if not is_file(mapping_path):
         return tokens
-    mapping = read_json(mapping_path)
+    mapping = read_metadata_json(mapping_path)
     missing = [t for t in tokens if t not in mapping]
     if missing:
         raise UserInputError(f"{mapping_path}: no name for channel file token(s) {missing}")
     return [mapping[t] for t in tokens]
 
 
-def _join_paths(base: Path, folders: pd.Series, names: pd.Series) -> pd.Series:
-    def join(folder, name):
-        folder = Path(str(folder))
+def _join_paths(base, folders: pd.Series, names: pd.Series) -> pd.Series:
+    """The files named by a load_data table's PathName_* and FileName_* columns: a folder that is a URL or an
+    absolute path is taken as it is, a relative one is under `base` (the table's folder, local or a URL)."""
+    def path_of(folder, name):
+        folder = str(folder)
+        if is_remote(folder):
+            return normalized(join(folder, str(name)))
+        if is_remote(base) and not folder.startswith("/"):
+            return normalized(join(base, folder, str(name)))
+        folder = Path(folder)
         return str((folder if folder.is_absolute() else base / folder) / str(name))
-    return pd.Series([join(f, n) for f, n in zip(folders, names)], index=folders.index)
+    return pd.Series([path_of(f, n) for f, n in zip(folders, names)], index=folders.index)
 
 
 def _first_column(table: pd.DataFrame, candidates) -> pd.Series:
@@ -244,7 +275,33 @@ def _require(table: pd.DataFrame, columns, source: Path) -> None:
         raise UserInputError(f"{source}: missing metadata column(s) {missing}; found {list(table.columns)}")
 
 
-def _check_ids(table: pd.DataFrame, path: Path) -> None:
+def _require_values(table: pd.DataFrame, columns, source: Path) -> None:
+    """Refuses an empty table, and a missing value (empty cell, NaN) in any of `columns`, naming its row:
+    such a value would otherwise become the text "nan" in an id or a file path."""
+    if table.empty:
+        raise UserInputError(f"{source}: the metadata lists no images (a header without rows)")
+    for column in columns:
+        missing = np.flatnonzero(table[column].isna().to_numpy())
+        if len(missing):
+            raise UserInputError(f"{source}: column {column} has no value in row {table.index[missing[0]]}"
+                                 f"{f' (and {len(missing) - 1} more rows)' if len(missing) > 1 else ''}")
+
+
+def _whole_numbers(values: pd.Series, column: str, source: Path) -> pd.Series:
+    """`values` as int64, or UserInputError naming the first row whose value is not a whole number (text, an
+    empty cell, 1.7: a site number that would otherwise be cut to 1)."""
+    if values.empty:
+        raise UserInputError(f"{source}: the metadata lists no images (a header without rows)")
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = np.flatnonzero((numbers.isna() | (numbers != numbers.round())).to_numpy())
+    if len(bad):
+        value = values.tolist()[bad[0]]  # a Python value, for the message
+        raise UserInputError(f"{source}: column {column} must hold whole numbers; row {values.index[bad[0]]} has "
+                             f"{value!r}{f' (and {len(bad) - 1} more rows)' if len(bad) > 1 else ''}")
+    return numbers.astype(np.int64)
+
+
+def _check_ids(table: pd.DataFrame, path) -> None:
     duplicated = table["id"][table["id"].duplicated()]
     if len(duplicated):
         raise UserInputError(f"{path}: duplicate image ids, e.g. {list(duplicated.unique()[:5])}; "

@@ -28,6 +28,8 @@ from maefast.data.decode import check_error_policy
 from maefast.data.plan import TilePlan, TrainPlan
 from maefast.data.storage import ReadAhead, is_remote
 from maefast.errors import UserInputError, installed
+from maefast.fields import matches
+from maefast.limits import format_bytes, require_memory
 
 BACKENDS = ("auto", "dali", "torch")
 READ_AHEAD_STEPS = 4  # steps whose objects are downloaded ahead of the loader (data on object storage)
@@ -41,6 +43,9 @@ class Loader:
         check_error_policy(on_error)
         if backend not in BACKENDS:
             raise UserInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if not (matches(num_workers, int) and num_workers >= 0):
+            raise UserInputError(f"num_workers must be an integer >= 0 (0: read in this process), got {num_workers!r}")
+        check_batch_memory(dataset, plan, num_workers)
         self.dataset, self.plan, self.tiles = dataset, plan, tiles
         self.device = torch.device(device)
         self.epoch, self.position, self.skipped = 0, 0, []
@@ -74,30 +79,26 @@ class Loader:
         """The rest of the current epoch, from the position reached."""
         batches = list(self.plan.batches(self.epoch, self.position))
         crops, ids = self.plan.crops_per_image, self.dataset.ids
+        # data on object storage: the objects of the next READ_AHEAD_STEPS steps are downloaded meanwhile
         read_ahead = ReadAhead() if self.remote else None
-        for upcoming in batches[:READ_AHEAD_STEPS] if read_ahead else ():
-            read_ahead.fetch(self.objects(upcoming))
-        for number, (batch, pixels, skipped) in enumerate(self.backend.run(batches)):
-            if read_ahead is not None and number + READ_AHEAD_STEPS < len(batches):
-                read_ahead.fetch(self.objects(batches[number + READ_AHEAD_STEPS]))
-            self.skipped += skipped
-            index = np.repeat(batch.images, crops)
-            out = dict(pixels=pixels, index=torch.from_numpy(index), ids=list(ids[index]),
-                       epoch=self.epoch, step=batch.step)
-            if self.tiles:
-                out["tile"] = torch.from_numpy(np.tile(np.arange(crops), len(batch.images)))
-            self.position = batch.end
-            yield out
-        if read_ahead is not None:
-            read_ahead.close()
+        try:
+            for upcoming in batches[:READ_AHEAD_STEPS] if read_ahead else ():
+                read_ahead.fetch(self.dataset.files_read(upcoming.images))
+            for number, (batch, pixels, skipped) in enumerate(self.backend.run(batches)):
+                if read_ahead is not None and number + READ_AHEAD_STEPS < len(batches):
+                    read_ahead.fetch(self.dataset.files_read(batches[number + READ_AHEAD_STEPS].images))
+                self.skipped += skipped
+                index = np.repeat(batch.images, crops)
+                out = dict(pixels=pixels, index=torch.from_numpy(index), ids=list(ids[index]),
+                           epoch=self.epoch, step=batch.step)
+                if self.tiles:
+                    out["tile"] = torch.from_numpy(np.tile(np.arange(crops), len(batch.images)))
+                self.position = batch.end
+                yield out
+        finally:  # also when the consumer stops mid-epoch
+            if read_ahead is not None:
+                read_ahead.close()
         self.epoch, self.position = self.epoch + 1, 0
-
-    def objects(self, batch) -> set[str]:
-        """The stored objects a batch reads: its shards (packed), or its channel (and illumination) files."""
-        rows = self.dataset.table.iloc[batch.images]
-        columns = ["shard"] if self.dataset.layout == "packed" else [c for c in rows.columns
-                                                                      if c.startswith(("file_", "illum_"))]
-        return set(rows[columns].to_numpy().ravel().tolist())
 
     def state_dict(self) -> dict:
         return dict(epoch=self.epoch, position=self.position, seed=getattr(self.plan, "seed", None),
@@ -118,6 +119,26 @@ class Loader:
             position = min(int(state["step"]) * int(state["batch_size"]) * int(state["world_size"]),
                            self.plan.num_images)
         self.epoch, self.position, self.skipped = int(state["epoch"]), position, list(state["skipped"])
+
+
+def check_batch_memory(dataset: Dataset, plan, num_workers: int) -> None:
+    """Refuses a plan whose batches in flight (DALI's prefetch queue or the DataLoader workers' prefetched
+    batches, plus the one in use) and decoding buffers (per reader, a whole image's file and planes) would not
+    fit in memory, before a single one is allocated."""
+    images = min(plan.batch_size, -(-plan.num_images // plan.world_size))
+    itemsize, channels = np.dtype(dataset.dtype).itemsize, len(dataset.channels)
+    in_flight = max(4, 2 * num_workers + 2)
+    total = in_flight * images * plan.crops_per_image * channels * plan.crop_size ** 2 * itemsize
+    decoding = ""
+    if dataset.layout != "packed":  # shards are memory-mapped: a crop reads only its rows
+        height, width = dataset.image_shape
+        buffers = 2 * max(1, num_workers) * channels * height * width * itemsize
+        total += buffers
+        decoding = f" and {format_bytes(buffers)} to decode {height}x{width} images"
+    crops = "" if isinstance(plan, TilePlan) else f"crops_per_image={plan.crops_per_image}, "
+    require_memory(total, f"{crops}batch_size={plan.batch_size}: {in_flight} batches in flight of {images} images x "
+                          f"{plan.crops_per_image} crops of {channels}x{plan.crop_size}x{plan.crop_size} "
+                          f"{np.dtype(dataset.dtype)}{decoding}")
 
 
 def _workers(num_workers):

@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import io
-import json
 import os
+import posixpath
 import random
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from functools import cache
 from pathlib import Path
 
 from maefast.errors import MissingDependency, UserInputError, installed
+from maefast.io import read_json, read_table
 
 
 class StorageError(UserInputError, OSError):
@@ -54,7 +54,24 @@ def is_remote(path) -> bool:
 
 
 def join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *(part.strip("/") for part in parts)])
+    return "/".join([str(root).rstrip("/"), *(str(part).strip("/") for part in parts)])
+
+
+def protocol_of(url: str) -> str:
+    return url.split("://", 1)[0]
+
+
+def parent_of(url: str) -> str:
+    """The prefix a URL's object is under (its "folder")."""
+    return url.rstrip("/").rpartition("/")[0]
+
+
+def normalized(url: str) -> str:
+    """`url` with "." and ".." segments of its key resolved, as a store would not (a key may hold them)."""
+    scheme, _, rest = url.partition("://")
+    bucket, _, key = rest.partition("/")
+    key = posixpath.normpath("/" + key).lstrip("/") if key else ""
+    return f"{scheme}://{bucket}/{key}".rstrip("/")
 
 
 @cache
@@ -147,7 +164,7 @@ class ObjectCache:
         return target
 
     def download(self, url: str, target: Path) -> None:
-        protocol = url.split("://", 1)[0]
+        protocol = protocol_of(url)
         temporary = target.with_name(f".{target.name}.{os.getpid()}.partial")
 
         def fetch():
@@ -182,12 +199,10 @@ class ObjectCache:
 
     def read_bytes(self, url: str) -> bytes:
         """The whole object, not cached (metadata, which may change between runs)."""
-        protocol = url.split("://", 1)[0]
-        return self.policy.call(url, lambda: filesystem(protocol).cat_file(url))
+        return self.policy.call(url, lambda: filesystem(protocol_of(url)).cat_file(url))
 
     def exists(self, url: str) -> bool:
-        protocol = url.split("://", 1)[0]
-        return bool(self.policy.call(url, lambda: filesystem(protocol).exists(url)))
+        return bool(self.policy.call(url, lambda: filesystem(protocol_of(url)).exists(url)))
 
 
 @cache
@@ -196,19 +211,62 @@ def object_cache() -> ObjectCache:
     return ObjectCache.from_environment()
 
 
-def read_remote_json(url: str):
-    try:
-        return json.loads(object_cache().read_bytes(url))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UserInputError(f"{url}: damaged or truncated JSON ({error})") from None
+def read_metadata_json(path):
+    """A JSON file of a data set's metadata, local or on object storage (read whole, not cached: metadata may
+    change between runs)."""
+    return read_json(path, object_cache().read_bytes(str(path)) if is_remote(path) else None)
 
 
-def read_remote_table(url: str):
-    import pandas as pd
-    try:
-        return pd.read_parquet(io.BytesIO(object_cache().read_bytes(url)))
-    except ValueError as error:
-        raise UserInputError(f"{url}: cannot be read as a table ({type(error).__name__}: {error})") from None
+def read_metadata_table(path):
+    """A table (.parquet, else CSV) of a data set's metadata, local or on object storage (not cached)."""
+    return read_table(path, object_cache().read_bytes(str(path)) if is_remote(path) else None)
+
+
+def is_file(path) -> bool:
+    """Whether `path` (local, or a URL) is a file (an object)."""
+    if not is_remote(path):
+        return Path(path).is_file()
+    url = str(path)
+    return bool(object_cache().policy.call(url, lambda: filesystem(protocol_of(url)).isfile(url)))
+
+
+def exists(path) -> bool:
+    """Whether `path` is a file or folder (for a URL: an object, or a prefix that holds objects)."""
+    return object_cache().exists(str(path)) if is_remote(path) else Path(path).exists()
+
+
+def list_names(folder) -> list[str]:
+    """The names of the entries of `folder` (local, or a URL prefix); none when it does not exist."""
+    if not is_remote(folder):
+        return os.listdir(folder) if os.path.isdir(folder) else []
+    url = str(folder).rstrip("/")
+
+    def listing():
+        try:
+            return filesystem(protocol_of(url)).ls(url, detail=False, refresh=True)
+        except FileNotFoundError:
+            return []
+
+    return [entry.rstrip("/").rsplit("/", 1)[-1] for entry in object_cache().policy.call(url, listing)]
+
+
+def object_size(url: str) -> int:
+    """The size in bytes of the object `url` (StorageError naming it when it cannot be had)."""
+    return int(object_cache().policy.call(url, lambda: filesystem(protocol_of(url)).size(url)))
+
+
+def read_ranges(url: str, ranges: list[tuple[int, int]]) -> bytes:
+    """The bytes of the object `url` at each (offset, length) of `ranges`, concatenated: ranged reads (one
+    request per range, sent together), not a download of the object."""
+    fs = filesystem(protocol_of(url))
+    starts = [offset for offset, _ in ranges]
+    ends = [offset + length for offset, length in ranges]
+
+    def read():
+        parts = fs.cat_ranges([url] * len(ranges), starts, ends, on_error="raise")
+        return b"".join(parts)
+
+    return object_cache().policy.call(url, read)
 
 
 class ReadAhead:

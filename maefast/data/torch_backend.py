@@ -1,11 +1,12 @@
-"""The pure-PyTorch fallback: a torch DataLoader whose workers read whole planned batches with
-Pillow / tifffile (per-channel files) or numpy memory maps (packed shards, reading only the crop's bytes).
+"""The pure-PyTorch fallback: a torch DataLoader whose workers read whole planned batches with maefast's
+readers (maefast.data.decode: per-channel files decoded by the same C++ code as the DALI operators; packed
+shards as numpy memory maps, reading only the crop's bytes).
 
-It executes the same plan (maefast.data.plan) as the DALI pipelines and gives the same pixels.
+It executes the same plan (maefast.data.plan) as the DALI pipelines and gives the same pixels. Its worker
+processes die with the job (maefast.data.workers); the DataLoader draws its seeds from a generator of its
+own, never from the global RNG, so a resumed run draws the same masks as an uninterrupted one.
 """
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import torch
@@ -13,22 +14,20 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from maefast.data.dataset import Dataset
-from maefast.data.decode import ImageReadError, apply_illumination, read_channel
+from maefast.data.decode import (
+    ImageReadError,
+    apply_illumination,
+    check_shard_row,
+    read_channel,
+    read_illumination,
+    read_shard,
+)
 from maefast.data.plan import Batch, apply_augment
-from maefast.data.storage import StorageError, is_remote, object_cache
+from maefast.data.storage import is_remote
+from maefast.data.workers import start_guarded_workers, worker_dies_with_parent
 
 CPU = torch.device("cpu")
 OPEN_REMOTE_SHARDS = 4  # memory maps a reader keeps of shards copied from object storage
-
-
-def local_copy(path: str, image_id) -> str:
-    """`path` itself, or for a URL the local copy maefast.data.storage keeps (ImageReadError naming the URL)."""
-    if not is_remote(path):
-        return path
-    try:
-        return str(object_cache().local_path(path))
-    except StorageError as error:
-        raise ImageReadError(path, error.reason, image_id, error.kind) from None
 
 
 class ImageReader:
@@ -48,7 +47,7 @@ class ImageReader:
         illum = d.illum_files(row)
         channels = []
         for c, path in enumerate(d.channel_files(row)):
-            array = read_channel(local_copy(path, image_id), image_id, d.spec)
+            array = read_channel(path, image_id, d.spec)
             if illum is not None:
                 array = apply_illumination(array, self._illumination(illum[c], image_id))
             channels.append(array)
@@ -68,32 +67,17 @@ class ImageReader:
         """The memory-mapped (C_stored, H, W) image of table row `row` of a packed dataset."""
         d = self.dataset
         path, position, image_id = d.table.at[row, "shard"], int(d.table.at[row, "row"]), d.table.at[row, "id"]
-        if path not in self._shards:
+        if path not in self._shards:  # a shard that fails is tried again for its next image, as DALI does
             if is_remote(path) and len(self._shards) >= OPEN_REMOTE_SHARDS:
                 self._shards.pop(next(iter(self._shards)))  # lets the cache remove the oldest shard's copy
-            try:
-                shard = np.load(local_copy(path, image_id), mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError) as error:
-                kind = "unreadable" if os.path.exists(path) else "missing"
-                raise ImageReadError(path, f"unreadable shard ({error})", image_id, kind) from error
-            d.spec.check_shard(path, shard.shape, shard.dtype, len(d.stored_channels), image_id)
-            self._shards[path] = shard
+            self._shards[path] = read_shard(path, len(d.stored_channels), d.spec, image_id)
         shard = self._shards[path]
-        if not 0 <= position < shard.shape[0]:
-            raise ImageReadError(path, f"the index names row {position}, the shard holds {shard.shape[0]} images",
-                                 image_id, "format")
+        check_shard_row(path, position, shard, image_id)
         return shard[position]
 
     def _illumination(self, path: str, image_id) -> np.ndarray:
         if path not in self._illum:
-            try:
-                function = np.load(path, allow_pickle=False).astype(np.float32)
-            except (OSError, ValueError) as error:
-                raise ImageReadError(path, f"unreadable illumination function ({error})", image_id) from error
-            if function.shape != tuple(self.dataset.image_shape):
-                raise ImageReadError(path, f"expected an illumination function of shape {self.dataset.image_shape}, "
-                                           f"found {function.shape}", image_id, "format")
-            self._illum[path] = function
+            self._illum[path] = read_illumination(path, self.dataset.spec, image_id)
         return self._illum[path]
 
 
@@ -139,9 +123,12 @@ class TorchBackend:
         self.dataset, self.on_error, self.device, self.feed = dataset, on_error, device, _Feed()
         workers = dict(num_workers=num_workers, persistent_workers=True, prefetch_factor=2,
                        # workers forked from a process running DALI threads can deadlock: start clean ones
-                       multiprocessing_context="forkserver") if num_workers else {}
+                       multiprocessing_context=start_guarded_workers(),
+                       worker_init_fn=worker_dies_with_parent) if num_workers else {}
+        # its own generator: creating the workers' seeds must not draw from the global RNG (the masks' stream)
         self.loader = DataLoader(_PlannedBatches(dataset, crop_size, on_error), sampler=self.feed, batch_size=None,
-                                 pin_memory=device.type == "cuda", **workers)
+                                 pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0),
+                                 **workers)
 
     def run(self, batches: list[Batch]):
         """Yields (batch with the images actually read, pixels (n*K, C, s, s) on the device, skipped)."""

@@ -2,37 +2,31 @@
 from __future__ import annotations
 
 import contextlib
-import signal
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch.distributed.checkpoint.state_dict import get_model_state_dict
 from tqdm import tqdm
 
 from maefast import distributed as dist_utils
 from maefast.errors import UserInputError
-from maefast.io import atomic_path, write_json_atomic
+from maefast.io import write_json_atomic, write_yaml_atomic
+from maefast.job_setup import ATTENTION_FILE, JOB_CONFIG_FILE, RunSetup, choose_attention, matmul_rate, training_step
 from maefast.lock import OutputLock
-from maefast.models.checkpoint import pretrained_config
+from maefast.models.checkpoint import ENCODER_DIR, pretrained_config
 from maefast.models.families import family_of
 from maefast.models.registry import create_model, input_config
 from maefast.records import describe_changes
-from maefast.train.acceleration import choose_attention, compile_enabled, record_attention
 from maefast.train.config import TrainConfig
 from maefast.train.data import build_train_loader
-from maefast.train.observe import (
-    ScalarLog,
-    Throughput,
-    measure_matmul_rate,
-    save_loss_curve,
-    save_reconstruction_grid,
-)
+from maefast.train.export import save_embedder
+from maefast.train.observe import ScalarLog, Throughput, save_loss_curve, save_reconstruction_grid
 from maefast.train.optim import build_optimizer, build_scheduler
 from maefast.train.resume import check_config, check_data, record_config
-from maefast.train.sharded import ShardedWriter, save_embedder
+from maefast.train.sharded import ShardedWriter
+from maefast.train.signals import StopRequests
 from maefast.train.state import (
     FULL,
     Checkpoint,
@@ -82,9 +76,10 @@ class Trainer:
         checkpoint = self.checkpoint_to_resume(resume)
         changes = {} if checkpoint is None else check_config(checkpoint.meta, config, self.recipe,
                                                               allow_config_change, checkpoint.path)
-        self.precision = ("bf16" if device.type == "cuda" else "fp32") if run.precision == "auto" else run.precision
+        self.run_setup = RunSetup.resolve(device, run.precision, run.compile)
         self.loader = build_train_loader(config, self.out, self.context)
-        self.data_fingerprint = self.loader.dataset.fingerprint()
+        self.data_fingerprint = dist_utils.broadcast_object(  # rank 0 reads the files' samples
+            self.loader.dataset.fingerprint() if self.context.is_main else None, self.context)
         if checkpoint is not None:
             check_data(checkpoint.meta, self.data_fingerprint, checkpoint.path)
         self.channel_names = list(self.loader.dataset.channels)
@@ -101,10 +96,11 @@ class Trainer:
         self.model = create_model(config.model.name, **overrides).to(device)
         self.check_channels()
         batch_shape = (config.data.batch_size, len(self.channel_names), config.data.crop_size)
-        self.attention = choose_attention(
-            self.model, config.model.attention, batch_shape, device, self.autocast,
-            checkpoint.meta.get("attention") if checkpoint is not None else None,
-            lambda obj: dist_utils.broadcast_object(obj, self.context))
+        step = training_step(self.model, batch_shape, self.run_setup)
+        recorded = checkpoint.meta.get("attention") if checkpoint is not None else None
+        self.attention = choose_attention(self.model, config.model.attention, self.run_setup, step, needs_grad=True,
+                                          recorded=recorded,
+                                          broadcast=lambda obj: dist_utils.broadcast_object(obj, self.context))
         blocks = self.family.blocks(self.model)
         recompute = dist_utils.recompute_mode(run.activation_checkpointing)
         if recompute:
@@ -112,18 +108,18 @@ class Trainer:
                 raise UserInputError(f"run.activation_checkpointing recomputes transformer blocks; "
                                      f"a {self.family.name} has none")
             blocks = dist_utils.checkpoint_blocks(self.model, blocks, recompute)
-        compiled = compile_enabled(run.compile, device)
+        compiled = self.run_setup.compile
         sharded = self.context.enabled and run.parallel == "fsdp"
         if compiled and sharded:  # regional: each block compiled, FSDP2's hooks around them
             dist_utils.compile_blocks(blocks)
-        self.wrapped = dist_utils.wrap_model(self.model, blocks, self.context, run.parallel, self.precision)
+        self.wrapped = dist_utils.wrap_model(self.model, blocks, self.context, run.parallel, self.run_setup.precision)
         self.forward = self.wrapped
         if compiled and not sharded:
             # one graph for the whole model on one device; under DDP the wrapper's hooks split it
             self.forward = torch.compile(self.wrapped, fullgraph=not self.context.enabled)
         self.sharded_writer = None
         if run.checkpoint_format == "sharded" or (run.checkpoint_format == "auto" and sharded):
-            self.sharded_writer = ShardedWriter(distributed=self.context.enabled)
+            self.sharded_writer = ShardedWriter(self.context)
         optim = config.optim
         self.optimizer = build_optimizer(self.wrapped, optim.name, optim.lr, optim.weight_decay, optim.betas)
         channels = len(self.channel_names)
@@ -141,10 +137,9 @@ class Trainer:
             print(f"maefast train: resuming with a changed config (--allow-config-change): "
                   f"{describe_changes(changes)}")
         if self.context.is_main:
-            with atomic_path(self.out / "config.yaml") as temporary:
-                temporary.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+            write_yaml_atomic(self.out / JOB_CONFIG_FILE, config.to_dict())
             record_config(self.out, config, self.recipe, self.step, changes)
-            record_attention(self.out, self.attention)
+            write_json_atomic(self.out / ATTENTION_FILE, self.attention)
 
     def checkpoint_to_resume(self, resume: bool) -> Checkpoint | None:
         existing = checkpoint_dirs(self.out)
@@ -155,22 +150,17 @@ class Trainer:
                 raise UserInputError(f"{self.out} already holds checkpoints (latest {existing[0].name}); pass "
                                      f"--resume to continue that run or choose another --out")
             return None
-        checkpoint = newest_intact_checkpoint(self.out)
+        checkpoint = newest_intact_checkpoint(self.out, self.context)
         if checkpoint is None:
             raise UserInputError(f"--resume: {self.out} holds no checkpoint to resume from (nothing in "
                                  f"{checkpoint_root(self.out)}); start the run without --resume")
         return checkpoint
 
     def check_channels(self) -> None:
-        encoder = input_config(self.model)
-        count, names = len(self.channel_names), self.channel_names
-        if getattr(encoder, "channel_agnostic", False) and count > encoder.max_in_chans:
-            raise UserInputError(f"the dataset has {count} channels {names}; {self.config.model.name} takes at most "
-                                 f"max_in_chans={encoder.max_in_chans}: select channels with data.channels")
-        if not getattr(encoder, "channel_agnostic", False) and count != encoder.in_chans:
-            raise UserInputError(f"the dataset has {count} channels {names}; {self.config.model.name} expects "
-                                 f"in_chans={encoder.in_chans}: select channels with data.channels or set "
-                                 f"model.overrides.in_chans={count}")
+        inputs, count = input_config(self.model), len(self.channel_names)
+        advice = "" if inputs.channel_agnostic else f" or set model.overrides.in_chans={count}"
+        inputs.check_channels(count, f"the dataset {self.channel_names}",
+                              f": select channels with data.channels{advice}")
 
     # -- checkpoints -------------------------------------------------------------------------------
     def restore(self, checkpoint: Checkpoint) -> None:
@@ -200,8 +190,7 @@ class Trainer:
         keep = self.config.run.keep_checkpoints
         if self.sharded_writer is not None:
             save_sharded_checkpoint(self.out, self.step, self.wrapped, self.optimizer, train_state, rng_states, meta,
-                                    model_config, self.context.is_main, keep, self.sharded_writer,
-                                    lambda: dist_utils.barrier(self.context))
+                                    model_config, self.context, keep, self.sharded_writer)
             return
         save_checkpoint(self.out, self.step, self.wrapped, self.optimizer, train_state, rng_states, meta,
                         model_config, self.context.is_main, keep)
@@ -216,23 +205,19 @@ class Trainer:
         extra = {"step": self.step, "total_flops": self.total_flops}
         if self.classes is not None:
             extra["classes"] = self.classes
-        return save_embedder(self.model, full, self.out / "encoder", self.config.model.name, self.channel_names, extra)
+        return save_embedder(self.model, full, self.out / ENCODER_DIR, self.config.model.name, self.channel_names,
+                             extra)
 
     # -- steps -------------------------------------------------------------------------------------
     def batches(self):
         while True:
             yield from self.loader
 
-    def autocast(self):
-        if self.precision == "bf16":
-            return torch.autocast(self.context.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def train_step(self, iterator):
         """One optimizer step's forward and backward over `accumulation` micro-batches.
 
-        Returns (mean losses: the loss, then for the masked models its MSE and Fourier parts; image ids; and the
-        last micro-batch's pixels, pred and mask)."""
+        Returns (mean losses: the loss, then its named parts (self.loss_names); image ids; and the last
+        micro-batch's pixels, pred and mask)."""
         accumulation = self.config.optim.accumulation
         total, ids = 0.0, []
         for micro in range(accumulation):
@@ -244,13 +229,13 @@ class Trainer:
             defer_sync = not last_micro and hasattr(self.wrapped, "no_sync")
             sync = self.wrapped.no_sync() if defer_sync else contextlib.nullcontext()
             with sync:
-                with self.autocast():
-                    loss, pred, mask = self.forward(*inputs)
-                (loss / accumulation).backward()
-            parts = getattr(self.model, "last_losses", None)  # MAELoss(loss, mse, fourier) of the masked models
-            losses = torch.stack(list(parts)) if parts is not None else loss[None]
+                with self.run_setup.autocast():
+                    output = self.forward(*inputs)
+                (output.loss / accumulation).backward()
+            self.loss_names = ["loss", *output.parts]
+            losses = torch.stack([output.loss, *output.parts.values()])
             total = total + losses.detach().float() / accumulation
-        return total, ids, pixels, pred, mask
+        return total, ids, pixels, output.pred, output.mask
 
     def labels(self, rows) -> torch.Tensor:
         """Class index of each crop's perturbation (weakly supervised training)."""
@@ -258,10 +243,10 @@ class Trainer:
 
     def train(self) -> dict:
         run, context = self.config.run, self.context
-        stop_requested = {"flag": False}
-        previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.update(flag=True))
-        matmul_rate = measure_matmul_rate(context.device, torch.bfloat16 if self.precision == "bf16" else torch.float32)
-        meter = Throughput(self.flops_per_crop, self.tokens_per_crop, matmul_rate, context.world_size)
+        self.interrupted = None
+        stops = StopRequests().install()  # SIGTERM / SIGINT: checkpoint at the end of the step, then stop
+        rate = matmul_rate(context.device, self.run_setup.precision)
+        meter = Throughput(self.flops_per_crop, self.tokens_per_crop, rate, context.world_size)
         log = ScalarLog(self.out, self.step) if context.is_main else None
         progress = tqdm(total=run.max_steps, initial=self.step, disable=not (context.is_main and self.show_progress),
                         desc="train", dynamic_ncols=True)
@@ -296,22 +281,22 @@ class Trainer:
                 self.last_batch = (pixels, pred, mask) if mask is not None else None
                 if context.is_main and self.last_batch is not None and self.step % run.image_every == 0:
                     self.save_images(*self.last_batch)
-                if self.sharded_writer is not None:
-                    self.sharded_writer.poll()
-                stop = dist_utils.any_rank(stop_requested["flag"], context)
+                stop = dist_utils.any_rank(stops.requested, context)
                 if self.step % run.checkpoint_every == 0 or self.step == run.max_steps or stop:
                     self.save()
                 if stop:
                     if self.sharded_writer is not None:
                         self.sharded_writer.wait()
                     if context.is_main:
-                        print(f"maefast train: SIGTERM: checkpoint at step {self.step} written, stopping")
+                        print(f"maefast train: {stops.received or 'stop on another rank'}: checkpoint at step "
+                              f"{self.step} written, stopping (continue with --resume)")
+                    self.interrupted = stops.received or "another rank"
                     break
             if self.sharded_writer is not None:
                 self.sharded_writer.wait()  # a checkpoint being written is complete before the run ends
         finally:
             progress.close()
-            signal.signal(signal.SIGTERM, previous_handler)
+            stops.restore()
             if log is not None:
                 log.close()
         return self.finish(log)
@@ -328,7 +313,7 @@ class Trainer:
         rates = meter.report()
         if log is None:
             return
-        parts = dict(zip(("mse", "fourier"), means[1:]))  # the MSE and Fourier terms of the masked models
+        parts = dict(zip(self.loss_names[1:], means[1:]))  # the named terms of the loss (masked models: mse, fourier)
         scalars = {"loss": loss, **parts, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                    "total_flops": self.total_flops, **rates}
         log.log(self.step, scalars)
@@ -341,7 +326,7 @@ class Trainer:
 
     def finish(self, log) -> dict:
         summary = {"step": self.step, "total_flops": self.total_flops, "crops_seen": self.crops_seen,
-                   "out": str(self.out)}
+                   "out": str(self.out), "interrupted": self.interrupted}
         if self.step >= self.config.run.max_steps:
             if self.context.is_main and self.last_batch is not None and self.step % self.config.run.image_every:
                 self.save_images(*self.last_batch)
