@@ -5,12 +5,14 @@ Model code stays single-device math; everything parallel is applied here.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from maefast.errors import UserInputError
+from maefast.processes import die_with_parent
 
 
 @dataclass
@@ -29,9 +31,24 @@ class DistributedContext:
         return self.world_size > 1
 
 
+def started_by_torchrun() -> bool:
+    """Whether this process is a rank that torchrun's elastic agent started."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
 def restarted_by_torchrun() -> bool:
     """Whether torchrun's elastic agent restarted this process group (--max-restarts) after a failure."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
+def warn_of_shared_store() -> None:
+    """torch 2.13's torchrun agent keeps the rendezvous store it shares with the ranks for every restart of the
+    group: the keys the previous attempt's ranks wrote are still there, so a restarted group can connect to ranks
+    that are gone (Gloo connectFullMesh: Connection refused, or a hang). A store per attempt avoids it."""
+    if restarted_by_torchrun() and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        warnings.warn("torchrun restarted this job on the rendezvous store of its first attempt, whose stale keys "
+                      "can make the restarted ranks connect to ranks that are gone (a Gloo or NCCL connection "
+                      "refused, or a hang): launch torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1", stacklevel=2)
 
 
 def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
@@ -43,7 +60,12 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
 
 
 def init_distributed(device_preference: str = "auto") -> DistributedContext:
-    """Reads torchrun's environment; a single process without it."""
+    """Reads torchrun's environment; a single process without it. A rank torchrun started dies with torchrun's
+    agent (which starts each rank in a session of its own): killed with it, it is not left waiting for ever in a
+    collective with ranks that are gone."""
+    if started_by_torchrun():
+        die_with_parent()
+        warn_of_shared_store()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

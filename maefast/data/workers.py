@@ -9,29 +9,12 @@ maefast.data._forkserver_guard first), each worker when the forkserver ends.
 """
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
-import os
 import signal
-import sys
 
-PR_SET_PDEATHSIG = 1
+from maefast.processes import die_with_parent
+
 GUARD_MODULE = "maefast.data._forkserver_guard"
-
-
-def die_with_parent() -> None:
-    """Asks the kernel to SIGKILL this process when its parent ends (Linux; elsewhere nothing happens), and
-    ends it at once when the parent has already gone (it was re-parented to init)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        return
-    if os.getppid() == 1:  # the parent ended before the request: nobody would kill this process later
-        os._exit(1)
 
 
 def worker_dies_with_parent(worker_id: int) -> None:

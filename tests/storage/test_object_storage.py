@@ -47,7 +47,10 @@ def store(screen, tmp_path_factory):
 @pytest.fixture()
 def s3_env(store, tmp_path, monkeypatch):
     """The environment a user sets (endpoint and keys for botocore; maefast's cache), a fresh cache per test.
-    AWS_MAX_ATTEMPTS=1: botocore does not retry, so a transient failure reaches maefast's own retries."""
+    AWS_MAX_ATTEMPTS=1 and one attempt of s3fs's (its class attribute `retries`): neither botocore nor s3fs
+    retries, so a transient failure reaches maefast's own retries."""
+    import s3fs
+    monkeypatch.setattr(s3fs.S3FileSystem, "retries", 1)
     cache = tmp_path / "cache"
     for key, value in dict(AWS_ENDPOINT_URL=f"http://127.0.0.1:{store['proxy'].port}", AWS_ACCESS_KEY_ID="testing",
                            AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1", AWS_MAX_ATTEMPTS="1",

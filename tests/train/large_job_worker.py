@@ -3,9 +3,12 @@
 `policy REPORT`: FSDP2's units on a tiny MAE: the bf16 parameter policy with fp32 reduction, activation
 checkpointing (full, selective) and regional compilation against the plain sharded model.
 `train SCREEN OUT REPORT [--set ...]`: the real trainer; each rank reports what it restored and what it saved
-(sums of the whole weights and optimizer state, the loader position), to compare across world sizes."""
+(sums of the whole weights and optimizer state, the loader position), to compare across world sizes.
+MAEFAST_TEST_KILL_DURING_SAVE=RANK:STEP: in the group's first attempt, rank RANK kills itself (SIGKILL) during
+the sharded save of step STEP, once its shard file is written and before the checkpoint is committed."""
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import torch.distributed as dist
 from maefast import distributed as dist_utils
 from maefast.models.families import family_of
 from maefast.models.registry import create_model
+from maefast.train import sharded
 from maefast.train.config import load_config
 from maefast.train.loop import Trainer
 
@@ -78,7 +82,24 @@ class ReportingTrainer(Trainer):
         self.saved.append(self.snapshot())
 
 
+def kill_during_save(rank: int, step: int) -> None:
+    """Makes this process die (SIGKILL) in the sharded save of `step` once its files are written, if it is rank
+    `rank` of the group's first attempt: the background writer hashes the shard files next."""
+    hash_files = sharded.file_digests
+
+    def file_digests(directory, names):
+        if (directory.name == f".step-{step:08d}.partial" and dist.get_rank() == rank
+                and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0"):
+            print(f"rank {rank}: killed during the save of step {step}", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return hash_files(directory, names)
+
+    sharded.file_digests = file_digests
+
+
 def train(screen: str, out: str, report: str, *assignments: str) -> None:
+    if "MAEFAST_TEST_KILL_DURING_SAVE" in os.environ:
+        kill_during_save(*map(int, os.environ["MAEFAST_TEST_KILL_DURING_SAVE"].split(":")))
     config = load_config("debug", [f"data.path={screen}", "data.batch_size=2", "data.num_workers=0",
                                    "data.backend=torch", "model.overrides.decoder_depth=1", "run.log_every=1",
                                    "run.image_every=1000", *assignments])
