@@ -4,7 +4,10 @@ history of the configs a run directory has used.
 Every key of the effective config is compared (maefast.records flattens it), so a key added to the config
 later is covered without being listed here. A difference is refused, naming each key (old -> new), unless
 the resume allows config changes; even then a change of what the checkpoint's tensors depend on (the model,
-the optimizer) or of the data is refused.
+the optimizer) or of the data is refused. A key that the recorded config lacks (one added to maefast after the
+run started) is no difference while it has its default: a new key's default is what maefast did before the key
+existed (a key whose default changes what a run does must not be added without a value that keeps it), so an
+old run folder resumes without --allow-config-change.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from pathlib import Path
 from maefast.data.identity import compare_fingerprints
 from maefast.errors import UserInputError
 from maefast.io import read_json, write_json_atomic
-from maefast.records import changes, describe_changes
+from maefast.records import as_json, changes, describe_changes, flatten
 from maefast.train.config import TrainConfig
 
 # config keys (prefixes) the stored weights and optimizer state depend on: a resume cannot change them
@@ -26,7 +29,10 @@ HISTORY_FILE = "config_history.json"
 def check_config(meta: dict, config: TrainConfig, recipe: str | None, allow_change: bool, checkpoint: Path) -> dict:
     """The config differences a resume from `checkpoint` applies ({} when none); UserInputError when the
     difference is not allowed."""
-    differences = changes(meta["config"], config.to_dict())
+    recorded = flatten(as_json(meta["config"]))
+    defaults = flatten(as_json(TrainConfig().to_dict()))
+    differences = {key: (old, new) for key, (old, new) in changes(meta["config"], config.to_dict()).items()
+                   if not (key not in recorded and key in defaults and new == defaults[key])}
     if not differences:
         return {}
     recipe_note = f" (recipe {meta.get('recipe')!r} -> {recipe!r})" if meta.get("recipe") != recipe else ""
