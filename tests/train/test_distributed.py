@@ -2,13 +2,13 @@
 import json
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from maefast.data import open_dataset
+from tests.processes import run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,8 +25,7 @@ def test_two_ranks(screen, tmp_path, parallel):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
                "--master-port", str(free_port()), str(ROOT / "tests" / "train" / "distributed_worker.py"),
                str(screen), str(tmp_path / "run"), str(report), parallel]
-    result = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
-                            capture_output=True, text=True, timeout=600)
+    result = run(command, 600, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ranks = [json.loads(Path(f"{report}.{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2] and [r["step"] for r in ranks] == [3, 3]
@@ -38,4 +37,7 @@ def test_two_ranks(screen, tmp_path, parallel):
     assert ranks[0]["loss"] != ranks[1]["loss"]
     sums = ranks[0]["grad_and_param_sums"]
     assert sums[0] == pytest.approx(sums[1], rel=1e-6)
-    assert (tmp_path / "run" / "checkpoints" / "step-00000003" / "model.safetensors").exists()
+    final = tmp_path / "run" / "checkpoints" / "step-00000003"  # whole under DDP, a shard per rank under FSDP
+    stored = ["model.safetensors"] if parallel == "ddp" else ["sharded"] * 2
+    assert sorted(p.parent.name if p.parent != final else p.name for p in final.rglob("*.safetensors")
+                  if p.name != "train_state.safetensors") == stored
