@@ -13,7 +13,7 @@ import sys
 import traceback
 
 import maefast
-from maefast.cli import data, demo, embed, evaluate, models, train
+from maefast.cli import data, demo, embed, evaluate, models, plan, train
 from maefast.cli.train import INTERRUPTED
 from maefast.errors import UserInputError
 
@@ -32,7 +32,7 @@ typical session:
   maefast benchmark --map maps/vitl8.parquet --out bench/vitl8
 many GPUs: torchrun --nproc-per-node N -m maefast.cli train ...   (and embed)"""
 
-COMMAND_GROUPS = (models, data, train, embed, evaluate, demo)
+COMMAND_GROUPS = (models, data, train, plan, embed, evaluate, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
