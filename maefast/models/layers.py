@@ -58,12 +58,12 @@ class AttentionSite(nn.Module):
         self.attention_backend = "auto"
 
     def attend(self, q, k, v, q_norm=None, k_norm=None):
-        if _attention_calls is not None:  # attention_setup.recording_attention_calls: shapes for tuning
-            _attention_calls.append((self, q.detach(), k.detach(), v.detach(), q_norm, k_norm))
+        if _attention_recorder is not None:  # attention_setup.recording_attention_calls: shapes for tuning
+            _attention_recorder(self, q, k, v, q_norm, k_norm)
         return attention(q, k, v, backend=self.attention_backend, q_norm=q_norm, k_norm=k_norm)
 
 
-_attention_calls: list | None = None  # set only while attention_setup records a model's attention calls
+_attention_recorder = None  # set only while attention_setup records a model's attention calls
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
