@@ -129,7 +129,12 @@ class ParallelBlock(AttentionSite):
         return merge_heads(attended), mlp_hidden
 
     def activated_mlp_hidden(self, mlp_hidden):
-        return F.gelu(mlp_hidden if self.mlp_bias is None else mlp_hidden + self.mlp_bias)
+        """GELU(mlp_hidden + mlp_bias) in the activations' dtype: under autocast the fp32 bias is cast to bf16
+        first, as timm adds it inside the in-projection, instead of promoting the GELU, the concatenation and
+        the out-projection's input to fp32."""
+        if self.mlp_bias is not None:
+            mlp_hidden = mlp_hidden + self.mlp_bias.to(mlp_hidden.dtype)
+        return F.gelu(mlp_hidden)
 
     def forward(self, x):
         attended, mlp_hidden = self.attention_and_mlp_hidden(x)
