@@ -96,6 +96,8 @@ class ParallelBlock(AttentionSite):
     """
 
     attention_role = "encoder"
+    # the fused out-projection's GEMM, (z, weight) -> z @ weight^T; maefast.models.fp8 sets an FP8 one
+    out_linear = staticmethod(F.linear)
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
                  qk_norm: bool = True, init_values: float | None = 1e-4, drop_path: float = 0.0):
@@ -143,7 +145,7 @@ class ParallelBlock(AttentionSite):
         bias = self.attn_out_proj.bias + self.mlp_out_proj.bias
         if isinstance(self.ls, LayerScale):
             weight, bias = weight * self.ls.gamma[:, None], bias * self.ls.gamma
-        return x + self.drop_path(F.linear(z, weight) + bias)
+        return x + self.drop_path(self.out_linear(z, weight) + bias)
 
     def forward_unfused(self, x):
         """The block op by op, as timm's ParallelScalingBlock: the reference of forward."""

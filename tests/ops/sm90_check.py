@@ -13,7 +13,8 @@ cannot (wgmma has no such mode), so those are checked for shared memory only. Th
 (the first of each launch: what runs with MAEFAST_AUTOTUNE=0, and the autotuner's first candidate) also go
 through ptxas, Triton's last stage, with the ptxas Triton runs on the GPU: their registers, stack frame and
 spill stores / loads are reported, and a default configuration that spills is a problem (a spill is a trip to
-local memory in the inner loop; the autotuner may still time spilling alternatives).
+local memory in the inner loop; the autotuner may still time spilling alternatives), except the known ones in
+KNOWN_SPILLS, which are reported apart (the figures of 2026-12 are in each reason).
 
 Must run without TRITON_INTERPRET=1 (the kernels have to be real triton.jit functions): tests/ops/
 test_sm90_compile.py runs it in a subprocess with a clean environment.
@@ -249,6 +250,30 @@ def compile_one(job) -> dict:
     return result
 
 
+# Default configurations known to spill, and why they are not (yet) a failure. Every other spill is one.
+KNOWN_SPILLS = {
+    "fp32 attention": "fp32 operands (UPCAST) run the dots at ieee precision without tensor cores: the path of "
+                      "fp32 runs that force the Triton kernel, never picked by tuning (16-bit only); every tile "
+                      "from 32x32 up spills at head dim 64 (0.5-20 KB)",
+    "mae_loss": "the tf32x3 DFT GEMMs hold (64 x 256) fp32 DFT blocks split in three at 16 x 16 patches (about 5 KB "
+                "of spills; at 8 x 8 patches up to 1 KB with NORM); tiles that do not spill lose wgmma. A "
+                "restructured kernel is open work; the loss is about 2% of a training step",
+}
+
+
+def known_spill(result: dict) -> str | None:
+    """The KNOWN_SPILLS entry a spilling default configuration falls under, or None."""
+    if result["kernel"].startswith("_attention") and result["constexprs"].get("UPCAST") == "True":
+        return "fp32 attention"
+    if result["kernel"] == "_mae_loss_kernel":
+        return "mae_loss"
+    return None
+
+
+def spills(result: dict) -> bool:
+    return bool(result.get("default") and (result["spill_store_bytes"] or result["spill_load_bytes"]))
+
+
 def check(results: list) -> list[str]:
     problems = []
     for r in results:
@@ -257,7 +282,7 @@ def check(results: list) -> list[str]:
             problems.append(f"{where}: {r['shared']} bytes of shared memory > {SHARED_MEMORY_LIMIT}")
         if r["tensor_core_dots"] and not r["wgmma"]:
             problems.append(f"{where}: {r['tensor_core_dots']} tensor-core dot(s) but no wgmma in the PTX")
-        if r["default"] and (r["spill_store_bytes"] or r["spill_load_bytes"]):
+        if spills(r) and known_spill(r) is None:
             problems.append(f"{where} {r['dtypes']}: a default configuration spills ({r['registers']} registers, "
                             f"{r['stack_bytes']} B stack, {r['spill_store_bytes']} B spill stores, "
                             f"{r['spill_load_bytes']} B spill loads)")
@@ -290,6 +315,11 @@ def main(argv=None) -> int:
           f"compiling {time.perf_counter() - start - recorded:.0f} s")
     for problem in problems:
         print("  " + problem)
+    known = sorted({known_spill(r) for r in results if spills(r) and known_spill(r)})
+    for name in known:
+        worst = max((r for r in results if spills(r) and known_spill(r) == name), key=lambda r: r["spill_load_bytes"])
+        print(f"  known spills ({name}; worst {worst['kernel']} {worst['config']}: {worst['spill_load_bytes']} B "
+              f"spill loads): {KNOWN_SPILLS[name]}")
     return 1 if problems else 0
 
 
