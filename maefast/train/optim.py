@@ -17,10 +17,10 @@ class Lion(Optimizer):
     m <- beta2 * m + (1 - beta2) * g. Decoupled weight decay, one state tensor per parameter.
 
     Three ways to run the same update, by group:
-      fused=True     lion_fused: the multi-tensor update compiled by torch.compile, so that each tensor is read
-                     and written once (parameter, gradient, moment in; parameter, moment out) instead of once
-                     per eager op; the learning rate is a device tensor, filled each step without a host
-                     synchronization, so a schedule does not recompile it. The default (None) on CUDA.
+      fused=True     lion_fused: the update compiled by torch.compile, so that each tensor is read and written
+                     once (parameter, gradient, moment in; parameter, moment out) instead of once per eager op;
+                     the learning rate is a device tensor, filled each step without a host synchronization, so
+                     a schedule does not recompile it. The default (None) on CUDA.
       foreach=True   torch's multi-tensor `_foreach_*` ops, eager (a few kernel launches per group instead of
                      seven per parameter).
       otherwise      the parameters one by one (lion_single_tensor, the reference; on a CPU the multi-tensor
@@ -28,6 +28,11 @@ class Lion(Optimizer):
     foreach and the loop do the same arithmetic in the same order: bitwise equal results in float32 and
     float64 (bfloat16 kernels may round an intermediate differently by one unit in the last place); the fused
     update may round the decayed parameter differently by one unit (tests/train/test_lion.py).
+
+    Skipping a step without a host synchronization: like torch's fused Adam / AdamW, the step reads an optional
+    `found_inf` attribute (a tensor, nonzero when the step's gradients must not be applied, e.g. after a
+    non-finite loss; the trainer sets it). The fused update then leaves every parameter and moment as it was,
+    on the device; the other two ways read the flag on the host (a synchronization: they are the CPU ways).
     """
 
     def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.99), weight_decay: float = 0.0,
@@ -39,10 +44,12 @@ class Lion(Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, foreach=foreach,
                                       fused=fused))
         self._lr_tensors: dict[torch.device, torch.Tensor] = {}
+        self.found_inf: torch.Tensor | None = None
 
     def __setstate__(self, state):  # optimizer state saved before the foreach / fused options existed
         super().__setstate__(state)
         self.__dict__.setdefault("_lr_tensors", {})
+        self.__dict__.setdefault("found_inf", None)
         for group in self.param_groups:
             group.setdefault("foreach", None)
             group.setdefault("fused", None)
@@ -78,8 +85,12 @@ class Lion(Optimizer):
             if fused:
                 grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, moments])
                 for (device, _), ((device_params, device_grads, device_moments), _) in grouped.items():
+                    keep = (torch.ones((), dtype=torch.bool, device=device) if self.found_inf is None
+                            else self.found_inf.to(device, non_blocking=True) == 0)
                     lion_fused(device_params, device_grads, device_moments, self.lr_tensor(group["lr"], device),
-                               beta1, beta2, group["weight_decay"])
+                               keep, beta1, beta2, group["weight_decay"])
+                continue
+            if self.found_inf is not None and self.found_inf.item():
                 continue
             update = lion_foreach if foreach else lion_single_tensor
             update(params, grads, moments, group["lr"], beta1, beta2, group["weight_decay"])
@@ -110,29 +121,28 @@ def lion_foreach(params, grads, moments, lr: float, beta1: float, beta2: float, 
         torch._foreach_add_(device_moments, device_grads, alpha=1.0 - beta2)
 
 
-def _lion_multi_tensor(params, grads, moments, lr: torch.Tensor, beta1: float, beta2: float, decay: float) -> None:
-    """Lion's update of one device's tensors with a learning rate that is a tensor (what lion_fused compiles)."""
-    if decay:
-        torch._foreach_mul_(params, 1.0 - lr * decay)
-    updates = torch._foreach_mul(moments, beta1)
-    torch._foreach_add_(updates, grads, alpha=1.0 - beta1)
-    torch._foreach_sign_(updates)
-    torch._foreach_mul_(updates, lr)
-    torch._foreach_sub_(params, updates)
-    torch._foreach_mul_(moments, beta2)
-    torch._foreach_add_(moments, grads, alpha=1.0 - beta2)
+def _lion_update(params, grads, moments, lr: torch.Tensor, keep: torch.Tensor, beta1: float, beta2: float,
+                 decay: float) -> None:
+    """Lion's update of one device's tensors (what lion_fused compiles: one pass over each), applied where the
+    0-d bool `keep` is true and leaving every tensor as it was otherwise; lr a 0-d tensor."""
+    for param, grad, moment in zip(params, grads, moments):
+        update = (moment * beta1 + grad * (1.0 - beta1)).sign()
+        stepped = param * (1.0 - lr * decay) - lr * update
+        param.copy_(torch.where(keep, stepped, param))
+        moment.copy_(torch.where(keep, moment * beta2 + grad * (1.0 - beta2), moment))
 
 
 _lion_compiled = None
 
 
-def lion_fused(params, grads, moments, lr: torch.Tensor, beta1: float, beta2: float, decay: float) -> None:
-    """Lion's update compiled once per (betas, decay, tensor list): inductor fuses each tensor's arithmetic
-    into one pass. lr: a 0-d tensor on the parameters' device (a new value does not recompile)."""
+def lion_fused(params, grads, moments, lr: torch.Tensor, keep: torch.Tensor, beta1: float, beta2: float,
+               decay: float) -> None:
+    """Lion's update compiled once per (betas, decay, tensor shapes): inductor fuses each tensor's arithmetic
+    into one pass. lr, keep: 0-d tensors on the parameters' device (new values do not recompile)."""
     global _lion_compiled
     if _lion_compiled is None:  # compiled on first use, not at import: importing maefast compiles nothing
-        _lion_compiled = torch.compile(_lion_multi_tensor, fullgraph=True)
-    _lion_compiled(params, grads, moments, lr, beta1, beta2, decay)
+        _lion_compiled = torch.compile(_lion_update, fullgraph=True)
+    _lion_compiled(params, grads, moments, lr, keep, beta1, beta2, decay)
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -147,14 +157,16 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model, name: str, lr: float, weight_decay: float, betas, fused: bool | None = None) -> Optimizer:
-    """Lion or AdamW over `model`'s parameter groups. fused (default: when every parameter is on CUDA): one pass
-    over each tensor per step (Lion: lion_fused; AdamW: torch's fused kernel)."""
+    """Lion or AdamW over `model`'s parameter groups, each able to skip a step on the device (the `found_inf`
+    attribute). fused: one pass over each tensor per step; default: Lion on CUDA (lion_fused; on a CPU its
+    loop, the compile would outweigh short runs), AdamW on CUDA and CPU (torch's fused kernel, which the loop
+    ignores `found_inf` without)."""
     groups = parameter_groups(model, weight_decay)
     if name == "lion":
         return Lion(groups, lr=lr, betas=betas, fused=fused)
     if name == "adamw":
         if fused is None:
-            fused = all(p.device.type == "cuda" for group in groups for p in group["params"])
+            fused = all(p.device.type in ("cuda", "cpu") for group in groups for p in group["params"])
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused or None)
     raise UserInputError(f"optimizer must be 'lion' or 'adamw', got {name!r}")
 

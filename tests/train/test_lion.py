@@ -110,8 +110,30 @@ def test_fused_adamw_matches_the_loop():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
-def test_build_optimizer_fuses_on_cuda_only_by_default():
+def test_build_optimizer_fuses_adamw_and_lion_where_it_pays():
     model = maefast.create_model("vit_debug_patch8_64", in_chans=2)
-    assert build_optimizer(model, "adamw", 1e-4, 0.05, (0.9, 0.95)).defaults["fused"] is None  # CPU: the loop
-    assert build_optimizer(model, "adamw", 1e-4, 0.05, (0.9, 0.95), fused=True).defaults["fused"] is True
+    assert build_optimizer(model, "adamw", 1e-4, 0.05, (0.9, 0.95)).defaults["fused"] is True  # CPU and CUDA
+    assert build_optimizer(model, "lion", 1e-4, 0.05, (0.9, 0.95)).defaults["fused"] is None  # CUDA only
     assert build_optimizer(model, "lion", 1e-4, 0.05, (0.9, 0.95), fused=True).defaults["fused"] is True
+
+
+@pytest.mark.parametrize("name, fused", [("lion", True), ("lion", False), ("adamw", True)])
+def test_a_step_flagged_found_inf_leaves_parameters_and_state_as_they_were(name, fused):
+    """The trainer skips the update of a non-finite step on the device, through `found_inf`."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 4)
+    optimizer = build_optimizer(model, name, 1e-2, 0.1, (0.9, 0.95), fused=fused)
+    for flag in (0.0, 1.0):  # a normal step (the state exists), then a flagged one with NaN gradients
+        for param in model.parameters():
+            param.grad = torch.randn_like(param) if not flag else torch.full_like(param, float("nan"))
+        optimizer.found_inf = torch.tensor(flag)
+        before = [t.clone() for t in (*model.parameters(),
+                                      *(v for state in optimizer.state.values() for v in state.values()))]
+        optimizer.step()
+    after = [*model.parameters(), *(v for state in optimizer.state.values() for v in state.values())]
+    assert len(after) == len(before) and all(torch.equal(a, b) for a, b in zip(after, before))
+    for param in model.parameters():
+        param.grad = torch.randn_like(param)
+    optimizer.found_inf = torch.tensor(0.0)
+    optimizer.step()  # and it steps again once the flag is clear
+    assert not torch.equal(next(model.parameters()), before[0])
