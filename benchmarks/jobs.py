@@ -33,7 +33,7 @@ from benchmarks.reference_pipeline import compiled_run_block, reference_embed, r
 from maefast.embedding.runner import TileEmbedder
 from maefast.errors import installed
 from maefast.models.attention_setup import configure_attention
-from maefast.models.fp8 import FP8_MIN_FEATURES, convert_to_fp8
+from maefast.models.fp8 import convert_to_fp8
 from maefast.models.regions import compile_regions
 from maefast.ops.patches import pixel_scale
 from maefast.train.acceleration import choose_attention
@@ -95,17 +95,16 @@ def sdpa_copy(model):
     return baseline
 
 
-def maefast_training(model, pixels: torch.Tensor, fp8: bool = False,
-                     fp8_min_features: int = FP8_MIN_FEATURES) -> tuple[dict[str, Callable[[], None]], dict]:
+def maefast_training(model, pixels: torch.Tensor, fp8: bool = False) -> tuple[dict[str, Callable[[], None]], dict]:
     """({"maefast": compiled step, "maefast_eager": eager step}, setup): the attention backends chosen first, as
     `maefast train` chooses them (timed at the run's shapes on a GPU), then the blocks compiled regionally.
-    fp8: the model's GEMMs that pay converted to FP8 first (the step is then "maefast_fp8"; fp8_min_features:
-    maefast.models.fp8's threshold, lowered by the CPU dry run so that its small models convert too)."""
+    fp8: the model's GEMMs that pay converted to FP8 first, as run.precision=fp8 does (the step is then
+    "maefast_fp8")."""
     device = pixels.device
     start = time.perf_counter()
     setup = {}
     if fp8:
-        setup["fp8"] = convert_to_fp8(model, min_features=fp8_min_features).to_dict()
+        setup["fp8"] = convert_to_fp8(model).to_dict()
     attention = choose_attention(model, "auto", (pixels.shape[0], pixels.shape[1], pixels.shape[-1]), device,
                                  lambda: autocast(device), None, lambda chosen: chosen)
     setup.update(attention=attention["choice"], tune_s=round(time.perf_counter() - start, 2))
@@ -161,17 +160,17 @@ def timm_encoder(encoder):
     return embed
 
 
-def maefast_embedding(encoder, pixels: torch.Tensor, fp8: bool = False, fp8_min_features: int = FP8_MIN_FEATURES
+def maefast_embedding(encoder, pixels: torch.Tensor, fp8: bool = False
                       ) -> tuple[dict[str, Callable[[], torch.Tensor]], dict]:
     """({"maefast": the embedding job's runner, "maefast_eager": its uncompiled forward}, setup): what `maefast
     embed` runs (maefast.embedding.runner.TileEmbedder): on a GPU bf16 weights, the attention backend tuned
-    once at the job's shapes, and compiled; on a CPU compiled too, as a smoke test. fp8: the encoder's GEMMs
-    that pay converted to FP8 first (the step is then "maefast_fp8"; fp8_min_features as in maefast_training).
-    Each step returns the embeddings."""
+    once at the job's shapes, and compiled; on a CPU compiled too, as a smoke test. fp8: `maefast embed
+    --precision fp8` (the step is then "maefast_fp8"). Each step returns the embeddings."""
     start = time.perf_counter()
-    setup = {"fp8": convert_to_fp8(encoder, min_features=fp8_min_features).to_dict()} if fp8 else {}
-    runner = TileEmbedder(encoder, pool="mean", per_channel=False, precision="auto", device=pixels.device,
-                          batch_tiles=pixels.shape[0], tile_shape=tuple(pixels.shape[1:]), compile="on")
+    runner = TileEmbedder(encoder, pool="mean", per_channel=False, precision="fp8" if fp8 else "auto",
+                          device=pixels.device, batch_tiles=pixels.shape[0], tile_shape=tuple(pixels.shape[1:]),
+                          compile="on")
+    setup = {"fp8": runner.fp8} if fp8 else {}
     setup.update(attention=runner.attention["choice"], tune_s=round(time.perf_counter() - start, 2))
 
     def run(fn):

@@ -30,7 +30,9 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--per-channel", action="store_true", help="CA-MAE: one embedding per channel, concatenated")
     parser.add_argument("--batch-size", type=int, default=16, help="images per batch (each gives several tiles)")
     parser.add_argument("--shard-size", type=int, default=1024, help="images per output shard")
-    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32", "fp8"),
+                        help="auto: bf16 on CUDA, fp32 on the CPU; fp8: bf16 with the encoder's large GEMMs in FP8 "
+                             "(torchao, the fp8 extra; GPUs with FP8 tensor cores, emulated on the CPU)")
     parser.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
                         help="torch.compile with fixed shapes and CUDA graphs (auto: on CUDA)")
     parser.add_argument("--attention", default="auto",

@@ -42,7 +42,7 @@ class EmbedSettings:
     tile_size: int = 256
     batch_size: int = 64          # images per loader batch (each gives (H // tile) * (W // tile) tiles)
     shard_size: int = 1024        # images per output shard
-    precision: str = "auto"       # auto (bf16 on CUDA) | bf16 | fp32
+    precision: str = "auto"       # auto (bf16 on CUDA) | bf16 | fp32 | fp8 (bf16 + FP8 GEMMs)
     channels: tuple = ()
     compile: str = "auto"         # auto (on CUDA: compiled, fixed shapes, CUDA graphs) | on | off
     attention: str = "auto"       # auto (on CUDA: the fastest, timed once) or an attention backend
@@ -52,8 +52,8 @@ class EmbedSettings:
     def validate(self) -> None:
         if self.pool not in ("mean", "cls"):
             raise UserInputError(f"pool must be 'mean' or 'cls', got {self.pool!r}")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise UserInputError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.precision not in ("auto", "bf16", "fp32", "fp8"):
+            raise UserInputError(f"precision must be auto, bf16, fp32 or fp8, got {self.precision!r}")
         if self.compile not in COMPILE_CHOICES:
             raise UserInputError(f"compile must be one of {COMPILE_CHOICES}, got {self.compile!r}")
         check_attention_choice(self.attention)

@@ -1,7 +1,8 @@
 """The encoder over batches of tiles, as fast as the device allows.
 
-On a GPU (precision bf16): the encoder's weights are cast to bf16 once, so no forward re-casts them, and
-the tokens stay bf16 from the tokenizer to the pooled feature; each attention site runs the kernel timed
+On a GPU (precision bf16; fp8 adds FP8 GEMMs, maefast.models.fp8): the encoder's weights are cast to bf16
+once, so no forward re-casts them, and the tokens stay bf16 from the tokenizer to the pooled feature; each
+attention site runs the kernel timed
 fastest at the job's shapes (chosen once, recorded in <out>/attention.json and reused when the job
 resumes); and the embedding is compiled with fixed shapes, every batch padded to the same number of tiles,
 so that CUDA graphs replay it ("reduce-overhead"). The number of tiles per forward is, on a GPU, the largest
@@ -21,7 +22,8 @@ import torch
 
 from maefast.errors import UserInputError
 from maefast.io import read_json, write_json_atomic
-from maefast.models.attention_setup import configure_attention, random_pixels, tune_attention
+from maefast.models.attention_setup import configure_attention, random_pixels, tune_attention, tuning_batch
+from maefast.models.fp8 import convert_to_fp8
 
 ATTENTION_FILE, TILE_BATCH_FILE = "attention.json", "tile_batch.json"
 COMPILE_CHOICES = ("auto", "on", "off")
@@ -114,7 +116,10 @@ class TileEmbedder:
         self.device, self.tile_shape = device, tile_shape
         self.encoder = encoder.to(device).eval()
         self.options = {} if pool == "mean" and not per_channel else {"pool": pool, "per_channel": per_channel}
-        bf16 = resolve_precision(precision, device) == "bf16"
+        precision = resolve_precision(precision, device)
+        # fp8: bf16 as below, with the encoder's GEMMs that pay in FP8 (maefast.models.fp8; emulated on a CPU)
+        self.fp8 = convert_to_fp8(self.encoder).to_dict() if precision == "fp8" else None
+        bf16 = precision in ("bf16", "fp8")
         # on a GPU the weights themselves become bf16; on the CPU autocast keeps fp32 weights for the reference
         self.weights_in_bf16 = bf16 and device.type == "cuda"
         if self.weights_in_bf16:
@@ -172,7 +177,7 @@ class TileEmbedder:
         if recorded is not None and recorded.exists():
             result = {**read_json(recorded), "reused": True}
         elif requested == "auto" and self.device.type == "cuda":
-            pixels = random_pixels((self.batch_tiles, *self.tile_shape), self.device)
+            pixels = random_pixels((tuning_batch(self.batch_tiles), *self.tile_shape), self.device)
             tuning = tune_attention(self.encoder, lambda: self.forward(pixels), needs_grad=False)
             result = {"choice": tuning.choice, "timings": tuning.timings}
             if recorded is not None:

@@ -23,6 +23,7 @@ speed. torchao is the `fp8` extra.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -34,8 +35,18 @@ from maefast.models import layers
 FP8_RECIPE = "rowwise"
 # Both dimensions of a GEMM's weight at least this for FP8: at the models' token counts (16k-130k rows per
 # step) the ViT-L encoder's GEMMs (1024 x 7168, 5120 x 1024) gain, the 512-wide decoder's do not (to check
-# against the GPU suite's figures).
+# against the GPU suite's figures). MAEFAST_FP8_MIN_FEATURES sets another threshold for a run.
 FP8_MIN_FEATURES = 1024
+
+
+def min_features_setting() -> int:
+    """The threshold of this run: MAEFAST_FP8_MIN_FEATURES, or FP8_MIN_FEATURES."""
+    value = os.environ.get("MAEFAST_FP8_MIN_FEATURES", "").strip()
+    if not value:
+        return FP8_MIN_FEATURES
+    if not value.isdigit() or int(value) < 1:
+        raise UserInputError(f"MAEFAST_FP8_MIN_FEATURES={value!r} is not a positive integer")
+    return int(value)
 # The first and last layers stay in bf16 (the patch projection is a convolution the tokenizer runs).
 KEPT_LAYERS = {"decoder_pred": "the last layer (pixel prediction)", "head": "the last layer (classifier head)"}
 
@@ -100,11 +111,11 @@ def _why_kept(name: str, out_features: int, in_features: int, min_features: int)
     return None
 
 
-def convert_to_fp8(model: nn.Module, *, emulate: bool | None = None,
-                   min_features: int = FP8_MIN_FEATURES) -> FP8Report:
+def convert_to_fp8(model: nn.Module, *, emulate: bool | None = None, min_features: int | None = None) -> FP8Report:
     """Runs the GEMMs of `model` that pay off in FP8 (see the module docstring), in place; call it once the model
     is on its device and before torch.compile. emulate: default True off CUDA, where no FP8 hardware exists;
-    a CUDA device without FP8 tensor cores is refused."""
+    a CUDA device without FP8 tensor cores is refused. min_features: default min_features_setting()."""
+    min_features = min_features_setting() if min_features is None else min_features
     device = next(model.parameters()).device
     if emulate is None:
         emulate = device.type != "cuda"

@@ -2,9 +2,10 @@
 
 Both are decided once, at setup, outside any traced region, and the same way on every rank:
   - attention: `model.attention` (config) names a backend for every site, or "auto": on a GPU every
-    candidate is timed at the run's own shapes (one forward and backward of a batch of random pixels) and
-    the fastest per role wins; rank 0's choice is broadcast, written to <out>/attention.json and into every
-    checkpoint, and a resumed run reuses what its checkpoint recorded instead of timing again.
+    candidate is timed, forward and backward, at the run's own shapes with a sub-batch of at most
+    attention_setup.TUNING_CROPS crops (recorded from one forward of random pixels) and the fastest per role
+    wins; rank 0's choice is broadcast, written to <out>/attention.json and into every checkpoint, and a
+    resumed run reuses what its checkpoint recorded instead of timing again.
   - compile: `run.compile` "auto" compiles on CUDA (fullgraph: the models have no graph break) and not on the
     CPU, where the compile time would outweigh short runs; true / false force it.
 """
@@ -13,7 +14,13 @@ from __future__ import annotations
 import torch
 
 from maefast.io import write_json_atomic
-from maefast.models.attention_setup import configure_attention, current_attention, random_pixels, tune_attention
+from maefast.models.attention_setup import (
+    configure_attention,
+    current_attention,
+    random_pixels,
+    tune_attention,
+    tuning_batch,
+)
 from maefast.models.families import family_of
 
 ATTENTION_FILE = "attention.json"
@@ -45,10 +52,11 @@ def choose_attention(model, requested: str, batch_shape: tuple[int, int, int], d
     if requested != "auto" or device.type != "cuda":
         return {"requested": requested, "choice": configure_attention(model, requested), "timings": {}}
 
-    def step():  # tune_attention restores the RNG afterwards: these random pixels change nothing later
-        with autocast():
-            loss = model(*random_batch(model, *batch_shape, device))[0]
-        loss.backward()
+    batch, channels, size = batch_shape
+
+    def step():  # a forward at a sub-batch of the run's shapes; tune_attention restores the RNG afterwards
+        with torch.no_grad(), autocast():
+            model(*random_batch(model, tuning_batch(batch), channels, size, device))
 
     tuning = tune_attention(model, step, needs_grad=True)
     choice, timings = broadcast((tuning.choice, tuning.timings))

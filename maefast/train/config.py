@@ -61,7 +61,7 @@ class RunSection:
     max_steps: int = 1000
     seed: int = 0
     device: str = "auto"           # auto | cpu | cuda
-    precision: str = "auto"        # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    precision: str = "auto"        # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32 | fp8 (bf16 + FP8 GEMMs)
     compile: str | bool = "auto"   # auto (torch.compile on CUDA, not on the CPU) | true | false
     activation_checkpointing: bool = False
     parallel: str = "ddp"          # ddp | fsdp (only used under torchrun with world size > 1)
@@ -92,7 +92,7 @@ CHOICES = {
     "data.allow_outside_root": (False, True),
     "optim.name": ("lion", "adamw"),
     "run.device": ("auto", "cpu", "cuda"),
-    "run.precision": ("auto", "bf16", "fp32"),
+    "run.precision": ("auto", "bf16", "fp32", "fp8"),
     "run.parallel": ("ddp", "fsdp"),
 }
 POSITIVE = ("data.crop_size", "data.crops_per_image", "data.batch_size", "data.synthetic_genes",

@@ -18,13 +18,16 @@ from maefast.io import atomic_path, write_json_atomic
 from maefast.lock import OutputLock
 from maefast.models.checkpoint import pretrained_config, save_pretrained
 from maefast.models.families import family_of
+from maefast.models.fp8 import convert_to_fp8
 from maefast.models.registry import create_model, input_config
 from maefast.records import describe_changes
 from maefast.train.acceleration import choose_attention, compile_enabled, record_attention
 from maefast.train.config import TrainConfig
 from maefast.train.data import build_train_loader
 from maefast.train.observe import (
+    Interval,
     ScalarLog,
+    StepMetrics,
     Throughput,
     measure_matmul_rate,
     save_loss_curve,
@@ -98,6 +101,8 @@ class Trainer:
         torch.manual_seed(run.seed)  # identical initial weights on every rank
         self.model = create_model(config.model.name, **overrides).to(device)
         self.check_channels()
+        # run.precision=fp8: bf16 autocast, and the GEMMs that pay in FP8 (recorded in the checkpoints)
+        self.fp8 = convert_to_fp8(self.model).to_dict() if self.precision == "fp8" else None
         batch_shape = (config.data.batch_size, len(self.channel_names), config.data.crop_size)
         self.attention = choose_attention(
             self.model, config.model.attention, batch_shape, device, self.autocast,
@@ -182,7 +187,7 @@ class Trainer:
         rng_states = dist_utils.gather_objects(rng_state(), self.context)
         meta = {"total_flops": self.total_flops, "crops_seen": self.crops_seen, "model": self.config.model.name,
                 "config": self.config.to_dict(), "recipe": self.recipe, "data": self.data_fingerprint,
-                "attention": self.attention}
+                "attention": self.attention, **({"fp8": self.fp8} if self.fp8 else {})}
         train_state = {"step": self.step, "total_flops": self.total_flops, "crops_seen": self.crops_seen,
                        "loader": self.loader.state_dict()}
         model_config = pretrained_config(self.model, self.channel_names,
@@ -214,7 +219,7 @@ class Trainer:
             yield from self.loader
 
     def autocast(self):
-        if self.precision == "bf16":
+        if self.precision in ("bf16", "fp8"):
             return torch.autocast(self.context.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -247,30 +252,27 @@ class Trainer:
         return self.class_of_row[rows].to(self.context.device)
 
     def train(self) -> dict:
+        """Steps until run.max_steps. Nothing inside a step waits for the device: the loss, whether it is finite
+        and the gradient norm stay on the device (StepMetrics) and are read every run.log_every steps, where the
+        non-finite steps are reported and SIGTERM is acted on. A step whose loss is not
+        finite (on any rank) still counts as a step, but the optimizer leaves the weights as they were, on the
+        device (its `found_inf`); run.nonfinite_limit of them in a row stop the run."""
         run, context = self.config.run, self.context
         stop_requested = {"flag": False}
         previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.update(flag=True))
-        matmul_rate = measure_matmul_rate(context.device, torch.bfloat16 if self.precision == "bf16" else torch.float32)
+        matmul_rate = measure_matmul_rate(context.device, torch.float32 if self.precision == "fp32" else torch.bfloat16)
         meter = Throughput(self.flops_per_crop, self.tokens_per_crop, matmul_rate, context.world_size)
         log = ScalarLog(self.out, self.step) if context.is_main else None
         progress = tqdm(total=run.max_steps, initial=self.step, disable=not (context.is_main and self.show_progress),
                         desc="train", dynamic_ncols=True)
-        iterator, streak, losses = iter(self.batches()), 0, []
+        iterator, metrics, self.streak = iter(self.batches()), StepMetrics(), 0  # non-finite steps in a row
         try:
             while self.step < run.max_steps:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss, ids, pixels, pred, mask = self.train_step(iterator)
-                if dist_utils.any_rank(not torch.isfinite(loss).all().item(), context):
-                    streak += 1
-                    batch_ids = f"{ids[:16]}{'...' if len(ids) > 16 else ''}"
-                    message = f"non-finite loss at step {self.step + 1} (batch images {batch_ids})"
-                    if streak >= run.nonfinite_limit:
-                        raise NonFiniteLoss(f"{message}; {streak} in a row, the limit is "
-                                            f"run.nonfinite_limit={run.nonfinite_limit}")
-                    warnings.warn(message + ": step skipped", stacklevel=2)
-                    continue
-                streak = 0
+                finite = dist_utils.all_true(torch.isfinite(loss).all(), context)
                 grad_norm = self.clip_gradients()
+                self.optimizer.found_inf = (~finite).float()  # a non-finite step leaves the weights unchanged
                 self.optimizer.step()
                 self.scheduler.step()
                 self.step += 1
@@ -278,15 +280,14 @@ class Trainer:
                 self.crops_seen += crops * context.world_size
                 self.total_flops += crops * context.world_size * self.flops_per_crop
                 meter.add(crops)
-                losses.append(loss.tolist())  # one transfer for the loss and its parts
+                metrics.add(self.step, ids, loss, finite, grad_norm)
                 progress.update(1)
                 if self.step % run.log_every == 0 or self.step == run.max_steps:
-                    self.log_scalars(log, progress, losses, meter, grad_norm)
-                    losses = []
+                    self.log_scalars(log, progress, self.check_finite(metrics.read()), meter)
                 self.last_batch = (pixels, pred, mask) if mask is not None else None
                 if context.is_main and self.last_batch is not None and self.step % run.image_every == 0:
                     self.save_images(*self.last_batch)
-                stop = dist_utils.any_rank(stop_requested["flag"], context)
+                stop = len(metrics) == 0 and dist_utils.any_rank(stop_requested["flag"], context)
                 if self.step % run.checkpoint_every == 0 or self.step == run.max_steps or stop:
                     self.save()
                 if stop:
@@ -300,20 +301,42 @@ class Trainer:
                 log.close()
         return self.finish(log)
 
-    def clip_gradients(self) -> float:
+    def check_finite(self, interval: Interval) -> Interval:
+        """Warns about each step of `interval` whose loss was not finite (its update was skipped) and stops the
+        run at run.nonfinite_limit such steps in a row (counted across intervals)."""
+        limit = self.config.run.nonfinite_limit
+        for step, finite in interval.steps:
+            if finite:
+                self.streak = 0
+                continue
+            ids = interval.nonfinite_ids[step]
+            message = f"non-finite loss at step {step} (batch images {ids[:16]}{'...' if len(ids) > 16 else ''})"
+            self.streak += 1
+            if self.streak == 1:
+                self.streak_start = message
+            if self.streak >= limit:
+                raise NonFiniteLoss(f"{self.streak_start}; {self.streak} in a row, the limit is "
+                                    f"run.nonfinite_limit={limit}")
+            warnings.warn(message + ": update skipped", stacklevel=3)
+        return interval
+
+    def clip_gradients(self) -> torch.Tensor | None:
+        """Clips the gradients to optim.grad_clip; returns their norm before clipping (a device tensor), or None
+        when clipping is off."""
         limit = self.config.optim.grad_clip
         if limit <= 0:
-            return float("nan")
-        return float(torch.nn.utils.clip_grad_norm_(self.wrapped.parameters(), limit))
+            return None
+        return torch.nn.utils.clip_grad_norm_(self.wrapped.parameters(), limit)
 
-    def log_scalars(self, log, progress, losses, meter, grad_norm) -> None:
-        means = [dist_utils.mean_over_ranks(sum(values) / len(values), self.context) for values in zip(*losses)]
+    def log_scalars(self, log, progress, interval: Interval, meter) -> None:
+        losses = interval.losses or [float("nan")]
+        means = [dist_utils.mean_over_ranks(value, self.context) for value in losses]
         loss = means[0]
         rates = meter.report()
         if log is None:
             return
         parts = dict(zip(("mse", "fourier"), means[1:]))  # the MSE and Fourier terms of the masked models
-        scalars = {"loss": loss, **parts, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+        scalars = {"loss": loss, **parts, "lr": self.scheduler.get_last_lr()[0], "grad_norm": interval.grad_norm,
                    "total_flops": self.total_flops, **rates}
         log.log(self.step, scalars)
         progress.set_postfix(loss=f"{loss:.4f}", crops_s=f"{rates['crops_per_s']:.1f}",

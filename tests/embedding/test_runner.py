@@ -108,3 +108,26 @@ def test_a_cpu_job_runs_one_loader_batch_per_forward_unless_told():
     auto = TileEmbedder(encoder, pool="mean", per_channel=False, precision="fp32", device=torch.device("cpu"),
                         batch_tiles="auto", tile_shape=(3, 32, 32), compile="off", loader_tiles=12)
     assert auto.batch_tiles == 12
+
+
+def test_fp8_precision_embeds_with_fp8_gemms_close_to_full_precision(monkeypatch):
+    """`maefast embed --precision fp8`: the encoder's GEMMs in FP8 (torchao's emulation on the CPU, with the
+    threshold lowered to the debug encoder's width of 64), bf16 elsewhere."""
+    pytest.importorskip("torchao")
+    monkeypatch.setenv("MAEFAST_FP8_MIN_FEATURES", "64")
+    pixels = tiles(4)
+    runner = embedder("off")
+    torch.manual_seed(0)
+    encoder = create_model("vit_debug_patch8_64", img_size=32, in_chans=3)
+    with torch.no_grad():
+        for block in encoder.blocks:  # LayerScale at 1: the blocks, where FP8 runs, carry the signal
+            block.ls.gamma.fill_(1.0)
+        for block in runner.encoder.blocks:
+            block.ls.gamma.fill_(1.0)
+    exact = runner(pixels)
+    quantized = TileEmbedder(encoder, pool="mean", per_channel=False, precision="fp8", device=torch.device("cpu"),
+                             batch_tiles=6, tile_shape=(3, 32, 32), compile="off")
+    assert quantized.fp8["emulated"] and "blocks.0.in_proj" in quantized.fp8["fp8"]
+    got = quantized(pixels)
+    assert got.shape == exact.shape and not torch.equal(got, exact)
+    assert torch.nn.functional.cosine_similarity(got, exact, dim=1).min() > 0.99
