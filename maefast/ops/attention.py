@@ -90,6 +90,18 @@ def _prepared_module(name: str):
     return _prepared[name]
 
 
+def _in_heads_layout(x: torch.Tensor) -> torch.Tensor:
+    """x (B, H, N, d) laid out as (B, N, H, d) (a copy only when it is not already): the fixed output layout
+    of the attention custom ops, which their fake implementations state (_empty_in_heads_layout)."""
+    return x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def _empty_in_heads_layout(like: torch.Tensor, head_dim: int | None = None) -> torch.Tensor:
+    """An empty (B, H, N, head_dim or d) tensor like `like`, laid out as (B, N, H, d)."""
+    b, h, n, d = like.shape
+    return like.new_empty((b, n, h, head_dim or d)).transpose(1, 2)
+
+
 # ------------------------------------------------------------------------------------------ triton custom op
 
 @torch.library.custom_op("maefast::flash_attention", mutates_args=())
@@ -101,8 +113,8 @@ def _flash_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 @_flash_attention_op.register_fake
 def _(q, k, v, scale):
-    b, h, nq, d = q.shape
-    return q.new_empty((b, nq, h, d)).transpose(1, 2), q.new_empty((b * h, nq), dtype=torch.float32)
+    b, h, nq, _ = q.shape
+    return _empty_in_heads_layout(q), q.new_empty((b * h, nq), dtype=torch.float32)
 
 
 @torch.library.custom_op("maefast::flash_attention_backward", mutates_args=())
@@ -143,8 +155,8 @@ def _flash_attention_qknorm_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 
 @_flash_attention_qknorm_op.register_fake
 def _(q, k, v, q_weight, q_bias, k_weight, k_bias, eps, scale):
-    b, h, nq, d = q.shape
-    return q.new_empty((b, nq, h, d)).transpose(1, 2), q.new_empty((b * h, nq), dtype=torch.float32)
+    b, h, nq, _ = q.shape
+    return _empty_in_heads_layout(q), q.new_empty((b * h, nq), dtype=torch.float32)
 
 
 @torch.library.custom_op("maefast::flash_attention_qknorm_backward", mutates_args=())
@@ -184,17 +196,6 @@ _flash_attention_qknorm_op.register_autograd(_qknorm_backward, setup_context=_qk
 
 
 # ----------------------------------------------------------------------------- FlashAttention custom op
-
-def _in_heads_layout(x: torch.Tensor) -> torch.Tensor:
-    """x (B, H, N, d) laid out as (B, N, H, d) (a copy only when it is not already): the fixed output layout
-    of the FlashAttention ops, which their fake implementations state."""
-    return x.transpose(1, 2).contiguous().transpose(1, 2)
-
-
-def _empty_in_heads_layout(like: torch.Tensor, head_dim: int | None = None) -> torch.Tensor:
-    b, h, n, d = like.shape
-    return like.new_empty((b, n, h, head_dim or d)).transpose(1, 2)
-
 
 def _flash_attn_run(name: str, q, k, v, scale: float) -> torch.Tensor:
     """The library's flash_attn_func on (B, N, H, d) views of q, k, v (FlashAttention's layout; the models'
