@@ -326,7 +326,8 @@ class Trainer:
         limit = self.config.optim.grad_clip
         if limit <= 0:
             return None
-        return torch.nn.utils.clip_grad_norm_(self.wrapped.parameters(), limit)
+        norm = torch.nn.utils.clip_grad_norm_(self.wrapped.parameters(), limit)
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2 gives a DTensor
 
     def log_scalars(self, log, progress, interval: Interval, meter) -> None:
         losses = interval.losses or [float("nan")]
