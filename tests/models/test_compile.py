@@ -182,3 +182,29 @@ def test_compiled_model_on_cuda_matches_eager(name):
                                    msg=key)
     loss, grads = loss_and_grads(compiled_model, autocast=True)
     assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads.values())
+
+
+@pytest.mark.parametrize("name", ["mae_vit_debug_patch8_64", "camae_vit_debug_patch8_64"])
+def test_regional_compilation_compiles_each_kind_of_block_once_whatever_the_depth(name):
+    """maefast.models.regions: blocks compiled one by one share their graph, so the count of graphs does not
+    grow with depth; the model computes what it does eagerly and keeps its parameter names."""
+    from maefast.models.regions import compile_regions
+
+    def graphs_for(depth: int) -> tuple[int, torch.Tensor, torch.Tensor, list[str]]:
+        torch.manual_seed(0)
+        overrides = dict(img_size=32, depth=depth, decoder_depth=depth, **({} if "camae" in name else {"in_chans": 3}))
+        model = create_model(name, **overrides)
+        (pixels,) = inputs_for(model)
+        noise = torch.rand(pixels.shape[0], model.num_tokens(pixels.shape[1]))
+        eager = model(pixels, noise=noise)[0]
+        fresh_dynamo()
+        compile_regions(model, backend="aot_eager")
+        loss = model(pixels, noise=noise)[0]
+        loss.backward()
+        return graphs_compiled(), loss.detach(), eager.detach(), list(model.state_dict())
+
+    shallow, deep = graphs_for(2), graphs_for(5)
+    assert shallow[0] == deep[0] <= 3  # encoder block 0 (no drop path), the other encoder blocks, decoder blocks
+    for _, loss, eager, names in (shallow, deep):
+        torch.testing.assert_close(loss, eager, rtol=1e-5, atol=1e-6)
+        assert not any("_orig_mod" in n for n in names)
