@@ -33,7 +33,9 @@ from maefast.demo import complex_pairs, score
 from maefast.embedding.api import embed
 from maefast.embedding.encoder import load_encoder
 from maefast.embedding.job import read_job
-from maefast.embedding.runner import TileEmbedder
+from maefast.embedding.runner import PooledEncoder, TileEmbedder
+from maefast.job_setup import RunSetup
+from maefast.models.attention_setup import configure_attention
 from maefast.train.config import load_config
 from maefast.train.loop import train
 from maefast.train.state import checkpoint_dirs
@@ -67,10 +69,10 @@ def tile_cosines(encoder_dir: Path, screen: Path, device: torch.device, tiles: i
     embeddings = {}
     for precision in ("bf16", "fp8"):
         encoder, _ = load_encoder(encoder_dir)
-        runner = TileEmbedder(encoder, pool="mean", per_channel=False, precision=precision, device=device,
-                              batch_tiles=min(64, len(pixels)), tile_shape=tuple(pixels.shape[1:]), compile="off",
-                              attention="sdpa")
-        embeddings[precision] = runner(pixels)
+        configure_attention(encoder, "sdpa")
+        pooled = PooledEncoder(encoder, pool="mean", per_channel=False,
+                               setup=RunSetup.resolve(device, precision, compile=False))
+        embeddings[precision] = TileEmbedder(pooled, min(64, len(pixels)), compile=False)(pixels)
     fp8, bf16 = embeddings["fp8"], embeddings["bf16"]
     center = bf16.mean(dim=0, keepdim=True)
     cosine = torch.nn.functional.cosine_similarity

@@ -62,7 +62,7 @@ class Headline:
 
     def __init__(self, setting: Setting, device: torch.device, json_out: str | None):
         self.setting, self.device, self.json_out = setting, device, json_out
-        self.matmul = jobs.matmul_rate(device)
+        self.matmul = jobs.job_matmul_rate(device)
         self.figures: dict[str, dict[str, float]] = {}  # part -> {variant: crops/s}
         self.train_step = None
         self.reference_embeddings = None  # bf16 embeddings of the embed part's crops
@@ -138,7 +138,8 @@ class Headline:
         ours, setup = jobs.maefast_training(model, pixels, fp8=True)
         flops = family_of(model).training_flops(model, self.setting.channels)
         self.measure("train", "train_fp8", jobs.Job(ours, setup=setup), self.setting.train_batch, flops,
-                     "maefast_fp8", measured_before=self.baselines("train"), case=self.setting.train_model)
+                     "maefast_fp8", measured_before=self.baselines("train"), case=self.setting.train_model,
+                     precision="fp8")
 
     def embed_fp8(self) -> None:
         encoder = self.encoder()
@@ -147,7 +148,7 @@ class Headline:
         flops = embedding_flops(encoder.config, self.setting.channels)
         self.measure("embed", "embed_fp8", jobs.Job({"maefast_fp8": ours["maefast_fp8"]}, setup=setup),
                      self.setting.embed_batch, flops, "maefast_fp8", measured_before=self.baselines("embed"),
-                     case=self.setting.embed_model)
+                     case=self.setting.embed_model, precision="fp8")
         if self.reference_embeddings is not None:
             fp8 = ours["maefast_fp8"]().float()
             cosine = torch.nn.functional.cosine_similarity(fp8, self.reference_embeddings, dim=1)

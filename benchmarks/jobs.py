@@ -1,12 +1,13 @@
 """The whole-model jobs that bench_train, bench_embed and profile_step time and profile, all on the same weights.
 
-maefast, as a user gets it by default on CUDA:
-  "maefast"        the attention backend of each site tuned once at setup (training: choose_attention, as
-                   `maefast train` does; embedding: the embedding job's runner), then compiled: training
-                   regionally (maefast.models.regions: each block compiled, identical blocks share the graph),
-                   embedding as the embedding job compiles it
+maefast, as a user gets it by default on CUDA, set up by maefast.job_setup as `maefast train` and `maefast embed`
+set themselves up:
+  "maefast"        the attention backend of each site tuned once at setup (choose_attention at the job's shapes),
+                   then compiled as the job compiles it: training regionally (maefast.models.regions: each block
+                   compiled, identical blocks share the graph), embedding the embedding job's runner (one graph
+                   at fixed shapes, replayed by CUDA graphs)
   "maefast_eager"  the same tuned model, not compiled (for reference)
-  "maefast_fp8"    (with fp8=True) the same, with the GEMMs that pay in FP8 (maefast.models.fp8)
+  "maefast_fp8"    (with fp8=True) the same in precision fp8: the GEMMs that pay run in FP8 (RunSetup.prepare)
 The baselines a user would pick instead (attention through SDPA, PyTorch's own kernel choice):
   "reference", "reference_compiled"  the public reference's pipeline (benchmarks/reference_pipeline.py), eager
                                      and compiled regionally (one graph per kind of block)
@@ -30,31 +31,26 @@ import torch.nn.functional as F
 
 from benchmarks import common
 from benchmarks.reference_pipeline import compiled_run_block, reference_embed, reference_forward
-from maefast.embedding.runner import TileEmbedder
+from maefast.embedding.runner import PooledEncoder, TileEmbedder
 from maefast.errors import installed
+from maefast.job_setup import RunSetup, choose_attention, embedding_step, matmul_rate, training_step
 from maefast.models.attention_setup import configure_attention
-from maefast.models.fp8 import convert_to_fp8
 from maefast.models.regions import compile_regions
-from maefast.ops.patches import pixel_scale
-from maefast.train.acceleration import choose_attention
+from maefast.ops.patches import pixel_scale, random_pixels
 from maefast.train.optim import build_optimizer
 
 QUICK_TRAIN_MODEL, QUICK_EMBED_MODEL = "mae_vit_debug_patch8_64", "vit_debug_patch8_64"
 
 
 def random_crops(batch: int, channels: int, size: int, device) -> torch.Tensor:
-    """Random uint16 crops (never zeros) on `device`."""
-    return torch.randint(1, 65535, (batch, channels, size, size), dtype=torch.int32).to(torch.uint16).to(device)
+    """Random uint16 crops on `device`."""
+    return random_pixels(batch, channels, size, torch.uint16, device)
 
 
-def precision(device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of a run: bf16 on a GPU, none (fp32) on a CPU."""
-    return torch.bfloat16 if device.type == "cuda" else None
-
-
-def autocast(device: torch.device):
-    dtype = precision(device)
-    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+def run_setup(device: torch.device, precision: str = "auto") -> RunSetup:
+    """How `maefast train` / `maefast embed` run on `device` by default (or in `precision`): bf16 and compiled on
+    CUDA, fp32 on a CPU (where the benchmarks compile maefast too, as a smoke test of the flow)."""
+    return RunSetup.resolve(device, precision)
 
 
 @dataclass
@@ -66,14 +62,16 @@ class Job:
     setup: dict = field(default_factory=dict)
 
 
-def training_step(model, loss_fn: Callable, pixels: torch.Tensor) -> Callable[[], None]:
-    """One optimizer step of `loss_fn(pixels)` (its own AdamW over `model`'s parameters, fused on CUDA, as
-    maefast.train.optim builds it)."""
+def optimizer_step(model, loss_fn: Callable, pixels: torch.Tensor, setup: RunSetup | None = None
+                   ) -> Callable[[], None]:
+    """One optimizer step of `loss_fn(pixels)` under `setup`'s autocast (default: the jobs' on the pixels'
+    device), with its own AdamW over `model`'s parameters, fused on CUDA, as maefast.train.optim builds it."""
     optimizer = build_optimizer(model, "adamw", 1e-4, 0.05, (0.9, 0.95))
+    setup = setup or run_setup(pixels.device)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        with autocast(pixels.device):
+        with setup.autocast():
             loss = loss_fn(pixels)
         loss.backward()
         optimizer.step()
@@ -97,22 +95,21 @@ def sdpa_copy(model):
 
 def maefast_training(model, pixels: torch.Tensor, fp8: bool = False) -> tuple[dict[str, Callable[[], None]], dict]:
     """({"maefast": compiled step, "maefast_eager": eager step}, setup): the attention backends chosen first, as
-    `maefast train` chooses them (timed at the run's shapes on a GPU), then the blocks compiled regionally.
-    fp8: the model's GEMMs that pay converted to FP8 first, as run.precision=fp8 does (the step is then
-    "maefast_fp8")."""
-    device = pixels.device
+    `maefast train` chooses them (timed at the run's shapes on a GPU), then the blocks compiled regionally, as
+    `maefast train` compiles them. fp8: in precision fp8, the model's GEMMs that pay converted to FP8 first, as
+    run.precision=fp8 does (the step is then "maefast_fp8")."""
+    setup = run_setup(pixels.device, "fp8" if fp8 else "auto")
     start = time.perf_counter()
-    setup = {}
-    if fp8:
-        setup["fp8"] = convert_to_fp8(model).to_dict()
-    attention = choose_attention(model, "auto", (pixels.shape[0], pixels.shape[1], pixels.shape[-1]), device,
-                                 lambda: autocast(device), None, lambda chosen: chosen)
-    setup.update(attention=attention["choice"], tune_s=round(time.perf_counter() - start, 2))
+    fp8_report = setup.prepare(model)
+    batch_shape = (pixels.shape[0], pixels.shape[1], pixels.shape[-1])
+    attention = choose_attention(model, "auto", setup, training_step(model, batch_shape, setup), needs_grad=True)
+    record = {**({"fp8": fp8_report} if fp8 else {}), "attention": attention["choice"],
+              "tune_s": round(time.perf_counter() - start, 2)}
     compile_regions(model)
-    step = training_step(model, lambda p: model(p)[0], pixels)
+    step = optimizer_step(model, lambda p: model(p).loss, pixels, setup)
     if fp8:
-        return {"maefast_fp8": step}, setup
-    return {"maefast": step, "maefast_eager": uncompiled(step)}, setup
+        return {"maefast_fp8": step}, record
+    return {"maefast": step, "maefast_eager": uncompiled(step)}, record
 
 
 def reference_training(model, pixels: torch.Tensor) -> dict[str, Callable[[], None]]:
@@ -120,9 +117,9 @@ def reference_training(model, pixels: torch.Tensor) -> dict[str, Callable[[], No
     weights (taken before maefast's setup changes anything), eager and compiled regionally."""
     baseline = sdpa_copy(model)
     run_compiled = compiled_run_block()
-    return {"reference": training_step(baseline, lambda p: reference_forward(baseline, p)[0], pixels),
-            "reference_compiled": training_step(baseline, lambda p: reference_forward(baseline, p, run=run_compiled)[0],
-                                                pixels)}
+    return {"reference": optimizer_step(baseline, lambda p: reference_forward(baseline, p)[0], pixels),
+            "reference_compiled": optimizer_step(baseline,
+                                                 lambda p: reference_forward(baseline, p, run=run_compiled)[0], pixels)}
 
 
 def training_job(model, pixels: torch.Tensor) -> Job:
@@ -133,8 +130,10 @@ def training_job(model, pixels: torch.Tensor) -> Job:
 
 
 def inference_step(fn: Callable, pixels: torch.Tensor) -> Callable[[], None]:
+    setup = run_setup(pixels.device)
+
     def step():
-        with torch.no_grad(), autocast(pixels.device):
+        with torch.no_grad(), setup.autocast():
             fn(pixels)
     return step
 
@@ -164,22 +163,25 @@ def maefast_embedding(encoder, pixels: torch.Tensor, fp8: bool = False
                       ) -> tuple[dict[str, Callable[[], torch.Tensor]], dict]:
     """({"maefast": the embedding job's runner, "maefast_eager": its uncompiled forward}, setup): what `maefast
     embed` runs (maefast.embedding.runner.TileEmbedder): on a GPU bf16 weights, the attention backend tuned
-    once at the job's shapes, and compiled; on a CPU compiled too, as a smoke test. fp8: `maefast embed
-    --precision fp8` (the step is then "maefast_fp8"). Each step returns the embeddings."""
+    once at the job's shapes, and compiled (fixed shapes, CUDA graphs); on a CPU compiled too, as a smoke test.
+    fp8: `maefast embed --precision fp8` (the step is then "maefast_fp8"). Each step returns the embeddings."""
+    setup = RunSetup.resolve(pixels.device, "fp8" if fp8 else "auto", compile=True)
     start = time.perf_counter()
-    runner = TileEmbedder(encoder, pool="mean", per_channel=False, precision="fp8" if fp8 else "auto",
-                          device=pixels.device, batch_tiles=pixels.shape[0], tile_shape=tuple(pixels.shape[1:]),
-                          compile="on")
-    setup = {"fp8": runner.fp8} if fp8 else {}
-    setup.update(attention=runner.attention["choice"], tune_s=round(time.perf_counter() - start, 2))
+    pooled = PooledEncoder(encoder, pool="mean", per_channel=False, setup=setup)
+    tiles = pixels.shape[0]
+    attention = choose_attention(pooled.encoder, "auto", setup, embedding_step(pooled, tiles, pixels.shape[1:], setup),
+                                 needs_grad=False)
+    runner = TileEmbedder(pooled, tiles, compile=setup.compile)
+    record = {**({"fp8": pooled.fp8} if fp8 else {}), "attention": attention["choice"],
+              "tune_s": round(time.perf_counter() - start, 2)}
 
     def run(fn):
         def step():
             return fn(pixels)  # the embeddings, for a caller that compares them
         return step
     if fp8:
-        return {"maefast_fp8": run(runner)}, setup
-    return {"maefast": run(runner), "maefast_eager": run(runner.forward)}, setup
+        return {"maefast_fp8": run(runner)}, record
+    return {"maefast": run(runner), "maefast_eager": run(pooled)}, record
 
 
 def embedding_baselines(encoder, pixels: torch.Tensor) -> tuple[dict[str, Callable[[], None]], dict[str, str]]:
@@ -212,8 +214,9 @@ def run_job(rec: common.Recorder, job: Job, device: torch.device, reps: int, cro
             measured_before: dict[str, float] | None = None, **context) -> dict:
     """Times every variant of `job` (one record each, as it finishes) and emits the summary: crops/s of
     `candidate` against every baseline (the variants not named maefast*, and `measured_before`: crops/s of
-    baselines measured earlier in the same run), `ratio` against the fastest baseline (named in `vs`)."""
-    context["precision"] = "bf16" if precision(device) else "fp32"
+    baselines measured earlier in the same run), `ratio` against the fastest baseline (named in `vs`). context:
+    fields of every record (precision: default the jobs' precision on `device`)."""
+    context.setdefault("precision", run_setup(device).precision)
     def crops_per_s(timing: common.Timing) -> float:
         return crops_per_step / (timing.ms * 1e-3)
 
@@ -248,8 +251,7 @@ def run_job(rec: common.Recorder, job: Job, device: torch.device, reps: int, cro
                     matmul_tflops=round(matmul_flops / 1e12, 2), **job.setup)
 
 
-def matmul_rate(device: torch.device) -> float:
-    """FLOP/s of a dense matmul in the run's precision, measured now (the MFU denominator)."""
-    if device.type == "cuda":
-        return common.matmul_tflops(device, torch.bfloat16) * 1e12
-    return common.matmul_tflops(device, torch.float32, n=1024, reps=3) * 1e12
+def job_matmul_rate(device: torch.device) -> float:
+    """FLOP/s of a dense matmul in the precision the jobs run in, measured now (the MFU denominator), as
+    `maefast train` measures it."""
+    return matmul_rate(device, run_setup(device).precision)

@@ -46,6 +46,7 @@ from maefast.evaluate import KNOWN_SOURCES, build_map, recall_summary, score_map
 from maefast.io import atomic_path
 from maefast.models import create_model, save_pretrained
 from maefast.ops import self_standardize
+from maefast.tables import feature_columns
 from maefast.train.config import load_config
 from maefast.train.loop import train
 from maefast.train.state import checkpoint_dirs
@@ -169,8 +170,9 @@ def handcrafted_sites(screen: Path, out: Path) -> pd.DataFrame:
 def channel_intensity_sites(handcrafted: pd.DataFrame, channels: list[str]) -> pd.DataFrame:
     """The mean intensity of each channel (columns of the hand-crafted table): whole-stain brightness."""
     names = HandcraftedEmbedder(channels).feature_names
-    wanted = [f"feature_{names.index(f'{channel}_intensity_mean'):04d}" for channel in channels]
-    metadata = [c for c in handcrafted.columns if not c.startswith("feature_")]
+    columns = feature_columns(handcrafted)  # in the order of names
+    wanted = [columns[names.index(f"{channel}_intensity_mean")] for channel in channels]
+    metadata = [c for c in handcrafted.columns if c not in columns]
     return handcrafted[metadata + wanted]
 
 
@@ -201,7 +203,7 @@ def tile_statistics_sites(screen: Path, out: Path, tile: int) -> pd.DataFrame:
 def score(sites: pd.DataFrame, label: str, sources: list, kind: str) -> Scored:
     """Map (site rows: center-scale, PCA, TVN on each plate's controls; mean per gene), recall with intervals
     and the permutation chance level. kind: "learned", "baseline" or "reference" (for the report)."""
-    features = [c for c in sites.columns if c.startswith("feature_") and sites[c].nunique() > 1]
+    features = [c for c in feature_columns(sites) if sites[c].nunique() > 1]
     control_sites = int(sites[sites["perturbation"] == CONTROL_LABEL].groupby("plate").size().min())
     components = int(min(MAX_COMPONENTS, len(features), control_sites // CONTROL_SITES_PER_COMPONENT))
     gene_map = build_map(sites, perturbation_col="perturbation", control_label=CONTROL_LABEL, batch_col="plate",

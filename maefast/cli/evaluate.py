@@ -8,7 +8,7 @@ import pandas as pd
 from maefast.embedding.outputs import read_embeddings
 from maefast.errors import UserInputError
 from maefast.io import atomic_path
-from maefast.tables import FORMATS, read_table, write_table
+from maefast.tables import FEATURE_PREFIX, FORMATS, feature_columns, read_table, write_table
 
 
 def add_commands(subparsers) -> None:
@@ -24,7 +24,7 @@ def add_commands(subparsers) -> None:
     build.add_argument("--control", required=True, action="append",
                        help="perturbation label of the control rows (repeat for several labels)")
     build.add_argument("--batch-col", help="metadata column of the batch (experiment or plate)")
-    build.add_argument("--feature-prefix", default="feature_", help="feature columns start with this")
+    build.add_argument("--feature-prefix", default=FEATURE_PREFIX, help="feature columns start with this")
     build.add_argument("--pca-components", type=int, default=128, help="0 skips PCA")
     build.add_argument("--no-tvn", action="store_true", help="skip typical variation normalization")
     build.add_argument("--aggregate", choices=("mean", "median"), default="mean")
@@ -56,7 +56,7 @@ def map_command(args) -> int:
     from maefast.evaluate import aggregate_map, normalize_embeddings, replicate_consistency
 
     table = read_embeddings(args.embeddings)
-    features = [c for c in table.columns if str(c).startswith(args.feature_prefix)]
+    features = feature_columns(table, args.feature_prefix, required=False)
     if not features:
         raise UserInputError(f"{args.embeddings}: no columns start with --feature-prefix {args.feature_prefix!r}")
     options = dict(perturbation_col=args.perturbation_col, control_label=args.control)
@@ -65,7 +65,7 @@ def map_command(args) -> int:
                                       pca_components=args.pca_components or None, tvn=not args.no_tvn)
     perturbation_map = aggregate_map(normalized, perturbation_col=args.perturbation_col, method=args.aggregate,
                                      drop_labels=() if args.keep_controls else args.control)
-    write_table(perturbation_map, args.out, args.format, feature_prefix=args.feature_prefix)
+    write_table(perturbation_map, args.out, args.format)  # the map's features have maefast's names
     print(f"map: {len(perturbation_map)} perturbations x {perturbation_map.shape[1]} features -> {args.out}")
     if args.consistency:
         consistency = replicate_consistency(normalized, **options, n_null=args.n_null, seed=args.seed)

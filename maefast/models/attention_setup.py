@@ -121,11 +121,6 @@ class AttentionTuning:
     timings: dict[str, dict[str, float | str]] = field(default_factory=dict)
 
 
-def random_pixels(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """Random 16-bit pixels of `shape` on `device`: the inputs a model is timed on while its run is set up."""
-    return torch.randint(0, 65536, shape, dtype=torch.int32, device=device).to(torch.uint16)
-
-
 # Tuning runs at a sub-batch of the run's shapes: enough crops to fill a GPU with attention work, few enough
 # that the step which records the shapes and the timed candidates fit beside the run's own memory.
 TUNING_CROPS = 32

@@ -8,20 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch.distributed.checkpoint.state_dict import get_model_state_dict
 from tqdm import tqdm
 
 from maefast import distributed as dist_utils
 from maefast.errors import UserInputError
-from maefast.io import atomic_path, write_json_atomic
+from maefast.io import write_json_atomic, write_yaml_atomic
+from maefast.job_setup import ATTENTION_FILE, JOB_CONFIG_FILE, RunSetup, choose_attention, matmul_rate, training_step
 from maefast.lock import OutputLock
-from maefast.models.checkpoint import pretrained_config, save_pretrained
+from maefast.models.checkpoint import ENCODER_DIR, pretrained_config, save_pretrained
 from maefast.models.families import family_of
-from maefast.models.fp8 import convert_to_fp8
+from maefast.models.regions import compile_regions
 from maefast.models.registry import create_model, input_config
 from maefast.records import describe_changes
-from maefast.train.acceleration import choose_attention, compile_enabled, record_attention
 from maefast.train.config import TrainConfig
 from maefast.train.data import build_train_loader
 from maefast.train.observe import (
@@ -29,7 +28,6 @@ from maefast.train.observe import (
     ScalarLog,
     StepMetrics,
     Throughput,
-    measure_matmul_rate,
     save_loss_curve,
     save_reconstruction_grid,
 )
@@ -83,7 +81,7 @@ class Trainer:
         checkpoint = self.checkpoint_to_resume(resume)
         changes = {} if checkpoint is None else check_config(checkpoint.meta, config, self.recipe,
                                                               allow_config_change, checkpoint.path)
-        self.precision = ("bf16" if device.type == "cuda" else "fp32") if run.precision == "auto" else run.precision
+        self.run_setup = RunSetup.resolve(device, run.precision, run.compile)
         self.loader = build_train_loader(config, self.out, self.context)
         self.data_fingerprint = self.loader.dataset.fingerprint()
         if checkpoint is not None:
@@ -101,13 +99,14 @@ class Trainer:
         torch.manual_seed(run.seed)  # identical initial weights on every rank
         self.model = create_model(config.model.name, **overrides).to(device)
         self.check_channels()
-        # run.precision=fp8: bf16 autocast, and the GEMMs that pay in FP8 (recorded in the checkpoints)
-        self.fp8 = convert_to_fp8(self.model).to_dict() if self.precision == "fp8" else None
+        # run.precision=fp8: the GEMMs that pay run in FP8 (recorded in the checkpoints)
+        self.fp8 = self.run_setup.prepare(self.model)
         batch_shape = (config.data.batch_size, len(self.channel_names), config.data.crop_size)
-        self.attention = choose_attention(
-            self.model, config.model.attention, batch_shape, device, self.autocast,
-            checkpoint.meta.get("attention") if checkpoint is not None else None,
-            lambda obj: dist_utils.broadcast_object(obj, self.context))
+        step = training_step(self.model, batch_shape, self.run_setup)
+        recorded = checkpoint.meta.get("attention") if checkpoint is not None else None
+        self.attention = choose_attention(self.model, config.model.attention, self.run_setup, step, needs_grad=True,
+                                          recorded=recorded,
+                                          broadcast=lambda obj: dist_utils.broadcast_object(obj, self.context))
         blocks = self.family.blocks(self.model)
         if run.activation_checkpointing:
             if not blocks:
@@ -116,11 +115,11 @@ class Trainer:
             from torch.distributed._composable import checkpoint as checkpoint_activations
             for block in blocks:
                 checkpoint_activations(block)
+        if self.run_setup.compile:
+            # block by block (maefast.models.regions): identical blocks share one graph, so compile time does not
+            # grow with depth; activation checkpointing and the DDP / FSDP hooks stay outside the graphs
+            compile_regions(self.model)
         self.wrapped = dist_utils.wrap_model(self.model, blocks, self.context, run.parallel)
-        self.forward = self.wrapped
-        if compile_enabled(run.compile, device):
-            # one graph for the whole model on one device; under DDP / FSDP the wrapper's hooks split it
-            self.forward = torch.compile(self.wrapped, fullgraph=not self.context.enabled)
         optim = config.optim
         self.optimizer = build_optimizer(self.wrapped, optim.name, optim.lr, optim.weight_decay, optim.betas)
         channels = len(self.channel_names)
@@ -138,10 +137,9 @@ class Trainer:
             print(f"maefast train: resuming with a changed config (--allow-config-change): "
                   f"{describe_changes(changes)}")
         if self.context.is_main:
-            with atomic_path(self.out / "config.yaml") as temporary:
-                temporary.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+            write_yaml_atomic(self.out / JOB_CONFIG_FILE, config.to_dict())
             record_config(self.out, config, self.recipe, self.step, changes)
-            record_attention(self.out, self.attention)
+            write_json_atomic(self.out / ATTENTION_FILE, self.attention)
 
     def checkpoint_to_resume(self, resume: bool) -> Checkpoint | None:
         existing = checkpoint_dirs(self.out)
@@ -157,15 +155,10 @@ class Trainer:
         return checkpoint
 
     def check_channels(self) -> None:
-        encoder = input_config(self.model)
-        count, names = len(self.channel_names), self.channel_names
-        if getattr(encoder, "channel_agnostic", False) and count > encoder.max_in_chans:
-            raise UserInputError(f"the dataset has {count} channels {names}; {self.config.model.name} takes at most "
-                                 f"max_in_chans={encoder.max_in_chans}: select channels with data.channels")
-        if not getattr(encoder, "channel_agnostic", False) and count != encoder.in_chans:
-            raise UserInputError(f"the dataset has {count} channels {names}; {self.config.model.name} expects "
-                                 f"in_chans={encoder.in_chans}: select channels with data.channels or set "
-                                 f"model.overrides.in_chans={count}")
+        inputs, count = input_config(self.model), len(self.channel_names)
+        advice = "" if inputs.channel_agnostic else f" or set model.overrides.in_chans={count}"
+        inputs.check_channels(count, f"the dataset {self.channel_names}",
+                              f": select channels with data.channels{advice}")
 
     # -- checkpoints -------------------------------------------------------------------------------
     def restore(self, checkpoint: Checkpoint) -> None:
@@ -210,7 +203,7 @@ class Trainer:
             prefix = next(name for name, module in self.model.named_modules() if module is embedder) + "."
             full = {k.removeprefix(prefix): v for k, v in full.items() if k.startswith(prefix)}
             embedder.model_name = self.family.embedder_name(self.config.model.name)
-        return save_pretrained(embedder, self.out / "encoder", channel_names=self.channel_names, state_dict=full,
+        return save_pretrained(embedder, self.out / ENCODER_DIR, channel_names=self.channel_names, state_dict=full,
                                extra=extra)
 
     # -- steps -------------------------------------------------------------------------------------
@@ -218,18 +211,13 @@ class Trainer:
         while True:
             yield from self.loader
 
-    def autocast(self):
-        if self.precision in ("bf16", "fp8"):
-            return torch.autocast(self.context.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def train_step(self, iterator):
         """One optimizer step's forward and backward over `accumulation` micro-batches.
 
-        Returns (mean losses: the loss, then for the masked models its MSE and Fourier parts; image ids; and the
-        last micro-batch's pixels, pred and mask)."""
+        Returns (the loss and its named parts (TrainingOutput.parts), each a 0-d device tensor, the mean over the
+        micro-batches; image ids; and the last micro-batch's pixels, pred and mask)."""
         accumulation = self.config.optim.accumulation
-        total, ids = 0.0, []
+        totals, ids = {}, []
         for micro in range(accumulation):
             batch = next(iterator)
             pixels = batch["pixels"].to(self.context.device, non_blocking=True)
@@ -239,13 +227,12 @@ class Trainer:
             defer_sync = not last_micro and hasattr(self.wrapped, "no_sync")
             sync = self.wrapped.no_sync() if defer_sync else contextlib.nullcontext()
             with sync:
-                with self.autocast():
-                    loss, pred, mask = self.forward(*inputs)
-                (loss / accumulation).backward()
-            parts = getattr(self.model, "last_losses", None)  # MAELoss(loss, mse, fourier) of the masked models
-            losses = torch.stack(list(parts)) if parts is not None else loss[None]
-            total = total + losses.detach().float() / accumulation
-        return total, ids, pixels, pred, mask
+                with self.run_setup.autocast():
+                    output = self.wrapped(*inputs)
+                (output.loss / accumulation).backward()
+            for name, value in {"loss": output.loss, **output.parts}.items():
+                totals[name] = totals.get(name, 0.0) + value.detach().float() / accumulation
+        return totals, ids, pixels, output.pred, output.mask
 
     def labels(self, rows) -> torch.Tensor:
         """Class index of each crop's perturbation (weakly supervised training)."""
@@ -260,8 +247,8 @@ class Trainer:
         run, context = self.config.run, self.context
         stop_requested = {"flag": False}
         previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.update(flag=True))
-        matmul_rate = measure_matmul_rate(context.device, torch.float32 if self.precision == "fp32" else torch.bfloat16)
-        meter = Throughput(self.flops_per_crop, self.tokens_per_crop, matmul_rate, context.world_size)
+        rate = matmul_rate(context.device, self.run_setup.precision)
+        meter = Throughput(self.flops_per_crop, self.tokens_per_crop, rate, context.world_size)
         log = ScalarLog(self.out, self.step) if context.is_main else None
         progress = tqdm(total=run.max_steps, initial=self.step, disable=not (context.is_main and self.show_progress),
                         desc="train", dynamic_ncols=True)
@@ -269,8 +256,8 @@ class Trainer:
         try:
             while self.step < run.max_steps:
                 self.optimizer.zero_grad(set_to_none=True)
-                loss, ids, pixels, pred, mask = self.train_step(iterator)
-                finite = dist_utils.all_true(torch.isfinite(loss).all(), context)
+                losses, ids, pixels, pred, mask = self.train_step(iterator)
+                finite = dist_utils.all_true(torch.isfinite(torch.stack(list(losses.values()))).all(), context)
                 grad_norm = self.clip_gradients()
                 self.optimizer.found_inf = (~finite).float()  # a non-finite step leaves the weights unchanged
                 self.optimizer.step()
@@ -280,7 +267,7 @@ class Trainer:
                 self.crops_seen += crops * context.world_size
                 self.total_flops += crops * context.world_size * self.flops_per_crop
                 meter.add(crops)
-                metrics.add(self.step, ids, loss, finite, grad_norm)
+                metrics.add(self.step, ids, losses, finite, grad_norm)
                 progress.update(1)
                 if self.step % run.log_every == 0 or self.step == run.max_steps:
                     self.log_scalars(log, progress, self.check_finite(metrics.read()), meter)
@@ -330,14 +317,14 @@ class Trainer:
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2 gives a DTensor
 
     def log_scalars(self, log, progress, interval: Interval, meter) -> None:
-        losses = interval.losses or [float("nan")]
-        means = [dist_utils.mean_over_ranks(value, self.context) for value in losses]
-        loss = means[0]
+        # the loss and its named terms (masked models: mse, fourier); nan when no step of the interval was finite
+        losses = interval.losses or {"loss": float("nan")}
+        means = {name: dist_utils.mean_over_ranks(value, self.context) for name, value in losses.items()}
+        loss = means["loss"]
         rates = meter.report()
         if log is None:
             return
-        parts = dict(zip(("mse", "fourier"), means[1:]))  # the MSE and Fourier terms of the masked models
-        scalars = {"loss": loss, **parts, "lr": self.scheduler.get_last_lr()[0], "grad_norm": interval.grad_norm,
+        scalars = {**means, "lr": self.scheduler.get_last_lr()[0], "grad_norm": interval.grad_norm,
                    "total_flops": self.total_flops, **rates}
         log.log(self.step, scalars)
         progress.set_postfix(loss=f"{loss:.4f}", crops_s=f"{rates['crops_per_s']:.1f}",

@@ -13,27 +13,6 @@ from maefast.models.registry import input_config
 from maefast.ops.patches import self_standardize, unpatchify
 
 
-def measure_matmul_rate(device: torch.device, dtype: torch.dtype, size: int = 4096, repeats: int = 10) -> float:
-    """Achieved FLOP/s of a square matmul on `device`: the denominator of MFU, measured, not looked up."""
-    if device.type == "cpu":
-        size, repeats, dtype = 1024, 4, torch.float32
-    generator = torch.Generator().manual_seed(0)  # its own generator: the run's RNG stream stays untouched
-    a = torch.randn(size, size, generator=generator).to(device, dtype)
-    b = torch.randn(size, size, generator=generator).to(device, dtype)
-    a @ b  # warm-up
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    synchronize(device)
-    return 2 * size ** 3 * repeats / (time.perf_counter() - start)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class Throughput:
     """Crops/s, tokens/s and MFU over the interval since the last report."""
 
@@ -58,7 +37,7 @@ class Throughput:
 @dataclass
 class Interval:
     """What StepMetrics read back for the steps since the last read."""
-    losses: list[float] | None   # mean of each loss part over the finite steps (None: no step was finite)
+    losses: dict[str, float] | None  # the loss and its named parts: means over the finite steps (None: none was)
     steps: list[tuple[int, bool]]  # (step, whether its loss was finite), in order
     nonfinite_ids: dict[int, list]  # step -> image ids of its batch, for the steps whose loss was not finite
     grad_norm: float             # the last step's gradient norm before clipping (nan when not clipped)
@@ -68,17 +47,21 @@ class StepMetrics:
     """A step's scalars kept on the device and read every few steps: one host synchronization per read instead
     of several per step (the loss, its finiteness, the gradient norm).
 
-    add(step, ids, losses, finite, grad_norm) per step, with device tensors: the loss parts (P,), whether the
-    loss is finite (0-d bool), the gradient norm (0-d, or None); read() -> Interval, one transfer."""
+    add(step, ids, losses, finite, grad_norm) per step, with device tensors: the loss and its named parts
+    ({"loss": ..., **TrainingOutput.parts}, 0-d each, the same names every step), whether the loss is finite
+    (0-d bool), the gradient norm (0-d, or None); read() -> Interval, one transfer."""
 
     def __init__(self):
         self.steps: list[tuple[int, list]] = []
+        self.names: list[str] = []
         self.sums = self.count = self.grad_norm = None
         self.finite: list[torch.Tensor] = []
 
-    def add(self, step: int, ids: list, losses: torch.Tensor, finite: torch.Tensor,
+    def add(self, step: int, ids: list, losses: dict[str, torch.Tensor], finite: torch.Tensor,
             grad_norm: torch.Tensor | None) -> None:
-        kept = torch.where(finite, losses.float(), torch.zeros_like(losses, dtype=torch.float32))
+        self.names = list(losses)
+        values = torch.stack([value.float() for value in losses.values()])
+        kept = torch.where(finite, values, torch.zeros_like(values))
         self.sums = kept if self.sums is None else self.sums + kept
         self.count = finite.float() if self.count is None else self.count + finite.float()
         self.finite.append(finite)
@@ -95,7 +78,7 @@ class StepMetrics:
         parts = len(self.sums)
         sums, count = values[:parts], values[parts]
         finite = [bool(v) for v in values[parts + 1:-1]]
-        interval = Interval([v / count for v in sums] if count else None,
+        interval = Interval({name: v / count for name, v in zip(self.names, sums)} if count else None,
                             [(step, ok) for (step, _), ok in zip(self.steps, finite)],
                             {step: ids for (step, ids), ok in zip(self.steps, finite) if not ok}, values[-1])
         self.__init__()

@@ -30,12 +30,15 @@ def test_every_training_batch_is_full_and_a_too_small_data_set_is_named(screen, 
 
 
 def test_step_metrics_read_back_means_of_finite_steps_and_the_non_finite_ones():
+    def losses(loss: float, mse: float) -> dict:  # the loss and a named part, as TrainingOutput gives them
+        return {"loss": torch.tensor(loss), "mse": torch.tensor(mse)}
+
     metrics = StepMetrics()
-    metrics.add(1, ["a"], torch.tensor([2.0, 1.0]), torch.tensor(True), torch.tensor(0.5))
-    metrics.add(2, ["b", "c"], torch.tensor([float("nan"), 3.0]), torch.tensor(False), torch.tensor(float("nan")))
-    metrics.add(3, ["d"], torch.tensor([4.0, 5.0]), torch.tensor(True), torch.tensor(0.25))
+    metrics.add(1, ["a"], losses(2.0, 1.0), torch.tensor(True), torch.tensor(0.5))
+    metrics.add(2, ["b", "c"], losses(float("nan"), 3.0), torch.tensor(False), torch.tensor(float("nan")))
+    metrics.add(3, ["d"], losses(4.0, 5.0), torch.tensor(True), torch.tensor(0.25))
     interval = metrics.read()
-    assert interval.losses == [3.0, 3.0] and interval.grad_norm == 0.25
+    assert interval.losses == {"loss": 3.0, "mse": 3.0} and interval.grad_norm == 0.25
     assert interval.steps == [(1, True), (2, False), (3, True)] and interval.nonfinite_ids == {2: ["b", "c"]}
     assert len(metrics) == 0
 
