@@ -14,7 +14,9 @@ The baselines a user would pick instead (attention through SDPA, PyTorch's own k
   "timm", "timm_compiled"            (embedding) timm's VisionTransformer with the same weights, eager and
                                      compiled regionally; left out, with the reason, when timm is missing
 Every compiled variant compiles its blocks, not the whole model, so compile time does not grow with depth
-and no side is favoured. Every training variant steps the same optimizer, fused AdamW on CUDA.
+and no side is favoured; except maefast's embedding, compiled as `maefast embed` compiles it (its whole
+forward as one graph for CUDA graphs: its compile time grows with depth). Every training variant steps the same
+optimizer, fused AdamW on CUDA.
 On a CPU the same variants run (compiled too), as a smoke test of the flow; CPU figures are not GPU figures.
 A summary reports maefast against every baseline and its ratio against the fastest one, by name; compile
 warm-ups are reported apart (`warmup_s`) and never counted in a throughput.

@@ -1,4 +1,5 @@
-"""torch.compile(fullgraph=True) over every model family, in the CPU configuration and in the CUDA one.
+"""torch.compile(fullgraph=True) over every model family, in the CPU configuration and in the CUDA one, and
+regional compilation (maefast.models.regions) as `maefast train` applies it.
 
 The traced code depends on the device only through the ops' backend choice (maefast.ops.backend), which
 dynamo evaluates while tracing. The CUDA configuration is traced here without a GPU by giving the ops the
