@@ -123,13 +123,6 @@ def checkpoint_blocks(model: torch.nn.Module, blocks: list, mode: str) -> list:
     return wrapped
 
 
-def compile_blocks(blocks: list, backend: str = "inductor") -> None:
-    """Regional compilation: each block compiled in place (identical blocks share one compiled graph), the
-    rest of the model eager; FSDP2's gather and reduce hooks of a block run around its graph."""
-    for block in blocks:
-        block.compile(backend=backend, fullgraph=True)
-
-
 def fsdp_policies(precision: str) -> tuple:
     """(blocks' policy, root's policy) for fully_shard. bf16: the blocks' parameters are gathered in bf16 and
     their gradients reduced in fp32 (sharded master weights and gradients stay fp32); their inputs are not
@@ -166,6 +159,15 @@ def any_rank(flag: bool, context: DistributedContext) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=context.device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item() > 0)
+
+
+def all_true(flag: torch.Tensor, context: DistributedContext) -> torch.Tensor:
+    """A 0-d bool device tensor: `flag` (0-d bool) and-ed over the ranks, without waiting for the device."""
+    if not context.enabled:
+        return flag
+    value = flag.to(torch.int32)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return value.bool()
 
 
 def run_on_main(function, context: DistributedContext):

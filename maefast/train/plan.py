@@ -64,11 +64,10 @@ def encoder_block_bytes(dim: int, hidden: int, heads: int, dtypes: Dtypes) -> in
     """Per token, what one encoder block (models.layers.ParallelBlock.forward) saves."""
     a = dtypes.act
     qk_norm_inputs = 2 * FP32 * dim if dtypes.cast else 0  # fp32 copies of q and k (else views of in_proj's output)
-    gelu_input = hidden * (a if dtypes.param == a else FP32)  # + an fp32 mlp_bias promotes it to fp32
     return (layer_norm_bytes(dim) + a * dim + a * (hidden + 3 * dim)  # in_norm, in_proj in and out
             + qk_norm_inputs + 2 * heads * 2 * FP32  # q and k LayerNorms' statistics per head
             + 3 * a * dim + heads * FP32  # attention: normed q and k, output; log-sum-exp
-            + gelu_input + a * (dim + hidden))  # GELU's input, the fused out-projection's input
+            + a * hidden + a * (dim + hidden))  # GELU's input, the fused out-projection's input
 
 
 def encoder_block_fixed_bytes(dim: int, hidden: int, dtypes: Dtypes) -> int:

@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from maefast import distributed as dist_utils
 from maefast.models.families import family_of
+from maefast.models.regions import compile_regions
 from maefast.models.registry import create_model
 from maefast.train import sharded
 from maefast.train.config import load_config
@@ -31,10 +32,10 @@ def gradients(recompute=None, compiled=False, precision="fp32") -> dict:
     torch.manual_seed(0)
     model = create_model("mae_vit_debug_patch8_64", in_chans=3, decoder_depth=1, drop_path_rate=0.1)
     blocks = family_of(model).blocks(model)
+    if compiled:  # as the trainer: each block compiled, then wrapped for recomputation
+        compile_regions(model, backend="aot_eager")  # dynamo + AOTAutograd; inductor is the same code
     if recompute:
         blocks = dist_utils.checkpoint_blocks(model, blocks, recompute)
-    if compiled:
-        dist_utils.compile_blocks(blocks, backend="aot_eager")  # dynamo + AOTAutograd; inductor is the same code
     context = dist_utils.DistributedContext(dist.get_rank(), dist.get_world_size())
     wrapped = dist_utils.wrap_model(model, blocks, context, "fsdp", precision)
     generator = torch.Generator().manual_seed(1 + context.rank)
