@@ -42,7 +42,7 @@ def plan_command(args) -> int:
         print(f"{name}: {first.parameters / 1e6:,.1f} M parameters, {first.step_flops / args.batch / 1e12:.2f} "
               f"TFLOP per image and step, {args.precision}, {args.optimizer}, {args.batch} images per GPU")
         print(f"  {'GPUs':>5} {'GiB':>5} {'parallel':8} {'recompute':9} {'weights+grads+optim':>19} "
-              f"{'gathered':>9} {'act/image':>10} {'total':>10} {'fits':4} {'max batch':>9} {'step s':>7}")
+              f"{'gathered':>9} {'activations':>11} {'total':>10} {'fits':4} {'max batch':>9} {'step s':>7}")
         for world_size in args.gpus:
             for memory in args.gpu_memory:
                 for parallel in parallels:
@@ -52,7 +52,7 @@ def plan_command(args) -> int:
                                              args.matmul_tflops * 1e12)
                         state = plan.weights + plan.gradients + plan.optimizer_state
                         print(f"  {world_size:5d} {memory:5g} {parallel:8} {recompute:9} {format_bytes(state):>19} "
-                              f"{format_bytes(plan.gathered):>9} {format_bytes(plan.activations.per_image):>10} "
+                              f"{format_bytes(plan.gathered):>9} {format_bytes(plan.peak_activations):>11} "
                               f"{format_bytes(plan.total):>10} {'yes' if plan.fits else 'no':4} "
                               f"{plan.largest_batch:9d} {plan.step_seconds:7.2f}")
     return 0

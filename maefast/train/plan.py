@@ -193,14 +193,6 @@ class Activations:
             parameter_gradients -= segment.parameter_gradients
         return peak
 
-    @property
-    def per_image(self) -> int:
-        return self.at(2) - self.at(1)
-
-    @property
-    def fixed(self) -> int:
-        return self.at(1) - self.per_image
-
 
 @dataclass(frozen=True)
 class Plan:
@@ -233,6 +225,11 @@ class Plan:
         """The peak: in the backward, or at the optimizer step (every gradient, no activations)."""
         return max(self.static + self.activations.at(self.batch),
                    self.weights + self.gradients + self.optimizer_state + self.gathered)
+
+    @property
+    def peak_activations(self) -> int:
+        """What the peak holds beyond the weights, all gradients, the optimizer state and the gathered blocks."""
+        return self.total - (self.weights + self.gradients + self.optimizer_state + self.gathered)
 
     @property
     def usable(self) -> int:

@@ -37,9 +37,10 @@ def store(screen, tmp_path_factory):
     client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="testing",
                           aws_secret_access_key="testing", region_name="us-east-1")
     client.create_bucket(Bucket="screens")
-    for path in sorted(p for p in packed.rglob("*") if p.is_file()):
-        client.upload_file(str(path), "screens", f"packed/{path.relative_to(packed).as_posix()}")
-    yield {"proxy": proxy, "packed": packed, "client": client}
+    for folder, prefix in ((packed, "packed"), (Path(screen), "rxrx")):  # packed shards; a file per channel
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            client.upload_file(str(path), "screens", f"{prefix}/{path.relative_to(folder).as_posix()}")
+    yield {"proxy": proxy, "packed": packed, "client": client, "screen": Path(screen)}
     proxy.close()
     server.stop()
 
@@ -93,6 +94,23 @@ def test_training_reads_the_same_crops_from_s3_through_a_bounded_cache(store, s3
     finally:
         trainer.close()
     assert summary["step"] == 3 and np.isfinite(summary["final_loss"])
+
+
+def test_loader_workers_read_a_file_per_channel_layout_from_s3(store, s3_env):
+    """The rxrx layout (a PNG per channel) under an s3:// prefix, read by two loader worker processes, each with
+    its own connection and the shared cache: the crops of the local screen, with a transient failure retried."""
+    local, remote = open_dataset(store["screen"]), open_dataset("s3://screens/rxrx")
+    assert remote.layout == local.layout == "rxrx" and list(remote.ids) == list(local.ids)
+    image = sorted(store["screen"].rglob("*.png"))[0]
+    store["proxy"].fail("/rxrx/" + image.relative_to(store["screen"]).as_posix(), 1)  # once, then the object
+    served = store["proxy"].failures_served
+    crops = [[(batch["ids"], batch["pixels"]) for batch in make_loader(
+        dataset, batch_size=3, crop_size=64, crops_per_image=1, seed=2, backend="torch", num_workers=workers)]
+        for dataset, workers in ((local, 0), (remote, 2))]
+    assert len(crops[0]) == len(crops[1]) > 0
+    for (local_ids, local_pixels), (remote_ids, remote_pixels) in zip(*crops, strict=True):
+        assert local_ids == remote_ids and torch.equal(local_pixels, remote_pixels)
+    assert store["proxy"].failures_served == served + 1
 
 
 def test_embedding_from_s3_equals_embedding_the_local_copy(store, s3_env, tmp_path):
