@@ -104,23 +104,18 @@ def _selective_context():
     return create_selective_checkpoint_contexts(_keep_costly_outputs)
 
 
-def checkpoint_blocks(model: torch.nn.Module, blocks: list, mode: str) -> list:
-    """Activation checkpointing per block: each block of `model` is replaced by torch's checkpoint wrapper
-    around it (which torch.compile traces, so a compiled block recomputes inside its graph). State dicts keep
-    the block's own names (the wrapper's prefix is removed by its hooks and by torch.distributed.checkpoint).
-    Returns the wrapped blocks, the units FSDP2 then shards."""
+def checkpoint_blocks(blocks: list, mode: str) -> list:
+    """Activation checkpointing per block, full or selective, through torch's composable checkpoint: hooks
+    around each block's call, so the blocks stay the same modules (their names, state dicts and the forwards
+    maefast.models.regions compiled do not change) and the recomputation runs outside the compiled graphs.
+    Returns the blocks, the units FSDP2 then shards."""
     if mode not in RECOMPUTE_MODES:
         raise UserInputError(f"activation checkpointing is one of {RECOMPUTE_MODES}, got {mode!r}")
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+    from torch.distributed._composable import checkpoint
     options = {} if mode == "full" else {"context_fn": _selective_context}
-    place = {id(module): (parent, name) for parent in model.modules() for name, module in parent.named_children()}
-    wrapped = []
     for block in blocks:
-        parent, name = place[id(block)]
-        wrapper = checkpoint_wrapper(block, preserve_rng_state=True, **options)
-        parent.register_module(name, wrapper)
-        wrapped.append(wrapper)
-    return wrapped
+        checkpoint(block, preserve_rng_state=True, **options)
+    return list(blocks)
 
 
 def fsdp_policies(precision: str) -> tuple:

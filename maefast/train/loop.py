@@ -122,7 +122,7 @@ class Trainer:
             # grow with depth; activation checkpointing and the DDP / FSDP2 hooks stay outside the graphs
             compile_regions(self.model)
         if recompute:
-            blocks = dist_utils.checkpoint_blocks(self.model, blocks, recompute)
+            blocks = dist_utils.checkpoint_blocks(blocks, recompute)
         self.wrapped = dist_utils.wrap_model(self.model, blocks, self.context, run.parallel, self.run_setup.precision)
         self.sharded_writer = None
         if run.checkpoint_format == "sharded" or (run.checkpoint_format == "auto" and

@@ -35,7 +35,7 @@ def gradients(recompute=None, compiled=False, precision="fp32") -> dict:
     if compiled:  # as the trainer: each block compiled, then wrapped for recomputation
         compile_regions(model, backend="aot_eager")  # dynamo + AOTAutograd; inductor is the same code
     if recompute:
-        blocks = dist_utils.checkpoint_blocks(model, blocks, recompute)
+        blocks = dist_utils.checkpoint_blocks(blocks, recompute)
     context = dist_utils.DistributedContext(dist.get_rank(), dist.get_world_size())
     wrapped = dist_utils.wrap_model(model, blocks, context, "fsdp", precision)
     generator = torch.Generator().manual_seed(1 + context.rank)
@@ -44,9 +44,7 @@ def gradients(recompute=None, compiled=False, precision="fp32") -> dict:
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         loss = wrapped(pixels, noise=torch.rand(2, 64, generator=generator))[0]
     loss.backward()
-    # the checkpoint wrapper's module between a block's name and its parameters' (state dicts drop it)
-    grads = {name.replace("._checkpoint_wrapped_module", ""): p.grad for name, p in model.named_parameters()
-             if p.grad is not None}
+    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
     names = list(grads)
     first_block = next(n for n in names if ".blocks.0." in n)
     return {"loss": loss.item(), "grads": {n: whole(g).double().sum().item() for n, g in grads.items()},

@@ -61,7 +61,7 @@ def measured_peak(model, batch: int, recompute: str, tmp_path) -> int:
     """The most bytes of tensors alive during a training step (forward, backward, AdamW step) on the CPU: the
     tensors that exist before it plus the profiler's record of every allocation and free during it."""
     if recompute != "none":
-        dist_utils.checkpoint_blocks(model, family_of(model).blocks(model), recompute)
+        dist_utils.checkpoint_blocks(family_of(model).blocks(model), recompute)
     optimizer = torch.optim.AdamW(model.parameters(), foreach=False)
     images = pixels(model, batch)
 
