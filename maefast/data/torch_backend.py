@@ -24,7 +24,7 @@ from maefast.data.decode import (
 )
 from maefast.data.plan import Batch, apply_augment
 from maefast.data.storage import is_remote
-from maefast.data.workers import start_guarded_workers, worker_dies_with_parent
+from maefast.data.workers import WorkerSetup, start_guarded_workers
 
 CPU = torch.device("cpu")
 OPEN_REMOTE_SHARDS = 4  # memory maps a reader keeps of shards copied from object storage
@@ -124,7 +124,7 @@ class TorchBackend:
         workers = dict(num_workers=num_workers, persistent_workers=True, prefetch_factor=2,
                        # workers forked from a process running DALI threads can deadlock: start clean ones
                        multiprocessing_context=start_guarded_workers(),
-                       worker_init_fn=worker_dies_with_parent) if num_workers else {}
+                       worker_init_fn=WorkerSetup()) if num_workers else {}
         # its own generator: creating the workers' seeds must not draw from the global RNG (the masks' stream)
         self.loader = DataLoader(_PlannedBatches(dataset, crop_size, on_error), sampler=self.feed, batch_size=None,
                                  pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0),

@@ -10,11 +10,27 @@ maefast.data._forkserver_guard first), each worker when the forkserver ends.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 
 from maefast.processes import die_with_parent
 
 GUARD_MODULE = "maefast.data._forkserver_guard"
+
+
+class WorkerSetup:
+    """A loader worker's worker_init_fn: the job's environment as it was when the loader was made, then
+    worker_dies_with_parent. The forkserver the workers are forked from may have started earlier, with the
+    environment of that moment, and what the workers read can depend on it (object storage's endpoint and
+    credentials, maefast's cache settings)."""
+
+    def __init__(self):
+        self.environment = dict(os.environ)
+
+    def __call__(self, worker_id: int) -> None:
+        os.environ.clear()
+        os.environ.update(self.environment)
+        worker_dies_with_parent(worker_id)
 
 
 def worker_dies_with_parent(worker_id: int) -> None:
