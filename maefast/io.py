@@ -12,15 +12,16 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-import torch
 import yaml
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from maefast.errors import UserInputError
+
+if TYPE_CHECKING:  # imported where used: maefast's command line and configs import this module without torch
+    import pandas as pd
+    import torch
 
 
 def current_umask() -> int:
@@ -69,6 +70,7 @@ def read_json(path: str | os.PathLike):
 def read_table(path: str | os.PathLike, **csv_options) -> pd.DataFrame:
     """A .parquet table, or else a CSV (csv_options go to pandas.read_csv); UserInputError naming the file
     when it cannot be parsed."""
+    import pandas as pd
     path = Path(path)
     try:
         return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, **csv_options)
@@ -78,6 +80,8 @@ def read_table(path: str | os.PathLike, **csv_options) -> pd.DataFrame:
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Every tensor of a safetensors file; UserInputError naming the file when it is damaged or truncated."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
     try:
         return load_file(str(path))
     except SafetensorError as error:
@@ -100,6 +104,8 @@ TENSOR, ARRAY, TUPLE, ITEMS = "__tensor__", "__ndarray__", "__tuple__", "__items
 
 def write_state(stem: Path, state) -> None:
     """Writes `state` (nested dicts, lists, tuples of tensors, numpy arrays, numbers, strings, None)."""
+    import torch
+    from safetensors.torch import save_file
     tensors: dict[str, torch.Tensor] = {}
 
     def encode(value):

@@ -2,8 +2,13 @@
 adding its subcommands with `add_commands(subparsers)`; every subcommand sets `func(args) -> int`.
 
 An error the user can act on (maefast.errors.UserInputError, an image that cannot be read, a file the
-system refuses) is printed as one line with exit code 2; `maefast --debug ...` prints its traceback too.
-Any other exception is a bug and propagates with its traceback.
+system refuses) is printed as one line with exit code 2; `--debug`, anywhere on the command line, prints its
+traceback too. Any other exception is a bug and propagates with its traceback. A training run stopped by
+SIGTERM exits with 143 (cli.train.EXIT_PREEMPTED, the shell's code for a process ended by SIGTERM) after its
+checkpoint, so that a scheduler records the job as preempted, not done.
+
+Every option's help shows its default. The command modules import what their commands run (torch, the models)
+inside the command functions, so that `maefast --help` and `maefast <command> --help` answer without torch.
 """
 from __future__ import annotations
 
@@ -33,14 +38,46 @@ many GPUs: torchrun --nproc-per-node N -m maefast.cli train ...   (and embed)"""
 COMMAND_GROUPS = (models, data, train, embed, evaluate, demo)
 
 
+DEBUG_HELP = "print the full traceback of an error"
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to an option's help unless the help already states its default or the default says
+    nothing (none, false, an empty list, or a default left to the config: argparse.SUPPRESS)."""
+
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], "", argparse.SUPPRESS) or action.required:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class RawDefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultsHelpFormatter):
+    """DefaultsHelpFormatter for a command whose description is laid out by hand."""
+
+
+def subcommand_parsers(parser: argparse.ArgumentParser):
+    """Every parser below `parser` (subcommands of subcommands included)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                yield child
+                yield from subcommand_parsers(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maefast", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=RawDefaultsHelpFormatter)
     parser.add_argument("--version", action="version", version=f"maefast {maefast.__version__}")
-    parser.add_argument("--debug", action="store_true", help="print the full traceback of an error")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in COMMAND_GROUPS:
         group.add_commands(subparsers)
+    for child in subcommand_parsers(parser):
+        raw = issubclass(child.formatter_class, argparse.RawDescriptionHelpFormatter)
+        child.formatter_class = RawDefaultsHelpFormatter if raw else DefaultsHelpFormatter
+        if not child._subparsers:  # a command that runs: --debug after it too (SUPPRESS keeps an earlier one)
+            child.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
 
 

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from maefast.embedding.outputs import read_embeddings
 from maefast.errors import UserInputError
 from maefast.io import atomic_path
 from maefast.tables import FEATURE_PREFIX, FORMATS, feature_columns, read_table, write_table
@@ -53,6 +52,7 @@ def add_commands(subparsers) -> None:
 
 
 def map_command(args) -> int:
+    from maefast.embedding.outputs import read_embeddings
     from maefast.evaluate import aggregate_map, normalize_embeddings, replicate_consistency
 
     table = read_embeddings(args.embeddings)

@@ -22,12 +22,11 @@ import warnings
 import numpy as np
 import torch
 
+from maefast.choices import LOADER_BACKENDS
 from maefast.data.dataset import Dataset
 from maefast.data.decode import check_error_policy
 from maefast.data.plan import TilePlan, TrainPlan
 from maefast.errors import UserInputError, installed
-
-BACKENDS = ("auto", "dali", "torch")
 
 
 class Loader:
@@ -36,8 +35,8 @@ class Loader:
     def __init__(self, dataset: Dataset, plan, backend: str, device, on_error: str, num_workers: int,
                  tiles: bool = False):
         check_error_policy(on_error)
-        if backend not in BACKENDS:
-            raise UserInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend not in LOADER_BACKENDS:
+            raise UserInputError(f"backend must be one of {LOADER_BACKENDS}, got {backend!r}")
         self.dataset, self.plan, self.tiles = dataset, plan, tiles
         self.device = torch.device(device)
         self.epoch, self.step, self.skipped = 0, 0, []

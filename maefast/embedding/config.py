@@ -14,13 +14,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from maefast.choices import ATTENTION_CHOICES, COMPILE_CHOICES, DEVICES, LOADER_BACKENDS, PRECISIONS, WEIGHTS_LAYOUTS
 from maefast.data.decode import ERROR_POLICIES
 from maefast.data.layouts import LAYOUTS
 from maefast.errors import UserInputError
 from maefast.fields import apply_assignment, build, matches
-from maefast.job_setup import COMPILE_CHOICES, PRECISIONS
-from maefast.models.attention_setup import ATTENTION_CHOICES
-from maefast.models.checkpoint import LAYOUTS as WEIGHTS_LAYOUTS
 from maefast.tables import FORMATS
 
 
@@ -90,9 +88,9 @@ CHOICES = {
     "precision": PRECISIONS,
     "compile": COMPILE_CHOICES,
     "attention": ATTENTION_CHOICES,
-    "backend": ("auto", "dali", "torch"),
+    "backend": LOADER_BACKENDS,
     "on_error": ERROR_POLICIES,
-    "device": ("auto", "cpu", "cuda"),
+    "device": DEVICES,
     "format": FORMATS,
 }
 

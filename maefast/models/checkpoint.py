@@ -23,13 +23,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from maefast.choices import WEIGHTS_LAYOUTS
 from maefast.errors import UserInputError
 from maefast.io import atomic_path, file_sha256, read_json, read_safetensors, write_json_atomic
 from maefast.models import hub, reference
 from maefast.models.registry import create_model, model_config_dict
 from maefast.models.vit import VisionTransformer
 
-LAYOUTS = ("auto", "maefast", "timm", "reference")
+LAYOUTS = WEIGHTS_LAYOUTS
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 ENCODER_DIR = "encoder"        # a training run's folder holds what embeds here (maefast.train exports it)

@@ -1,4 +1,5 @@
-"""Training data: the dataset named by the config (or a synthetic screen) through maefast.data's loader."""
+"""Training data: the dataset named by the config (or, when asked for, a synthetic screen) through maefast.data's
+loader."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,11 +7,12 @@ from pathlib import Path
 from maefast.data import make_loader, open_dataset
 from maefast.data.synthetic import synth_screen
 from maefast.distributed import DistributedContext, barrier
+from maefast.errors import UserInputError
 from maefast.train.config import TrainConfig
 
 
 def synthetic_screen_path(config: TrainConfig, out_dir: Path, context: DistributedContext) -> Path:
-    """Renders (once; a resumed run reuses it) the synthetic screen a run without data.path trains on."""
+    """Renders (once; a resumed run reuses it) the synthetic screen a run with data.synthetic trains on."""
     data = config.data
     path = Path(out_dir) / "data"
     channels = config.model.overrides.get("in_chans") or config.model.overrides.get("max_in_chans") or 6
@@ -24,6 +26,13 @@ def synthetic_screen_path(config: TrainConfig, out_dir: Path, context: Distribut
 
 def build_train_loader(config: TrainConfig, out_dir, context: DistributedContext):
     data = config.data
+    if data.synthetic and data.path:
+        raise UserInputError(f"data.synthetic=true renders a synthetic screen to train on, and data.path names a data "
+                             f"set ({data.path}): choose one")
+    if not data.synthetic and not data.path:
+        raise UserInputError("no training data: name the data set with --data PATH (--set data.path=PATH), or train "
+                             "on a synthetic screen rendered into the run directory with --synthetic-data "
+                             "(--set data.synthetic=true)")
     path = data.path or synthetic_screen_path(config, out_dir, context)
     dataset = open_dataset(path, layout=data.layout, channels=list(data.channels) or None,
                            allow_outside_root=data.allow_outside_root)

@@ -1,7 +1,11 @@
-"""The training loop: setup, steps, checkpoints, resume, SIGTERM, non-finite losses, logging."""
+"""The training loop: setup, steps, checkpoints, resume, SIGTERM, non-finite losses, logging.
+
+A run stopped by SIGTERM writes its checkpoint and returns a summary with "preempted": true (`maefast train`
+then exits with 143, the preemption convention); resumed, it continues where it stopped."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import warnings
 from pathlib import Path
@@ -9,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.distributed.checkpoint.state_dict import get_model_state_dict
-from tqdm import tqdm
 
 from maefast import distributed as dist_utils
 from maefast.errors import UserInputError
@@ -19,11 +22,12 @@ from maefast.lock import OutputLock
 from maefast.models.checkpoint import ENCODER_DIR, pretrained_config, save_pretrained
 from maefast.models.families import family_of
 from maefast.models.registry import create_model, input_config
+from maefast.progress import Progress
 from maefast.records import describe_changes
 from maefast.train.config import TrainConfig
 from maefast.train.data import build_train_loader
 from maefast.train.observe import ScalarLog, Throughput, save_loss_curve, save_reconstruction_grid
-from maefast.train.optim import build_optimizer, build_scheduler
+from maefast.train.optim import Cycle, build_optimizer, build_scheduler, first_cycle, rescheduled
 from maefast.train.resume import check_config, check_data, record_config
 from maefast.train.state import (
     FULL,
@@ -115,20 +119,21 @@ class Trainer:
         channels = len(self.channel_names)
         self.flops_per_crop = self.family.training_flops(self.model, channels)
         self.tokens_per_crop = self.model.num_tokens(channels)
-        self.step, self.total_flops, self.crops_seen = 0, 0.0, 0
+        self.step, self.total_flops, self.crops_seen, self.preempted = 0, 0.0, 0, False
         self.last_batch = None  # (pixels, pred, mask) of the latest step, for reconstruction images
         if checkpoint is not None:
             self.restore(checkpoint)
         else:
             torch.manual_seed(run.seed * 1_000_003 + self.context.rank)  # masks differ across ranks
-        self.scheduler = build_scheduler(self.optimizer, run.max_steps, optim.warmup_fraction, optim.min_lr_ratio,
-                                         start_step=self.step)
-        if changes and self.context.is_main:
-            print(f"maefast train: resuming with a changed config (--allow-config-change): "
-                  f"{describe_changes(changes)}")
+        self.cycles, schedule_change = self.schedule(checkpoint)
+        self.scheduler = build_scheduler(self.optimizer, self.cycles, start_step=self.step)
         if self.context.is_main:
+            if changes:
+                print(f"maefast train: resuming with a changed config: {describe_changes(changes)}")
+            if schedule_change:
+                print(f"maefast train: learning-rate schedule from step {self.step}: {schedule_change}")
             write_yaml_atomic(self.out / JOB_CONFIG_FILE, config.to_dict())
-            record_config(self.out, config, self.recipe, self.step, changes)
+            record_config(self.out, config, self.recipe, self.step, changes, schedule_change)
             write_json_atomic(self.out / ATTENTION_FILE, self.attention)
 
     def checkpoint_to_resume(self, resume: bool) -> Checkpoint | None:
@@ -143,6 +148,35 @@ class Trainer:
             raise UserInputError(f"--resume: {self.out} holds no checkpoint to resume from (nothing in "
                                  f"{checkpoint_root(self.out)}); start the run without --resume")
         return checkpoint
+
+    def schedule(self, checkpoint: Checkpoint | None) -> tuple[list[Cycle], str | None]:
+        """The learning-rate cycles of the run (maefast.train.optim) and, when a resume changes them, what the
+        change is, in words: the cycles the checkpoint recorded (a run from before they were recorded: the one
+        cycle of its config), with an allowed change of optim.warmup_fraction or optim.min_lr_ratio applied to
+        the current cycle, continued to run.max_steps (maefast.train.optim.rescheduled)."""
+        optim, total = self.config.optim, self.config.run.max_steps
+        if checkpoint is None:
+            return [first_cycle(total, optim.warmup_fraction, optim.min_lr_ratio)], None
+        recorded = checkpoint.meta.get("schedule")
+        if recorded:
+            cycles = [Cycle(**cycle) for cycle in recorded]
+        else:
+            old = checkpoint.meta["config"]
+            cycles = [first_cycle(old["run"]["max_steps"], old["optim"]["warmup_fraction"],
+                                  old["optim"].get("min_lr_ratio", 0.0))]
+        notes, last = [], cycles[-1]
+        warmup = max(1, int((last.end - last.start) * optim.warmup_fraction)) if last.warmup else 0
+        if (warmup, optim.min_lr_ratio) != (last.warmup, last.min_ratio):
+            cycles[-1] = dataclasses.replace(last, warmup=warmup, min_ratio=optim.min_lr_ratio)
+            notes.append(f"the current cycle (steps {last.start} to {last.end}) now warms up over {warmup} steps "
+                         f"and decays to {optim.min_lr_ratio:g} x the rate")
+        if total < self.step:
+            raise UserInputError(f"run.max_steps={total}: the run is at step {self.step} already; resume with "
+                                 f"--max-steps {self.step} or more")
+        if total not in (cycles[-1].end, self.step):
+            cycles, note = rescheduled(cycles, self.step, total, optim.warmup_fraction, optim.min_lr_ratio)
+            notes.append(note)
+        return cycles, "; ".join(notes) or None
 
     def check_channels(self) -> None:
         inputs, count = input_config(self.model), len(self.channel_names)
@@ -170,7 +204,7 @@ class Trainer:
         rng_states = dist_utils.gather_objects(rng_state(), self.context)
         meta = {"total_flops": self.total_flops, "crops_seen": self.crops_seen, "model": self.config.model.name,
                 "config": self.config.to_dict(), "recipe": self.recipe, "data": self.data_fingerprint,
-                "attention": self.attention}
+                "attention": self.attention, "schedule": [dataclasses.asdict(cycle) for cycle in self.cycles]}
         train_state = {"step": self.step, "total_flops": self.total_flops, "crops_seen": self.crops_seen,
                        "loader": self.loader.state_dict()}
         model_config = pretrained_config(self.model, self.channel_names,
@@ -233,11 +267,13 @@ class Trainer:
         run, context = self.config.run, self.context
         stop_requested = {"flag": False}
         previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.update(flag=True))
-        rate = matmul_rate(context.device, self.run_setup.precision)
+        # MFU is a GPU figure: on a CPU, shared with the loader's workers, a matmul timed at start-up is no peak
+        # (it made a CPU run read 94%), so a CPU run reports crops/s, tokens/s and TFLOP/s only
+        rate = matmul_rate(context.device, self.run_setup.precision) if context.device.type == "cuda" else None
         meter = Throughput(self.flops_per_crop, self.tokens_per_crop, rate, context.world_size)
         log = ScalarLog(self.out, self.step) if context.is_main else None
-        progress = tqdm(total=run.max_steps, initial=self.step, disable=not (context.is_main and self.show_progress),
-                        desc="train", dynamic_ncols=True)
+        progress = Progress("train", run.max_steps, "steps", initial=self.step, bar=self.show_progress,
+                            silent=not context.is_main)
         iterator, streak, losses = iter(self.batches()), 0, []
         try:
             while self.step < run.max_steps:
@@ -262,10 +298,11 @@ class Trainer:
                 self.total_flops += crops * context.world_size * self.flops_per_crop
                 meter.add(crops)
                 losses.append(loss.tolist())  # one transfer for the loss and its parts
-                progress.update(1)
+                shown = {}
                 if self.step % run.log_every == 0 or self.step == run.max_steps:
-                    self.log_scalars(log, progress, losses, meter, grad_norm)
+                    shown = self.log_scalars(log, losses, meter, grad_norm)
                     losses = []
+                progress.update(1, **shown)
                 self.last_batch = (pixels, pred, mask) if mask is not None else None
                 if context.is_main and self.last_batch is not None and self.step % run.image_every == 0:
                     self.save_images(*self.last_batch)
@@ -273,8 +310,10 @@ class Trainer:
                 if self.step % run.checkpoint_every == 0 or self.step == run.max_steps or stop:
                     self.save()
                 if stop:
+                    self.preempted = True
                     if context.is_main:
-                        print(f"maefast train: SIGTERM: checkpoint at step {self.step} written, stopping")
+                        print(f"maefast train: SIGTERM: checkpoint at step {self.step} written, stopping "
+                              f"(resume with --resume)")
                     break
         finally:
             progress.close()
@@ -289,18 +328,19 @@ class Trainer:
             return float("nan")
         return float(torch.nn.utils.clip_grad_norm_(self.wrapped.parameters(), limit))
 
-    def log_scalars(self, log, progress, losses, meter, grad_norm) -> None:
+    def log_scalars(self, log, losses, meter, grad_norm) -> dict:
+        """Logs the mean losses since the last log and the rates; returns what the progress line shows."""
         means = [dist_utils.mean_over_ranks(sum(values) / len(values), self.context) for values in zip(*losses)]
         loss = means[0]
         rates = meter.report()
         if log is None:
-            return
+            return {}
         parts = dict(zip(self.loss_names[1:], means[1:]))  # the named terms of the loss (masked models: mse, fourier)
         scalars = {"loss": loss, **parts, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                    "total_flops": self.total_flops, **rates}
         log.log(self.step, scalars)
-        progress.set_postfix(loss=f"{loss:.4f}", crops_s=f"{rates['crops_per_s']:.1f}",
-                             tok_s=f"{rates['tokens_per_s']:.3g}", mfu=f"{rates['mfu']:.1%}")
+        shown = {"loss": loss, "crops_s": rates["crops_per_s"], "tokens_s": rates["tokens_per_s"]}
+        return {**shown, "mfu": f"{rates['mfu']:.1%}"} if "mfu" in rates else shown
 
     def save_images(self, pixels, pred, mask) -> None:
         save_reconstruction_grid(self.out / "images" / f"reconstruction-step{self.step:08d}.png", self.model,
@@ -308,7 +348,7 @@ class Trainer:
 
     def finish(self, log) -> dict:
         summary = {"step": self.step, "total_flops": self.total_flops, "crops_seen": self.crops_seen,
-                   "out": str(self.out)}
+                   "out": str(self.out), "preempted": self.preempted}
         if self.step >= self.config.run.max_steps:
             if self.context.is_main and self.last_batch is not None and self.step % self.config.run.image_every:
                 self.save_images(*self.last_batch)

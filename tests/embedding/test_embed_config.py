@@ -3,6 +3,7 @@ and from Python, typed flags that never pass through text, `--set` overrides, th
 checkpoint resolved once per job."""
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,7 +64,7 @@ def test_flag_values_stay_what_they_were_typed(captured, monkeypatch, tmp_path, 
     trained = []
     monkeypatch.setattr("maefast.train.loop.train", lambda config, *args, **kwargs: trained.append(config) or {})
     assert main(["train", "--recipe", "debug", "--out", str(tmp_path), "--data", name, "--max-steps", "7"]) == 0
-    assert (trained[0].data.path, trained[0].run.max_steps) == (name, 7)
+    assert (trained[0].data.path, trained[0].run.max_steps) == (str(Path.cwd() / name), 7)  # stored absolute
 
 
 def test_flags_win_over_set_and_bad_values_are_named(captured, capsys):

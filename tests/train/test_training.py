@@ -1,5 +1,6 @@
 """The training engine end to end on the debug recipe: outputs, exact resume after SIGKILL, SIGTERM,
 non-finite losses, bad data."""
+import csv
 import json
 import os
 import signal
@@ -134,16 +135,28 @@ def test_sigkill_then_resume_gives_the_weights_of_an_uninterrupted_run(screen, t
         assert torch.equal(expected[key], got[key]), key
 
 
-def test_sigterm_writes_a_checkpoint_and_stops(screen, tmp_path):
+def test_sigterm_writes_a_checkpoint_and_exits_as_preempted_then_the_run_resumes_shortened(screen, tmp_path):
+    """SIGTERM: a checkpoint, then exit code 143 (a scheduler sees a preempted job, not a finished one). The resumed
+    run with a smaller --max-steps needs no --allow-config-change and says how its learning rate goes on."""
     run = Run(tmp_path / "run", screen, 10_000, "run.checkpoint_every=5000", "run.log_every=2")
     deadline = time.time() + 240
     while not (tmp_path / "run" / "metrics.csv").exists() and time.time() < deadline and run.process.poll() is None:
         time.sleep(0.05)
     run.process.send_signal(signal.SIGTERM)
     code, output = run.wait()
-    assert code == 0, output
+    assert code == 143, output
     step = json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text())["step"]
     assert 0 < step < 10_000 and f"SIGTERM: checkpoint at step {step}" in output
+    assert not (tmp_path / "run" / "encoder").exists()  # unfinished: nothing exported
+    code, output = Run(tmp_path / "run", screen, step + 2, "run.checkpoint_every=5000", "run.log_every=2",
+                       flags=["--resume"]).wait()
+    assert code == 0, output
+    warmed = (step + 1) / 1000  # still in the warm-up of 10,000 steps (1,000 steps): the factor at the next step
+    assert (f"learning-rate schedule from step {step}: the cosine decay continues from {warmed:.4g} x optim.lr at "
+            f"step {step} to 0 x optim.lr at step {step + 2} instead of 10000") in output
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert int(rows[-1]["step"]) == step + 2 and float(rows[-1]["lr"]) == 0.0
+    assert (tmp_path / "run" / "encoder" / "config.json").exists()
 
 
 class PoisonedLoader:
