@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+import warnings
 
 import maefast
 from maefast.cli import data, demo, embed, evaluate, models, train
@@ -93,6 +94,9 @@ def one_line(error: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    shown_warning = warnings.formatwarning
+    if not args.debug:  # a warning is one line, as an error is; --debug keeps where it came from
+        warnings.formatwarning = lambda message, *_, **__: f"maefast {args.command}: warning: {one_line(message)}\n"
     try:
         return int(args.func(args) or 0)
     except user_errors() as error:
@@ -100,3 +104,5 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"maefast {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = shown_warning

@@ -1,7 +1,7 @@
 """`maefast data ...`: synth, check, pack and info for microscopy datasets (see docs/data.md)."""
 from __future__ import annotations
 
-from maefast.data.decode import ERROR_POLICIES
+from maefast.data.decode import ERROR_POLICIES, skipped_summary
 from maefast.data.layouts import LAYOUTS
 
 
@@ -88,8 +88,10 @@ def pack_command(args) -> int:
     dataset = open_dataset(args.path, args.layout, _channels(args), args.illumination, args.allow_outside_root)
     out = pack_dataset(dataset, args.out, args.shard_images, args.on_error, args.workers)
     manifest = read_json(out / "manifest.json")
-    skipped = sum(len(s["skipped"]) for s in manifest["shards"].values())
-    print(f"packed {len(dataset) - skipped} images into {out}" + (f", skipped {skipped}" if skipped else ""))
+    skipped = [entry for shard in manifest["shards"].values() for entry in shard["skipped"]]
+    print(f"packed {len(dataset) - len(skipped)} images into {out}")
+    if skipped:
+        print(f"maefast data pack: {skipped_summary(skipped, f'{out}/manifest.json')}")
     return 0
 
 
@@ -98,6 +100,9 @@ def info_command(args) -> int:
     dataset = open_dataset(args.path, args.layout, _channels(args), args.illumination, args.allow_outside_root)
     print(dataset.describe())
     table = dataset.table
-    print(f"batches {table['batch'].nunique()}, plates {table['plate'].nunique()}, "
-          f"perturbations {table['perturbation'].nunique()}, control images {int(table['is_control'].sum())}")
+    plates = table.groupby("batch")["plate"].nunique()  # plate numbers repeat in every experiment (batch)
+    fewest, most = plates.min(), plates.max()
+    per_batch = f"{fewest}" if fewest == most else f"{fewest} to {most}"
+    print(f"batches {len(plates)}, plates {int(plates.sum())} ({per_batch} per batch), perturbations "
+          f"{table['perturbation'].nunique()}, control images {int(table['is_control'].sum())}")
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from maefast.data.decode import skipped_summary
 from maefast.embedding.config import CHOICES, EmbedConfig, embed_config
 from maefast.fields import field_types, parse_value, union_members
 from maefast.tables import FEATURE_PREFIX, FORMATS, LEVELS
@@ -24,7 +25,8 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--out", required=True, help="output directory (shards/, wells.parquet, manifest.json)")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                         help="set a config value, e.g. --set tile_batch=256 (repeatable; the flags win)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar: a plain line every 10 s instead (as when the output is not a terminal)")
     parser.set_defaults(func=embed_command)
     add_export_command(subparsers)
 
@@ -103,6 +105,8 @@ def embed_command(args) -> int:
         state = "complete" if summary["complete"] else f"incomplete (missing shards {summary.get('missing_shards')})"
         print(f"maefast embed: {summary['num_shards']} shards, {state}, "
               f"{summary['crops_per_s']:.1f} crops/s ({summary['tile_batch']} tiles per forward); {args.out}")
+        if summary.get("skipped"):
+            print(f"maefast embed: {skipped_summary(summary['skipped'], f'{args.out}/manifest.json')}")
         for path in summary.get("exports", []):
             print(f"maefast embed: wrote {path}")
     return 0

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from maefast.cli.embed import comma_separated
 from maefast.errors import UserInputError
 from maefast.io import atomic_path
-from maefast.tables import FEATURE_PREFIX, FORMATS, feature_columns, read_table, write_table
+from maefast.tables import FEATURE_PREFIX, FORMATS, feature_columns, metadata_column, read_table, write_table
 
 
 def add_commands(subparsers) -> None:
@@ -22,9 +23,13 @@ def add_commands(subparsers) -> None:
     build.add_argument("--perturbation-col", required=True, help="metadata column naming the perturbation")
     build.add_argument("--control", required=True, action="append",
                        help="perturbation label of the control rows (repeat for several labels)")
-    build.add_argument("--batch-col", help="metadata column of the batch (experiment or plate)")
+    build.add_argument("--batch-col", dest="batch_cols", action="extend", type=comma_separated, metavar="COLUMN",
+                       help="metadata column(s) whose combination is the batch: repeat the flag or give a comma list, "
+                            "e.g. --batch-col experiment --batch-col plate (RxRx plate numbers repeat in every "
+                            "experiment); default: all rows one batch")
     build.add_argument("--feature-prefix", default=FEATURE_PREFIX, help="feature columns start with this")
-    build.add_argument("--pca-components", type=int, default=128, help="0 skips PCA")
+    build.add_argument("--pca-components", type=int, default=128,
+                       help="PCA components kept (clipped, with a warning, to what the data allows); 0 skips PCA")
     build.add_argument("--no-tvn", action="store_true", help="skip typical variation normalization")
     build.add_argument("--aggregate", choices=("mean", "median"), default="mean")
     build.add_argument("--keep-controls", action="store_true", help="keep the controls as map entities")
@@ -61,7 +66,7 @@ def map_command(args) -> int:
         raise UserInputError(f"{args.embeddings}: no columns start with --feature-prefix {args.feature_prefix!r}")
     options = dict(perturbation_col=args.perturbation_col, control_label=args.control)
     # build_map = normalize_embeddings + aggregate_map; the CLI keeps the normalized rows for consistency
-    normalized = normalize_embeddings(table, **options, batch_col=args.batch_col, feature_cols=features,
+    normalized = normalize_embeddings(table, **options, batch_col=args.batch_cols, feature_cols=features,
                                       pca_components=args.pca_components or None, tvn=not args.no_tvn)
     perturbation_map = aggregate_map(normalized, perturbation_col=args.perturbation_col, method=args.aggregate,
                                      drop_labels=() if args.keep_controls else args.control)
@@ -78,10 +83,10 @@ def map_command(args) -> int:
 def read_map(path: str | Path, perturbation_col: str | None) -> pd.DataFrame:
     table = read_table(path)
     if perturbation_col is not None:
-        if perturbation_col not in table.columns:
-            raise UserInputError(f"{path}: unknown perturbation column {perturbation_col!r}; "
-                                 f"columns are {list(table.columns)[:10]}")
-        return table.set_index(perturbation_col)
+        try:
+            return table.set_index(metadata_column(table, perturbation_col))
+        except UserInputError as error:
+            raise UserInputError(f"{path}: perturbation column: {error}") from None
     if isinstance(table.index, pd.RangeIndex):
         labels = [c for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
         if len(labels) != 1:  # a pycytominer map's one metadata column is its perturbation
@@ -110,9 +115,23 @@ def benchmark_command(args) -> int:
                            args.out, args.sources or KNOWN_SOURCES, thresholds,
                            args.min_entities if args.min_entities is not None else MIN_ENTITIES,
                            read_flops(args.flops, labels) if args.flops else None)
-    print(table.to_string(index=False))
+    print(recall_text(table, thresholds))
     print(f"wrote recall.csv, recall.json, recall_sweep.csv and plots to {args.out}")
     return 0
+
+
+def recall_text(table: pd.DataFrame, thresholds) -> str:
+    """The benchmark table as printed: per map and source the pairs, and at each threshold pair the recall with
+    its 95% interval over the annotated pairs and the chance level."""
+    shown = table[["map", "source", "n_pairs"]].copy()
+    for lower, upper in thresholds:
+        column = f"recall_{lower}_{upper}"
+        low, high = table[f"{column}_low"], table[f"{column}_high"]
+        shown[f"recall ({lower}, {upper}) [95% interval]"] = [
+            "-" if pd.isna(value) else f"{value:.3f} [{a:.2f}, {b:.2f}]"
+            for value, a, b in zip(table[column], low, high)]
+        shown[f"chance ({lower}, {upper})"] = table[f"chance_{lower}_{upper}"].map("{:.2f}".format)
+    return shown.to_string(index=False)
 
 
 def read_flops(path: str | Path, labels: list[str]) -> dict[str, float]:

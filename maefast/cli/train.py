@@ -62,6 +62,10 @@ def train_command(args) -> int:
     if summary.get("final_loss") is not None:
         print(f"maefast train: {summary['step']} steps, final loss {summary['final_loss']:.4f}, "
               f"{summary['total_flops'] / 1e12:.2f} TFLOP; outputs in {summary['out']}")
+    if summary.get("skipped"):
+        from maefast.data.decode import skipped_summary
+        listed_in = f"{summary['out']}/summary.json"
+        print(f"maefast train: {skipped_summary(summary['skipped'], listed_in)}")
     if summary.get("preempted"):
         return EXIT_PREEMPTED
     return 0

@@ -6,7 +6,6 @@ dataset every shard's header against the manifest and index. Returns a CheckRepo
 """
 from __future__ import annotations
 
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ import numpy as np
 from maefast.data.dataset import Dataset
 from maefast.data.decode import ImageReadError, read_channel
 from maefast.data.layouts import detect_layout, read_layout
+from maefast.progress import Progress
 
 KINDS = ("metadata", "duplicate id", "missing", "unreadable", "format")
 
@@ -103,15 +103,13 @@ def _check_files(dataset: Dataset, report: CheckReport, workers: int, progress: 
             return error
         return None
 
-    start = time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
-        for done, error in enumerate(pool.map(check, jobs), 1):
-            report.files = done
-            if error is not None:
-                report.add(error.kind, error.reason, error.image_id, error.path)
-            if progress and (done % 2000 == 0 or done == len(jobs)):
-                print(f"check: {done}/{len(jobs)} files, {done / (time.perf_counter() - start):.0f} files/s",
-                      flush=True)
+    with Progress("check", len(jobs), "files", bar=progress, silent=not progress) as shown:
+        with ThreadPoolExecutor(workers) as pool:
+            for done, error in enumerate(pool.map(check, jobs), 1):
+                report.files = done
+                if error is not None:
+                    report.add(error.kind, error.reason, error.image_id, error.path)
+                shown.update(1)
 
 
 def _check_shards(dataset: Dataset, report: CheckReport) -> None:

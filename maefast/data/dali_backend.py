@@ -107,7 +107,7 @@ class DaliBackend:
                     if self.on_error == "raise":
                         raise error from failure
                     keep.append(False)
-                    skipped.append(dict(id=error.image_id, path=error.path, reason=error.reason, kind=error.kind))
+                    skipped.append(error.record())
             if skipped:
                 found = True
                 batches[position] = batch.without(np.array(keep))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import struct
-import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -24,6 +23,7 @@ import pandas as pd
 from maefast.data.render import FEATURES, BatchEffect, channel_names, render_site, render_sites
 from maefast.errors import UserInputError
 from maefast.io import atomic_path, read_json, write_json_atomic
+from maefast.progress import Progress
 
 __all__ = ["synth_screen", "render_sites", "design_screen", "load_complexes", "write_png"]
 
@@ -175,16 +175,15 @@ def _render_chunk(args) -> int:
 
 
 def _render_all(jobs, config, workers: int, progress: bool, total: int) -> None:
-    start, done = time.perf_counter(), 0
-    chunks = [jobs[i:i + 16] for i in range(0, len(jobs), 16)]
-    if progress and len(jobs) < total:
-        print(f"synth: resuming, {total - len(jobs)} of {total} sites already written", flush=True)
-    with ProcessPoolExecutor(workers) as pool:
-        for count in pool.map(_render_chunk, [(chunk, config) for chunk in chunks]):
-            done += count
-            if progress and (done % 256 < 16 or done == len(jobs)):
-                rate = done / (time.perf_counter() - start)
-                print(f"synth: {done}/{len(jobs)} sites, {rate:.1f} sites/s", flush=True)
+    chunks = [jobs[i:i + 4] for i in range(0, len(jobs), 4)]
+    if progress:
+        resumed = f" ({total - len(jobs)} of {total} already written)" if len(jobs) < total else ""
+        print(f"synth: rendering {len(jobs)} sites of {config['size']} x {config['size']} px, {config['channels']} "
+              f"channels, in {workers} processes{resumed}", flush=True)
+    with Progress("synth", total, "sites", initial=total - len(jobs), bar=progress, silent=not progress) as shown:
+        with ProcessPoolExecutor(workers) as pool:
+            for count in pool.map(_render_chunk, [(chunk, config) for chunk in chunks]):
+                shown.update(count)
 
 
 def _write_jump_tables(out: Path, sites: pd.DataFrame, names: list[str], config) -> None:

@@ -95,7 +95,7 @@ class _PlannedBatches(TorchDataset):
                 crops.append(self.reader.read_crops(int(row), batch.anchors[i], batch.augment[i], self.crop_size))
             except ImageReadError as error:  # returned, not raised: worker exceptions lose their attributes
                 keep[i] = False
-                skipped.append(dict(id=error.image_id, path=error.path, reason=error.reason, kind=error.kind))
+                skipped.append(error.record())
                 if self.on_error == "raise":
                     break
         d = self.reader.dataset

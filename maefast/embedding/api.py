@@ -63,7 +63,7 @@ def run_embed(config: EmbedConfig, out, show_progress: bool = True) -> dict:
                                     backend=config.backend, on_error=config.on_error, num_workers=config.workers)
 
         summary = run_embedding(encoder, dataset, out, config, checkpoint, make_tiles, context,
-                                show_progress=show_progress and context.is_main)
+                                show_progress=show_progress)
         if summary.get("complete"):  # rank 0 of a finished job
             summary["exports"] = [str(path) for path in export_embeddings(out, config.format)]
         return summary
