@@ -38,7 +38,8 @@ def add_export_command(subparsers) -> None:
     export.add_argument("--embeddings", required=True,
                         help="embedding job folder, folder of parquet shards, or a parquet / .h5ad / .csv[.gz] file")
     export.add_argument("--out", required=True, help="output file (.parquet, .h5ad, .csv or .csv.gz)")
-    export.add_argument("--format", required=True, choices=FORMATS)
+    export.add_argument("--format", required=True, choices=FORMATS,
+                        help="h5ad: AnnData; pycytominer-*: Metadata_ columns, then features; parquet: maefast's")
     export.add_argument("--level", default="site", choices=LEVELS, help="of an embedding job: sites or wells")
     export.add_argument("--feature-prefix", default=FEATURE_PREFIX, help="feature columns start with this")
     export.set_defaults(func=export_command)

@@ -31,11 +31,12 @@ def add_commands(subparsers) -> None:
     build.add_argument("--pca-components", type=int, default=128,
                        help="PCA components kept (clipped, with a warning, to what the data allows); 0 skips PCA")
     build.add_argument("--no-tvn", action="store_true", help="skip typical variation normalization")
-    build.add_argument("--aggregate", choices=("mean", "median"), default="mean")
+    build.add_argument("--aggregate", choices=("mean", "median"), default="mean",
+                       help="how a perturbation's rows become its map vector")
     build.add_argument("--keep-controls", action="store_true", help="keep the controls as map entities")
     build.add_argument("--consistency", help="also write replicate consistency per perturbation to this CSV")
     build.add_argument("--n-null", type=int, default=1000, help="control sets per replicate count in the null")
-    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--seed", type=int, default=0, help="seed of the consistency null's control sets")
     build.set_defaults(func=map_command)
 
     bench = subparsers.add_parser("benchmark", help="recall of known relationships by one or more maps, and plots")
