@@ -11,6 +11,7 @@ from maefast.cli import main
 from maefast.data import ImageReadError, make_loader, open_dataset
 from maefast.data.check import check_dataset
 from maefast.data.packed import pack_dataset
+from maefast.data.synthetic import synth_screen
 
 
 @pytest.mark.parametrize("backend", ["dali", "torch"])
@@ -121,3 +122,11 @@ def test_skipped_images_are_reported_and_stored_as_records(broken_rxrx, tmp_path
     assert {entry["id"]: entry["path"] for entry in manifest["skipped"]} == bad
     assert {entry["kind"] for entry in manifest["skipped"]} == {"missing", "unreadable"}
     assert all(set(entry) == {"id", "path", "reason", "kind"} for entry in manifest["skipped"])
+
+
+def test_data_info_counts_plates_per_experiment(tmp_path, capsys):
+    """RxRx plate numbers start at 1 in every experiment: 2 experiments of 2 plates are 4 plates, not 2."""
+    root = synth_screen(tmp_path / "screen", layout="rxrx", num_genes=4, replicates=2, num_plates=4,
+                        num_experiments=2, controls_per_plate=1, sites_per_well=1, size=64, progress=False)
+    assert main(["data", "info", str(root)]) == 0
+    assert "batches 2, plates 4 (2 per batch), perturbations 5, control images 4" in capsys.readouterr().out

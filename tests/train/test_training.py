@@ -3,6 +3,7 @@ non-finite losses, bad data."""
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,8 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
+from maefast.cli import main
+from maefast.data.synthetic import synth_screen
 from maefast.embedding.encoder import load_encoder
 from maefast.ops.patches import random_pixels
 from maefast.train.config import load_config
@@ -226,3 +230,31 @@ def test_activation_checkpointing_recomputes_blocks_and_trains_the_same(screen, 
     assert forward_calls == [2, 4]  # checkpointed blocks run their forward again in the backward
     for key in weights[0]:
         torch.testing.assert_close(weights[1][key], weights[0][key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_a_run_resumes_from_another_directory_and_a_moved_data_set(screen, tmp_path, monkeypatch, capsys):
+    """The data path is stored absolute, so a resume from elsewhere finds the data; a moved copy of the data set (same
+    fingerprint) resumes without --allow-config-change, another data set is refused naming the data. Without a
+    terminal, progress is plain lines (no carriage returns)."""
+    flags = ["--recipe", "debug", "--no-progress", *[f"--set={a}" for a in FAST], "--set", "run.log_every=1"]
+    shutil.copytree(screen, tmp_path / "screen")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *flags, "--data", "screen", "--out", "run", "--max-steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "\r" not in out and "train: 1/2 steps (50%)" in out and "train: 2/2 steps (100%), loss " in out
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["data"]["path"] == str(tmp_path / "screen")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    shutil.move(tmp_path / "screen", tmp_path / "moved")
+    assert main(["train", *flags, "--data", "../moved", "--out", "../run", "--max-steps", "3", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert f"resuming with a changed config: data.path: '{tmp_path / 'screen'}' -> '{tmp_path / 'moved'}'; " \
+           "run.max_steps: 2 -> 3" in out
+    other = synth_screen(tmp_path / "other", layout="rxrx", num_genes=4, replicates=1, num_plates=1,
+                         num_experiments=1, controls_per_plate=2, sites_per_well=2, size=128, channels=6, seed=5,
+                         progress=False)
+    assert main(["train", *flags, "--data", str(other), "--out", "../run", "--max-steps", "4", "--resume"]) == 2
+    error = capsys.readouterr().err
+    assert "the data differs from what" in error and "--allow-config-change" not in error
