@@ -20,11 +20,12 @@ def add_commands(subparsers) -> None:
     parser = subparsers.add_parser("embed", help="embed a data set with a trained encoder",
                                    description="Embed every site of a data set. Many GPUs: torchrun "
                                                "--nproc-per-node N -m maefast.cli embed ...")
-    for setting in dataclasses.fields(EmbedConfig):
+    for setting in (s for s in dataclasses.fields(EmbedConfig) if s.metadata.get("flag", True)):
         add_setting_flag(parser, setting, field_types(EmbedConfig)[setting.name], CHOICES.get(setting.name))
     parser.add_argument("--out", required=True, help="output directory (shards/, wells.parquet, manifest.json)")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                        help="set a config value, e.g. --set tile_batch=256 (repeatable; the flags win)")
+                        help="set a config value, e.g. --set tile_batch=256, or an option of the model, e.g. --set "
+                             "model.global_pool=avg (repeatable; the flags win)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar: a plain line every 10 s instead (as when the output is not a terminal)")
     parser.set_defaults(func=embed_command)

@@ -24,6 +24,7 @@ from maefast.data.render import FEATURES, BatchEffect, channel_names, render_sit
 from maefast.errors import UserInputError
 from maefast.io import atomic_path, read_json, write_json_atomic
 from maefast.progress import Progress
+from maefast.workers import worker_processes
 
 __all__ = ["synth_screen", "render_sites", "design_screen", "load_complexes", "write_png"]
 
@@ -176,11 +177,17 @@ def _render_chunk(args) -> int:
 
 def _render_all(jobs, config, workers: int, progress: bool, total: int) -> None:
     chunks = [jobs[i:i + 4] for i in range(0, len(jobs), 4)]
+    workers = worker_processes(workers, "rendering the synthetic screen")
     if progress:
         resumed = f" ({total - len(jobs)} of {total} already written)" if len(jobs) < total else ""
+        where = f"in {workers} processes" if workers else "in this process"
         print(f"synth: rendering {len(jobs)} sites of {config['size']} x {config['size']} px, {config['channels']} "
-              f"channels, in {workers} processes{resumed}", flush=True)
+              f"channels, {where}{resumed}", flush=True)
     with Progress("synth", total, "sites", initial=total - len(jobs), bar=progress, silent=not progress) as shown:
+        if not workers:
+            for chunk in chunks:
+                shown.update(_render_chunk((chunk, config)))
+            return
         with ProcessPoolExecutor(workers) as pool:
             for count in pool.map(_render_chunk, [(chunk, config) for chunk in chunks]):
                 shown.update(count)

@@ -15,8 +15,10 @@ from torch.utils.data import Dataset as TorchDataset
 from maefast.data.dataset import Dataset
 from maefast.data.decode import ImageReadError, apply_illumination, read_channel
 from maefast.data.plan import Batch, apply_augment
+from maefast.workers import worker_processes
 
 CPU = torch.device("cpu")
+START_METHOD = "forkserver"  # of the DataLoader's worker processes
 
 class ImageReader:
     """Reads images and crops of one Dataset; shared by the fallback loader, `data pack` and `data check`."""
@@ -122,9 +124,10 @@ class TorchBackend:
     def __init__(self, dataset: Dataset, crop_size: int, num_workers: int = 2, on_error: str = "raise",
                  device: torch.device = CPU):
         self.dataset, self.on_error, self.device, self.feed = dataset, on_error, device, _Feed()
+        # workers forked from a process running DALI threads can deadlock: start clean ones
+        num_workers = worker_processes(num_workers, "the PyTorch loader", START_METHOD)
         workers = dict(num_workers=num_workers, persistent_workers=True, prefetch_factor=2,
-                       # workers forked from a process running DALI threads can deadlock: start clean ones
-                       multiprocessing_context="forkserver") if num_workers else {}
+                       multiprocessing_context=START_METHOD) if num_workers else {}
         self.loader = DataLoader(_PlannedBatches(dataset, crop_size, on_error), sampler=self.feed, batch_size=None,
                                  pin_memory=device.type == "cuda", **workers)
 

@@ -52,7 +52,7 @@ def run_embed(config: EmbedConfig, out, show_progress: bool = True) -> dict:
     try:
         checkpoint = resolve_checkpoint(config.checkpoint)
         encoder, checkpoint_channels = load_encoder(checkpoint, config.model, config.weights_layout,
-                                                    config.trust_pickle)
+                                                    config.trust_pickle, config.model_options)
         dataset = resolve_channels(open_dataset(config.data, layout=config.layout,
                                                 allow_outside_root=config.allow_outside_root),
                                    encoder, config.channels, checkpoint_channels)

@@ -23,9 +23,9 @@ from maefast.tables import FORMATS
 
 
 def setting(default, help: str, **options):
-    """A field with its help text (what `maefast embed --help` shows)."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **options})
+    """A field with its help text (what `maefast embed --help` shows); flag=False: set with --set only."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **options})
     return field(default=default, metadata={"help": help, **options})
 
 
@@ -34,7 +34,10 @@ class EmbedConfig:
     checkpoint: str = setting("", "maefast checkpoint folder, training run folder, reference (OpenPhenom) folder, "
                                   "Hugging Face Hub id (owner/name), or timm/reference weights file", required=True)
     data: str = setting("", "data set root (rxrx, jump or packed)", required=True)
-    model: str | None = setting(None, "architecture of a bare weights file, e.g. vit_large_patch8_256")
+    model: str | None = setting(None, "architecture of a bare weights file, e.g. vit_large_patch8_256 (its block "
+                                      "type, pooling and biases are read from the weights)")
+    model_options: dict = setting({}, "create_model options over the checkpoint's, e.g. --set model.global_pool=avg "
+                                      "(--set model.KEY=VALUE sets model_options.KEY)", flag=False)
     weights_layout: str = setting("auto", "layout of the checkpoint's weights")
     trust_pickle: bool = setting(False, "allow weights stored as a torch pickle (as the reference's "
                                         "model.safetensors is), loaded with torch.load(weights_only=True)")
@@ -95,12 +98,18 @@ CHOICES = {
 }
 
 
+MODEL_OPTION = "model."  # `--set model.KEY=VALUE` sets model_options.KEY (model itself is the architecture's name)
+
+
 def embed_config(values: dict | None = None, assignments: list[str] | None = None) -> EmbedConfig:
     """The checked EmbedConfig of the defaults, then the `--set` assignments ("key=value" text), then `values`
     ({key: value}, already typed: keyword arguments or the command line's flags)."""
     raw: dict = {}
     for assignment in assignments or []:
-        apply_assignment(raw, assignment)
+        if assignment.startswith(MODEL_OPTION):  # model.global_pool=avg: an option of the architecture
+            apply_assignment(raw.setdefault("model_options", {}), assignment.removeprefix(MODEL_OPTION))
+        else:
+            apply_assignment(raw, assignment)
     raw.update(values or {})
     config = build(EmbedConfig, raw)
     config.validate()

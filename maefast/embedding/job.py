@@ -47,7 +47,7 @@ JOB_FILE, MANIFEST_FILE = "job.json", "manifest.json"
 
 # the settings the output depends on, recorded in job.json: a resumed job must have the same
 RECORDED_SETTINGS = ("pool", "per_channel", "batch_size", "shard_size", "precision", "compile", "attention",
-                     "tile_batch")
+                     "tile_batch", "model_options")
 OLD_COMPILE_VALUES = {"on": True, "off": False}  # job.json before compile took maefast.job_setup's vocabulary
 
 

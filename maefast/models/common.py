@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 import torch.utils._pytree as pytree
@@ -49,6 +50,27 @@ def _unflatten_output(values, part_names: list[str]) -> TrainingOutput:
 
 pytree.register_pytree_node(TrainingOutput, _flatten_output, _unflatten_output,
                             serialized_type_name="maefast.models.common.TrainingOutput")
+
+
+def inference(method):
+    """For a model's feature entry points (embed, forward_features): they run as inference whatever the module's
+    mode, under torch.inference_mode (no autograd graph, no activations kept) and with eval semantics (no drop
+    path), the module's mode restored afterwards. Inside torch.compile the caller's context stands (the embedding
+    job compiles an eval, no-grad forward). Features with gradients: the model's own forward, or forward_tokens."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        if torch.compiler.is_compiling():
+            return method(self, *args, **kwargs)
+        training = self.training
+        with torch.inference_mode():
+            if training:
+                self.train(False)
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                if training:
+                    self.train(True)
+    return run
 
 
 class PatchGrid:

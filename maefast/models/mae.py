@@ -149,7 +149,7 @@ class MaskedAutoencoder(nn.Module):
                 noise: torch.Tensor | None = None) -> TrainingOutput:
         """Returns (loss, pred, mask) with the loss's parts (mse, fourier); see the module docstring. `noise`
         (B, L) fixes the mask."""
-        self.encoder.check_pixels(pixels)
+        self.encoder.check_pixels(pixels, fixed_size=True)  # the decoder's positions are those of img_size
         ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
         batch, channels = pixels.shape[:2]
         if self.channel_agnostic and channels > self.config.num_decoder_channels:
@@ -171,9 +171,12 @@ class MaskedAutoencoder(nn.Module):
         tokens = torch.cat([projected[:, :1], tokens], dim=1)
         return self.decoder_pred(self.decoder(tokens, channels))[:, 1:]
 
-    # The encoder's API, for embedding with an MAE directly.
+    # The encoder's API, for embedding with an MAE directly (inference: maefast.models.common.inference).
     def forward_features(self, pixels):
         return self.encoder.forward_features(pixels)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.encoder.set_grad_checkpointing(enable)
 
     def forward_head(self, features, pre_logits: bool = False):
         return self.encoder.forward_head(features, pre_logits)

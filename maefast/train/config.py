@@ -122,7 +122,15 @@ SECTIONS = {"model": ModelSection, "data": DataSection, "optim": OptimSection, "
 
 
 def build_config(raw: dict) -> TrainConfig:
-    """The config of a recipe's dict (with its overrides applied), checked (validate), its data path absolute."""
+    """The config of a recipe's dict (with its overrides applied), checked (validate), its data path absolute.
+    A model key other than ModelSection's is a create_model option: `--set model.global_pool=avg` is
+    `--set model.overrides.global_pool=avg`."""
+    model = raw.get("model")
+    if isinstance(model, dict):
+        options = {key: model.pop(key) for key in list(model) if key not in {f.name for f in
+                                                                             dataclasses.fields(ModelSection)}}
+        if options:
+            model["overrides"] = {**(model.get("overrides") or {}), **options}
     config = build(TrainConfig, raw)
     validate(config)
     config.data.path = absolute_data_path(config.data.path)

@@ -32,8 +32,9 @@ from torch.distributed.checkpoint.state_dict import (
 
 from maefast.errors import UserInputError
 from maefast.io import atomic_path, read_json, read_safetensors, read_state, write_json_atomic, write_state
+from maefast.models.checkpoint import RUN_CHECKPOINTS, RUN_MANIFEST
 
-MANIFEST = "latest.json"
+MANIFEST = RUN_MANIFEST
 MODEL_FILE, STATE_STEM, META_FILE = "model.safetensors", "train_state", "meta.json"
 PICKLED_STATE = "train_state.pt"  # the format of maefast before the state moved to safetensors + JSON
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -55,7 +56,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def checkpoint_root(out_dir) -> Path:
-    return Path(out_dir) / "checkpoints"
+    return Path(out_dir) / RUN_CHECKPOINTS
 
 
 def save_checkpoint(out_dir, step: int, model, optimizer, train_state: dict, rng_states: list, meta: dict,
