@@ -51,8 +51,8 @@ _OPENPHENOM_ENCODER = {k: v for k, v in OPENPHENOM_RELEASE["overrides"].items() 
 PRETRAINED: dict[str, PretrainedWeights] = {
     f"{CA_MAE.variant('vit_small_patch16_256')}.openphenom": PretrainedWeights(
         _OPENPHENOM, "reference", True, dict(OPENPHENOM_RELEASE["overrides"]),
-        "OpenPhenom (Recursion, 2024): the CA-MAE ViT-S/16 of Kraus et al. 2024 trained on RxRx3 and RPI-93 "
-        "(encoder for 1 to 11 channels, decoders for 6)"),
+        "OpenPhenom (Recursion): the CA-MAE ViT-S/16 of Kraus et al. 2024, encoder for 1 to 11 channels, decoders "
+        "for 6"),
     f"{CA_ENCODER.variant('vit_small_patch16_256')}.openphenom": PretrainedWeights(
         _OPENPHENOM, "reference", True, _OPENPHENOM_ENCODER, "OpenPhenom's encoder alone (what embeds)"),
 }

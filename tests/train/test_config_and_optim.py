@@ -138,3 +138,12 @@ def test_flops_match_the_papers_accounting():
         large = maefast.create_model("mae_vit_large_patch8_256")
     assert mae_training_flops(large.config, 6) / 1e9 == pytest.approx(694, rel=0.01)
     assert embedding_flops(large.config.encoder, 6) / 1e9 == pytest.approx(722, rel=0.01)
+
+
+def test_a_model_option_is_set_as_model_dot_key():
+    """`--set model.global_pool=avg` is a create_model option (model.overrides), for train as for embed."""
+    config = load_config("debug", ["model.global_pool=avg", "model.overrides.decoder_depth=1"])
+    assert config.model.overrides["global_pool"] == "avg" and config.model.overrides["decoder_depth"] == 1
+    assert config.model.name == "mae_vit_debug_patch8_64"
+    with pytest.raises(ValueError, match=r"model.overrides: global_pool must be one of \('token', 'avg'\), got 'max'"):
+        load_config("debug", ["model.global_pool=max"])
