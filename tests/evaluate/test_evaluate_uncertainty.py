@@ -80,6 +80,14 @@ def test_summary_tells_signal_from_chance(tmp_path):
         scores = score_map(features, sources=[path], thresholds=[THRESHOLDS])
         results[name] = recall_summary(features, scores, THRESHOLDS, permutations=300, seed=1).iloc[0]
     assert results["structured"]["p_value"] < 0.01 < results["noise"]["p_value"]
+    assert results["structured"]["p_below"] > 0.99 and results["noise"]["p_below"] > 0.01
+    # partners kept apart: each group's genes orthogonal to one another (cosine 0, the middle of the similarities
+    # of unrelated genes), so no partner pair reaches either percentile cut-off: a recall below chance
+    vectors = np.concatenate([np.linalg.qr(rng.normal(size=(8, 4)))[0].T for _ in range(10)])
+    anti = pd.DataFrame(vectors, index=structured.index)
+    scores = score_map(anti, sources=[path], thresholds=[THRESHOLDS])
+    apart = recall_summary(anti, scores, THRESHOLDS, permutations=300, seed=1).iloc[0]
+    assert apart["p_below"] < 0.05 < apart["p_value"]
     assert results["structured"]["recall_low"] > results["structured"]["null_high"]
     assert results["noise"]["recall"] <= results["noise"]["null_high"]
 
