@@ -112,8 +112,10 @@ def benchmark_command(args) -> int:
     if len(labels) != len(args.maps) or len(set(labels)) != len(labels):
         raise UserInputError(f"--label: expected {len(args.maps)} distinct labels, one per --map; got {labels}")
     thresholds = [parse_threshold(t) for t in args.thresholds] if args.thresholds else DEFAULT_THRESHOLDS
+    sources = args.sources or KNOWN_SOURCES
+    print(f"maefast benchmark: scoring {len(labels)} map(s) against {', '.join(map(str, sources))}", flush=True)
     table = benchmark_maps({label: read_map(path, args.perturbation_col) for label, path in zip(labels, args.maps)},
-                           args.out, args.sources or KNOWN_SOURCES, thresholds,
+                           args.out, sources, thresholds,
                            args.min_entities if args.min_entities is not None else MIN_ENTITIES,
                            read_flops(args.flops, labels) if args.flops else None)
     print(recall_text(table, thresholds))

@@ -19,7 +19,7 @@ def synthetic_screen_path(config: TrainConfig, out_dir: Path, context: Distribut
     if context.is_main:
         synth_screen(path, layout="rxrx", num_genes=data.synthetic_genes, replicates=2, num_plates=2,
                      num_experiments=1, controls_per_plate=4, sites_per_well=2, size=data.synthetic_site_size,
-                     channels=channels, seed=config.run.seed, progress=False)
+                     channels=channels, seed=config.run.seed, progress=True)
     barrier(context)
     return path
 

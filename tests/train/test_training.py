@@ -244,6 +244,8 @@ def test_a_run_resumes_from_another_directory_and_a_moved_data_set(screen, tmp_p
     assert "\r" not in out and "train: 1/2 steps (50%)" in out and "train: 2/2 steps (100%), loss " in out
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert config["data"]["path"] == str(tmp_path / "screen")
+    header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "tflops_per_s" in header and "mfu" not in header  # MFU is a GPU figure: none on a CPU
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
