@@ -2,10 +2,11 @@
 adding its subcommands with `add_commands(subparsers)`; every subcommand sets `func(args) -> int`.
 
 An error the user can act on (maefast.errors.UserInputError, an image that cannot be read, a file the
-system refuses) is printed as one line with exit code 2; `--debug`, anywhere on the command line, prints its
-traceback too. Any other exception is a bug and propagates with its traceback. A training run stopped by
-SIGTERM exits with 143 (cli.train.EXIT_PREEMPTED, the shell's code for a process ended by SIGTERM) after its
-checkpoint, so that a scheduler records the job as preempted, not done.
+system refuses) is printed as one line with exit code 2, an interrupt (SIGINT) as one line with exit code
+130; `--debug`, anywhere on the command line, prints its traceback too. Any other exception is a bug and
+propagates with its traceback. A training run stopped by SIGTERM exits with 143 (cli.train.EXIT_PREEMPTED,
+the shell's code for a process ended by SIGTERM) after its checkpoint, so that a scheduler records the job as
+preempted, not done.
 
 Every option's help shows its default. The command modules import what their commands run (torch, the models)
 inside the command functions, so that `maefast --help` and `maefast <command> --help` answer without torch.
@@ -19,6 +20,7 @@ import warnings
 
 import maefast
 from maefast.cli import data, demo, embed, evaluate, models, train
+from maefast.cli.train import INTERRUPTED
 from maefast.errors import UserInputError
 
 DESCRIPTION = """\
@@ -104,5 +106,11 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"maefast {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # SIGINT outside a training loop (which checkpoints and stops), or twice
+        if args.debug:
+            traceback.print_exc()
+        print(f"maefast {args.command}: interrupted (SIGINT); what was written completely is kept: run the same "
+              f"command again to continue", file=sys.stderr)
+        return INTERRUPTED
     finally:
         warnings.formatwarning = shown_warning

@@ -5,15 +5,18 @@ import argparse
 
 from maefast.errors import UserInputError
 
-EXIT_PREEMPTED = 128 + 15  # stopped by SIGTERM after writing a checkpoint: resumable, not finished
+# stopped by a signal after writing a checkpoint: resumable, not finished (the shell's codes, 128 + the signal)
+INTERRUPTED = 128 + 2      # SIGINT (Ctrl-C)
+EXIT_PREEMPTED = 128 + 15  # SIGTERM (a scheduler's preemption), or a stop on another rank
 
 DESCRIPTION = """\
 Pretrain a model (MAE, CA-MAE, MU-Net, weakly supervised ViT) from a recipe. Many GPUs: torchrun
 --nproc-per-node N -m maefast.cli train ...
 
-SIGTERM (a scheduler's preemption) writes a checkpoint and exits with code 143; --resume continues the run.
---resume --max-steps N extends a run: a finished run's learning rate starts a new cycle over the added steps
-(warm-up, then cosine decay), an unfinished one's decay stretches to the new end; the command prints which."""
+SIGTERM (a scheduler's preemption) writes a checkpoint and exits with code 143, SIGINT (Ctrl-C) with 130;
+--resume continues the run. --resume --max-steps N extends a run: a finished run's learning rate starts a new
+cycle over the added steps (warm-up, then cosine decay), an unfinished one's decay stretches to the new end;
+the command prints which."""
 
 
 def add_commands(subparsers) -> None:
@@ -66,6 +69,6 @@ def train_command(args) -> int:
         from maefast.data.decode import skipped_summary
         listed_in = f"{summary['out']}/summary.json"
         print(f"maefast train: {skipped_summary(summary['skipped'], listed_in)}")
-    if summary.get("preempted"):
-        return EXIT_PREEMPTED
+    if summary.get("interrupted"):
+        return INTERRUPTED if summary["interrupted"] == "SIGINT" else EXIT_PREEMPTED
     return 0

@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 
 from maefast.data.render import FEATURES, BatchEffect, channel_names, render_site, render_sites
+from maefast.data.workers import worker_processes
 from maefast.errors import UserInputError
 from maefast.io import atomic_path, read_json, write_json_atomic
 from maefast.progress import Progress
-from maefast.workers import worker_processes
 
 __all__ = ["synth_screen", "render_sites", "design_screen", "load_complexes", "write_png"]
 

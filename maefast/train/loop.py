@@ -1,12 +1,12 @@
 """The training loop: setup, steps, checkpoints, resume, SIGTERM, non-finite losses, logging.
 
-A run stopped by SIGTERM writes its checkpoint and returns a summary with "preempted": true (`maefast train`
-then exits with 143, the preemption convention); resumed, it continues where it stopped."""
+A run stopped by SIGTERM or SIGINT (maefast.train.signals) writes its checkpoint and returns a summary whose
+"interrupted" names the signal (`maefast train` then exits with 143 for SIGTERM, the preemption convention,
+and 130 for SIGINT); resumed, it continues where it stopped."""
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import signal
 import warnings
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from maefast.train.data import build_train_loader
 from maefast.train.observe import ScalarLog, Throughput, save_loss_curve, save_reconstruction_grid
 from maefast.train.optim import Cycle, build_optimizer, build_scheduler, first_cycle, rescheduled
 from maefast.train.resume import check_config, check_data, record_config
+from maefast.train.signals import StopRequests
 from maefast.train.state import (
     FULL,
     Checkpoint,
@@ -79,7 +80,8 @@ class Trainer:
                                                               allow_config_change, checkpoint.path)
         self.run_setup = RunSetup.resolve(device, run.precision, run.compile)
         self.loader = build_train_loader(config, self.out, self.context)
-        self.data_fingerprint = self.loader.dataset.fingerprint()
+        self.data_fingerprint = dist_utils.broadcast_object(  # rank 0 reads the files' samples
+            self.loader.dataset.fingerprint() if self.context.is_main else None, self.context)
         if checkpoint is not None:
             check_data(checkpoint.meta, self.data_fingerprint, checkpoint.path)
         self.channel_names = list(self.loader.dataset.channels)
@@ -119,7 +121,7 @@ class Trainer:
         channels = len(self.channel_names)
         self.flops_per_crop = self.family.training_flops(self.model, channels)
         self.tokens_per_crop = self.model.num_tokens(channels)
-        self.step, self.total_flops, self.crops_seen, self.preempted = 0, 0.0, 0, False
+        self.step, self.total_flops, self.crops_seen = 0, 0.0, 0
         self.last_batch = None  # (pixels, pred, mask) of the latest step, for reconstruction images
         if checkpoint is not None:
             self.restore(checkpoint)
@@ -265,8 +267,8 @@ class Trainer:
 
     def train(self) -> dict:
         run, context = self.config.run, self.context
-        stop_requested = {"flag": False}
-        previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.update(flag=True))
+        self.interrupted = None
+        stops = StopRequests().install()  # SIGTERM / SIGINT: checkpoint at the end of the step, then stop
         # MFU is a GPU figure: on a CPU, shared with the loader's workers, a matmul timed at start-up is no peak
         # (it made a CPU run read 94%), so a CPU run reports crops/s, tokens/s and TFLOP/s only
         rate = matmul_rate(context.device, self.run_setup.precision) if context.device.type == "cuda" else None
@@ -306,18 +308,18 @@ class Trainer:
                 self.last_batch = (pixels, pred, mask) if mask is not None else None
                 if context.is_main and self.last_batch is not None and self.step % run.image_every == 0:
                     self.save_images(*self.last_batch)
-                stop = dist_utils.any_rank(stop_requested["flag"], context)
+                stop = dist_utils.any_rank(stops.requested, context)
                 if self.step % run.checkpoint_every == 0 or self.step == run.max_steps or stop:
                     self.save()
                 if stop:
-                    self.preempted = True
                     if context.is_main:
-                        print(f"maefast train: SIGTERM: checkpoint at step {self.step} written, stopping "
-                              f"(resume with --resume)")
+                        print(f"maefast train: {stops.received or 'stop on another rank'}: checkpoint at step "
+                              f"{self.step} written, stopping (continue with --resume)")
+                    self.interrupted = stops.received or "another rank"
                     break
         finally:
             progress.close()
-            signal.signal(signal.SIGTERM, previous_handler)
+            stops.restore()
             if log is not None:
                 log.close()
         return self.finish(log)
@@ -348,7 +350,7 @@ class Trainer:
 
     def finish(self, log) -> dict:
         summary = {"step": self.step, "total_flops": self.total_flops, "crops_seen": self.crops_seen,
-                   "out": str(self.out), "preempted": self.preempted, "skipped": list(self.loader.skipped)}
+                   "out": str(self.out), "interrupted": self.interrupted, "skipped": list(self.loader.skipped)}
         if self.step >= self.config.run.max_steps:
             if self.context.is_main and self.last_batch is not None and self.step % self.config.run.image_every:
                 self.save_images(*self.last_batch)

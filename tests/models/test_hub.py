@@ -133,3 +133,14 @@ def test_an_unfinished_training_run_loads_from_its_newest_checkpoint(tmp_path):
     finished = maefast.from_pretrained(run)
     assert type(finished).__name__ == "VisionTransformer"
     assert torch.equal(finished.cls_token, models[2].encoder.cls_token)
+
+
+@pytest.mark.parametrize("source", ["a/b@../../../x", "a/b@main/../../x", "a/..", "a/.", "a/b@x//y", "a/b@/abs"])
+def test_a_revision_or_name_that_leaves_the_cache_is_not_a_hub_id(source):
+    """`a/b@../../../x` used to resolve to a folder outside huggingface_hub's cache."""
+    assert not hub.is_hub_id(source)
+    with pytest.raises(ValueError, match="is not a Hugging Face Hub id"):
+        hub.download(source)
+    with pytest.raises(FileNotFoundError):  # then it is a local path, which does not exist
+        maefast.from_pretrained(source)
+    assert hub.is_hub_id("owner/name@refs/pr/3") and hub.is_hub_id("owner/model.v2@v1.0")
