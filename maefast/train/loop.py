@@ -350,7 +350,8 @@ class Trainer:
 
     def finish(self, log) -> dict:
         summary = {"step": self.step, "total_flops": self.total_flops, "crops_seen": self.crops_seen,
-                   "out": str(self.out), "interrupted": self.interrupted, "skipped": list(self.loader.skipped)}
+                   "out": str(self.out), "interrupted": self.interrupted,
+                   "skipped": list(getattr(self.loader, "skipped", []))}
         if self.step >= self.config.run.max_steps:
             if self.context.is_main and self.last_batch is not None and self.step % self.config.run.image_every:
                 self.save_images(*self.last_batch)
