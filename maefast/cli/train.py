@@ -35,12 +35,14 @@ def add_commands(subparsers) -> None:
                              "extends or shortens the run: the learning-rate schedule continues without a jump, "
                              "and the command prints how")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from its newest intact checkpoint, with the same config")
+                        help="continue the run in --out from its newest intact checkpoint, with the same config "
+                             "(a new --max-steps extends or shortens it)")
     parser.add_argument("--allow-config-change", action="store_true",
                         help="with --resume: continue with config values (--set) other than the checkpoint's; "
                              "recorded in config_history.json")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set optim.lr=3e-5 (repeatable)")
+                        help="override a config value, e.g. --set optim.lr=3e-5, or an option of the model, e.g. "
+                             "--set model.global_pool=avg (repeatable)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar: a plain line every 10 s instead (as when the output is not a "
                              "terminal); every logged step is in metrics.csv")
