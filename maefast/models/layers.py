@@ -15,6 +15,15 @@ def layer_norm(dim: int) -> nn.LayerNorm:
     return nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
 
 
+def xavier_linear_(module: nn.Module) -> None:
+    """The MAE initialization of a linear layer (xavier-uniform weight, zero bias); other modules are left as they
+    are."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
 class LayerScale(nn.Module):
     def __init__(self, dim: int, init_values: float):
         super().__init__()

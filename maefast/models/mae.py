@@ -16,7 +16,7 @@ import torch.nn as nn
 from maefast.errors import UserInputError
 from maefast.fields import check_field_types
 from maefast.models.common import TrainingOutput
-from maefast.models.layers import Block, CrossAttention, Mlp, layer_norm, sincos_position_embedding
+from maefast.models.layers import Block, CrossAttention, Mlp, layer_norm, sincos_position_embedding, xavier_linear_
 from maefast.models.vit import VisionTransformer, ViTConfig
 from maefast.ops import mae_loss, masked_targets, random_masking, unshuffle
 from maefast.ops.mae_loss import DEFAULT_FOURIER_WEIGHT, check_fourier_weight
@@ -129,10 +129,7 @@ class MaskedAutoencoder(nn.Module):
         nn.init.normal_(self.decoder.mask_token, std=0.02)
         for module in [self.encoder_decoder_proj, self.decoder, self.decoder_pred]:
             for sub in module.modules():
-                if isinstance(sub, nn.Linear):
-                    nn.init.xavier_uniform_(sub.weight)
-                    if sub.bias is not None:
-                        nn.init.zeros_(sub.bias)
+                xavier_linear_(sub)
 
     @property
     def patch_size(self) -> int:

@@ -23,13 +23,13 @@ from torch.utils.checkpoint import checkpoint
 from maefast.errors import UserInputError
 from maefast.fields import check_field_types
 from maefast.models.common import InputChannels, PatchGrid, inference
-from maefast.models.layers import Block, ParallelBlock, layer_norm, sincos_position_embedding
+from maefast.models.layers import Block, ParallelBlock, layer_norm, sincos_position_embedding, xavier_linear_
 from maefast.ops import all_tokens, tokenize
 from maefast.ops.masking import Mask
 
 GLOBAL_POOLS = ("token", "avg")
 BLOCKS = ("parallel", "standard")
-POSITIONS = ("sincos", "learned")
+POSITIONS = ("sincos", "learn")  # timm's pos_embed="learn": a trained table
 # size name -> ViTConfig fields: the papers' backbones (timm's sizes at 256 x 256), the sizes of every ViT family
 VIT_SIZES: dict[str, dict] = {
     "vit_tiny_patch16_256": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, drop_path_rate=0.1),
@@ -61,7 +61,7 @@ class ViTConfig(PatchGrid, InputChannels):
     max_in_chans: int = 11       # channel-agnostic only: the most channels an input may have
     channel_names: list[str] = field(default_factory=list)
     block: str = "parallel"      # parallel: the papers' (timm's ParallelScalingBlock); standard: timm's Block
-    pos_embed: str = "sincos"    # sincos: fixed 2-D sin-cos positions (the papers'); learned: a trained table (timm)
+    pos_embed: str = "sincos"    # sincos: fixed 2-D sin-cos positions (the papers'); learn: a trained table (timm)
     num_classes: int = 0         # timm's linear head on the pooled feature; 0: none (the model gives the feature)
 
     def validate(self) -> None:
@@ -99,9 +99,9 @@ class VisionTransformer(nn.Module):
         repeats = config.max_in_chans if config.channel_agnostic else 1
         positions = sincos_position_embedding(dim, config.grid_side, repeats)
         cls_position = torch.zeros(1, dim)
-        # A parameter (not a buffer) so that it travels in state dicts as in timm; trained only when "learned".
+        # A parameter (not a buffer) so that it travels in state dicts as in timm; trained only when "learn".
         self.pos_embed = nn.Parameter(torch.cat([cls_position, positions])[None],
-                                      requires_grad=config.pos_embed == "learned")
+                                      requires_grad=config.pos_embed == "learn")
         rates = [config.drop_path_rate * i / max(config.depth - 1, 1) for i in range(config.depth)]  # linear decay rule
         self.blocks = nn.Sequential(*[self.make_block(rate) for rate in rates])
         use_fc_norm = config.global_pool == "avg"
@@ -124,13 +124,10 @@ class VisionTransformer(nn.Module):
         nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
         nn.init.zeros_(self.patch_embed.proj.bias)
         nn.init.normal_(self.cls_token, std=0.02)
-        if self.config.pos_embed == "learned":
+        if self.config.pos_embed == "learn":
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         for module in [*self.blocks.modules(), self.head]:
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+            xavier_linear_(module)
 
     # -- timm's model API ----------------------------------------------------------------------------
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -153,9 +150,7 @@ class VisionTransformer(nn.Module):
         self.config.num_classes = num_classes
         device, dtype = self.cls_token.device, self.cls_token.dtype
         self.head = nn.Linear(self.embed_dim, num_classes, device=device, dtype=dtype) if num_classes else nn.Identity()
-        if num_classes:
-            nn.init.xavier_uniform_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+        xavier_linear_(self.head)
 
     # -- input checks ------------------------------------------------------------------------------
     def check_pixels(self, pixels: torch.Tensor, fixed_size: bool = False) -> None:

@@ -66,7 +66,7 @@ def vit_options(state: dict, channel_agnostic: bool = False) -> dict:
         options["img_size"] = side * patch
         sincos = sincos_position_embedding(dim, side).to(positions.device)
         same = positions.device.type != "meta" and torch.allclose(positions.float(), sincos, atol=1e-5)
-        options["pos_embed"] = "sincos" if same else "learned"
+        options["pos_embed"] = "sincos" if same else "learn"
     return options
 
 

@@ -77,7 +77,7 @@ def test_a_standard_timm_vit_loads_with_its_block_and_pooling_read_from_the_weig
     model = maefast.create_model("vit_debug_patch8_64", checkpoint_path=path, embed_dim=48, num_heads=4)
     config = model.config
     assert (config.block, config.global_pool, config.qkv_bias, config.qk_norm, config.init_values, config.pos_embed,
-            config.in_chans, config.img_size, config.num_classes) == ("standard", pool, True, False, None, "learned",
+            config.in_chans, config.img_size, config.num_classes) == ("standard", pool, True, False, None, "learn",
                                                                       6, 32, 5)
     assert relative_error(model.forward_features(pixels), features) < 1e-5
     model.eval()

@@ -154,7 +154,7 @@ def test_crops_of_another_size_use_the_sincos_positions_of_their_grid(channel_ag
 def test_learned_positions_are_resized_bicubically_for_another_grid():
     """timm's dynamic image size (resample_abs_pos_embed): the learned grid of positions is interpolated
     bicubically (with antialiasing) to the crop's grid; the CLS position stays."""
-    model = small(pos_embed="learned").eval()
+    model = small(pos_embed="learn").eval()
     assert model.pos_embed.requires_grad
     grid = model.pos_embed[0, 1:].detach().reshape(1, 8, 8, 64).permute(0, 3, 1, 2)
     for side in (4, 12):
