@@ -336,17 +336,17 @@ def from_pretrained(directory, trust_pickle: bool = False, *, torch_dtype: torch
         raise UserInputError(f"{checkpoint.folder / CONFIG_FILE}: neither a maefast config (keys model and config) "
                              f"nor the public reference's (model_type: MAE); keys: {sorted(meta)[:12]}")
     model = create_model(name, **{**config, **overrides})
-    state = read_state_dict(checkpoint, trust_pickle)
-    load_pretrained(model, state, layout=layout)
-    return model.to(device=device, dtype=parameter_dtype(torch_dtype, state)).eval()
+    load_pretrained(model, checkpoint, layout=layout, trust_pickle=trust_pickle)
+    return model.to(device=device, dtype=parameter_dtype(torch_dtype, checkpoint, trust_pickle)).eval()
 
 
-def parameter_dtype(torch_dtype, state: dict) -> torch.dtype | None:
-    """from_pretrained's torch_dtype as a floating torch.dtype (None: leave float32); "auto": the weights' own."""
+def parameter_dtype(torch_dtype, checkpoint: ResolvedCheckpoint, trust_pickle: bool) -> torch.dtype | None:
+    """from_pretrained's torch_dtype as a floating torch.dtype (None: leave float32); "auto": the dtype most of the
+    checkpoint's floating tensors are stored in."""
     if torch_dtype is None or isinstance(torch_dtype, torch.dtype) and torch_dtype.is_floating_point:
         return torch_dtype
     if torch_dtype == "auto":
-        stored = [v.dtype for v in state.values() if v.is_floating_point()]
+        stored = [v.dtype for v in read_state_dict(checkpoint, trust_pickle).values() if v.is_floating_point()]
         return max(set(stored), key=stored.count) if stored else None
     dtype = getattr(torch, str(torch_dtype), None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
