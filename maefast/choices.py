@@ -2,7 +2,7 @@
 them and the command line offers them (`maefast embed --help`) before anything heavy is imported. The modules
 that implement each choice take their names from here."""
 
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp32", "fp8")  # fp8: bf16, and the GEMMs that pay in FP8 (maefast.models.fp8)
 COMPILE_CHOICES = ("auto", True, False)
 DEVICES = ("auto", "cpu", "cuda")
 LOADER_BACKENDS = ("auto", "dali", "torch")
