@@ -54,15 +54,17 @@ pytree.register_pytree_node(TrainingOutput, _flatten_output, _unflatten_output,
 
 def inference(method):
     """For a model's feature entry points (embed, forward_features): they run as inference whatever the module's
-    mode, under torch.inference_mode (no autograd graph, no activations kept) and with eval semantics (no drop
-    path), the module's mode restored afterwards. Inside torch.compile the caller's context stands (the embedding
+    mode, under torch.inference_mode (no_grad with FP8 GEMMs; either way no autograd graph, no activations kept)
+    and with eval semantics (no drop path), the module's mode restored afterwards. Inside torch.compile the caller's context stands (the embedding
     job compiles an eval, no-grad forward). Features with gradients: the model's own forward, or forward_tokens."""
     @functools.wraps(method)
     def run(self, *args, **kwargs):
         if torch.compiler.is_compiling():
             return method(self, *args, **kwargs)
         training = self.training
-        with torch.inference_mode():
+        # torchao's FP8 training tensors refuse inference mode (a row-wise scaled input cannot be reshaped there),
+        # so a model with FP8 GEMMs (maefast.models.fp8 marks it) runs under no_grad, also without a graph
+        with torch.no_grad() if getattr(self, "runs_fp8", False) else torch.inference_mode():
             if training:
                 self.train(False)
             try:
