@@ -4,7 +4,9 @@
     recall = relationship_recall(map)   # one row per source: n_pairs, recall_0.05_0.95, recall_0.1_0.9
 """
 from maefast.evaluate.benchmark import benchmark_maps
+from maefast.evaluate.clusters import cluster_benchmark, load_clusters, summarize_clusters
 from maefast.evaluate.consistency import replicate_consistency
+from maefast.evaluate.magnitude import energy_distance, perturbation_magnitude
 from maefast.evaluate.normalize import (
     aggregate_map,
     build_map,
@@ -36,7 +38,8 @@ from maefast.evaluate.uncertainty import recall_intervals, recall_summary
 __all__ = [
     "DEFAULT_THRESHOLDS", "KNOWN_SOURCES", "MIN_ENTITIES", "SWEEP_THRESHOLDS", "MapScores", "aggregate_map",
     "benchmark_maps",
-    "build_map", "centerscale_on_controls", "fit_pca", "load_relationships", "normalize_embeddings",
+    "build_map", "cluster_benchmark", "energy_distance", "load_clusters", "perturbation_magnitude",
+    "summarize_clusters", "centerscale_on_controls", "fit_pca", "load_relationships", "normalize_embeddings",
     "pca_transform", "plot_map_pca", "plot_recall_bars", "plot_recall_sweep", "plot_recall_vs_flops",
     "plot_similarity_distributions", "recall_intervals", "recall_summary", "relationship_recall",
     "replicate_consistency", "score_map", "tvn_on_controls",
