@@ -21,8 +21,10 @@ from maefast.evaluate.plots import (
     plot_recall_bars,
     plot_recall_sweep,
     plot_recall_vs_flops,
+    plot_scores_by_block,
     plot_similarity_distributions,
 )
+from maefast.evaluate.probe import linear_probe, probe_blocks
 from maefast.evaluate.relationships import (
     DEFAULT_THRESHOLDS,
     KNOWN_SOURCES,
@@ -36,11 +38,10 @@ from maefast.evaluate.relationships import (
 from maefast.evaluate.uncertainty import recall_intervals, recall_summary
 
 __all__ = [
-    "DEFAULT_THRESHOLDS", "KNOWN_SOURCES", "MIN_ENTITIES", "SWEEP_THRESHOLDS", "MapScores", "aggregate_map",
-    "benchmark_maps",
-    "build_map", "cluster_benchmark", "energy_distance", "load_clusters", "perturbation_magnitude",
-    "summarize_clusters", "centerscale_on_controls", "fit_pca", "load_relationships", "normalize_embeddings",
-    "pca_transform", "plot_map_pca", "plot_recall_bars", "plot_recall_sweep", "plot_recall_vs_flops",
-    "plot_similarity_distributions", "recall_intervals", "recall_summary", "relationship_recall",
-    "replicate_consistency", "score_map", "tvn_on_controls",
+    "DEFAULT_THRESHOLDS", "KNOWN_SOURCES", "MIN_ENTITIES", "MapScores", "SWEEP_THRESHOLDS", "aggregate_map",
+    "benchmark_maps", "build_map", "centerscale_on_controls", "cluster_benchmark", "energy_distance", "fit_pca",
+    "linear_probe", "load_clusters", "load_relationships", "normalize_embeddings", "pca_transform",
+    "perturbation_magnitude", "plot_map_pca", "plot_recall_bars", "plot_recall_sweep", "plot_recall_vs_flops",
+    "plot_scores_by_block", "plot_similarity_distributions", "probe_blocks", "recall_intervals", "recall_summary",
+    "relationship_recall", "replicate_consistency", "score_map", "summarize_clusters", "tvn_on_controls",
 ]
