@@ -1,6 +1,8 @@
 """`maefast data ...`: synth, check, pack and info for microscopy datasets (see docs/data.md)."""
 from __future__ import annotations
 
+import argparse
+
 from maefast.data.decode import ERROR_POLICIES
 from maefast.data.layouts import LAYOUTS
 
@@ -22,6 +24,11 @@ def add_commands(subparsers) -> None:
     synth.add_argument("--channels", type=int, default=6)
     synth.add_argument("--bit-depth", type=int, choices=(8, 16), default=None, help="default: 8 rxrx, 16 jump")
     synth.add_argument("--effect-size", type=float, default=1.0)
+    synth.add_argument("--compounds", type=int, default=0,
+                       help="compounds that mimic their target genes' knockouts, dose-dependently (writes "
+                            "compound_targets.csv, the known pairs of `maefast drug-target`)")
+    synth.add_argument("--concentrations", type=concentration_list, default=(0.1, 1.0, 10.0),
+                       help="compound concentrations in micromolar, comma-separated (default 0.1,1,10)")
     synth.add_argument("--complexes", default=None, help="complex table (TSV: name, genes); default CORUM clusters")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--workers", type=int, default=None)
@@ -55,6 +62,16 @@ def _dataset_arguments(parser) -> None:
                         help="let file paths in the metadata leave the data root (refused by default)")
 
 
+def concentration_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected positive numbers separated by commas, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"concentrations must be positive, got {text!r}")
+    return values
+
+
 def _channels(args):
     return None if args.channels is None else [c.strip() for c in args.channels.split(",")]
 
@@ -64,7 +81,8 @@ def synth_command(args) -> int:
     out = synth_screen(args.out, layout=args.layout, num_genes=args.genes, replicates=args.replicates,
                        num_plates=args.plates, num_experiments=args.experiments, controls_per_plate=args.controls,
                        sites_per_well=args.sites, size=args.size, channels=args.channels, bit_depth=args.bit_depth,
-                       effect_size=args.effect_size, complexes=args.complexes, seed=args.seed, workers=args.workers)
+                       effect_size=args.effect_size, complexes=args.complexes, seed=args.seed, workers=args.workers,
+                       num_compounds=args.compounds, concentrations=args.concentrations)
     print(f"wrote synthetic {args.layout} screen to {out}")
     return 0
 
