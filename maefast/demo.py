@@ -39,6 +39,7 @@ from maefast.demo_report import (
     write_results,
 )
 from maefast.embedding.api import embed
+from maefast.embedding.baselines import handcrafted_sites as baseline_sites
 from maefast.embedding.handcrafted import HandcraftedEmbedder
 from maefast.embedding.job import read_job, site_table
 from maefast.errors import UserInputError
@@ -154,16 +155,7 @@ def cached_sites(path: Path, compute) -> pd.DataFrame:
 
 def handcrafted_sites(screen: Path, out: Path) -> pd.DataFrame:
     """Hand-crafted features of every full site, in the embedding job's table format."""
-    def compute():
-        dataset = open_dataset(screen)
-        embedder = HandcraftedEmbedder(list(dataset.channels))
-        loader = make_tile_loader(dataset, batch_size=16, crop_size=min(dataset.image_shape), backend="torch")
-        rows, features = [], []
-        for batch in loader:
-            rows.append(batch["index"].numpy())
-            features.append(embedder.embed(batch["pixels"]))
-        return site_table(dataset.table.iloc[np.concatenate(rows)], np.concatenate(features))
-    return cached_sites(out / "embeddings" / "handcrafted_sites.parquet", compute)
+    return baseline_sites(screen, out / "embeddings" / "handcrafted")
 
 
 def channel_intensity_sites(handcrafted: pd.DataFrame, channels: list[str]) -> pd.DataFrame:

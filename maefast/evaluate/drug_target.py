@@ -2,7 +2,7 @@
 compound's profile resemble the knockout of the genes it targets?
 
 The map holds gene knockouts and compounds at several concentrations (`compound_gene_maps` builds both from
-one screen with the same normalization). Every compound-gene pair is scored by the cosine similarity of the
+one screen's rows, normalized together). Every compound-gene pair is scored by the cosine similarity of the
 compound's vector at a concentration and the knockout's vector: by its absolute value (direction "both",
 the default: an inhibitor mimics the knockout, an activator may oppose it) or by its signed value
 ("positive"). The known pairs (a table with columns `compound` and `gene`) are ranked among all pairs of
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from maefast.errors import UserInputError
-from maefast.evaluate.normalize import AGGREGATIONS, control_mask, feature_columns, normalize_embeddings
+from maefast.evaluate.normalize import AGGREGATIONS, control_mask, feature_columns
 from maefast.evaluate.similarity import unit_rows
 from maefast.io import read_table
 
@@ -48,34 +48,30 @@ def load_compound_targets(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def compound_gene_maps(table: pd.DataFrame, *, perturbation_col: str, concentration_col: str,
-                       control_label: str | Sequence[str], batch_col: str | None = None,
-                       feature_cols: Sequence[str] | None = None, pca_components: int | None = 128,
-                       tvn: bool = True, aggregate: str = "mean") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(gene map indexed by gene, compound map indexed by (compound, concentration)) from replicate rows.
+                       control_label: str | Sequence[str], feature_cols: Sequence[str] | None = None,
+                       aggregate: str = "mean") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(gene map indexed by gene, compound map indexed by (compound, concentration)) from replicate rows that
+    were normalized together (`normalize_embeddings`: center-scale on the controls per batch, PCA, TVN).
 
     Rows with a concentration are compound treatments, named by `perturbation_col`; rows without one (and not
-    controls) are gene knockouts. Both are normalized together (`normalize_embeddings`: center-scale on the
-    controls per batch, PCA, TVN) and aggregated per gene and per (compound, concentration)."""
+    controls) are gene knockouts. Aggregated per gene and per (compound, concentration)."""
     if aggregate not in AGGREGATIONS:
         raise UserInputError(f"unknown aggregation {aggregate!r}; expected one of {AGGREGATIONS}")
     if concentration_col not in table.columns:
         raise UserInputError(f"unknown concentration column {concentration_col!r}; columns are "
                              f"{list(table.columns)[:10]}")
-    normalized = normalize_embeddings(table, perturbation_col=perturbation_col, control_label=control_label,
-                                      batch_col=batch_col, feature_cols=feature_cols,
-                                      pca_components=pca_components, tvn=tvn)
-    features = feature_columns(normalized)
-    controls = control_mask(normalized, perturbation_col, control_label)
-    concentration = pd.to_numeric(normalized[concentration_col], errors="coerce")
+    features = feature_columns(table, feature_cols)
+    controls = control_mask(table, perturbation_col, control_label)
+    concentration = pd.to_numeric(table[concentration_col], errors="coerce")
     compounds = ~controls & concentration.notna().to_numpy()
     genes = ~controls & ~compounds
     if not compounds.any() or not genes.any():
         raise UserInputError(f"the drug-target benchmark needs compound rows (with a {concentration_col!r}) and gene "
                              f"rows (without one); found {int(compounds.sum())} and {int(genes.sum())}")
-    gene_rows = normalized[genes]
+    gene_rows = table[genes]
     gene_map = getattr(gene_rows[features].groupby(gene_rows[perturbation_col].astype(str), sort=True), aggregate)()
-    compound_rows = normalized[compounds].assign(**{concentration_col: concentration[compounds]})
-    keys = [compound_rows[perturbation_col].astype(str), compound_rows[concentration_col]]
+    compound_rows = table[compounds]
+    keys = [compound_rows[perturbation_col].astype(str), concentration[compounds]]
     compound_map = getattr(compound_rows[features].groupby(keys, sort=True), aggregate)()
     compound_map.index.names = ["compound", "concentration"]
     return gene_map, compound_map

@@ -6,6 +6,7 @@
 - `plot_recall_sweep`: recall across a sweep of percentile threshold pairs, one panel per source.
 - `plot_similarity_distributions`: cosine similarities of annotated pairs against all pairs.
 - `plot_recall_vs_flops`: recall of successive checkpoints against cumulative training FLOPs.
+- `plot_drug_target`: the drug-target benchmark's AUROC per concentration (and at the best one), per model.
 - `plot_scores_by_block`: a score (probe accuracy, recall, ...) against the encoder block it was read from,
   one line per model, with its interval and chance level; models without blocks as horizontal lines.
 """
@@ -240,5 +241,37 @@ def plot_scores_by_block(table: pd.DataFrame, path: str | os.PathLike, score: st
     axes.set_ylabel(score.replace("_", " "))
     axes.set_xticks(sorted(int(b) for b in blocks.unique()))
     axes.set_title(title or f"{score.replace('_', ' ')} by block")
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    save_figure(figure, path)
+
+
+def plot_drug_target(table: pd.DataFrame, path: str | os.PathLike, score: str = "auroc") -> None:
+    """`score` with its interval per concentration (the last group: the best concentration), one bar per
+    label (and block) side by side; chance (0.5 for AUROC) dashed."""
+    missing = {"label", "concentration", score} - set(table.columns)
+    if missing:
+        raise UserInputError(f"the drug-target table lacks column(s) {sorted(missing)}")
+    names = [label if pd.isna(block) else f"{label} block {int(block)}"
+             for label, block in zip(table["label"], table.get("block", pd.Series([np.nan] * len(table))))]
+    table = table.assign(name=names)
+    groups = list(dict.fromkeys(str(c) for c in table["concentration"]))
+    series = list(dict.fromkeys(names))
+    width = 0.8 / len(series)
+    figure = Figure(figsize=(3.0 + 0.9 * len(groups) + 0.2 * len(series), 4))
+    axes = figure.add_subplot()
+    for k, name in enumerate(series):
+        rows = table[table["name"] == name].assign(group=lambda t: t["concentration"].astype(str))
+        rows = rows.set_index("group").reindex(groups)
+        error = None
+        if {f"{score}_low", f"{score}_high"} <= set(rows.columns):
+            error = np.vstack([rows[score] - rows[f"{score}_low"], rows[f"{score}_high"] - rows[score]])
+        axes.bar(np.arange(len(groups)) + (k - (len(series) - 1) / 2) * width, rows[score], width, label=name,
+                 yerr=error, error_kw=dict(elinewidth=0.8, capsize=1.5, ecolor="black"))
+    if score == "auroc":
+        axes.axhline(0.5, color="gray", linestyle="--", label="chance")
+    axes.set_xticks(np.arange(len(groups)), groups)
+    axes.set_xlabel("compound concentration")
+    axes.set_ylabel(score.replace("_", " "))
+    axes.set_title("Known compound-target pairs among all pairs (bars: 95% intervals)")
     axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     save_figure(figure, path)

@@ -18,6 +18,7 @@ effect, so the interval is too narrow when batches differ much). Controls are le
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -120,7 +121,9 @@ def linear_probe(table: pd.DataFrame, *, perturbation_col: str, holdout_col: str
         if len(train_classes) == 1:  # nothing to tell apart: every prediction is the one class
             guess = np.full(int(seen.sum()), train_classes[0])
         else:
-            model = LogisticRegression(C=C, max_iter=max_iter).fit(scaler.transform(x[~test]), codes[~test])
+            with warnings.catch_warnings():  # many perturbations with few wells each is the usual case here
+                warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
+                model = LogisticRegression(C=C, max_iter=max_iter).fit(scaler.transform(x[~test]), codes[~test])
             guess = model.predict(scaler.transform(x[seen]))
         truth.append(codes[seen])
         predicted.append(guess)

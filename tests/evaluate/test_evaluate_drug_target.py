@@ -5,6 +5,7 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from maefast.errors import UserInputError
+from maefast.evaluate import normalize_embeddings
 from maefast.evaluate.drug_target import (
     compound_gene_maps,
     drug_target_benchmark,
@@ -57,9 +58,10 @@ def screen(rng, genes=30, compounds=10, concentrations=(0.1, 1.0, 10.0), replica
 def test_compounds_that_mimic_their_targets_rank_them_first_at_high_dose():
     rng = np.random.default_rng()
     table, pairs = screen(rng)
-    gene_map, compound_map = compound_gene_maps(table, perturbation_col="treatment", concentration_col="concentration",
-                                                control_label="CTRL", batch_col="plate", pca_components=None,
-                                                tvn=False)
+    normalized = normalize_embeddings(table, perturbation_col="treatment", control_label="CTRL", batch_col="plate",
+                                      pca_components=8, tvn=True)
+    gene_map, compound_map = compound_gene_maps(normalized, perturbation_col="treatment",
+                                                concentration_col="concentration", control_label="CTRL")
     assert len(gene_map) == 30 and compound_map.index.names == ["compound", "concentration"]
     decoy = pd.DataFrame({"compound": ["C0", "UNKNOWN"], "gene": ["G99", "G1"]})  # not in the map: ignored
     result = drug_target_benchmark(gene_map, compound_map, pd.concat([pairs, decoy]), n_bootstrap=200)
@@ -72,8 +74,8 @@ def test_compounds_that_mimic_their_targets_rank_them_first_at_high_dose():
         assert (rows[f"{name}_low"] <= rows[name] + 1e-12).all() and (rows[name] <= rows[f"{name}_high"] + 1e-12).all()
     noise = table.assign(**{c: rng.normal(size=len(table)) for c in table.filter(like="feature_").columns})
     chance = drug_target_benchmark(*compound_gene_maps(noise, perturbation_col="treatment",
-                                                       concentration_col="concentration", control_label="CTRL",
-                                                       pca_components=None, tvn=False), pairs, n_bootstrap=200)
+                                                       concentration_col="concentration", control_label="CTRL"),
+                                   pairs, n_bootstrap=200)
     assert chance.set_index("concentration").loc[10.0, "auroc_low"] < 0.5 < rows.loc[10.0, "auroc_low"]
 
 
@@ -82,7 +84,7 @@ def test_signed_direction_and_errors(tmp_path):
     opposite = {0.1: -0.2, 1.0: -0.6, 10.0: -0.9}  # compounds oppose their target's knockout
     table, pairs = screen(rng, strength=opposite)
     maps = compound_gene_maps(table, perturbation_col="treatment", concentration_col="concentration",
-                              control_label="CTRL", pca_components=None, tvn=False)
+                              control_label="CTRL")
     both = drug_target_benchmark(*maps, pairs, n_bootstrap=50).set_index("concentration")
     positive = drug_target_benchmark(*maps, pairs, direction="positive", n_bootstrap=50).set_index("concentration")
     assert both.loc[10.0, "auroc"] > 0.9 and positive.loc[10.0, "auroc"] < 0.1
@@ -96,4 +98,4 @@ def test_signed_direction_and_errors(tmp_path):
         drug_target_benchmark(*maps, pd.DataFrame({"compound": ["X"], "gene": ["Y"]}))
     with pytest.raises(UserInputError, match="compound rows"):
         compound_gene_maps(table[table["concentration"].isna()], perturbation_col="treatment",
-                           concentration_col="concentration", control_label="CTRL", pca_components=None, tvn=False)
+                           concentration_col="concentration", control_label="CTRL")
