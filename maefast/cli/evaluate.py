@@ -89,7 +89,12 @@ def add_commands(subparsers) -> None:
     drug = subparsers.add_parser("drug-target", help="compound-gene benchmark (RxRx3-core): known compound-target "
                                                      "pairs ranked among all, per concentration")
     add_embeddings_options(drug, level="site")
-    drug.add_argument("--pairs", required=True, help="known compound-target pairs: CSV with columns compound,gene")
+    drug.add_argument("--pairs", required=True, help="known compound-gene pairs: CSV with columns compound,gene and "
+                                                     "optionally activity_nM (or EFAAR's treatment,gene_symbol,"
+                                                     "nM_value)")
+    drug.add_argument("--repeats", type=int, default=10, help="draws of each compound's negative genes, averaged")
+    drug.add_argument("--min-negatives", type=int, default=20,
+                      help="negative genes per compound: 2 per active gene, at least this many (EFAAR: 20)")
     drug.add_argument("--concentration-col", default="concentration",
                       help="metadata column of the compound concentration (empty for gene knockouts)")
     drug.add_argument("--direction", choices=("both", "positive"), default="both",
@@ -291,6 +296,7 @@ def drug_target_command(args) -> int:
                 concentration_col=args.concentration_col, control_label=options.control_label,
                 aggregate=options.aggregate)
             result = drug_target_benchmark(gene_map, compound_map, pairs, direction=args.direction,
+                                           min_negatives=args.min_negatives, repeats=args.repeats,
                                            n_bootstrap=args.bootstrap, seed=args.seed)
             results.append(result.assign(label=label, block=block))
     table = pd.concat(results, ignore_index=True)
@@ -298,7 +304,7 @@ def drug_target_command(args) -> int:
     write_csv(table, out / "drug_target.csv")
     write_json_atomic(out / "drug_target.json", json.loads(table.to_json(orient="records")))
     plot_drug_target(table, out / "drug_target.png")
-    print(table[["label", BLOCK_COLUMN, "concentration", "n_known_pairs", "auroc", "auroc_low", "auroc_high",
+    print(table[["label", BLOCK_COLUMN, "concentration", "n_active_pairs", "auroc", "auroc_low", "auroc_high",
                  "average_precision", "prevalence"]].to_string(index=False))
     print(f"wrote drug_target.csv, drug_target.json and drug_target.png to {out}")
     return 0

@@ -143,12 +143,15 @@ def site_table(table: pd.DataFrame, features: np.ndarray) -> pd.DataFrame:
 
 
 def aggregate_wells(sites: pd.DataFrame) -> pd.DataFrame:
-    """Mean feature vector per (batch, plate, well); perturbation and control flag carried along."""
+    """Mean feature vector per (batch, plate, well[, block]); the metadata every site of a well shares
+    (perturbation, control flag, compound concentration, ...) carried along."""
     features = [c for c in sites.columns if c.startswith("feature_")]
-    keys = [c for c in ("batch", "plate", "well") if c in sites.columns]
-    carried = [c for c in ("perturbation", "is_control") if c in sites.columns]
+    keys = [c for c in ("batch", "plate", "well", "block") if c in sites.columns]
     grouped = sites.groupby(keys, sort=True)
     wells = grouped[features].mean()
+    metadata = [c for c in sites.columns if c not in features and c not in keys and c not in ("id", "site")]
+    shared = grouped[metadata].nunique(dropna=False).max() <= 1
+    carried = [c for c in metadata if shared[c]]
     wells[carried] = grouped[carried].first()
     wells["sites"] = grouped.size()
     return wells.reset_index()[keys + carried + ["sites"] + features]

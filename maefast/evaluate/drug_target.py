@@ -1,21 +1,28 @@
-"""The drug-target (compound-gene) benchmark of RxRx3-core (Kraus et al. 2025, arXiv 2503.20158): does a
-compound's profile resemble the knockout of the genes it targets?
+"""The drug-target (compound-gene) benchmark of RxRx3-core (Kraus et al. 2025, arXiv 2503.20158, as
+EFAAR_benchmarking's `compound_gene_benchmark` computes it): does a compound's profile resemble the knockout
+of the genes it acts on?
 
 The map holds gene knockouts and compounds at several concentrations (`compound_gene_maps` builds both from
-one screen's rows, normalized together). Every compound-gene pair is scored by the cosine similarity of the
-compound's vector at a concentration and the knockout's vector: by its absolute value (direction "both",
-the default: an inhibitor mimics the knockout, an activator may oppose it) or by its signed value
-("positive"). The known pairs (a table with columns `compound` and `gene`) are ranked among all pairs of
-the compounds that have at least one known target among the map's genes, per concentration and at the
-best concentration (each pair's highest score over the concentrations, chosen without the labels):
+one screen's rows, normalized together). A compound-gene pair is scored by the absolute cosine similarity of
+the compound's vector at a concentration and the knockout's (direction "both", as EFAAR: an inhibitor
+mimics the knockout, an activator may oppose it) or by the signed cosine ("positive").
 
-- AUROC: the probability that a known pair outscores an unannotated one (ties count half; 0.5 is chance),
-  as scikit-learn's roc_auc_score;
-- average precision over the ranking, as scikit-learn's average_precision_score (chance: the prevalence);
-- recall at the top fractions: the share of known pairs that fewer than that fraction of all pairs outscore.
+Known pairs come from a table with columns `compound` and `gene`, and optionally `activity_nM` (EFAAR's
+`nM_value`; RxRx3-core's compound_gene_interactions.csv with columns treatment, gene_symbol, nM_value is read
+as well): a pair is active when its activity is at most `activity_threshold` (1,000 nM; every listed pair
+without an activity is active), and a pair between that and `inactivity_threshold` (10,000 nM) is neither
+positive nor negative. For each compound with an active gene in the map, its candidates are its active
+genes and max(2 x actives, 20) negatives drawn at random from the map's other genes (EFAAR draws them from
+the genes of its interaction table); the draw is repeated `repeats` times and the metrics averaged.
 
-Each comes with a percentile-bootstrap interval that resamples compounds (with all their pairs), since the
-pairs of one compound share its profile.
+Per concentration, and at the best concentration (each candidate pair's highest score over the
+concentrations, EFAAR's "max"):
+- auroc, average_precision: over the candidate pairs of all compounds pooled (EFAAR's micro average;
+  chance: 0.5 and the share of positives, `prevalence`);
+- macro_auroc, median_average_precision: the mean AUROC and median average precision of the compounds
+  (EFAAR's macro average and ap_quantile_0.5).
+Each has a percentile-bootstrap interval that resamples compounds, since the pairs of one compound share
+its profile.
 """
 from __future__ import annotations
 
@@ -31,20 +38,14 @@ from maefast.evaluate.similarity import unit_rows
 from maefast.io import read_table
 
 PAIR_COLUMNS = ("compound", "gene")
+ACTIVITY = "activity_nM"
+EFAAR_COLUMNS = {"treatment": "compound", "gene_symbol": "gene", "nM_value": ACTIVITY}
+ACTIVITY_THRESHOLD, INACTIVITY_THRESHOLD = 1000.0, 10000.0  # nM, EFAAR's defaults
+MIN_NEGATIVES = 20
 DIRECTIONS = ("both", "positive")
-TOP_FRACTIONS = (0.01, 0.05, 0.1)
+METRICS = ("auroc", "average_precision", "macro_auroc", "median_average_precision")
 BEST = "best"
 BOOTSTRAP_CHUNK = 16  # resamples scored at once (memory: chunk x pairs floats)
-
-
-def load_compound_targets(path: str | os.PathLike) -> pd.DataFrame:
-    """Known compound-target pairs: a CSV (TSV when it ends in .tsv) with columns `compound` and `gene`, one row
-    per pair (more columns are ignored). Returns the distinct pairs as strings."""
-    table = read_table(path, sep="\t" if str(path).endswith(".tsv") else ",", dtype=str)
-    missing = [c for c in PAIR_COLUMNS if c not in table.columns]
-    if missing:
-        raise UserInputError(f"{path}: missing column(s) {missing}; expected a header compound,gene")
-    return table[list(PAIR_COLUMNS)].dropna().drop_duplicates(ignore_index=True)
 
 
 def compound_gene_maps(table: pd.DataFrame, *, perturbation_col: str, concentration_col: str,
@@ -77,10 +78,9 @@ def compound_gene_maps(table: pd.DataFrame, *, perturbation_col: str, concentrat
     return gene_map, compound_map
 
 
-def ranking_metrics(scores: np.ndarray, known: np.ndarray, weights: np.ndarray,
-                    top_fractions: Sequence[float]) -> dict[str, np.ndarray]:
-    """AUROC, average precision and recall at each top fraction of pair `scores` (P,) with labels `known` (P,),
-    for each row of pair `weights` (R, P) (1 everywhere: the plain metrics; bootstrap counts: a resample)."""
+def ranking_metrics(scores: np.ndarray, known: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """AUROC and average precision (ties handled as scikit-learn does) of pair `scores` (P,) with labels
+    `known` (P,), for each row of pair `weights` (R, P) (ones: the plain metrics; bootstrap counts: a resample)."""
     order = np.argsort(-scores, kind="stable")
     scores, known, weights = scores[order], known[order], weights[:, order]
     # last position of each run of equal scores: ties share one threshold
@@ -88,89 +88,141 @@ def ranking_metrics(scores: np.ndarray, known: np.ndarray, weights: np.ndarray,
     group_of = np.repeat(np.arange(len(group_end)), np.diff(np.r_[-1, group_end]))
     positive, negative = weights * known, weights * ~known
     positive_total, negative_total = positive.sum(1), negative.sum(1)
-    total = weights.sum(1)
-    cumulative = np.cumsum(weights, axis=1)[:, group_end]               # pairs at or above each threshold
+    cumulative = np.cumsum(weights, axis=1)[:, group_end]  # pairs at or above each threshold
     cumulative_positive = np.cumsum(positive, axis=1)[:, group_end]
     cumulative_negative = np.cumsum(negative, axis=1)[:, group_end]
-    above = np.c_[np.zeros(len(weights)), cumulative[:, :-1]][:, group_of]          # strictly higher scores
     negative_above = np.c_[np.zeros(len(weights)), cumulative_negative[:, :-1]][:, group_of]
     negative_tied = (cumulative_negative[:, group_of] - negative_above)
     with np.errstate(invalid="ignore", divide="ignore"):
         auroc = (positive * (negative_total[:, None] - negative_above - 0.5 * negative_tied)).sum(1) / (
             positive_total * negative_total)
-        precision = cumulative_positive / cumulative
+        precision = np.where(cumulative > 0, cumulative_positive / np.maximum(cumulative, 1e-300), 0.0)
         gained = np.diff(np.c_[np.zeros(len(weights)), cumulative_positive], axis=1)
         average_precision = (gained * precision).sum(1) / positive_total
-        metrics = {"auroc": auroc, "average_precision": average_precision}
-        for fraction in top_fractions:
-            recalled = above / total[:, None] < fraction
-            metrics[f"recall_top_{fraction}"] = (positive * recalled).sum(1) / positive_total
-    return metrics
+    return {"auroc": auroc, "average_precision": average_precision}
+
+
+def load_compound_targets(path: str | os.PathLike) -> pd.DataFrame:
+    """Known compound-gene pairs: a CSV (TSV when it ends in .tsv) with columns `compound` and `gene` and
+    optionally `activity_nM` (EFAAR's treatment, gene_symbol, nM_value are read as these). Returns the distinct
+    rows of those columns (compound and gene as strings)."""
+    table = read_table(path, sep="\t" if str(path).endswith(".tsv") else ",")
+    table = table.rename(columns={k: v for k, v in EFAAR_COLUMNS.items() if v not in table.columns})
+    missing = [c for c in PAIR_COLUMNS if c not in table.columns]
+    if missing:
+        raise UserInputError(f"{path}: missing column(s) {missing}; expected a header compound,gene[,activity_nM]")
+    columns = list(PAIR_COLUMNS) + ([ACTIVITY] if ACTIVITY in table.columns else [])
+    table = table[columns].dropna(subset=list(PAIR_COLUMNS)).astype({c: str for c in PAIR_COLUMNS})
+    return table.drop_duplicates(ignore_index=True)
+
+
+def candidates(pairs: pd.DataFrame, genes: pd.Index, compounds: list[str], rng: np.random.Generator,
+               activity_threshold: float, inactivity_threshold: float, negatives_per_active: int,
+               min_negatives: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """compound -> (gene positions of its candidates, which are active): its active genes in the map and
+    max(negatives_per_active x actives, min_negatives) random other genes, none in its grey zone."""
+    activity = pairs[ACTIVITY] if ACTIVITY in pairs.columns else pd.Series(0.0, index=pairs.index)
+    activity = pd.to_numeric(activity, errors="coerce").fillna(0.0)
+    result = {}
+    for compound in compounds:
+        mine = pairs["compound"] == compound
+        active = np.unique(genes.get_indexer(pairs.loc[mine & (activity <= activity_threshold), "gene"]))
+        active = active[active >= 0]
+        grey = genes.get_indexer(pairs.loc[mine & (activity > activity_threshold)
+                                           & (activity <= inactivity_threshold), "gene"])
+        eligible = np.setdiff1d(np.arange(len(genes)), np.concatenate([active, grey]))
+        count = max(negatives_per_active * len(active), min_negatives)
+        if len(active) == 0 or len(eligible) < count:
+            continue
+        chosen = np.concatenate([active, rng.choice(eligible, count, replace=False)])
+        result[compound] = (chosen, np.arange(len(chosen)) < len(active))
+    return result
 
 
 def drug_target_benchmark(gene_map: pd.DataFrame, compound_map: pd.DataFrame, pairs: pd.DataFrame, *,
-                          direction: str = "both", top_fractions: Sequence[float] = TOP_FRACTIONS,
-                          level: float = 0.95, n_bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """One row per concentration (ascending) and one for the best concentration: concentration, n_compounds,
-    n_genes, n_known_pairs, n_pairs, prevalence, then each metric with its *_low / *_high interval bounds.
+                          direction: str = "both", activity_threshold: float = ACTIVITY_THRESHOLD,
+                          inactivity_threshold: float = INACTIVITY_THRESHOLD, negatives_per_active: int = 2,
+                          min_negatives: int = MIN_NEGATIVES, repeats: int = 10, level: float = 0.95,
+                          n_bootstrap: int = 500, seed: int = 0) -> pd.DataFrame:
+    """One row per concentration (ascending) and one for the best: concentration, n_compounds, n_genes,
+    n_active_pairs, n_candidate_pairs, prevalence, then auroc, average_precision, macro_auroc and
+    median_average_precision, each with its *_low / *_high interval bounds (see the module docstring).
 
     gene_map: indexed by gene; compound_map: indexed by (compound, concentration), the same feature columns;
-    pairs: columns compound and gene (e.g. from load_compound_targets)."""
+    pairs: load_compound_targets' table."""
     if direction not in DIRECTIONS:
         raise UserInputError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-    if not 0 < level < 1 or n_bootstrap < 1:
-        raise UserInputError(f"level must lie in (0, 1) and n_bootstrap be positive, got {level}, {n_bootstrap}")
-    if not all(0 < f < 1 for f in top_fractions):
-        raise UserInputError(f"top fractions must lie in (0, 1), got {list(top_fractions)}")
+    if not 0 < level < 1 or min(n_bootstrap, repeats, negatives_per_active) < 1 or min_negatives < 0:
+        raise UserInputError("need 0 < level < 1, n_bootstrap, repeats and negatives_per_active >= 1, "
+                             f"min_negatives >= 0; got {level}, {n_bootstrap}, {repeats}, {negatives_per_active}, "
+                             f"{min_negatives}")
     if compound_map.index.nlevels != 2 or list(gene_map.columns) != list(compound_map.columns):
         raise UserInputError("compound_map must be indexed by (compound, concentration) and share the gene map's "
                              "feature columns (build both with compound_gene_maps)")
-    genes = gene_map.index.astype(str)
-    compounds_in_map = set(compound_map.index.get_level_values(0).astype(str))
-    pairs = pairs[pairs["gene"].isin(genes) & pairs["compound"].isin(compounds_in_map)]
-    compounds = sorted(pairs["compound"].unique())
-    if not compounds:
-        raise UserInputError("no known pair has both its compound and its gene in the map")
+    genes = pd.Index(gene_map.index.astype(str))
+    in_map = set(compound_map.index.get_level_values(0).astype(str))
+    compounds = sorted(set(pairs["compound"]) & in_map)
     gene_units = unit_rows(gene_map.to_numpy(np.float64))
-    known = np.zeros((len(compounds), len(genes)), bool)
-    known[[compounds.index(c) for c in pairs["compound"]], genes.get_indexer(pairs["gene"])] = True
-
-    per_concentration = {}
+    scores = {}  # concentration -> DataFrame (compounds at it, genes)
     for concentration, rows in compound_map.groupby(level=1, sort=True):
         rows = rows.droplevel(1)
         rows = rows[rows.index.astype(str).isin(compounds)]
         if len(rows):
             similarity = unit_rows(rows.to_numpy(np.float64)) @ gene_units.T
-            score = np.abs(similarity) if direction == "both" else similarity
-            per_concentration[concentration] = pd.DataFrame(score, index=rows.index.astype(str))
-    best = pd.concat(per_concentration.values()).groupby(level=0).max()
-    rng = np.random.default_rng(seed)
-    results = []
-    for name, scores in [*per_concentration.items(), (BEST, best)]:
-        present = [compounds.index(c) for c in scores.index]
-        results.append({"concentration": name, **score_pairs(scores.to_numpy(), known[present], top_fractions,
-                                                               level, n_bootstrap, rng)})
-    return pd.DataFrame(results)
+            scores[concentration] = pd.DataFrame(np.abs(similarity) if direction == "both" else similarity,
+                                                 index=rows.index.astype(str))
+    if scores:
+        scores[BEST] = pd.concat(scores.values()).groupby(level=0).max()
+    draws = [candidates(pairs, genes, compounds, np.random.default_rng([seed, r]), activity_threshold,
+                        inactivity_threshold, negatives_per_active, min_negatives) for r in range(repeats)]
+    if not scores or not draws[0]:
+        raise UserInputError("no compound has an active gene in the map (and enough other genes for its negatives): "
+                             f"{len(compounds)} of the pairs' compounds are in the map")
+    rng = np.random.default_rng([seed, repeats])
+    rows = []
+    for name, table in scores.items():
+        present = [c for c in draws[0] if c in table.index]
+        rows.append({"concentration": name, **score_candidates(table, present, draws, len(genes), level,
+                                                              n_bootstrap, rng)})
+    return pd.DataFrame(rows)
 
 
-def score_pairs(scores: np.ndarray, known: np.ndarray, top_fractions, level: float, n_bootstrap: int,
-                rng: np.random.Generator) -> dict:
-    """The metrics of a (compounds, genes) score matrix and their compound-bootstrap intervals."""
-    n_compounds, n_genes = scores.shape
-    flat_scores, flat_known = scores.ravel(), known.ravel()
-    observed = ranking_metrics(flat_scores, flat_known, np.ones((1, flat_scores.size)), top_fractions)
-    draws = {name: [] for name in observed}
-    for start in range(0, n_bootstrap, BOOTSTRAP_CHUNK):
-        count = min(BOOTSTRAP_CHUNK, n_bootstrap - start)
-        compound_weights = rng.multinomial(n_compounds, np.full(n_compounds, 1 / n_compounds), size=count)
-        metrics = ranking_metrics(flat_scores, flat_known, np.repeat(compound_weights, n_genes, axis=1).astype(float),
-                                  top_fractions)
-        for name, values in metrics.items():
-            draws[name].append(values)
-    row = {"n_compounds": n_compounds, "n_genes": n_genes, "n_known_pairs": int(known.sum()),
-           "n_pairs": int(known.size), "prevalence": float(known.mean())}
+def score_candidates(scores: pd.DataFrame, compounds: list[str], draws: list[dict], n_genes: int, level: float,
+                     n_bootstrap: int, rng: np.random.Generator) -> dict:
+    """The metrics of one concentration, averaged over the candidate draws, with compound-bootstrap intervals."""
+    weights = np.vstack([np.ones(len(compounds)), rng.multinomial(len(compounds), np.full(len(compounds),
+                                                                                     1 / len(compounds)),
+                                                                  size=n_bootstrap)]).astype(float)
+    totals = None
+    for draw in draws:
+        values = {name: np.zeros(len(weights)) for name in METRICS}
+        per_compound = [(scores.loc[c].to_numpy()[draw[c][0]], draw[c][1]) for c in compounds]
+        flat_scores = np.concatenate([s for s, _ in per_compound])
+        flat_known = np.concatenate([k for _, k in per_compound])
+        sizes = [len(s) for s, _ in per_compound]
+        for start in range(0, len(weights), BOOTSTRAP_CHUNK):
+            chunk = weights[start:start + BOOTSTRAP_CHUNK]
+            pooled = ranking_metrics(flat_scores, flat_known, np.repeat(chunk, sizes, axis=1))
+            values["auroc"][start:start + len(chunk)] = pooled["auroc"]
+            values["average_precision"][start:start + len(chunk)] = pooled["average_precision"]
+        each = [ranking_metrics(s, k, np.ones((1, len(s)))) for s, k in per_compound]
+        auroc = np.array([m["auroc"][0] for m in each])
+        precision = np.array([m["average_precision"][0] for m in each])
+        values["macro_auroc"] = weights @ auroc / weights.sum(1)
+        values["median_average_precision"] = np.array([weighted_median(precision, w) for w in weights])
+        totals = values if totals is None else {k: totals[k] + values[k] for k in totals}
+    row = {"n_compounds": len(compounds), "n_genes": n_genes,
+           "n_active_pairs": int(sum(draws[0][c][1].sum() for c in compounds)),
+           "n_candidate_pairs": int(sum(len(draws[0][c][0]) for c in compounds))}
+    row["prevalence"] = row["n_active_pairs"] / row["n_candidate_pairs"]
     quantiles = [(1 - level) / 2, (1 + level) / 2]
-    for name, value in observed.items():
-        low, high = np.nanquantile(np.concatenate(draws[name]), quantiles)
-        row.update({name: float(value[0]), f"{name}_low": float(low), f"{name}_high": float(high)})
+    for name in METRICS:
+        mean = totals[name] / len(draws)
+        low, high = np.nanquantile(mean[1:], quantiles)
+        row.update({name: float(mean[0]), f"{name}_low": float(low), f"{name}_high": float(high)})
     return row
+
+
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The median of `values` repeated `weights` (integer) times: numpy's median of the repeated values."""
+    return float(np.median(np.repeat(values, weights.astype(np.int64))))
