@@ -13,7 +13,11 @@ def add_commands(subparsers) -> None:
 
     synth = commands.add_parser("synth", help="render a synthetic cell-painting screen")
     synth.add_argument("--out", required=True, help="output folder")
-    synth.add_argument("--layout", choices=("rxrx", "jump"), default="rxrx")
+    synth.add_argument("--layout", choices=("rxrx", "jump", "rxrx3-core"), default="rxrx",
+                       help="rxrx: PNG files; jump: TIFF files and load_data.csv; rxrx3-core: parquet shards of "
+                            "encoded channel images and metadata_rxrx3_core.csv, as RxRx3-core is published")
+    synth.add_argument("--codec", choices=("jpeg2000", "png"), default="jpeg2000",
+                       help="rxrx3-core: how each channel image is encoded (JPEG 2000 lossless, as published)")
     synth.add_argument("--genes", type=int, default=100, help="number of gene perturbations (from CORUM complexes)")
     synth.add_argument("--replicates", type=int, default=2, help="wells per gene (on different plates)")
     synth.add_argument("--plates", type=int, default=4)
@@ -82,7 +86,7 @@ def synth_command(args) -> int:
                        num_plates=args.plates, num_experiments=args.experiments, controls_per_plate=args.controls,
                        sites_per_well=args.sites, size=args.size, channels=args.channels, bit_depth=args.bit_depth,
                        effect_size=args.effect_size, complexes=args.complexes, seed=args.seed, workers=args.workers,
-                       num_compounds=args.compounds, concentrations=args.concentrations)
+                       num_compounds=args.compounds, concentrations=args.concentrations, codec=args.codec)
     print(f"wrote synthetic {args.layout} screen to {out}")
     return 0
 

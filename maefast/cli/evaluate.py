@@ -19,6 +19,10 @@ EMBEDDINGS_HELP = ("metadata + feature columns: an embedding job folder, a folde
                    ".h5ad (AnnData) / pycytominer .csv[.gz] file (published tables such as OpenPhenom's too)")
 
 
+METADATA_HELP = ("a metadata table (CSV or parquet) joined on the columns it shares with the embeddings, for published "
+                 "embeddings that carry only an id (OpenPhenom's RxRx3-core embeddings with metadata_rxrx3_core.csv)")
+
+
 def add_map_options(parser, required: bool = True) -> None:
     """How embeddings become a map: the options of `maefast map` (shared by every command that builds maps)."""
     parser.add_argument("--perturbation-col", required=required, help="metadata column naming the perturbation")
@@ -39,6 +43,7 @@ def add_embeddings_options(parser, level: str) -> None:
                         help="name of each --embeddings in tables and plots (default: its file or folder name)")
     parser.add_argument("--level", choices=LEVELS, default=level, help=f"of an embedding job: sites or wells "
                                                                        f"(default {level})")
+    parser.add_argument("--metadata", help=METADATA_HELP)
     add_map_options(parser)
     baselines = parser.add_argument_group("baselines", "rows beside the model's: the same architecture with random "
                                                        "weights, hand-crafted features of the same sites")
@@ -54,6 +59,7 @@ def add_commands(subparsers) -> None:
     build = subparsers.add_parser(
         "map", help="center-scale, PCA and TVN on controls, then aggregate embeddings per perturbation")
     build.add_argument("--embeddings", required=True, help=EMBEDDINGS_HELP)
+    build.add_argument("--metadata", help=METADATA_HELP)
     build.add_argument("--out", required=True, help="the map, indexed by perturbation (.parquet, .h5ad or .csv[.gz])")
     build.add_argument("--format", default="parquet", choices=FORMATS,
                        help="h5ad: AnnData (obs = perturbations); pycytominer-*: Metadata_<perturbation> + features")
@@ -119,6 +125,7 @@ def add_commands(subparsers) -> None:
     embeddings = bench.add_argument_group("with --embeddings", "the map options of `maefast map`, the block choice "
                                                                "and the baselines")
     embeddings.add_argument("--level", choices=LEVELS, default="site", help="of an embedding job: sites or wells")
+    embeddings.add_argument("--metadata", help=METADATA_HELP)
     add_map_options(embeddings, required=False)
     embeddings.add_argument("--pick-block", choices=("probe", "recall"),
                             help="choose each model's block on some batches of --split-col (by linear probe or by "
@@ -154,7 +161,7 @@ def add_commands(subparsers) -> None:
 def map_command(args) -> int:
     from maefast.evaluate import aggregate_map, normalize_embeddings, perturbation_magnitude, replicate_consistency
 
-    table = one_block(read_embeddings(args.embeddings), args.block, args.embeddings)
+    table = one_block(read_embeddings(args.embeddings, metadata=args.metadata), args.block, args.embeddings)
     features = [c for c in table.columns if str(c).startswith(args.feature_prefix)]
     if not features:
         raise UserInputError(f"{args.embeddings}: no columns start with --feature-prefix {args.feature_prefix!r}")
@@ -218,7 +225,8 @@ def embeddings_tables(args, out: Path) -> dict[str, pd.DataFrame]:
     """label -> embeddings (features named by --feature-prefix become feature_*), the baselines added."""
     tables = {}
     for label, path in zip(labelled(args.embeddings, args.labels), args.embeddings):
-        tables[label] = standard_features(read_embeddings(path, level=args.level), args.feature_prefix, path)
+        tables[label] = standard_features(read_embeddings(path, level=args.level, metadata=args.metadata),
+                                          args.feature_prefix, path)
     for kind in args.baselines or []:
         tables[BASELINES[kind]] = baseline_table(args, kind, out, next(iter(tables.values())))
     return tables

@@ -76,6 +76,8 @@ def check_dataset(path, layout: str = "auto", channels=None, illumination: str =
                                "Metadata_Perturbation, Metadata_Symbol, Metadata_JCP2022)")
     if layout == "packed":
         _check_shards(dataset, report)
+    elif layout == "rxrx3-core":
+        _check_images(dataset, report)
     else:
         _check_files(dataset, report, workers, progress)
     return report
@@ -112,6 +114,18 @@ def _check_files(dataset: Dataset, report: CheckReport, workers: int, progress: 
             if progress and (done % 2000 == 0 or done == len(jobs)):
                 print(f"check: {done}/{len(jobs)} files, {done / (time.perf_counter() - start):.0f} files/s",
                       flush=True)
+
+
+def _check_images(dataset: Dataset, report: CheckReport) -> None:
+    """Decodes every image of a layout without per-channel files (rxrx3-core) and reports the bad ones."""
+    from maefast.data.torch_backend import ImageReader
+    reader = ImageReader(dataset)
+    for row in range(len(dataset)):
+        report.files += len(dataset.channels)
+        try:
+            reader.read_image(row)
+        except ImageReadError as error:
+            report.add(error.kind, error.reason, error.image_id, error.path)
 
 
 def _check_shards(dataset: Dataset, report: CheckReport) -> None:

@@ -13,6 +13,7 @@ number), so workers and resumption do not change the pixels. Files are written a
 """
 from __future__ import annotations
 
+import json
 import os
 import struct
 import time
@@ -141,19 +142,29 @@ def synth_screen(out_dir, layout: str = "rxrx", num_genes: int = 100, replicates
                  num_experiments: int = 2, controls_per_plate: int = 16, sites_per_well: int = 2,
                  size: int = 512, channels: int = 6, bit_depth: int | None = None, effect_size: float = 1.0,
                  batch_strength: float = 1.0, complexes=None, seed: int = 0, workers: int | None = None,
-                 progress: bool = True, num_compounds: int = 0, concentrations=CONCENTRATIONS) -> Path:
+                 progress: bool = True, num_compounds: int = 0, concentrations=CONCENTRATIONS,
+                 codec: str = "jpeg2000") -> Path:
     """Writes a synthetic screen to out_dir and returns out_dir (open it with open_dataset).
 
     layout "rxrx": {experiment}/Plate{p}/{well}_s{site}_w{k}.png + metadata.csv + channels.json.
     layout "jump": images/{experiment}/{plate}/{well}_s{site}_{channel}.tiff, one illumination function
     per plate and channel (illum/...npy, the plate's simulated illumination) and load_data.csv.
+    layout "rxrx3-core": RxRx3-core's parquet shards of `codec` ("jpeg2000" or "png") channel images and
+    metadata_rxrx3_core.csv (maefast.data.rxrx3_core), rendered through the rxrx layout.
     bit_depth: 8 or 16 (default 8 for rxrx, 16 for jump). Also writes genes.csv (the ground truth:
     gene, complex, effect per feature) and synth.json (the parameters). With num_compounds, compounds are
     tested at `concentrations` (design_compounds) and compounds.csv (effect per compound and concentration)
     and compound_targets.csv (the known pairs: compound, gene) are written too.
     """
+    if layout == "rxrx3-core":
+        return _synth_rxrx3_core(out_dir, codec, dict(
+            num_genes=num_genes, replicates=replicates, num_plates=num_plates, num_experiments=num_experiments,
+            controls_per_plate=controls_per_plate, sites_per_well=sites_per_well, size=size, channels=channels,
+            bit_depth=bit_depth, effect_size=effect_size, batch_strength=batch_strength, complexes=complexes,
+            seed=seed, workers=workers, progress=progress, num_compounds=num_compounds,
+            concentrations=concentrations))
     if layout not in ("rxrx", "jump"):
-        raise UserInputError(f"layout must be 'rxrx' or 'jump', got {layout!r}")
+        raise UserInputError(f"layout must be 'rxrx', 'jump' or 'rxrx3-core', got {layout!r}")
     bit_depth = bit_depth or (8 if layout == "rxrx" else 16)
     if bit_depth not in (8, 16):
         raise UserInputError(f"bit_depth must be 8 or 16, got {bit_depth}")
@@ -194,6 +205,34 @@ def synth_screen(out_dir, layout: str = "rxrx", num_genes: int = 100, replicates
         _write_csv(sites.drop(columns="files"), out / "metadata.csv")
     else:
         _write_jump_tables(out, sites, names, config)
+    return out
+
+
+def _synth_rxrx3_core(out_dir, codec: str, options: dict) -> Path:
+    """The screen rendered in the rxrx layout (in a hidden folder, removed when done), then written in the
+    RxRx3-core layout with its ground-truth tables. A finished screen with the same parameters is kept."""
+    import shutil
+
+    from maefast.data.layouts import open_dataset
+    from maefast.data.rxrx3_core import METADATA_FILE, write_rxrx3_core
+    out = Path(out_dir)
+    source = out / ".rxrx-source"
+    params = {"layout": "rxrx3-core", "codec": codec, **{k: v for k, v in options.items()
+                                                        if k not in ("workers", "progress", "complexes")}}
+    params = json.loads(json.dumps(params))  # as it reads back (tuples become lists)
+    if (out / "synth.json").is_file():
+        if read_json(out / "synth.json") != params:
+            raise UserInputError(f"{out} holds a synthetic screen made with other parameters "
+                                 f"({out / 'synth.json'}); use a new folder")
+        if (out / METADATA_FILE).is_file() and not source.exists():
+            return out
+    write_json_atomic(out / "synth.json", params)
+    synth_screen(source, layout="rxrx", **options)
+    write_rxrx3_core(open_dataset(source), out, codec)
+    for name in ("genes.csv", "compounds.csv", "compound_targets.csv"):
+        if (source / name).is_file():
+            shutil.copyfile(source / name, out / name)
+    shutil.rmtree(source)
     return out
 
 
