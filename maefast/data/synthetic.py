@@ -214,7 +214,8 @@ def _synth_rxrx3_core(out_dir, codec: str, options: dict) -> Path:
     import shutil
 
     from maefast.data.layouts import open_dataset
-    from maefast.data.rxrx3_core import METADATA_FILE, write_rxrx3_core
+    from maefast.data.rxrx3_core import METADATA_FILE
+    from maefast.data.rxrx3_core_write import write_rxrx3_core
     out = Path(out_dir)
     source = out / ".rxrx-source"
     params = {"layout": "rxrx3-core", "codec": codec, **{k: v for k, v in options.items()

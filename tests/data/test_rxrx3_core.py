@@ -12,7 +12,8 @@ import pytest
 from maefast.cli import main
 from maefast.data import make_loader, make_tile_loader, open_dataset
 from maefast.data.decode import ImageReadError
-from maefast.data.rxrx3_core import decode_image, encode_image, perturbation_of
+from maefast.data.rxrx3_core import decode_image, perturbation_of
+from maefast.data.rxrx3_core_write import encode_image
 from maefast.data.synthetic import synth_screen
 from maefast.data.torch_backend import ImageReader
 from maefast.errors import UserInputError
