@@ -39,6 +39,10 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--tile-batch", type=tile_batch, default="auto",
                         help="tiles per encoder forward: auto (on CUDA the largest batch that fits and still "
                              "gets faster, timed once; elsewhere one loader batch's tiles) or a number")
+    parser.add_argument("--blocks", type=block_list, default=None,
+                        help="embed these encoder blocks from one forward, one row per site and block (a block "
+                             "column): all, last, or 0-based indices such as 8,12,16 (negative: from the end); "
+                             "default: the final embedding only")
     parser.add_argument("--backend", default="auto", choices=("auto", "dali", "torch"), help="loader backend")
     parser.add_argument("--on-error", default="raise", choices=ERROR_POLICIES)
     parser.add_argument("--workers", type=int, default=None, help="loader threads / processes")
@@ -69,6 +73,15 @@ def tile_batch(text: str) -> int | str:
     return int(text)
 
 
+def block_list(text: str) -> str | list[int]:
+    if text in ("all", "last"):
+        return text
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected all, last or block indices such as 8,12,16, got {text!r}") from None
+
+
 def embed_command(args) -> int:
     from maefast.embedding.api import embed
     channels = [c.strip() for c in args.channels.split(",")] if args.channels else None
@@ -78,7 +91,7 @@ def embed_command(args) -> int:
                     per_channel=args.per_channel, batch_size=args.batch_size, shard_size=args.shard_size,
                     precision=args.precision, backend=args.backend, on_error=args.on_error, workers=args.workers,
                     device=args.device, show_progress=not args.no_progress, format=args.format,
-                    compile=args.compile, attention=args.attention, tile_batch=args.tile_batch)
+                    compile=args.compile, attention=args.attention, tile_batch=args.tile_batch, blocks=args.blocks)
     if "complete" in summary:  # rank 0
         state = "complete" if summary["complete"] else f"incomplete (missing shards {summary.get('missing_shards')})"
         print(f"maefast embed: {summary['num_shards']} shards, {state}, "

@@ -6,6 +6,7 @@ from maefast.data import make_tile_loader, open_dataset
 from maefast.embedding.encoder import load_encoder, weights_file
 from maefast.embedding.job import EmbedSettings, run_embedding
 from maefast.embedding.outputs import export_embeddings
+from maefast.embedding.runner import resolve_blocks
 from maefast.errors import UserInputError
 from maefast.io import file_sha256
 from maefast.models.registry import input_config
@@ -39,7 +40,7 @@ def embed(checkpoint, data, out, *, model: str | None = None, weights_layout: st
           per_channel: bool = False, batch_size: int = 16, shard_size: int = 1024, precision: str = "auto",
           backend: str = "auto", on_error: str = "raise", workers: int | None = None, device: str = "auto",
           show_progress: bool = True, format: str = "parquet", compile: str = "auto",
-          attention: str = "auto", tile_batch: int | str = "auto") -> dict:
+          attention: str = "auto", tile_batch: int | str = "auto", blocks: str | list[int] | None = None) -> dict:
     """Embeds every site of `data` with the encoder in `checkpoint` into `out`; returns the job summary.
 
     Under torchrun each rank embeds its own shards. Read the result with maefast.read_embeddings(out).
@@ -48,7 +49,9 @@ def embed(checkpoint, data, out, *, model: str | None = None, weights_layout: st
     compile: "auto" compiles on CUDA (fixed shapes, CUDA graphs), "on" / "off" force it; attention: "auto"
     (on CUDA the fastest kernel at the job's shapes, timed once) or a backend name for every attention site;
     tile_batch: tiles per encoder forward, "auto" (on CUDA the largest batch that fits and still gets faster,
-    timed once; elsewhere one loader batch's tiles) or a number.
+    timed once; elsewhere one loader batch's tiles) or a number; blocks: "all", "last" or 0-based block
+    indices of a ViT encoder, embedded from one forward (one row per site and block, a `block` column, each
+    block's tokens normed as timm's forward_intermediates does); None: the final embedding only.
     """
     if check_format(format) == "h5ad":
         import_anndata()  # before hours of embedding, not after
@@ -63,7 +66,7 @@ def embed(checkpoint, data, out, *, model: str | None = None, weights_layout: st
                                  pool=pool, per_channel=per_channel, tile_size=tile,
                                  batch_size=batch_size, shard_size=shard_size, precision=precision,
                                  channels=tuple(dataset.channels), compile=compile, attention=attention,
-                                 tile_batch=tile_batch)
+                                 tile_batch=tile_batch, blocks=resolve_blocks(blocks, encoder))
 
         def make_tiles(subset):
             return make_tile_loader(subset, batch_size=batch_size, crop_size=tile, device=context.device,

@@ -48,6 +48,8 @@ class EmbedSettings:
     attention: str = "auto"       # auto (on CUDA: the fastest, timed once) or an attention backend
     tile_batch: int | str = "auto"  # tiles per encoder forward; auto: on CUDA the largest that fits and
                                     # gets faster (timed once), elsewhere one loader batch's tiles
+    blocks: list | None = None      # 0-based encoder blocks to embed, one row per site and block (a `block`
+                                    # column); None: the final embedding only (no block column)
 
     def validate(self) -> None:
         if self.pool not in ("mean", "cls"):
@@ -59,6 +61,9 @@ class EmbedSettings:
         check_attention_choice(self.attention)
         if self.tile_batch != "auto" and not (matches(self.tile_batch, int) and self.tile_batch >= 1):
             raise UserInputError(f"tile_batch must be 'auto' or a positive integer, got {self.tile_batch!r}")
+        if self.blocks is not None and not (isinstance(self.blocks, (list, tuple)) and self.blocks
+                                            and all(matches(b, int) and b >= 0 for b in self.blocks)):
+            raise UserInputError(f"blocks must be a non-empty list of block indices, got {self.blocks!r}")
         for key in ("tile_size", "batch_size", "shard_size"):
             if getattr(self, key) < 1:
                 raise UserInputError(f"{key} must be a positive integer, got {getattr(self, key)}")
@@ -105,9 +110,9 @@ def embed_shard(embedder: TileEmbedder, dataset, rows: np.ndarray, make_tiles, d
     loader = make_tiles(subset)
     sums, counts = None, torch.zeros(len(rows), dtype=torch.float64)
     for pixels, owners in regroup(loader, embedder.batch_tiles, device):
-        features = embedder(pixels)
+        features = embedder(pixels)  # (tiles, D), or (tiles, blocks, D)
         if sums is None:
-            sums = torch.zeros(len(rows), features.shape[1], dtype=torch.float64)
+            sums = torch.zeros(len(rows), *features.shape[1:], dtype=torch.float64)
         sums.index_add_(0, owners, features.double().cpu())
         counts.index_add_(0, owners, torch.ones(len(owners), dtype=torch.float64))
         progress.update(len(owners))
@@ -116,7 +121,8 @@ def embed_shard(embedder: TileEmbedder, dataset, rows: np.ndarray, make_tiles, d
     table = subset.table.loc[done.numpy()]
     if sums is None:  # every image of the shard was skipped
         return site_table(table, np.zeros((0, 0), np.float32)), skipped, 0
-    return site_table(table, (sums[done] / counts[done, None]).float().numpy()), skipped, int(counts.sum())
+    means = sums[done] / counts[done].reshape(-1, *[1] * (sums.ndim - 1))
+    return site_table(table, means.float().numpy(), embedder.blocks), skipped, int(counts.sum())
 
 
 def regroup(loader, size: int, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -136,10 +142,19 @@ def regroup(loader, size: int, device) -> Iterator[tuple[torch.Tensor, torch.Ten
         yield torch.cat(pixels), torch.cat(owners)
 
 
-def site_table(table: pd.DataFrame, features: np.ndarray) -> pd.DataFrame:
-    """The output format: a data set's metadata columns (file paths left out), then feature_0000, ..."""
-    metadata = table[[c for c in table.columns if not c.startswith(("file_", "illum_"))]].reset_index(drop=True)
-    return pd.concat([metadata, pd.DataFrame(features, columns=feature_columns(features.shape[1]))], axis=1)
+def site_table(table: pd.DataFrame, features: np.ndarray, blocks: list[int] | None = None) -> pd.DataFrame:
+    """The output format: a data set's metadata columns (file paths left out), then feature_0000, ...
+
+    With blocks, features are (sites, blocks, D) and each site has one row per block, its `block` column
+    (the 0-based encoder block) after the metadata."""
+    metadata = table[[c for c in table.columns if not c.startswith(("file_", "illum_", "shard_", "row_"))]]
+    metadata = metadata.reset_index(drop=True)
+    if blocks is None:
+        return pd.concat([metadata, pd.DataFrame(features, columns=feature_columns(features.shape[1]))], axis=1)
+    metadata = metadata.loc[np.repeat(metadata.index, len(blocks))].reset_index(drop=True)
+    metadata["block"] = np.tile(np.asarray(blocks, dtype=np.int64), len(features))
+    flat = features.reshape(len(features) * len(blocks), -1) if len(features) else np.zeros((0, 0), np.float32)
+    return pd.concat([metadata, pd.DataFrame(flat, columns=feature_columns(flat.shape[1]))], axis=1)
 
 
 def aggregate_wells(sites: pd.DataFrame) -> pd.DataFrame:
@@ -183,7 +198,7 @@ def embed_shards(encoder, dataset, out: Path, settings: EmbedSettings, make_tile
                             precision=settings.precision, device=device,
                             batch_tiles=settings.tile_batch, loader_tiles=settings.batch_size * tiles_per_image,
                             tile_shape=(len(dataset.channels), settings.tile_size, settings.tile_size),
-                            compile=settings.compile, attention=settings.attention,
+                            compile=settings.compile, attention=settings.attention, blocks=settings.blocks,
                             out=out if rank == 0 else None, broadcast=lambda obj: broadcast_object(obj, context))
     total_tiles = sum(min(settings.shard_size, len(dataset) - k * settings.shard_size) for k in mine) * tiles_per_image
     progress = tqdm(total=total_tiles, unit="crop", desc=f"embed rank {rank}", disable=not show_progress)

@@ -100,13 +100,32 @@ def measure_forward(forward: Callable[[torch.Tensor], torch.Tensor], tile_shape:
     return measure
 
 
+def resolve_blocks(blocks: str | list[int] | None, encoder) -> list[int] | None:
+    """The 0-based blocks to embed (timm's forward_intermediates indices, ascending): "all", "last", a list of
+    indices (negative ones count from the end) or None (the final embedding only, as without blocks)."""
+    if blocks is None:
+        return None
+    if not hasattr(encoder, "embed_blocks"):
+        raise UserInputError(f"--blocks needs a ViT encoder; {type(encoder).__name__} has no transformer blocks")
+    from maefast.models.vit import take_indices
+    depth = encoder.num_blocks
+    if blocks == "all":
+        return list(range(depth))
+    if blocks == "last":
+        return [depth - 1]
+    if isinstance(blocks, str):
+        raise UserInputError(f"blocks must be 'all', 'last' or block indices, got {blocks!r}")
+    return take_indices(depth, list(blocks))
+
+
 class TileEmbedder:
-    """`embedder(pixels)` -> (N, D) float32 features of N tiles, run `batch_tiles` at a time."""
+    """`embedder(pixels)` -> (N, D) float32 features of N tiles, run `batch_tiles` at a time; with `blocks`,
+    (N, K, D): the embedding of each of the K blocks, all from one forward (embed_blocks)."""
 
     def __init__(self, encoder, *, pool: str, per_channel: bool, precision: str, device: torch.device,
                  batch_tiles: int | str, tile_shape: tuple[int, int, int], compile: str = "auto",
                  attention: str = "auto", out: Path | None = None, broadcast=lambda obj: obj,
-                 loader_tiles: int = 64):
+                 loader_tiles: int = 64, blocks: list[int] | None = None):
         """batch_tiles: tiles per forward, or "auto" (on CUDA the largest batch that fits and gets faster,
         timed once; elsewhere `loader_tiles`, the tiles of one loader batch). out: the job's folder (where
         the tuned choices are recorded; None on ranks other than 0); broadcast(obj) -> rank 0's obj, so that
@@ -114,6 +133,7 @@ class TileEmbedder:
         self.device, self.tile_shape = device, tile_shape
         self.encoder = encoder.to(device).eval()
         self.options = {} if pool == "mean" and not per_channel else {"pool": pool, "per_channel": per_channel}
+        self.blocks = resolve_blocks(blocks, encoder)
         bf16 = resolve_precision(precision, device) == "bf16"
         # on a GPU the weights themselves become bf16; on the CPU autocast keeps fp32 weights for the reference
         self.weights_in_bf16 = bf16 and device.type == "cuda"
@@ -132,6 +152,8 @@ class TileEmbedder:
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), torch.autocast(self.device.type, dtype=self.autocast_dtype,
                                              enabled=self.autocast_dtype is not None):
+            if self.blocks is not None:
+                return self.encoder.embed_blocks(pixels, self.blocks, **self.options)
             return self.encoder.embed(pixels, **self.options)
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:

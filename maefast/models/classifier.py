@@ -90,6 +90,10 @@ class WeaklySupervisedClassifier(nn.Module):
         """(B, D) penultimate features: the encoder's pooled output (CLS or patch mean per global_pool)."""
         return self.forward_head(self.forward_features(pixels), pre_logits=True)
 
+    @property
+    def num_blocks(self) -> int:
+        return self.encoder.num_blocks
+
     def forward_intermediates(self, pixels: torch.Tensor, *args, **options):
         return self.encoder.forward_intermediates(pixels, *args, **options)
 

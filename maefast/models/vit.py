@@ -138,6 +138,10 @@ class VisionTransformer(nn.Module):
         if height != config.img_size:
             raise UserInputError(f"model expects {config.img_size}x{config.img_size} images, got {height}x{width}")
 
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
     def num_tokens(self, channels: int) -> int:
         return self.config.num_patches * (channels if self.config.channel_agnostic else 1)
 
