@@ -37,7 +37,9 @@ def test_probe_command_per_block(tmp_path, capsys):
     direct = linear_probe(table[table["block"] == 2].drop(columns="block"), perturbation_col="perturbation",
                           holdout_col="experiment", control_label="CONTROL", n_bootstrap=100)
     assert result.loc[1, "balanced_accuracy"] == pytest.approx(direct["balanced_accuracy"])
-    assert result.loc[1, "balanced_accuracy"] > result.loc[0, "balanced_accuracy"] + 0.3
+    # block 2 carries the signal (0.27 to 0.40 over 15 draws), block 0 none (chance 1/32)
+    assert result.loc[1, "balanced_accuracy"] > result.loc[0, "balanced_accuracy"] + 0.15
+    assert result.loc[1, "balanced_accuracy_low"] > result.loc[1, "chance"] + 0.1
     assert (out / "probe_by_block.png").read_bytes()[:8] == PNG_MAGIC
     assert json.loads((out / "probe.json").read_text())[1]["block"] == 2
 
