@@ -11,8 +11,8 @@ reports end-to-end crops/s with the loader). Variants (benchmarks/jobs.py): maef
 (left out, with the reason, when timm is missing), the reference pipeline eager and under torch.compile. One
 record per variant (crops/s, MFU, compile warm-up seconds apart), then the summary: maefast against every
 baseline, `ratio` against the fastest, named in `vs`. --tile-batch-search first records each batch that
-`maefast embed --tile-batch auto` tries (maefast.embedding.runner.choose_tile_batch: eager tiles/s and peak
-memory per batch) and the one it picks.
+`maefast embed --tile-batch auto` tries (maefast.job_setup.choose_tile_batch: eager tiles/s and peak memory per
+batch) and the one it picks.
 """
 from __future__ import annotations
 
@@ -22,20 +22,24 @@ import torch
 
 import maefast
 from benchmarks import common, jobs
-from maefast.embedding.runner import MEMORY_SHARE, TileEmbedder
+from maefast.embedding.runner import PooledEncoder
+from maefast.job_setup import MEMORY_SHARE, RunSetup, choose_tile_batch
+from maefast.models.attention_setup import configure_attention
 from maefast.models.flops import embedding_flops
 
 
 def search_tile_batch(rec: common.Recorder, encoder, channels: int, case: str) -> None:
     """One record per batch the CUDA tile-batch search of `maefast embed` tries, then its choice."""
     size = encoder.config.img_size
-    runner = TileEmbedder(encoder, pool="mean", per_channel=False, precision="auto", device=encoder.cls_token.device,
-                          batch_tiles="auto", tile_shape=(channels, size, size), compile="off", attention="sdpa")
-    for trial in runner.tile_batch["trials"]:
+    setup = RunSetup.resolve(encoder.cls_token.device, compile=False)
+    pooled = PooledEncoder(encoder, pool="mean", per_channel=False, setup=setup)
+    configure_attention(pooled.encoder, "sdpa")
+    tile_batch = choose_tile_batch("auto", 0, pooled, (channels, size, size), setup)
+    for trial in tile_batch["trials"]:
         rec.emit(kind="tile_batch", case=case, tiles=trial["tiles"], outcome=trial["outcome"],
                  value=None if trial["tiles_per_s"] is None else round(trial["tiles_per_s"], 1), unit="crops/s",
                  peak_gib=None if trial["peak_bytes"] is None else round(trial["peak_bytes"] / 2**30, 2))
-    rec.emit(kind="tile_batch_choice", case=case, tiles=runner.batch_tiles, memory_share=MEMORY_SHARE)
+    rec.emit(kind="tile_batch_choice", case=case, tiles=tile_batch["tiles"], memory_share=MEMORY_SHARE)
     encoder.float()  # the runner made its weights bf16 in place
 
 
@@ -52,7 +56,7 @@ def main(argv=None) -> int:
     common.stop_on_sigterm()
     name = args.model or (jobs.QUICK_EMBED_MODEL if args.quick else "vit_large_patch8_256")
     batch = args.batch or (32 if args.quick else 128)
-    matmul = jobs.matmul_rate(device)
+    matmul = jobs.job_matmul_rate(device)
     try:
         torch.manual_seed(0)
         encoder = maefast.create_model(name, in_chans=args.channels).to(device).eval()

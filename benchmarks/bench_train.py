@@ -36,14 +36,13 @@ def main(argv=None) -> int:
     names = args.model or ([jobs.QUICK_TRAIN_MODEL] if args.quick else DEFAULT_MODELS)
     batch = args.batch or (16 if args.quick else 64)
     reps = args.reps or (3 if args.quick else 10)
-    matmul = jobs.matmul_rate(device)
+    matmul = jobs.job_matmul_rate(device)
     for name in names:
         if common.stopped():
             break
         try:
             torch.manual_seed(0)
-            model = maefast.create_model(name, **({"in_chans": args.channels} if name.startswith("mae_") else {}))
-            model = model.to(device)
+            model = maefast.create_model(name, in_chans=args.channels).to(device)  # a CA-MAE takes any count
             pixels = jobs.random_crops(batch, args.channels, model.config.encoder.img_size, device)
             job = jobs.training_job(model, pixels)
         except common.TimeLimit as stop:

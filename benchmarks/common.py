@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from maefast.train.observe import synchronize
+from maefast.job_setup import matmul_rate, synchronize
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -158,18 +158,11 @@ def copy_bandwidth_gbs(device: torch.device, megabytes: int = 1024, reps: int = 
     return 2 * src.numel() * 4 / (ms * 1e-3) / 1e9
 
 
-def matmul_tflops(device: torch.device, dtype: torch.dtype = torch.bfloat16, n: int = 8192, reps: int = 10) -> float:
-    """Dense matmul rate (n x n x n), measured now."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    ms = time_ms(lambda: a @ b, device, reps=reps)
-    return 2 * n**3 / (ms * 1e-3) / 1e12
-
-
 def device_rates(device: torch.device) -> tuple[float, float | None]:
-    """(copy GB/s, bf16 matmul TFLOP/s) of `device`, measured now; on a CPU the copy rate only (fewer bytes)."""
+    """(copy GB/s, bf16 matmul TFLOP/s) of `device`, measured now (the matmul as maefast.job_setup.matmul_rate
+    measures it for every MFU); on a CPU the copy rate only (fewer bytes)."""
     if device.type == "cuda":
-        return copy_bandwidth_gbs(device), matmul_tflops(device)
+        return copy_bandwidth_gbs(device), matmul_rate(device, "bf16") / 1e12
     return copy_bandwidth_gbs(device, 256, reps=3), None
 
 

@@ -1,8 +1,9 @@
 """The whole-model jobs that bench_train, bench_embed and profile_step time and profile, all on the same weights.
 
-maefast, as a user gets it by default on CUDA:
-  "maefast"        the attention backend of each site tuned once at setup (training: choose_attention, as
-                   `maefast train` does; embedding: tune_attention), then torch.compile(fullgraph=True)
+maefast, as a user gets it by default on CUDA, set up by maefast.job_setup as `maefast train` and `maefast embed`
+set themselves up:
+  "maefast"        the attention backend of each site tuned once at setup (choose_attention at the job's shapes),
+                   then torch.compile(fullgraph=True)
   "maefast_eager"  the same tuned model, not compiled (for reference)
 The baselines a user would pick instead (attention through SDPA, PyTorch's own kernel choice):
   "reference", "reference_compiled"  the public reference's pipeline (benchmarks/reference_pipeline.py), eager
@@ -25,28 +26,24 @@ import torch.nn.functional as F
 
 from benchmarks import common
 from benchmarks.reference_pipeline import reference_embed, reference_forward
-from maefast.embedding.runner import TileEmbedder
+from maefast.embedding.runner import PooledEncoder, TileEmbedder
 from maefast.errors import installed
+from maefast.job_setup import RunSetup, choose_attention, matmul_rate, training_step
 from maefast.models.attention_setup import configure_attention
-from maefast.ops.patches import pixel_scale
-from maefast.train.acceleration import choose_attention
+from maefast.ops.patches import pixel_scale, random_pixels
 
 QUICK_TRAIN_MODEL, QUICK_EMBED_MODEL = "mae_vit_debug_patch8_64", "vit_debug_patch8_64"
 
 
 def random_crops(batch: int, channels: int, size: int, device) -> torch.Tensor:
-    """Random uint16 crops (never zeros) on `device`."""
-    return torch.randint(1, 65535, (batch, channels, size, size), dtype=torch.int32).to(torch.uint16).to(device)
+    """Random uint16 crops on `device`."""
+    return random_pixels(batch, channels, size, torch.uint16, device)
 
 
-def precision(device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of a run: bf16 on a GPU, none (fp32) on a CPU."""
-    return torch.bfloat16 if device.type == "cuda" else None
-
-
-def autocast(device: torch.device):
-    dtype = precision(device)
-    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+def run_setup(device: torch.device) -> RunSetup:
+    """How `maefast train` / `maefast embed` run on `device` by default: bf16 and compiled on CUDA, fp32 on a CPU
+    (where the benchmarks compile maefast too, as a smoke test of the flow)."""
+    return RunSetup.resolve(device)
 
 
 @dataclass
@@ -58,13 +55,14 @@ class Job:
     setup: dict = field(default_factory=dict)
 
 
-def training_step(model, loss_fn: Callable, pixels: torch.Tensor) -> Callable[[], None]:
+def optimizer_step(model, loss_fn: Callable, pixels: torch.Tensor) -> Callable[[], None]:
     """One optimizer step of `loss_fn(pixels)` (its own AdamW over `model`'s parameters)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    setup = run_setup(pixels.device)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        with autocast(pixels.device):
+        with setup.autocast():
             loss = loss_fn(pixels)
         loss.backward()
         optimizer.step()
@@ -81,14 +79,14 @@ def sdpa_copy(model):
 def maefast_training(model, pixels: torch.Tensor) -> tuple[dict[str, Callable[[], None]], dict]:
     """({"maefast": compiled step, "maefast_eager": eager step}, setup): the attention backends chosen first, as
     `maefast train` chooses them (timed at the run's shapes on a GPU), then torch.compile(fullgraph=True)."""
-    device = pixels.device
+    setup = run_setup(pixels.device)
     start = time.perf_counter()
-    attention = choose_attention(model, "auto", (pixels.shape[0], pixels.shape[1], pixels.shape[-1]), device,
-                                 lambda: autocast(device), None, lambda chosen: chosen)
-    setup = {"attention": attention["choice"], "tune_s": round(time.perf_counter() - start, 2)}
+    batch_shape = (pixels.shape[0], pixels.shape[1], pixels.shape[-1])
+    attention = choose_attention(model, "auto", setup, training_step(model, batch_shape, setup), needs_grad=True)
+    record = {"attention": attention["choice"], "tune_s": round(time.perf_counter() - start, 2)}
     compiled = torch.compile(model, fullgraph=True)
-    return {"maefast": training_step(model, lambda p: compiled(p)[0], pixels),
-            "maefast_eager": training_step(model, lambda p: model(p)[0], pixels)}, setup
+    return {"maefast": optimizer_step(model, lambda p: compiled(p).loss, pixels),
+            "maefast_eager": optimizer_step(model, lambda p: model(p).loss, pixels)}, record
 
 
 def training_job(model, pixels: torch.Tensor) -> Job:
@@ -98,13 +96,15 @@ def training_job(model, pixels: torch.Tensor) -> Job:
 
     def reference(p):
         return reference_forward(baseline, p)[0]
-    return Job({**ours, "reference": training_step(baseline, reference, pixels),
-                "reference_compiled": training_step(baseline, torch.compile(reference), pixels)}, setup=setup)
+    return Job({**ours, "reference": optimizer_step(baseline, reference, pixels),
+                "reference_compiled": optimizer_step(baseline, torch.compile(reference), pixels)}, setup=setup)
 
 
 def inference_step(fn: Callable, pixels: torch.Tensor) -> Callable[[], None]:
+    setup = run_setup(pixels.device)
+
     def step():
-        with torch.no_grad(), autocast(pixels.device):
+        with torch.no_grad(), setup.autocast():
             fn(pixels)
     return step
 
@@ -132,16 +132,18 @@ def maefast_embedding(encoder, pixels: torch.Tensor) -> tuple[dict[str, Callable
     """({"maefast": the embedding job's runner, "maefast_eager": its uncompiled forward}, setup): what `maefast
     embed` runs (maefast.embedding.runner.TileEmbedder): on a GPU bf16 weights, the attention backend tuned
     once at the job's shapes, and torch.compile with CUDA graphs; on a CPU compiled too, as a smoke test."""
+    setup = RunSetup.resolve(pixels.device, compile=True)
     start = time.perf_counter()
-    runner = TileEmbedder(encoder, pool="mean", per_channel=False, precision="auto", device=pixels.device,
-                          batch_tiles=pixels.shape[0], tile_shape=tuple(pixels.shape[1:]), compile="on")
-    setup = {"attention": runner.attention["choice"], "tune_s": round(time.perf_counter() - start, 2)}
+    pooled = PooledEncoder(encoder, pool="mean", per_channel=False, setup=setup)
+    attention = choose_attention(pooled.encoder, "auto", setup, lambda: pooled(pixels), needs_grad=False)
+    runner = TileEmbedder(pooled, pixels.shape[0], compile=setup.compile)
+    record = {"attention": attention["choice"], "tune_s": round(time.perf_counter() - start, 2)}
 
     def run(fn):
         def step():
             fn(pixels)
         return step
-    return {"maefast": run(runner), "maefast_eager": run(runner.forward)}, setup
+    return {"maefast": run(runner), "maefast_eager": run(pooled)}, record
 
 
 def embedding_job(encoder, pixels: torch.Tensor) -> Job:
@@ -165,7 +167,7 @@ def run_job(rec: common.Recorder, job: Job, device: torch.device, reps: int, cro
             flops_per_crop: float, matmul_flops: float, **context) -> dict:
     """Times every variant of `job` (one record each, as it finishes) and emits the summary: crops/s of
     "maefast" against every baseline, `ratio` against the fastest baseline (named in `vs`)."""
-    context["precision"] = "bf16" if precision(device) else "fp32"
+    context["precision"] = run_setup(device).precision
     def crops_per_s(timing: common.Timing) -> float:
         return crops_per_step / (timing.ms * 1e-3)
 
@@ -199,8 +201,7 @@ def run_job(rec: common.Recorder, job: Job, device: torch.device, reps: int, cro
                     matmul_tflops=round(matmul_flops / 1e12, 2), **job.setup)
 
 
-def matmul_rate(device: torch.device) -> float:
-    """FLOP/s of a dense matmul in the run's precision, measured now (the MFU denominator)."""
-    if device.type == "cuda":
-        return common.matmul_tflops(device, torch.bfloat16) * 1e12
-    return common.matmul_tflops(device, torch.float32, n=1024, reps=3) * 1e12
+def job_matmul_rate(device: torch.device) -> float:
+    """FLOP/s of a dense matmul in the precision the jobs run in, measured now (the MFU denominator), as
+    `maefast train` measures it."""
+    return matmul_rate(device, run_setup(device).precision)

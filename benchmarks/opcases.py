@@ -21,16 +21,17 @@ from maefast.ops.backend import select_backend
 @dataclass
 class OpCase:
     """One shape of one op, built: a zero-argument step per backend and pass, the bytes moved and FLOPs done
-    per pass, each backend's check against an fp32 reference (None: not checked, e.g. a baseline computing
-    something else) and the backends that cannot run this case, with the reason."""
+    per pass, each backend's check against an fp32 reference (every backend is checked, the baselines too:
+    a timing of something else would compare nothing) and the backends that cannot run this case, with the
+    reason."""
     steps: dict[str, dict[str, Callable[[], object]]] = field(default_factory=dict)
     nbytes: dict[str, float] = field(default_factory=dict)
     flops: dict[str, float] = field(default_factory=dict)
-    correct: dict[str, bool | None] = field(default_factory=dict)
+    correct: dict[str, bool] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
 
     def add(self, backend: str, forward: Callable[[], object], passes: Callable[[object], dict[str, Callable]],
-            check: Callable[[object], bool | None]) -> None:
+            check: Callable[[object], bool]) -> None:
         """Runs `forward()` once; `check(output)` is the backend's correctness and `passes(output)` its steps
         (a backward-only step reuses the output's autograd graph). An error marks the backend skipped."""
         try:
@@ -38,7 +39,7 @@ class OpCase:
         except (RuntimeError, ValueError, NotImplementedError) as error:
             self.skipped[backend] = common.describe_error(error)
             return
-        self.correct[backend] = check(output)
+        self.correct[backend] = bool(check(output))
         self.steps[backend] = passes(output)
 
 

@@ -49,7 +49,7 @@ def test_op(benchmark, spec, backend, label):
     case = built(spec)
     if backend in case.skipped:
         pytest.skip(f"{backend} cannot run {spec.id}: {case.skipped[backend]}")
-    assert case.correct.get(backend) is not False, f"{backend} disagrees with the fp32 reference on {spec.id}"
+    assert case.correct[backend] is True, f"{backend} disagrees with the fp32 reference on {spec.id}"
     benchmark.group = f"{spec.id} {label}"
     benchmark.extra_info.update(device=common.device_name(DEVICE), bytes=case.nbytes.get(label),
                                 flops=case.flops.get(label))

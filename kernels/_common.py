@@ -27,9 +27,7 @@ from dataclasses import dataclass, field
 import triton
 import triton.language as tl
 
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+from maefast.kernels import interpreting
 
 
 def emulate_rtne() -> bool:

@@ -49,10 +49,11 @@ def read_embeddings(path, level: str = "site", metadata=None):
     return run(path, level, metadata)
 
 
-def write_embeddings(table, path, format: str = "parquet", feature_prefix: str = "feature_"):
-    """Writes a table of embeddings or a map as parquet, h5ad (AnnData) or pycytominer-csv / -parquet."""
-    from maefast.tables import write_table as run
-    return run(table, path, format, feature_prefix)
+def write_embeddings(table, path, format: str = "parquet", feature_prefix: str | None = None):
+    """Writes a table of embeddings or a map as parquet, h5ad (AnnData) or pycytominer-csv / -parquet; the
+    feature columns are those starting with feature_prefix (default maefast.tables.FEATURE_PREFIX)."""
+    from maefast.tables import FEATURE_PREFIX, write_table
+    return write_table(table, path, format, feature_prefix or FEATURE_PREFIX)
 
 
 def build_map(table, **options):

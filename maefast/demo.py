@@ -47,8 +47,10 @@ from maefast.demo_report import (
 )
 from maefast.embedding.api import embed
 from maefast.embedding.baselines import handcrafted_sites as baseline_sites
+from maefast.embedding.encoder import load_encoder
 from maefast.embedding.handcrafted import HandcraftedEmbedder
 from maefast.embedding.job import aggregate_wells, read_job, site_table
+from maefast.embedding.runner import embeds_blocks
 from maefast.errors import UserInputError
 from maefast.evaluate import (
     KNOWN_SOURCES,
@@ -64,6 +66,7 @@ from maefast.evaluate import (
 from maefast.io import atomic_path
 from maefast.models import create_model, save_pretrained
 from maefast.ops import self_standardize
+from maefast.tables import feature_columns
 from maefast.train.config import load_config
 from maefast.train.loop import train
 from maefast.train.state import checkpoint_dirs
@@ -183,8 +186,9 @@ def handcrafted_sites(screen: Path, out: Path) -> pd.DataFrame:
 def channel_intensity_sites(handcrafted: pd.DataFrame, channels: list[str]) -> pd.DataFrame:
     """The mean intensity of each channel (columns of the hand-crafted table): whole-stain brightness."""
     names = HandcraftedEmbedder(channels).feature_names
-    wanted = [f"feature_{names.index(f'{channel}_intensity_mean'):04d}" for channel in channels]
-    metadata = [c for c in handcrafted.columns if not c.startswith("feature_")]
+    columns = feature_columns(handcrafted)  # in the order of names
+    wanted = [columns[names.index(f"{channel}_intensity_mean")] for channel in channels]
+    metadata = [c for c in handcrafted.columns if c not in columns]
     return handcrafted[metadata + wanted]
 
 
@@ -215,7 +219,7 @@ def tile_statistics_sites(screen: Path, out: Path, tile: int) -> pd.DataFrame:
 def normalized_sites(sites: pd.DataFrame) -> pd.DataFrame:
     """Site rows center-scaled, PCA-reduced and TVN-whitened on each plate's control sites (the map's first
     step); constant features dropped, components limited by the control sites available."""
-    features = [c for c in sites.columns if c.startswith("feature_") and sites[c].nunique() > 1]
+    features = [c for c in feature_columns(sites) if sites[c].nunique() > 1]
     control_sites = int(sites[sites["perturbation"] == CONTROL_LABEL].groupby("plate").size().min())
     components = int(min(MAX_COMPONENTS, len(features), control_sites // CONTROL_SITES_PER_COMPONENT))
     return normalize_embeddings(sites, perturbation_col="perturbation", control_label=CONTROL_LABEL,
@@ -288,9 +292,9 @@ def embedded_sites(checkpoint: Path, screen: Path, out: Path, name: str, channel
     return read_job(target, level="site")
 
 
-def blockwise(recipe: str) -> bool:
-    """Whether a system's embedder is a ViT (its blocks are embedded one by one): all but the MU-Net."""
-    return "munet" not in recipe
+def blockwise(checkpoint: Path) -> bool:
+    """Whether the checkpoint's embedder is a ViT, whose blocks are embedded one by one (not the MU-Net)."""
+    return embeds_blocks(load_encoder(checkpoint)[0])
 
 
 def resolve_profile(profile: str | Profile, steps: int | None = None) -> Profile:
@@ -320,8 +324,9 @@ def run_demo(out, profile: str | Profile = "default", seed: int = 0, device: str
     for label, recipe, overrides in profile.systems:
         log(f"training {label} ({recipe}, {profile.steps} steps)")
         runs[recipe] = train_system(out, recipe, screen, profile, overrides, device)
-        log(f"embedding with {label}" + (", every block" if blockwise(recipe) else ""))
-        sites = embedded_sites(runs[recipe], screen, out, recipe, blocks="all" if blockwise(recipe) else None)
+        every_block = blockwise(runs[recipe])
+        log(f"embedding with {label}" + (", every block" if every_block else ""))
+        sites = embedded_sites(runs[recipe], screen, out, recipe, blocks="all" if every_block else None)
         scored.append(score(sites, label, sources, "learned", screen))
     log("hand-crafted features, channel intensities, tile statistics")
     handcrafted = handcrafted_sites(screen, out)

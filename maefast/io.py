@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -48,6 +49,12 @@ def atomic_path(path: str | os.PathLike):
 def write_json_atomic(path: str | os.PathLike, payload) -> None:
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def write_yaml_atomic(path: str | os.PathLike, payload) -> None:
+    """A job's effective config, as YAML in the order of its keys (config.yaml of training and embedding)."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(yaml.safe_dump(payload, sort_keys=False))
 
 
 def read_json(path: str | os.PathLike):

@@ -1,7 +1,10 @@
 """Embedding and map tables on disk, in the formats biologists' tools read.
 
-In memory a table is a pandas DataFrame of metadata columns and feature columns (`feature_0000`, ...,
-chosen by a prefix); a map is indexed by perturbation. On disk (`FORMATS`):
+In memory a table is a pandas DataFrame of metadata columns and feature columns; a map is indexed by
+perturbation. Every maefast writer names the features `feature_names(count)`: feature_0000, feature_0001, ...
+(four digits at least, more when there are more features, so that the names sort in order); every reader
+takes the columns that start with the prefix (`feature_columns`), so tables named otherwise before (a map's
+feature_0, feature_1, ...) read as they are. On disk (`FORMATS`):
 
   parquet               the table as it is (maefast's own format; an embedding job's shards)
   h5ad                  AnnData: X = features (float32), obs = metadata (index: the map's perturbations,
@@ -14,6 +17,7 @@ into the same table (maefast.embedding.outputs.read_embeddings also reads an emb
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -50,9 +54,24 @@ def import_anndata():
     return anndata
 
 
-def feature_columns(table: pd.DataFrame, prefix: str = FEATURE_PREFIX) -> list[str]:
+def feature_names(count: int) -> list[str]:
+    """The names of `count` feature columns, as every maefast writer names them: feature_0000, feature_0001, ..."""
+    width = max(4, len(str(count - 1)))
+    return [f"{FEATURE_PREFIX}{i:0{width}d}" for i in range(count)]
+
+
+def feature_columns(table: pd.DataFrame, prefix: str = FEATURE_PREFIX, names: Sequence[str] | None = None,
+                    required: bool = True) -> list[str]:
+    """The feature columns of `table`: `names` if given (each must be a column), else every column starting with
+    `prefix`, in table order. required: refuse a table with none (an embedding job whose images were all
+    skipped has none)."""
+    if names is not None:
+        missing = [c for c in names if c not in table.columns]
+        if missing:
+            raise UserInputError(f"unknown feature column(s) {missing[:5]}; columns are {list(table.columns)[:10]}")
+        return list(names)
     features = [c for c in table.columns if str(c).startswith(prefix)]
-    if not features:
+    if required and not features:
         raise UserInputError(f"no feature columns: none starts with {prefix!r} (columns: {list(table.columns)[:10]})")
     return features
 

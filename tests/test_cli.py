@@ -1,12 +1,13 @@
 """The `maefast` command's errors: one line and exit code 2 for what the user can fix, the traceback only
 under --debug, and bugs never turned into one-line errors."""
+import argparse
 import re
 
 import pytest
 
 import maefast
 import maefast.cli.models
-from maefast.cli import main
+from maefast.cli import DESCRIPTION, EPILOG, build_parser, main
 
 TRAIN = ["train", "--recipe", "debug", "--no-progress", "--max-steps", "2", "--set", "data.batch_size=4",
          "--set", "model.overrides.decoder_depth=1"]
@@ -63,7 +64,7 @@ def checkpoint(tmp_path_factory):
 def test_embed_names_a_missing_or_damaged_checkpoint(screen, checkpoint, tmp_path, capsys):
     out = ["--data", str(screen), "--out", str(tmp_path / "emb"), "--no-progress"]
     assert main(["embed", "--checkpoint", str(tmp_path / "nonexistent"), *out]) == 2
-    assert "checkpoint " + str(tmp_path / "nonexistent") + " does not exist" in error_line(capsys)
+    assert "checkpoint not found: " + str(tmp_path / "nonexistent") in error_line(capsys)
     damaged = tmp_path / "damaged"
     damaged.mkdir()
     for name in ("config.json", "model.safetensors"):
@@ -86,7 +87,10 @@ def test_help_describes_the_tool_and_version_prints(capsys):
     assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"maefast {maefast.__version__}"
     with pytest.raises(SystemExit):
         main(["--help"])
-    text = capsys.readouterr().out
-    assert "microscopy" in text and "torchrun" in text and "hook" not in text
-    for command in ("models", "data", "train", "embed", "export", "map", "benchmark", "demo"):
-        assert f"    {command}" in text
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal's width
+    assert " ".join(DESCRIPTION.split()) in text and " ".join(EPILOG.split()) in text
+    commands = {action.dest: action.help for parser_action in build_parser()._actions
+                if isinstance(parser_action, argparse._SubParsersAction) for action in parser_action._choices_actions}
+    assert set(commands) >= {"models", "data", "train", "embed", "export", "map", "benchmark", "demo"}
+    for command, summary in commands.items():  # each command with its one-line summary
+        assert f"{command} {' '.join(summary.split())}" in text, command

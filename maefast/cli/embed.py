@@ -1,10 +1,17 @@
 """`maefast embed`: a trained encoder over a whole data set, tiled, batched, sharded and resumable;
-`maefast export`: its output (or a map) in another format."""
+`maefast export`: its output (or a map) in another format.
+
+The flags of `maefast embed` are the fields of maefast.embedding.config.EmbedConfig (--batch-size is
+batch_size, ...), with its defaults and choices: each flag's text becomes the field's typed value here, and
+`--set key=value` sets any field as YAML, as `maefast train --set` does.
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
-from maefast.data.decode import ERROR_POLICIES
+from maefast.embedding.config import BLOCK_NAMES, CHOICES, EmbedConfig, block_selection, embed_config
+from maefast.fields import field_types, parse_value, union_members
 from maefast.tables import FEATURE_PREFIX, FORMATS, LEVELS
 
 
@@ -12,47 +19,17 @@ def add_commands(subparsers) -> None:
     parser = subparsers.add_parser("embed", help="embed a data set with a trained encoder",
                                    description="Embed every site of a data set. Many GPUs: torchrun "
                                                "--nproc-per-node N -m maefast.cli embed ...")
-    parser.add_argument("--checkpoint", required=True,
-                        help="maefast checkpoint directory, training run directory, reference (OpenPhenom) folder, "
-                             "Hugging Face Hub id (owner/name), or timm/reference weights file")
-    parser.add_argument("--model", help="architecture of a bare weights file, e.g. vit_large_patch8_256")
-    parser.add_argument("--weights-layout", default="auto", choices=("auto", "maefast", "timm", "reference"))
-    parser.add_argument("--trust-pickle", action="store_true",
-                        help="allow weights stored as a torch pickle (as the reference's model.safetensors is), "
-                             "loaded with torch.load(weights_only=True)")
-    parser.add_argument("--data", required=True, help="data set root (rxrx, jump or packed)")
-    parser.add_argument("--layout", default="auto", help="data set layout: auto, rxrx, jump, packed")
-    parser.add_argument("--channels", help="comma-separated channel names to use, in order")
-    parser.add_argument("--allow-outside-root", action="store_true",
-                        help="let file paths in the data set's metadata leave its root (refused by default)")
+    for setting in dataclasses.fields(EmbedConfig):
+        add_setting_flag(parser, setting, field_types(EmbedConfig)[setting.name], CHOICES.get(setting.name))
     parser.add_argument("--out", required=True, help="output directory (shards/, wells.parquet, manifest.json)")
-    parser.add_argument("--pool", default="mean", choices=("mean", "cls"))
-    parser.add_argument("--per-channel", action="store_true", help="CA-MAE: one embedding per channel, concatenated")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per batch (each gives several tiles)")
-    parser.add_argument("--shard-size", type=int, default=1024, help="images per output shard")
-    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
-    parser.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
-                        help="torch.compile with fixed shapes and CUDA graphs (auto: on CUDA)")
-    parser.add_argument("--attention", default="auto",
-                        help="attention kernel of every site: auto (on CUDA the fastest, timed once) or one of "
-                             "triton, sdpa, cudnn, flash, efficient, math, flash_attn, fa3, fa4")
-    parser.add_argument("--tile-batch", type=tile_batch, default="auto",
-                        help="tiles per encoder forward: auto (on CUDA the largest batch that fits and still "
-                             "gets faster, timed once; elsewhere one loader batch's tiles) or a number")
-    parser.add_argument("--blocks", type=block_list, default=None,
-                        help="embed these encoder blocks from one forward, one row per site and block (a block "
-                             "column): all, last, or 0-based indices such as 8,12,16 (negative: from the end); "
-                             "default: the final embedding only")
-    parser.add_argument("--backend", default="auto", choices=("auto", "dali", "torch"), help="loader backend")
-    parser.add_argument("--on-error", default="raise", choices=ERROR_POLICIES)
-    parser.add_argument("--workers", type=int, default=None, help="loader threads / processes")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--format", default="parquet", choices=FORMATS,
-                        help="also write the finished sites and wells as AnnData (sites.h5ad, wells.h5ad) or "
-                             "pycytominer-style tables (sites.pycytominer.csv.gz / .parquet); parquet shards always")
+    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                        help="set a config value, e.g. --set tile_batch=256 (repeatable; the flags win)")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=embed_command)
+    add_export_command(subparsers)
 
+
+def add_export_command(subparsers) -> None:
     export = subparsers.add_parser("export", help="convert embeddings or a map to AnnData / pycytominer / parquet",
                                    description="Convert a finished embedding job, a parquet / h5ad / pycytominer "
                                                "table or a map into another format (written atomically).")
@@ -65,7 +42,54 @@ def add_commands(subparsers) -> None:
     export.set_defaults(func=export_command)
 
 
-def tile_batch(text: str) -> int | str:
+def add_setting_flag(parser, setting: dataclasses.Field, expected, choices) -> None:
+    """--<name> for a config field: its value becomes the field's typed value (the text of a choice, a number,
+    a comma-separated list, block names or indices, a flag for a bool that defaults to false); given or not, the
+    config's default stands until it is (argparse.SUPPRESS)."""
+    flag = "--" + setting.name.replace("_", "-")
+    default = setting.default_factory() if setting.default_factory is not dataclasses.MISSING else setting.default
+    shown_default = "" if default in (None, "", [], False) else f" (default: {shown(default)})"
+    options = dict(dest=setting.name, default=argparse.SUPPRESS, required=setting.metadata.get("required", False),
+                   help=setting.metadata["help"] + shown_default)
+    members = union_members(expected)
+    if expected is bool:
+        parser.add_argument(flag, action="store_true", **options)
+        return
+    if expected == list[str]:
+        options["type"], options["metavar"] = comma_separated, "A,B,..."
+    elif list[int] in members:  # blocks: a name or block indices
+        options["type"], options["metavar"] = block_choice, "{" + ",".join(BLOCK_NAMES) + ",I,J,...}"
+    elif set(members) == {str, bool}:
+        options["type"], options["metavar"] = typed_choice(choices), "{" + ",".join(map(shown, choices)) + "}"
+    elif int in members and str in members:
+        options["type"] = auto_or_positive_integer
+    elif int in members:
+        options["type"] = int
+    elif choices is not None:
+        options["choices"] = choices
+    parser.add_argument(flag, **options)
+
+
+def comma_separated(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def typed_choice(choices):
+    """The YAML value of the text (true / false, also on / off), refused unless it is one of `choices`."""
+    def parse(text: str):
+        value = parse_value(text)
+        if value not in choices or not isinstance(value, (str, bool)):
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(map(shown, choices))}; got {text!r}")
+        return value
+    return parse
+
+
+def shown(choice) -> str:
+    """A choice as the command line writes it (true / false for a bool)."""
+    return str(choice).lower() if isinstance(choice, bool) else str(choice)
+
+
+def auto_or_positive_integer(text: str) -> int | str:
     if text == "auto":
         return text
     if not text.isdigit() or int(text) < 1:
@@ -73,25 +97,19 @@ def tile_batch(text: str) -> int | str:
     return int(text)
 
 
-def block_list(text: str) -> str | list[int]:
-    if text in ("all", "last"):
-        return text
-    try:
-        return [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected all, last or block indices such as 8,12,16, got {text!r}") from None
+def block_choice(text: str) -> str | list[int]:
+    """--blocks: all, last, or block indices such as 8,12,16, as EmbedConfig.blocks holds them."""
+    value = block_selection(text)
+    if isinstance(value, str) and value not in BLOCK_NAMES:
+        raise argparse.ArgumentTypeError(f"expected {' or '.join(BLOCK_NAMES)} or block indices such as 8,12,16, "
+                                         f"got {text!r}")
+    return value
 
 
 def embed_command(args) -> int:
-    from maefast.embedding.api import embed
-    channels = [c.strip() for c in args.channels.split(",")] if args.channels else None
-    summary = embed(args.checkpoint, args.data, args.out, model=args.model, weights_layout=args.weights_layout,
-                    trust_pickle=args.trust_pickle, layout=args.layout, channels=channels,
-                    allow_outside_root=args.allow_outside_root, pool=args.pool,
-                    per_channel=args.per_channel, batch_size=args.batch_size, shard_size=args.shard_size,
-                    precision=args.precision, backend=args.backend, on_error=args.on_error, workers=args.workers,
-                    device=args.device, show_progress=not args.no_progress, format=args.format,
-                    compile=args.compile, attention=args.attention, tile_batch=args.tile_batch, blocks=args.blocks)
+    from maefast.embedding.api import run_embed
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(EmbedConfig) if hasattr(args, f.name)}
+    summary = run_embed(embed_config(flags, args.assignments), args.out, show_progress=not args.no_progress)
     if "complete" in summary:  # rank 0
         state = "complete" if summary["complete"] else f"incomplete (missing shards {summary.get('missing_shards')})"
         print(f"maefast embed: {summary['num_shards']} shards, {state}, "

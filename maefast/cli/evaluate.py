@@ -13,7 +13,7 @@ from maefast.embedding.baselines import BASELINES
 from maefast.embedding.outputs import read_embeddings
 from maefast.errors import UserInputError
 from maefast.io import atomic_path, write_json_atomic
-from maefast.tables import FORMATS, LEVELS, read_table, write_table
+from maefast.tables import FEATURE_PREFIX, FORMATS, LEVELS, feature_columns, feature_names, read_table, write_table
 
 EMBEDDINGS_HELP = ("metadata + feature columns: an embedding job folder, a folder of parquet shards, or a parquet / "
                    ".h5ad (AnnData) / pycytominer .csv[.gz] file (published tables such as OpenPhenom's too)")
@@ -30,7 +30,7 @@ def add_map_options(parser, required: bool = True) -> None:
                         help="perturbation label of the control rows (repeat for several labels)")
     parser.add_argument("--batch-col", help="metadata column of the batch the controls normalize (experiment or "
                                             "plate)")
-    parser.add_argument("--feature-prefix", default="feature_", help="feature columns start with this")
+    parser.add_argument("--feature-prefix", default=FEATURE_PREFIX, help="feature columns start with this")
     parser.add_argument("--pca-components", type=int, default=128,
                         help="0 skips PCA (capped at the number of features)")
     parser.add_argument("--no-tvn", action="store_true", help="skip typical variation normalization")
@@ -162,7 +162,7 @@ def map_command(args) -> int:
     from maefast.evaluate import aggregate_map, normalize_embeddings, perturbation_magnitude, replicate_consistency
 
     table = one_block(read_embeddings(args.embeddings, metadata=args.metadata), args.block, args.embeddings)
-    features = [c for c in table.columns if str(c).startswith(args.feature_prefix)]
+    features = feature_columns(table, args.feature_prefix, required=False)
     if not features:
         raise UserInputError(f"{args.embeddings}: no columns start with --feature-prefix {args.feature_prefix!r}")
     options = dict(perturbation_col=args.perturbation_col, control_label=args.control)
@@ -171,7 +171,7 @@ def map_command(args) -> int:
                                       pca_components=args.pca_components or None, tvn=not args.no_tvn)
     perturbation_map = aggregate_map(normalized, perturbation_col=args.perturbation_col, method=args.aggregate,
                                      drop_labels=() if args.keep_controls else args.control)
-    write_table(perturbation_map, args.out, args.format, feature_prefix=args.feature_prefix)
+    write_table(perturbation_map, args.out, args.format)  # the map's features have maefast's names
     print(f"map: {len(perturbation_map)} perturbations x {perturbation_map.shape[1]} features -> {args.out}")
     if args.consistency:
         consistency = replicate_consistency(normalized, **options, n_null=args.n_null, seed=args.seed)
@@ -233,13 +233,14 @@ def embeddings_tables(args, out: Path) -> dict[str, pd.DataFrame]:
 
 
 def standard_features(table: pd.DataFrame, prefix: str, source) -> pd.DataFrame:
-    features = [c for c in table.columns if str(c).startswith(prefix)]
+    """`table` with its features (the columns starting with `prefix`) under maefast's names (feature_0000, ...)."""
+    features = feature_columns(table, prefix, required=False)
     if not features:
         raise UserInputError(f"{source}: no columns start with --feature-prefix {prefix!r}")
-    if prefix == "feature_":
+    if prefix == FEATURE_PREFIX:
         return table
-    renamed = {c: f"feature_{i}" for i, c in enumerate(features)}
-    return table.drop(columns=[c for c in table.columns if str(c).startswith("feature_")]).rename(columns=renamed)
+    renamed = dict(zip(features, feature_names(len(features))))
+    return table.drop(columns=feature_columns(table, required=False)).rename(columns=renamed)
 
 
 def baseline_table(args, kind: str, out: Path, model_table: pd.DataFrame) -> pd.DataFrame:

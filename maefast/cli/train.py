@@ -34,12 +34,9 @@ def train_command(args) -> int:
         return 0
     if not args.out:
         raise UserInputError("--out is required: the directory for checkpoints, metrics and images")
-    assignments = list(args.assignments)
-    if args.data:
-        assignments.append(f"data.path={args.data}")
-    if args.max_steps is not None:
-        assignments.append(f"run.max_steps={args.max_steps}")
-    config = load_config(args.recipe, assignments)
+    flags = {"data.path": args.data, "run.max_steps": args.max_steps}  # typed values, applied after --set
+    config = load_config(args.recipe, args.assignments,
+                         {key: value for key, value in flags.items() if value is not None})
     from maefast.train.loop import train
     summary = train(config, args.out, resume=args.resume, show_progress=not args.no_progress, recipe=args.recipe,
                     allow_config_change=args.allow_config_change)

@@ -16,13 +16,12 @@ import pandas as pd
 import torch
 
 from maefast.data import make_tile_loader, open_dataset
-from maefast.embedding.encoder import checkpoint_path
 from maefast.embedding.handcrafted import HandcraftedEmbedder
 from maefast.embedding.job import aggregate_wells, site_table
 from maefast.embedding.outputs import read_embeddings
 from maefast.errors import UserInputError
 from maefast.io import atomic_path
-from maefast.models.checkpoint import from_pretrained, read_config, save_pretrained
+from maefast.models.checkpoint import from_pretrained, resolve_checkpoint, save_pretrained
 from maefast.models.registry import create_model, model_config_dict
 from maefast.tables import LEVELS
 
@@ -43,13 +42,15 @@ def random_weights_checkpoint(checkpoint, out, model: str | None = None, trust_p
     out = Path(out)
     if (out / "config.json").exists():
         return out
-    path = checkpoint_path(checkpoint)
-    if path.is_dir():
-        trained, channels = from_pretrained(path, trust_pickle=trust_pickle), read_config(path).get("channel_names")
+    checkpoint = resolve_checkpoint(checkpoint)
+    if checkpoint.folder is not None:
+        trained = from_pretrained(checkpoint, trust_pickle=trust_pickle)
+        channels = (checkpoint.config or {}).get("channel_names")
     elif model is not None:
         trained, channels = create_model(model), []
     else:
-        raise UserInputError(f"{path} is a bare weights file: name its architecture (--model) for the random baseline")
+        raise UserInputError(f"{checkpoint} is a bare weights file: name its architecture (--model) for the random "
+                             f"baseline")
     torch.manual_seed(seed)
     random = create_model(trained.model_name, **model_config_dict(trained))
     return save_pretrained(random, out, channel_names=list(channels or []))

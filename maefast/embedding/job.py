@@ -3,16 +3,19 @@
 The dataset's images are cut into shards of `shard_size` images (in table order); rank r of W embeds
 shards r, r + W, ... Each shard is written atomically as shards/shard-00007.parquet (metadata columns +
 feature_0000...); a shard file exists only when complete, so a restarted job skips what is done and
-never reads a partial file. When every shard is done, rank 0 writes the well-level aggregate and
-manifest.json (shards, rows, skipped images, job settings). job.json records the settings, the encoder's
-weights (sha256) and the data set's fingerprint; a job restarted with other settings, weights or data is
-refused rather than mixed. The output directory is locked: one job writes it at a time.
+never reads a partial file. With blocks (EmbedConfig.blocks) each site has one row per chosen encoder block,
+all from one forward, and a `block` column; wells are averaged per block. When every shard is done, rank 0
+writes the well-level aggregate and manifest.json (shards, rows, skipped images, job settings). job.json
+records the settings the output depends on (with blocks, the block indices), the encoder's weights (sha256)
+and the data set's fingerprint; a job restarted with other settings, weights
+or data is refused rather than mixed. config.yaml holds the whole effective EmbedConfig of the latest start, and
+attention.json / tile_batch.json what the job setup chose (maefast.job_setup), which a resumed job reuses. The
+output directory is locked: one job writes it at a time.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,68 +24,63 @@ import torch
 from tqdm import tqdm
 
 from maefast.distributed import DistributedContext, barrier, broadcast_object, run_on_main
-from maefast.embedding.runner import COMPILE_CHOICES, TileEmbedder
+from maefast.embedding.config import EmbedConfig
+from maefast.embedding.runner import PooledEncoder, TileEmbedder, resolve_blocks
 from maefast.errors import UserInputError
-from maefast.fields import matches
-from maefast.io import atomic_path, read_json, read_table, write_json_atomic
+from maefast.io import atomic_path, read_json, read_table, write_json_atomic, write_yaml_atomic
+from maefast.job_setup import (
+    ATTENTION_FILE,
+    JOB_CONFIG_FILE,
+    TILE_BATCH_FILE,
+    RunSetup,
+    choose_attention,
+    choose_tile_batch,
+)
 from maefast.lock import OutputLock
-from maefast.models.attention_setup import check_attention_choice
+from maefast.models.checkpoint import ResolvedCheckpoint
+from maefast.models.registry import input_config
+from maefast.ops.patches import random_pixels
 from maefast.records import changes, describe_changes
+from maefast.tables import feature_columns, feature_names
 
 METADATA = ("id", "batch", "plate", "well", "site", "perturbation", "is_control")
 JOB_FILE, MANIFEST_FILE = "job.json", "manifest.json"
 
 
-@dataclass
-class EmbedSettings:
-    checkpoint: str               # where the encoder came from (compared through weights_sha256, not the path)
-    weights_sha256: str = ""      # the encoder's weights file
-    pool: str = "mean"            # mean | cls
-    per_channel: bool = False     # CA-MAE: mean per channel, concatenated
-    tile_size: int = 256
-    batch_size: int = 64          # images per loader batch (each gives (H // tile) * (W // tile) tiles)
-    shard_size: int = 1024        # images per output shard
-    precision: str = "auto"       # auto (bf16 on CUDA) | bf16 | fp32
-    channels: tuple = ()
-    compile: str = "auto"         # auto (on CUDA: compiled, fixed shapes, CUDA graphs) | on | off
-    attention: str = "auto"       # auto (on CUDA: the fastest, timed once) or an attention backend
-    tile_batch: int | str = "auto"  # tiles per encoder forward; auto: on CUDA the largest that fits and
-                                    # gets faster (timed once), elsewhere one loader batch's tiles
-    blocks: list | None = None      # 0-based encoder blocks to embed, one row per site and block (a `block`
-                                    # column); None: the final embedding only (no block column)
-
-    def validate(self) -> None:
-        if self.pool not in ("mean", "cls"):
-            raise UserInputError(f"pool must be 'mean' or 'cls', got {self.pool!r}")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise UserInputError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
-        if self.compile not in COMPILE_CHOICES:
-            raise UserInputError(f"compile must be one of {COMPILE_CHOICES}, got {self.compile!r}")
-        check_attention_choice(self.attention)
-        if self.tile_batch != "auto" and not (matches(self.tile_batch, int) and self.tile_batch >= 1):
-            raise UserInputError(f"tile_batch must be 'auto' or a positive integer, got {self.tile_batch!r}")
-        if self.blocks is not None and not (isinstance(self.blocks, (list, tuple)) and self.blocks
-                                            and all(matches(b, int) and b >= 0 for b in self.blocks)):
-            raise UserInputError(f"blocks must be a non-empty list of block indices, got {self.blocks!r}")
-        for key in ("tile_size", "batch_size", "shard_size"):
-            if getattr(self, key) < 1:
-                raise UserInputError(f"{key} must be a positive integer, got {getattr(self, key)}")
-
-
-def feature_columns(count: int) -> list[str]:
-    return [f"feature_{i:04d}" for i in range(count)]
+# the settings the output depends on, recorded in job.json: a resumed job must have the same
+RECORDED_SETTINGS = ("pool", "per_channel", "batch_size", "shard_size", "precision", "compile", "attention",
+                     "tile_batch")
+OLD_COMPILE_VALUES = {"on": True, "off": False}  # job.json before compile took maefast.job_setup's vocabulary
 
 
 def shard_path(out: Path, index: int) -> Path:
     return out / "shards" / f"shard-{index:05d}.parquet"
 
 
-def check_job(out: Path, settings: EmbedSettings, dataset) -> None:
+def job_record(config: EmbedConfig, checkpoint: ResolvedCheckpoint, tile_size: int, dataset,
+               blocks: list[int] | None = None) -> dict:
+    """What job.json holds: the output's settings, the checkpoint (compared by its weights' sha256, not its
+    path), the tile size, the channels in their order and the data set's fingerprint; with blocks, the block
+    indices embedded (as resolved, so "all" and the same indices written out are one job)."""
+    record = {"checkpoint": str(checkpoint), "weights_sha256": checkpoint.sha256,
+              **{key: getattr(config, key) for key in RECORDED_SETTINGS}, "tile_size": tile_size,
+              "channels": list(dataset.channels), "data": dataset.fingerprint()}
+    if blocks is not None:  # a job without blocks records what it did before blocks existed
+        record["blocks"] = blocks
+    return record
+
+
+def upgrade_record(recorded: dict) -> dict:
+    """A job.json of an earlier maefast in today's vocabulary (compile "on" / "off" -> true / false)."""
+    compile = recorded.get("compile")
+    return {**recorded, "compile": OLD_COMPILE_VALUES.get(compile, compile)} if "compile" in recorded else recorded
+
+
+def check_job(out: Path, record: dict) -> None:
     """Records the job's settings, weights and data; refuses to continue a job started with other ones."""
-    record = {**asdict(settings), "data": dataset.fingerprint()}
     path = out / JOB_FILE
     if path.exists():
-        differences = changes(read_json(path), record)
+        differences = changes(upgrade_record(read_json(path)), record)
         differences.pop("checkpoint", None)  # the same weights may come from another path
         if differences:
             raise UserInputError(f"{out} holds an embedding job with other settings, weights or data: "
@@ -91,11 +89,12 @@ def check_job(out: Path, settings: EmbedSettings, dataset) -> None:
         write_json_atomic(path, record)
 
 
-def start_job(out: Path, settings: EmbedSettings, dataset) -> OutputLock:
-    """Locks `out` for this job and checks it against the job it may continue."""
+def start_job(out: Path, config: EmbedConfig, record: dict) -> OutputLock:
+    """Locks `out` for this job, checks it against the job it may continue and saves the effective config."""
     lock = OutputLock(out, "maefast embed")
     try:
-        check_job(out, settings, dataset)
+        check_job(out, record)
+        write_yaml_atomic(out / JOB_CONFIG_FILE, config.to_dict())
     except BaseException:
         lock.release()
         raise
@@ -122,7 +121,7 @@ def embed_shard(embedder: TileEmbedder, dataset, rows: np.ndarray, make_tiles, d
     if sums is None:  # every image of the shard was skipped
         return site_table(table, np.zeros((0, 0), np.float32)), skipped, 0
     means = sums[done] / counts[done].reshape(-1, *[1] * (sums.ndim - 1))
-    return site_table(table, means.float().numpy(), embedder.blocks), skipped, int(counts.sum())
+    return site_table(table, means.float().numpy(), embedder.pooled.blocks), skipped, int(counts.sum())
 
 
 def regroup(loader, size: int, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -143,24 +142,24 @@ def regroup(loader, size: int, device) -> Iterator[tuple[torch.Tensor, torch.Ten
 
 
 def site_table(table: pd.DataFrame, features: np.ndarray, blocks: list[int] | None = None) -> pd.DataFrame:
-    """The output format: a data set's metadata columns (file paths left out), then feature_0000, ...
+    """The output format: a data set's metadata columns (file paths and shard positions left out), then
+    feature_0000, ...
 
     With blocks, features are (sites, blocks, D) and each site has one row per block, its `block` column
     (the 0-based encoder block) after the metadata."""
     metadata = table[[c for c in table.columns if not c.startswith(("file_", "illum_", "shard_", "row_"))]]
     metadata = metadata.reset_index(drop=True)
-    if blocks is None:
-        return pd.concat([metadata, pd.DataFrame(features, columns=feature_columns(features.shape[1]))], axis=1)
-    metadata = metadata.loc[np.repeat(metadata.index, len(blocks))].reset_index(drop=True)
-    metadata["block"] = np.tile(np.asarray(blocks, dtype=np.int64), len(features))
-    flat = features.reshape(len(features) * len(blocks), -1) if len(features) else np.zeros((0, 0), np.float32)
-    return pd.concat([metadata, pd.DataFrame(flat, columns=feature_columns(flat.shape[1]))], axis=1)
+    if blocks is not None:
+        metadata = metadata.loc[np.repeat(metadata.index, len(blocks))].reset_index(drop=True)
+        metadata["block"] = np.tile(np.asarray(blocks, dtype=np.int64), len(features))
+        features = features.reshape(len(features) * len(blocks), -1) if len(features) else np.zeros((0, 0), np.float32)
+    return pd.concat([metadata, pd.DataFrame(features, columns=feature_names(features.shape[1]))], axis=1)
 
 
 def aggregate_wells(sites: pd.DataFrame) -> pd.DataFrame:
     """Mean feature vector per (batch, plate, well[, block]); the metadata every site of a well shares
     (perturbation, control flag, compound concentration, ...) carried along."""
-    features = [c for c in sites.columns if c.startswith("feature_")]
+    features = feature_columns(sites, required=False)
     keys = [c for c in ("batch", "plate", "well", "block") if c in sites.columns]
     grouped = sites.groupby(keys, sort=True)
     wells = grouped[features].mean()
@@ -172,39 +171,63 @@ def aggregate_wells(sites: pd.DataFrame) -> pd.DataFrame:
     return wells.reset_index()[keys + carried + ["sites"] + features]
 
 
-def run_embedding(encoder, dataset, out, settings: EmbedSettings, make_tiles, device,
-                  context: DistributedContext | None = None, show_progress: bool = True) -> dict:
-    """Embeds `dataset` into `out`; `make_tiles(subset)` gives an iterable of tile batches
-    (dict with pixels (N, C, s, s) and index (N,): each tile's row position within the subset).
-    context: this rank's place under torchrun (rank 0 holds the output lock and writes the aggregate)."""
-    settings.validate()
-    out, context = Path(out), context or DistributedContext(device=device)
-    lock = run_on_main(lambda: start_job(out, settings, dataset), context)
+def run_embedding(encoder, dataset, out, config: EmbedConfig, checkpoint: ResolvedCheckpoint, make_tiles,
+                  context: DistributedContext, show_progress: bool = True) -> dict:
+    """Embeds `dataset` into `out` with `encoder` (from `checkpoint`); `make_tiles(subset)` gives an iterable
+    of tile batches (dict with pixels (N, C, s, s) and index (N,): each tile's row position within the
+    subset). context: this rank's place under torchrun (rank 0 holds the output lock and writes the records)."""
+    config.validate()
+    out = Path(out)
+    blocks = resolve_blocks(config.blocks, encoder)
+    record = job_record(config, checkpoint, input_config(encoder).img_size, dataset, blocks)
+    lock = run_on_main(lambda: start_job(out, config, record), context)
     try:
-        return embed_shards(encoder, dataset, out, settings, make_tiles, device, context, show_progress)
+        return embed_shards(encoder, dataset, out, config, blocks, make_tiles, context, show_progress)
     finally:
         if lock is not None:
             lock.release()
 
 
-def embed_shards(encoder, dataset, out: Path, settings: EmbedSettings, make_tiles, device,
+def setup_embedder(encoder, out: Path, config: EmbedConfig, blocks: list[int] | None,
+                   tile_shape: tuple[int, int, int], loader_tiles: int, context: DistributedContext) -> TileEmbedder:
+    """The job setup of an embedding job (maefast.job_setup): precision, tile batch, attention, compile; rank
+    0 writes the records, which a resumed job reuses. blocks: resolve_blocks' indices, or None."""
+    setup = RunSetup.resolve(context.device, config.precision, config.compile)
+    pooled = PooledEncoder(encoder, pool=config.pool, per_channel=config.per_channel, setup=setup, blocks=blocks)
+
+    def broadcast(obj):
+        return broadcast_object(obj, context)
+
+    def recorded(name: str) -> dict | None:  # rank 0 reads what the job being resumed chose
+        return broadcast(read_json(out / name) if context.is_main and (out / name).exists() else None)
+
+    tile_batch = choose_tile_batch(config.tile_batch, loader_tiles, pooled, tile_shape, setup,
+                                   recorded=recorded(TILE_BATCH_FILE), broadcast=broadcast)
+    tiles = tile_batch["tiles"]
+    attention = choose_attention(pooled.encoder, config.attention, setup,
+                                 lambda: pooled(random_pixels(tiles, *tile_shape[:2], torch.uint16, setup.device)),
+                                 needs_grad=False, recorded=recorded(ATTENTION_FILE), broadcast=broadcast)
+    if context.is_main:
+        write_json_atomic(out / TILE_BATCH_FILE, tile_batch)
+        write_json_atomic(out / ATTENTION_FILE, attention)
+    return TileEmbedder(pooled, tiles, setup.compile)
+
+
+def embed_shards(encoder, dataset, out: Path, config: EmbedConfig, blocks: list[int] | None, make_tiles,
                  context: DistributedContext, show_progress: bool) -> dict:
     """This rank's missing shards, then (rank 0, once every shard is there) the aggregate and manifest."""
-    rank, world_size = context.rank, context.world_size
-    num_shards = -(-len(dataset) // settings.shard_size)
+    rank, world_size, device = context.rank, context.world_size, context.device
+    num_shards = -(-len(dataset) // config.shard_size)
     mine = [k for k in range(rank, num_shards, world_size) if not shard_path(out, k).exists()]
-    tiles_per_image = (dataset.image_shape[0] // settings.tile_size) * (dataset.image_shape[1] // settings.tile_size)
-    embedder = TileEmbedder(encoder, pool=settings.pool, per_channel=settings.per_channel,
-                            precision=settings.precision, device=device,
-                            batch_tiles=settings.tile_batch, loader_tiles=settings.batch_size * tiles_per_image,
-                            tile_shape=(len(dataset.channels), settings.tile_size, settings.tile_size),
-                            compile=settings.compile, attention=settings.attention, blocks=settings.blocks,
-                            out=out if rank == 0 else None, broadcast=lambda obj: broadcast_object(obj, context))
-    total_tiles = sum(min(settings.shard_size, len(dataset) - k * settings.shard_size) for k in mine) * tiles_per_image
+    tile_size = input_config(encoder).img_size
+    tiles_per_image = (dataset.image_shape[0] // tile_size) * (dataset.image_shape[1] // tile_size)
+    embedder = setup_embedder(encoder, out, config, blocks, (len(dataset.channels), tile_size, tile_size),
+                              config.batch_size * tiles_per_image, context)
+    total_tiles = sum(min(config.shard_size, len(dataset) - k * config.shard_size) for k in mine) * tiles_per_image
     progress = tqdm(total=total_tiles, unit="crop", desc=f"embed rank {rank}", disable=not show_progress)
     start, skipped_all, crops = time.perf_counter(), [], 0
     for index in mine:
-        rows = np.arange(index * settings.shard_size, min((index + 1) * settings.shard_size, len(dataset)))
+        rows = np.arange(index * config.shard_size, min((index + 1) * config.shard_size, len(dataset)))
         frame, skipped, shard_crops = embed_shard(embedder, dataset, rows, make_tiles, device, progress)
         crops += shard_crops
         with atomic_path(shard_path(out, index)) as temporary:
@@ -234,7 +257,7 @@ def finalize(out: Path, num_shards: int) -> dict:
     for path in sorted((out / "shards").glob("*.skipped.json")):
         skipped.extend(read_json(path))
     manifest = {"complete": True, "shards": [shard_path(out, k).name for k in range(num_shards)],
-                "sites": len(sites), "features": len([c for c in sites.columns if c.startswith("feature_")]),
+                "sites": len(sites), "features": len(feature_columns(sites, required=False)),
                 "skipped": skipped, "wells_file": "wells.parquet"}
     write_json_atomic(out / MANIFEST_FILE, manifest)
     return manifest

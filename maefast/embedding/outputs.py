@@ -12,7 +12,7 @@ import pandas as pd
 
 from maefast.embedding.job import MANIFEST_FILE, read_job
 from maefast.errors import UserInputError
-from maefast.tables import EXPORT_SUFFIXES, LEVELS, check_format, read_table, write_table
+from maefast.tables import EXPORT_SUFFIXES, LEVELS, check_format, feature_columns, read_table, write_table
 
 
 def read_embeddings(path, level: str = "site", metadata=None) -> pd.DataFrame:
@@ -34,7 +34,7 @@ def with_metadata(table: pd.DataFrame, path) -> pd.DataFrame:
     metadata = read_table(path)
     if set(METADATA_COLUMNS[1:4]) <= set(metadata.columns):  # RxRx3-core's well metadata
         metadata = standard_metadata(metadata)
-    features = [c for c in table.columns if str(c).startswith("feature_")]
+    features = feature_columns(table, required=False)
     keys = [c for c in table.columns if c in metadata.columns and c not in features]
     if not keys:
         raise UserInputError(f"{path}: no column in common with the embeddings (their metadata columns are "

@@ -21,7 +21,7 @@ import pandas as pd
 from maefast.errors import UserInputError
 from maefast.evaluate import plots
 from maefast.evaluate.benchmark import benchmark_maps
-from maefast.evaluate.normalize import aggregate_map, feature_columns, normalize_embeddings
+from maefast.evaluate.normalize import aggregate_map, normalize_embeddings
 from maefast.evaluate.probe import BLOCK_COLUMN, linear_probe
 from maefast.evaluate.relationships import (
     DEFAULT_THRESHOLDS,
@@ -32,6 +32,7 @@ from maefast.evaluate.relationships import (
     score_map,
 )
 from maefast.io import atomic_path, write_json_atomic
+from maefast.tables import feature_columns
 
 CRITERIA = ("probe", "recall")
 
@@ -49,7 +50,7 @@ class MapOptions:
     keep_controls: bool = False
 
     def normalize(self, table: pd.DataFrame) -> pd.DataFrame:
-        features = feature_columns(table, self.feature_cols)
+        features = feature_columns(table, names=self.feature_cols)
         components = min(self.pca_components, len(features), len(table)) if self.pca_components else None
         return normalize_embeddings(table, perturbation_col=self.perturbation_col, control_label=self.control_label,
                                     batch_col=self.batch_col, feature_cols=features, pca_components=components,

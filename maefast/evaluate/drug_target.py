@@ -33,9 +33,10 @@ import numpy as np
 import pandas as pd
 
 from maefast.errors import UserInputError
-from maefast.evaluate.normalize import AGGREGATIONS, control_mask, feature_columns
+from maefast.evaluate.normalize import AGGREGATIONS, control_mask
 from maefast.evaluate.similarity import unit_rows
 from maefast.io import read_table
+from maefast.tables import feature_columns
 
 PAIR_COLUMNS = ("compound", "gene")
 ACTIVITY = "activity_nM"
@@ -61,7 +62,7 @@ def compound_gene_maps(table: pd.DataFrame, *, perturbation_col: str, concentrat
     if concentration_col not in table.columns:
         raise UserInputError(f"unknown concentration column {concentration_col!r}; columns are "
                              f"{list(table.columns)[:10]}")
-    features = feature_columns(table, feature_cols)
+    features = feature_columns(table, names=feature_cols)
     controls = control_mask(table, perturbation_col, control_label)
     concentration = pd.to_numeric(table[concentration_col], errors="coerce")
     compounds = ~controls & concentration.notna().to_numpy()

@@ -22,7 +22,8 @@ import pandas as pd
 from scipy.spatial.distance import cdist
 
 from maefast.errors import UserInputError
-from maefast.evaluate.normalize import control_mask, feature_columns
+from maefast.evaluate.normalize import control_mask
+from maefast.tables import feature_columns
 
 MIN_REPLICATES = 5     # EFAAR: pert_signal_magnitude_metric needs 5 replicates
 MAX_CONTROLS = 1000    # EFAAR's max_controls: the control sample every perturbation is compared with
@@ -66,7 +67,7 @@ def perturbation_magnitude(
         raise UserInputError(f"max_controls, n_null and min_replicates must be positive, got {max_controls}, "
                              f"{n_null}, {min_replicates}")
     controls = control_mask(table, perturbation_col, control_label)
-    x = table[feature_columns(table, feature_cols)].to_numpy(np.float64)
+    x = table[feature_columns(table, names=feature_cols)].to_numpy(np.float64)
     labels = table[perturbation_col].to_numpy()
     rng = np.random.default_rng(seed)
     control_rows = x[controls][rng.permutation(int(controls.sum()))]

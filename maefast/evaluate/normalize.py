@@ -19,24 +19,10 @@ import numpy as np
 import pandas as pd
 
 from maefast.errors import UserInputError
+from maefast.tables import feature_columns, feature_names
 
-FEATURE_PREFIX = "feature_"
 TVN_REGULARIZATION = 0.5  # EFAAR adds 0.5 I to each batch's control covariance before whitening
 AGGREGATIONS = ("mean", "median")
-
-
-def feature_columns(table: pd.DataFrame, feature_cols: Sequence[str] | None = None) -> list[str]:
-    """The feature columns: `feature_cols` if given (all must exist), else every `feature_*` column."""
-    if feature_cols is None:
-        columns = [c for c in table.columns if str(c).startswith(FEATURE_PREFIX)]
-        if not columns:
-            raise UserInputError(f"no feature columns: expected columns named {FEATURE_PREFIX}0, {FEATURE_PREFIX}1, "
-                                 f"... or an explicit feature_cols; columns are {list(table.columns)[:10]}")
-        return columns
-    missing = [c for c in feature_cols if c not in table.columns]
-    if missing:
-        raise UserInputError(f"unknown feature column(s) {missing[:5]}; columns are {list(table.columns)[:10]}")
-    return list(feature_cols)
 
 
 def _require_column(table: pd.DataFrame, column: str, role: str) -> None:
@@ -146,9 +132,10 @@ def normalize_embeddings(
 ) -> pd.DataFrame:
     """Center-scale on controls (per batch), PCA (None: skip), TVN on controls (per batch).
 
-    Returns the metadata columns of `table` (same row order) followed by `feature_0 ... feature_{K-1}`.
+    Returns the metadata columns of `table` (same row order) followed by the K features (maefast.tables.feature_names);
+    the table's other `feature_*` columns (those feature_cols leaves out) are left out.
     """
-    columns = feature_columns(table, feature_cols)
+    columns = feature_columns(table, names=feature_cols)
     controls = control_mask(table, perturbation_col, control_label)
     if table[perturbation_col].isna().any():
         missing = int(table[perturbation_col].isna().sum())
@@ -165,8 +152,11 @@ def normalize_embeddings(
     if tvn:
         x = tvn_on_controls(x, controls, batches, names)
 
-    metadata = table.drop(columns=columns).reset_index(drop=True)
-    features = pd.DataFrame(x, columns=[f"{FEATURE_PREFIX}{i}" for i in range(x.shape[1])])
+    # feature columns left out of feature_cols are left out of the result too: they are not metadata, and they
+    # would mix with the normalized features, which have the same names
+    dropped = list(dict.fromkeys([*columns, *feature_columns(table, required=False)]))
+    metadata = table.drop(columns=dropped).reset_index(drop=True)
+    features = pd.DataFrame(x, columns=feature_names(x.shape[1]))
     return pd.concat([metadata, features], axis=1)
 
 
@@ -185,7 +175,7 @@ def aggregate_map(
     if method not in AGGREGATIONS:
         raise UserInputError(f"unknown aggregation {method!r}; expected one of {AGGREGATIONS}")
     _require_column(table, perturbation_col, "perturbation")
-    columns = feature_columns(table, feature_cols)
+    columns = feature_columns(table, names=feature_cols)
     kept = table[~table[perturbation_col].isin(list(drop_labels))]
     if kept.empty:
         raise UserInputError(f"no rows left to aggregate after dropping {list(drop_labels)}")
@@ -205,8 +195,8 @@ def build_map(
     keep_controls: bool = False,
 ) -> pd.DataFrame:
     """The map: `normalize_embeddings` then `aggregate_map` per perturbation (controls left out unless
-    `keep_controls`). Returns a DataFrame indexed by perturbation with columns feature_0 ... feature_{K-1},
-    ready for `relationship_recall`."""
+    `keep_controls`). Returns a DataFrame indexed by perturbation with the K feature columns
+    (maefast.tables.feature_names), ready for `relationship_recall`."""
     if aggregate not in AGGREGATIONS:
         raise UserInputError(f"unknown aggregation {aggregate!r}; expected one of {AGGREGATIONS}")
     normalized = normalize_embeddings(table, perturbation_col=perturbation_col, control_label=control_label,

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from maefast.errors import MissingDependency, UserInputError
-from maefast.evaluate.normalize import feature_columns
+from maefast.tables import feature_columns
 
 PROBE_COLUMNS = ["n_wells", "n_unseen", "n_classes", "n_batches", "balanced_accuracy", "balanced_accuracy_low",
                  "balanced_accuracy_high", "macro_f1", "macro_f1_low", "macro_f1_high", "chance"]
@@ -100,7 +100,7 @@ def linear_probe(table: pd.DataFrame, *, perturbation_col: str, holdout_col: str
         table = table[~table[perturbation_col].isin(labels)]
     if table[perturbation_col].isna().any() or table[holdout_col].isna().any():
         raise UserInputError(f"{perturbation_col!r} and {holdout_col!r} must have no missing values")
-    x = table[feature_columns(table, feature_cols)].to_numpy(np.float64)
+    x = table[feature_columns(table, names=feature_cols)].to_numpy(np.float64)
     if not np.isfinite(x).all():
         raise UserInputError("the features have NaN or infinite values")
     codes, names = pd.factorize(table[perturbation_col], sort=True)

@@ -1,8 +1,17 @@
-"""Model family: ViT encoders, MAE and CA-MAE, the registry and checkpoint adapters."""
-from maefast.models.checkpoint import CheckpointMismatch, from_pretrained, load_pretrained, save_pretrained
+"""Models: ViT encoders, MAE and CA-MAE, MU-Net and the classifier, their families and registry, checkpoints."""
+from maefast.models.checkpoint import (
+    CheckpointMismatch,
+    ResolvedCheckpoint,
+    from_pretrained,
+    load_pretrained,
+    resolve_checkpoint,
+    save_pretrained,
+)
+from maefast.models.common import TrainingOutput
 from maefast.models.mae import MAEConfig, MaskedAutoencoder
 from maefast.models.registry import create_model, list_models, register
 from maefast.models.vit import VisionTransformer, ViTConfig
 
-__all__ = ["CheckpointMismatch", "from_pretrained", "load_pretrained", "save_pretrained", "MAEConfig",
-           "MaskedAutoencoder", "create_model", "list_models", "register", "ViTConfig", "VisionTransformer"]
+__all__ = ["CheckpointMismatch", "ResolvedCheckpoint", "from_pretrained", "load_pretrained", "resolve_checkpoint",
+           "save_pretrained", "TrainingOutput", "MAEConfig", "MaskedAutoencoder", "create_model", "list_models",
+           "register", "ViTConfig", "VisionTransformer"]

@@ -82,11 +82,6 @@ class AttentionTuning:
     timings: dict[str, dict[str, float | str]] = field(default_factory=dict)
 
 
-def random_pixels(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """Random 16-bit pixels of `shape` on `device`: the inputs a model is timed on while its run is set up."""
-    return torch.randint(0, 65536, shape, dtype=torch.int32, device=device).to(torch.uint16)
-
-
 def tune_attention(model: torch.nn.Module, step: Callable[[], None], needs_grad: bool = True,
                    reps: int = 5) -> AttentionTuning:
     """Runs `step()` once (an eager forward, or forward and backward, of `model` at the shapes it will run),

@@ -9,17 +9,22 @@ A weights file is recognized by its bytes, never by its name: a safetensors head
 pickle (zip archive or legacy pickle), which the reference writes under the name model.safetensors.
 A pickle is only opened with `trust_pickle=True`, and then with torch.load(weights_only=True).
 A checkpoint may also be a Hugging Face Hub id (owner/name), fetched with huggingface_hub (maefast.models.hub).
+
+Wherever a checkpoint is named (a folder, a training run, a weights file, a Hub id), `resolve_checkpoint` finds
+it once, into a ResolvedCheckpoint (folder, config, weights file, digest) that the loaders take as it is.
 """
 from __future__ import annotations
 
+import functools
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 from maefast.errors import UserInputError
-from maefast.io import atomic_path, read_json, read_safetensors, write_json_atomic
+from maefast.io import atomic_path, file_sha256, read_json, read_safetensors, write_json_atomic
 from maefast.models import hub, reference
 from maefast.models.registry import create_model, model_config_dict
 from maefast.models.vit import VisionTransformer
@@ -27,6 +32,7 @@ from maefast.models.vit import VisionTransformer
 LAYOUTS = ("auto", "maefast", "timm", "reference")
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+ENCODER_DIR = "encoder"        # a training run's folder holds what embeds here (maefast.train exports it)
 ZIP_MAGIC = b"PK\x03\x04"      # torch.save's default (zip) format
 PICKLE_PROTOCOL = b"\x80"       # torch.save's legacy format starts with a pickle protocol opcode
 
@@ -48,23 +54,49 @@ def weights_format(path: Path) -> str:
                      f"(zip archive or pickle stream); its first bytes are {head!r}")
 
 
-def weights_path(source) -> Path:
-    path = Path(source)
-    if path.is_dir():
-        if not (path / WEIGHTS_FILE).exists():
-            present = sorted(p.name for p in path.iterdir())
-            raise FileNotFoundError(f"{path} holds no {WEIGHTS_FILE} (it has {present[:20]})")
-        path = path / WEIGHTS_FILE
+@dataclass(frozen=True)
+class ResolvedCheckpoint:
+    """A checkpoint found once: its folder (None for a bare weights file), the folder's config.json (None when
+    it has none), the weights file, and the weights' sha256 (computed when first asked for)."""
+    folder: Path | None
+    config: dict | None
+    weights: Path
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        return file_sha256(self.weights)
+
+    def __str__(self) -> str:
+        return str(self.folder or self.weights)
+
+
+def resolve_checkpoint(source) -> ResolvedCheckpoint:
+    """The checkpoint `source` names: a Hub id (fetched first), a checkpoint folder (config.json and
+    model.safetensors), a training run's folder (its encoder/), or a weights file. A ResolvedCheckpoint is
+    returned as it is."""
+    if isinstance(source, ResolvedCheckpoint):
+        return source
+    path = Path(hub.resolve(str(source)))
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return path
+        raise FileNotFoundError(f"checkpoint not found: {path}: expected a maefast checkpoint folder, a training "
+                                f"run folder, a reference folder, a Hub id or a weights file")
+    if path.is_file():
+        return ResolvedCheckpoint(None, None, path)
+    if not (path / CONFIG_FILE).exists() and (path / ENCODER_DIR / CONFIG_FILE).exists():
+        path = path / ENCODER_DIR
+    if not (path / WEIGHTS_FILE).exists():
+        present = sorted(p.name for p in path.iterdir())
+        raise FileNotFoundError(f"{path} holds no {WEIGHTS_FILE} (it has {present[:20]})")
+    config = read_config(path) if (path / CONFIG_FILE).exists() else None
+    return ResolvedCheckpoint(path, config, path / WEIGHTS_FILE)
 
 
 def read_state_dict(source, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of `source`: a state dict, or a checkpoint (anything resolve_checkpoint takes)."""
     if isinstance(source, dict):
         state = source
     else:
-        path = weights_path(hub.resolve(source))
+        path = resolve_checkpoint(source).weights
         if weights_format(path) == "safetensors":
             state = read_safetensors(path)
         elif not trust_pickle:
@@ -122,7 +154,8 @@ def to_model_layout(state: dict, model, layout: str) -> dict:
 
 
 def load_pretrained(model, checkpoint, layout: str = "auto", strict: bool = True, trust_pickle: bool = False):
-    """Loads `checkpoint` (path, directory, Hub id or state dict) into `model`; returns the model.
+    """Loads `checkpoint` (path, directory, Hub id, ResolvedCheckpoint or state dict) into `model`; returns
+    the model.
 
     strict=True refuses missing or unexpected keys, listing them (unexpected ones by their names in the
     checkpoint); shapes must always match.
@@ -177,10 +210,6 @@ def pretrained_config(model, channel_names: list[str] | None = None, extra: dict
 
 def read_config(directory: Path) -> dict:
     config_path = directory / CONFIG_FILE
-    if not config_path.exists():
-        raise FileNotFoundError(f"{config_path} not found: a checkpoint folder needs its {CONFIG_FILE} to rebuild "
-                                f"the model (for bare weights, build the model with create_model and call "
-                                f"load_pretrained)")
     meta = read_json(config_path)
     if not isinstance(meta, dict):
         raise UserInputError(f"{config_path}: not a maefast model config (a JSON object), got a {type(meta).__name__}")
@@ -188,21 +217,25 @@ def read_config(directory: Path) -> dict:
 
 
 def from_pretrained(directory, trust_pickle: bool = False, **overrides):
-    """Rebuilds the model of a checkpoint folder (or Hub id) and loads its weights.
+    """Rebuilds the model of a checkpoint folder (a Hub id, a training run's folder or a ResolvedCheckpoint) and
+    loads its weights.
 
     The folder is maefast's (save_pretrained) or the public reference's (MAEModel.save_pretrained: its
     config.json and a model.safetensors that is a pickle, so trust_pickle=True is needed; see
     maefast.models.reference). overrides change create_model's options (e.g. drop_path_rate=0.0).
     """
-    directory = Path(hub.resolve(directory))
-    meta = read_config(directory)
+    checkpoint = resolve_checkpoint(directory)
+    meta = checkpoint.config
+    if meta is None:
+        raise FileNotFoundError(f"{checkpoint}: no {CONFIG_FILE} to rebuild the model from (for bare weights, build "
+                                f"the model with create_model and call load_pretrained)")
     if reference.is_reference_config(meta):
         name, config = reference.model_spec(meta)
         layout = "reference"
     elif isinstance(meta.get("model"), str) and isinstance(meta.get("config"), dict):
         name, config, layout = meta["model"], meta["config"], "maefast"
     else:
-        raise UserInputError(f"{directory / CONFIG_FILE}: neither a maefast config (keys model and config) nor the "
-                             f"public reference's (model_type: MAE); keys: {sorted(meta)[:12]}")
+        raise UserInputError(f"{checkpoint.folder / CONFIG_FILE}: neither a maefast config (keys model and config) "
+                             f"nor the public reference's (model_type: MAE); keys: {sorted(meta)[:12]}")
     model = create_model(name, **{**config, **overrides})
-    return load_pretrained(model, directory / WEIGHTS_FILE, layout=layout, trust_pickle=trust_pickle)
+    return load_pretrained(model, checkpoint, layout=layout, trust_pickle=trust_pickle)

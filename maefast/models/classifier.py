@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from maefast.errors import UserInputError
-from maefast.models.common import field_names, reject_unknown_options
+from maefast.models.common import TrainingOutput, field_names, reject_unknown_options
 from maefast.models.vit import VisionTransformer, ViTConfig
 
 
@@ -69,14 +69,14 @@ class WeaklySupervisedClassifier(nn.Module):
         if low < 0 or high >= self.config.num_classes:
             raise UserInputError(f"labels must be in [0, {self.config.num_classes}), got values in [{low}, {high}]")
 
-    def forward(self, pixels: torch.Tensor, labels: torch.Tensor | None = None):
-        """Returns (loss or None, logits (B, num_classes), None)."""
+    def forward(self, pixels: torch.Tensor, labels: torch.Tensor | None = None) -> TrainingOutput:
+        """Returns (loss or None, logits (B, num_classes), None); the loss has no parts."""
         logits = self.forward_head(self.forward_features(pixels))
         if labels is None:
-            return None, logits, None
+            return TrainingOutput(None, logits, None)
         self.check_labels(labels, pixels.shape[0])
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
-        return loss, logits, None
+        return TrainingOutput(loss, logits, None)
 
     # timm's API, as on the encoders
     def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,54 @@
-"""Pieces shared by the model configs and the registry's factories."""
+"""Pieces shared by the models, their configs and the registry's factories."""
 from __future__ import annotations
 
 import dataclasses
 
-from maefast.errors import UnknownOptionError
+import torch
+import torch.utils._pytree as pytree
+
+from maefast.errors import UnknownOptionError, UserInputError
+
+
+class TrainingOutput(tuple):
+    """What a model's training forward computes: `loss, pred, mask = model(pixels)` as a tuple, and by name
+    `.loss`, `.pred`, `.mask` and `.parts`, the named terms of the loss ({"mse": ..., "fourier": ...} for the
+    masked models; {} when the loss has no parts). pred is what the model predicts (the masked models'
+    patches, a classifier's logits); mask is None where nothing is masked. It passes through torch.compile
+    and the distributed wrappers as a pytree (the tensors of loss, pred, mask and the parts)."""
+
+    def __new__(cls, loss: torch.Tensor | None, pred: torch.Tensor, mask: torch.Tensor | None,
+                parts: dict[str, torch.Tensor] | None = None):
+        output = super().__new__(cls, (loss, pred, mask))
+        output.parts = dict(parts or {})
+        return output
+
+    @property
+    def loss(self) -> torch.Tensor | None:
+        return self[0]
+
+    @property
+    def pred(self) -> torch.Tensor:
+        return self[1]
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        return self[2]
+
+    def __repr__(self) -> str:
+        return f"TrainingOutput(loss={self.loss!r}, parts={list(self.parts)})"
+
+
+def _flatten_output(output: TrainingOutput):
+    return [*output, *output.parts.values()], list(output.parts)
+
+
+def _unflatten_output(values, part_names: list[str]) -> TrainingOutput:
+    values = list(values)
+    return TrainingOutput(*values[:3], dict(zip(part_names, values[3:])))
+
+
+pytree.register_pytree_node(TrainingOutput, _flatten_output, _unflatten_output,
+                            serialized_type_name="maefast.models.common.TrainingOutput")
 
 
 class PatchGrid:
@@ -19,6 +64,27 @@ class PatchGrid:
     @property
     def num_patches(self) -> int:
         return self.grid_side ** 2
+
+
+class InputChannels:
+    """For input configs with `in_chans` (and, on channel-agnostic ViTs, `max_in_chans`): the one check of how
+    many channels a model takes."""
+
+    in_chans: int
+    channel_agnostic = False  # a class default: ViTConfig makes it a field
+
+    def accepted_channels(self) -> str:
+        return f"1 to max_in_chans={self.max_in_chans}" if self.channel_agnostic else f"in_chans={self.in_chans}"
+
+    def takes_channels(self, count: int) -> bool:
+        return 1 <= count <= self.max_in_chans if self.channel_agnostic else count == self.in_chans
+
+    def check_channels(self, count: int, source: str = "the input", advice: str = "") -> None:
+        """UserInputError when a model of this config cannot take `count` channels: "<source> has <count>
+        channels; the model takes in_chans=3<advice>"."""
+        if not self.takes_channels(count):
+            raise UserInputError(f"{source} has {count} channels; the model takes {self.accepted_channels()}"
+                                 f"{advice}")
 
 
 def field_names(config_class) -> set[str]:

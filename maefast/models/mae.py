@@ -2,7 +2,8 @@
 
 `loss, pred, mask = model(pixels)`: pixels (B, C, H, W) integer or float; pred (B, L, P) predictions of
 every patch in the layout of ops.patches; mask (B, L), 1 where masked. The loss only looks at masked
-patches. Module names follow the public reference (`encoder`, `encoder_decoder_proj`, `decoder`,
+patches; the output (a models.common.TrainingOutput) also names its terms: `model(pixels).parts` is
+{"mse": ..., "fourier": ...}. Module names follow the public reference (`encoder`, `encoder_decoder_proj`, `decoder`,
 `decoder_pred`), so its checkpoints map onto these modules key for key.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch.nn as nn
 
 from maefast.errors import UserInputError
 from maefast.fields import check_field_types
+from maefast.models.common import TrainingOutput
 from maefast.models.layers import Block, CrossAttention, Mlp, layer_norm, sincos_position_embedding
 from maefast.models.vit import VisionTransformer, ViTConfig
 from maefast.ops import mae_loss, masked_targets, random_masking, unshuffle
@@ -143,8 +145,10 @@ class MaskedAutoencoder(nn.Module):
         """Channels inside one predicted patch vector."""
         return 1 if self.channel_agnostic else channels
 
-    def forward(self, pixels: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None):
-        """Returns (loss, pred, mask); see the module docstring. `noise` (B, L) fixes the mask."""
+    def forward(self, pixels: torch.Tensor, mask_ratio: float | None = None,
+                noise: torch.Tensor | None = None) -> TrainingOutput:
+        """Returns (loss, pred, mask) with the loss's parts (mse, fourier); see the module docstring. `noise`
+        (B, L) fixes the mask."""
         self.encoder.check_pixels(pixels)
         ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
         batch, channels = pixels.shape[:2]
@@ -158,8 +162,7 @@ class MaskedAutoencoder(nn.Module):
         targets = masked_targets(pixels, mask.masked_idx, self.patch_size, channel_agnostic=self.channel_agnostic)
         losses = mae_loss(gather_tokens(pred, mask.masked_idx), targets, channels=self.target_channels(channels),
                           norm_pix_loss=self.config.norm_pix_loss, fourier_weight=self.config.fourier_weight)
-        self.last_losses = losses
-        return losses.loss, pred, mask.mask
+        return TrainingOutput(losses.loss, pred, mask.mask, {"mse": losses.mse, "fourier": losses.fourier})
 
     def forward_decoder(self, latent: torch.Tensor, keep_idx: torch.Tensor, channels: int) -> torch.Tensor:
         projected = self.encoder_decoder_proj(latent)

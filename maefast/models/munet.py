@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from maefast.errors import UserInputError
 from maefast.fields import check_field_types
-from maefast.models.common import PatchGrid, field_names, reject_unknown_options
+from maefast.models.common import InputChannels, PatchGrid, TrainingOutput, field_names, reject_unknown_options
 from maefast.ops import mae_loss, masked_targets, patchify, random_masking, self_standardize, unpatchify
 from maefast.ops.mae_loss import DEFAULT_FOURIER_WEIGHT, check_fourier_weight
 from maefast.ops.masking import check_mask_ratio
@@ -31,7 +31,7 @@ from maefast.ops.patches import gather_tokens
 
 
 @dataclass
-class MUNetConfig(PatchGrid):
+class MUNetConfig(PatchGrid, InputChannels):
     img_size: int = 256
     in_chans: int = 6
     patch_size: int = 16                 # masking granularity, as the MAE's patches
@@ -157,8 +157,7 @@ class MaskedUNet(nn.Module):
         if pixels.ndim != 4:
             raise UserInputError(f"expected images (B, C, H, W), got shape {tuple(pixels.shape)}")
         channels, height, width = pixels.shape[1:]
-        if channels != config.in_chans:
-            raise UserInputError(f"model expects {config.in_chans} channels, got {channels}")
+        config.check_channels(channels, "the input")
         if height != width:
             raise UserInputError(f"images must be square, got {height}x{width}")
         if height != config.img_size:
@@ -187,8 +186,10 @@ class MaskedUNet(nn.Module):
         values = mask.unsqueeze(-1).expand(-1, -1, p * p)
         return unpatchify(values, p, 1, grid, channel_agnostic=False)
 
-    def forward(self, pixels: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None):
-        """Returns (loss, pred, mask); see the module docstring. `noise` (B, L) fixes the mask."""
+    def forward(self, pixels: torch.Tensor, mask_ratio: float | None = None,
+                noise: torch.Tensor | None = None) -> TrainingOutput:
+        """Returns (loss, pred, mask) with the loss's parts (mse, fourier); see the module docstring. `noise`
+        (B, L) fixes the mask."""
         self.check_pixels(pixels)
         ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
         batch, channels = pixels.shape[:2]
@@ -200,8 +201,7 @@ class MaskedUNet(nn.Module):
         targets = masked_targets(pixels, mask.masked_idx, self.patch_size, channel_agnostic=False)
         losses = mae_loss(gather_tokens(pred, mask.masked_idx), targets, channels=channels,
                           norm_pix_loss=self.config.norm_pix_loss, fourier_weight=self.config.fourier_weight)
-        self.last_losses = losses
-        return losses.loss, pred, mask.mask
+        return TrainingOutput(losses.loss, pred, mask.mask, {"mse": losses.mse, "fourier": losses.fourier})
 
     def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Bottleneck features of the unmasked image: (B, D, H / 2**S, W / 2**S)."""

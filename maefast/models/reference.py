@@ -42,14 +42,15 @@ from __future__ import annotations
 import torch
 
 from maefast.errors import UserInputError
+from maefast.models.families import CA_MAE, MAE
 from maefast.models.layers import sincos_position_embedding
-from maefast.models.registry import ENCODERS
+from maefast.models.vit import VIT_SIZES
 
 ENCODER_PREFIX = "encoder.vit_backbone."
 FIXED_POSITIONS = "decoder.pos_embeddings"
 PLACEHOLDER = "decoder.placeholder"
 INPUT_NORM = "input_norm."
-# vit.<function> of the reference -> maefast registry encoder (same sizes at 256 x 256)
+# vit.<function> of the reference -> maefast's ViT size (the same backbone at 256 x 256)
 BACKBONES = {f"vit.{name}": name for name in (
     "vit_small_patch16_256", "vit_base_patch16_256", "vit_base_patch8_256",
     "vit_large_patch16_256", "vit_large_patch8_256")}
@@ -59,7 +60,7 @@ BACKBONE_OPTIONS = ("img_size", "in_chans", "global_pool", "drop_path_rate", "in
 # what the reference's ViT functions fix and maefast's ViT is built as
 BACKBONE_FIXED = {"num_classes": 0, "class_token": True, "fc_norm": None}
 # MAEModel of the OpenPhenom release (huggingface_mae.py) ignores config.json's architecture and builds this:
-OPENPHENOM_RELEASE = {"model": "camae_vit_small_patch16_256",
+OPENPHENOM_RELEASE = {"model": CA_MAE.variant("vit_small_patch16_256"),
                       "overrides": dict(global_pool="avg", qkv_bias=True, max_in_chans=11, decoder_channels=6,
                                         decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16,
                                         decoder_mlp_ratio=4.0, decoder_norm_eps=1e-5)}
@@ -82,7 +83,7 @@ def target(part: dict | None, where: str) -> str:
 
 
 def backbone_overrides(encoder: dict) -> tuple[str, dict]:
-    """The maefast encoder name and ViTConfig overrides of the reference's encoder dict."""
+    """The maefast ViT size and ViTConfig overrides of the reference's encoder dict."""
     wrapper = encoder.get("vit_backbone")
     if target(wrapper, "encoder.vit_backbone") != "vit.sincos_positional_encoding_vit":
         raise ReferenceConfigError("config.json: the encoder's backbone is not wrapped in "
@@ -140,10 +141,10 @@ def model_spec(meta: dict) -> tuple[str, dict]:
         backbone, overrides = backbone_overrides(encoder)
         overrides["qkv_bias"] = True  # the legacy mlp_bias is an in_proj bias (see the module docstring)
         agnostic = bool(encoder.get("channel_agnostic", False))
-        name = ("camae_" if agnostic else "mae_") + backbone
+        name = (CA_MAE if agnostic else MAE).variant(backbone)
         if agnostic:
             overrides["max_in_chans"] = encoder.get("max_in_chans", 6)
-        fields = {**ENCODERS[backbone], **overrides}
+        fields = {**VIT_SIZES[backbone], **overrides}
         grid = (fields.get("img_size", 256) // fields["patch_size"]) ** 2
         overrides.update(decoder_overrides(decoder, agnostic, grid))
     overrides.update(mask_ratio=meta.get("mask_ratio", 0.75), norm_pix_loss=bool(meta.get("norm_pix_loss", False)),

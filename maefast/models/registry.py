@@ -1,78 +1,38 @@
-"""Model registry: every variant is a few lines of config; `create_model(name, **overrides)` builds it.
+"""Model registry: `create_model(name, **overrides)` builds any registered model; `list_models()` names them.
 
-Overrides are fields of ViTConfig (encoder) or MAEConfig (decoder, masking, loss), e.g.
-`create_model("mae_vit_small_patch16_256", in_chans=5, decoder_depth=4, mask_ratio=0.9)`.
+The names and builders come from the model families (maefast.models.families: every variant of every family is
+registered here); `register(name, factory, family)` adds one more. Overrides are fields of the model's config,
+e.g. `create_model("mae_vit_small_patch16_256", in_chans=5, decoder_depth=4, mask_ratio=0.9)`.
 """
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
 
-from maefast.errors import UnknownOptionError, UserInputError
-from maefast.models.classifier import classifier_factory
-from maefast.models.common import field_names, reject_unknown_options
-from maefast.models.mae import MAEConfig, MaskedAutoencoder
-from maefast.models.munet import MUNET_SIZES, munet_factory
-from maefast.models.vit import VisionTransformer, ViTConfig
-
-# name -> encoder config fields (the papers' backbones: timm sizes at 256 x 256)
-ENCODERS: dict[str, dict] = {
-    "vit_tiny_patch16_256": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, drop_path_rate=0.1),
-    "vit_small_patch16_256": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, drop_path_rate=0.1),
-    "vit_base_patch16_256": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, drop_path_rate=0.1),
-    "vit_base_patch8_256": dict(patch_size=8, embed_dim=768, depth=12, num_heads=12, drop_path_rate=0.1),
-    "vit_large_patch16_256": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16, drop_path_rate=0.3),
-    "vit_large_patch8_256": dict(patch_size=8, embed_dim=1024, depth=24, num_heads=16, drop_path_rate=0.3),
-    # a few-second CPU model for demos, tests and CI
-    "vit_debug_patch8_64": dict(img_size=64, patch_size=8, embed_dim=64, depth=2, num_heads=4, drop_path_rate=0.0),
-}
-DEBUG_DECODER = dict(decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4)
+from maefast.errors import UserInputError
+from maefast.models.families import FAMILIES, ModelFamily, add_variant
+from maefast.models.mae import MAEConfig
 
 _REGISTRY: dict[str, Callable[..., object]] = {}
 
 
-def register(name: str, factory: Callable[..., object]) -> None:
+def register(name: str, factory: Callable[..., object], family: ModelFamily | None = None) -> None:
+    """Registers `factory(**overrides) -> model` under `name`; `family` (maefast.models.families) lets the
+    trainer and the embedding job handle it as that family's models."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered")
     _REGISTRY[name] = factory
+    if family is not None:
+        add_variant(name, family)
 
 
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def split_overrides(overrides: dict) -> tuple[dict, dict]:
-    encoder_fields = field_names(ViTConfig)
-    mae_fields = field_names(MAEConfig) - {"encoder"}
-    reject_unknown_options(overrides, encoder=encoder_fields, MAE=mae_fields)
-    return ({k: v for k, v in overrides.items() if k in encoder_fields},
-            {k: v for k, v in overrides.items() if k in mae_fields})
-
-
-def encoder_factory(encoder_fields: dict, channel_agnostic: bool = False):
-    def build(**overrides):
-        encoder_overrides, mae_overrides = split_overrides(overrides)
-        if mae_overrides:
-            raise UnknownOptionError(f"an encoder takes no MAE options, got {sorted(mae_overrides)}")
-        return VisionTransformer(ViTConfig(**{**encoder_fields, "channel_agnostic": channel_agnostic,
-                                              **encoder_overrides}))
-    return build
-
-
-def mae_factory(encoder_fields: dict, channel_agnostic: bool, decoder_fields: dict | None = None):
-    def build(**overrides):
-        encoder_overrides, mae_overrides = split_overrides(overrides)
-        encoder = ViTConfig(**{**encoder_fields, "channel_agnostic": channel_agnostic, **encoder_overrides})
-        return MaskedAutoencoder(MAEConfig(encoder=encoder, **{**(decoder_fields or {}), **mae_overrides}))
-    return build
-
-
-for _name, _fields in ENCODERS.items():
-    _decoder = DEBUG_DECODER if "debug" in _name else None
-    register(_name, encoder_factory(_fields))
-    register("ca_" + _name, encoder_factory(_fields, channel_agnostic=True))
-    register("mae_" + _name, mae_factory(_fields, False, _decoder))
-    register("camae_" + _name, mae_factory(_fields, True, _decoder))
+for _family in FAMILIES:
+    for _name, _size in _family.variants.items():
+        register(_name, _family.factory(_size))
 
 
 def create_model(name: str, **overrides):
@@ -92,13 +52,6 @@ def model_config_dict(model) -> dict:
         encoder = fields.pop("encoder")
         return {**encoder, **fields}
     return dataclasses.asdict(config)
-
-
-# -- baselines: masked U-Nets and weakly supervised ViT classifiers (need num_classes=...)
-for _name, _fields in MUNET_SIZES.items():
-    register(_name, munet_factory(_fields))
-for _name, _fields in ENCODERS.items():
-    register("wsl_" + _name, classifier_factory(_fields))
 
 
 def input_config(model):

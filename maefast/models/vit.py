@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from maefast.errors import UserInputError
 from maefast.fields import check_field_types
-from maefast.models.common import PatchGrid
+from maefast.models.common import InputChannels, PatchGrid
 from maefast.models.layers import ParallelBlock, layer_norm, sincos_position_embedding
 from maefast.ops import all_tokens, tokenize
 from maefast.ops.masking import Mask
@@ -46,8 +46,21 @@ def take_indices(depth: int, indices: int | list[int] | tuple[int, ...] | None) 
     return sorted(set(chosen))
 
 
+# size name -> ViTConfig fields: the papers' backbones (timm's sizes at 256 x 256), the sizes of every ViT family
+VIT_SIZES: dict[str, dict] = {
+    "vit_tiny_patch16_256": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, drop_path_rate=0.1),
+    "vit_small_patch16_256": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, drop_path_rate=0.1),
+    "vit_base_patch16_256": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, drop_path_rate=0.1),
+    "vit_base_patch8_256": dict(patch_size=8, embed_dim=768, depth=12, num_heads=12, drop_path_rate=0.1),
+    "vit_large_patch16_256": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16, drop_path_rate=0.3),
+    "vit_large_patch8_256": dict(patch_size=8, embed_dim=1024, depth=24, num_heads=16, drop_path_rate=0.3),
+    # a few-second CPU model for demos, tests and CI
+    "vit_debug_patch8_64": dict(img_size=64, patch_size=8, embed_dim=64, depth=2, num_heads=4, drop_path_rate=0.0),
+}
+
+
 @dataclass
-class ViTConfig(PatchGrid):
+class ViTConfig(PatchGrid, InputChannels):
     img_size: int = 256
     patch_size: int = 16
     in_chans: int = 6
@@ -125,12 +138,7 @@ class VisionTransformer(nn.Module):
         if pixels.ndim != 4:
             raise UserInputError(f"expected images (B, C, H, W), got shape {tuple(pixels.shape)}")
         channels, height, width = pixels.shape[1:]
-        if config.channel_agnostic:
-            if not 1 <= channels <= config.max_in_chans:
-                raise UserInputError(f"channel-agnostic model takes 1 to {config.max_in_chans} channels, "
-                                     f"got {channels}")
-        elif channels != config.in_chans:
-            raise UserInputError(f"model expects {config.in_chans} channels, got {channels}")
+        config.check_channels(channels, "the input")
         if height != width:
             raise UserInputError(f"images must be square, got {height}x{width}")
         if height % config.patch_size:

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 import torch
 
 from maefast.errors import UserInputError, installed
+from maefast.kernels import interpreting as triton_interpreting
 
 try:
     from maefast import _C as _cpp_module
@@ -52,10 +53,6 @@ def forced_backend() -> str | None:
     if value not in BACKENDS:
         raise UserInputError(f"MAEFAST_BACKEND={value!r} is not a backend; expected one of {BACKENDS}")
     return value
-
-
-def triton_interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def triton_installed() -> bool:

@@ -1,4 +1,5 @@
-"""Pixel-level helpers shared by the ops: self-standardization, patchify and unpatchify.
+"""Pixel-level helpers shared by the ops: pixel scales, random pixels, self-standardization, patchify and
+unpatchify.
 
 Token order. ViT: one token per grid cell, row-major over the (H/p, W/p) grid. CA-MAE: one token per
 (channel, grid cell), channel-major, so token t = c * G + g with G = (H/p) * (W/p).
@@ -23,6 +24,18 @@ def pixel_scale(dtype: torch.dtype) -> float:
     if dtype.is_floating_point:
         return 1.0
     raise TypeError(f"pixels must be uint8, uint16 or floating point, got {dtype}")
+
+
+def random_pixels(batch: int, channels: int, size: int, dtype: torch.dtype = torch.uint8, device="cpu",
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Fresh random (batch, channels, size, size) pixels on `device`: integers over the dtype's whole range
+    (uint8, uint16), floats uniform in [0, 1). The inputs jobs are timed on while they are set up, and the
+    tests' inputs (never all zeros). `generator` must live on `device`."""
+    shape = (batch, channels, size, size)
+    if dtype.is_floating_point:
+        return torch.rand(shape, generator=generator, device=device, dtype=dtype)
+    high = int(pixel_scale(dtype)) + 1
+    return torch.randint(0, high, shape, generator=generator, device=device, dtype=torch.int32).to(dtype)
 
 
 def self_standardize(pixels: torch.Tensor) -> torch.Tensor:

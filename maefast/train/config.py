@@ -1,6 +1,7 @@
 """Training configuration: small dataclasses, YAML recipes, `--set section.key=value` overrides.
 
 Every value is checked before any data is read; a bad one is refused with its key and what is allowed.
+Built and overridden as every maefast config is (maefast.fields); the embedding job's is EmbedConfig.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import yaml
 from maefast.data.decode import ERROR_POLICIES
 from maefast.data.layouts import LAYOUTS
 from maefast.errors import UserInputError
-from maefast.fields import check_field_types
+from maefast.fields import apply_assignment, build, set_value
+from maefast.job_setup import COMPILE_CHOICES, PRECISIONS
 from maefast.models.attention_setup import ATTENTION_CHOICES
 
 
@@ -62,7 +64,7 @@ class RunSection:
     seed: int = 0
     device: str = "auto"           # auto | cpu | cuda
     precision: str = "auto"        # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
-    compile: str | bool = "auto"   # auto (torch.compile on CUDA, not on the CPU) | true | false
+    compile: str | bool = "auto"   # auto (torch.compile on CUDA, not on the CPU) | true | false (job_setup.RunSetup)
     activation_checkpointing: bool = False
     parallel: str = "ddp"          # ddp | fsdp (only used under torchrun with world size > 1)
     checkpoint_every: int = 200
@@ -85,14 +87,14 @@ class TrainConfig:
 
 CHOICES = {
     "model.attention": ATTENTION_CHOICES,
-    "run.compile": ("auto", True, False),
+    "run.compile": COMPILE_CHOICES,
     "data.layout": ("auto", *LAYOUTS),
     "data.backend": ("auto", "dali", "torch"),
     "data.on_error": ERROR_POLICIES,
     "data.allow_outside_root": (False, True),
     "optim.name": ("lion", "adamw"),
     "run.device": ("auto", "cpu", "cuda"),
-    "run.precision": ("auto", "bf16", "fp32"),
+    "run.precision": PRECISIONS,
     "run.parallel": ("ddp", "fsdp"),
 }
 POSITIVE = ("data.crop_size", "data.crops_per_image", "data.batch_size", "data.synthetic_genes",
@@ -115,65 +117,17 @@ def read_recipe(name_or_path: str) -> dict:
     return yaml.safe_load(resources.files("maefast.recipes").joinpath(f"{name_or_path}.yaml").read_text()) or {}
 
 
-def parse_value(text: str):
-    for number in (int, float):  # YAML 1.1 reads "3e-4" as a string
-        try:
-            return number(text)
-        except ValueError:
-            pass
-    return yaml.safe_load(text)
-
-
-def coerce_numbers(cls, values: dict) -> dict:
-    """Float fields given as strings ("1e-4" in a YAML recipe) become floats; anything else stays."""
-    coerced = dict(values)
-    for f in dataclasses.fields(cls):
-        if isinstance(f.default, float) and isinstance(values.get(f.name), str):
-            try:
-                coerced[f.name] = float(values[f.name])
-            except ValueError:
-                pass  # validate() names the key
-    return coerced
-
-
-def apply_override(raw: dict, assignment: str) -> None:
-    if "=" not in assignment:
-        raise UserInputError(f"--set takes key=value (e.g. optim.lr=3e-5), got {assignment!r}")
-    key, value = assignment.split("=", 1)
-    parts = key.strip().split(".")
-    if len(parts) < 2 or parts[0] not in SECTIONS:
-        raise UserInputError(f"--set key {key!r} must start with one of {sorted(SECTIONS)} (e.g. run.max_steps)")
-    node = raw
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = parse_value(value)
-
-
 SECTIONS = {"model": ModelSection, "data": DataSection, "optim": OptimSection, "run": RunSection}
 
 
 def build_config(raw: dict) -> TrainConfig:
-    sections = {}
-    for name in raw:
-        if name not in SECTIONS:
-            raise UserInputError(f"unknown config section {name!r}; sections are {sorted(SECTIONS)}")
-    for name, cls in SECTIONS.items():
-        values = dict(raw.get(name) or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserInputError(f"unknown key(s) {[f'{name}.{k}' for k in unknown]}; {name} keys are {sorted(known)}")
-        if name == "optim" and isinstance(values.get("betas"), list):
-            values["betas"] = tuple(values["betas"])
-        sections[name] = cls(**coerce_numbers(cls, values))
-    config = TrainConfig(**sections)
+    """The config of a recipe's dict (with its overrides applied), checked (validate)."""
+    config = build(TrainConfig, raw)
     validate(config)
     return config
 
 
 def validate(config: TrainConfig) -> None:
-    for name in SECTIONS:
-        check_field_types(getattr(config, name), prefix=f"{name}.")
     flat = {f"{section}.{key}": value for section, values in config.to_dict().items() for key, value in values.items()}
     for key, allowed in CHOICES.items():
         if flat[key] not in allowed:
@@ -201,7 +155,7 @@ def validate(config: TrainConfig) -> None:
                              f"trainable models: {trainable_names(list_models())}")
     family = family_of(config.model.name)
     if not family.trainable:
-        kinds = ", ".join(f"{f.name} ({f.prefix}*)" for f in FAMILIES if f.trainable)
+        kinds = ", ".join(f"{f.name} (e.g. {min(f.variants)})" for f in FAMILIES if f.trainable)
         raise UserInputError(f"model.name={config.model.name!r} ({family.name} family) cannot be trained; the "
                              f"trainable families are {kinds}")
     # options the data set gives at training time (a classifier's num_classes) take a stand-in value here
@@ -216,8 +170,12 @@ def validate(config: TrainConfig) -> None:
         raise UserInputError(f"data.crop_size={config.data.crop_size} must equal the model's img_size {img_size}")
 
 
-def load_config(recipe: str, assignments: list[str] | None = None) -> TrainConfig:
+def load_config(recipe: str, assignments: list[str] | None = None, values: dict | None = None) -> TrainConfig:
+    """The recipe, then the `--set` assignments ("section.key=value" text), then `values` ({"section.key": value},
+    already typed: the command line's own flags), checked."""
     raw = read_recipe(recipe)
     for assignment in assignments or []:
-        apply_override(raw, assignment)
+        apply_assignment(raw, assignment)
+    for key, value in (values or {}).items():
+        set_value(raw, key, value)
     return build_config(raw)

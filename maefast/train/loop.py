@@ -8,28 +8,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch.distributed.checkpoint.state_dict import get_model_state_dict
 from tqdm import tqdm
 
 from maefast import distributed as dist_utils
 from maefast.errors import UserInputError
-from maefast.io import atomic_path, write_json_atomic
+from maefast.io import write_json_atomic, write_yaml_atomic
+from maefast.job_setup import ATTENTION_FILE, JOB_CONFIG_FILE, RunSetup, choose_attention, matmul_rate, training_step
 from maefast.lock import OutputLock
-from maefast.models.checkpoint import pretrained_config, save_pretrained
+from maefast.models.checkpoint import ENCODER_DIR, pretrained_config, save_pretrained
 from maefast.models.families import family_of
 from maefast.models.registry import create_model, input_config
 from maefast.records import describe_changes
-from maefast.train.acceleration import choose_attention, compile_enabled, record_attention
 from maefast.train.config import TrainConfig
 from maefast.train.data import build_train_loader
-from maefast.train.observe import (
-    ScalarLog,
-    Throughput,
-    measure_matmul_rate,
-    save_loss_curve,
-    save_reconstruction_grid,
-)
+from maefast.train.observe import ScalarLog, Throughput, save_loss_curve, save_reconstruction_grid
 from maefast.train.optim import build_optimizer, build_scheduler
 from maefast.train.resume import check_config, check_data, record_config
 from maefast.train.state import (
@@ -80,7 +73,7 @@ class Trainer:
         checkpoint = self.checkpoint_to_resume(resume)
         changes = {} if checkpoint is None else check_config(checkpoint.meta, config, self.recipe,
                                                               allow_config_change, checkpoint.path)
-        self.precision = ("bf16" if device.type == "cuda" else "fp32") if run.precision == "auto" else run.precision
+        self.run_setup = RunSetup.resolve(device, run.precision, run.compile)
         self.loader = build_train_loader(config, self.out, self.context)
         self.data_fingerprint = self.loader.dataset.fingerprint()
         if checkpoint is not None:
@@ -99,10 +92,11 @@ class Trainer:
         self.model = create_model(config.model.name, **overrides).to(device)
         self.check_channels()
         batch_shape = (config.data.batch_size, len(self.channel_names), config.data.crop_size)
-        self.attention = choose_attention(
-            self.model, config.model.attention, batch_shape, device, self.autocast,
-            checkpoint.meta.get("attention") if checkpoint is not None else None,
-            lambda obj: dist_utils.broadcast_object(obj, self.context))
+        step = training_step(self.model, batch_shape, self.run_setup)
+        recorded = checkpoint.meta.get("attention") if checkpoint is not None else None
+        self.attention = choose_attention(self.model, config.model.attention, self.run_setup, step, needs_grad=True,
+                                          recorded=recorded,
+                                          broadcast=lambda obj: dist_utils.broadcast_object(obj, self.context))
         blocks = self.family.blocks(self.model)
         if run.activation_checkpointing:
             if not blocks:
@@ -113,7 +107,7 @@ class Trainer:
                 checkpoint_activations(block)
         self.wrapped = dist_utils.wrap_model(self.model, blocks, self.context, run.parallel)
         self.forward = self.wrapped
-        if compile_enabled(run.compile, device):
+        if self.run_setup.compile:
             # one graph for the whole model on one device; under DDP / FSDP the wrapper's hooks split it
             self.forward = torch.compile(self.wrapped, fullgraph=not self.context.enabled)
         optim = config.optim
@@ -133,10 +127,9 @@ class Trainer:
             print(f"maefast train: resuming with a changed config (--allow-config-change): "
                   f"{describe_changes(changes)}")
         if self.context.is_main:
-            with atomic_path(self.out / "config.yaml") as temporary:
-                temporary.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+            write_yaml_atomic(self.out / JOB_CONFIG_FILE, config.to_dict())
             record_config(self.out, config, self.recipe, self.step, changes)
-            record_attention(self.out, self.attention)
+            write_json_atomic(self.out / ATTENTION_FILE, self.attention)
 
     def checkpoint_to_resume(self, resume: bool) -> Checkpoint | None:
         existing = checkpoint_dirs(self.out)
@@ -152,15 +145,10 @@ class Trainer:
         return checkpoint
 
     def check_channels(self) -> None:
-        encoder = input_config(self.model)
-        count, names = len(self.channel_names), self.channel_names
-        if getattr(encoder, "channel_agnostic", False) and count > encoder.max_in_chans:
-            raise UserInputError(f"the dataset has {count} channels {names}; {self.config.model.name} takes at most "
-                                 f"max_in_chans={encoder.max_in_chans}: select channels with data.channels")
-        if not getattr(encoder, "channel_agnostic", False) and count != encoder.in_chans:
-            raise UserInputError(f"the dataset has {count} channels {names}; {self.config.model.name} expects "
-                                 f"in_chans={encoder.in_chans}: select channels with data.channels or set "
-                                 f"model.overrides.in_chans={count}")
+        inputs, count = input_config(self.model), len(self.channel_names)
+        advice = "" if inputs.channel_agnostic else f" or set model.overrides.in_chans={count}"
+        inputs.check_channels(count, f"the dataset {self.channel_names}",
+                              f": select channels with data.channels{advice}")
 
     # -- checkpoints -------------------------------------------------------------------------------
     def restore(self, checkpoint: Checkpoint) -> None:
@@ -205,7 +193,7 @@ class Trainer:
             prefix = next(name for name, module in self.model.named_modules() if module is embedder) + "."
             full = {k.removeprefix(prefix): v for k, v in full.items() if k.startswith(prefix)}
             embedder.model_name = self.family.embedder_name(self.config.model.name)
-        return save_pretrained(embedder, self.out / "encoder", channel_names=self.channel_names, state_dict=full,
+        return save_pretrained(embedder, self.out / ENCODER_DIR, channel_names=self.channel_names, state_dict=full,
                                extra=extra)
 
     # -- steps -------------------------------------------------------------------------------------
@@ -213,16 +201,11 @@ class Trainer:
         while True:
             yield from self.loader
 
-    def autocast(self):
-        if self.precision == "bf16":
-            return torch.autocast(self.context.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def train_step(self, iterator):
         """One optimizer step's forward and backward over `accumulation` micro-batches.
 
-        Returns (mean losses: the loss, then for the masked models its MSE and Fourier parts; image ids; and the
-        last micro-batch's pixels, pred and mask)."""
+        Returns (mean losses: the loss, then its named parts (self.loss_names); image ids; and the last
+        micro-batch's pixels, pred and mask)."""
         accumulation = self.config.optim.accumulation
         total, ids = 0.0, []
         for micro in range(accumulation):
@@ -234,13 +217,13 @@ class Trainer:
             defer_sync = not last_micro and hasattr(self.wrapped, "no_sync")
             sync = self.wrapped.no_sync() if defer_sync else contextlib.nullcontext()
             with sync:
-                with self.autocast():
-                    loss, pred, mask = self.forward(*inputs)
-                (loss / accumulation).backward()
-            parts = getattr(self.model, "last_losses", None)  # MAELoss(loss, mse, fourier) of the masked models
-            losses = torch.stack(list(parts)) if parts is not None else loss[None]
+                with self.run_setup.autocast():
+                    output = self.forward(*inputs)
+                (output.loss / accumulation).backward()
+            self.loss_names = ["loss", *output.parts]
+            losses = torch.stack([output.loss, *output.parts.values()])
             total = total + losses.detach().float() / accumulation
-        return total, ids, pixels, pred, mask
+        return total, ids, pixels, output.pred, output.mask
 
     def labels(self, rows) -> torch.Tensor:
         """Class index of each crop's perturbation (weakly supervised training)."""
@@ -250,8 +233,8 @@ class Trainer:
         run, context = self.config.run, self.context
         stop_requested = {"flag": False}
         previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.update(flag=True))
-        matmul_rate = measure_matmul_rate(context.device, torch.bfloat16 if self.precision == "bf16" else torch.float32)
-        meter = Throughput(self.flops_per_crop, self.tokens_per_crop, matmul_rate, context.world_size)
+        rate = matmul_rate(context.device, self.run_setup.precision)
+        meter = Throughput(self.flops_per_crop, self.tokens_per_crop, rate, context.world_size)
         log = ScalarLog(self.out, self.step) if context.is_main else None
         progress = tqdm(total=run.max_steps, initial=self.step, disable=not (context.is_main and self.show_progress),
                         desc="train", dynamic_ncols=True)
@@ -312,7 +295,7 @@ class Trainer:
         rates = meter.report()
         if log is None:
             return
-        parts = dict(zip(("mse", "fourier"), means[1:]))  # the MSE and Fourier terms of the masked models
+        parts = dict(zip(self.loss_names[1:], means[1:]))  # the named terms of the loss (masked models: mse, fourier)
         scalars = {"loss": loss, **parts, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                    "total_flops": self.total_flops, **rates}
         log.log(self.step, scalars)

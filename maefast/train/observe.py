@@ -12,27 +12,6 @@ from maefast.models.registry import input_config
 from maefast.ops.patches import self_standardize, unpatchify
 
 
-def measure_matmul_rate(device: torch.device, dtype: torch.dtype, size: int = 4096, repeats: int = 10) -> float:
-    """Achieved FLOP/s of a square matmul on `device`: the denominator of MFU, measured, not looked up."""
-    if device.type == "cpu":
-        size, repeats, dtype = 1024, 4, torch.float32
-    generator = torch.Generator().manual_seed(0)  # its own generator: the run's RNG stream stays untouched
-    a = torch.randn(size, size, generator=generator).to(device, dtype)
-    b = torch.randn(size, size, generator=generator).to(device, dtype)
-    a @ b  # warm-up
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    synchronize(device)
-    return 2 * size ** 3 * repeats / (time.perf_counter() - start)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class Throughput:
     """Crops/s, tokens/s and MFU over the interval since the last report."""
 

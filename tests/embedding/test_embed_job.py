@@ -12,8 +12,11 @@ import maefast
 from maefast.cli import main
 from maefast.data import make_tile_loader, open_dataset, read_channel
 from maefast.data.synthetic import synth_screen
-from maefast.embedding.job import EmbedSettings, read_job, run_embedding
+from maefast.distributed import DistributedContext
+from maefast.embedding.config import embed_config
+from maefast.embedding.job import read_job, run_embedding
 from maefast.errors import UserInputError
+from maefast.models.checkpoint import resolve_checkpoint
 from tests.test_lock import hold_lock
 
 
@@ -63,9 +66,9 @@ def test_the_tile_batch_regroups_tiles_without_changing_the_features(screen, che
 
 
 @pytest.mark.parametrize("value", [0, -2, True, 2.5, "many"])
-def test_embed_settings_refuse_a_tile_batch_that_is_not_a_positive_integer(value):
-    with pytest.raises(UserInputError, match="tile_batch must be 'auto' or a positive integer"):
-        EmbedSettings(checkpoint="c", tile_batch=value).validate()
+def test_the_config_refuses_a_tile_batch_that_is_not_a_positive_integer(value):
+    with pytest.raises(UserInputError, match="tile_batch"):
+        embed_config({"checkpoint": "c", "data": "d", "tile_batch": value})
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "many"])
@@ -81,14 +84,15 @@ class Interrupt(Exception):
 
 def test_interrupted_job_resumes_to_the_same_output(screen, checkpoint, tmp_path):
     dataset = open_dataset(screen).select_channels(["Mito", "DNA", "RNA"])
-    encoder = maefast.from_pretrained(checkpoint)
-    settings = EmbedSettings(checkpoint=str(checkpoint), tile_size=64, batch_size=2, shard_size=4,
-                             channels=tuple(dataset.channels))
+    resolved = resolve_checkpoint(checkpoint)
+    encoder = maefast.from_pretrained(resolved)
+    settings = embed_config({"checkpoint": str(checkpoint), "data": str(screen), "batch_size": 2, "shard_size": 4})
+    cpu = DistributedContext()
 
     def tiles(subset):
         return make_tile_loader(subset, batch_size=2, crop_size=64)
 
-    run_embedding(encoder, dataset, tmp_path / "straight", settings, tiles, torch.device("cpu"), show_progress=False)
+    run_embedding(encoder, dataset, tmp_path / "straight", settings, resolved, tiles, cpu, show_progress=False)
     calls = {"n": 0}
 
     def failing_tiles(subset):
@@ -98,26 +102,27 @@ def test_interrupted_job_resumes_to_the_same_output(screen, checkpoint, tmp_path
         return tiles(subset)
 
     with pytest.raises(Interrupt):
-        run_embedding(encoder, dataset, tmp_path / "resumed", settings, failing_tiles, torch.device("cpu"),
+        run_embedding(encoder, dataset, tmp_path / "resumed", settings, resolved, failing_tiles, cpu,
                       show_progress=False)
     assert len(list((tmp_path / "resumed" / "shards").glob("*.parquet"))) == 2
     assert not (tmp_path / "resumed" / "manifest.json").exists()
     with pytest.raises(FileNotFoundError, match="is not complete"):
         read_job(tmp_path / "resumed")
-    summary = run_embedding(encoder, dataset, tmp_path / "resumed", settings, tiles, torch.device("cpu"),
+    summary = run_embedding(encoder, dataset, tmp_path / "resumed", settings, resolved, tiles, cpu,
                             show_progress=False)
     assert summary["embedded_here"] == summary["num_shards"] - 2 and summary["complete"]
     pd.testing.assert_frame_equal(read_job(tmp_path / "resumed"), read_job(tmp_path / "straight"))
-    changed = EmbedSettings(**{**settings.__dict__, "pool": "cls"})
+    changed = embed_config({**settings.to_dict(), "pool": "cls"})
     with pytest.raises(UserInputError, match="holds an embedding job with other settings, weights or data: "
                                              "pool: 'mean' -> 'cls'; use another --out"):
-        run_embedding(encoder, dataset, tmp_path / "resumed", changed, tiles, torch.device("cpu"), show_progress=False)
+        run_embedding(encoder, dataset, tmp_path / "resumed", changed, resolved, tiles, cpu, show_progress=False)
 
 
 def test_channel_mismatch_is_refused(screen, checkpoint, tmp_path, capsys):
     code = main(["embed", "--checkpoint", str(checkpoint), "--data", str(screen), "--out", str(tmp_path / "x"),
                  "--channels", "DNA,RNA", "--no-progress"])
-    assert code == 2 and "the encoder expects 3 channels, the data set gives 2" in capsys.readouterr().err
+    assert code == 2 and ("the data set's selection ['DNA', 'RNA'] has 2 channels; the model takes in_chans=3; "
+                          "choose channels with --channels") in capsys.readouterr().err
 
 
 def test_a_job_continued_with_other_data_or_weights_is_refused(screen, checkpoint, tmp_path, capsys):
@@ -192,6 +197,10 @@ def test_blocks_in_one_pass_match_embed_blocks_and_resume(screen, checkpoint, tm
     (tmp_path / "blocks" / "manifest.json").unlink()
     assert main([*common, "--out", str(tmp_path / "blocks"), "--blocks", "all"]) == 0
     pd.testing.assert_frame_equal(pd.read_parquet(shard), before)
+    # job.json holds the resolved indices: the same blocks written another way are the same job
+    assert json.loads((tmp_path / "blocks" / "job.json").read_text())["blocks"] == [0, 1]
+    assert maefast.embed(checkpoint, screen, tmp_path / "blocks", blocks="0,-1", batch_size=3, shard_size=5,
+                         show_progress=False)["complete"]
     with pytest.raises(UserInputError, match="blocks"):
         maefast.embed(checkpoint, screen, tmp_path / "blocks", blocks="last", show_progress=False)
     with pytest.raises(UserInputError, match="block 7 does not exist"):

@@ -9,7 +9,8 @@ import pytest
 import maefast
 from maefast.cli import main
 from maefast.embedding.outputs import read_embeddings
-from maefast.tables import FORMATS, write_table
+from maefast.evaluate import build_map
+from maefast.tables import FORMATS, feature_columns, feature_names, write_table
 
 SUFFIX = {"parquet": ".parquet", "h5ad": ".h5ad", "pycytominer-csv": ".csv.gz", "pycytominer-parquet": ".parquet"}
 
@@ -123,3 +124,31 @@ def test_embed_format_export_and_map_on_each_format(screen, tmp_path, format, ca
     from maefast.cli.evaluate import read_map
     np.testing.assert_allclose(read_map(out, None).sort_index().to_numpy(),
                                read_map(expected_map, None).sort_index().to_numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_every_writer_names_features_one_way_and_readers_take_the_earlier_names(tmp_path):
+    assert feature_names(3) == ["feature_0000", "feature_0001", "feature_0002"]
+    wide = feature_names(11 * 1024)  # a CA-MAE ViT-L embedding per channel: more than 10,000 features
+    assert wide[0] == "feature_00000" and wide[-1] == "feature_11263" and wide == sorted(wide)
+    rng = np.random.default_rng(0)
+    labels = ["CONTROL"] * 12 + [f"gene{i}" for i in range(8) for _ in range(3)]
+    earlier = pd.DataFrame(rng.normal(size=(len(labels), 5)), columns=[f"feature_{i}" for i in range(5)])
+    earlier["perturbation"] = labels  # a table as maps were written before: feature_0, feature_1, ...
+    write_table(earlier, tmp_path / "earlier.parquet")
+    table = read_embeddings(tmp_path / "earlier.parquet")
+    assert feature_columns(table) == [f"feature_{i}" for i in range(5)]
+    perturbation_map = build_map(table, perturbation_col="perturbation", control_label="CONTROL",
+                                 pca_components=3, tvn=False)
+    assert list(perturbation_map.columns) == feature_names(3) and len(perturbation_map) == 8
+
+
+def test_a_map_of_some_feature_columns_holds_only_their_normalized_features():
+    """The features feature_cols leaves out (here a constant one) stay out of the map: they would otherwise be
+    carried as metadata and share names with the normalized features."""
+    rng = np.random.default_rng(1)
+    labels = ["CONTROL"] * 12 + [f"gene{i}" for i in range(8) for _ in range(3)]
+    table = pd.DataFrame(rng.normal(size=(len(labels), 5)), columns=feature_names(5)).assign(perturbation=labels)
+    table["feature_0004"] = 7.0
+    perturbation_map = build_map(table, perturbation_col="perturbation", control_label="CONTROL",
+                                 feature_cols=feature_names(4), pca_components=3, tvn=False)
+    assert list(perturbation_map.columns) == feature_names(3)

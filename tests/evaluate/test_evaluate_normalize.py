@@ -85,7 +85,7 @@ def test_normalize_embeddings_is_centerscale_pca_tvn():
     x = sklearn_tvn(PCA(8, svd_solver="full").fit_transform(x), controls, batches)
     result = normalize_embeddings(table, perturbation_col="perturbation", control_label="CONTROL",
                                   batch_col="plate", pca_components=8)
-    assert list(result.columns) == ["perturbation", "plate", "well"] + [f"feature_{i}" for i in range(8)]
+    assert list(result.columns) == ["perturbation", "plate", "well"] + [f"feature_{i:04d}" for i in range(8)]
     pd.testing.assert_frame_equal(result[["perturbation", "plate", "well"]], table[["perturbation", "plate", "well"]])
     np.testing.assert_allclose(align_signs(result.iloc[:, 3:].to_numpy(), x), x, rtol=1e-7, atol=1e-7)
 

@@ -6,7 +6,7 @@ import torch
 import maefast
 from maefast.errors import UserInputError
 from maefast.models import CheckpointMismatch
-from tests.helpers import random_pixels
+from maefast.ops.patches import random_pixels
 
 
 def test_save_and_reload_gives_the_same_model(tmp_path):

@@ -4,9 +4,9 @@ import torch
 import torch.nn.functional as F
 
 import maefast
-from maefast.models.families import family_of
+from maefast.models.families import CLASSIFIER, family_of
 from maefast.models.flops import classifier_forward_flops, encoder_forward_flops
-from tests.helpers import random_pixels
+from maefast.ops.patches import random_pixels
 
 DEBUG = "wsl_vit_debug_patch8_64"
 
@@ -19,7 +19,7 @@ def debug_model(channels=3, classes=4, **overrides):
 def test_registered_for_every_encoder_and_needs_labels():
     names = maefast.list_models()
     for size in ("vit_small_patch16_256", "vit_base_patch16_256", "vit_large_patch8_256", "vit_debug_patch8_64"):
-        assert "wsl_" + size in names
+        assert CLASSIFIER.variant(size) in names
     assert family_of(DEBUG).needs_labels and not family_of("mae_vit_debug_patch8_64").needs_labels
     with pytest.raises(TypeError, match="needs num_classes="):
         maefast.create_model(DEBUG)
@@ -65,7 +65,7 @@ def test_bad_labels(labels, error, message):
 
 
 def test_bad_images_and_configs():
-    with pytest.raises(ValueError, match="model expects 3 channels, got 2"):
+    with pytest.raises(ValueError, match="the input has 2 channels; the model takes in_chans=3"):
         debug_model()(random_pixels(1, 2, 64), torch.tensor([0]))
     with pytest.raises(ValueError, match="model expects 64x64 images, got 32x32"):
         debug_model().embed(random_pixels(1, 3, 32))

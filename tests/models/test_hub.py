@@ -6,7 +6,7 @@ import torch
 
 import maefast
 from maefast.models import hub
-from tests.helpers import random_pixels
+from maefast.ops.patches import random_pixels
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -6,7 +6,7 @@ import maefast
 from maefast.errors import UserInputError
 from maefast.models.vit import take_indices
 from maefast.ops import all_tokens
-from tests.helpers import random_pixels
+from maefast.ops.patches import random_pixels
 
 
 def encoder(name="vit_debug_patch8_64", **overrides):

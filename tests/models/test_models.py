@@ -1,8 +1,10 @@
 import pytest
 import torch
+import torch.utils._pytree as pytree
 
 import maefast
-from tests.helpers import random_pixels
+from maefast.models.common import TrainingOutput
+from maefast.ops.patches import random_pixels
 
 DEBUG = "mae_vit_debug_patch8_64"
 CA_DEBUG = "camae_vit_debug_patch8_64"
@@ -98,7 +100,7 @@ def test_embed_and_timm_api():
 
 
 @pytest.mark.parametrize("shape, message", [
-    ((2, 4, 64, 64), "model expects 3 channels, got 4"),
+    ((2, 4, 64, 64), "the input has 4 channels; the model takes in_chans=3"),
     ((2, 3, 64, 56), "images must be square, got 64x56"),
     ((2, 3, 60, 60), "image size 60 is not divisible by patch size 8"),
     ((2, 3, 128, 128), "model expects 64x64 images, got 128x128"),
@@ -112,7 +114,7 @@ def test_bad_images_name_expected_and_given(shape, message):
 
 def test_too_many_channels_for_ca_mae():
     model = maefast.create_model(CA_DEBUG, max_in_chans=3)
-    with pytest.raises(ValueError, match="takes 1 to 3 channels, got 4"):
+    with pytest.raises(ValueError, match="the input has 4 channels; the model takes 1 to max_in_chans=3"):
         model(random_pixels(1, 4, 64))
 
 
@@ -134,3 +136,28 @@ def test_bad_config_values():
         maefast.create_model(DEBUG, img_size=60)
     with pytest.raises(ValueError, match=r"fourier_weight must be in \[0, 1\), got 1.0"):
         maefast.create_model(DEBUG, fourier_weight=1.0)
+
+
+@pytest.mark.parametrize("name, options, parts", [
+    (DEBUG, {"in_chans": 3}, ["mse", "fourier"]),
+    (CA_DEBUG, {}, ["mse", "fourier"]),
+    ("munet_debug_64", {"in_chans": 3}, ["mse", "fourier"]),
+    ("wsl_vit_debug_patch8_64", {"in_chans": 3, "num_classes": 4}, []),
+])
+def test_the_training_forward_returns_its_loss_with_the_loss_parts(name, options, parts):
+    """`loss, pred, mask = model(...)` still unpacks; the output also names the loss's terms, and the model keeps
+    nothing of the forward (the loss parts used to reach the trainer through a model attribute)."""
+    torch.manual_seed(0)
+    model = maefast.create_model(name, **options)
+    inputs = (random_pixels(2, 3, 64),) + ((torch.tensor([0, 3]),) if parts == [] else ())
+    attributes = set(vars(model))
+    output = model(*inputs)
+    loss, pred, mask = output
+    assert isinstance(output, TrainingOutput) and (output.loss, output.pred, output.mask) == (loss, pred, mask)
+    assert list(output.parts) == parts and set(vars(model)) == attributes
+    if parts:
+        weight = model.config.fourier_weight
+        torch.testing.assert_close(loss, (1 - weight) * output.parts["mse"] + weight * output.parts["fourier"])
+    leaves, spec = pytree.tree_flatten(output)  # how FSDP2 and torch.compile see the output
+    rebuilt = pytree.tree_unflatten(leaves, spec)
+    assert isinstance(rebuilt, TrainingOutput) and rebuilt.loss is loss and list(rebuilt.parts) == parts

@@ -7,8 +7,7 @@ import maefast
 from maefast.models.families import family_of
 from maefast.models.flops import munet_forward_flops
 from maefast.ops import mae_loss, patchify, self_standardize
-from maefast.ops.patches import gather_tokens
-from tests.helpers import random_pixels
+from maefast.ops.patches import gather_tokens, random_pixels
 
 DEBUG = "munet_debug_64"
 
@@ -96,7 +95,7 @@ def test_embed_is_the_mean_of_the_unmasked_bottleneck():
 
 
 @pytest.mark.parametrize("shape, message", [
-    ((2, 4, 64, 64), "model expects 3 channels, got 4"),
+    ((2, 4, 64, 64), "the input has 4 channels; the model takes in_chans=3"),
     ((2, 3, 64, 56), "images must be square, got 64x56"),
     ((2, 3, 128, 128), "model expects 64x64 images, got 128x128"),
     ((3, 64, 64), r"expected images \(B, C, H, W\)"),

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from maefast.ops import mae_loss, patchify, random_masking, self_standardize, unpatchify
-from tests.helpers import random_pixels
+from maefast.ops.patches import random_pixels
 
 
 @pytest.mark.parametrize("dtype, scale", [(torch.uint8, 255.0), (torch.uint16, 65535.0)])

@@ -10,8 +10,10 @@ from safetensors.torch import load_file, save_file
 import maefast
 from maefast.embedding.encoder import load_encoder
 from maefast.models import CheckpointMismatch
+from maefast.models.families import CA_MAE, MAE
 from maefast.models.reference import OPENPHENOM_RELEASE, ReferenceConfigError, model_spec
-from tests.helpers import FIXTURES, random_pixels
+from maefast.ops.patches import random_pixels
+from tests.helpers import FIXTURES
 from tests.models.reference_layout import random_reference_state, reference_positions, reference_state_shapes
 
 OPENPHENOM_DIR = os.path.join(FIXTURES, "openphenom")
@@ -78,7 +80,7 @@ def test_reference_folder_loads_every_value_into_its_parameter(tmp_path, agnosti
     with pytest.raises(ValueError, match="is a torch.save pickle, whatever its name says.*trust_pickle=True"):
         maefast.from_pretrained(folder)
     model = maefast.from_pretrained(folder, trust_pickle=True)
-    assert model.model_name == ("camae_" if agnostic else "mae_") + "vit_small_patch16_256"
+    assert model.model_name == (CA_MAE if agnostic else MAE).variant("vit_small_patch16_256")
     params = dict(model.named_parameters())
     expected = {"encoder.blocks.1.in_proj.weight": "encoder.vit_backbone.blocks.1.in_proj.weight",
                 "encoder.blocks.0.ls.gamma": "encoder.vit_backbone.blocks.0.ls.gamma",

@@ -63,12 +63,3 @@ def assert_close_to(value, exact, *, low_precision_reference=None, atol: float =
     reference_error = max_error(low_precision_reference, exact)
     bound = 2.0 * reference_error + atol
     assert error <= bound, f"{what}: max error {error:.3g} > 2 x reference's {reference_error:.3g} + {atol:g}"
-
-
-def random_pixels(batch: int, channels: int, size: int, dtype: torch.dtype, device="cpu") -> torch.Tensor:
-    """Fresh random pixels over most of the dtype's range (never all zeros)."""
-    if dtype == torch.uint8:
-        return torch.randint(0, 256, (batch, channels, size, size), dtype=torch.int32).to(torch.uint8).to(device)
-    if dtype == torch.uint16:
-        return torch.randint(0, 65536, (batch, channels, size, size), dtype=torch.int32).to(torch.uint16).to(device)
-    return torch.rand(batch, channels, size, size, device=device, dtype=dtype)

@@ -37,6 +37,7 @@ from triton.runtime.jit import MockTensor, create_function_from_signature
 import maefast
 from maefast.io import atomic_path
 from maefast.kernels._common import recording_launches
+from maefast.models.families import family_of
 from maefast.models.registry import input_config, list_models
 
 HOPPER = GPUTarget("cuda", 90, 32)
@@ -50,7 +51,7 @@ def registry_geometries() -> dict[str, set]:
     encoders, decoders, losses = set(), set(), set()
     for name in list_models():
         with torch.device("meta"):
-            model = maefast.create_model(name, **({"num_classes": 2} if name.startswith("wsl_") else {}))
+            model = maefast.create_model(name, **family_of(name).build_options)
         config = input_config(model)
         patch, img = config.patch_size, config.img_size
         agnostic = getattr(config, "channel_agnostic", False)

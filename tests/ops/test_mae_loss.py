@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from maefast.ops.mae_loss import mae_loss, mae_loss_reference
+from maefast.ops.mae_loss import NORM_PIX_EPS, mae_loss, mae_loss_reference, normalize_patches
 
 from .helpers import assert_close_to, device_for, kernel_backends, poisoned_allocations
 
@@ -65,3 +65,16 @@ def test_mae_loss_with_nothing_masked_is_zero(backend):
 def test_mae_loss_rejects_bad_channels():
     with pytest.raises(ValueError, match="p\\*p\\*channels"):
         mae_loss(torch.randn(1, 2, 48), torch.randn(1, 2, 48), channels=5)
+
+
+def test_norm_pix_loss_normalizes_each_patch_with_its_biased_variance():
+    """norm_pix_loss's target, by hand for patches of 4 values: the mean squared deviation (divide by P = 4), not
+    torch.var's default (divide by P - 1 = 3, as facebookresearch/mae), which would scale it by sqrt(3 / 4)."""
+    target = torch.tensor([[[1.0, 2.0, 4.0, 9.0], [0.5, 0.5, 0.5, 2.5]]])
+    mean = torch.tensor([4.0, 1.0])
+    squared_deviations = torch.tensor([9.0 + 4.0 + 0.0 + 25.0, 3 * 0.25 + 2.25])
+    expected = (target - mean[None, :, None]) / torch.sqrt(squared_deviations / 4 + NORM_PIX_EPS)[None, :, None]
+    torch.testing.assert_close(normalize_patches(target), expected)
+    pred = torch.zeros_like(target)  # the MSE of predicting zeros is the normalized targets' mean square
+    losses = mae_loss_reference(pred, target, channels=1, norm_pix_loss=True, fourier_weight=0.0)
+    torch.testing.assert_close(losses.mse, expected.square().mean())

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from maefast import create_model
+from maefast.ops.patches import random_pixels
 
 from .helpers import device_for, kernel_backends
 
@@ -23,7 +24,7 @@ def test_fused_model_matches_reference_model(monkeypatch, backend, name, channel
     torch.manual_seed(0)
     device = device_for(backend or "cpp")  # the Triton run goes to the GPU when there is one
     model = create_model(name, in_chans=channels, **overrides).to(device)
-    pixels = torch.randint(0, 256, (2, channels, 64, 64), dtype=torch.int32).to(torch.uint8).to(device)
+    pixels = random_pixels(2, channels, 64, torch.uint8, device)
     tokens = model.encoder.num_tokens(channels)
     noise = torch.rand(2, tokens, device=device)
     monkeypatch.setenv("MAEFAST_BACKEND", "reference")

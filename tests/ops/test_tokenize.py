@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from maefast.ops.masking import random_masking
-from maefast.ops.patches import embedding_patches, gather_tokens, self_standardize
+from maefast.ops.patches import embedding_patches, gather_tokens, random_pixels, self_standardize
 from maefast.ops.tokenize import masked_targets, masked_targets_reference, tokenize, tokenize_reference
 
-from .helpers import assert_close_to, device_for, kernel_backends, poisoned_allocations, random_pixels
+from .helpers import assert_close_to, device_for, kernel_backends, poisoned_allocations
 
 # (channel_agnostic, channels, pixel dtype, image size, patch, mask ratio, embed dim)
 CASES = [

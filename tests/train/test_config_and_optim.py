@@ -35,12 +35,13 @@ def test_overrides_and_refusals_name_the_key():
         "optim.lr=-1": "optim.lr=-1 must be a positive number",
         "optim.betas=[0.9, 1.5]": r"optim.betas=\[0.9, 1.5\] must be two numbers in \[0, 1\)",
         "optim.betas=[0.9]": r"optim.betas=\(0.9,\) must be a list of 2 items: a finite number, a finite number",
-        "model.name=vit_small_patch16_256": (r"encoder family\) cannot be trained; "
-                                             r"the trainable families are CA-MAE \(camae_\*\), MAE"),
+        "model.name=vit_small_patch16_256": (r"encoder family\) cannot be trained; the trainable families are "
+                                             r"CA-MAE \(e.g. camae_vit_base_patch16_256\), MAE"),
         "model.overrides.mask_ratio=1.0": r"mask_ratio must be in \[0, 1\), got 1.0",
         "data.crop_size=32": "data.crop_size=32 must equal the model's img_size 64",
         "run.speed=9": r"unknown key\(s\) \['run.speed'\]",
-        "lr=3": "must start with one of",
+        "lr=3": r"unknown key\(s\) \['lr'\]; keys are \['data', 'model', 'optim', 'run'\]",
+        "run=3": "run must be a mapping of keys to values, got 3",
     }
     for assignment, message in cases.items():
         with pytest.raises(ValueError, match=message):

@@ -12,9 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import maefast
 from maefast.embedding.encoder import load_encoder
-from maefast.models.families import family_of
+from maefast.ops.patches import random_pixels
 from maefast.train.config import load_config
 from maefast.train.loop import NonFiniteLoss, Trainer, train
 
@@ -46,21 +45,40 @@ def test_debug_run_writes_checkpoints_metrics_images_and_encoder(screen, tmp_pat
     assert flops[0] == "checkpoint,flops" and flops[1].startswith("step-00000003,") and len(flops) == 3
     early, _ = load_encoder(tmp_path / "checkpoints" / "step-00000003")  # a checkpoint embeds directly
     assert not torch.equal(early.cls_token, encoder.cls_token)
-    pixels = torch.randint(0, 255, (2, 6, 64, 64), dtype=torch.uint8)
+    pixels = random_pixels(2, 6, 64)
     assert encoder.embed(pixels).shape == (2, 64)
-    owner = encoder_owner(tmp_path)
-    assert summary["total_flops"] == pytest.approx(6 * 8 * family_of(owner).training_flops(owner, 6))
+    assert summary["total_flops"] == 6 * 8 * DEBUG_MAE_TRAINING_FLOPS  # 6 steps of 4 images x 2 crops
 
 
-def encoder_owner(run_dir):
-    return maefast.create_model("mae_vit_debug_patch8_64", in_chans=6, decoder_depth=1)
+def debug_mae_training_flops() -> int:
+    """The debug recipe's MAE (6 channels, 64 x 64, patch 8, width 64, 2 encoder blocks, 1 decoder block, mask
+    ratio 0.75), counted by hand: 2 FLOPs per multiply-add of every linear layer and attention product, a
+    training step 3 x the forward."""
+    patches, visible, width, hidden, patch_values = 64, 16, 64, 256, 8 * 8 * 6
+    encoder_tokens, decoder_tokens = visible + 1, patches + 1  # + CLS
+
+    def attention(tokens):  # q k^T and the weighted sum
+        return 2 * 2 * tokens * tokens * width
+
+    patch_embedding = 2 * visible * patch_values * width
+    encoder_block = (2 * encoder_tokens * width * (hidden + 3 * width) + attention(encoder_tokens)
+                     + 2 * encoder_tokens * width * width + 2 * encoder_tokens * hidden * width)
+    projection = 2 * encoder_tokens * width * width
+    decoder_block = (2 * decoder_tokens * width * 3 * width + attention(decoder_tokens)
+                     + 2 * decoder_tokens * width * width + 2 * 2 * decoder_tokens * width * hidden)
+    prediction = 2 * decoder_tokens * width * patch_values
+    return 3 * (patch_embedding + 2 * encoder_block + projection + decoder_block + prediction)
+
+
+DEBUG_MAE_TRAINING_FLOPS = debug_mae_training_flops()
 
 
 def test_refuses_to_overwrite_a_run_and_checks_channels(screen, tmp_path):
     train(config_for(screen, "run.max_steps=1"), tmp_path, show_progress=False)
     with pytest.raises(ValueError, match="already holds checkpoints .* pass --resume"):
         Trainer(config_for(screen, "run.max_steps=2"), tmp_path)
-    with pytest.raises(ValueError, match=r"the dataset has 6 channels .* expects in_chans=5"):
+    with pytest.raises(ValueError, match=r"the dataset \['DNA', .*\] has 6 channels; the model takes in_chans=5: "
+                                         r"select channels with data.channels or set model.overrides.in_chans=6"):
         Trainer(config_for(screen, "model.overrides.in_chans=5"), tmp_path / "other")
     two = Trainer(config_for(screen, "model.overrides.in_chans=2", "data.channels=[Mito, DNA]"), tmp_path / "two")
     assert two.channel_names == ["Mito", "DNA"]
@@ -168,7 +186,7 @@ def test_other_systems_train_and_export_an_embedder(screen, tmp_path, recipe):
     embedder, channels = load_encoder(tmp_path)
     assert len(channels) == 6
     with torch.no_grad():
-        embedding = embedder.embed(torch.randint(0, 255, (2, 6, 64, 64), dtype=torch.uint8))
+        embedding = embedder.embed(random_pixels(2, 6, 64))
     assert embedding.ndim == 2 and embedding.shape[0] == 2 and torch.isfinite(embedding).all()
     images = list((tmp_path / "images").glob("*.png"))
     assert len(images) == (0 if recipe == "debug_wsl" else 1)
