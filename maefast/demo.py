@@ -238,19 +238,18 @@ def final_block(sites: pd.DataFrame) -> pd.DataFrame:
     return sites[sites["block"] == sites["block"].max()].drop(columns="block").reset_index(drop=True)
 
 
-def recall_of(sites: pd.DataFrame, sources: list) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(gene map, recall at every threshold pair, recall_summary at the first) of the gene rows."""
-    gene_map = aggregate_map(normalized_sites(genes_only(sites)), perturbation_col="perturbation",
-                             drop_labels=[CONTROL_LABEL])
+def recall_of(normalized: pd.DataFrame, sources: list) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(gene map, recall at every threshold pair, recall_summary at the first) of normalized gene rows."""
+    gene_map = aggregate_map(normalized, perturbation_col="perturbation", drop_labels=[CONTROL_LABEL])
     scores = score_map(gene_map, sources=sources, thresholds=THRESHOLDS)
     return gene_map, scores.recall, recall_summary(gene_map, scores, THRESHOLDS[0], permutations=PERMUTATIONS, seed=0)
 
 
-def probe_of(sites: pd.DataFrame) -> dict:
-    """Linear probe of the gene on normalized well embeddings, each plate held out in turn."""
-    wells = aggregate_wells(normalized_sites(genes_only(sites)))
-    return linear_probe(wells, perturbation_col="perturbation", holdout_col="plate", control_label=CONTROL_LABEL,
-                        n_bootstrap=PERMUTATIONS)
+def probe_of(normalized: pd.DataFrame) -> dict:
+    """Linear probe of the gene on normalized well embeddings (of normalized gene rows), each plate held out in
+    turn."""
+    return linear_probe(aggregate_wells(normalized), perturbation_col="perturbation", holdout_col="plate",
+                        control_label=CONTROL_LABEL, n_bootstrap=PERMUTATIONS)
 
 
 def drug_target_of(sites: pd.DataFrame, screen: Path) -> pd.DataFrame | None:
@@ -268,16 +267,20 @@ def score(sites: pd.DataFrame, label: str, sources: list, kind: str, screen: Pat
     and the permutation chance level, the drug-target benchmark and, of block-wise embeddings, recall and
     linear probe per block. kind: "learned", "baseline" or "reference" (for the report)."""
     final = final_block(sites)
-    gene_map, recall, summary = recall_of(final, sources)
+    normalized_final = normalized_sites(genes_only(final))
+    gene_map, recall, summary = recall_of(normalized_final, sources)
     blocks = None
     if "block" in sites.columns:
-        rows = []
+        rows, last = [], sites["block"].max()
         for block, block_sites in sites.groupby("block", sort=True):
-            block_sites = block_sites.drop(columns="block").reset_index(drop=True)
-            truth = recall_of(block_sites, sources[:1])[2].iloc[0]
+            if block == last:  # the final embedding, scored above (sources[0] is the ground truth)
+                normalized, truth = normalized_final, summary.iloc[0]
+            else:
+                normalized = normalized_sites(genes_only(block_sites.drop(columns="block").reset_index(drop=True)))
+                truth = recall_of(normalized, sources[:1])[2].iloc[0]
             rows.append({"block": int(block), **{k: truth[k] for k in ("recall", "recall_low", "recall_high",
                                                                         "p_value")},
-                         **probe_of(block_sites)})
+                         **probe_of(normalized)})
         blocks = pd.DataFrame(rows).assign(method=label)
     drug = drug_target_of(final, screen)
     return Scored(label, kind, gene_map, recall.assign(method=label), summary.assign(method=label), blocks,
