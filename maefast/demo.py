@@ -66,7 +66,7 @@ from maefast.evaluate import (
 from maefast.io import atomic_path
 from maefast.models import create_model, save_pretrained
 from maefast.ops import self_standardize
-from maefast.tables import feature_columns
+from maefast.tables import BLOCK_COLUMN, feature_columns
 from maefast.train.config import load_config
 from maefast.train.loop import train
 from maefast.train.state import checkpoint_dirs
@@ -233,9 +233,9 @@ def genes_only(sites: pd.DataFrame) -> pd.DataFrame:
 
 def final_block(sites: pd.DataFrame) -> pd.DataFrame:
     """The last block's rows of block-wise embeddings (the final embedding), without the block column."""
-    if "block" not in sites.columns:
+    if BLOCK_COLUMN not in sites.columns:
         return sites
-    return sites[sites["block"] == sites["block"].max()].drop(columns="block").reset_index(drop=True)
+    return sites[sites[BLOCK_COLUMN] == sites[BLOCK_COLUMN].max()].drop(columns=BLOCK_COLUMN).reset_index(drop=True)
 
 
 def recall_of(normalized: pd.DataFrame, sources: list) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -270,13 +270,13 @@ def score(sites: pd.DataFrame, label: str, sources: list, kind: str, screen: Pat
     normalized_final = normalized_sites(genes_only(final))
     gene_map, recall, summary = recall_of(normalized_final, sources)
     blocks = None
-    if "block" in sites.columns:
-        rows, last = [], sites["block"].max()
-        for block, block_sites in sites.groupby("block", sort=True):
+    if BLOCK_COLUMN in sites.columns:
+        rows, last = [], sites[BLOCK_COLUMN].max()
+        for block, block_sites in sites.groupby(BLOCK_COLUMN, sort=True):
             if block == last:  # the final embedding, scored above (sources[0] is the ground truth)
                 normalized, truth = normalized_final, summary.iloc[0]
             else:
-                normalized = normalized_sites(genes_only(block_sites.drop(columns="block").reset_index(drop=True)))
+                normalized = normalized_sites(genes_only(block_sites.drop(columns=BLOCK_COLUMN).reset_index(drop=True)))
                 truth = recall_of(normalized, sources[:1])[2].iloc[0]
             rows.append({"block": int(block), **{k: truth[k] for k in ("recall", "recall_low", "recall_high",
                                                                         "p_value")},

@@ -13,7 +13,16 @@ from maefast.embedding.baselines import BASELINES
 from maefast.embedding.outputs import read_embeddings
 from maefast.errors import UserInputError
 from maefast.io import atomic_path, write_json_atomic
-from maefast.tables import FEATURE_PREFIX, FORMATS, LEVELS, feature_columns, feature_names, read_table, write_table
+from maefast.tables import (
+    BLOCK_COLUMN,
+    FEATURE_PREFIX,
+    FORMATS,
+    LEVELS,
+    feature_columns,
+    feature_names,
+    read_table,
+    write_table,
+)
 
 EMBEDDINGS_HELP = ("metadata + feature columns: an embedding job folder, a folder of parquet shards, or a parquet / "
                    ".h5ad (AnnData) / pycytominer .csv[.gz] file (published tables such as OpenPhenom's too)")
@@ -188,7 +197,6 @@ def map_command(args) -> int:
 
 def one_block(table: pd.DataFrame, block: int | None, source) -> pd.DataFrame:
     """The rows of one block of block-wise embeddings (without the block column); other tables as they are."""
-    from maefast.evaluate.probe import BLOCK_COLUMN
     if BLOCK_COLUMN not in table.columns:
         if block is not None:
             raise UserInputError(f"{source}: --block {block} given, but the embeddings are not block-wise")
@@ -246,7 +254,6 @@ def standard_features(table: pd.DataFrame, prefix: str, source) -> pd.DataFrame:
 def baseline_table(args, kind: str, out: Path, model_table: pd.DataFrame) -> pd.DataFrame:
     """A baseline's embeddings of --data, at the level and blocks of the model's table."""
     from maefast.embedding.baselines import baseline_embeddings
-    from maefast.evaluate.probe import BLOCK_COLUMN
     if not args.data or (kind == "random" and not args.checkpoint):
         raise UserInputError(f"--baseline {kind} needs --data" + (" and --checkpoint" if kind == "random" else ""))
     options = {}
@@ -259,7 +266,7 @@ def baseline_table(args, kind: str, out: Path, model_table: pd.DataFrame) -> pd.
 
 def probe_command(args) -> int:
     from maefast.evaluate import plot_scores_by_block
-    from maefast.evaluate.probe import BLOCK_COLUMN, linear_probe, per_block
+    from maefast.evaluate.probe import linear_probe, per_block
 
     out = Path(args.out)
     options = map_options(args)
@@ -288,7 +295,6 @@ def probe_command(args) -> int:
 def drug_target_command(args) -> int:
     from maefast.evaluate.drug_target import compound_gene_maps, drug_target_benchmark, load_compound_targets
     from maefast.evaluate.plots import plot_drug_target
-    from maefast.evaluate.probe import BLOCK_COLUMN
 
     out = Path(args.out)
     options = map_options(args)

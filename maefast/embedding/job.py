@@ -41,7 +41,7 @@ from maefast.models.checkpoint import ResolvedCheckpoint
 from maefast.models.registry import input_config
 from maefast.ops.patches import random_pixels
 from maefast.records import changes, describe_changes
-from maefast.tables import feature_columns, feature_names
+from maefast.tables import BLOCK_COLUMN, feature_columns, feature_names
 
 METADATA = ("id", "batch", "plate", "well", "site", "perturbation", "is_control")
 JOB_FILE, MANIFEST_FILE = "job.json", "manifest.json"
@@ -151,7 +151,7 @@ def site_table(table: pd.DataFrame, features: np.ndarray, blocks: list[int] | No
     metadata = metadata.reset_index(drop=True)
     if blocks is not None:
         metadata = metadata.loc[np.repeat(metadata.index, len(blocks))].reset_index(drop=True)
-        metadata["block"] = np.tile(np.asarray(blocks, dtype=np.int64), len(features))
+        metadata[BLOCK_COLUMN] = np.tile(np.asarray(blocks, dtype=np.int64), len(features))
         features = features.reshape(len(features) * len(blocks), -1) if len(features) else np.zeros((0, 0), np.float32)
     return pd.concat([metadata, pd.DataFrame(features, columns=feature_names(features.shape[1]))], axis=1)
 
@@ -160,7 +160,7 @@ def aggregate_wells(sites: pd.DataFrame) -> pd.DataFrame:
     """Mean feature vector per (batch, plate, well[, block]); the metadata every site of a well shares
     (perturbation, control flag, compound concentration, ...) carried along."""
     features = feature_columns(sites, required=False)
-    keys = [c for c in ("batch", "plate", "well", "block") if c in sites.columns]
+    keys = [c for c in ("batch", "plate", "well", BLOCK_COLUMN) if c in sites.columns]
     grouped = sites.groupby(keys, sort=True)
     wells = grouped[features].mean()
     metadata = [c for c in sites.columns if c not in features and c not in keys and c not in ("id", "site")]

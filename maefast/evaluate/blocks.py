@@ -22,7 +22,7 @@ from maefast.errors import UserInputError
 from maefast.evaluate import plots
 from maefast.evaluate.benchmark import benchmark_maps
 from maefast.evaluate.normalize import aggregate_map, normalize_embeddings
-from maefast.evaluate.probe import BLOCK_COLUMN, linear_probe
+from maefast.evaluate.probe import linear_probe
 from maefast.evaluate.relationships import (
     DEFAULT_THRESHOLDS,
     KNOWN_SOURCES,
@@ -32,7 +32,7 @@ from maefast.evaluate.relationships import (
     score_map,
 )
 from maefast.io import atomic_path, write_json_atomic
-from maefast.tables import feature_columns
+from maefast.tables import BLOCK_COLUMN, feature_columns
 
 CRITERIA = ("probe", "recall")
 

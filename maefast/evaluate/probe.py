@@ -25,11 +25,10 @@ import numpy as np
 import pandas as pd
 
 from maefast.errors import MissingDependency, UserInputError
-from maefast.tables import feature_columns
+from maefast.tables import BLOCK_COLUMN, feature_columns
 
 PROBE_COLUMNS = ["n_wells", "n_unseen", "n_classes", "n_batches", "balanced_accuracy", "balanced_accuracy_low",
                  "balanced_accuracy_high", "macro_f1", "macro_f1_low", "macro_f1_high", "chance"]
-BLOCK_COLUMN = "block"
 
 
 def import_sklearn():
