@@ -2,9 +2,10 @@
 ships csrc/ as maefast.csrc (sources of the DALI plugin, built on first use).
 
 The extension takes plain contiguous buffers from numpy/torch, so it links neither libtorch nor CUDA.
-OpenMP is used when the compiler accepts -fopenmp. The extension is optional: only the CPU kernels need it,
-so where it cannot be built (no compiler, or pybind11 missing under --no-build-isolation) the install goes
-on without it and the CPU ops run their PyTorch reference (maefast warns once at run time).
+OpenMP is used when the compiler accepts -fopenmp. The extension is optional: where it cannot be built (no
+compiler, or pybind11 missing under --no-build-isolation) the install goes on without it, the CPU ops run
+their PyTorch reference (maefast warns once at run time), and the image readers it holds (csrc/decode.cpp)
+are compiled on first use instead (maefast.data.native).
 """
 import os
 import shutil

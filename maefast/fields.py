@@ -89,6 +89,15 @@ def describe(expected) -> str:
 
 # -- building configs from dicts --------------------------------------------------------------------------
 
+def safe_yaml(text: str, what: str):
+    """YAML without tags that build Python objects (!!python/...); UserInputError naming `what` otherwise."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        problem = " ".join(str(error).split())
+        raise UserInputError(f"{what}: not plain YAML ({problem})") from None
+
+
 def parse_value(text: str):
     """A `--set` value: an integer or float when it reads as one (YAML 1.1 reads "3e-4" as a string), else YAML."""
     for number in (int, float):
@@ -96,7 +105,7 @@ def parse_value(text: str):
             return number(text)
         except ValueError:
             pass
-    return yaml.safe_load(text)
+    return safe_yaml(text, f"--set value {text!r}")
 
 
 def set_value(raw: dict, key: str, value) -> None:

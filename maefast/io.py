@@ -6,9 +6,11 @@ file is reported with its path.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,6 +53,19 @@ def write_json_atomic(path: str | os.PathLike, payload) -> None:
         temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
+def write_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """Writes tensors to a safetensors file atomically, with the usual file mode (safetensors writes its own
+    temporary file, mode 0600, and renames it); a failed write (a full disk, a file size limit) raises an
+    OSError naming the file, as any other failed write does (SafetensorError is not an OSError)."""
+    with atomic_path(path) as temporary:
+        try:
+            save_file(tensors, str(temporary), metadata=metadata)
+        except SafetensorError as error:
+            code = re.search(r"os error (\d+)", str(error))
+            raise OSError(int(code.group(1)) if code else errno.EIO, f"{path}: could not write ({error})") from None
+        os.chmod(temporary, 0o666 & ~current_umask())
+
+
 def write_yaml_atomic(path: str | os.PathLike, payload) -> None:
     """A job's effective config, as YAML in the order of its keys (config.yaml of training and embedding)."""
     with atomic_path(path) as temporary:
@@ -82,6 +97,17 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except SafetensorError as error:
         raise UserInputError(f"{path}: damaged or truncated safetensors file ({error})") from None
+
+
+def check_finite(tensors: dict[str, torch.Tensor], source) -> None:
+    """UserInputError naming `source` and its tensors that hold NaN or infinity (weights that would train or
+    embed to NaN, with the blame on the images)."""
+    bad = [name for name, tensor in tensors.items()
+           if tensor.is_floating_point() and tensor.device.type != "meta" and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise UserInputError(f"{source}: non-finite values (NaN or infinity) in {len(bad)} tensor(s): "
+                             f"{', '.join(bad[:5])}{more}")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -124,8 +150,7 @@ def write_state(stem: Path, state) -> None:
         raise TypeError(f"write_state: cannot store a {type(value).__name__}")
 
     structure = encode(state)
-    with atomic_path(stem.with_suffix(".safetensors")) as temporary:
-        save_file(tensors, str(temporary))
+    write_safetensors(tensors, stem.with_suffix(".safetensors"))
     with atomic_path(stem.with_suffix(".json")) as temporary:
         temporary.write_text(json.dumps(structure))
 

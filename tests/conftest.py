@@ -14,6 +14,7 @@ if not torch.cuda.is_available():
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+import maefast  # noqa: E402
 from maefast.data.synthetic import synth_screen  # noqa: E402
 
 
@@ -55,4 +56,13 @@ def screen(tmp_path_factory):
     path = tmp_path_factory.mktemp("screen")
     synth_screen(path, layout="rxrx", num_genes=6, replicates=1, num_plates=1, num_experiments=1,
                  controls_per_plate=2, sites_per_well=2, size=128, channels=6, seed=3, progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def screen_encoder(tmp_path_factory):
+    """A debug ViT encoder for the screen's 6 channels, saved as a maefast checkpoint folder (a test that changes
+    its files works on a copy)."""
+    path = tmp_path_factory.mktemp("screen_encoder")
+    maefast.save_pretrained(maefast.create_model("vit_debug_patch8_64", in_chans=6), path)
     return path

@@ -54,28 +54,21 @@ def test_bugs_keep_their_traceback(monkeypatch, bug):
         main(["models"])
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt")
-    maefast.save_pretrained(maefast.create_model("vit_debug_patch8_64", in_chans=6), path)
-    return path
-
-
-def test_embed_names_a_missing_or_damaged_checkpoint(screen, checkpoint, tmp_path, capsys):
+def test_embed_names_a_missing_or_damaged_checkpoint(screen, screen_encoder, tmp_path, capsys):
     out = ["--data", str(screen), "--out", str(tmp_path / "emb"), "--no-progress"]
     assert main(["embed", "--checkpoint", str(tmp_path / "nonexistent"), *out]) == 2
     assert "checkpoint not found: " + str(tmp_path / "nonexistent") in error_line(capsys)
     damaged = tmp_path / "damaged"
     damaged.mkdir()
     for name in ("config.json", "model.safetensors"):
-        (damaged / name).write_bytes((checkpoint / name).read_bytes())
-    (damaged / "model.safetensors").write_bytes((checkpoint / "model.safetensors").read_bytes()[:-64])
+        (damaged / name).write_bytes((screen_encoder / name).read_bytes())
+    (damaged / "model.safetensors").write_bytes((screen_encoder / "model.safetensors").read_bytes()[:-64])
     assert main(["embed", "--checkpoint", str(damaged), *out]) == 2
     assert f"{damaged / 'model.safetensors'}: damaged or truncated safetensors file" in error_line(capsys)
 
 
-def test_embed_without_a_progress_bar_still_measures_its_speed(screen, checkpoint, tmp_path, capsys):
-    assert main(["embed", "--checkpoint", str(checkpoint), "--data", str(screen), "--out", str(tmp_path / "emb"),
+def test_embed_without_a_progress_bar_still_measures_its_speed(screen, screen_encoder, tmp_path, capsys):
+    assert main(["embed", "--checkpoint", str(screen_encoder), "--data", str(screen), "--out", str(tmp_path / "emb"),
                  "--no-progress", "--shard-size", "8"]) == 0
     rate = float(re.search(r"complete, ([0-9.]+) crops/s", capsys.readouterr().out).group(1))
     assert rate > 0

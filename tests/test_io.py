@@ -1,10 +1,13 @@
-"""maefast.io: nested state as safetensors + JSON comes back exactly; damaged files are named."""
+"""maefast.io: nested state as safetensors + JSON comes back exactly; damaged files are named; outputs get the
+usual file mode and a failed write is an OSError."""
+import os
 import random
 
 import numpy as np
 import pytest
 import torch
 
+import maefast
 from maefast.errors import UserInputError
 from maefast.io import read_json, read_safetensors, read_state, read_table, write_state
 from maefast.train.state import rng_state, set_rng_state
@@ -50,3 +53,36 @@ def test_damaged_files_are_named(tmp_path):
         read_table(tmp_path / "shard.parquet")
     with pytest.raises(TypeError, match="cannot store a set"):
         write_state(tmp_path / "other", {"bad": {1, 2}})
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_safetensors_outputs_get_the_usual_mode(tmp_path, umask):
+    """safetensors writes its own temporary file (mode 0600) and renames it: every weights file was 0600."""
+    from maefast.io import write_safetensors
+    previous = os.umask(umask)
+    try:
+        write_safetensors({"a": torch.zeros(3)}, tmp_path / "weights.safetensors")
+        maefast.save_pretrained(maefast.create_model("vit_debug_patch8_64", in_chans=1), tmp_path / "model")
+    finally:
+        os.umask(previous)
+    for path in (tmp_path / "weights.safetensors", tmp_path / "model" / "model.safetensors"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_failed_safetensors_write_is_an_os_error(tmp_path):
+    """A full disk (here a file size limit: EFBIG) used to raise SafetensorError, which is not an OSError, so the
+    command printed a traceback."""
+    import resource
+    import signal
+
+    from maefast.io import write_safetensors
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+    try:
+        with pytest.raises(OSError, match=r"weights.safetensors: could not write .*File too large") as caught:
+            write_safetensors({"a": torch.zeros(10_000)}, tmp_path / "weights.safetensors")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    assert caught.value.errno == 27 and not list(tmp_path.iterdir())  # nothing half-written left behind

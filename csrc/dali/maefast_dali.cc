@@ -1,25 +1,29 @@
 // DALI operators of maefast's decode-and-crop loader (a DALI plugin, built and loaded on first use by
 // maefast/data/dali_plugin.py against the installed DALI).
 //
-//   fn.maefast_png_crops(path_0, ..., path_{C-1}, anchors[, augment], crop_size=s, channels=C, dtype=...,
-//                        height=H, width=W)
-//   fn.maefast_packed_crops(shard_path, row, anchors[, augment], crop_size=s, channels=[...], dtype=...,
-//                           image_shape=[C_stored, H, W])
-//   fn.maefast_read_image(path, dtype=..., height=H, width=W): the file's bytes, for DALI's decoders
+//   crops, errors = fn.maefast_image_crops(file_0, ..., file_{C-1}[, illum_0, ..., illum_{C-1}], anchors
+//                                          [, augment], crop_size=s, channels=C, dtype=..., height=H, width=W,
+//                                          max_ratio=r, illumination=False, augment=False)
+//   crops, errors = fn.maefast_packed_crops(shard_path, row, anchors[, augment], crop_size=s, channels=[...],
+//                                           dtype=..., image_shape=[C_stored, H, W])
 //
-// Each sample is one image; the output sample is (K, C, s, s): its K crops at anchors (K, 2) int32 (top,
+// Each sample is one image; its crops sample is (K, C, s, s): its K crops at anchors (K, 2) int32 (top,
 // left), each transposed / flipped as augment (K, 3) uint8 says (maefast.data.plan.apply_augment).
-// PNG: every channel file is read and decoded once (csrc/decode/png.h), all crops cut from the plane.
-// Packed: the shard (.npy of shape (N, C, H, W)) is memory-mapped once per operator and each crop
-// copies only its own rows. Work is spread over DALI's thread pool per (image, channel) or per image.
-// Every operator checks each file against the dataset's declared size and dtype (csrc/decode/header.h)
-// and refuses, naming the file, whatever differs: nothing is cropped from a larger image or converted.
+// Channel images (PNG or TIFF) are read, checked and decoded once each by maefast's own readers
+// (csrc/decode/image.h: the same code maefast._C runs for the PyTorch loader and `data check`), corrected by
+// their illumination function (.npy, optional) and cropped. Packed: each shard (.npy (N, C, H, W)) is checked
+// and memory-mapped once per operator, and each crop copies only its own rows.
+//
+// An image that cannot be read does not stop the pipeline: its crops are zeros and its errors sample holds
+// "<kind>\0<path>\0<reason>" (kind: missing, unreadable or format; as maefast.data.ImageReadError names them),
+// whatever exception the reader raised; the errors sample of an image read whole is empty. The loader then
+// refuses the image or skips it (on_error).
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cstdio>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -27,12 +31,12 @@
 #include <vector>
 
 #include "../decode/crops.h"
-#include "../decode/header.h"
-#include "../decode/png.h"
+#include "../decode/image.h"
 #include "dali/pipeline/operator/operator.h"
 
 namespace maefast_dali {
 
+namespace decode = maefast::decode;
 using ::dali::CPUBackend;
 using ::dali::DALIDataType;
 using ::dali::OpSpec;
@@ -45,48 +49,33 @@ std::string path_of(const ::dali::ConstSampleView<CPUBackend>& sample) {
   return std::string(chars, chars + sample.shape().num_elements());
 }
 
-size_t file_size(const std::string& path) {
-  struct stat info;
-  if (::stat(path.c_str(), &info) != 0 || !S_ISREG(info.st_mode))
-    throw maefast::decode::DecodeError(path + ": missing or unreadable file");
-  return static_cast<size_t>(info.st_size);
-}
-
-// Reads exactly `size` bytes of the file (its size when it was stat'ed) into `out`.
-void read_file(const std::string& path, uint8_t* out, size_t size) {
-  std::unique_ptr<FILE, int (*)(FILE*)> file(std::fopen(path.c_str(), "rb"), std::fclose);
-  if (!file) throw maefast::decode::DecodeError(path + ": missing or unreadable file");
-  if (size && std::fread(out, 1, size, file.get()) != size)
-    throw maefast::decode::DecodeError(path + ": read failed (the file changed while it was read?)");
-}
-
-void read_file(const std::string& path, std::vector<uint8_t>& bytes) {
-  bytes.resize(file_size(path));
-  read_file(path, bytes.data(), bytes.size());
-}
-
-// The dataset's declared image: arguments height, width and dtype of an operator.
-maefast::decode::ImageSpec image_spec(const OpSpec& spec, int bytes_per_pixel) {
-  maefast::decode::ImageSpec image;
-  image.height = spec.GetArgument<int>("height");
-  image.width = spec.GetArgument<int>("width");
-  image.bytes_per_pixel = bytes_per_pixel;
-  return image;
-}
-
-// Throws "<path>: expected <spec>, found <what the header says>" when they differ.
-void check_file(const std::string& path, const maefast::decode::ImageSpec& image, const uint8_t* data, size_t size) {
-  try {
-    image.check(maefast::decode::image_header(data, size));
-  } catch (const maefast::decode::DecodeError& error) {
-    throw maefast::decode::DecodeError(path + ": " + error.what());
-  }
-}
-
 int element_size(DALIDataType type) {
   if (type == DALI_UINT8) return 1;
   if (type == DALI_UINT16) return 2;
   throw std::invalid_argument("maefast crops: dtype must be UINT8 or UINT16");
+}
+
+// Why one image could not be read: its kind (ImageReadError.kind), the file and the reason.
+struct Failure {
+  std::string kind, path, reason;
+  bool failed() const { return !kind.empty(); }
+  std::string encoded() const { return kind + '\0' + path + '\0' + reason; }
+};
+
+// Runs read(), turning every exception into the failure of the file at `path`.
+template <typename Read>
+void guarded(Failure& failure, const std::string& path, Read read) {
+  try {
+    read();
+  } catch (const decode::DecodeError& error) {
+    failure = {decode::kind_of(error), path, error.what()};
+  } catch (const std::bad_alloc&) {
+    failure = {"unreadable", path, "out of memory while reading the file"};
+  } catch (const std::exception& error) {
+    failure = {"unreadable", path, error.what()};
+  } catch (...) {
+    failure = {"unreadable", path, "unknown error while reading the file"};
+  }
 }
 
 // Anchors (K, 2) and optional augment flags (K, 3) of one sample.
@@ -98,21 +87,22 @@ struct CropPlan {
 
 template <typename T>
 void copy_crops(const T* plane, int64_t height, int64_t width, const CropPlan& plan, int size, int channel, int channels,
-                T* out, const std::string& what) {
+                T* out) {
   for (int k = 0; k < plan.count; ++k) {
     int64_t y = plan.anchors[2 * k], x = plan.anchors[2 * k + 1];
     if (y < 0 || x < 0 || y + size > height || x + size > width) {
-      throw maefast::decode::DecodeError(what + ": crop at (" + std::to_string(y) + ", " + std::to_string(x) +
-                                         ") of size " + std::to_string(size) + " lies outside the " +
-                                         std::to_string(height) + "x" + std::to_string(width) + " image");
+      throw std::invalid_argument("crop at (" + std::to_string(y) + ", " + std::to_string(x) + ") of size " +
+                                  std::to_string(size) + " lies outside the " + std::to_string(height) + "x" +
+                                  std::to_string(width) + " image");
     }
     const uint8_t* flags = plan.augment ? plan.augment + 3 * k : nullptr;
     T* target = out + (static_cast<int64_t>(k) * channels + channel) * size * size;
-    maefast::decode::copy_crop(plane, width, y, x, size, flags && flags[0], flags && flags[1], flags && flags[2], target);
+    decode::copy_crop(plane, width, y, x, size, flags && flags[0], flags && flags[1], flags && flags[2], target);
   }
 }
 
-// Shared by both operators: reads the anchors / augment inputs and sizes the outputs (K, C, s, s).
+// Shared by both operators: reads the anchors / augment inputs, allocates the outputs (crops (K, C, s, s),
+// errors) and fills the errors output from each sample's failure.
 class CropOperator : public ::dali::Operator<CPUBackend> {
  public:
   explicit CropOperator(const OpSpec& spec)
@@ -126,10 +116,15 @@ class CropOperator : public ::dali::Operator<CPUBackend> {
  protected:
   virtual int first_plan_input() const = 0;
   virtual int num_channels() const = 0;
+  // Reads sample s's crops into out (zeroed by the caller when it fails); records its failure.
+  virtual void run_sample(Workspace& ws, int sample, void* out, std::vector<Failure>& failures) = 0;
 
-  bool SetupImpl(std::vector<OutputDesc>& outputs, const Workspace& ws) override {
+  // The outputs' sizes depend on what the readers find (the errors), so RunImpl allocates them.
+  bool SetupImpl(std::vector<OutputDesc>&, const Workspace&) override { return false; }
+
+  void RunImpl(Workspace& ws) override {
     const auto& anchors = ws.Input<CPUBackend>(first_plan_input());
-    int samples = anchors.num_samples();
+    const int samples = anchors.num_samples();
     TensorListShape<> shape(samples, 4);
     for (int s = 0; s < samples; ++s) {
       auto sample_shape = anchors.tensor_shape(s);
@@ -142,10 +137,34 @@ class CropOperator : public ::dali::Operator<CPUBackend> {
       }
       shape.set_tensor_shape(s, {sample_shape[0], num_channels(), crop_size_, crop_size_});
     }
-    outputs.resize(1);
-    outputs[0] = {shape, dtype_};
-    return true;
+    auto& crops = ws.Output<CPUBackend>(0);
+    crops.Resize(shape, dtype_, ::dali::BatchContiguity::Contiguous);
+    std::vector<Failure> failures(static_cast<size_t>(samples) * failure_slots());
+    auto& pool = ws.GetThreadPool();
+    for (int s = 0; s < samples; ++s) run_sample(ws, s, crops[s].raw_mutable_data(), failures);
+    pool.RunAll();
+
+    TensorListShape<> error_shape(samples, 1);
+    std::vector<std::string> messages(samples);
+    for (int s = 0; s < samples; ++s) {
+      for (int slot = 0; slot < failure_slots(); ++slot) {  // the first failing channel names the image's error
+        const Failure& failure = failures[static_cast<size_t>(s) * failure_slots() + slot];
+        if (failure.failed()) {
+          messages[s] = failure.encoded();
+          std::memset(crops[s].raw_mutable_data(), 0, ::dali::volume(shape.tensor_shape(s)) * element_size(dtype_));
+          break;
+        }
+      }
+      error_shape.set_tensor_shape(s, {static_cast<int64_t>(messages[s].size())});
+    }
+    auto& errors = ws.Output<CPUBackend>(1);
+    errors.Resize(error_shape, DALI_UINT8, ::dali::BatchContiguity::Contiguous);
+    for (int s = 0; s < samples; ++s)
+      if (!messages[s].empty()) std::memcpy(errors[s].raw_mutable_data(), messages[s].data(), messages[s].size());
   }
+
+  // Failures recorded per sample (one per channel where channels are read in parallel).
+  virtual int failure_slots() const { return 1; }
 
   CropPlan plan(const Workspace& ws, int sample) const {
     const auto& anchors = ws.Input<CPUBackend>(first_plan_input());
@@ -161,270 +180,191 @@ class CropOperator : public ::dali::Operator<CPUBackend> {
   bool augment_;
 };
 
-class PngCrops : public CropOperator {
+class ImageCrops : public CropOperator {
  public:
-  explicit PngCrops(const OpSpec& spec)
-      : CropOperator(spec), channels_(spec.GetArgument<int>("channels")), image_(image_spec(spec, element_size(dtype_))) {}
+  explicit ImageCrops(const OpSpec& spec)
+      : CropOperator(spec),
+        channels_(spec.GetArgument<int>("channels")),
+        illumination_(spec.GetArgument<bool>("illumination")) {
+    image_.height = spec.GetArgument<int>("height");
+    image_.width = spec.GetArgument<int>("width");
+    image_.bytes_per_pixel = element_size(dtype_);
+    image_.max_ratio = spec.GetArgument<float>("max_ratio");
+    if (image_.height < 1 || image_.width < 1 || !(image_.max_ratio > 0))
+      throw std::invalid_argument("maefast_image_crops: height, width and max_ratio must be positive");
+  }
 
  protected:
-  int first_plan_input() const override { return channels_; }
+  int first_plan_input() const override { return channels_ * (illumination_ ? 2 : 1); }
   int num_channels() const override { return channels_; }
+  int failure_slots() const override { return channels_; }
 
-  void RunImpl(Workspace& ws) override {
-    auto& output = ws.Output<CPUBackend>(0);
-    auto& pool = ws.GetThreadPool();
-    const int samples = output.num_samples();
-    for (int s = 0; s < samples; ++s) {
-      for (int c = 0; c < channels_; ++c) {
-        pool.AddWork([&, s, c](int) {
-          thread_local maefast::decode::PngDecoder decoder;
-          thread_local std::vector<uint8_t> bytes;
-          const std::string path = path_of(ws.Input<CPUBackend>(c)[s]);
-          read_file(path, bytes);
-          check_file(path, image_, bytes.data(), bytes.size());
-          maefast::decode::PngInfo png;
-          try {
-            png = decoder.decode(bytes.data(), bytes.size());
-          } catch (const maefast::decode::DecodeError& error) {
-            throw maefast::decode::DecodeError(path + ": " + error.what());
-          }
-          CropPlan crops = plan(ws, s);
-          void* out = output[s].raw_mutable_data();
-          if (png.bytes_per_pixel == 1)
-            copy_crops(decoder.pixels(), png.height, png.width, crops, crop_size_, c, channels_,
-                       static_cast<uint8_t*>(out), path);
-          else
-            copy_crops(reinterpret_cast<const uint16_t*>(decoder.pixels()), png.height, png.width, crops, crop_size_, c,
-                       channels_, static_cast<uint16_t*>(out), path);
+  void run_sample(Workspace& ws, int s, void* out, std::vector<Failure>& failures) override {
+    for (int c = 0; c < channels_; ++c) {
+      ws.GetThreadPool().AddWork([&, s, c, out](int) {
+        Failure& failure = failures[static_cast<size_t>(s) * channels_ + c];
+        thread_local decode::ImageDecoder decoder;
+        thread_local std::vector<uint8_t> plane;
+        const std::string path = path_of(ws.Input<CPUBackend>(c)[s]);
+        guarded(failure, path, [&] {
+          plane.resize(image_.image_bytes() + decode::kDecodeSlack);
+          decoder.decode(path, image_, plane.data());
         });
-      }
+        if (failure.failed()) return;
+        const size_t pixels = static_cast<size_t>(image_.height) * image_.width;
+        if (illumination_) {
+          const std::string illum_path = path_of(ws.Input<CPUBackend>(channels_ + c)[s]);
+          guarded(failure, illum_path, [&] {
+            const std::vector<float>& function = this->illumination(illum_path);
+            if (image_.bytes_per_pixel == 1) decode::apply_illumination(plane.data(), function.data(), pixels);
+            else decode::apply_illumination(reinterpret_cast<uint16_t*>(plane.data()), function.data(), pixels);
+          });
+          if (failure.failed()) return;
+        }
+        const CropPlan crops = plan(ws, s);  // a crop outside the image is the plan's bug: it stops the pipeline
+        if (image_.bytes_per_pixel == 1)
+          copy_crops(plane.data(), image_.height, image_.width, crops, crop_size_, c, channels_,
+                     static_cast<uint8_t*>(out));
+        else
+          copy_crops(reinterpret_cast<const uint16_t*>(plane.data()), image_.height, image_.width, crops, crop_size_,
+                     c, channels_, static_cast<uint16_t*>(out));
+      });
     }
-    pool.RunAll();
   }
 
  private:
+  // The illumination function at `path`, read and checked once per operator (a few per plate and channel).
+  const std::vector<float>& illumination(const std::string& path) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto found = functions_.find(path);
+      if (found != functions_.end()) return *found->second;
+    }
+    auto function = std::make_unique<std::vector<float>>(decode::read_illumination(path, image_.height, image_.width));
+    std::lock_guard<std::mutex> lock(mutex_);
+    return *functions_.emplace(path, std::move(function)).first->second;
+  }
+
   int channels_;
-  maefast::decode::ImageSpec image_;
+  bool illumination_;
+  decode::ImageSpec image_;
+  std::mutex mutex_;
+  std::unordered_map<std::string, std::unique_ptr<std::vector<float>>> functions_;
 };
 
-// A read-only memory map of one .npy shard of shape (N, C, H, W), uint8 or uint16, C order; (C, H, W)
-// must be the dataset's `image_shape`.
+// A read-only memory map of one checked .npy shard (N, C, H, W) of the data set's images.
 class MappedShard {
  public:
-  MappedShard(const std::string& path, int itemsize, const std::vector<int64_t>& image_shape) : path_(path) {
-    int fd = ::open(path.c_str(), O_RDONLY);
-    if (fd < 0) throw maefast::decode::DecodeError(path + ": missing or unreadable shard");
-    struct stat info;
-    if (::fstat(fd, &info) != 0 || info.st_size < 16) {
-      ::close(fd);
-      throw maefast::decode::DecodeError(path + ": not a .npy shard (too small)");
-    }
-    size_ = static_cast<size_t>(info.st_size);
-    void* data = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
-    ::close(fd);
-    if (data == MAP_FAILED) throw maefast::decode::DecodeError(path + ": cannot memory-map the shard");
-    base_ = static_cast<const uint8_t*>(data);
-    try {
-      parse_header(itemsize, image_shape);
-    } catch (...) {
-      ::munmap(data, size_);
-      throw;
-    }
+  MappedShard(const std::string& path, int64_t channels, const decode::ImageSpec& image) : file_(path) {
+    header_ = decode::npy_header(file_.data(), file_.size());
+    decode::check_shard(header_, file_.size(), channels, image);
+    itemsize_ = image.bytes_per_pixel;
   }
-  ~MappedShard() { ::munmap(const_cast<uint8_t*>(base_), size_); }
-  MappedShard(const MappedShard&) = delete;
-  MappedShard& operator=(const MappedShard&) = delete;
-
   const uint8_t* plane(int64_t row, int64_t channel) const {
-    return base_ + offset_ + ((row * shape_[1] + channel) * shape_[2] * shape_[3]) * itemsize_;
+    const auto& shape = header_.shape;
+    return file_.data() + header_.data_offset + ((row * shape[1] + channel) * shape[2] * shape[3]) * itemsize_;
   }
-  const int64_t* shape() const { return shape_; }
-  const std::string& path() const { return path_; }
+  const std::vector<int64_t>& shape() const { return header_.shape; }
 
  private:
-  void parse_header(int itemsize, const std::vector<int64_t>& image_shape) {
-    if (std::memcmp(base_, "\x93NUMPY", 6) != 0) throw maefast::decode::DecodeError(path_ + ": not a .npy file");
-    int major = base_[6];
-    size_t header_len = major == 1 ? (base_[8] | base_[9] << 8) : (base_[8] | base_[9] << 8 | base_[10] << 16 | base_[11] << 24);
-    size_t start = major == 1 ? 10 : 12;
-    if (start + header_len > size_) throw maefast::decode::DecodeError(path_ + ": truncated .npy header");
-    std::string header(reinterpret_cast<const char*>(base_ + start), header_len);
-    offset_ = start + header_len;
-    const char* descr = itemsize == 1 ? "|u1" : "<u2";
-    if (header.find(descr) == std::string::npos)
-      throw maefast::decode::DecodeError(path_ + ": shard dtype is not " + descr + " (header " + header + ")");
-    if (header.find("'fortran_order': False") == std::string::npos)
-      throw maefast::decode::DecodeError(path_ + ": shard is not in C order");
-    size_t open = header.find("'shape': (");
-    if (open == std::string::npos) throw maefast::decode::DecodeError(path_ + ": no shape in the .npy header");
-    const char* cursor = header.c_str() + open + 10;
-    for (int d = 0; d < 4; ++d) {
-      char* after = nullptr;
-      shape_[d] = std::strtoll(cursor, &after, 10);
-      if (after == cursor) throw maefast::decode::DecodeError(path_ + ": shard must have 4 dimensions (N, C, H, W)");
-      cursor = after;
-      while (*cursor == ',' || *cursor == ' ' || *cursor == 'L') ++cursor;
-    }
-    if (shape_[1] != image_shape[0] || shape_[2] != image_shape[1] || shape_[3] != image_shape[2]) {
-      throw maefast::decode::DecodeError(
-          path_ + ": expected a shard of (n, " + std::to_string(image_shape[0]) + ", " + std::to_string(image_shape[1]) +
-          ", " + std::to_string(image_shape[2]) + ") uint" + std::to_string(8 * itemsize) + " images, found (" +
-          std::to_string(shape_[0]) + ", " + std::to_string(shape_[1]) + ", " + std::to_string(shape_[2]) + ", " +
-          std::to_string(shape_[3]) + ")");
-    }
-    itemsize_ = itemsize;
-    const size_t image_bytes = static_cast<size_t>(image_shape[0] * image_shape[1] * image_shape[2]) * itemsize;
-    if (shape_[0] < 0 || static_cast<size_t>(shape_[0]) > (size_ - offset_) / image_bytes)
-      throw maefast::decode::DecodeError(path_ + ": truncated shard");
-  }
-
-  std::string path_;
-  const uint8_t* base_ = nullptr;
-  size_t size_ = 0, offset_ = 0;
-  int64_t shape_[4] = {0, 0, 0, 0};
+  decode::MappedFile file_;
+  decode::NpyHeader header_;
   int itemsize_ = 1;
 };
-
-std::vector<int64_t> int64_vector(const std::vector<int>& values) { return {values.begin(), values.end()}; }
 
 class PackedCrops : public CropOperator {
  public:
   explicit PackedCrops(const OpSpec& spec)
       : CropOperator(spec),
         channels_(spec.GetRepeatedArgument<int>("channels")),
-        image_shape_(int64_vector(spec.GetRepeatedArgument<int>("image_shape"))) {
+        image_shape_(spec.GetRepeatedArgument<int>("image_shape")) {
     if (channels_.empty()) throw std::invalid_argument("maefast_packed_crops: channels must not be empty");
     if (image_shape_.size() != 3 || image_shape_[0] < 1 || image_shape_[1] < 1 || image_shape_[2] < 1)
       throw std::invalid_argument("maefast_packed_crops: image_shape must be [channels, height, width] >= 1");
+    for (int channel : channels_)
+      if (channel < 0 || channel >= image_shape_[0])
+        throw std::invalid_argument("maefast_packed_crops: channel " + std::to_string(channel) + " outside the " +
+                                    std::to_string(image_shape_[0]) + " stored channels");
+    image_.height = image_shape_[1];
+    image_.width = image_shape_[2];
+    image_.bytes_per_pixel = element_size(dtype_);
   }
 
  protected:
   int first_plan_input() const override { return 2; }
   int num_channels() const override { return static_cast<int>(channels_.size()); }
 
-  void RunImpl(Workspace& ws) override {
-    auto& output = ws.Output<CPUBackend>(0);
-    auto& pool = ws.GetThreadPool();
-    const int samples = output.num_samples();
-    for (int s = 0; s < samples; ++s) {
-      pool.AddWork([&, s](int) {
-        const MappedShard& shard = this->shard(path_of(ws.Input<CPUBackend>(0)[s]));
-        int64_t row = ws.Input<CPUBackend>(1)[s].data<int32_t>()[0];
-        const int64_t* shape = shard.shape();
-        if (row < 0 || row >= shape[0])
-          throw maefast::decode::DecodeError(shard.path() + ": row " + std::to_string(row) + " outside the shard's " +
-                                             std::to_string(shape[0]) + " images");
-        CropPlan crops = plan(ws, s);
-        void* out = output[s].raw_mutable_data();
-        const int count = static_cast<int>(channels_.size());
-        for (int c = 0; c < count; ++c) {
-          if (channels_[c] < 0 || channels_[c] >= shape[1])
-            throw maefast::decode::DecodeError(shard.path() + ": channel " + std::to_string(channels_[c]) +
-                                               " outside the shard's " + std::to_string(shape[1]) + " channels");
-          const uint8_t* plane = shard.plane(row, channels_[c]);
-          if (element_size(dtype_) == 1)
-            copy_crops(plane, shape[2], shape[3], crops, crop_size_, c, count, static_cast<uint8_t*>(out), shard.path());
-          else
-            copy_crops(reinterpret_cast<const uint16_t*>(plane), shape[2], shape[3], crops, crop_size_, c, count,
-                       static_cast<uint16_t*>(out), shard.path());
-        }
+  void run_sample(Workspace& ws, int s, void* out, std::vector<Failure>& failures) override {
+    ws.GetThreadPool().AddWork([&, s, out](int) {
+      const std::string path = path_of(ws.Input<CPUBackend>(0)[s]);
+      const MappedShard* shard = nullptr;
+      const int64_t row = ws.Input<CPUBackend>(1)[s].data<int64_t>()[0];
+      guarded(failures[s], path, [&] {
+        shard = &this->shard(path);
+        decode::check_shard_row(row, shard->shape()[0]);
       });
-    }
-    pool.RunAll();
+      if (failures[s].failed()) return;
+      const CropPlan crops = plan(ws, s);
+      const int count = static_cast<int>(channels_.size());
+      for (int c = 0; c < count; ++c) {
+        const uint8_t* plane = shard->plane(row, channels_[c]);
+        if (image_.bytes_per_pixel == 1)
+          copy_crops(plane, image_.height, image_.width, crops, crop_size_, c, count, static_cast<uint8_t*>(out));
+        else
+          copy_crops(reinterpret_cast<const uint16_t*>(plane), image_.height, image_.width, crops, crop_size_, c,
+                     count, static_cast<uint16_t*>(out));
+      }
+    });
   }
 
  private:
+  // The shard at `path`, checked and mapped once per operator (a shard that fails is tried again next time).
   const MappedShard& shard(const std::string& path) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto found = shards_.find(path);
+      if (found != shards_.end()) return *found->second;
+    }
+    auto mapped = std::make_unique<MappedShard>(path, image_shape_[0], image_);
     std::lock_guard<std::mutex> lock(mutex_);
-    auto found = shards_.find(path);
-    if (found != shards_.end()) return *found->second;
-    auto mapped = std::make_unique<MappedShard>(path, element_size(dtype_), image_shape_);
     return *shards_.emplace(path, std::move(mapped)).first->second;
   }
 
   std::vector<int> channels_;
-  std::vector<int64_t> image_shape_;
+  std::vector<int> image_shape_;
+  decode::ImageSpec image_;
   std::mutex mutex_;
   std::unordered_map<std::string, std::unique_ptr<MappedShard>> shards_;
 };
 
-// The bytes of one image file per sample (for DALI's decoders), after checking its header against the
-// dataset's declared image, so that no decoder silently converts a bit depth or decodes a wrong size.
-class ReadImage : public ::dali::Operator<CPUBackend> {
- public:
-  explicit ReadImage(const OpSpec& spec)
-      : ::dali::Operator<CPUBackend>(spec),
-        image_(image_spec(spec, element_size(spec.GetArgument<DALIDataType>("dtype")))) {}
-
- protected:
-  bool SetupImpl(std::vector<OutputDesc>& outputs, const Workspace& ws) override {
-    const auto& paths = ws.Input<CPUBackend>(0);
-    const int samples = paths.num_samples();
-    TensorListShape<> shape(samples, 1);
-    sizes_.resize(samples);
-    for (int s = 0; s < samples; ++s) {
-      sizes_[s] = file_size(path_of(paths[s]));
-      shape.set_tensor_shape(s, {static_cast<int64_t>(sizes_[s])});
-    }
-    outputs.resize(1);
-    outputs[0] = {shape, DALI_UINT8};
-    return true;
-  }
-
-  void RunImpl(Workspace& ws) override {
-    auto& output = ws.Output<CPUBackend>(0);
-    auto& pool = ws.GetThreadPool();
-    for (int s = 0; s < output.num_samples(); ++s) {
-      pool.AddWork([&, s](int) {
-        const std::string path = path_of(ws.Input<CPUBackend>(0)[s]);
-        uint8_t* bytes = static_cast<uint8_t*>(output[s].raw_mutable_data());
-        read_file(path, bytes, sizes_[s]);
-        check_file(path, image_, bytes, sizes_[s]);
-      });
-    }
-    pool.RunAll();
-  }
-
- private:
-  maefast::decode::ImageSpec image_;
-  std::vector<size_t> sizes_;
-};
-
 }  // namespace maefast_dali
 
-DALI_REGISTER_OPERATOR(MaefastPngCrops, ::maefast_dali::PngCrops, ::dali::CPU);
-DALI_SCHEMA(MaefastPngCrops)
-    .DocStr("Reads and decodes the per-channel PNG files of each image once and cuts its augmented crops: "
-            "(K, C, crop_size, crop_size) per sample.")
-    .NumInput(2, 66)
-    .NumOutput(1)
+DALI_REGISTER_OPERATOR(MaefastImageCrops, ::maefast_dali::ImageCrops, ::dali::CPU);
+DALI_SCHEMA(MaefastImageCrops)
+    .DocStr("Reads, checks and decodes the per-channel PNG or TIFF files of each image once (optionally dividing "
+            "by their illumination functions) and cuts its augmented crops: (K, C, crop_size, crop_size) per "
+            "sample, and the sample's error (empty when it was read; else kind, path and reason).")
+    .NumInput(2, 130)
+    .NumOutput(2)
     .AddArg("crop_size", "Side of the square crops.", DALI_INT32)
-    .AddArg("channels", "Number of channel-file inputs (the first inputs; anchors and augment follow).",
-            DALI_INT32)
+    .AddArg("channels", "Number of channel-file inputs (the first inputs; illumination files, anchors and "
+            "augment follow).", DALI_INT32)
     .AddArg("dtype", "UINT8 or UINT16: the data set's pixel type.", DALI_DATA_TYPE)
     .AddArg("height", "The data set's image height: every file must have it.", DALI_INT32)
     .AddArg("width", "The data set's image width: every file must have it.", DALI_INT32)
+    .AddArg("max_ratio", "The most decoded bytes per byte of file (the decompression ratio cap).", DALI_FLOAT)
+    .AddOptionalArg("illumination", "Whether `channels` illumination-function (.npy) inputs follow the files.", false)
     .AddOptionalArg("augment", "Whether a (K, 3) uint8 augment input follows the anchors.", false);
 
 DALI_REGISTER_OPERATOR(MaefastPackedCrops, ::maefast_dali::PackedCrops, ::dali::CPU);
 DALI_SCHEMA(MaefastPackedCrops)
     .DocStr("Cuts augmented crops of one image of a memory-mapped .npy shard (N, C, H, W): (K, C', crop_size, "
-            "crop_size) per sample, C' = len(channels).")
+            "crop_size) per sample, C' = len(channels), and the sample's error (empty when it was read).")
     .NumInput(3, 4)
-    .NumOutput(1)
+    .NumOutput(2)
     .AddArg("crop_size", "Side of the square crops.", DALI_INT32)
     .AddArg("channels", "Stored channel indices to output, in order.", DALI_INT_VEC)
     .AddArg("dtype", "UINT8 or UINT16: the shard's pixel type.", DALI_DATA_TYPE)
     .AddArg("image_shape", "[channels, height, width] every shard's images must have (the manifest's).",
             DALI_INT_VEC)
     .AddOptionalArg("augment", "Whether a (K, 3) uint8 augment input follows the anchors.", false);
-
-DALI_REGISTER_OPERATOR(MaefastReadImage, ::maefast_dali::ReadImage, ::dali::CPU);
-DALI_SCHEMA(MaefastReadImage)
-    .DocStr("Reads one PNG or TIFF file per sample into its bytes (uint8), refusing a file whose header "
-            "differs from the data set's declared image: height x width, dtype, one sample, one page.")
-    .NumInput(1)
-    .NumOutput(1)
-    .AddArg("dtype", "UINT8 or UINT16: the data set's pixel type.", DALI_DATA_TYPE)
-    .AddArg("height", "The data set's image height.", DALI_INT32)
-    .AddArg("width", "The data set's image width.", DALI_INT32);

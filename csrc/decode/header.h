@@ -1,7 +1,6 @@
-// Headers of the channel files maefast reads (PNG, TIFF), parsed without decoding, and the check of an
-// image against what its dataset declares (maefast.data.decode.ImageSpec: height x width, uint8 or
-// uint16, one sample per pixel, one page). The DALI operators run this check on every file, so that a
-// file of another size, bit depth or page count is refused before any decoder converts or crops it.
+// Headers of the channel files maefast reads (PNG here, TIFF in tiff.h), parsed without decoding, the
+// check of an image against what its dataset declares (maefast.data.decode.ImageSpec: height x width,
+// uint8 or uint16, one sample per pixel, one page) and the three kinds of refusal every reader reports.
 //
 // Header-only, C++17, no dependencies. Every read is bounds-checked: the input is untrusted.
 #pragma once
@@ -13,6 +12,23 @@
 #include "inflate.h"  // DecodeError
 
 namespace maefast::decode {
+
+// How a file is refused, as maefast.data.ImageReadError.kind says it: DecodeError (inflate.h) for data that is
+// corrupt or truncated ("unreadable"), FormatError for a well-formed file that is not what the data set
+// accepts ("format": another size or type, or a feature outside the table of formats.h), MissingFile when
+// there is no file ("missing").
+struct FormatError : DecodeError {
+  using DecodeError::DecodeError;
+};
+struct MissingFile : DecodeError {
+  using DecodeError::DecodeError;
+};
+
+inline const char* kind_of(const DecodeError& error) {
+  if (dynamic_cast<const FormatError*>(&error) != nullptr) return "format";
+  if (dynamic_cast<const MissingFile*>(&error) != nullptr) return "missing";
+  return "unreadable";
+}
 
 // A PNG's IHDR fields and its frame count (an animated PNG's acTL chunk; 1 otherwise).
 struct PngHeader {
@@ -41,33 +57,6 @@ namespace header_detail {
 
 inline uint32_t be32(const uint8_t* p) {
   return static_cast<uint32_t>(p[0]) << 24 | static_cast<uint32_t>(p[1]) << 16 | static_cast<uint32_t>(p[2]) << 8 | p[3];
-}
-
-// Reads little- or big-endian unsigned integers of a TIFF file, refusing reads past its end.
-struct TiffReader {
-  const uint8_t* data;
-  size_t size;
-  bool big_endian;
-
-  uint64_t read(uint64_t offset, int bytes) const {
-    if (offset > size || static_cast<uint64_t>(bytes) > size - offset) throw DecodeError("truncated TIFF header");
-    uint64_t value = 0;
-    for (int i = 0; i < bytes; ++i) {
-      uint64_t byte = data[offset + (big_endian ? i : bytes - 1 - i)];
-      value = value << 8 | byte;
-    }
-    return value;
-  }
-};
-
-inline int tiff_type_size(uint64_t type) {
-  switch (type) {
-    case 1: case 2: case 6: case 7: return 1;  // BYTE, ASCII, SBYTE, UNDEFINED
-    case 3: case 8: return 2;                  // SHORT, SSHORT
-    case 4: case 9: case 11: case 13: return 4;  // LONG, SLONG, FLOAT, IFD
-    case 16: case 17: case 18: return 8;       // LONG8, SLONG8, IFD8 (BigTIFF)
-    default: return 0;
-  }
 }
 
 }  // namespace header_detail
@@ -110,77 +99,39 @@ inline ImageHeader image_header_of_png(const PngHeader& png) {
   return header;
 }
 
-// The first page's size, sample count and type, and the number of pages (the IFD chain's length).
-inline ImageHeader tiff_header(const uint8_t* data, size_t size) {
-  using header_detail::TiffReader;
-  if (size < 8 || !((data[0] == 'I' && data[1] == 'I') || (data[0] == 'M' && data[1] == 'M')))
-    throw DecodeError("not a TIFF file (bad byte order mark)");
-  TiffReader tiff{data, size, data[0] == 'M'};
-  const uint64_t version = tiff.read(2, 2);
-  if (version != 42 && version != 43) throw DecodeError("not a TIFF file (bad version)");
-  const bool big = version == 43;  // BigTIFF: 8-byte offsets and counts
-  const int offset_size = big ? 8 : 4, count_size = big ? 8 : 2, entry_size = big ? 20 : 12;
-  uint64_t ifd = tiff.read(big ? 8 : 4, offset_size);
-  if (ifd == 0) throw DecodeError("TIFF file has no image (no first IFD)");
-
-  ImageHeader header;
-  int bits = 0, sample_format = 1;
-  const uint64_t entries = tiff.read(ifd, count_size);
-  if (entries > (size - ifd) / entry_size) throw DecodeError("truncated TIFF header (IFD)");
-  for (uint64_t i = 0; i < entries; ++i) {
-    const uint64_t entry = ifd + count_size + i * entry_size;
-    const uint64_t tag = tiff.read(entry, 2), type = tiff.read(entry + 2, 2);
-    const uint64_t count = tiff.read(entry + 4, offset_size);
-    const int type_size = header_detail::tiff_type_size(type);
-    if (type_size == 0 || count == 0) continue;
-    // The first value: in the entry itself when all values fit there, else at the offset it holds.
-    uint64_t at = entry + 4 + offset_size;
-    if (count > static_cast<uint64_t>(offset_size / type_size)) at = tiff.read(at, offset_size);
-    const uint64_t value = tiff.read(at, type_size);
-    switch (tag) {
-      case 256: header.width = static_cast<int64_t>(value); break;
-      case 257: header.height = static_cast<int64_t>(value); break;
-      case 258: bits = static_cast<int>(value); break;
-      case 277: header.samples = static_cast<int>(value); break;
-      case 339: sample_format = static_cast<int>(value); break;
-      default: break;
-    }
-  }
-  const char* kind = sample_format == 1 ? "uint" : sample_format == 2 ? "int" : sample_format == 3 ? "float" : "void";
-  header.dtype = kind + std::to_string(bits);
-  // Count the pages; a chain longer than the file could hold loops.
-  const uint64_t max_pages = size / (count_size + offset_size) + 1;
-  for (header.pages = 0; ifd != 0; ++header.pages) {
-    if (static_cast<uint64_t>(header.pages) >= max_pages) throw DecodeError("corrupt TIFF: its pages form a loop");
-    const uint64_t count = tiff.read(ifd, count_size);
-    if (count > (size - ifd) / entry_size) throw DecodeError("truncated TIFF header (IFD)");
-    ifd = tiff.read(ifd + count_size + count * entry_size, offset_size);
-  }
-  return header;
-}
-
-// The header of a PNG or TIFF file, told apart by their first bytes.
-inline ImageHeader image_header(const uint8_t* data, size_t size) {
-  if (size >= 8 && data[0] == 137 && data[1] == 'P') return image_header_of_png(png_header(data, size));
-  if (size >= 2 && ((data[0] == 'I' && data[1] == 'I') || (data[0] == 'M' && data[1] == 'M')))
-    return tiff_header(data, size);
-  throw DecodeError("expected a PNG or TIFF file");
-}
-
-// What every image of a dataset must be (maefast.data.decode.ImageSpec).
+// What every image of a dataset must be (maefast.data.decode.ImageSpec), and the bounds that follow from it:
+// no reader allocates more than the spec's bytes for an image, reads a file larger than such an image can
+// take, or decodes a file that claims to expand more than max_ratio-fold.
 struct ImageSpec {
   int64_t height = 0, width = 0;
   int bytes_per_pixel = 1;  // 1: uint8, 2: uint16
+  double max_ratio = 1100;  // the most decoded bytes per byte of file (maefast.data.decode.max_ratio())
+
+  // What a file may hold beyond its pixels: headers, metadata (OME-XML), a compressor's worst-case growth.
+  static constexpr size_t kFileSlack = size_t(64) << 20;
+
+  size_t image_bytes() const { return static_cast<size_t>(height) * static_cast<size_t>(width) * bytes_per_pixel; }
+  size_t max_file_bytes() const { return 2 * image_bytes() + kFileSlack; }
 
   std::string describe() const {
     return std::to_string(height) + "x" + std::to_string(width) + " uint" + std::to_string(8 * bytes_per_pixel) +
            ", one page";
   }
-  // Throws DecodeError "expected <spec>, found <header>" when the header differs.
+  // Throws FormatError "expected <spec>, found <header>" when the header differs.
   void check(const ImageHeader& header) const {
     if (header.height != height || header.width != width || header.samples != 1 || header.pages != 1 ||
         header.dtype != "uint" + std::to_string(8 * bytes_per_pixel))
-      throw DecodeError("expected " + describe() + ", found " + header.describe());
+      throw FormatError("expected " + describe() + ", found " + header.describe());
+  }
+  // Throws FormatError when the image would decode to more than max_ratio times the file's size.
+  void check_ratio(size_t file_size) const {
+    const double ratio = static_cast<double>(image_bytes()) / static_cast<double>(file_size ? file_size : 1);
+    if (ratio > max_ratio) {
+      throw FormatError("a " + std::to_string(file_size) + "-byte file that decodes to " +
+                        std::to_string(image_bytes()) + " bytes (" + std::to_string(static_cast<int64_t>(ratio)) +
+                        ":1) exceeds the decompression ratio cap of " +
+                        std::to_string(static_cast<int64_t>(max_ratio)) + ":1 (MAEFAST_MAX_DECOMPRESSION_RATIO)");
+    }
   }
 };
 

@@ -1,5 +1,6 @@
 // PNG decoding of single-channel microscopy images: grayscale, 8 or 16 bit, not interlaced (what
-// RxRx-style screens store). Other PNG kinds raise DecodeError naming what is unsupported.
+// RxRx-style screens store, and the table of csrc/decode/formats.h). Other PNG kinds raise FormatError
+// naming what is unsupported; corrupt or truncated files DecodeError.
 //
 // The decoder checks what Pillow checks, so a file that Pillow refuses is refused here too: the
 // signature, a complete IHDR, whole chunks with valid names and checksums before the image data, one run
@@ -16,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "formats.h"
 #include "header.h"
 #include "inflate.h"
 
@@ -116,19 +118,20 @@ inline void unfilter_row(int filter, const uint8_t* row, const uint8_t* prior, u
 // Decodes PNG files; keeps its buffers between calls (one decoder per thread).
 class PngDecoder {
  public:
-  // Reads the header only; refuses what this decoder does not decode.
+  // Reads the header only; refuses what this decoder does not decode (FormatError: outside formats.h's table).
   static PngInfo info(const uint8_t* data, size_t size) {
     const PngHeader header = png_header(data, size);
     const uint32_t width = header.width, height = header.height;
     if (width == 0 || height == 0 || width > (1u << 20) || height > (1u << 20))
       throw DecodeError("PNG has an invalid size " + std::to_string(width) + "x" + std::to_string(height));
     if (header.color != 0)
-      throw DecodeError("PNG color type " + std::to_string(header.color) + " is not single-channel grayscale");
-    if (header.depth != 8 && header.depth != 16)
-      throw DecodeError("PNG bit depth " + std::to_string(header.depth) + " (need 8 or 16)");
+      throw FormatError("PNG color type " + std::to_string(header.color) + " is not single-channel grayscale");
+    if (!formats::contains(formats::kPngBitDepths, header.depth))
+      throw FormatError("PNG bit depth " + std::to_string(header.depth) + " (need 8 or 16)");
     if (header.compression != 0 || header.filter != 0)
       throw DecodeError("corrupt PNG: unknown compression or filter method");
-    if (header.interlace != 0) throw DecodeError("interlaced PNG is not supported (re-save without interlacing)");
+    if (header.interlace != 0) throw FormatError("interlaced PNG is not supported (re-save without interlacing)");
+    if (header.frames != 1) throw FormatError("animated PNG (" + std::to_string(header.frames) + " frames)");
     PngInfo info;
     info.width = static_cast<int>(width);
     info.height = static_cast<int>(height);
@@ -136,40 +139,62 @@ class PngDecoder {
     return info;
   }
 
-  // Decodes into pixels(): height x width native-endian uint8 or uint16 values.
+  // Decodes into pixels(): height x width native-endian uint8 or uint16 values, whatever size the header says
+  // (up to 2^20 x 2^20: for tests and tools; the loaders decode against their data set's spec, below).
   PngInfo decode(const uint8_t* data, size_t size) {
-    using namespace png_detail;
     PngInfo png = info(data, size);
     size_t stream_size = 0;
-    const uint8_t* stream = image_data(data, size, stream_size);
-    const size_t row_bytes = static_cast<size_t>(png.width) * png.bytes_per_pixel;
-    const size_t filtered_size = (row_bytes + 1) * png.height;
-    if (!can_inflate_to(stream_size, filtered_size)) {
-      throw DecodeError("corrupt PNG: " + std::to_string(stream_size) + " bytes of image data cannot hold a " +
-                        std::to_string(png.width) + "x" + std::to_string(png.height) + " image");
-    }
-    filtered_.resize(filtered_size + kInflateSlack);
-    zlib_inflate(stream, stream_size, filtered_.data(), filtered_size);
-
-    pixels_.resize(row_bytes * png.height + row_bytes);  // plus one zero row: the "prior" of row 0
-    uint8_t* zero_row = pixels_.data() + row_bytes * png.height;
-    std::memset(zero_row, 0, row_bytes);
-    for (int y = 0; y < png.height; ++y) {
-      const uint8_t* row = filtered_.data() + (row_bytes + 1) * y;
-      uint8_t* out = pixels_.data() + row_bytes * y;
-      unfilter_row(row[0], row + 1, y ? out - row_bytes : zero_row, out, static_cast<int>(row_bytes),
-                   png.bytes_per_pixel);
-    }
-    if (png.bytes_per_pixel == 2) {  // PNG stores 16-bit samples big-endian
-      uint8_t* p = pixels_.data();
-      for (size_t i = 0; i < row_bytes * png.height; i += 2) std::swap(p[i], p[i + 1]);
-    }
+    const uint8_t* stream = image_stream(data, size, png, stream_size);
+    pixels_.resize(static_cast<size_t>(png.width) * png.bytes_per_pixel * png.height);
+    decode_into(stream, stream_size, png, pixels_.data());
     return png;
+  }
+
+  // Decodes an image that must be what `spec` says into out (spec.image_bytes() bytes): the header is checked
+  // against the spec, and the compressed size against its ratio cap, before anything of the image's size is
+  // allocated, and the inflate stops at the spec's bytes.
+  void decode(const uint8_t* data, size_t size, const ImageSpec& spec, uint8_t* out) {
+    spec.check(image_header_of_png(png_header(data, size)));
+    const PngInfo png = info(data, size);
+    spec.check_ratio(size);
+    size_t stream_size = 0;
+    const uint8_t* stream = image_stream(data, size, png, stream_size);
+    decode_into(stream, stream_size, png, out);
   }
 
   const uint8_t* pixels() const { return pixels_.data(); }
 
  private:
+  // The zlib stream of the image data, refused when it is too short to inflate to the image's size (before
+  // anything of that size is allocated).
+  const uint8_t* image_stream(const uint8_t* data, size_t size, const PngInfo& png, size_t& stream_size) {
+    const uint8_t* stream = image_data(data, size, stream_size);
+    const size_t filtered_size = (static_cast<size_t>(png.width) * png.bytes_per_pixel + 1) * png.height;
+    if (!can_inflate_to(stream_size, filtered_size)) {
+      throw DecodeError("corrupt PNG: " + std::to_string(stream_size) + " bytes of image data cannot hold a " +
+                        std::to_string(png.width) + "x" + std::to_string(png.height) + " image");
+    }
+    return stream;
+  }
+
+  void decode_into(const uint8_t* stream, size_t stream_size, const PngInfo& png, uint8_t* out) {
+    using namespace png_detail;
+    const size_t row_bytes = static_cast<size_t>(png.width) * png.bytes_per_pixel;
+    const size_t filtered_size = (row_bytes + 1) * png.height;
+    filtered_.resize(filtered_size + kInflateSlack);
+    zlib_inflate(stream, stream_size, filtered_.data(), filtered_size);
+    zero_row_.assign(row_bytes, 0);  // the "prior" of row 0
+    for (int y = 0; y < png.height; ++y) {
+      const uint8_t* row = filtered_.data() + (row_bytes + 1) * y;
+      uint8_t* target = out + row_bytes * y;
+      unfilter_row(row[0], row + 1, y ? target - row_bytes : zero_row_.data(), target, static_cast<int>(row_bytes),
+                   png.bytes_per_pixel);
+    }
+    if (png.bytes_per_pixel == 2) {  // PNG stores 16-bit samples big-endian
+      for (size_t i = 0; i < row_bytes * png.height; i += 2) std::swap(out[i], out[i + 1]);
+    }
+  }
+
   // The zlib stream: the data of the first run of consecutive IDAT chunks. Checks the chunks as Pillow
   // does, so that what Pillow refuses is refused: before the image data every chunk must be whole with a
   // valid name and checksum; after it, a named chunk must not run past the end of the file (IEND, the end
@@ -212,7 +237,7 @@ class PngDecoder {
     return idat_.data();
   }
 
-  std::vector<uint8_t> idat_, filtered_, pixels_;
+  std::vector<uint8_t> idat_, filtered_, pixels_, zero_row_;
 };
 
 }  // namespace maefast::decode

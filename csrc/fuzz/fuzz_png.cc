@@ -10,8 +10,10 @@
 //   ./fuzz_png SEED_DIR ITERATIONS [RNG_SEED [SAVE_DIR]]
 // It mutates the seed files (bit flips, byte values, truncation, insertions and deletions, splices, new
 // IHDR sizes, and changes inside the compressed stream with the Adler-32 repaired so that they reach the
-// pixels), checks each input, saves up to 200 decodable ones to SAVE_DIR (chunk CRCs repaired, for a
-// comparison with Pillow) and any failing one as failure-<n>.png, and prints one JSON line of counts.
+// pixels), checks each input, saves up to 200 decodable and 200 refused ones to SAVE_DIR (chunk CRCs
+// repaired: decoded-<n>.png for a comparison with Pillow, refused-<n>.png and decoded-<n>.png for the parity
+// run of every loader path in tests/data/test_png_fuzz.py) and any failing one as failure-<n>.png, and prints
+// one JSON line of counts.
 //
 // libFuzzer (clang): clang++ -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -DMAEFAST_LIBFUZZER ...
 #include <zlib.h>
@@ -23,8 +25,7 @@
 #include <string>
 #include <vector>
 
-#include "../decode/header.h"
-#include "../decode/png.h"
+#include "../decode/image.h"
 #include "mutate.h"
 
 namespace {
@@ -185,7 +186,7 @@ int main(int argc, char** argv) {
   const uint64_t iterations = std::strtoull(argv[2], nullptr, 10);
   fuzz::Mutator mutator(argc > 3 ? std::strtoull(argv[3], nullptr, 10) : 1, seeds);
   const std::string save_dir = argc > 4 ? argv[4] : "";
-  uint64_t counts[4] = {0, 0, 0, 0}, saved = 0;
+  uint64_t counts[4] = {0, 0, 0, 0}, saved = 0, saved_refused = 0;
   double slowest = 0;
   const auto start = std::chrono::steady_clock::now();
   for (uint64_t i = 0; i < iterations; ++i) {
@@ -202,6 +203,9 @@ int main(int argc, char** argv) {
     } else if (outcome == Outcome::kDecoded && !save_dir.empty() && saved < 200 && mutator.last_was_mutated()) {
       fuzz::repair_crcs(input);
       fuzz::write_file(save_dir + "/decoded-" + std::to_string(saved++) + ".png", input);
+    } else if (outcome != Outcome::kDecoded && !save_dir.empty() && saved_refused < 200 && mutator.last_was_mutated()) {
+      fuzz::repair_crcs(input);
+      fuzz::write_file(save_dir + "/refused-" + std::to_string(saved_refused++) + ".png", input);
     }
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -2,8 +2,9 @@
 adding its subcommands with `add_commands(subparsers)`; every subcommand sets `func(args) -> int`.
 
 An error the user can act on (maefast.errors.UserInputError, an image that cannot be read, a file the
-system refuses) is printed as one line with exit code 2; `maefast --debug ...` prints its traceback too.
-Any other exception is a bug and propagates with its traceback.
+system refuses) is printed as one line with exit code 2, an interrupt (SIGINT) as one line with exit code
+130; `maefast --debug ...` prints its traceback too. Any other exception is a bug and propagates with its
+traceback.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import traceback
 
 import maefast
 from maefast.cli import data, demo, embed, evaluate, models, train
+from maefast.cli.train import INTERRUPTED
 from maefast.errors import UserInputError
 
 DESCRIPTION = """\
@@ -63,3 +65,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"maefast {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # SIGINT outside a training loop (which checkpoints and stops), or twice
+        if args.debug:
+            traceback.print_exc()
+        print(f"maefast {args.command}: interrupted (SIGINT); what was written completely is kept: run the same "
+              f"command again to continue", file=sys.stderr)
+        return INTERRUPTED

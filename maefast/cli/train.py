@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from maefast.errors import UserInputError
 
+INTERRUPTED = 130  # the shell's code for a job ended by SIGINT (128 + 2)
+
 
 def add_commands(subparsers) -> None:
     parser = subparsers.add_parser("train",
@@ -43,4 +45,4 @@ def train_command(args) -> int:
     if summary.get("final_loss") is not None:
         print(f"maefast train: {summary['step']} steps, final loss {summary['final_loss']:.4f}, "
               f"{summary['total_flops'] / 1e12:.2f} TFLOP; outputs in {summary['out']}")
-    return 0
+    return INTERRUPTED if summary.get("interrupted") == "SIGINT" else 0

@@ -1,8 +1,10 @@
 """`maefast data check`: validate a dataset before a long job.
 
 Checks the metadata (required columns, duplicate ids, the perturbation column) and decodes every channel
-file of every image (missing, unreadable or truncated files, wrong sizes or dtypes), or for a packed
-dataset every shard's header against the manifest and index. Returns a CheckReport; nothing is fixed.
+file of every image and every illumination function (missing, unreadable or truncated files, wrong sizes or
+dtypes, formats outside the table), or for a packed dataset every shard's header against the manifest and
+every index row against its shard. It reads with the loaders' own readers (maefast.data.decode), so it
+reports exactly what they would refuse, for the same reasons. Returns a CheckReport; nothing is fixed.
 """
 from __future__ import annotations
 
@@ -12,10 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from maefast.data.dataset import Dataset
-from maefast.data.decode import ImageReadError, read_channel
+from maefast.data.decode import ImageReadError, check_shard_row, read_channel, read_illumination, read_shard
 from maefast.data.layouts import detect_layout, read_layout
 
 KINDS = ("metadata", "duplicate id", "missing", "unreadable", "format")
@@ -87,15 +87,11 @@ def _check_files(dataset: Dataset, report: CheckReport, workers: int, progress: 
     table = dataset.table
     jobs = [(str(table.at[r, "id"]), table.at[r, f"file_{c}"]) for r in range(len(table)) for c in dataset.channels]
     if dataset.illumination == "illum":
-        illum = {p for c in dataset.channels for p in table[f"illum_{c}"]}
-        for p in sorted(illum):
+        for path in sorted({p for c in dataset.channels for p in table[f"illum_{c}"]}):
             try:
-                function = np.load(p, allow_pickle=False)
-                if function.shape != tuple(dataset.image_shape):
-                    report.add("format", f"illumination function shape {function.shape}, expected "
-                                         f"{tuple(dataset.image_shape)}", path=p)
-            except (OSError, ValueError) as error:
-                report.add("missing" if not Path(p).is_file() else "unreadable", str(error), path=p)
+                read_illumination(path, dataset.spec)
+            except ImageReadError as error:
+                report.add(error.kind, error.reason, path=error.path)
 
     def check(job):
         image_id, file = job
@@ -130,20 +126,15 @@ def _check_images(dataset: Dataset, report: CheckReport) -> None:
 
 def _check_shards(dataset: Dataset, report: CheckReport) -> None:
     table = dataset.table
-    for shard, rows in table.groupby("shard")["row"]:
+    for shard_path, rows in table.groupby("shard", sort=True):
         report.files += 1
-        if not Path(shard).is_file():
-            report.add("missing", "missing shard file", path=shard)
-            continue
         try:
-            array = np.load(shard, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as error:
-            report.add("unreadable", f"unreadable or truncated shard ({error})", path=shard)
-            continue
-        try:
-            dataset.spec.check_shard(shard, array.shape, array.dtype, len(dataset.stored_channels))
+            shard = read_shard(shard_path, len(dataset.stored_channels), dataset.spec)
         except ImageReadError as error:
-            report.add(error.kind, error.reason, path=shard)
+            report.add(error.kind, error.reason, path=error.path)
             continue
-        if rows.max() >= array.shape[0]:
-            report.add("format", f"index refers to row {rows.max()} but the shard has {array.shape[0]}", path=shard)
+        for image_id, row in zip(rows["id"], rows["row"]):
+            try:
+                check_shard_row(shard_path, row, shard, str(image_id))
+            except ImageReadError as error:
+                report.add(error.kind, error.reason, error.image_id, error.path)

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from maefast.data.decode import ImageReadError, ImageSpec, probe_channel
+from maefast.data.identity import content_fingerprint
 from maefast.errors import UserInputError
 
 STANDARD_COLUMNS = ("id", "batch", "plate", "well", "site", "perturbation", "is_control")
@@ -84,9 +85,10 @@ class Dataset:
                 f"{self.image_shape[0]}x{self.image_shape[1]} {self.dtype}")
 
     def fingerprint(self) -> dict:
-        """What identifies the data a job reads, cheaply: layout, image count, selected channels, image shape,
-        dtype and a hash of the index table (its file paths relative to the root, so a moved data set keeps
-        its fingerprint). Not a hash of the pixels: rewritten image files with the same table are not seen."""
+        """What identifies the data a job reads: layout, image count, selected channels, image shape, dtype, a
+        hash of the index table (its file paths relative to the root, so a moved data set keeps its
+        fingerprint) and one of the files' content (maefast.data.identity: sizes and sampled bytes of every
+        file the loaders read, so another screen with the same table is told apart)."""
         table = self.table.copy()
         base = self.root if self.root.is_dir() else self.root.parent
         prefixes = {base.as_posix() + "/", base.resolve().as_posix() + "/"}
@@ -96,7 +98,18 @@ class Dataset:
         digest = hashlib.sha256(json.dumps([str(c) for c in table.columns]).encode())
         digest.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
         return {"layout": self.layout, "images": len(self), "channels": list(self.channels),
-                "image_shape": list(self.image_shape), "dtype": str(self.dtype), "table_sha256": digest.hexdigest()}
+                "image_shape": list(self.image_shape), "dtype": str(self.dtype), "table_sha256": digest.hexdigest(),
+                "content": content_fingerprint(self.files_read())}
+
+    def files_read(self) -> list[str]:
+        """Every file the loaders read, in table order: the shards, or each image's selected channel files
+        (and illumination functions)."""
+        if self.layout == "packed":
+            return [str(p) for p in self.table["shard"]]
+        columns = [f"file_{c}" for c in self.channels]
+        if self.illumination == "illum":
+            columns += [f"illum_{c}" for c in self.channels]
+        return [str(p) for p in self.table[columns].to_numpy().ravel()]
 
 
 def file_dataset(root: Path, layout: str, table: pd.DataFrame, channels: list[str],
@@ -122,33 +135,48 @@ def _common_format(table: pd.DataFrame, channels: list[str], root: Path) -> tupl
     for row in sample_rows(len(table)):
         for channel in channels:
             try:
-                shape, dtype = probe_channel(table.at[row, f"file_{channel}"])
-                found[tuple(shape), dtype.str] += 1
+                found[probe_channel(table.at[row, f"file_{channel}"])] += 1
             except ImageReadError as error:
                 errors.append(error)
     if not found:
         raise UserInputError(f"{root}: none of the {len(errors)} sampled channel files has a readable header, "
-                         f"e.g. {errors[0]}")
-    (shape, dtype), _ = found.most_common(1)[0]
-    return shape, np.dtype(dtype)
+                             f"e.g. {errors[0]}")
+    (shape, kind), _ = found.most_common(1)[0]
+    if kind not in ("uint8", "uint16"):
+        raise UserInputError(f"{root}: most sampled channel files are {shape[0]}x{shape[1]} {kind} images; maefast "
+                             "reads single-page uint8 or uint16 images (see the table of formats in docs/data.md)")
+    return shape, np.dtype(kind)
 
 
 def require_inside_root(paths: pd.Series, root: Path, source, columns: str, allowed: bool) -> None:
     """Refuses file paths built from metadata that leave the data root (through `..` or an absolute path),
     naming the first such row, unless `allowed`. Symbolic links inside the root are followed as they are:
-    they are the file system owner's choice, not the metadata's."""
+    they are the file system owner's choice, not the metadata's. A `..` after a symbolic link goes up from
+    the link's target, as the kernel resolves it (`link/..` is the target's parent, not the root), so the
+    part of a path up to its last `..` must resolve inside the root."""
     if allowed or paths.empty:
         return
-    prefix = os.path.join(os.path.normpath(Path(root).resolve()), "")
+    real_root = os.path.realpath(root)
+    prefixes = (os.path.join(os.path.normpath(Path(root).resolve()), ""), os.path.join(real_root, ""))
     text = paths.astype(str)
-    suspicious = ~text.str.startswith(prefix) | text.str.contains("/../", regex=False) | text.str.endswith("/..")
-    outside = [i for i in np.flatnonzero(suspicious.to_numpy())
-               if not os.path.join(os.path.normpath(text.iloc[i]), "").startswith(prefix)]
+    suspicious = ~text.str.startswith(prefixes[0]) | text.str.contains("/../", regex=False) | text.str.endswith("/..")
+    outside = [i for i in np.flatnonzero(suspicious.to_numpy()) if _leaves_root(text.iloc[i], prefixes)]
     if outside:
         first = outside[0]
         more = f" (and {len(outside) - 1} more rows)" if len(outside) > 1 else ""
         raise UserInputError(f"{source}: row {paths.index[first]} ({columns}) names {text.iloc[first]}, outside the "
-                         f"data root {root}{more}; {OUTSIDE_ROOT_HINT}")
+                             f"data root {root}{more}; {OUTSIDE_ROOT_HINT}")
+
+
+def _leaves_root(path: str, prefixes: tuple[str, str]) -> bool:
+    if not os.path.join(os.path.normpath(path), "").startswith(prefixes[0]):
+        return True
+    parts = path.split("/")
+    if ".." not in parts:
+        return False
+    last = len(parts) - 1 - parts[::-1].index("..")
+    up_to = os.path.realpath("/".join(parts[:last + 1]) or "/")  # as the kernel walks it: links, then ".."
+    return not os.path.join(up_to, "").startswith(prefixes[1])
 
 
 def _select(names, stored: tuple[str, ...]) -> tuple[str, ...]:

@@ -1,24 +1,33 @@
-"""Reference decoding of one channel file (Pillow for PNG, tifffile for TIFF, numpy for .npy).
+"""Reading the files a data set is made of: channel images, packed shards, illumination functions.
 
-This is the specification of what a channel file decodes to: a 2-D uint8 or uint16 array, exactly the
-stored integers. The DALI pipelines must produce the same pixels; the tests compare them to this.
+Every reader (the PyTorch loader, `maefast data pack` and `maefast data check` here; the DALI operators in
+csrc/dali) goes through maefast's own C++ readers (csrc/decode, here through maefast._C), so one table of
+accepted formats (csrc/decode/formats.h, shown in docs/data.md) decides what is read, and one decoder what
+it decodes to: what one path accepts the others accept with the same pixels, and what one refuses the others
+refuse for the same reason. A channel image decodes to a 2-D uint8 or uint16 array, exactly the stored
+integers; Pillow and tifffile are the references the tests compare those pixels with.
+
+Decoding is bounded by the data set's spec (ImageSpec): a file larger than such an image can take is not
+read, a header that differs from the spec is refused before anything of the image's size is allocated, no
+inflate writes past the spec's bytes, and a file that claims to expand more than MAX_RATIO-fold is refused.
+Files are opened without blocking and must be regular files (a FIFO is refused, not waited on).
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from pathlib import Path
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from maefast.errors import UserInputError
-
-INTEGER_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
-TIFF_SUFFIXES = (".tif", ".tiff")
-PNG_MODES = {"L": np.uint8, "I": np.uint16, "I;16": np.uint16, "I;16B": np.uint16}  # Pillow's grayscale modes
-
+from maefast.data import native
+from maefast.errors import MissingDependency, UserInputError
 
 ERROR_POLICIES = ("raise", "skip")  # what a loader does with an image it cannot read: stop, or skip and count it
+RATIO_VARIABLE = "MAEFAST_MAX_DECOMPRESSION_RATIO"
+# The most decoded bytes per byte of file: above DEFLATE's own limit (1032:1 for a blank image), so it refuses
+# LZW and malformed files that claim more, not real images.
+DEFAULT_MAX_RATIO = 1100.0
 
 
 def check_error_policy(on_error: str) -> str:
@@ -27,12 +36,33 @@ def check_error_policy(on_error: str) -> str:
     return on_error
 
 
+def max_ratio() -> float:
+    """The decompression ratio cap: MAEFAST_MAX_DECOMPRESSION_RATIO, else DEFAULT_MAX_RATIO."""
+    text = os.environ.get(RATIO_VARIABLE)
+    if text is None:
+        return DEFAULT_MAX_RATIO
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise UserInputError(f"{RATIO_VARIABLE}={text!r} must be a positive number (decoded bytes per file byte)")
+    return value
+
+
+def readers():
+    """The C++ readers every loader path decodes with: maefast._C, or where it was not built the same bindings
+    compiled on first use (maefast.data.native); MissingDependency when neither is possible."""
+    from maefast.ops.backend import cpp_extension
+    return cpp_extension() or native.readers_module()
+
+
 class ImageReadError(UserInputError):
     """A channel file is missing, unreadable, truncated, or has the wrong size or dtype.
 
     Attributes: path (the file), reason (what was wrong), image_id (the image's id when known), kind:
-    "missing" (no such file), "unreadable" (the decoder failed: corrupt or truncated), "format" (decoded,
-    but not a single-channel uint8/uint16 image of the dataset's size).
+    "missing" (no such file), "unreadable" (the decoder failed: corrupt or truncated, or not a regular file),
+    "format" (well formed, but not what the data set's spec and the table of accepted formats say).
     """
 
     def __init__(self, path, reason: str, image_id: str | None = None, kind: str = "unreadable"):
@@ -41,119 +71,145 @@ class ImageReadError(UserInputError):
         super().__init__(f"{path}{where}: {reason}")
 
 
+@contextmanager
+def reading(path, image_id: str | None = None):
+    """Every exception raised while reading `path` becomes one ImageReadError naming it (its kind from the
+    C++ reader's error class), so that no reader failure escapes on_error="skip"."""
+    try:
+        yield
+    except ImageReadError as error:
+        if error.image_id is None and image_id is not None:
+            raise ImageReadError(error.path, error.reason, image_id, error.kind) from None
+        raise
+    except MissingDependency:
+        raise
+    except Exception as error:
+        module = readers()
+        if isinstance(error, module.MissingImage):
+            raise ImageReadError(path, str(error), image_id, "missing") from None
+        if isinstance(error, module.ImageFormatError):
+            raise ImageReadError(path, str(error), image_id, "format") from None
+        if isinstance(error, module.DecodeError):
+            raise ImageReadError(path, str(error), image_id) from None
+        raise ImageReadError(path, f"unreadable ({type(error).__name__}: {error})", image_id) from error
+
+
 @dataclass(frozen=True)
 class ImageSpec:
     """What every channel image of a dataset must be: one page of height x width pixels of one dtype.
 
-    The one description that every reader checks: `data check` and the PyTorch reader through
-    `read_channel` / `check_shard`, the DALI pipelines by handing the same numbers to maefast's C++
-    operators (csrc/decode/header.h), whose refusals the backend then names with this class's errors.
+    The one description that every reader checks (through csrc/decode: ImageSpec in header.h), with the
+    decompression ratio cap that bounds decoding.
     """
     shape: tuple[int, int]  # (height, width)
     dtype: np.dtype         # uint8 or uint16
+    max_ratio: float = field(default_factory=max_ratio, compare=False)
 
     def __str__(self) -> str:
         return f"{self.shape[0]}x{self.shape[1]} {np.dtype(self.dtype)}, one page"
 
-    def check(self, path, shape, dtype, pages: int = 1, image_id: str | None = None) -> None:
-        """Raises ImageReadError (kind "format") naming the file when a decoded image is not what the spec says."""
-        if tuple(shape) != tuple(self.shape) or np.dtype(dtype) != np.dtype(self.dtype) or pages != 1:
-            found = describe_image(shape, dtype, pages)
-            raise ImageReadError(path, f"expected {self}, found {found}", image_id, "format")
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(self.dtype).itemsize
 
-    def check_shard(self, path, shape, dtype, channels: int, image_id: str | None = None) -> None:
-        """The same for a packed shard: an (n, channels, height, width) array of the dtype."""
-        expected = (channels,) + tuple(self.shape)
-        if len(shape) != 4 or tuple(shape[1:]) != expected or np.dtype(dtype) != np.dtype(self.dtype):
-            raise ImageReadError(path, f"expected a shard of (n, {', '.join(map(str, expected))}) "
-                                       f"{np.dtype(self.dtype)} images, found {tuple(shape)} {np.dtype(dtype)}",
-                                 image_id, "format")
-
-
-def describe_image(shape, dtype, pages: int = 1) -> str:
-    text = "x".join(str(n) for n in shape) + f" {np.dtype(dtype)}"
-    return text + (f", {pages} pages" if pages != 1 else "")
+    @property
+    def image_bytes(self) -> int:
+        return int(self.shape[0]) * int(self.shape[1]) * self.itemsize
 
 
 def read_channel(path: str | os.PathLike, image_id: str | None = None, spec: ImageSpec | None = None) -> np.ndarray:
     """Decodes one single-page, single-channel image file (PNG or TIFF) into a 2-D uint8/uint16 array.
 
-    With `spec`, the image must also match it (size, dtype). Raises ImageReadError naming the file.
+    The image must match `spec` (size, dtype); without one, the file's own header (a single-page 2-D uint8 or
+    uint16 image). Raises ImageReadError naming the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(path, "missing file", image_id, "missing")
-    try:
-        array, pages = _decode(path)
-    except ImageReadError as error:
-        raise ImageReadError(error.path, error.reason, image_id, error.kind) from None
-    except Exception as error:  # every decoder failure becomes one documented error naming the file
-        raise ImageReadError(path, f"unreadable or truncated image ({type(error).__name__}: {error})",
-                             image_id) from error
-    if spec is not None:
-        spec.check(path, array.shape, array.dtype, pages, image_id)
-    elif pages != 1 or array.ndim != 2 or array.dtype not in INTEGER_DTYPES:
-        raise ImageReadError(path, "expected a single-page 2-D uint8 or uint16 image, found "
-                                   f"{describe_image(array.shape, array.dtype, pages)}", image_id, "format")
+    with reading(path, image_id):
+        if spec is None:
+            spec = header_spec(path)
+        array = readers().read_image(str(path), int(spec.shape[0]), int(spec.shape[1]), spec.itemsize,
+                                     spec.max_ratio)
     return array
 
 
-def _decode(path: Path) -> tuple[np.ndarray, int]:
-    """(the first page's pixels, the number of pages)."""
-    suffix = path.suffix.lower()
-    if suffix in TIFF_SUFFIXES:
-        import tifffile
-        with tifffile.TiffFile(path) as tif:
-            return tif.pages[0].asarray(), len(tif.pages)
-    if suffix == ".npy":
-        return np.load(path, allow_pickle=False), 1
-    from PIL import Image
-    with Image.open(path) as image:
-        if image.format != "PNG":
-            raise ImageReadError(path, f"expected a PNG or TIFF file, found {image.format}", kind="format")
-        image.load()
-        pages = getattr(image, "n_frames", 1)
-        if PNG_MODES.get(image.mode) == np.uint16:
-            array = np.asarray(image)
-            if array.dtype != np.uint16:
-                if array.size and (array.min() < 0 or array.max() > 65535):
-                    raise ImageReadError(path, "expected 16-bit pixel values")
-                array = array.astype(np.uint16)
-            return array, pages
-        if image.mode != "L":
-            raise ImageReadError(path, f"expected a grayscale 8- or 16-bit image, found mode {image.mode}",
-                                 kind="format")
-        return np.asarray(image), pages
+def header_spec(path) -> ImageSpec:
+    """The spec a file's own header describes (for reading a file outside a data set)."""
+    height, width, samples, dtype, pages = readers().image_header(str(path))
+    if samples != 1 or pages != 1 or dtype not in ("uint8", "uint16"):
+        found = f"{height}x{width}" + (f"x{samples}" if samples != 1 else "") + f" {dtype}"
+        found += f", {pages} pages" if pages != 1 else ""
+        raise ImageReadError(path, f"expected a single-page 2-D uint8 or uint16 image, found {found}", kind="format")
+    return ImageSpec((height, width), np.dtype(dtype))
 
 
-def probe_channel(path: str | os.PathLike) -> tuple[tuple[int, int], np.dtype]:
-    """(height, width) and dtype of one channel file's first page, from its header."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(path, "missing file", kind="missing")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in TIFF_SUFFIXES:
-            import tifffile
-            with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                return tuple(page.shape[:2]), np.dtype(page.dtype)
-        if suffix == ".npy":
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-            return tuple(array.shape[:2]), array.dtype
-        from PIL import Image
-        with Image.open(path) as image:
-            if image.mode not in PNG_MODES:
-                raise ValueError(f"mode {image.mode} is not 8- or 16-bit grayscale")
-            return (image.height, image.width), np.dtype(PNG_MODES[image.mode])
-    except Exception as error:
-        raise ImageReadError(path, f"unreadable image header ({type(error).__name__}: {error})") from error
+def probe_channel(path: str | os.PathLike) -> tuple[tuple[int, int], str]:
+    """(height, width) and the kind of one channel file's first page ("uint16", "uint8, 3 pages", "uint16x3",
+    "palette", ...), from its header."""
+    with reading(path):
+        height, width, samples, dtype, pages = readers().image_header(str(path))
+    kind = dtype + (f"x{samples}" if samples != 1 else "") + (f", {pages} pages" if pages != 1 else "")
+    return (height, width), kind
+
+
+def read_shard(path, channels: int, spec: ImageSpec, image_id: str | None = None) -> np.ndarray:
+    """A packed shard, memory-mapped: (n, channels, height, width) of the spec's dtype, C order, whole
+    (csrc/decode/npy.h reads its header strictly); ImageReadError naming the file otherwise."""
+    with reading(path, image_id):
+        shape, offset = readers().shard_header(str(path), channels, int(spec.shape[0]), int(spec.shape[1]),
+                                               spec.itemsize)
+        dtype = np.dtype(spec.dtype).newbyteorder("<")
+        if shape[0] == 0:
+            return np.empty(shape, dtype)
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(shape))
+
+
+def check_shard_row(path, row: int, shard: np.ndarray, image_id: str | None = None) -> None:
+    """ImageReadError (kind "format") when the index names a row outside the shard."""
+    with reading(path, image_id):
+        readers().check_shard_row(int(row), int(shard.shape[0]))
+
+
+def read_illumination(path, spec: ImageSpec, image_id: str | None = None) -> np.ndarray:
+    """An illumination function: the (height, width) .npy array, float32 or float64, C order, every value
+    finite and > 0, as float32."""
+    with reading(path, image_id):
+        return readers().read_illumination(str(path), int(spec.shape[0]), int(spec.shape[1]))
 
 
 def apply_illumination(raw: np.ndarray, illum: np.ndarray) -> np.ndarray:
     """Illumination correction that keeps integer pixels: floor(raw / illum + 0.5) in float32, clipped to
-    the dtype's range (the DALI pipeline computes exactly this)."""
+    the dtype's range (the DALI operator computes exactly this, csrc/decode/image.h)."""
     if illum.shape != raw.shape:
         raise ValueError(f"illumination function shape {illum.shape} does not match image shape {raw.shape}")
     corrected = np.floor(raw.astype(np.float32) / illum.astype(np.float32) + np.float32(0.5))
     return np.clip(corrected, 0, np.iinfo(raw.dtype).max).astype(raw.dtype)
+
+
+def accepted_formats_table() -> str:
+    """The table of accepted formats (csrc/decode/formats.h, as maefast._C exports it) in Markdown: what
+    docs/data.md shows (tests/data/test_formats.py checks that it does)."""
+    table = readers().accepted_formats()
+
+    def codes(values):
+        return ", ".join(f"{value} ({name})" for value, name in values)
+
+    def dtypes(descrs):
+        return ", ".join(np.dtype(descr).name for descr in descrs) + " (little-endian)"
+
+    png, tiff = table["png"], table["tiff"]
+    depths = " or ".join(str(d) for d in png["bit_depths"])
+    rows = [
+        ("PNG channel image", f"grayscale (colour type 0), {depths} bits, not interlaced, one frame"),
+        ("TIFF channel image", "one page, one sample per pixel, unsigned "
+                               f"{' or '.join(str(d) for d in tiff['bit_depths'])} bits, in strips, either byte "
+                               "order, classic or BigTIFF, ImageDepth 1"),
+        ("TIFF compression", codes(tiff["compressions"])),
+        ("TIFF predictor", codes(tiff["predictors"]) + " (LZW and Deflate)"),
+        ("TIFF photometric interpretation", codes(tiff["photometrics"]) + " or no tag"),
+        ("TIFF orientation", codes(tiff["orientations"]) + " or no tag"),
+        ("TIFF planar configuration", codes(tiff["planar_configurations"])),
+        ("packed shard (.npy)", f"(n, channels, height, width), C order, {dtypes(table['shard']['descrs'])}: the "
+                                "manifest's dtype"),
+        ("illumination function (.npy)", f"(height, width), C order, {dtypes(table['illumination']['descrs'])}, "
+                                         "every value finite and > 0"),
+    ]
+    return "\n".join(["| file | accepted |", "|---|---|"] + [f"| {what} | {accepted} |" for what, accepted in rows])

@@ -17,6 +17,7 @@ import pandas as pd
 from maefast.data import rxrx3_core
 from maefast.data.dataset import PACKED_FORMAT, Dataset, file_dataset, require_inside_root, sample_rows
 from maefast.errors import UserInputError
+from maefast.fields import matches
 from maefast.io import read_json, read_table
 
 LAYOUTS = ("rxrx", "jump", "packed", rxrx3_core.LAYOUT)
@@ -84,18 +85,32 @@ def detect_layout(path: Path) -> str:
 
 def read_packed(path: Path, allow_outside_root: bool = False) -> Dataset:
     """packed: a folder written by `maefast data pack` (manifest.json, index.parquet, shards/)."""
-    manifest = read_json(path / "manifest.json")
-    if manifest.get("format") != PACKED_FORMAT:
-        raise UserInputError(f"{path / 'manifest.json'}: expected format {PACKED_FORMAT!r}, "
-                             f"got {manifest.get('format')!r}")
+    manifest_path, index_path = path / "manifest.json", path / "index.parquet"
+    manifest = read_json(manifest_path)
+    if not isinstance(manifest, dict) or manifest.get("format") != PACKED_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else manifest
+        raise UserInputError(f"{manifest_path}: expected format {PACKED_FORMAT!r}, got {found!r}")
     if not manifest.get("complete"):
         raise UserInputError(f"{path}: packing is not complete (run `maefast data pack` again to resume)")
-    table = read_table(path / "index.parquet")
+    channels, dtype, shape = manifest.get("channels"), manifest.get("dtype"), manifest.get("image_shape")
+    if not (isinstance(channels, list) and channels and all(isinstance(c, str) for c in channels)
+            and len(set(channels)) == len(channels)):
+        raise UserInputError(f"{manifest_path}: \"channels\" must list the stored channels' names, each once; "
+                             f"found {channels!r}")
+    if dtype not in ("uint8", "uint16"):
+        raise UserInputError(f"{manifest_path}: \"dtype\" must be uint8 or uint16, found {dtype!r}")
+    if not (isinstance(shape, list) and len(shape) == 2 and all(matches(n, int) and n > 0 for n in shape)):
+        raise UserInputError(f"{manifest_path}: \"image_shape\" must be [height, width], found {shape!r}")
+    table = read_table(index_path)
+    _require(table, ("id", "shard", "row"), index_path)
+    if not pd.api.types.is_integer_dtype(table["row"]) or pd.api.types.is_bool_dtype(table["row"]):
+        raise UserInputError(f"{index_path}: column row must hold integers (positions in the shards), found "
+                             f"{table['row'].dtype}")
+    _require_values(table, ("id", "shard"), index_path)
     table["shard"] = [str(path.resolve() / "shards" / name) for name in table["shard"]]
-    require_inside_root(table["shard"], path, path / "index.parquet", "shard", allow_outside_root)
-    return Dataset(root=path, layout="packed", table=table, stored_channels=tuple(manifest["channels"]),
-                   channels=tuple(manifest["channels"]), image_shape=tuple(manifest["image_shape"]),
-                   dtype=np.dtype(manifest["dtype"]))
+    require_inside_root(table["shard"], path, index_path, "shard", allow_outside_root)
+    return Dataset(root=path, layout="packed", table=table, stored_channels=tuple(channels),
+                   channels=tuple(channels), image_shape=tuple(shape), dtype=np.dtype(dtype))
 
 
 def read_rxrx(root: Path, allow_outside_root: bool = False) -> Dataset:
@@ -109,8 +124,10 @@ def read_rxrx(root: Path, allow_outside_root: bool = False) -> Dataset:
     if "well" not in table.columns and "address" in table.columns:
         table = table.rename(columns={"address": "well"})
     _require(table, ("experiment", "plate", "well", "site"), metadata_path)
+    _require_values(table, ("experiment", "plate", "well", "site_id") if "site_id" in table else
+                    ("experiment", "plate", "well"), metadata_path)
     table["plate"] = table["plate"].astype(str).str.replace("^Plate", "", regex=True)
-    table["site"] = table["site"].astype(int)
+    table["site"] = _whole_numbers(table["site"], "site", metadata_path)
     base = (root.resolve().as_posix() + "/" + table["experiment"].astype(str) + "/Plate" + table["plate"]
             + "/" + table["well"].astype(str) + "_s" + table["site"].astype(str) + "_w")
     require_inside_root(base, root, metadata_path, "experiment, plate, well", allow_outside_root)
@@ -147,6 +164,8 @@ def read_jump(path: Path, illumination: str = "raw", allow_outside_root: bool = 
         raise UserInputError(f"{table_path}: no FileName_Orig<Channel> columns; expected e.g. FileName_OrigDNA")
     _require(table, [f"PathName_Orig{n}" for n in names] + ["Metadata_Plate", "Metadata_Well", "Metadata_Site"],
              table_path)
+    _require_values(table, [f"{kind}_Orig{n}" for n in names for kind in ("FileName", "PathName")]
+                    + ["Metadata_Plate", "Metadata_Well"], table_path)
     base_dir = table_path.parent.resolve()
     for name in names:
         table[f"file_{name}"] = _join_paths(base_dir, table[f"PathName_Orig{name}"], table[f"FileName_Orig{name}"])
@@ -154,6 +173,7 @@ def read_jump(path: Path, illumination: str = "raw", allow_outside_root: bool = 
                             allow_outside_root)
     if illumination == "illum":
         _require(table, [f"{kind}_Illum{n}" for n in names for kind in ("FileName", "PathName")], table_path)
+        _require_values(table, [f"{kind}_Illum{n}" for n in names for kind in ("FileName", "PathName")], table_path)
         for name in names:
             table[f"illum_{name}"] = _join_paths(base_dir, table[f"PathName_Illum{name}"],
                                                  table[f"FileName_Illum{name}"])
@@ -166,7 +186,7 @@ def read_jump(path: Path, illumination: str = "raw", allow_outside_root: bool = 
     table["batch"] = table[batch_keys].astype(str).agg("__".join, axis=1)
     table["plate"] = table["Metadata_Plate"].astype(str)
     table["well"] = table["Metadata_Well"].astype(str)
-    table["site"] = table["Metadata_Site"].astype(int)
+    table["site"] = _whole_numbers(table["Metadata_Site"], "Metadata_Site", table_path)
     table["perturbation"] = _first_column(table, JUMP_PERTURBATION_COLUMNS)
     if "Metadata_pert_type" in table.columns:
         table["is_control"] = table["Metadata_pert_type"].astype(str).isin(["control", "negcon"])
@@ -227,6 +247,32 @@ def _require(table: pd.DataFrame, columns, source: Path) -> None:
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise UserInputError(f"{source}: missing metadata column(s) {missing}; found {list(table.columns)}")
+
+
+def _require_values(table: pd.DataFrame, columns, source: Path) -> None:
+    """Refuses an empty table, and a missing value (empty cell, NaN) in any of `columns`, naming its row:
+    such a value would otherwise become the text "nan" in an id or a file path."""
+    if table.empty:
+        raise UserInputError(f"{source}: the metadata lists no images (a header without rows)")
+    for column in columns:
+        missing = np.flatnonzero(table[column].isna().to_numpy())
+        if len(missing):
+            raise UserInputError(f"{source}: column {column} has no value in row {table.index[missing[0]]}"
+                                 f"{f' (and {len(missing) - 1} more rows)' if len(missing) > 1 else ''}")
+
+
+def _whole_numbers(values: pd.Series, column: str, source: Path) -> pd.Series:
+    """`values` as int64, or UserInputError naming the first row whose value is not a whole number (text, an
+    empty cell, 1.7: a site number that would otherwise be cut to 1)."""
+    if values.empty:
+        raise UserInputError(f"{source}: the metadata lists no images (a header without rows)")
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = np.flatnonzero((numbers.isna() | (numbers != numbers.round())).to_numpy())
+    if len(bad):
+        value = values.tolist()[bad[0]]  # a Python value, for the message
+        raise UserInputError(f"{source}: column {column} must hold whole numbers; row {values.index[bad[0]]} has "
+                             f"{value!r}{f' (and {len(bad) - 1} more rows)' if len(bad) > 1 else ''}")
+    return numbers.astype(np.int64)
 
 
 def _check_ids(table: pd.DataFrame, path: Path) -> None:

@@ -26,6 +26,8 @@ from maefast.data.dataset import Dataset
 from maefast.data.decode import check_error_policy
 from maefast.data.plan import TilePlan, TrainPlan
 from maefast.errors import UserInputError, installed
+from maefast.fields import matches
+from maefast.limits import format_bytes, require_memory
 
 BACKENDS = ("auto", "dali", "torch")
 
@@ -38,6 +40,9 @@ class Loader:
         check_error_policy(on_error)
         if backend not in BACKENDS:
             raise UserInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if not (matches(num_workers, int) and num_workers >= 0):
+            raise UserInputError(f"num_workers must be an integer >= 0 (0: read in this process), got {num_workers!r}")
+        check_batch_memory(dataset, plan, num_workers)
         self.dataset, self.plan, self.tiles = dataset, plan, tiles
         self.device = torch.device(device)
         self.epoch, self.step, self.skipped = 0, 0, []
@@ -90,6 +95,26 @@ class Loader:
                 raise UserInputError(f"loader state: {key} is {state.get(key)} in the saved state but "
                                      f"{self.state_dict()[key]} here; the position would not mean the same images")
         self.epoch, self.step, self.skipped = int(state["epoch"]), int(state["step"]), list(state["skipped"])
+
+
+def check_batch_memory(dataset: Dataset, plan, num_workers: int) -> None:
+    """Refuses a plan whose batches in flight (DALI's prefetch queue or the DataLoader workers' prefetched
+    batches, plus the one in use) and decoding buffers (per reader, a whole image's file and planes) would not
+    fit in memory, before a single one is allocated."""
+    images = min(plan.batch_size, -(-plan.num_images // plan.world_size))
+    itemsize, channels = np.dtype(dataset.dtype).itemsize, len(dataset.channels)
+    in_flight = max(4, 2 * num_workers + 2)
+    total = in_flight * images * plan.crops_per_image * channels * plan.crop_size ** 2 * itemsize
+    decoding = ""
+    if dataset.layout != "packed":  # shards are memory-mapped: a crop reads only its rows
+        height, width = dataset.image_shape
+        buffers = 2 * max(1, num_workers) * channels * height * width * itemsize
+        total += buffers
+        decoding = f" and {format_bytes(buffers)} to decode {height}x{width} images"
+    crops = "" if isinstance(plan, TilePlan) else f"crops_per_image={plan.crops_per_image}, "
+    require_memory(total, f"{crops}batch_size={plan.batch_size}: {in_flight} batches in flight of {images} images x "
+                          f"{plan.crops_per_image} crops of {channels}x{plan.crop_size}x{plan.crop_size} "
+                          f"{np.dtype(dataset.dtype)}{decoding}")
 
 
 def _workers(num_workers):

@@ -25,6 +25,7 @@ import numpy as np
 from maefast.errors import UserInputError
 
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
+MAX_SEED = 2**32 - 1  # the shuffle's numpy seed sequence takes non-negative seeds; 32 bits, as torch's derive
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ class TrainPlan:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         if batch_size < 1 or crops_per_image < 1:
             raise UserInputError(f"batch_size and crops_per_image must be >= 1, got {batch_size}, {crops_per_image}")
+        if not 0 <= seed <= MAX_SEED:
+            raise UserInputError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
         height, width = image_shape
         if crop_size > min(height, width):
             raise UserInputError(f"crop_size {crop_size} is larger than the images ({height}x{width})")
@@ -104,6 +107,8 @@ class TilePlan:
                  rank: int = 0, world_size: int = 1):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        if batch_size < 1:
+            raise UserInputError(f"batch_size must be >= 1, got {batch_size}")
         height, width = image_shape
         self.rows, self.columns = height // crop_size, width // crop_size
         if self.rows == 0 or self.columns == 0:

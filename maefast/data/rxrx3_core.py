@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from maefast.data.dataset import Dataset, sample_rows
-from maefast.data.decode import INTEGER_DTYPES, ImageReadError, describe_image
+from maefast.data.decode import ImageReadError
 from maefast.errors import MissingDependency, UserInputError
 from maefast.io import read_json, read_table
 
@@ -189,9 +189,9 @@ def decode_image(data: bytes, where: str = "image", image_id: str | None = None)
     except Exception as error:  # every decoder failure names the image
         raise ImageReadError(where, f"unreadable or truncated image ({type(error).__name__}: {error})",
                              image_id) from error
-    if image.ndim != 2 or image.dtype not in INTEGER_DTYPES:
-        raise ImageReadError(where, f"expected a 2-D uint8 or uint16 image, found "
-                                    f"{describe_image(image.shape, image.dtype)}", image_id, "format")
+    if image.ndim != 2 or image.dtype not in (np.uint8, np.uint16):
+        raise ImageReadError(where, f"expected a 2-D uint8 or uint16 image, found {image.shape} {image.dtype}",
+                             image_id, "format")
     return image
 
 
@@ -242,6 +242,8 @@ class EncodedImages:
         for name in dataset.channels:
             shard, position = record[f"shard_{name}"], int(record[f"row_{name}"])
             image = self.decode(shard, position, record["id"])
-            dataset.spec.check(f"{shard}#{position}", image.shape, image.dtype, 1, record["id"])
+            if image.shape != tuple(dataset.image_shape) or image.dtype != dataset.dtype:
+                raise ImageReadError(f"{shard}#{position}", f"expected {dataset.spec}, found {image.shape} "
+                                     f"{image.dtype}", record["id"], "format")
             planes.append(image)
         return np.stack(planes)

@@ -1,11 +1,12 @@
-"""The pure-PyTorch fallback: a torch DataLoader whose workers read whole planned batches with
-Pillow / tifffile (per-channel files) or numpy memory maps (packed shards, reading only the crop's bytes).
+"""The pure-PyTorch fallback: a torch DataLoader whose workers read whole planned batches with maefast's
+readers (maefast.data.decode: per-channel files decoded by the same C++ code as the DALI operators; packed
+shards as numpy memory maps, reading only the crop's bytes).
 
-It executes the same plan (maefast.data.plan) as the DALI pipelines and gives the same pixels.
+It executes the same plan (maefast.data.plan) as the DALI pipelines and gives the same pixels. Its worker
+processes die with the job (maefast.data.workers); the DataLoader draws its seeds from a generator of its
+own, never from the global RNG, so a resumed run draws the same masks as an uninterrupted one.
 """
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import torch
@@ -13,10 +14,19 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from maefast.data.dataset import Dataset
-from maefast.data.decode import ImageReadError, apply_illumination, read_channel
+from maefast.data.decode import (
+    ImageReadError,
+    apply_illumination,
+    check_shard_row,
+    read_channel,
+    read_illumination,
+    read_shard,
+)
 from maefast.data.plan import Batch, apply_augment
+from maefast.data.workers import start_guarded_workers, worker_dies_with_parent
 
 CPU = torch.device("cpu")
+
 
 class ImageReader:
     """Reads images and crops of one Dataset; shared by the fallback loader, `data pack` and `data check`."""
@@ -60,30 +70,15 @@ class ImageReader:
         """The memory-mapped (C_stored, H, W) image of table row `row` of a packed dataset."""
         d = self.dataset
         path, position, image_id = d.table.at[row, "shard"], int(d.table.at[row, "row"]), d.table.at[row, "id"]
-        if path not in self._shards:
-            try:
-                shard = np.load(path, mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError) as error:
-                kind = "unreadable" if os.path.exists(path) else "missing"
-                raise ImageReadError(path, f"unreadable shard ({error})", image_id, kind) from error
-            d.spec.check_shard(path, shard.shape, shard.dtype, len(d.stored_channels), image_id)
-            self._shards[path] = shard
+        if path not in self._shards:  # a shard that fails is tried again for its next image, as DALI does
+            self._shards[path] = read_shard(path, len(d.stored_channels), d.spec, image_id)
         shard = self._shards[path]
-        if not 0 <= position < shard.shape[0]:
-            raise ImageReadError(path, f"the index names row {position}, the shard holds {shard.shape[0]} images",
-                                 image_id, "format")
+        check_shard_row(path, position, shard, image_id)
         return shard[position]
 
     def _illumination(self, path: str, image_id) -> np.ndarray:
         if path not in self._illum:
-            try:
-                function = np.load(path, allow_pickle=False).astype(np.float32)
-            except (OSError, ValueError) as error:
-                raise ImageReadError(path, f"unreadable illumination function ({error})", image_id) from error
-            if function.shape != tuple(self.dataset.image_shape):
-                raise ImageReadError(path, f"expected an illumination function of shape {self.dataset.image_shape}, "
-                                           f"found {function.shape}", image_id, "format")
-            self._illum[path] = function
+            self._illum[path] = read_illumination(path, self.dataset.spec, image_id)
         return self._illum[path]
 
 
@@ -129,9 +124,12 @@ class TorchBackend:
         self.dataset, self.on_error, self.device, self.feed = dataset, on_error, device, _Feed()
         workers = dict(num_workers=num_workers, persistent_workers=True, prefetch_factor=2,
                        # workers forked from a process running DALI threads can deadlock: start clean ones
-                       multiprocessing_context="forkserver") if num_workers else {}
+                       multiprocessing_context=start_guarded_workers(),
+                       worker_init_fn=worker_dies_with_parent) if num_workers else {}
+        # its own generator: creating the workers' seeds must not draw from the global RNG (the masks' stream)
         self.loader = DataLoader(_PlannedBatches(dataset, crop_size, on_error), sampler=self.feed, batch_size=None,
-                                 pin_memory=device.type == "cuda", **workers)
+                                 pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0),
+                                 **workers)
 
     def run(self, batches: list[Batch]):
         """Yields (batch with the images actually read, pixels (n*K, C, s, s) on the device, skipped)."""

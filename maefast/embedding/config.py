@@ -62,7 +62,7 @@ class EmbedConfig:
                                                    "embedding only")
     backend: str = setting("auto", "loader backend")
     on_error: str = setting("raise", "an image that cannot be read: raise, or skip it (listed in the manifest)")
-    workers: int | None = setting(None, "loader threads / processes")
+    workers: int | None = setting(None, "loader threads / processes (0: read in this process)")
     device: str = setting("auto", "auto: CUDA when there is one")
     format: str = setting("parquet", "also write the finished sites and wells as AnnData (sites.h5ad, "
                                      "wells.h5ad) or pycytominer tables (sites.pycytominer.csv.gz / .parquet); "
@@ -80,9 +80,11 @@ class EmbedConfig:
             if not values[key]:
                 raise UserInputError(f"{key} is required: the {'encoder' if key == 'checkpoint' else 'data set'} "
                                      f"to embed with")
-        for key in ("batch_size", "shard_size", "workers"):
-            if values[key] is not None and values[key] < 1:
+        for key in ("batch_size", "shard_size"):
+            if values[key] < 1:
                 raise UserInputError(f"{key}={values[key]!r} must be a positive integer")
+        if self.workers is not None and self.workers < 0:
+            raise UserInputError(f"workers={self.workers!r} must be >= 0 (0: read in this process)")
         if self.tile_batch != "auto" and not (matches(self.tile_batch, int) and self.tile_batch >= 1):
             raise UserInputError(f"tile_batch must be 'auto' or a positive integer, got {self.tile_batch!r}")
         if (isinstance(self.blocks, str) and self.blocks not in BLOCK_NAMES) or self.blocks == []:

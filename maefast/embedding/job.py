@@ -15,6 +15,7 @@ output directory is locked: one job writes it at a time.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from maefast.data.identity import compare_fingerprints
 from maefast.distributed import DistributedContext, barrier, broadcast_object, run_on_main
 from maefast.embedding.config import EmbedConfig
 from maefast.embedding.runner import PooledEncoder, TileEmbedder, resolve_blocks
@@ -53,6 +55,11 @@ RECORDED_SETTINGS = ("pool", "per_channel", "batch_size", "shard_size", "precisi
 OLD_COMPILE_VALUES = {"on": True, "off": False}  # job.json before compile took maefast.job_setup's vocabulary
 
 
+def loader_tiles(config: EmbedConfig, images: int, tiles_per_image: int) -> int:
+    """Tiles in the largest loader batch: batch_size images, or fewer when a shard (or the data set) is smaller."""
+    return min(config.batch_size, config.shard_size, images) * tiles_per_image
+
+
 def shard_path(out: Path, index: int) -> Path:
     return out / "shards" / f"shard-{index:05d}.parquet"
 
@@ -80,11 +87,18 @@ def check_job(out: Path, record: dict) -> None:
     """Records the job's settings, weights and data; refuses to continue a job started with other ones."""
     path = out / JOB_FILE
     if path.exists():
-        differences = changes(upgrade_record(read_json(path)), record)
+        recorded = upgrade_record(read_json(path))
+        data_differences, note = compare_fingerprints(recorded.get("data"), record["data"])
+        differences = changes({k: v for k, v in recorded.items() if k != "data"},
+                              {k: v for k, v in record.items() if k != "data"})
         differences.pop("checkpoint", None)  # the same weights may come from another path
+        differences.update({f"data.{k}": v for k, v in data_differences.items()})
         if differences:
             raise UserInputError(f"{out} holds an embedding job with other settings, weights or data: "
                                  f"{describe_changes(differences)}; use another --out or the same inputs")
+        if note:  # a job of an older maefast: record the whole fingerprint from now on
+            warnings.warn(f"{out}: {note}", stacklevel=3)
+            write_json_atomic(path, {**recorded, "data": record["data"]})
     else:
         write_json_atomic(path, record)
 
@@ -222,7 +236,7 @@ def embed_shards(encoder, dataset, out: Path, config: EmbedConfig, blocks: list[
     tile_size = input_config(encoder).img_size
     tiles_per_image = (dataset.image_shape[0] // tile_size) * (dataset.image_shape[1] // tile_size)
     embedder = setup_embedder(encoder, out, config, blocks, (len(dataset.channels), tile_size, tile_size),
-                              config.batch_size * tiles_per_image, context)
+                              loader_tiles(config, len(dataset), tiles_per_image), context)
     total_tiles = sum(min(config.shard_size, len(dataset) - k * config.shard_size) for k in mine) * tiles_per_image
     progress = tqdm(total=total_tiles, unit="crop", desc=f"embed rank {rank}", disable=not show_progress)
     start, skipped_all, crops = time.perf_counter(), [], 0

@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from maefast.errors import UserInputError
-from maefast.io import atomic_path, file_sha256, read_json, read_safetensors, write_json_atomic
+from maefast.io import check_finite, file_sha256, read_json, read_safetensors, write_json_atomic, write_safetensors
 from maefast.models import hub, reference
 from maefast.models.registry import create_model, model_config_dict
 from maefast.models.vit import VisionTransformer
@@ -158,9 +157,10 @@ def load_pretrained(model, checkpoint, layout: str = "auto", strict: bool = True
     the model.
 
     strict=True refuses missing or unexpected keys, listing them (unexpected ones by their names in the
-    checkpoint); shapes must always match.
+    checkpoint); shapes must always match, and every value must be finite.
     """
     raw = read_state_dict(checkpoint, trust_pickle)
+    check_finite(raw, "the state dict" if isinstance(checkpoint, dict) else checkpoint)  # NaN weights embed NaN
     state = to_model_layout(raw, model, layout)
     origin = {id(value): key for key, value in raw.items()}  # conversions rename keys, never copy values
 
@@ -192,8 +192,7 @@ def save_pretrained(model, directory, channel_names: list[str] | None = None, ex
     directory = Path(directory)
     meta = pretrained_config(model, channel_names, extra)
     state = {k: v.detach().contiguous().cpu() for k, v in (state_dict or model.state_dict()).items()}
-    with atomic_path(directory / WEIGHTS_FILE) as temporary:
-        save_file(state, str(temporary), metadata={"format": "pt", "model": meta["model"]})
+    write_safetensors(state, directory / WEIGHTS_FILE, metadata={"format": "pt", "model": meta["model"]})
     write_json_atomic(directory / CONFIG_FILE, meta)
     return directory
 

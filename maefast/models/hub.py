@@ -11,7 +11,10 @@ from pathlib import Path
 
 from maefast.errors import MissingDependency, UserInputError
 
-HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(@(?P<revision>[\w./-]+))?$")
+# owner/name[@revision]: the name is not "." or ".."; a revision (branch, tag, commit, refs/pr/N) has no empty,
+# "." or ".." part, so neither can name a folder outside huggingface_hub's cache
+_PART = r"(?!\.\.?(?:/|$))[\w.-]+"  # a path part that is not "." or ".."
+HUB_ID = re.compile(rf"^(?P<repo>[A-Za-z0-9][\w.-]*/{_PART})(@(?P<revision>{_PART}(?:/{_PART})*))?$")
 # what a checkpoint folder may hold: weights (safetensors or pickle under any of these names) and configs
 HUB_FILES = ["*.json", "*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt"]
 

@@ -9,7 +9,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+import torch
+from torch.nn.modules.module import (
+    register_module_buffer_registration_hook,
+    register_module_parameter_registration_hook,
+)
+
 from maefast.errors import UserInputError
+from maefast.limits import format_bytes, memory_budget
 from maefast.models.families import FAMILIES, ModelFamily, add_variant
 from maefast.models.mae import MAEConfig
 
@@ -36,12 +43,47 @@ for _family in FAMILIES:
 
 
 def create_model(name: str, **overrides):
-    """Builds a registered model; `list_models()` names them all."""
+    """Builds a registered model; `list_models()` names them all. A model whose weights would not fit in
+    the memory available (maefast.limits) is refused before any of them is allocated."""
     if name not in _REGISTRY:
         raise UserInputError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    model = _REGISTRY[name](**overrides)
+    factory = _REGISTRY[name]
+    model = build_within_memory(name, factory, overrides)
+    if torch.get_default_device().type != "meta":
+        model = factory(**overrides)
     model.model_name = name
     return model
+
+
+class _OverBudget(Exception):
+    pass
+
+
+def build_within_memory(name: str, factory, overrides: dict):
+    """The model built on the meta device (no memory allocated), its weights and buffers counted as they
+    are registered: UserInputError as soon as they pass the memory budget (a depth of 100000 stops after a
+    few hundred blocks instead of building them all)."""
+    budget, limit = memory_budget()
+    total = 0
+
+    def count(module, tensor_name, tensor):
+        nonlocal total
+        if tensor is not None:
+            total += tensor.numel() * tensor.element_size()
+            if total > budget:
+                raise _OverBudget
+
+    hooks = [register_module_parameter_registration_hook(count), register_module_buffer_registration_hook(count)]
+    try:
+        with torch.device("meta"):
+            return factory(**overrides)
+    except _OverBudget:
+        options = ", ".join(f"{k}={v!r}" for k, v in sorted(overrides.items()))
+        raise UserInputError(f"model {name}{f' ({options})' if options else ''}: its weights need more than "
+                             f"{format_bytes(budget)}, {limit}; choose a smaller model") from None
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def model_config_dict(model) -> dict:

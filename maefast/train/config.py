@@ -11,12 +11,12 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-import yaml
 
 from maefast.data.decode import ERROR_POLICIES
 from maefast.data.layouts import LAYOUTS
+from maefast.data.plan import MAX_SEED
 from maefast.errors import UserInputError
-from maefast.fields import apply_assignment, build, set_value
+from maefast.fields import apply_assignment, build, safe_yaml, set_value
 from maefast.job_setup import COMPILE_CHOICES, PRECISIONS
 from maefast.models.attention_setup import ATTENTION_CHOICES
 
@@ -110,11 +110,26 @@ def recipe_names() -> list[str]:
 def read_recipe(name_or_path: str) -> dict:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") and path.exists():
-        return yaml.safe_load(path.read_text()) or {}
+        return recipe_mapping(safe_yaml(path.read_text(), f"recipe {path}"), f"recipe {path}")
     if name_or_path not in recipe_names():
         raise UserInputError(f"unknown recipe {name_or_path!r}; built-in recipes: {', '.join(recipe_names())} "
                              f"(or a path to a .yaml file)")
-    return yaml.safe_load(resources.files("maefast.recipes").joinpath(f"{name_or_path}.yaml").read_text()) or {}
+    text = resources.files("maefast.recipes").joinpath(f"{name_or_path}.yaml").read_text()
+    return recipe_mapping(safe_yaml(text, f"recipe {name_or_path}"), f"recipe {name_or_path}")
+
+
+def recipe_mapping(raw, what: str) -> dict:
+    """A recipe is a mapping of sections to mappings (an empty file is an empty recipe)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserInputError(f"{what}: expected a mapping of sections ({', '.join(SECTIONS)}), got a "
+                             f"{type(raw).__name__}")
+    for name, values in raw.items():
+        if values is not None and not isinstance(values, dict):
+            raise UserInputError(f"{what}: section {name!r} must be a mapping of keys to values, got a "
+                                 f"{type(values).__name__}")
+    return raw
 
 
 SECTIONS = {"model": ModelSection, "data": DataSection, "optim": OptimSection, "run": RunSection}
@@ -135,6 +150,11 @@ def validate(config: TrainConfig) -> None:
     for key in POSITIVE:
         if flat[key] < 1:
             raise UserInputError(f"{key}={flat[key]!r} must be a positive integer")
+    if config.data.num_workers < 0:
+        raise UserInputError(f"data.num_workers={config.data.num_workers!r} must be >= 0 (0: read in the training "
+                             f"process)")
+    if not 0 <= config.run.seed <= MAX_SEED:
+        raise UserInputError(f"run.seed={config.run.seed!r} must be an integer from 0 to {MAX_SEED}")
     optim = config.optim
     if optim.lr <= 0:
         raise UserInputError(f"optim.lr={optim.lr!r} must be a positive number")

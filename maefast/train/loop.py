@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import signal
 import warnings
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from maefast.train.data import build_train_loader
 from maefast.train.observe import ScalarLog, Throughput, save_loss_curve, save_reconstruction_grid
 from maefast.train.optim import build_optimizer, build_scheduler
 from maefast.train.resume import check_config, check_data, record_config
+from maefast.train.signals import StopRequests
 from maefast.train.state import (
     FULL,
     Checkpoint,
@@ -75,7 +75,8 @@ class Trainer:
                                                               allow_config_change, checkpoint.path)
         self.run_setup = RunSetup.resolve(device, run.precision, run.compile)
         self.loader = build_train_loader(config, self.out, self.context)
-        self.data_fingerprint = self.loader.dataset.fingerprint()
+        self.data_fingerprint = dist_utils.broadcast_object(  # rank 0 reads the files' samples
+            self.loader.dataset.fingerprint() if self.context.is_main else None, self.context)
         if checkpoint is not None:
             check_data(checkpoint.meta, self.data_fingerprint, checkpoint.path)
         self.channel_names = list(self.loader.dataset.channels)
@@ -231,8 +232,8 @@ class Trainer:
 
     def train(self) -> dict:
         run, context = self.config.run, self.context
-        stop_requested = {"flag": False}
-        previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.update(flag=True))
+        self.interrupted = None
+        stops = StopRequests().install()  # SIGTERM / SIGINT: checkpoint at the end of the step, then stop
         rate = matmul_rate(context.device, self.run_setup.precision)
         meter = Throughput(self.flops_per_crop, self.tokens_per_crop, rate, context.world_size)
         log = ScalarLog(self.out, self.step) if context.is_main else None
@@ -269,16 +270,18 @@ class Trainer:
                 self.last_batch = (pixels, pred, mask) if mask is not None else None
                 if context.is_main and self.last_batch is not None and self.step % run.image_every == 0:
                     self.save_images(*self.last_batch)
-                stop = dist_utils.any_rank(stop_requested["flag"], context)
+                stop = dist_utils.any_rank(stops.requested, context)
                 if self.step % run.checkpoint_every == 0 or self.step == run.max_steps or stop:
                     self.save()
                 if stop:
                     if context.is_main:
-                        print(f"maefast train: SIGTERM: checkpoint at step {self.step} written, stopping")
+                        print(f"maefast train: {stops.received or 'stop on another rank'}: checkpoint at step "
+                              f"{self.step} written, stopping (continue with --resume)")
+                    self.interrupted = stops.received or "another rank"
                     break
         finally:
             progress.close()
-            signal.signal(signal.SIGTERM, previous_handler)
+            stops.restore()
             if log is not None:
                 log.close()
         return self.finish(log)
@@ -308,7 +311,7 @@ class Trainer:
 
     def finish(self, log) -> dict:
         summary = {"step": self.step, "total_flops": self.total_flops, "crops_seen": self.crops_seen,
-                   "out": str(self.out)}
+                   "out": str(self.out), "interrupted": self.interrupted}
         if self.step >= self.config.run.max_steps:
             if self.context.is_main and self.last_batch is not None and self.step % self.config.run.image_every:
                 self.save_images(*self.last_batch)

@@ -9,8 +9,10 @@ the optimizer) or of the data is refused.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
+from maefast.data.identity import compare_fingerprints
 from maefast.errors import UserInputError
 from maefast.io import read_json, write_json_atomic
 from maefast.records import changes, describe_changes
@@ -41,10 +43,15 @@ def check_config(meta: dict, config: TrainConfig, recipe: str | None, allow_chan
 
 
 def check_data(meta: dict, fingerprint: dict, checkpoint: Path) -> None:
-    differences = changes({"dataset": meta["data"]}, {"dataset": fingerprint})
+    """Refuses data other than the checkpoint's (its table or its files' content), even when config changes are
+    allowed; a checkpoint of an older maefast, whose fingerprint lacks the content, resumes with a note."""
+    differences, note = compare_fingerprints(meta["data"], fingerprint)
     if differences:
         raise UserInputError(f"--resume: the data differs from what {checkpoint} was trained on: "
-                             f"{describe_changes(differences)}; resume on the same data or start a new run")
+                             f"{describe_changes({f'dataset.{k}': v for k, v in differences.items()})}; resume on the "
+                             f"same data or start a new run")
+    if note:
+        warnings.warn(f"--resume: {note}", stacklevel=2)
 
 
 def record_config(out: Path, config: TrainConfig, recipe: str | None, step: int, differences: dict) -> None:

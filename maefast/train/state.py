@@ -8,8 +8,10 @@ FLOPs, the effective config, recipe and data fingerprint the run had, for resume
 schedule is a function of the step and the config, so it is rebuilt, not stored.
 <out>/checkpoints/flops.csv lists checkpoint,flops for the recall-against-FLOPs figure. The directory is
 written under a temporary name and renamed when complete; <out>/checkpoints/latest.json (the manifest)
-then names it. A resumed run takes the newest checkpoint whose files all read back, and says which newer
-ones it skipped and why.
+then names it; digests.json, written last into the directory, holds the SHA-256 of every other file. A
+resumed run takes the newest checkpoint that is intact as a whole (maefast.train.integrity: digests, the
+training state's structure, every weight of the model with its shape and dtype, finite values), and says
+which newer ones it skipped and why.
 """
 from __future__ import annotations
 
@@ -21,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -31,7 +32,16 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from maefast.errors import UserInputError
-from maefast.io import atomic_path, read_json, read_safetensors, read_state, write_json_atomic, write_state
+from maefast.io import (
+    atomic_path,
+    read_json,
+    read_safetensors,
+    read_state,
+    write_json_atomic,
+    write_safetensors,
+    write_state,
+)
+from maefast.train.integrity import check_optimizer, check_train_state, check_weights, verify_digests, write_digests
 
 MANIFEST = "latest.json"
 MODEL_FILE, STATE_STEM, META_FILE = "model.safetensors", "train_state", "meta.json"
@@ -70,10 +80,11 @@ def save_checkpoint(out_dir, step: int, model, optimizer, train_state: dict, rng
     partial = root / f".step-{step:08d}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model_state.items()}, str(partial / MODEL_FILE))
+    write_safetensors({k: v.contiguous() for k, v in model_state.items()}, partial / MODEL_FILE)
     write_state(partial / STATE_STEM, {"optimizer": optimizer_state, "rng": rng_states, **train_state})
     write_json_atomic(partial / META_FILE, {"step": step, **meta})
     write_json_atomic(partial / "config.json", model_config)
+    write_digests(partial)
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)
     write_json_atomic(root / MANIFEST, {"step": step, "path": final.name, "total_flops": meta["total_flops"]})
@@ -107,17 +118,30 @@ class Checkpoint:
 
 
 def read_checkpoint(path: Path) -> Checkpoint:
-    """UserInputError or FileNotFoundError naming the file when one is missing or damaged."""
+    """The checkpoint at `path`, checked whole (maefast.train.integrity); UserInputError or FileNotFoundError
+    naming the file and what was wrong otherwise."""
     if not (path / f"{STATE_STEM}.json").exists() and (path / PICKLED_STATE).exists():
         raise UserInputError(f"{path / PICKLED_STATE}: training state in the pickle format of older maefast "
                              f"versions, which maefast no longer opens (unpickling a file can run code); "
                              f"its {MODEL_FILE} still embeds and loads with maefast.from_pretrained")
     meta = read_json(path / META_FILE)
     require_keys(meta, ("step", "config", "data"), path / META_FILE)
-    train_state = read_state(path / STATE_STEM)
-    require_keys(train_state, ("optimizer", "rng", "loader", "step", "total_flops", "crops_seen"),
-                 path / f"{STATE_STEM}.json")
-    return Checkpoint(path, meta, read_safetensors(path / MODEL_FILE), train_state)
+    state_file = path / f"{STATE_STEM}.json"
+    try:
+        train_state = read_state(path / STATE_STEM)
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError) as error:
+        if isinstance(error, UserInputError):
+            raise
+        raise UserInputError(f"{state_file}: not a training state that maefast wrote ({type(error).__name__}: "
+                             f"{error})") from None
+    require_keys(train_state, ("optimizer", "rng", "loader", "step", "total_flops", "crops_seen"), state_file)
+    model_state = read_safetensors(path / MODEL_FILE)
+    model_config = read_json(path / "config.json")
+    verify_digests(path, (MODEL_FILE, f"{STATE_STEM}.json", f"{STATE_STEM}.safetensors", META_FILE, "config.json"))
+    check_train_state(train_state, meta, state_file)
+    expected = check_weights(model_state, model_config, meta, path, MODEL_FILE)
+    check_optimizer(train_state["optimizer"], expected, path / f"{STATE_STEM}.safetensors")
+    return Checkpoint(path, meta, model_state, train_state)
 
 
 def require_keys(record, keys: tuple[str, ...], path: Path) -> None:
@@ -147,7 +171,11 @@ def newest_intact_checkpoint(out_dir) -> Checkpoint | None:
 def restore_checkpoint(checkpoint: Checkpoint, model, optimizer) -> None:
     """Loads the weights and the optimizer state in place. The optimizer keeps the hyperparameters it was
     built with (the current config: the same unless a resume allowed a change), not the stored ones."""
-    set_model_state_dict(model, checkpoint.model_state, options=FULL)
+    try:
+        set_model_state_dict(model, checkpoint.model_state, options=FULL)
+    except RuntimeError as error:  # the checkpoint fits its own config.json (checked), not this run's model
+        raise UserInputError(f"{checkpoint.path / MODEL_FILE}: does not fit the model of this run's config "
+                             f"({' '.join(str(error).split())[:500]})") from None
     stored = checkpoint.train_state["optimizer"]
     groups = [{**{k: v for k, v in configured.items() if k != "params"}, "params": group["params"]}
               for group, configured in zip(stored["param_groups"], optimizer.param_groups, strict=True)]

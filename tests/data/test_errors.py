@@ -35,8 +35,8 @@ def test_skip_skips_exactly_the_bad_images(broken_rxrx, backend):
     assert sorted(seen) == sorted(set(dataset.ids) - set(bad))
     assert all(len(b["ids"]) == len(b["pixels"]) for b in batches)
     assert {s["id"]: s["path"] for s in loader.skipped} == bad
-    kinds = {s["reason"].split(" ")[0] for s in loader.skipped}
-    assert kinds == {"missing", "unreadable"}
+    assert {s["id"]: s["kind"] for s in loader.skipped} == {
+        image_id: "unreadable" if os.path.exists(path) else "missing" for image_id, path in bad.items()}
     assert loader.state_dict()["skipped"] == loader.skipped
 
 

@@ -1,7 +1,8 @@
 """The PNG decoder's fuzz harness (csrc/fuzz/fuzz_png.cc) built with AddressSanitizer and UBSan: a short
 deterministic run of mutated and truncated PNGs (8 and 16 bit, every row filter, stored / fixed / dynamic
 deflate blocks, split image data). Every input must decode to what zlib decodes, or raise; no crash or
-out-of-bounds access. The decodable mutants are then compared with Pillow.
+out-of-bounds access. The decodable mutants are then compared with Pillow, and the saved mutants (decoded
+and refused) go through every loader path (PyTorch, DALI, data check), which must agree on each.
 
 The long run: python -m tests.data.test_png_fuzz --iterations 5000000 [--seed 1]  (from the repository root)
 """
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from maefast import _C
 from tests.data.test_png_decoder import encode_png, textured
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,7 +78,6 @@ def run_harness(binary: Path, seeds: Path, iterations: int, seed: int, save: Pat
 
 @pytest.mark.skipif(compiler() is None, reason="no C++ compiler (CXX or c++) to build the fuzz harness with")
 def test_fuzz_png_decoder_briefly(tmp_path):
-    from maefast import _C
     binary = build_harness(tmp_path)
     counts = run_harness(binary, write_seeds(tmp_path / "seeds"), CI_ITERATIONS, seed=7, save=tmp_path / "decoded",
                          timeout=120)
@@ -90,6 +91,38 @@ def test_fuzz_png_decoder_briefly(tmp_path):
         data = path.read_bytes()
         with Image.open(io.BytesIO(data)) as image:
             np.testing.assert_array_equal(_C.decode_png(data), np.asarray(image), err_msg=str(path))
+    refused = sorted((tmp_path / "decoded").glob("refused-*.png"))
+    assert len(refused) >= 50
+    read, refusals = parity_run(saved + refused, tmp_path / "parity")
+    assert read >= 40 and refusals >= 50, (read, refusals)
+
+
+def parity_run(files: list[Path], folder: Path) -> tuple[int, int]:
+    """The files through every loader path (tests/data/test_parity.py): one screen per image kind (height,
+    width, dtype) that at least 3 files share; the rest (mutated sizes, headers that do not parse) join the
+    largest, where they are refused for not being its kind. Returns (images read, images refused)."""
+    pytest.importorskip("nvidia.dali")
+    from tests.data.crafted import rxrx_screen
+    from tests.data.test_parity import read_by_every_path
+    groups = {}
+    for path in files:
+        try:
+            height, width, _, dtype, _ = _C.image_header(str(path))
+            kind = (height, width, dtype) if dtype in ("uint8", "uint16") and height * width <= 1 << 16 else None
+        except _C.DecodeError:
+            kind = None
+        groups.setdefault(kind, []).append(path.read_bytes())
+    others = groups.pop(None, [])
+    largest = max(groups, key=lambda kind: len(groups[kind]))
+    for kind in [k for k in groups if len(groups[k]) < 3 and k != largest]:
+        others += groups.pop(kind)
+    groups[largest] += others
+    read = refused = 0
+    for number, (kind, contents) in enumerate(groups.items()):
+        outcome, _ = read_by_every_path(rxrx_screen(folder / f"kind{number}", contents), crop=min(kind[:2]))
+        read += sum(result[0] == "read" for result in outcome.values())
+        refused += sum(result[0] == "refused" for result in outcome.values())
+    return read, refused
 
 
 def main() -> None:

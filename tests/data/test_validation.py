@@ -192,3 +192,25 @@ def test_packed_shard_names_stay_inside(rxrx8, tmp_path):
     with pytest.raises(ValueError, match=r"index.parquet: row 8 \(shard\) names .*/shards/../../shard-00001.npy, "
                                          r"outside the data root .*packed \(and 7 more rows\)"):
         open_dataset(out)
+
+
+def test_a_dotdot_after_a_symlink_inside_the_root(rxrx8, tmp_path):
+    """`link/..` reads as the root itself, but the kernel resolves it as the parent of the link's target: with a
+    link inside the root to a folder elsewhere, the metadata read outside the root."""
+    import pandas as pd
+    root = copy_screen(rxrx8, tmp_path)
+    metadata = pd.read_csv(root / "metadata.csv")
+    experiment = metadata.at[0, "experiment"]
+    outside = tmp_path / "outside"
+    shutil.copytree(root / experiment, outside / experiment)  # what link/../<experiment> reaches
+    (outside / "inner").mkdir()
+    (root / "link").symlink_to(outside / "inner")
+    metadata["experiment"] = "link/../" + metadata["experiment"].astype(str)
+    metadata.to_csv(root / "metadata.csv", index=False)
+    with pytest.raises(ValueError, match=r"metadata.csv: row 0 \(experiment, plate, well\) names .*/link/\.\./.*, "
+                                         r"outside the data root"):
+        open_dataset(root)
+    assert len(open_dataset(root, allow_outside_root=True)) == len(metadata)
+    (root / "link").unlink()
+    (root / "link").mkdir()  # a real folder: link/.. is the root, as the text says
+    assert len(open_dataset(root)) == len(metadata)

@@ -72,7 +72,8 @@ def test_flags_win_over_set_and_bad_values_are_named(captured, capsys):
     assert (captured[0].batch_size, captured[0].compile) == (8, True)
     for setting, message in [("speed=9", r"unknown key(s) ['speed']"), ("batch_size=0", "batch_size=0 must be a "
                              "positive integer"), ("compile=sometimes", "compile='sometimes' is not allowed"),
-                             ("pool=max", "pool='max' is not allowed"), ("batch_size=2.5", "must be an integer")]:
+                             ("pool=max", "pool='max' is not allowed"), ("batch_size=2.5", "must be an integer"),
+                             ("workers=-1", "workers=-1 must be >= 0 (0: read in this process)")]:
         assert main(["embed", "--checkpoint", "c", "--data", "d", "--out", "o", "--set", setting]) == 2
         assert message in capsys.readouterr().err, setting
     with pytest.raises(SystemExit):
@@ -82,6 +83,7 @@ def test_flags_win_over_set_and_bad_values_are_named(captured, capsys):
         maefast.embed("c", "d", "o", batch=3)
     with pytest.raises(UserInputError, match="checkpoint is required"):
         embed_config({"data": "d"})
+    assert embed_config({"checkpoint": "c", "data": "d", "workers": 0}).workers == 0  # 0: read in this process
 
 
 def test_blocks_is_a_config_value_set_the_same_way_everywhere(captured, capsys):

@@ -54,3 +54,14 @@ def test_without_huggingface_hub_the_error_says_how_to_install_it(monkeypatch):
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         maefast.load_pretrained(maefast.create_model("vit_debug_patch8_64"), "no/such/file.safetensors")
     assert hub.is_hub_id("owner/name@v1.0") and not hub.is_hub_id("a/b/c") and not hub.is_hub_id("./x")
+
+
+@pytest.mark.parametrize("source", ["a/b@../../../x", "a/b@main/../../x", "a/..", "a/.", "a/b@x//y", "a/b@/abs"])
+def test_a_revision_or_name_that_leaves_the_cache_is_not_a_hub_id(source):
+    """`a/b@../../../x` used to resolve to a folder outside huggingface_hub's cache."""
+    assert not hub.is_hub_id(source)
+    with pytest.raises(ValueError, match="is not a Hugging Face Hub id"):
+        hub.download(source)
+    with pytest.raises(FileNotFoundError):  # then it is a local path, which does not exist
+        maefast.from_pretrained(source)
+    assert hub.is_hub_id("owner/name@refs/pr/3") and hub.is_hub_id("owner/model.v2@v1.0")

@@ -1,17 +1,23 @@
 """--resume: never unpickles, skips damaged checkpoints, refuses other configs and data unless allowed."""
 import json
 import shutil
+import signal
 
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
+from maefast.cli import main
 from maefast.data.synthetic import synth_screen
 from maefast.errors import UserInputError
+from maefast.io import read_safetensors, write_safetensors
+from maefast.models.registry import create_model
 from maefast.train.config import load_config
+from maefast.train.integrity import write_digests
 from maefast.train.loop import Trainer, train
 from maefast.train.optim import one_cycle_factor
+from tests.data.test_identity import reimaged
 from tests.train.test_training import FAST
 
 RUN = ["run.max_steps=4", "run.checkpoint_every=2"]
@@ -143,6 +149,143 @@ def test_another_model_optimizer_or_data_set_is_refused_even_when_changes_are_al
         resume(run_dir, screen, recipe="debug_camae", allow=True)
     other = synth_screen(tmp_path / "other", layout="rxrx", num_genes=4, replicates=1, num_plates=1, num_experiments=1,
                          controls_per_plate=2, sites_per_well=2, size=128, channels=6, seed=5, progress=False)
-    with pytest.raises(UserInputError, match=r"the data differs from what .* was trained on: dataset.images: 16 -> 12; "
+    with pytest.raises(UserInputError, match=r"the data differs from what .* was trained on: dataset.content.bytes: "
+                                             r"\d+ -> \d+; .*; dataset.images: 16 -> 12; "
                                              r"dataset.table_sha256: '.*' -> '.*'; resume on the same data"):
         resume(run_dir, other, allow=True)
+
+
+# -- checkpoints checked whole: what used to resume silently, or fail with a raw TypeError, falls back -------------
+def falls_back(run_dir, screen, reason: str) -> None:
+    """The newest checkpoint (step 4) is skipped with a warning naming what was wrong; the run resumes at 2."""
+    with pytest.warns(UserWarning, match=rf"skipped the damaged checkpoint step-00000004: .*{reason}"):
+        trainer = resume(run_dir, screen)
+    assert trainer.step == 2
+    trainer.close()
+
+
+def edit_weights(run_dir, change) -> None:
+    """Rewrites step 4's weights with `change(tensors)` applied, then its digests (as a tool that keeps them
+    consistent would), so that the check that follows the digests is what refuses it."""
+    path = checkpoint(run_dir, 4) / "model.safetensors"
+    tensors = read_safetensors(path)
+    change(tensors)
+    write_safetensors(tensors, path)
+    write_digests(checkpoint(run_dir, 4))
+
+
+def test_a_changed_file_fails_its_digest(run_dir, screen):
+    path = checkpoint(run_dir, 4) / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x40  # one bit of the last weight: still a readable safetensors file
+    path.write_bytes(bytes(data))
+    falls_back(run_dir, screen, r"model.safetensors: its SHA-256 differs from the one written at save \(digests.json\)")
+
+
+def test_a_missing_tensor(run_dir, screen):
+    edit_weights(run_dir, lambda tensors: tensors.pop("encoder.cls_token"))
+    falls_back(run_dir, screen, r"not the weights of mae_vit_debug_patch8_64 \(config.json\): missing "
+                                r"\['encoder.cls_token'\]")
+
+
+def test_nan_weights(run_dir, screen, tmp_path, capsys):
+    def poison(tensors):
+        tensors["encoder.blocks.0.in_proj.weight"][0, 0] = float("nan")
+    edit_weights(run_dir, poison)
+    falls_back(run_dir, screen, r"non-finite values \(NaN or infinity\) in 1 tensor\(s\): "
+                                r"encoder.blocks.0.in_proj.weight")
+    # embedding from it used to write NaN features, blaming nothing
+    code = main(["embed", "--checkpoint", str(checkpoint(run_dir, 4)), "--data", str(screen), "--out",
+                 str(tmp_path / "emb"), "--no-progress"])
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1 and "non-finite values (NaN or infinity) in 1 tensor(s)" in error
+
+
+def test_another_architectures_weights(run_dir, screen):
+    other = create_model("camae_vit_debug_patch8_64", max_in_chans=6, decoder_depth=1).state_dict()
+    edit_weights(run_dir, lambda tensors: (tensors.clear(), tensors.update(other)))
+    falls_back(run_dir, screen, r"not the weights of mae_vit_debug_patch8_64 \(config.json\): missing \['decoder.*; "
+                                r"unexpected \['decoder.context_norm.bias'.*")
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (lambda state: state.update(step="four"), r"step is 'four', expected a whole number >= 0"),
+    (lambda state: state.update(step=3), r"step 3 differs from meta.json's step 4"),
+    (lambda state: state["loader"].pop("epoch"), r"loader.epoch is None"),
+    (lambda state: state.update(rng=[{"torch": {"__tensor__": "0"}}]), r"rng\[0\]: .*"),
+    (lambda state: state.update(optimizer=[]), r"optimizer is not an optimizer state"),
+    (lambda state: state.update(rng={"__tensor__": "999"}), r"names tensor 999, which .* lacks"),
+])
+def test_a_hand_edited_training_state(run_dir, screen, edit, reason):
+    path = checkpoint(run_dir, 4) / "train_state.json"
+    state = json.loads(path.read_text())
+    edit(state)
+    path.write_text(json.dumps(state))
+    write_digests(checkpoint(run_dir, 4))
+    falls_back(run_dir, screen, reason)
+
+
+def test_a_checkpoint_without_digests_resumes_with_a_note(run_dir, screen):
+    (checkpoint(run_dir, 4) / "digests.json").unlink()  # as an older maefast wrote it
+    with pytest.warns(UserWarning, match=r"step-00000004 has no digests.json \(written by an older maefast\)"):
+        trainer = resume(run_dir, screen)
+    assert trainer.step == 4
+    trainer.close()
+
+
+class StopAfter:
+    """The run's loader, sending this process SIGTERM as it hands over batch `count`: a preemption at a step."""
+
+    def __init__(self, loader, count):
+        self.loader, self.count, self.dataset, self.handed = loader, count, loader.dataset, 0
+
+    def __iter__(self):
+        for batch in self.loader:
+            self.handed += 1
+            if self.handed == self.count:
+                signal.raise_signal(signal.SIGTERM)
+            yield batch
+
+    def state_dict(self):
+        return self.loader.state_dict()
+
+
+@pytest.mark.parametrize("backend", ["torch", "dali"])
+def test_resume_is_bitwise_identical_with_either_loader(screen, tmp_path, backend):
+    """With the PyTorch loader a resumed run used to differ (1.3e-3 after 12 steps): creating its DataLoader
+    drew from the global RNG, the masks' stream, at another point than in an uninterrupted run."""
+    settings = [f"data.backend={backend}", "data.num_workers=1", "run.checkpoint_every=100"]
+    train(config(screen, *settings), tmp_path / "straight", show_progress=False, recipe="debug")
+    trainer = Trainer(config(screen, *settings), tmp_path / "stopped", show_progress=False, recipe="debug")
+    trainer.loader = StopAfter(trainer.loader, 2)
+    assert trainer.train()["interrupted"] == "SIGTERM" and trainer.step == 2
+    trainer.close()
+    trainer = resume(tmp_path / "stopped", screen, *settings)
+    assert trainer.step == 2
+    trainer.train()
+    trainer.close()
+    expected = load_file(str(checkpoint(tmp_path / "straight", 4) / "model.safetensors"))
+    got = load_file(str(checkpoint(tmp_path / "stopped", 4) / "model.safetensors"))
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_a_reimaged_screen_with_the_same_table_is_refused_even_when_changes_are_allowed(run_dir, screen, tmp_path):
+    with pytest.raises(UserInputError, match=r"the data differs from what .* was trained on: (dataset.content.bytes: "
+                                             r"\d+ -> \d+; )?dataset.content.sha256: '\w+' -> '\w+'; resume on the "
+                                             r"same data"):
+        resume(run_dir, reimaged(screen, tmp_path / "other"), allow=True)
+
+
+def test_a_checkpoint_whose_fingerprint_lacks_the_content_resumes_with_a_note(run_dir, screen):
+    for step in (2, 4):  # as an older maefast recorded them
+        path = checkpoint(run_dir, step) / "meta.json"
+        meta = json.loads(path.read_text())
+        del meta["data"]["content"]
+        path.write_text(json.dumps(meta))
+        write_digests(checkpoint(run_dir, step))
+    with pytest.warns(UserWarning, match=r"--resume: the data's fingerprint was recorded without content \(by an "
+                                         r"older maefast\)"):
+        trainer = resume(run_dir, screen, "run.max_steps=6", allow=True)
+    trainer.train()
+    trainer.close()
+    assert "content" in json.loads((checkpoint(run_dir, 6) / "meta.json").read_text())["data"]

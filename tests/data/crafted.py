@@ -1,0 +1,153 @@
+"""Files crafted by the tests: TIFFs and PNGs with every field under control (valid ones come from tifffile and
+Pillow, the writers users have), .npy headers, and small data sets made of such files, one image per file."""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from tests.data.test_png_decoder import _chunk, encode_png
+
+# TIFF field types: SHORT, LONG
+SHORT, LONG = 3, 4
+
+
+def tiff_bytes(image: np.ndarray, byteorder: str = "<", strips: int = 1, tags: dict | None = None,
+               drop: tuple = (), extra: list | None = None, strip_data: list[bytes] | None = None) -> bytes:
+    """A classic TIFF of one uncompressed page in `strips` strips, written field by field: `tags` replaces or
+    adds entries {tag: (type, [values])}, `drop` removes tags, `extra` appends entries as they are (a tag
+    given twice), `strip_data` replaces the strips' bytes (compressed data, say: set tag 259 too)."""
+    height, width = image.shape
+    order = ">" if byteorder == ">" else "<"
+    raw = image.astype(image.dtype.newbyteorder(order)).tobytes()
+    rows = -(-height // strips)
+    row_bytes = width * image.itemsize
+    chunks = strip_data or [raw[k * rows * row_bytes:(k + 1) * rows * row_bytes] for k in range(strips)]
+    offsets, position = [], 8
+    for chunk in chunks:
+        offsets.append(position)
+        position += len(chunk)
+    entries = {256: (LONG, [width]), 257: (LONG, [height]), 258: (SHORT, [8 * image.itemsize]), 259: (SHORT, [1]),
+               262: (SHORT, [1]), 273: (LONG, offsets), 277: (SHORT, [1]), 278: (LONG, [rows]),
+               279: (LONG, [len(c) for c in chunks])}
+    entries.update(tags or {})
+    for tag in drop:
+        entries.pop(tag, None)
+    listed = sorted([(tag, kind, values) for tag, (kind, values) in entries.items()] + list(extra or []))
+    ifd_offset = position + (position % 2)
+    out_of_line, ifd = b"", struct.pack(order + "H", len(listed))
+    after_ifd = ifd_offset + 2 + 12 * len(listed) + 4
+    for tag, kind, values in listed:
+        code = "H" if kind == SHORT else "I"
+        packed = struct.pack(order + code * len(values), *values)
+        if len(packed) <= 4:
+            field = packed.ljust(4, b"\0")
+        else:
+            field = struct.pack(order + "I", after_ifd + len(out_of_line))
+            out_of_line += packed
+        ifd += struct.pack(order + "HHI", tag, kind, len(values)) + field
+    ifd += struct.pack(order + "I", 0)
+    header = (b"II" if order == "<" else b"MM") + struct.pack(order + "HI", 42, ifd_offset)
+    body = b"".join(chunks)
+    return header + body + b"\0" * (ifd_offset - position) + ifd + out_of_line
+
+
+def tifffile_bytes(image: np.ndarray, **options) -> bytes:
+    import tifffile
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, image, **options)
+    return buffer.getvalue()
+
+
+def pillow_bytes(image: np.ndarray, format: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
+def png_stream_bytes(image: np.ndarray, stream: bytes, interlace: int = 0, depth: int | None = None,
+                     color: int = 0) -> bytes:
+    """A PNG of `image`'s size whose image data is the zlib stream given."""
+    height, width = image.shape
+    header = struct.pack(">IIBBBBB", width, height, depth or 8 * image.itemsize, color, 0, 0, interlace)
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", stream) + _chunk(b"IEND", b"")
+
+
+def filtered_rows(image: np.ndarray) -> bytes:
+    """PNG rows with filter type 0 (none), big-endian samples."""
+    raw = image.astype(">u2").view(np.uint8).reshape(image.shape[0], -1) if image.itemsize == 2 else image
+    return b"".join(b"\0" + row.tobytes() for row in raw)
+
+
+ADAM7 = [(0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2), (1, 0, 2, 1)]
+
+
+def interlaced_png(image: np.ndarray) -> bytes:
+    """A valid Adam7-interlaced grayscale PNG (which Pillow reads and maefast does not take)."""
+    rows = b""
+    for y0, x0, dy, dx in ADAM7:
+        sub = image[y0::dy, x0::dx]
+        if sub.size:
+            rows += filtered_rows(sub)
+    return png_stream_bytes(image, zlib.compress(rows), interlace=1)
+
+
+def npy_bytes(header: str, data: bytes) -> bytes:
+    """An .npy file (format 1.0) with exactly this header text (padded as numpy pads it)."""
+    text = header.encode("latin1")
+    padding = 64 - (10 + len(text) + 1) % 64
+    text += b" " * padding + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text + data
+
+
+def write_files(root: Path, folder: str, names: list[str], contents: list[bytes]) -> list[Path]:
+    (root / folder).mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, content in zip(names, contents):
+        path = root / folder / name
+        path.write_bytes(content)
+        paths.append(path)
+    return paths
+
+
+def jump_screen(root: Path, files: list[bytes], illumination: list[bytes] | None = None) -> Path:
+    """A one-channel JUMP-layout data set (load_data.csv), image i's TIFF being files[i] (and its illumination
+    function illumination[i])."""
+    root.mkdir(parents=True, exist_ok=True)
+    names = [f"img{i:03d}.tiff" for i in range(len(files))]
+    write_files(root, "images", names, files)
+    table = pd.DataFrame({"Metadata_Plate": "P1", "Metadata_Well": [f"A{i:03d}" for i in range(len(files))],
+                          "Metadata_Site": 1, "FileName_OrigDNA": names, "PathName_OrigDNA": "images",
+                          "Metadata_Perturbation": "EMPTY"})
+    if illumination is not None:
+        illum_names = [f"illum{i:03d}.npy" for i in range(len(files))]
+        write_files(root, "illum", illum_names, illumination)
+        table["FileName_IllumDNA"], table["PathName_IllumDNA"] = illum_names, "illum"
+    table.to_csv(root / "load_data.csv", index=False)
+    return root
+
+
+def rxrx_screen(root: Path, files: list[bytes]) -> Path:
+    """A one-channel RxRx-layout data set, image i's PNG being files[i]."""
+    root.mkdir(parents=True, exist_ok=True)
+    wells = [f"A{i:03d}" for i in range(len(files))]
+    write_files(root, "E1/Plate1", [f"{w}_s1_w1.png" for w in wells], files)
+    pd.DataFrame({"experiment": "E1", "plate": 1, "well": wells, "site": 1, "perturbation": "EMPTY"}).to_csv(
+        root / "metadata.csv", index=False)
+    return root
+
+
+def textured_image(rng, shape, dtype) -> np.ndarray:
+    top = np.iinfo(dtype).max
+    y, x = np.mgrid[:shape[0], :shape[1]]
+    smooth = (np.sin(x / 3.0) + np.cos(y / 4.0) + 2) / 4 * top * 0.7
+    return np.clip(smooth + rng.integers(0, top // 8, shape), 0, top).astype(dtype)
+
+
+__all__ = ["encode_png", "filtered_rows", "interlaced_png", "jump_screen", "npy_bytes", "pillow_bytes",
+           "png_stream_bytes", "rxrx_screen", "textured_image", "tiff_bytes", "tifffile_bytes"]
