@@ -51,8 +51,6 @@ class Loader:
         if backend == "dali" or (backend == "auto" and installed("nvidia.dali")):
             from maefast.data.dali_backend import DaliBackend
             from maefast.data.dali_plugin import PluginUnavailable
-            if dataset.layout == "rxrx3-core":  # encoded images in parquet: DALI's own decoders, no plugin
-                from maefast.data.rxrx3_core_dali import EncodedImagesDaliBackend as DaliBackend
             try:
                 self.backend = DaliBackend(dataset, plan.crop_size, crops, plan.batch_size,
                                            augment=not tiles and plan.augment, num_threads=max(1, num_workers),

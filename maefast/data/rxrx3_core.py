@@ -13,18 +13,23 @@
 `read_rxrx3_core` opens it as a Dataset: one row per site, with `shard_<channel>` and `row_<channel>` (the
 parquet file and row of each channel image) and the standard metadata: batch = experiment_name, plate,
 well = address, perturbation = treatment with its guide suffix removed (EFAAR's rule: "GENE_2" -> "GENE";
-"<name>_control" kept), is_control = the treatment ends in "_control". Images decode on the CPU with
-`decode_image` (JPEG 2000 through imagecodecs, `pip install "maefast[jpeg2000]"`; PNG through Pillow) and,
-where DALI is installed, through DALI's decoders (maefast.data.rxrx3_core_dali; nvJPEG2000 on a GPU).
+"<name>_control" kept), is_control = the treatment ends in "_control".
+
+Every path (the PyTorch loader, DALI, `data check`, `data pack`) decodes a channel image with `decode_image`,
+bounded as maefast's readers bound files (maefast.data.decode): its bytes are checked against the data set's
+spec before anything is decoded (maefast._C.check_encoded: the header, a JPEG 2000's codestream structure, the
+table of accepted formats, the decompression ratio cap); then PNG decodes through maefast's own C++ reader and
+JPEG 2000 through imagecodecs (`pip install "maefast[jpeg2000]"`), whose allocations the checked header bounds.
+So each path refuses a bad image for the same named reason, and on_error="skip" skips it on each.
 
 maefast.data.rxrx3_core_write.write_rxrx3_core(dataset, out) writes any data set in this layout (`maefast
 data synth --layout rxrx3-core` uses it for the synthetic screen).
 """
 from __future__ import annotations
 
-import io
 import re
-from collections import Counter, OrderedDict
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +37,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from maefast.data.dataset import Dataset, sample_rows
-from maefast.data.decode import ImageReadError
+from maefast.data.dataset import Dataset, common_format
+from maefast.data.decode import ImageReadError, ImageSpec, describe_header, readers, reading, spec_of_header
 from maefast.errors import MissingDependency, UserInputError
 from maefast.io import read_json, read_table
 
@@ -45,8 +50,6 @@ CODECS = ("jpeg2000", "png")
 KEY = re.compile(r"^(?P<experiment>[^/]+)/Plate(?P<plate>[^/]+)/(?P<well>[A-Za-z]+\d+)"
                  r"_s(?P<site>\d+)_w?(?P<channel>\d+)(?:\.\w+)?$")
 CONTROL_SUFFIX = "_control"
-JP2_SIGNATURES = (b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")  # JP2 file, raw J2K codestream
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 METADATA_COLUMNS = ["well_id", "experiment_name", "plate", "address", "gene", "treatment", "SMILES", "concentration",
                     "perturbation_type", "cell_type"]
 
@@ -131,7 +134,14 @@ def read_rxrx3_core(root: Path, allow_outside_root: bool = False) -> Dataset:
     table["site"] = table["site"].astype(int)
     table["id"] = table["batch"] + "_" + table["plate"] + "_" + table["well"] + "_" + table["site"].astype(str)
     table = table.sort_values(["batch", "plate", "well", "site"], ignore_index=True)
-    shape, dtype = common_format(table, names)
+    images = EncodedImages()
+
+    def probe(row: int, name: str):
+        shard, position = table.at[row, f"shard_{name}"], int(table.at[row, f"row_{name}"])
+        with reading(f"{shard}#{position}", table.at[row, "id"]):
+            return describe_header(readers().encoded_header(images.encoded(shard, position)))
+
+    shape, dtype = common_format(table, names, root, probe)
     return Dataset(root=root, layout=LAYOUT, table=table, stored_channels=tuple(names), channels=tuple(names),
                    image_shape=shape, dtype=dtype)
 
@@ -147,23 +157,6 @@ def channel_names(root: Path, tokens: list[str]) -> list[str]:
     return [mapping[t] for t in tokens]
 
 
-def common_format(table: pd.DataFrame, names: list[str]) -> tuple[tuple[int, int], np.dtype]:
-    """The size and dtype most of a sample of decoded images show."""
-    reader, found, errors = EncodedImages(), Counter(), []
-    for row in sample_rows(len(table)):
-        for name in names:
-            try:
-                image = reader.decode(table.at[row, f"shard_{name}"], int(table.at[row, f"row_{name}"]),
-                                      table.at[row, "id"])
-                found[image.shape, image.dtype.str] += 1
-            except ImageReadError as error:
-                errors.append(error)
-    if not found:
-        raise UserInputError(f"none of the {len(errors)} sampled channel images decodes, e.g. {errors[0]}")
-    (shape, dtype), _ = found.most_common(1)[0]
-    return tuple(shape), np.dtype(dtype)
-
-
 def import_imagecodecs():
     try:
         import imagecodecs
@@ -173,36 +166,38 @@ def import_imagecodecs():
     return imagecodecs
 
 
-def decode_image(data: bytes, where: str = "image", image_id: str | None = None) -> np.ndarray:
-    """One encoded channel image (JPEG 2000 or PNG, by its signature) -> 2-D uint8 / uint16 array."""
-    try:
-        if data.startswith(JP2_SIGNATURES):
-            image = import_imagecodecs().jpeg2k_decode(data)
-        elif data.startswith(PNG_SIGNATURE):
-            from PIL import Image
-            with Image.open(io.BytesIO(data)) as png:
-                image = np.asarray(png)
-        else:
-            raise ImageReadError(where, "neither a JPEG 2000 nor a PNG image", image_id, "format")
-    except (ImageReadError, MissingDependency):
-        raise
-    except Exception as error:  # every decoder failure names the image
-        raise ImageReadError(where, f"unreadable or truncated image ({type(error).__name__}: {error})",
-                             image_id) from error
-    if image.ndim != 2 or image.dtype not in (np.uint8, np.uint16):
-        raise ImageReadError(where, f"expected a 2-D uint8 or uint16 image, found {image.shape} {image.dtype}",
-                             image_id, "format")
+def decode_image(data: bytes, where: str = "image", image_id: str | None = None,
+                 spec: ImageSpec | None = None) -> np.ndarray:
+    """One encoded channel image (PNG or JPEG 2000, told apart by its bytes) -> the 2-D uint8 / uint16 array
+    `spec` says (without a spec, the one its header describes); ImageReadError naming `where` otherwise. The
+    bytes are checked against the spec before anything is decoded (see the module docstring)."""
+    with reading(where, image_id):
+        module = readers()
+        if spec is None:
+            spec = spec_of_header(module.encoded_header(data), where)
+        bounds = (int(spec.shape[0]), int(spec.shape[1]), spec.itemsize, spec.max_ratio)
+        if module.check_encoded(data, *bounds) == "png":
+            return module.decode_image(data, *bounds)
+        imagecodecs = import_imagecodecs()
+        try:  # one thread: the loaders decode many images in parallel
+            image = imagecodecs.jpeg2k_decode(data, numthreads=1)
+        except imagecodecs.Jpeg2kError as error:
+            raise ImageReadError(where, f"corrupt JPEG 2000 image (OpenJPEG: {error})", image_id) from None
+    if image.shape != tuple(spec.shape) or image.dtype != spec.dtype:  # what its checked header did not say
+        raise ImageReadError(where, f"JPEG 2000 image decoded to {image.shape} {image.dtype}, not the {spec} of its "
+                                    "header", image_id)
     return image
 
 
 class EncodedImages:
     """Reads encoded channel images from parquet shards by (shard, row), keeping the last `cached` row groups
-    (a shard is read one row group at a time, never whole)."""
+    (a shard is read one row group at a time, never whole). Threads may share one: reads take turns."""
 
     def __init__(self, cached: int = 8):
         self.cached = cached
         self._files: dict[str, tuple[pq.ParquetFile, str, np.ndarray]] = {}
         self._groups: OrderedDict[tuple[str, int], list] = OrderedDict()
+        self._lock = threading.Lock()
 
     def _file(self, shard: str):
         if shard not in self._files:
@@ -216,34 +211,39 @@ class EncodedImages:
         return self._files[shard]
 
     def encoded(self, shard: str, row: int) -> bytes:
-        handle, column, starts = self._file(shard)
-        group = int(np.searchsorted(starts, row, side="right") - 1)
-        if not 0 <= row < starts[-1]:
-            raise ImageReadError(shard, f"row {row} is not in the shard ({starts[-1]} rows)", kind="format")
-        key = (shard, group)
-        if key not in self._groups:
-            values = handle.read_row_group(group, columns=[column]).column(column).to_pylist()
-            self._groups[key] = [v["bytes"] if isinstance(v, dict) else v for v in values]
-            if len(self._groups) > self.cached:
-                self._groups.popitem(last=False)
-        self._groups.move_to_end(key)
-        value = self._groups[key][row - starts[group]]
+        with self._lock:
+            handle, column, starts = self._file(shard)
+            group = int(np.searchsorted(starts, row, side="right") - 1)
+            if not 0 <= row < starts[-1]:
+                raise ImageReadError(shard, f"row {row} is not in the shard ({starts[-1]} rows)", kind="format")
+            key = (shard, group)
+            if key not in self._groups:
+                values = handle.read_row_group(group, columns=[column]).column(column).to_pylist()
+                self._groups[key] = [v["bytes"] if isinstance(v, dict) else v for v in values]
+                if len(self._groups) > self.cached:
+                    self._groups.popitem(last=False)
+            self._groups.move_to_end(key)
+            value = self._groups[key][row - starts[group]]
         if value is None:
             raise ImageReadError(f"{shard}#{row}", "no image bytes", kind="missing")
         return value
 
-    def decode(self, shard: str, row: int, image_id: str | None = None) -> np.ndarray:
-        return decode_image(self.encoded(shard, row), f"{shard}#{row}", image_id)
+    def decode(self, shard: str, row: int, image_id: str | None = None, spec: ImageSpec | None = None) -> np.ndarray:
+        """The channel image at (shard, row), checked against `spec` and decoded (decode_image)."""
+        return decode_image(self.encoded(shard, row), f"{shard}#{row}", image_id, spec)
 
     def read_image(self, dataset: Dataset, row: int) -> np.ndarray:
         """(C, H, W) pixels of the selected channels of table row `row`, each checked against the spec."""
         record = dataset.table.iloc[row]
-        planes = []
-        for name in dataset.channels:
-            shard, position = record[f"shard_{name}"], int(record[f"row_{name}"])
-            image = self.decode(shard, position, record["id"])
-            if image.shape != tuple(dataset.image_shape) or image.dtype != dataset.dtype:
-                raise ImageReadError(f"{shard}#{position}", f"expected {dataset.spec}, found {image.shape} "
-                                     f"{image.dtype}", record["id"], "format")
-            planes.append(image)
-        return np.stack(planes)
+        return np.stack([self.decode(record[f"shard_{name}"], int(record[f"row_{name}"]), record["id"], dataset.spec)
+                         for name in dataset.channels])
+
+    def read_images(self, dataset: Dataset, rows, pool) -> list:
+        """read_image of each row, on the threads of `pool` (a concurrent.futures executor): its pixels, or the
+        ImageReadError that refused it."""
+        def read(row):
+            try:
+                return self.read_image(dataset, int(row))
+            except ImageReadError as error:
+                return error
+        return list(pool.map(read, rows))

@@ -11,12 +11,13 @@ import pytest
 
 from maefast.cli import main
 from maefast.data import make_loader, make_tile_loader, open_dataset
-from maefast.data.decode import ImageReadError
+from maefast.data.decode import ImageReadError, ImageSpec, readers
 from maefast.data.rxrx3_core import decode_image, perturbation_of
 from maefast.data.rxrx3_core_write import encode_image
 from maefast.data.synthetic import synth_screen
 from maefast.data.torch_backend import ImageReader
 from maefast.errors import UserInputError
+from tests.data.crafted import jpeg2000_bytes, jpeg2000_claiming
 
 SMALL = dict(num_genes=6, replicates=2, num_plates=2, num_experiments=2, controls_per_plate=2, sites_per_well=1,
              size=64, channels=3, workers=1, progress=False, num_compounds=1, concentrations=(1.0, 3.0))
@@ -74,12 +75,39 @@ def test_png_and_16_bit_images_decode_and_bad_bytes_are_named(tmp_path):
         image = rng.integers(0, np.iinfo(dtype).max, (20, 24), dtype=dtype)
         for codec in ("png", "jpeg2000"):
             np.testing.assert_array_equal(decode_image(encode_image(image, codec)), image)
-    with pytest.raises(ImageReadError, match="neither a JPEG 2000 nor a PNG"):
+            spec = ImageSpec((20, 24), np.dtype(dtype))
+            np.testing.assert_array_equal(decode_image(encode_image(image, codec), spec=spec), image)
+    twelve_bits = rng.integers(0, 4096, (20, 24)).astype(np.uint16)  # 12-bit samples decode to uint16 values
+    np.testing.assert_array_equal(decode_image(jpeg2000_bytes(twelve_bits, bitspersample=12)), twelve_bits)
+    with pytest.raises(ImageReadError, match="shard.parquet#3: expected a JPEG 2000 or PNG image"):
         decode_image(b"GIF89a....", "shard.parquet#3")
-    with pytest.raises(ImageReadError, match="unreadable or truncated"):
+    with pytest.raises(ImageReadError, match=r"^x#1: truncated JP2 \(box 'jp2h' of 45 bytes runs past the end of "
+                                             r"the file\)$"):
         decode_image(encode_image(rng.integers(0, 255, (20, 24), dtype=np.uint8), "jpeg2000")[:60], "x#1")
+    with pytest.raises(ImageReadError, match=r"expected 20x24 uint8, one page, found 20x24 int8"):
+        decode_image(jpeg2000_bytes(rng.integers(-100, 100, (20, 24), dtype=np.int8)), spec=ImageSpec((20, 24),
+                                                                                                      np.uint8))
     assert list(perturbation_of(pd.Series(["AAK1_2", "EMPTY_control", "CMPD-001"]))) == ["AAK1", "EMPTY_control",
                                                                                          "CMPD-001"]
+
+
+def test_jpeg2000_tiles_and_ratio_are_capped_before_decoding():
+    """The check before imagecodecs: a header of more tiles than the table allows (each costs OpenJPEG memory,
+    whatever its size), and a file that would expand more than the ratio cap (a blank codestream of 4096 x 4096
+    in 281 bytes decodes, matching its header, to 16 MB)."""
+    image = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
+    data = jpeg2000_bytes(image)
+    in_tiles = jpeg2000_claiming(data, 1024, 1024, tile=(8, 8))
+    with pytest.raises(ImageReadError, match=r"^x: JPEG 2000 image in 16384 tiles; maefast reads at most 4096$"):
+        decode_image(in_tiles, "x", spec=ImageSpec((1024, 1024), np.uint8))
+    blank = jpeg2000_claiming(data, 4096, 4096, blank=True)
+    with pytest.raises(ImageReadError, match=rf"a {len(blank)}-byte file that decodes to 16777216 bytes \(\d+:1\) "
+                                             r"exceeds the decompression ratio cap of 1100:1"):
+        decode_image(blank, "x", spec=ImageSpec((4096, 4096), np.uint8))
+    small_blank = jpeg2000_claiming(data, 64, 64, blank=True)  # at a size the cap allows: mid-grey (DC shift)
+    np.testing.assert_array_equal(decode_image(small_blank, "x", spec=ImageSpec((64, 64), np.uint8)),
+                                  np.full((64, 64), 128, np.uint8))
+    assert readers().accepted_formats()["jpeg2000"] == {"bit_depths": list(range(8, 17)), "max_tiles": 4096}
 
 
 def test_damaged_layout_is_refused_naming_the_problem(screens, tmp_path):
