@@ -31,6 +31,7 @@ from maefast.errors import UserInputError
 STANDARD_COLUMNS = ("id", "batch", "plate", "well", "site", "perturbation", "is_control")
 PACKED_FORMAT = "maefast-packed-v1"
 PATH_COLUMN_PREFIXES = ("file_", "illum_", "shard")  # columns of file paths
+SOURCE_COLUMN_PREFIXES = ("file_", "illum_", "shard_", "row_")  # where each channel image of a source lies
 HEADER_SAMPLE = 16  # images whose headers decide the size and dtype of a per-channel-file dataset
 OUTSIDE_ROOT_HINT = ("metadata paths must stay inside the data root unless allowed: open_dataset(..., "
                      "allow_outside_root=True), --allow-outside-root, or --set data.allow_outside_root=true")

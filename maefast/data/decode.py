@@ -206,10 +206,16 @@ def accepted_formats_table() -> str:
     def dtypes(descrs):
         return ", ".join(np.dtype(descr).name for descr in descrs) + " (little-endian)"
 
-    png, tiff = table["png"], table["tiff"]
+    png, tiff, jpeg2000 = table["png"], table["tiff"], table["jpeg2000"]
     depths = " or ".join(str(d) for d in png["bit_depths"])
     rows = [
-        ("PNG channel image", f"grayscale (colour type 0), {depths} bits, not interlaced, one frame"),
+        ("PNG channel image", f"grayscale (colour type 0), {depths} bits, not interlaced, one frame (a file, or a row "
+                              "of an RxRx3-core parquet shard)"),
+        ("JPEG 2000 channel image (RxRx3-core parquet row)",
+         f"JP2 file or raw codestream, one component, not subsampled, no palette, unsigned "
+         f"{min(jpeg2000['bit_depths'])} to {max(jpeg2000['bit_depths'])} bits (8 decode to uint8, more to uint16), "
+         f"at most {jpeg2000['max_tiles']} tiles; header and codestream structure checked before imagecodecs "
+         "(OpenJPEG) decodes it"),
         ("TIFF channel image", "one page, one sample per pixel, unsigned "
                                f"{' or '.join(str(d) for d in tiff['bit_depths'])} bits, in strips, either byte "
                                "order, classic or BigTIFF, ImageDepth 1"),

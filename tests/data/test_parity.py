@@ -21,6 +21,8 @@ from maefast.data import ImageReadError, make_tile_loader, open_dataset
 from maefast.data.check import check_dataset
 from maefast.data.decode import apply_illumination
 from maefast.data.packed import pack_dataset
+from maefast.data.torch_backend import ImageReader
+from maefast.io import read_json
 from tests.data.crafted import (
     LONG,
     SHORT,
@@ -316,6 +318,16 @@ def test_rxrx3_core_images(tmp_path):
     shard = str((root / "data" / "train-00000-of-00001.parquet").resolve())
     refused = [name for name, (_, expected) in cases.items() if not isinstance(expected, np.ndarray)]
     assert {path for path, _, _ in checked} == {f"{shard}#{positions[name]}" for name in refused}
+    # data pack, the fourth path: skips the same images for the same reasons, packs the others' pixels
+    packed = pack_dataset(dataset, tmp_path / "packed", on_error="skip", shard_images=16, progress=False)
+    skipped = {(e["path"], e["reason"]) for entry in read_json(packed / "manifest.json")["shards"].values()
+               for e in entry["skipped"]}
+    assert skipped == {(path, reason) for path, _, reason in checked}
+    repacked = open_dataset(packed)
+    assert not any(c.startswith(("shard_", "row_")) for c in repacked.table.columns)
+    images = ImageReader(repacked)
+    for row, image_id in enumerate(repacked.ids):
+        np.testing.assert_array_equal(images.read_image(row)[0], outcome[image_id][1][0, 0], err_msg=image_id)
 
 
 def test_raise_names_the_first_bad_image_on_both_loaders(tmp_path):

@@ -110,6 +110,29 @@ def test_jpeg2000_tiles_and_ratio_are_capped_before_decoding():
     assert readers().accepted_formats()["jpeg2000"] == {"bit_depths": list(range(8, 17)), "max_tiles": 4096}
 
 
+def test_the_fingerprint_covers_the_parquet_shards(screens, tmp_path):
+    """Another screen with the same metadata and keys (one channel image re-encoded with other pixels) is told
+    apart by its content; a moved copy keeps the fingerprint."""
+    core = screens[1]
+    fingerprint = open_dataset(core).fingerprint()
+    assert fingerprint["content"]["files"] == 1
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("metadata_rxrx3_core.csv", "channels.json"):
+        (moved / name).write_bytes((core / name).read_bytes())
+    shard = pq.read_table(core / "data" / "train-00000-of-00001.parquet")
+    (moved / "data").mkdir()
+    pq.write_table(shard, moved / "data" / "train-00000-of-00001.parquet")
+    assert open_dataset(moved).fingerprint() == fingerprint
+    images = [value["bytes"] for value in shard.column("jp2").to_pylist()]  # the Hugging Face image struct
+    images[5] = encode_image(255 - decode_image(images[5]), "jpeg2000")
+    pq.write_table(shard.set_column(1, "jp2", pa.array(images, pa.binary())),
+                   moved / "data" / "train-00000-of-00001.parquet")
+    changed = open_dataset(moved).fingerprint()
+    assert changed["table_sha256"] == fingerprint["table_sha256"]
+    assert changed["content"]["sha256"] != fingerprint["content"]["sha256"]
+
+
 def test_damaged_layout_is_refused_naming_the_problem(screens, tmp_path):
     core = screens[1]
     (tmp_path / "data").mkdir()
