@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import common
 from maefast.errors import installed
 
 
@@ -157,6 +158,7 @@ def main() -> None:
                         help="timed epochs of PNG (default 2; packed runs 3x as many)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--decode-only", action="store_true", help="only the decode micro-benchmark")
+    parser.add_argument("--json-out", default=None, help="also append the summary record to this JSON-lines file")
     args = parser.parse_args()
     decoding = decode_benchmark()
     if args.decode_only:
@@ -186,7 +188,7 @@ def main() -> None:
                       flush=True)
     png_dali, png_torch = results["png", "dali"]["crops_per_s"], results["png", "torch"]["crops_per_s"]
     packed_dali, packed_torch = results["packed", "dali"]["crops_per_s"], results["packed", "torch"]["crops_per_s"]
-    summary = dict(bench="loader", device=_device_name(args.device), metric="crops/s, DALI on PNG",
+    summary = dict(metric="crops/s, DALI on PNG",
                    value=round(png_dali, 1), baseline=round(png_torch, 1), ratio=round(png_dali / png_torch, 3),
                    packed_dali=round(packed_dali, 1), packed_torch=round(packed_torch, 1),
                    packed_over_png=round(packed_dali / png_dali, 2),
@@ -195,7 +197,7 @@ def main() -> None:
                    workers=args.workers,
                    image_size=list(source.image_shape), dtype=str(source.dtype), sites=len(source),
                    decode_ms_per_channel=decoding)
-    print(json.dumps(summary))
+    common.Recorder("loader", torch.device(args.device), args.json_out).emit(kind="summary", **summary)
 
 
 if __name__ == "__main__":
