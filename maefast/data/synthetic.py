@@ -284,8 +284,9 @@ def _render_all(jobs, config, workers: int, progress: bool, total: int) -> None:
     if progress:
         resumed = f" ({total - len(jobs)} of {total} already written)" if len(jobs) < total else ""
         where = f"in {workers} processes" if workers else "in this process"
-        print(f"synth: rendering {len(jobs)} site{'s' * (len(jobs) != 1)} of {config['size']} x {config['size']} px, {config['channels']} "
-              f"channels, {where}{resumed}", flush=True)
+        sites = f"{len(jobs)} site{'s' * (len(jobs) != 1)}"
+        print(f"synth: rendering {sites} of {config['size']} x {config['size']} px, {config['channels']} channels, "
+              f"{where}{resumed}", flush=True)
     with Progress("synth", total, "sites", initial=total - len(jobs), bar=progress, silent=not progress) as shown:
         if not workers:
             for chunk in chunks:
