@@ -56,7 +56,8 @@ def inference(method):
     """For a model's feature entry points (embed, forward_features): they run as inference whatever the module's
     mode, under torch.inference_mode (no_grad with FP8 GEMMs; either way no autograd graph, no activations kept)
     and with eval semantics (no drop path), the module's mode restored afterwards. Inside torch.compile the
-    caller's context stands (the embedding job compiles an eval, no-grad forward). Features with gradients: the model's own forward, or forward_tokens."""
+    caller's context stands (the embedding job compiles an eval, no-grad forward). Features with gradients: the
+    model's own forward, or forward_tokens."""
     @functools.wraps(method)
     def run(self, *args, **kwargs):
         if torch.compiler.is_compiling():
