@@ -16,3 +16,6 @@ ATTENTION_CHOICES = ("auto",) + ATTENTION_BACKENDS
 
 # the layouts of a checkpoint's weights (maefast.models.checkpoint)
 WEIGHTS_LAYOUTS = ("auto", "maefast", "timm", "reference")
+
+# rows a benchmark can add beside a model's (maefast.embedding.baselines): kind -> its label in the tables
+BASELINES = {"random": "random weights", "handcrafted": "hand-crafted features"}

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from maefast.choices import BASELINES
 from maefast.cli.embed import comma_separated
-from maefast.embedding.baselines import BASELINES
-from maefast.embedding.outputs import read_embeddings
 from maefast.errors import UserInputError
 from maefast.io import atomic_path, write_json_atomic
 from maefast.tables import (
@@ -173,8 +172,8 @@ def add_commands(subparsers) -> None:
 
 
 def map_command(args) -> int:
+    from maefast.embedding.outputs import read_embeddings
     from maefast.evaluate import aggregate_map, normalize_embeddings, perturbation_magnitude, replicate_consistency
-
     table = one_block(read_embeddings(args.embeddings, metadata=args.metadata), args.block, args.embeddings)
     features = feature_columns(table, args.feature_prefix, required=False)
     if not features:
@@ -236,6 +235,7 @@ def labelled(paths: list[str], labels: list[str] | None) -> list[str]:
 
 def embeddings_tables(args, out: Path) -> dict[str, pd.DataFrame]:
     """label -> embeddings (features named by --feature-prefix become feature_*), the baselines added."""
+    from maefast.embedding.outputs import read_embeddings
     tables = {}
     for label, path in zip(labelled(args.embeddings, args.labels), args.embeddings):
         tables[label] = standard_features(read_embeddings(path, level=args.level, metadata=args.metadata),
