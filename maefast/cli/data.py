@@ -33,8 +33,8 @@ def add_commands(subparsers) -> None:
     synth.add_argument("--compounds", type=int, default=0,
                        help="compounds that mimic their target genes' knockouts, dose-dependently (writes "
                             "compound_targets.csv, the known pairs of `maefast drug-target`)")
-    synth.add_argument("--concentrations", type=concentration_list, default=(0.1, 1.0, 10.0),
-                       help="compound concentrations in micromolar, comma-separated (default 0.1,1,10)")
+    synth.add_argument("--concentrations", type=concentration_list, default="0.1,1,10",
+                       help="compound concentrations in micromolar, comma-separated")
     synth.add_argument("--complexes", default=None, help="complex table (TSV: name, genes); default CORUM clusters")
     synth.add_argument("--seed", type=int, default=0, help="the screen is a pure function of its settings and seed")
     synth.add_argument("--workers", type=int, default=None, help="rendering processes (default: up to 2)")

@@ -99,9 +99,9 @@ def add_commands(subparsers) -> None:
                        help="normalize on the controls first as `maefast map` does (--batch-col, --pca-components, "
                             "--no-tvn); default: the features as they are")
     probe.add_argument("--C", type=float, default=1.0, dest="inverse_regularization",
-                       help="inverse L2 regularization strength of the logistic regression (default 1)")
+                       help="inverse L2 regularization strength of the logistic regression")
     probe.add_argument("--bootstrap", type=int, default=1000, help="resamples of the held-out wells for intervals")
-    probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
     probe.add_argument("--out", required=True, help="directory for probe.csv, probe.json and probe_by_block.png")
     probe.set_defaults(func=probe_command)
 
@@ -117,10 +117,10 @@ def add_commands(subparsers) -> None:
     drug.add_argument("--concentration-col", default="concentration",
                       help="metadata column of the compound concentration (empty for gene knockouts)")
     drug.add_argument("--direction", choices=("both", "positive"), default="both",
-                      help="score pairs by |cosine| (both, default) or by the signed cosine (positive)")
+                      help="score pairs by |cosine| (both) or by the signed cosine (positive)")
     drug.add_argument("--block", type=int, help="of block-wise embeddings: the block to use (default: every block)")
     drug.add_argument("--bootstrap", type=int, default=1000, help="compound resamples for the intervals")
-    drug.add_argument("--seed", type=int, default=0)
+    drug.add_argument("--seed", type=int, default=0, help="seed of the negative draws and the bootstrap")
     drug.add_argument("--out", required=True, help="directory for drug_target.csv, drug_target.json and "
                                                    "drug_target.png")
     drug.set_defaults(func=drug_target_command)
@@ -148,7 +148,8 @@ def add_commands(subparsers) -> None:
     embeddings.add_argument("--holdout-col", help="--pick-block probe: batches held out within the selection "
                                                   "(default --split-col)")
     embeddings.add_argument("--selection-fraction", type=float, default=0.5, help="share of batches for the choice")
-    embeddings.add_argument("--seed", type=int, default=0)
+    embeddings.add_argument("--seed", type=int, default=0, help="seed of the split into selection and "
+                                                                    "evaluation batches")
     embeddings.add_argument("--baseline", action="append", dest="baselines", choices=list(BASELINES),
                             help="add the random-weights encoder (random, needs --checkpoint) or hand-crafted "
                                  "features (handcrafted) of --data as rows; repeatable")
