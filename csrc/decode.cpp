@@ -1,8 +1,9 @@
 // maefast._C bindings of the readers in csrc/decode/, which the DALI plugin in csrc/dali/ compiles too, so the
 // PyTorch loader and `maefast data check` (maefast.data.decode) open, bound, check and decode every file as the
 // DALI operators do: read_image / decode_image (channel images against a spec), image_header, shard_header,
-// read_illumination, check_shard_row and the table of accepted formats. decode_png, png_info and
-// zlib_inflate (the inflate alone) serve tests and the decode benchmark.
+// read_illumination, check_shard_row and the table of accepted formats; encoded_header and check_encoded (RxRx3-core's
+// PNG and JPEG 2000 bytes, checked before decoding). decode_png, png_info and zlib_inflate (the inflate alone)
+// serve tests and the decode benchmark.
 //
 // Refusals raise DecodeError (corrupt or truncated: "unreadable"), and its subclasses ImageFormatError (not
 // what the data set accepts: "format") and MissingImage ("missing"); the message is the reason alone.
@@ -59,13 +60,29 @@ py::array decode_image(const py::bytes& encoded, int64_t height, int64_t width, 
   });
 }
 
+py::tuple header_tuple(const decode::ImageHeader& header) {
+  return py::make_tuple(header.height, header.width, header.samples, header.dtype, header.pages);
+}
+
 py::tuple image_header(const std::string& path) {
   decode::ImageHeader header;
   {
     py::gil_scoped_release release;
     header = decode::image_header(path);
   }
-  return py::make_tuple(header.height, header.width, header.samples, header.dtype, header.pages);
+  return header_tuple(header);
+}
+
+py::tuple encoded_header(const py::bytes& encoded) {
+  std::string_view data = encoded;
+  return header_tuple(decode::encoded_header(reinterpret_cast<const uint8_t*>(data.data()), data.size()));
+}
+
+std::string check_encoded(const py::bytes& encoded, int64_t height, int64_t width, int itemsize, double max_ratio) {
+  const decode::ImageSpec spec = spec_of(height, width, itemsize, max_ratio);
+  std::string_view data = encoded;
+  py::gil_scoped_release release;
+  return decode::check_encoded(reinterpret_cast<const uint8_t*>(data.data()), data.size(), spec);
 }
 
 py::tuple shard_header(const std::string& path, int64_t channels, int64_t height, int64_t width, int itemsize) {
@@ -108,7 +125,7 @@ py::list items(const T (&values)[N]) {
 
 py::dict accepted_formats() {
   namespace f = decode::formats;
-  py::dict png, tiff, shard, illumination, table;
+  py::dict png, tiff, jpeg2000, shard, illumination, table;
   png["bit_depths"] = items(f::kPngBitDepths);
   tiff["bit_depths"] = items(f::kTiffBitDepths);
   tiff["compressions"] = codes(f::kTiffCompressions);
@@ -116,10 +133,13 @@ py::dict accepted_formats() {
   tiff["photometrics"] = codes(f::kTiffPhotometrics);
   tiff["orientations"] = codes(f::kTiffOrientations);
   tiff["planar_configurations"] = codes(f::kTiffPlanarConfigurations);
+  jpeg2000["bit_depths"] = items(f::kJpeg2000BitDepths);
+  jpeg2000["max_tiles"] = f::kJpeg2000MaxTiles;
   shard["descrs"] = items(f::kShardDescrs);
   illumination["descrs"] = items(f::kIlluminationDescrs);
   table["png"] = png;
   table["tiff"] = tiff;
+  table["jpeg2000"] = jpeg2000;
   table["shard"] = shard;
   table["illumination"] = illumination;
   return table;
@@ -176,6 +196,11 @@ void register_decode(py::module_& m) {
         py::arg("width"), py::arg("itemsize"), py::arg("max_ratio"));
   m.def("image_header", &image_header, "(height, width, samples, dtype name, pages) of a PNG or TIFF file.",
         py::arg("path"));
+  m.def("encoded_header", &encoded_header, "(height, width, samples, dtype name, pages) of PNG or JPEG 2000 bytes "
+        "(RxRx3-core's channel images).", py::arg("encoded"));
+  m.def("check_encoded", &check_encoded, "Checks PNG or JPEG 2000 bytes against a spec without decoding them "
+        "(header, JPEG 2000 structure, formats, ratio cap); returns the codec, 'png' or 'jpeg2000'.",
+        py::arg("encoded"), py::arg("height"), py::arg("width"), py::arg("itemsize"), py::arg("max_ratio"));
   m.def("shard_header", &shard_header, "(shape, data offset) of a packed shard, checked against the data set.",
         py::arg("path"), py::arg("channels"), py::arg("height"), py::arg("width"), py::arg("itemsize"));
   m.def("check_shard_row", &decode::check_shard_row, "ImageFormatError when row is outside a shard of `images`.",

@@ -2,30 +2,28 @@
 
 The thin public API:
     create_model, list_models, load_pretrained, save_pretrained, from_pretrained   (models)
+    push_to_hub(model, repo_id)                                                     (Hugging Face Hub)
     configure_attention(model, backend), tune_attention(model, step)               (attention kernels)
     pretrain(recipe, out, overrides)                                                (training)
     embed(checkpoint, data, out, ...)                                               (embedding a screen)
     read_embeddings(path, level), write_embeddings(table, path, format)             (parquet, h5ad, pycytominer)
     build_map(...), relationship_recall(features, sources, thresholds)             (maps and benchmark)
+
+The model functions are imported on first use (maefast.lazy): `import maefast` and the `maefast` command's
+`--help` do not import torch.
 """
 from maefast._source_tree import register_kernels_package
+from maefast.lazy import lazy_attributes
 
 register_kernels_package()
 
-from maefast.models import (  # noqa: E402
-    create_model,
-    from_pretrained,
-    list_models,
-    load_pretrained,
-    save_pretrained,
-)
-
 __version__ = "0.1.0"
-from maefast.models.attention_setup import configure_attention, tune_attention  # noqa: E402
-
-__all__ = ["create_model", "from_pretrained", "list_models", "load_pretrained", "save_pretrained",
-           "configure_attention", "tune_attention", "pretrain", "embed", "read_embeddings", "write_embeddings",
-           "build_map", "relationship_recall", "__version__"]
+MODEL_API = {name: "maefast.models" for name in ("create_model", "from_pretrained", "list_models", "load_pretrained",
+                                                   "save_pretrained", "push_to_hub")}
+MODEL_API.update(configure_attention="maefast.models.attention_setup", tune_attention="maefast.models.attention_setup")
+__all__ = [*MODEL_API, "pretrain", "embed", "read_embeddings", "write_embeddings", "build_map",
+           "relationship_recall", "__version__"]
+__getattr__, __dir__ = lazy_attributes(__name__, MODEL_API)
 
 
 def pretrain(recipe: str = "debug", out: str = "runs/pretrain", overrides: list[str] | None = None,
@@ -41,11 +39,12 @@ def embed(checkpoint, data, out, **options) -> dict:
     return run(checkpoint, data, out, **options)
 
 
-def read_embeddings(path, level: str = "site"):
+def read_embeddings(path, level: str = "site", metadata=None):
     """Embeddings or a map as one DataFrame (metadata, then feature columns) from a finished `maefast embed`
-    folder (level "site" or "well"), a folder of parquet shards, or a parquet / .h5ad / pycytominer file."""
+    folder (level "site" or "well"), a folder of parquet shards, or a parquet / .h5ad / pycytominer file;
+    `metadata`: a table joined on the shared columns (e.g. RxRx3-core's metadata for OpenPhenom's embeddings)."""
     from maefast.embedding.outputs import read_embeddings as run
-    return run(path, level)
+    return run(path, level, metadata)
 
 
 def write_embeddings(table, path, format: str = "parquet", feature_prefix: str | None = None):

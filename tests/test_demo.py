@@ -42,10 +42,32 @@ def test_demo_report_states_what_it_computed(tmp_path, capsys):
     for method in LEARNED[:4]:
         line = next(line for line in text.splitlines() if line.startswith(f"- {method}: "))
         assert ("above chance" in line) == (truth.loc[method, "p_value"] < 0.05)
+        assert ("**below chance**" in line) == (truth.loc[method, "p_below"] < 0.05)
         assert ("**at or below the random ViT**" in line) == (truth.loc[method, "recall"] <= random_recall)
     weak = [m for m in LEARNED[:4] if truth.loc[m, "p_value"] >= 0.05 or truth.loc[m, "recall"] <= random_recall]
     assert ("## Why " in text) == bool(weak)
-    for name in ("recall_bars.png", "gene_map_pca.png"):
+    # block by block: every ViT's blocks, the last one's recall is the main table's
+    blocks = pd.read_csv(tmp_path / "blocks.csv")
+    assert sorted(blocks["method"].unique()) == sorted(["MAE ViT", "CA-MAE ViT", "Weakly supervised ViT", "Random ViT"])
+    assert (blocks.groupby("method")["block"].apply(list) == pd.Series([[0, 1]] * 4, index=sorted(
+        blocks["method"].unique()))).all()
+    last = blocks[blocks["block"] == 1].set_index("method")
+    for method in last.index:
+        assert last.loc[method, "recall"] == pytest.approx(truth.loc[method, "recall"])
+    row = blocks.iloc[0]
+    assert (f"| {row['method']} | {row['block']} | {row['recall']:.3f} [{row['recall_low']:.2f}, "
+            f"{row['recall_high']:.2f}] | {row['balanced_accuracy']:.3f} [") in text
+    assert "## Block by block" in text
+    assert re.search(r"- MAE ViT: the probe is best at (the last block|block 0, not)", text)
+    # the drug-target benchmark: every method, every concentration and the best
+    drug = pd.read_csv(tmp_path / "drug_target.csv")
+    assert set(drug["method"]) == set(LEARNED[:4] + OTHERS)
+    assert list(drug[drug["method"] == "MAE ViT"]["concentration"]) == ["0.1", "1.0", "10.0", "best"]
+    hand = drug[(drug["method"] == "Hand-crafted features") & (drug["concentration"] == "best")].iloc[0]
+    assert "| Hand-crafted features | " in text.split("## Drug-target benchmark")[1]
+    assert f"{hand['average_precision']:.3f} [{hand['average_precision_low']:.2f}" in text
+    assert hand["auroc"] > 0.5  # the compounds are rendered as their targets' knockouts
+    for name in ("recall_bars.png", "gene_map_pca.png", "blocks.png", "drug_target.png"):
         image = (tmp_path / name).read_bytes()
         assert image[:8] == PNG_MAGIC and len(image) > 20000
     checkpoints = sorted((tmp_path / "runs").rglob("model.safetensors"))
@@ -54,9 +76,10 @@ def test_demo_report_states_what_it_computed(tmp_path, capsys):
     assert sorted((tmp_path / "runs").rglob("model.safetensors")) == checkpoints
 
 
-def summary(recall, p_value, n=40, low=None, high=None):
+def summary(recall, p_value, n=40, low=None, high=None, p_below=None):
     return pd.DataFrame([dict(source=GROUND_TRUTH, n_pairs=n, recall=recall, recall_low=recall - 0.05 if low is None
-                              else low, recall_high=recall + 0.05 if high is None else high, p_value=p_value)])
+                              else low, recall_high=recall + 0.05 if high is None else high, p_value=p_value,
+                              p_below=1.0 - p_value if p_below is None else p_below)])
 
 
 def scored(label, kind, recall, p_value, **bounds):
@@ -78,12 +101,15 @@ def test_verdicts_follow_the_numbers():
                scored("C", "learned", 0.3, 0.001, low=0.2), scored("D", "learned", 0.2, 0.01, low=0.1), *baselines()]
     lines = {line.split(":")[0][2:]: line for line in verdicts(methods, SETTING).splitlines() if line.startswith("- ")}
     assert "**at chance**; **at or below the random ViT** (0.120)" in lines["A"]
+    below = verdicts([scored("E", "learned", 0.035, 0.998, low=0.01, high=0.07, p_below=0.004), *baselines()],
+                     SETTING)  # the issue's MAE: its interval lies below the 0.10 chance level
+    assert "- E: 0.035 [0.01, 0.07], p = 0.998: **below chance** (p of a recall this low = 0.004)" in below
     assert "**at chance**; above the random ViT (0.120) but within reach" in lines["B"]
     assert lines["C"].endswith("above chance; above the random ViT (0.120)")
     assert "above chance; above the random ViT (0.120) but within reach" in lines["D"]
     assert "Random ViT" not in lines  # the baseline is stated once, above the list
     why = explanation(methods, SETTING)
-    assert why.startswith("## Why A, B are at chance") and "C" not in why.splitlines()[0]
+    assert why.startswith("## Why A, B are not above chance or the random baseline") and "C" not in why.splitlines()[0]
     assert "recalls 0.500 (p = 0.001)" in why and "recall 0.300 (p = 0.001)" in why
     assert "Whole-stain brightness carries signal" in why and "still carries signal" in why
     assert "(6 of its 12 phenotype parameters)" in why

@@ -1,8 +1,9 @@
-// The one table of what maefast reads: channel images (PNG, TIFF), packed shards and illumination functions
-// (.npy). Every reader (the DALI operators, the PyTorch loader and `maefast data check`, through maefast._C)
-// checks files against these lists with the same code, so that what one path accepts the others accept with
-// the same pixels, and what one refuses the others refuse for the same named reason. maefast._C exports the
-// table (accepted_formats()), and docs/data.md shows it (tests/data/test_formats.py compares the two).
+// The one table of what maefast reads: channel images (PNG, TIFF; PNG or JPEG 2000 in RxRx3-core's parquet
+// shards), packed shards and illumination functions (.npy). Every reader (the DALI operators, the PyTorch loader
+// and `maefast data check`, through maefast._C) checks files against these lists with the same code, so that what
+// one path accepts the others accept with the same pixels, and what one refuses the others refuse for the same
+// named reason. maefast._C exports the table (accepted_formats()), and docs/data.md shows it
+// (tests/data/test_formats.py compares the two).
 //
 // Header-only, C++17, no dependencies.
 #pragma once
@@ -29,6 +30,12 @@ constexpr Code kTiffPredictors[] = {{1, "none"}, {2, "horizontal differencing"}}
 constexpr Code kTiffPhotometrics[] = {{1, "BlackIsZero"}};
 constexpr Code kTiffOrientations[] = {{1, "top-left"}};
 constexpr Code kTiffPlanarConfigurations[] = {{1, "contiguous"}, {2, "separate"}};  // the same for one sample
+
+// JPEG 2000 (RxRx3-core's channel images, a JP2 file or a raw codestream): one component of unsigned samples,
+// 8 bits (uint8) or 9 to 16 bits (uint16: 12-bit samples decode to values below 4096), no palette. Tiles cost
+// the decoder memory each, whatever their size: at most kJpeg2000MaxTiles.
+constexpr int kJpeg2000BitDepths[] = {8, 9, 10, 11, 12, 13, 14, 15, 16};
+constexpr uint64_t kJpeg2000MaxTiles = 4096;
 
 // Packed shards: numpy .npy (format 1, 2 or 3), a 4-D C-order array (n, channels, height, width).
 constexpr const char* kShardDescrs[] = {"|u1", "<u2"};  // uint8, little-endian uint16

@@ -1,5 +1,6 @@
 // Reading what a data set is made of from files: channel images (PNG or TIFF, told apart by their bytes),
-// the headers of packed shards and illumination functions (.npy). The DALI operators (csrc/dali) and
+// the headers of packed shards and illumination functions (.npy); and checking RxRx3-core's encoded channel
+// images (PNG or JPEG 2000 bytes from its parquet shards). The DALI operators (csrc/dali) and
 // maefast._C (the PyTorch loader and `maefast data check`) call these same functions, so every path opens,
 // bounds, checks and decodes a file the same way.
 //
@@ -25,6 +26,7 @@
 
 #include "formats.h"
 #include "header.h"
+#include "jpeg2000.h"
 #include "npy.h"
 #include "png.h"
 #include "tiff.h"
@@ -121,6 +123,31 @@ inline ImageHeader image_header(const uint8_t* data, size_t size) {
 inline ImageHeader image_header(const std::string& path) {
   MappedFile file(path);
   return image_header(file.data(), file.size());
+}
+
+// RxRx3-core's channel images are PNG or JPEG 2000 bytes (a parquet row each): their header.
+inline ImageHeader encoded_header(const uint8_t* data, size_t size) {
+  if (is_png(data, size)) return image_header_of_png(png_header(data, size));
+  if (is_jpeg2000(data, size)) return jpeg2000_header(data, size);
+  throw FormatError("expected a JPEG 2000 or PNG image");
+}
+
+// Checks an encoded channel image of RxRx3-core against `spec` without decoding it (its header, a JPEG 2000's
+// codestream structure, the table of formats.h, the ratio cap) and names its codec: "png" (then decoded by
+// ImageDecoder, which checks it again as it decodes) or "jpeg2000" (then decoded by imagecodecs, whose
+// allocations the checked header bounds).
+inline const char* check_encoded(const uint8_t* data, size_t size, const ImageSpec& spec) {
+  if (is_png(data, size)) {
+    spec.check(image_header_of_png(png_header(data, size)));
+    PngDecoder::info(data, size);
+    spec.check_ratio(size);
+    return "png";
+  }
+  if (is_jpeg2000(data, size)) {
+    jpeg2000_check(jpeg2000_parse(data, size), size, spec);
+    return "jpeg2000";
+  }
+  throw FormatError("expected a JPEG 2000 or PNG image");
 }
 
 // Decodes channel images; keeps its buffers between calls (one per thread).

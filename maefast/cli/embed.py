@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from maefast.embedding.config import CHOICES, EmbedConfig, embed_config
+from maefast.data.decode import skipped_summary
+from maefast.embedding.config import BLOCK_NAMES, CHOICES, EmbedConfig, block_selection, embed_config
 from maefast.errors import UserInputError
 from maefast.fields import field_types, parse_value, union_members
 from maefast.tables import FEATURE_PREFIX, FORMATS, LEVELS
@@ -20,12 +21,14 @@ def add_commands(subparsers) -> None:
     parser = subparsers.add_parser("embed", help="embed a data set with a trained encoder",
                                    description="Embed every site of a data set. Many GPUs: torchrun "
                                                "--nproc-per-node N -m maefast.cli embed ...")
-    for setting in dataclasses.fields(EmbedConfig):
+    for setting in (s for s in dataclasses.fields(EmbedConfig) if s.metadata.get("flag", True)):
         add_setting_flag(parser, setting, field_types(EmbedConfig)[setting.name], CHOICES.get(setting.name))
     parser.add_argument("--out", required=True, help="output directory (shards/, wells.parquet, manifest.json)")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                        help="set a config value, e.g. --set tile_batch=256 (repeatable; the flags win)")
-    parser.add_argument("--no-progress", action="store_true")
+                        help="set a config value, e.g. --set tile_batch=256, or an option of the model, e.g. --set "
+                             "model.global_pool=avg (repeatable; the flags win)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar: a plain line every 10 s instead (as when the output is not a terminal)")
     parser.set_defaults(func=embed_command)
     add_export_command(subparsers)
 
@@ -45,7 +48,9 @@ def add_export_command(subparsers) -> None:
                                              "(its newest checkpoint)")
     export.add_argument("--out", required=True, help="output file (.parquet, .h5ad, .csv or .csv.gz); with "
                                                      "--checkpoint a directory")
-    export.add_argument("--format", choices=FORMATS, help="the table format (with --embeddings)")
+    export.add_argument("--format", choices=FORMATS,
+                        help="with --embeddings (needed there): h5ad: AnnData; pycytominer-*: Metadata_ columns, then "
+                             "features; parquet: maefast's")
     export.add_argument("--encoder-only", action="store_true",
                         help="with --checkpoint: only what embeds (an MAE's encoder), as a run's encoder/ holds it")
     export.add_argument("--level", default="site", choices=LEVELS, help="of an embedding job: sites or wells")
@@ -55,8 +60,8 @@ def add_export_command(subparsers) -> None:
 
 def add_setting_flag(parser, setting: dataclasses.Field, expected, choices) -> None:
     """--<name> for a config field: its value becomes the field's typed value (the text of a choice, a number,
-    a comma-separated list, a flag for a bool that defaults to false); given or not, the config's default
-    stands until it is (argparse.SUPPRESS)."""
+    a comma-separated list, block names or indices, a flag for a bool that defaults to false); given or not, the
+    config's default stands until it is (argparse.SUPPRESS)."""
     flag = "--" + setting.name.replace("_", "-")
     default = setting.default_factory() if setting.default_factory is not dataclasses.MISSING else setting.default
     shown_default = "" if default in (None, "", [], False) else f" (default: {shown(default)})"
@@ -68,6 +73,8 @@ def add_setting_flag(parser, setting: dataclasses.Field, expected, choices) -> N
         return
     if expected == list[str]:
         options["type"], options["metavar"] = comma_separated, "A,B,..."
+    elif list[int] in members:  # blocks: a name or block indices
+        options["type"], options["metavar"] = block_choice, "{" + ",".join(BLOCK_NAMES) + ",I,J,...}"
     elif set(members) == {str, bool}:
         options["type"], options["metavar"] = typed_choice(choices), "{" + ",".join(map(shown, choices)) + "}"
     elif int in members and str in members:
@@ -106,6 +113,15 @@ def auto_or_positive_integer(text: str) -> int | str:
     return int(text)
 
 
+def block_choice(text: str) -> str | list[int]:
+    """--blocks: all, last, or block indices such as 8,12,16, as EmbedConfig.blocks holds them."""
+    value = block_selection(text)
+    if isinstance(value, str) and value not in BLOCK_NAMES:
+        raise argparse.ArgumentTypeError(f"expected {' or '.join(BLOCK_NAMES)} or block indices such as 8,12,16, "
+                                         f"got {text!r}")
+    return value
+
+
 def embed_command(args) -> int:
     from maefast.embedding.api import run_embed
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(EmbedConfig) if hasattr(args, f.name)}
@@ -114,6 +130,8 @@ def embed_command(args) -> int:
         state = "complete" if summary["complete"] else f"incomplete (missing shards {summary.get('missing_shards')})"
         print(f"maefast embed: {summary['num_shards']} shards, {state}, "
               f"{summary['crops_per_s']:.1f} crops/s ({summary['tile_batch']} tiles per forward); {args.out}")
+        if summary.get("skipped"):
+            print(f"maefast embed: {skipped_summary(summary['skipped'], f'{args.out}/manifest.json')}")
         for path in summary.get("exports", []):
             print(f"maefast embed: wrote {path}")
     return 0

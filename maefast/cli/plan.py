@@ -14,18 +14,21 @@ def add_commands(subparsers) -> None:
                     "with full recomputation), the largest batch per GPU that fits in 90%% of the GPU's memory, "
                     "and the step time the FLOP count gives at a matmul rate.")
     parser.add_argument("--model", action="append", help=f"registry name (repeatable; default {DEFAULT_MODELS})")
-    parser.add_argument("--batch", type=int, default=32, help="images per GPU (default 32)")
-    parser.add_argument("--gpus", type=int, nargs="+", default=[8, 64, 256], help="world sizes (default 8 64 256)")
+    parser.add_argument("--batch", type=int, default=32, help="images per GPU")
+    parser.add_argument("--gpus", type=int, nargs="+", default=[8, 64, 256], help="world sizes (numbers of GPUs)")
     parser.add_argument("--gpu-memory", type=float, nargs="+", default=[80, 141],
-                        help="memory of one GPU in GiB (default 80 141)")
-    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
-    parser.add_argument("--parallel", choices=["ddp", "fsdp", "both"], default="both")
+                        help="memory of one GPU in GiB")
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
+                        help="the autocast dtype of the activations (run.precision)")
+    parser.add_argument("--parallel", choices=["ddp", "fsdp", "both"], default="both",
+                        help="weights whole on every GPU (ddp), sharded (fsdp: FSDP2), or both (run.parallel)")
     parser.add_argument("--recompute", choices=["none", "selective", "full", "all"], default="all",
-                        help="activation checkpointing (run.activation_checkpointing: false, selective, full)")
-    parser.add_argument("--optimizer", choices=["adamw", "lion"], default="adamw")
+                        help="activation checkpointing (run.activation_checkpointing false, selective, full; all: each)")
+    parser.add_argument("--optimizer", choices=["adamw", "lion"], default="adamw",
+                        help="its state per parameter: AdamW two fp32 moments, Lion one (optim.name)")
     parser.add_argument("--channels", type=int, help="channels of the images (default: the model's in_chans)")
     parser.add_argument("--matmul-tflops", type=float, default=989.0,
-                        help="matmul rate per GPU in TFLOP/s for the step time (default 989: an H100 / H200's "
+                        help="matmul rate per GPU in TFLOP/s for the step time (989: an H100 / H200's "
                              "dense bf16 peak, so the time is a lower bound; `maefast train` logs the rate it "
                              "measures)")
     parser.set_defaults(func=plan_command)

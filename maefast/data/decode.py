@@ -75,6 +75,19 @@ class ImageReadError(UserInputError):
         where = f" (image {image_id})" if image_id is not None else ""
         super().__init__(f"{path}{where}: {reason}")
 
+    def record(self) -> dict:
+        """The skipped image as data (what loaders list in `skipped` and manifests store): id, path, reason, kind."""
+        image_id = self.image_id.item() if isinstance(self.image_id, np.generic) else self.image_id
+        return {"id": image_id, "path": self.path, "reason": self.reason, "kind": self.kind}
+
+
+def skipped_summary(skipped: list[dict], listed_in: str, shown: int = 5) -> str:
+    """What a job that skipped unreadable images (on_error="skip") says about them: how many, the first few with
+    their reasons, and where all are listed."""
+    first = "; ".join(f"{entry['id']} ({entry['reason']})" for entry in skipped[:shown])
+    more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    return f"skipped {len(skipped)} unreadable image(s), all listed in {listed_in}: {first}{more}"
+
 
 @contextmanager
 def reading(path, image_id: str | None = None):
@@ -147,21 +160,32 @@ def read_channel(path: str | os.PathLike, image_id: str | None = None, spec: Ima
 
 def header_spec(path) -> ImageSpec:
     """The spec a file's own header describes (for reading a file outside a data set)."""
-    height, width, samples, dtype, pages = readers().image_header(str(path))
+    return spec_of_header(readers().image_header(str(path)), path)
+
+
+def spec_of_header(header: tuple, where) -> ImageSpec:
+    """The spec of a header (the readers' (height, width, samples, dtype, pages)): a single-page 2-D uint8 or
+    uint16 image, else ImageReadError (kind "format") naming `where`."""
+    height, width, samples, dtype, pages = header
     if samples != 1 or pages != 1 or dtype not in ("uint8", "uint16"):
         found = f"{height}x{width}" + (f"x{samples}" if samples != 1 else "") + f" {dtype}"
         found += f", {pages} pages" if pages != 1 else ""
-        raise ImageReadError(path, f"expected a single-page 2-D uint8 or uint16 image, found {found}", kind="format")
+        raise ImageReadError(where, f"expected a single-page 2-D uint8 or uint16 image, found {found}", kind="format")
     return ImageSpec((height, width), np.dtype(dtype))
 
 
-def probe_channel(path: str | os.PathLike) -> tuple[tuple[int, int], str]:
-    """(height, width) and the kind of one channel file's first page ("uint16", "uint8, 3 pages", "uint16x3",
-    "palette", ...), from its header."""
-    with reading(path):
-        height, width, samples, dtype, pages = readers().image_header(local_file(path))
+def describe_header(header: tuple) -> tuple[tuple[int, int], str]:
+    """(height, width) and the kind of an image from the readers' header tuple: "uint16", "uint8, 3 pages",
+    "uint16x3", "palette", ..."""
+    height, width, samples, dtype, pages = header
     kind = dtype + (f"x{samples}" if samples != 1 else "") + (f", {pages} pages" if pages != 1 else "")
     return (height, width), kind
+
+
+def probe_channel(path: str | os.PathLike) -> tuple[tuple[int, int], str]:
+    """(height, width) and the kind of one channel file's first page (describe_header), from its header."""
+    with reading(path):
+        return describe_header(readers().image_header(local_file(path)))
 
 
 def read_shard(path, channels: int, spec: ImageSpec, image_id: str | None = None) -> np.ndarray:
@@ -210,10 +234,16 @@ def accepted_formats_table() -> str:
     def dtypes(descrs):
         return ", ".join(np.dtype(descr).name for descr in descrs) + " (little-endian)"
 
-    png, tiff = table["png"], table["tiff"]
+    png, tiff, jpeg2000 = table["png"], table["tiff"], table["jpeg2000"]
     depths = " or ".join(str(d) for d in png["bit_depths"])
     rows = [
-        ("PNG channel image", f"grayscale (colour type 0), {depths} bits, not interlaced, one frame"),
+        ("PNG channel image", f"grayscale (colour type 0), {depths} bits, not interlaced, one frame (a file, or a row "
+                              "of an RxRx3-core parquet shard)"),
+        ("JPEG 2000 channel image (RxRx3-core parquet row)",
+         f"JP2 file or raw codestream, one component, not subsampled, no palette, unsigned "
+         f"{min(jpeg2000['bit_depths'])} to {max(jpeg2000['bit_depths'])} bits (8 decode to uint8, more to uint16), "
+         f"at most {jpeg2000['max_tiles']} tiles; header and codestream structure checked before imagecodecs "
+         "(OpenJPEG) decodes it"),
         ("TIFF channel image", "one page, one sample per pixel, unsigned "
                                f"{' or '.join(str(d) for d in tiff['bit_depths'])} bits, in strips, either byte "
                                "order, classic or BigTIFF, ImageDepth 1"),

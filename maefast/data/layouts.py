@@ -1,7 +1,8 @@
 """The data layouts maefast reads, and opening a data set in any of them.
 
 rxrx: RxRx-style per-channel PNG files; jump: JUMP-CP-style per-channel TIFF files with a load_data table;
-packed: maefast's own shards (`maefast data pack`). Each reader turns the layout's metadata into the
+packed: maefast's own shards (`maefast data pack`); rxrx3-core: RxRx3-core's parquet shards of encoded channel
+images (maefast.data.rxrx3_core). Each reader turns the layout's metadata into the
 standard table of maefast.data.dataset (one row per image); `open_dataset` picks the reader.
 
 Every layout is read from a local folder or from object storage (a URL such as s3://bucket/screen, through
@@ -16,13 +17,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from maefast.data import rxrx3_core
 from maefast.data.dataset import PACKED_FORMAT, Dataset, file_dataset, require_inside_root, sample_rows
 from maefast.data.storage import (
+    absolute,
     exists,
     is_file,
     is_remote,
     join,
     list_names,
+    located,
     normalized,
     parent_of,
     read_metadata_json,
@@ -31,7 +35,7 @@ from maefast.data.storage import (
 from maefast.errors import UserInputError
 from maefast.fields import matches
 
-LAYOUTS = ("rxrx", "jump", "packed")
+LAYOUTS = ("rxrx", "jump", "packed", rxrx3_core.LAYOUT)
 ILLUMINATION = ("raw", "illum")
 CONTROL_LABELS = ("EMPTY", "control", "negcon", "non-targeting", "DMSO")
 RXRX_PERTURBATION_COLUMNS = ("perturbation", "gene", "sirna", "treatment")
@@ -40,11 +44,12 @@ JUMP_PERTURBATION_COLUMNS = ("Metadata_Perturbation", "Metadata_Symbol", "Metada
 
 def open_dataset(path, layout: str = "auto", channels=None, illumination: str = "raw",
                  allow_outside_root: bool = False) -> Dataset:
-    """Reads a screen's metadata into a Dataset. layout: "auto" | "rxrx" | "jump" | "packed".
+    """Reads a screen's metadata into a Dataset. layout: "auto" | "rxrx" | "jump" | "packed" | "rxrx3-core".
 
     rxrx: a folder with metadata.csv and {experiment}/Plate{plate}/{well}_s{site}_w{k}.png files.
     jump: a load_data table (.csv or .parquet), or a folder holding load_data.csv / load_data.parquet.
     packed: a folder written by `maefast data pack` (manifest.json, index.parquet, shards/).
+    rxrx3-core: a folder with metadata_rxrx3_core.csv and data/*.parquet shards of encoded images.
     channels: names to select and reorder (default: all, in stored order).
     illumination: "raw" or "illum" (jump: divide by the FileName_Illum*/PathName_Illum* .npy functions).
     allow_outside_root: let file paths built from the metadata (rxrx experiment/plate/well, jump PathName_* /
@@ -74,17 +79,9 @@ def read_layout(path, layout: str = "auto", illumination: str = "raw", allow_out
         return read_packed(path, allow_outside_root)
     if layout == "rxrx":
         return read_rxrx(path, allow_outside_root)
+    if layout == rxrx3_core.LAYOUT:
+        return rxrx3_core.read_rxrx3_core(path, allow_outside_root)
     return read_jump(path, illumination, allow_outside_root)
-
-
-def located(folder, *parts) -> Path | str:
-    """A path under `folder`: a Path under a local folder, a URL under a URL prefix."""
-    return join(folder, *parts) if is_remote(folder) else Path(folder).joinpath(*parts)
-
-
-def absolute(path) -> str:
-    """A local path resolved (the form every path of a table takes), or a URL as it is."""
-    return str(path) if is_remote(path) else Path(path).resolve().as_posix()
 
 
 def detect_layout(path) -> str:
@@ -94,6 +91,8 @@ def detect_layout(path) -> str:
         return "jump"
     if any(is_file(located(path, f"load_data{s}")) for s in (".csv", ".parquet")):
         return "jump"
+    if rxrx3_core.is_rxrx3_core(path):
+        return rxrx3_core.LAYOUT
     if is_file(located(path, "metadata.csv")):
         return "rxrx"
     raise UserInputError(f"cannot tell the layout of {path}: expected a packed folder (manifest.json), a jump "

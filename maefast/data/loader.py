@@ -23,6 +23,7 @@ import warnings
 import numpy as np
 import torch
 
+from maefast.choices import LOADER_BACKENDS
 from maefast.data.dataset import Dataset
 from maefast.data.decode import check_error_policy
 from maefast.data.plan import TilePlan, TrainPlan
@@ -31,7 +32,6 @@ from maefast.errors import UserInputError, installed
 from maefast.fields import matches
 from maefast.limits import format_bytes, require_memory
 
-BACKENDS = ("auto", "dali", "torch")
 READ_AHEAD_STEPS = 4  # steps whose objects are downloaded ahead of the loader (data on object storage)
 
 
@@ -41,8 +41,8 @@ class Loader:
     def __init__(self, dataset: Dataset, plan, backend: str, device, on_error: str, num_workers: int,
                  tiles: bool = False):
         check_error_policy(on_error)
-        if backend not in BACKENDS:
-            raise UserInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend not in LOADER_BACKENDS:
+            raise UserInputError(f"backend must be one of {LOADER_BACKENDS}, got {backend!r}")
         if not (matches(num_workers, int) and num_workers >= 0):
             raise UserInputError(f"num_workers must be an integer >= 0 (0: read in this process), got {num_workers!r}")
         check_batch_memory(dataset, plan, num_workers)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maefast.data.dataset import PACKED_FORMAT, Dataset
+from maefast.data.dataset import PACKED_FORMAT, SOURCE_COLUMN_PREFIXES, Dataset
 from maefast.data.decode import ImageReadError, check_error_policy
 from maefast.data.torch_backend import ImageReader
 from maefast.errors import UserInputError
@@ -55,7 +55,7 @@ def pack_dataset(dataset: Dataset, out_dir, shard_images: int = 64, on_error: st
                 raise errors[0]
             _write_shard(out / "shards" / name, [image for _, image in kept], dataset)
             manifest["shards"][name] = dict(ids=[str(table.at[r, "id"]) for r, _ in kept],
-                                            skipped=[dict(id=e.image_id, path=e.path, reason=e.reason) for e in errors])
+                                            skipped=[e.record() for e in errors])
             write_json_atomic(out / "manifest.json", manifest)
             done_images += len(rows)
             done_bytes += sum(image.nbytes for _, image in kept)
@@ -103,7 +103,7 @@ def _write_index(out: Path, dataset: Dataset, manifest: dict) -> None:
         position.update({image_id: (name, row) for row, image_id in enumerate(entry["ids"])})
     table = dataset.table
     keep = table["id"].astype(str).isin(position.keys()).to_numpy()
-    index = table.loc[keep, [c for c in table.columns if not c.startswith(("file_", "illum_"))]].copy()
+    index = table.loc[keep, [c for c in table.columns if not c.startswith(SOURCE_COLUMN_PREFIXES)]].copy()
     index["shard"] = [position[str(i)][0] for i in index["id"]]
     index["row"] = np.array([position[str(i)][1] for i in index["id"]], np.int64)
     for column in index.columns:  # parquet needs one type per column

@@ -57,6 +57,16 @@ def join(root: str, *parts: str) -> str:
     return "/".join([str(root).rstrip("/"), *(str(part).strip("/") for part in parts)])
 
 
+def located(folder, *parts) -> Path | str:
+    """A path under `folder`: a Path under a local folder, a URL under a URL prefix."""
+    return join(folder, *parts) if is_remote(folder) else Path(folder).joinpath(*parts)
+
+
+def absolute(path) -> str:
+    """A local path resolved (the form every path of a table takes), or a URL as it is."""
+    return str(path) if is_remote(path) else Path(path).resolve().as_posix()
+
+
 def protocol_of(url: str) -> str:
     return url.split("://", 1)[0]
 

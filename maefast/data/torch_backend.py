@@ -24,7 +24,7 @@ from maefast.data.decode import (
 )
 from maefast.data.plan import Batch, apply_augment
 from maefast.data.storage import is_remote
-from maefast.data.workers import WorkerSetup, start_guarded_workers
+from maefast.data.workers import LOADER_START_METHOD, WorkerSetup, start_guarded_workers, worker_processes
 
 CPU = torch.device("cpu")
 OPEN_REMOTE_SHARDS = 4  # memory maps a reader keeps of shards copied from object storage
@@ -37,12 +37,17 @@ class ImageReader:
         self.dataset = dataset
         self._shards: dict[str, np.ndarray] = {}
         self._illum: dict[str, np.ndarray] = {}
+        self._encoded = None  # rxrx3-core: maefast.data.rxrx3_core.EncodedImages, made on first use
 
     def read_image(self, row: int) -> np.ndarray:
         """The full image of table row `row`: (C, H, W) integer pixels of the selected channels."""
         d = self.dataset
         if d.layout == "packed":
             return np.array(self._stored(row)[d.channel_index])
+        if d.layout == "rxrx3-core":
+            from maefast.data.rxrx3_core import EncodedImages
+            self._encoded = self._encoded or EncodedImages()
+            return self._encoded.read_image(d, row)
         image_id = d.table.at[row, "id"]
         illum = d.illum_files(row)
         channels = []
@@ -94,7 +99,7 @@ class _PlannedBatches(TorchDataset):
                 crops.append(self.reader.read_crops(int(row), batch.anchors[i], batch.augment[i], self.crop_size))
             except ImageReadError as error:  # returned, not raised: worker exceptions lose their attributes
                 keep[i] = False
-                skipped.append(dict(id=error.image_id, path=error.path, reason=error.reason, kind=error.kind))
+                skipped.append(error.record())
                 if self.on_error == "raise":
                     break
         d = self.reader.dataset
@@ -121,6 +126,7 @@ class TorchBackend:
     def __init__(self, dataset: Dataset, crop_size: int, num_workers: int = 2, on_error: str = "raise",
                  device: torch.device = CPU):
         self.dataset, self.on_error, self.device, self.feed = dataset, on_error, device, _Feed()
+        num_workers = worker_processes(num_workers, "the PyTorch loader", LOADER_START_METHOD)
         workers = dict(num_workers=num_workers, persistent_workers=True, prefetch_factor=2,
                        # workers forked from a process running DALI threads can deadlock: start clean ones
                        multiprocessing_context=start_guarded_workers(),

@@ -34,9 +34,10 @@ def embed(checkpoint, data, out, *, overrides: list[str] | None = None, show_pro
     """Embeds every site of `data` with the encoder in `checkpoint` into `out`; returns the job summary.
 
     options: any EmbedConfig key (maefast.embedding.config: pool, batch_size, channels, tile_batch, compile,
-    attention, format, ...; None leaves the default), overrides: `--set` style "key=value" strings, applied
-    before the options. Under torchrun each rank embeds its own shards. Read the result with
-    maefast.read_embeddings(out).
+    attention, format, blocks, ...; None leaves the default), overrides: `--set` style "key=value" strings,
+    applied before the options. blocks: "all", "last" or 0-based block indices of a ViT encoder (a list, or
+    text such as "8,12,16"), embedded from one forward: one row per site and block, a `block` column. Under
+    torchrun each rank embeds its own shards. Read the result with maefast.read_embeddings(out).
     """
     values = {key: value for key, value in options.items() if value is not None}
     config = embed_config({**values, "checkpoint": str(checkpoint), "data": str(data)}, overrides)
@@ -52,7 +53,7 @@ def run_embed(config: EmbedConfig, out, show_progress: bool = True) -> dict:
     try:
         checkpoint = resolve_checkpoint(config.checkpoint)
         encoder, checkpoint_channels = load_encoder(checkpoint, config.model, config.weights_layout,
-                                                    config.trust_pickle)
+                                                    config.trust_pickle, config.model_options)
         dataset = resolve_channels(open_dataset(config.data, layout=config.layout,
                                                 allow_outside_root=config.allow_outside_root),
                                    encoder, config.channels, checkpoint_channels)
@@ -63,7 +64,7 @@ def run_embed(config: EmbedConfig, out, show_progress: bool = True) -> dict:
                                     backend=config.backend, on_error=config.on_error, num_workers=config.workers)
 
         summary = run_embedding(encoder, dataset, out, config, checkpoint, make_tiles, context,
-                                show_progress=show_progress and context.is_main)
+                                show_progress=show_progress)
         if summary.get("complete"):  # rank 0 of a finished job
             summary["exports"] = [str(path) for path in export_embeddings(out, config.format)]
         return summary

@@ -4,11 +4,14 @@ The dataset's images are cut into shards of `shard_size` images (in table order)
 are dealt round-robin to the ranks (rank r of W takes the r-th, the (r + W)-th, ... of rank 0's list, so a
 job rerun after a failure, on any number of ranks, neither repeats nor misses one). Each shard is written
 atomically as shards/shard-00007.parquet (metadata columns + feature_0000...); a shard file exists only when
-complete, so a restarted job skips what is done and never reads a partial file. When every shard is done,
-rank 0 checks that the shards hold each image once and writes the well-level aggregate and manifest.json
-(shards, rows, skipped images, job settings). job.json records the settings the output depends on, the
-encoder's weights (sha256) and the data set's fingerprint; a job restarted with other settings, weights or
-data is refused rather than mixed. config.yaml holds the whole effective EmbedConfig of the latest start, and
+complete, so a restarted job skips what is done and never reads a partial file. With blocks
+(EmbedConfig.blocks) each site has one row per chosen encoder block, all from one forward, and a `block`
+column; wells are averaged per block. When every shard is done, rank 0 checks that the shards hold each image
+once (per block) and writes the well-level aggregate and manifest.json (shards, rows, the skipped images as
+records: id, path, reason, kind). job.json records the settings the output depends on (with blocks, the block
+indices), the encoder's weights (sha256) and the data set's fingerprint; a job restarted with other settings,
+weights or data is refused rather than mixed. config.yaml holds the whole effective EmbedConfig of the latest
+start, and
 attention.json / tile_batch.json what the job setup chose (maefast.job_setup), which a resumed job reuses. The
 output directory is locked: one job writes it at a time.
 """
@@ -22,12 +25,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from maefast.data.identity import compare_fingerprints
 from maefast.distributed import DistributedContext, barrier, broadcast_object, run_on_main
 from maefast.embedding.config import EmbedConfig
-from maefast.embedding.runner import PooledEncoder, TileEmbedder
+from maefast.embedding.runner import PooledEncoder, TileEmbedder, resolve_blocks
 from maefast.errors import UserInputError
 from maefast.io import atomic_path, read_json, read_table, write_json_atomic, write_yaml_atomic
 from maefast.job_setup import (
@@ -42,8 +44,9 @@ from maefast.job_setup import (
 from maefast.lock import OutputLock
 from maefast.models.checkpoint import ResolvedCheckpoint
 from maefast.models.registry import input_config
+from maefast.progress import Progress
 from maefast.records import changes, describe_changes
-from maefast.tables import feature_columns, feature_names
+from maefast.tables import BLOCK_COLUMN, feature_columns, feature_names
 
 METADATA = ("id", "batch", "plate", "well", "site", "perturbation", "is_control")
 JOB_FILE, MANIFEST_FILE = "job.json", "manifest.json"
@@ -51,7 +54,7 @@ JOB_FILE, MANIFEST_FILE = "job.json", "manifest.json"
 
 # the settings the output depends on, recorded in job.json: a resumed job must have the same
 RECORDED_SETTINGS = ("pool", "per_channel", "batch_size", "shard_size", "precision", "compile", "attention",
-                     "tile_batch")
+                     "tile_batch", "model_options")
 OLD_COMPILE_VALUES = {"on": True, "off": False}  # job.json before compile took maefast.job_setup's vocabulary
 
 
@@ -64,12 +67,17 @@ def shard_path(out: Path, index: int) -> Path:
     return out / "shards" / f"shard-{index:05d}.parquet"
 
 
-def job_record(config: EmbedConfig, checkpoint: ResolvedCheckpoint, tile_size: int, dataset) -> dict:
+def job_record(config: EmbedConfig, checkpoint: ResolvedCheckpoint, tile_size: int, dataset,
+               blocks: list[int] | None = None) -> dict:
     """What job.json holds: the output's settings, the checkpoint (compared by its weights' sha256, not its
-    path), the tile size, the channels in their order and the data set's fingerprint."""
-    return {"checkpoint": str(checkpoint), "weights_sha256": checkpoint.sha256,
-            **{key: getattr(config, key) for key in RECORDED_SETTINGS}, "tile_size": tile_size,
-            "channels": list(dataset.channels), "data": dataset.fingerprint()}
+    path), the tile size, the channels in their order and the data set's fingerprint; with blocks, the block
+    indices embedded (as resolved, so "all" and the same indices written out are one job)."""
+    record = {"checkpoint": str(checkpoint), "weights_sha256": checkpoint.sha256,
+              **{key: getattr(config, key) for key in RECORDED_SETTINGS}, "tile_size": tile_size,
+              "channels": list(dataset.channels), "data": dataset.fingerprint()}
+    if blocks is not None:  # a job without blocks records what it did before blocks existed
+        record["blocks"] = blocks
+    return record
 
 
 def upgrade_record(recorded: dict) -> dict:
@@ -110,26 +118,27 @@ def start_job(out: Path, config: EmbedConfig, record: dict) -> OutputLock:
     return lock
 
 
-def embed_shard(embedder: TileEmbedder, dataset, rows: np.ndarray, make_tiles, device,
-                progress) -> tuple[pd.DataFrame, list, int]:
+def embed_shard(embedder: TileEmbedder, dataset, rows: np.ndarray, make_tiles, device, progress,
+                progress_values: dict) -> tuple[pd.DataFrame, list, int]:
     """Embeddings of the images at `rows` (the mean over each image's tiles), the skipped images and the
     number of tiles embedded."""
     subset = dataset.subset(rows)
     loader = make_tiles(subset)
     sums, counts = None, torch.zeros(len(rows), dtype=torch.float64)
     for pixels, owners in regroup(loader, embedder.batch_tiles, device):
-        features = embedder(pixels)
+        features = embedder(pixels)  # (tiles, D), or (tiles, blocks, D)
         if sums is None:
-            sums = torch.zeros(len(rows), features.shape[1], dtype=torch.float64)
+            sums = torch.zeros(len(rows), *features.shape[1:], dtype=torch.float64)
         sums.index_add_(0, owners, features.double().cpu())
         counts.index_add_(0, owners, torch.ones(len(owners), dtype=torch.float64))
-        progress.update(len(owners))
+        progress.update(len(owners), **progress_values)
     skipped = list(getattr(loader, "skipped", []))
     done = counts > 0
     table = subset.table.loc[done.numpy()]
     if sums is None:  # every image of the shard was skipped
         return site_table(table, np.zeros((0, 0), np.float32)), skipped, 0
-    return site_table(table, (sums[done] / counts[done, None]).float().numpy()), skipped, int(counts.sum())
+    means = sums[done] / counts[done].reshape(-1, *[1] * (sums.ndim - 1))
+    return site_table(table, means.float().numpy(), embedder.pooled.blocks), skipped, int(counts.sum())
 
 
 def regroup(loader, size: int, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -149,19 +158,31 @@ def regroup(loader, size: int, device) -> Iterator[tuple[torch.Tensor, torch.Ten
         yield torch.cat(pixels), torch.cat(owners)
 
 
-def site_table(table: pd.DataFrame, features: np.ndarray) -> pd.DataFrame:
-    """The output format: a data set's metadata columns (file paths left out), then feature_0000, ..."""
-    metadata = table[[c for c in table.columns if not c.startswith(("file_", "illum_"))]].reset_index(drop=True)
+def site_table(table: pd.DataFrame, features: np.ndarray, blocks: list[int] | None = None) -> pd.DataFrame:
+    """The output format: a data set's metadata columns (file paths and shard positions left out), then
+    feature_0000, ...
+
+    With blocks, features are (sites, blocks, D) and each site has one row per block, its `block` column
+    (the 0-based encoder block) after the metadata."""
+    metadata = table[[c for c in table.columns if not c.startswith(("file_", "illum_", "shard_", "row_"))]]
+    metadata = metadata.reset_index(drop=True)
+    if blocks is not None:
+        metadata = metadata.loc[np.repeat(metadata.index, len(blocks))].reset_index(drop=True)
+        metadata[BLOCK_COLUMN] = np.tile(np.asarray(blocks, dtype=np.int64), len(features))
+        features = features.reshape(len(features) * len(blocks), -1) if len(features) else np.zeros((0, 0), np.float32)
     return pd.concat([metadata, pd.DataFrame(features, columns=feature_names(features.shape[1]))], axis=1)
 
 
 def aggregate_wells(sites: pd.DataFrame) -> pd.DataFrame:
-    """Mean feature vector per (batch, plate, well); perturbation and control flag carried along."""
+    """Mean feature vector per (batch, plate, well[, block]); the metadata every site of a well shares
+    (perturbation, control flag, compound concentration, ...) carried along."""
     features = feature_columns(sites, required=False)
-    keys = [c for c in ("batch", "plate", "well") if c in sites.columns]
-    carried = [c for c in ("perturbation", "is_control") if c in sites.columns]
+    keys = [c for c in ("batch", "plate", "well", BLOCK_COLUMN) if c in sites.columns]
     grouped = sites.groupby(keys, sort=True)
     wells = grouped[features].mean()
+    metadata = [c for c in sites.columns if c not in features and c not in keys and c not in ("id", "site")]
+    shared = grouped[metadata].nunique(dropna=False).max() <= 1
+    carried = [c for c in metadata if shared[c]]
     wells[carried] = grouped[carried].first()
     wells["sites"] = grouped.size()
     return wells.reset_index()[keys + carried + ["sites"] + features]
@@ -174,21 +195,22 @@ def run_embedding(encoder, dataset, out, config: EmbedConfig, checkpoint: Resolv
     subset). context: this rank's place under torchrun (rank 0 holds the output lock and writes the records)."""
     config.validate()
     out = Path(out)
-    record = job_record(config, checkpoint, input_config(encoder).img_size, dataset)
+    blocks = resolve_blocks(config.blocks, encoder)
+    record = job_record(config, checkpoint, input_config(encoder).img_size, dataset, blocks)
     lock = run_on_main(lambda: start_job(out, config, record), context)
     try:
-        return embed_shards(encoder, dataset, out, config, make_tiles, context, show_progress)
+        return embed_shards(encoder, dataset, out, config, blocks, make_tiles, context, show_progress)
     finally:
         if lock is not None:
             lock.release()
 
 
-def setup_embedder(encoder, out: Path, config: EmbedConfig, tile_shape: tuple[int, int, int], loader_tiles: int,
-                   context: DistributedContext) -> TileEmbedder:
+def setup_embedder(encoder, out: Path, config: EmbedConfig, blocks: list[int] | None,
+                   tile_shape: tuple[int, int, int], loader_tiles: int, context: DistributedContext) -> TileEmbedder:
     """The job setup of an embedding job (maefast.job_setup): precision, tile batch, attention, compile; rank
-    0 writes the records, which a resumed job reuses."""
+    0 writes the records, which a resumed job reuses. blocks: resolve_blocks' indices, or None."""
     setup = RunSetup.resolve(context.device, config.precision, config.compile)
-    pooled = PooledEncoder(encoder, pool=config.pool, per_channel=config.per_channel, setup=setup)
+    pooled = PooledEncoder(encoder, pool=config.pool, per_channel=config.per_channel, setup=setup, blocks=blocks)
 
     def broadcast(obj):
         return broadcast_object(obj, context)
@@ -208,8 +230,8 @@ def setup_embedder(encoder, out: Path, config: EmbedConfig, tile_shape: tuple[in
     return TileEmbedder(pooled, tiles, setup.compile)
 
 
-def embed_shards(encoder, dataset, out: Path, config: EmbedConfig, make_tiles, context: DistributedContext,
-                 show_progress: bool) -> dict:
+def embed_shards(encoder, dataset, out: Path, config: EmbedConfig, blocks: list[int] | None, make_tiles,
+                 context: DistributedContext, show_progress: bool) -> dict:
     """This rank's missing shards, then (rank 0, once every shard is there) the aggregate and manifest."""
     rank, world_size, device = context.rank, context.world_size, context.device
     num_shards = -(-len(dataset) // config.shard_size)
@@ -219,33 +241,33 @@ def embed_shards(encoder, dataset, out: Path, config: EmbedConfig, make_tiles, c
     mine = missing[rank::world_size]
     tile_size = input_config(encoder).img_size
     tiles_per_image = (dataset.image_shape[0] // tile_size) * (dataset.image_shape[1] // tile_size)
-    embedder = setup_embedder(encoder, out, config, (len(dataset.channels), tile_size, tile_size),
+    embedder = setup_embedder(encoder, out, config, blocks, (len(dataset.channels), tile_size, tile_size),
                               loader_tiles(config, len(dataset), tiles_per_image), context)
     total_tiles = sum(min(config.shard_size, len(dataset) - k * config.shard_size) for k in mine) * tiles_per_image
-    progress = tqdm(total=total_tiles, unit="crop", desc=f"embed rank {rank}", disable=not show_progress)
+    progress = Progress("embed", total_tiles, "crops", bar=show_progress, silent=not context.is_main)
     start, skipped_all, crops = time.perf_counter(), [], 0
     for index in mine:
         rows = np.arange(index * config.shard_size, min((index + 1) * config.shard_size, len(dataset)))
-        frame, skipped, shard_crops = embed_shard(embedder, dataset, rows, make_tiles, device, progress)
+        rate = {"crops_s": crops / max(time.perf_counter() - start, 1e-9)} if crops else {}
+        frame, skipped, shard_crops = embed_shard(embedder, dataset, rows, make_tiles, device, progress, rate)
         crops += shard_crops
         with atomic_path(shard_path(out, index)) as temporary:
             frame.to_parquet(temporary, index=False)
         if skipped:
-            write_json_atomic(shard_path(out, index).with_suffix(".skipped.json"), [str(s) for s in skipped])
+            write_json_atomic(shard_path(out, index).with_suffix(".skipped.json"), skipped)
         skipped_all.extend(skipped)
-        progress.set_postfix(crops_s=f"{crops / max(time.perf_counter() - start, 1e-9):.1f}")
     progress.close()
     barrier(context)
     summary = {"num_shards": num_shards, "embedded_here": len(mine), "tile_batch": embedder.batch_tiles,
                "crops_per_s": crops / max(time.perf_counter() - start, 1e-9)}
     if rank == 0:
-        summary.update(finalize(out, num_shards, dataset.ids))
+        summary.update(finalize(out, num_shards, dataset.ids, blocks))
     return summary
 
 
-def finalize(out: Path, num_shards: int, ids) -> dict:
+def finalize(out: Path, num_shards: int, ids, blocks: list[int] | None = None) -> dict:
     """Writes wells.parquet and manifest.json once every shard is complete and holds each of the data set's
-    images (`ids`) exactly once (those the job skipped aside)."""
+    images (`ids`) exactly once (per block, with blocks; those the job skipped aside)."""
     missing = [k for k in range(num_shards) if not shard_path(out, k).exists()]
     if missing:
         return {"complete": False, "missing_shards": missing}
@@ -253,7 +275,7 @@ def finalize(out: Path, num_shards: int, ids) -> dict:
     skipped = []
     for path in sorted((out / "shards").glob("*.skipped.json")):
         skipped.extend(read_json(path))
-    check_sites(out, sites, ids, len(skipped))
+    check_sites(out, sites, ids, len(skipped), blocks)
     with atomic_path(out / "wells.parquet") as temporary:
         aggregate_wells(sites).to_parquet(temporary, index=False)
     manifest = {"complete": True, "shards": [shard_path(out, k).name for k in range(num_shards)],
@@ -263,15 +285,27 @@ def finalize(out: Path, num_shards: int, ids) -> dict:
     return manifest
 
 
-def check_sites(out: Path, sites: pd.DataFrame, ids, skipped: int) -> None:
-    """The merged shards hold each image of the data set at most once, and all of them but the skipped ones."""
-    found = sites["id"].astype(str)
-    duplicated = sorted(set(found[found.duplicated()]))
-    unknown = sorted(set(found) - {str(i) for i in ids})
-    if duplicated or unknown or len(found) + skipped != len(ids):
-        raise UserInputError(f"{out / 'shards'}: the shards do not hold each image once (duplicated {duplicated[:5]}, "
-                             f"not in the data set {unknown[:5]}, {len(found)} sites + {skipped} skipped for "
-                             f"{len(ids)} images): they were written by another job; embed into a new --out")
+def check_sites(out: Path, sites: pd.DataFrame, ids, skipped: int, blocks: list[int] | None = None) -> None:
+    """The merged shards hold each image of the data set at most once, and all of them but the skipped ones;
+    with blocks, so does each block's rows, and no other block has rows."""
+    refusal = f"{out / 'shards'}: the shards do not hold each image once"
+    advice = "they were written by another job; embed into a new --out"
+    if blocks is None:
+        groups = [("", sites)]
+    else:
+        other = sorted(set(sites[BLOCK_COLUMN].astype(int)) - set(blocks)) if BLOCK_COLUMN in sites else ["none"]
+        if other:
+            raise UserInputError(f"{refusal} per block: rows of blocks {other[:5]}, not of the job's {blocks}; "
+                                 f"{advice}")
+        groups = [(f" in block {block}", sites[sites[BLOCK_COLUMN] == block]) for block in blocks]
+    known = {str(i) for i in ids}
+    for where, rows in groups:
+        found = rows["id"].astype(str)
+        duplicated = sorted(set(found[found.duplicated()]))
+        unknown = sorted(set(found) - known)
+        if duplicated or unknown or len(found) + skipped != len(ids):
+            raise UserInputError(f"{refusal}{where} (duplicated {duplicated[:5]}, not in the data set {unknown[:5]}, "
+                                 f"{len(found)} sites + {skipped} skipped for {len(ids)} images): {advice}")
 
 
 def read_job(out, level: str = "site", require_complete: bool = True) -> pd.DataFrame:

@@ -14,9 +14,10 @@ from maefast.ops.patches import self_standardize, unpatchify
 
 
 class Throughput:
-    """Crops/s, tokens/s and MFU over the interval since the last report."""
+    """Crops/s, tokens/s, TFLOP/s and MFU over the interval since the last report; no MFU without a matmul rate
+    (on a CPU: maefast.train.loop)."""
 
-    def __init__(self, flops_per_crop: int, tokens_per_crop: int, matmul_rate: float, world_size: int):
+    def __init__(self, flops_per_crop: int, tokens_per_crop: int, matmul_rate: float | None, world_size: int):
         self.flops_per_crop, self.tokens_per_crop = flops_per_crop, tokens_per_crop
         self.matmul_rate, self.world_size = matmul_rate, world_size
         self.crops, self.start = 0, time.perf_counter()
@@ -29,9 +30,11 @@ class Throughput:
         crops_per_s = self.crops * self.world_size / elapsed
         flops_per_s = crops_per_s * self.flops_per_crop
         self.crops, self.start = 0, time.perf_counter()
-        return {"crops_per_s": crops_per_s, "tokens_per_s": crops_per_s * self.tokens_per_crop,
-                "tflops_per_s": flops_per_s / 1e12,
-                "mfu": flops_per_s / (self.matmul_rate * self.world_size)}
+        rates = {"crops_per_s": crops_per_s, "tokens_per_s": crops_per_s * self.tokens_per_crop,
+                 "tflops_per_s": flops_per_s / 1e12}
+        if self.matmul_rate is not None:
+            rates["mfu"] = flops_per_s / (self.matmul_rate * self.world_size)
+        return rates
 
 
 @dataclass

@@ -45,6 +45,7 @@ from maefast.io import (
     write_safetensors,
     write_state,
 )
+from maefast.models.checkpoint import RUN_CHECKPOINTS, RUN_MANIFEST
 from maefast.train.integrity import (
     check_optimizer,
     check_train_state,
@@ -63,7 +64,7 @@ from maefast.train.sharded import (
     with_configured_hyperparameters,
 )
 
-MANIFEST = "latest.json"
+MANIFEST = RUN_MANIFEST
 MODEL_FILE, STATE_STEM, META_FILE = "model.safetensors", "train_state", "meta.json"
 RECORD_FILES = (f"{STATE_STEM}.json", f"{STATE_STEM}.safetensors", META_FILE, "config.json")
 PICKLED_STATE = "train_state.pt"  # the format of maefast before the state moved to safetensors + JSON
@@ -86,7 +87,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def checkpoint_root(out_dir) -> Path:
-    return Path(out_dir) / "checkpoints"
+    return Path(out_dir) / RUN_CHECKPOINTS
 
 
 def save_checkpoint(out_dir, step: int, model, optimizer, train_state: dict, rng_states: list, meta: dict,

@@ -49,6 +49,36 @@ def test_synth_is_deterministic_and_resumes(tmp_path, capsys):
         assert path.read_bytes() == (tmp_path / "b" / path.relative_to(tmp_path / "a")).read_bytes()
     first[0].unlink()
     assert main(args + ["--out", str(tmp_path / "a")]) == 0
-    assert "resuming" in capsys.readouterr().out and first[0].is_file()
+    assert "rendering 1 site of" in capsys.readouterr().out and first[0].is_file()  # the one missing site only
     with pytest.raises(ValueError, match="other parameters"):
         synth_screen(tmp_path / "a", layout="jump", num_genes=4)
+
+
+def test_compounds_mimic_their_targets_with_the_dose(tmp_path):
+    from maefast.data.synthetic import design_compounds
+    sites, genes = design_screen(num_genes=20, replicates=2, num_plates=2, num_experiments=1, controls_per_plate=4,
+                                 sites_per_well=1, seed=4, num_compounds=5, concentrations=(0.1, 1.0, 10.0))
+    compounds = design_compounds(genes, 5, (0.1, 1.0, 10.0), seed=4)
+    treated = sites[sites["compound"].notna()]
+    assert len(treated) == 5 * 3 * 2 and set(treated["concentration"]) == {0.1, 1.0, 10.0}
+    assert treated.groupby(["compound", "concentration"])["plate"].nunique().eq(2).all()  # replicates on 2 plates
+    assert sites.loc[sites["compound"].isna(), "perturbation"].equals(sites.loc[sites["compound"].isna(), "gene"])
+    effects = genes.set_index("gene").drop(columns="complex")
+    for _, rows in compounds.groupby("compound"):
+        vectors = rows.set_index("concentration")[effects.columns]
+        norms = np.linalg.norm(vectors.to_numpy(), axis=1)
+        assert np.all(np.diff(norms) > 0)  # stronger at higher doses
+        targets = rows["targets"].iloc[0].split()
+        if targets:  # mimics the mean of its targets' knockouts
+            target = effects.loc[targets].mean().to_numpy()
+            cosine = vectors.iloc[-1].to_numpy() @ target / (norms[-1] * np.linalg.norm(target))
+            assert cosine > 0.85
+    assert (compounds.drop_duplicates("compound")["targets"] == "").sum() == 1  # one decoy in five
+    out = synth_screen(tmp_path / "screen", layout="rxrx", num_genes=6, replicates=1, num_plates=1,
+                       num_experiments=1, controls_per_plate=2, sites_per_well=1, size=32, channels=2,
+                       num_compounds=2, concentrations=(1.0, 5.0), workers=1, progress=False)
+    table = open_dataset(out).table
+    assert set(table["perturbation"]) >= {"CMPD-001", "CMPD-002", "EMPTY"}
+    assert sorted(table["concentration"].dropna().unique()) == [1.0, 5.0]
+    pairs = pd.read_csv(out / "compound_targets.csv")
+    assert list(pairs.columns) == ["compound", "gene"] and set(pairs["gene"]) <= set(table["perturbation"])

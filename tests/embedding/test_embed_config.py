@@ -3,6 +3,7 @@ and from Python, typed flags that never pass through text, `--set` overrides, th
 checkpoint resolved once per job."""
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,6 +50,9 @@ def test_defaults_come_from_the_config_alone(captured):
     assert captured == [expected, expected] and expected.batch_size == 16
     flags = {action.dest: action for action in build_parser()._subparsers._group_actions[0].choices["embed"]._actions}
     for setting in dataclasses.fields(EmbedConfig):  # every key is a flag, and the help shows the config's default
+        if not setting.metadata.get("flag", True):  # model_options: --set model.KEY=VALUE
+            assert setting.name not in flags and "--set model.KEY=VALUE" in setting.metadata["help"]
+            continue
         assert setting.name in flags, setting.name
         if setting.default not in (None, "", False, dataclasses.MISSING):
             assert f"(default: {str(setting.default).lower()})" in flags[setting.name].help.lower(), setting.name
@@ -63,7 +67,7 @@ def test_flag_values_stay_what_they_were_typed(captured, monkeypatch, tmp_path, 
     trained = []
     monkeypatch.setattr("maefast.train.loop.train", lambda config, *args, **kwargs: trained.append(config) or {})
     assert main(["train", "--recipe", "debug", "--out", str(tmp_path), "--data", name, "--max-steps", "7"]) == 0
-    assert (trained[0].data.path, trained[0].run.max_steps) == (name, 7)
+    assert (trained[0].data.path, trained[0].run.max_steps) == (str(Path.cwd() / name), 7)  # stored absolute
 
 
 def test_flags_win_over_set_and_bad_values_are_named(captured, capsys):
@@ -84,6 +88,29 @@ def test_flags_win_over_set_and_bad_values_are_named(captured, capsys):
     with pytest.raises(UserInputError, match="checkpoint is required"):
         embed_config({"data": "d"})
     assert embed_config({"checkpoint": "c", "data": "d", "workers": 0}).workers == 0  # 0: read in this process
+
+
+def test_blocks_is_a_config_value_set_the_same_way_everywhere(captured, capsys):
+    """--blocks, maefast.embed(blocks=...) and --set blocks=... give the same typed EmbedConfig.blocks."""
+    for written, expected in [("all", "all"), ("last", "last"), ("8,12,-1", [8, 12, -1]), ("5", [5])]:
+        captured.clear()
+        assert main(["embed", "--checkpoint", "c", "--data", "d", "--out", "o", "--blocks", written]) == 0
+        assert main(["embed", "--checkpoint", "c", "--data", "d", "--out", "o", "--set", f"blocks={written}"]) == 0
+        maefast.embed("c", "d", "o", blocks=written)
+        maefast.embed("c", "d", "o", blocks=expected)
+        assert [config.blocks for config in captured] == [expected] * 4, written
+    captured.clear()
+    assert main(["embed", "--checkpoint", "c", "--data", "d", "--out", "o", "--set", "blocks=[2, 3]"]) == 0
+    maefast.embed("c", "d", "o", blocks=None)
+    assert [config.blocks for config in captured] == [[2, 3], None]
+    for setting, message in [("blocks=first", "blocks must be all or last or block indices"),
+                             ("blocks=[]", "blocks must be all or last or block indices"),
+                             ("blocks=[1.5]", "blocks=[1.5] must be")]:
+        assert main(["embed", "--checkpoint", "c", "--data", "d", "--out", "o", "--set", setting]) == 2
+        assert message in capsys.readouterr().err, setting
+    with pytest.raises(SystemExit):
+        main(["embed", "--checkpoint", "c", "--data", "d", "--out", "o", "--blocks", "8,twelve"])
+    assert "expected all or last or block indices such as 8,12,16, got '8,twelve'" in capsys.readouterr().err
 
 
 def test_a_job_saves_its_config_and_resolves_its_checkpoint_once(screen, tmp_path, monkeypatch):
@@ -124,7 +151,7 @@ def test_a_job_folder_of_an_earlier_version_resumes(screen, tmp_path):
     options = dict(shard_size=8, compile=False, show_progress=False)
     first = maefast.embed(weights, screen, out, **options)
     record = json.loads((out / "job.json").read_text())
-    assert record["compile"] is False
+    assert record["compile"] is False and "blocks" not in record  # a job without blocks records as before
     (out / "job.json").write_text(json.dumps({**record, "compile": "off"}))  # as maefast wrote it before
     (out / "shards" / "shard-00001.parquet").unlink()
     (out / "manifest.json").unlink()

@@ -2,11 +2,13 @@
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 import maefast
 from maefast.cli import main
@@ -17,6 +19,7 @@ from maefast.embedding.config import embed_config
 from maefast.embedding.job import read_job, run_embedding
 from maefast.errors import UserInputError
 from maefast.models.checkpoint import resolve_checkpoint
+from tests.helpers import FIXTURES
 from tests.test_lock import hold_lock
 
 
@@ -159,3 +162,71 @@ def test_one_embedding_job_per_output_directory(screen, checkpoint, tmp_path, ca
         holder.kill()
         holder.wait()
     assert f"is in use by another maefast job (test holder, pid {holder.pid}" in capsys.readouterr().err
+
+
+def test_a_bare_timm_weights_file_embeds_with_its_architecture_read_from_it(screen, tmp_path):
+    """`maefast embed --checkpoint timm.safetensors --model NAME`: block type, pooling, biases, positions, channels
+    and crop size come from the weights (timm's standard ViT, global_pool="avg"); `--set model.KEY=VALUE` sets
+    what the name fixes otherwise (here the width and heads of the small test model), recorded in job.json."""
+    tensors = load_file(str(Path(FIXTURES) / "timm_standard_golden_avg.safetensors"))
+    state = {k.removeprefix("state."): v for k, v in tensors.items() if k.startswith("state.")}
+    save_file(state, str(tmp_path / "timm.safetensors"))
+    out = tmp_path / "emb"
+    assert main(["embed", "--checkpoint", str(tmp_path / "timm.safetensors"), "--model", "vit_debug_patch8_64",
+                 "--data", str(screen), "--out", str(out), "--set", "model.embed_dim=48", "--set",
+                 "model.num_heads=4", "--no-progress"]) == 0
+    assert json.loads((out / "job.json").read_text())["model_options"] == {"embed_dim": 48, "num_heads": 4}
+    encoder = maefast.create_model("vit_debug_patch8_64", checkpoint_path=state, embed_dim=48, num_heads=4)
+    assert (encoder.config.global_pool, encoder.config.block, encoder.config.img_size) == ("avg", "standard", 32)
+    record = open_dataset(screen).table.iloc[0]
+    image = np.stack([read_channel(record[f"file_{c}"]) for c in open_dataset(screen).channels])
+    tiles = torch.from_numpy(image).unfold(1, 32, 32).unfold(2, 32, 32).permute(1, 2, 0, 3, 4).reshape(16, 6, 32, 32)
+    expected = encoder.embed(tiles.contiguous()).mean(0)
+    got = torch.tensor(read_job(out).filter(like="feature_").iloc[0].to_numpy(), dtype=torch.float32)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_blocks_in_one_pass_match_embed_blocks_and_resume(screen, checkpoint, tmp_path, monkeypatch):
+    from maefast.models.vit import VisionTransformer
+    common = ["embed", "--checkpoint", str(checkpoint), "--data", str(screen), "--shard-size", "5",
+              "--batch-size", "3", "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "final")]) == 0
+    forwards = []
+    original = VisionTransformer.forward_intermediates
+    monkeypatch.setattr(VisionTransformer, "forward_intermediates",
+                        lambda self, *a, **k: forwards.append(1) or original(self, *a, **k))
+    assert main([*common, "--out", str(tmp_path / "blocks"), "--blocks", "all"]) == 0
+    dataset = open_dataset(screen)
+    # one forward per 12 tiles (3 images of 4 tiles) of each 5-image shard, not one per block
+    shards = [min(5, len(dataset) - start) for start in range(0, len(dataset), 5)]
+    assert len(forwards) == sum(-(-4 * images // 12) for images in shards)
+    sites, final = read_job(tmp_path / "blocks"), read_job(tmp_path / "final")
+    assert list(sites["block"]) == [0, 1] * len(dataset) and list(sites["id"][::2]) == list(dataset.ids)
+    last = sites[sites["block"] == 1].filter(like="feature_").to_numpy()
+    np.testing.assert_allclose(last, final.filter(like="feature_").to_numpy(), rtol=1e-5, atol=1e-6)
+    # block 0 by hand: the mean over one site's tiles of embed_blocks
+    encoder = maefast.from_pretrained(checkpoint).eval()
+    record = dataset.table.iloc[3]
+    image = np.stack([read_channel(record[f"file_{c}"]) for c in ["Mito", "DNA", "RNA"]])
+    tiles = torch.from_numpy(image).unfold(1, 64, 64).unfold(2, 64, 64).permute(1, 2, 0, 3, 4).reshape(4, 3, 64, 64)
+    with torch.no_grad():
+        expected = encoder.embed_blocks(tiles.contiguous(), [0])[:, 0].mean(0)
+    got = sites[(sites["id"] == record["id"]) & (sites["block"] == 0)].filter(like="feature_").to_numpy()[0]
+    torch.testing.assert_close(torch.tensor(got), expected, rtol=1e-4, atol=1e-5)
+    wells = read_job(tmp_path / "blocks", level="well")
+    assert len(wells) == len(dataset) and sorted(wells["block"].unique()) == [0, 1]
+    # resumes (a shard removed is recomputed the same), refuses other blocks in the same folder
+    shard = tmp_path / "blocks" / "shards" / "shard-00001.parquet"
+    before = pd.read_parquet(shard)
+    shard.unlink()
+    (tmp_path / "blocks" / "manifest.json").unlink()
+    assert main([*common, "--out", str(tmp_path / "blocks"), "--blocks", "all"]) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(shard), before)
+    # job.json holds the resolved indices: the same blocks written another way are the same job
+    assert json.loads((tmp_path / "blocks" / "job.json").read_text())["blocks"] == [0, 1]
+    assert maefast.embed(checkpoint, screen, tmp_path / "blocks", blocks="0,-1", batch_size=3, shard_size=5,
+                         show_progress=False)["complete"]
+    with pytest.raises(UserInputError, match="blocks"):
+        maefast.embed(checkpoint, screen, tmp_path / "blocks", blocks="last", show_progress=False)
+    with pytest.raises(UserInputError, match="block 7 does not exist"):
+        maefast.embed(checkpoint, screen, tmp_path / "other", blocks=[7], show_progress=False)
