@@ -23,7 +23,7 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--parallel", choices=["ddp", "fsdp", "both"], default="both",
                         help="weights whole on every GPU (ddp), sharded (fsdp: FSDP2), or both (run.parallel)")
     parser.add_argument("--recompute", choices=["none", "selective", "full", "all"], default="all",
-                        help="activation checkpointing (run.activation_checkpointing false, selective, full; all: each)")
+                        help="recomputation (run.activation_checkpointing false, selective, full; all: each)")
     parser.add_argument("--optimizer", choices=["adamw", "lion"], default="adamw",
                         help="its state per parameter: AdamW two fp32 moments, Lion one (optim.name)")
     parser.add_argument("--channels", type=int, help="channels of the images (default: the model's in_chans)")

@@ -14,6 +14,7 @@ import maefast
 from maefast.data import make_loader, make_tile_loader, open_dataset
 from maefast.data.decode import ImageReadError
 from maefast.data.packed import pack_dataset
+from maefast.data.rxrx3_core_write import write_rxrx3_core
 from maefast.data.storage import ObjectCache, RetryPolicy, StorageError, filesystem, object_cache
 from maefast.embedding.job import read_job
 from maefast.train.config import load_config
@@ -21,6 +22,7 @@ from maefast.train.loop import Trainer
 from tests.storage.s3_server import FaultyProxy, free_port
 
 SHARD_IMAGES = 4
+CORE_SHARD_IMAGES = 6  # sites per parquet shard of the RxRx3-core copy: several shards
 PREFIX = "s3://screens/packed"
 
 
@@ -34,13 +36,16 @@ def store(screen, tmp_path_factory):
     proxy = FaultyProxy(port)
     packed = pack_dataset(open_dataset(screen), tmp_path_factory.mktemp("packed") / "screen", SHARD_IMAGES,
                           progress=False)
+    core = write_rxrx3_core(open_dataset(screen), tmp_path_factory.mktemp("core") / "screen", codec="png",
+                            images_per_shard=CORE_SHARD_IMAGES)
     client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="testing",
                           aws_secret_access_key="testing", region_name="us-east-1")
     client.create_bucket(Bucket="screens")
-    for folder, prefix in ((packed, "packed"), (Path(screen), "rxrx")):  # packed shards; a file per channel
+    # packed shards; a file per channel; RxRx3-core's parquet shards of encoded images
+    for folder, prefix in ((packed, "packed"), (Path(screen), "rxrx"), (core, "rxrx3core")):
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
             client.upload_file(str(path), "screens", f"{prefix}/{path.relative_to(folder).as_posix()}")
-    yield {"proxy": proxy, "packed": packed, "client": client, "screen": Path(screen)}
+    yield {"proxy": proxy, "packed": packed, "client": client, "screen": Path(screen), "core": core}
     proxy.close()
     server.stop()
 
@@ -124,6 +129,32 @@ def test_loader_workers_read_a_file_per_channel_layout_from_s3(store, s3_env, mo
     for (local_ids, local_pixels), (remote_ids, remote_pixels) in zip(*crops, strict=True):
         assert local_ids == remote_ids and torch.equal(local_pixels, remote_pixels)
     assert store["proxy"].failures_served == served + 1
+
+
+def test_rxrx3_core_layout_opens_and_reads_from_s3(store, s3_env):
+    """RxRx3-core under an s3:// prefix: detected, its metadata read from the store, its parquet shards through
+    the bounded cache (a transient failure retried), the same table, fingerprint and crops as the local copy."""
+    local, remote = open_dataset(store["core"]), open_dataset("s3://screens/rxrx3core")
+    assert remote.layout == local.layout == "rxrx3-core"
+    assert list(remote.ids) == list(local.ids) and remote.channels == local.channels
+    shards = sorted((store["core"] / "data").glob("*.parquet"))
+    assert len(shards) > 1 and remote.table["shard_" + remote.channels[0]].str.startswith("s3://screens/").all()
+    assert remote.fingerprint() == local.fingerprint()
+    object_cache.cache_clear()  # opening copied the shards into the cache: start the reads from an empty one
+    for copy in s3_env.iterdir():
+        copy.unlink()
+    store["proxy"].fail(f"/rxrx3core/data/{shards[-1].name}", 1)  # once, then the object
+    served = store["proxy"].failures_served
+
+    def crops(dataset):
+        return [(batch["ids"], batch["pixels"]) for batch in make_loader(
+            dataset, batch_size=3, crop_size=64, crops_per_image=1, seed=4, backend="torch", num_workers=0)]
+
+    pairs = list(zip(crops(local), crops(remote), strict=True))
+    assert pairs and all(a_ids == b_ids and torch.equal(a, b) for (a_ids, a), (b_ids, b) in pairs)
+    assert store["proxy"].failures_served == served + 1
+    held = {p.name.split("-", 1)[1] for p in s3_env.iterdir() if p.suffix == ".parquet"}
+    assert held and held <= {p.name for p in shards}  # read from the cache's copies
 
 
 def test_embedding_from_s3_equals_embedding_the_local_copy(store, s3_env, tmp_path):
