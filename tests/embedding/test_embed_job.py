@@ -230,3 +230,23 @@ def test_blocks_in_one_pass_match_embed_blocks_and_resume(screen, checkpoint, tm
         maefast.embed(checkpoint, screen, tmp_path / "blocks", blocks="last", show_progress=False)
     with pytest.raises(UserInputError, match="block 7 does not exist"):
         maefast.embed(checkpoint, screen, tmp_path / "other", blocks=[7], show_progress=False)
+
+
+def test_the_merge_refuses_shards_that_do_not_hold_each_image_once_per_block(tmp_path):
+    """check_sites, the merge's check (a torchrun job's shards written by ranks that each took some): each image
+    once, and with blocks once in every chosen block and in no other block."""
+    from maefast.embedding.job import check_sites
+    from maefast.tables import BLOCK_COLUMN
+    ids = ["a", "b", "c"]
+    whole = pd.DataFrame({"id": ids * 2, BLOCK_COLUMN: [3] * 3 + [5] * 3})
+    check_sites(tmp_path, whole, ids, 0, [3, 5])
+    check_sites(tmp_path, whole[whole[BLOCK_COLUMN] == 3].drop(columns=BLOCK_COLUMN), ids, 0)
+    check_sites(tmp_path, whole.iloc[[0, 1, 3, 4]], ids, 1, [3, 5])  # c skipped: in no block
+    with pytest.raises(UserInputError, match=r"once in block 5 \(duplicated \['b'\]"):
+        check_sites(tmp_path, pd.concat([whole, whole.iloc[[4]]]), ids, 0, [3, 5])
+    with pytest.raises(UserInputError, match=r"in block 5 \(duplicated \[\], not in the data set \[\], 2 sites"):
+        check_sites(tmp_path, whole.iloc[:5], ids, 0, [3, 5])
+    with pytest.raises(UserInputError, match=r"rows of blocks \[7\], not of the job's \[3, 5\]"):
+        check_sites(tmp_path, whole.assign(**{BLOCK_COLUMN: [3] * 3 + [7] * 3}), ids, 0, [3, 5])
+    with pytest.raises(UserInputError, match=r"once \(duplicated \['a', 'b', 'c'\]"):
+        check_sites(tmp_path, whole.assign(**{BLOCK_COLUMN: 3}).drop(columns=BLOCK_COLUMN), ids, 0)

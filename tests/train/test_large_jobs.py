@@ -20,6 +20,7 @@ import maefast
 from maefast.cli import main
 from maefast.data import open_dataset
 from maefast.embedding.job import read_job
+from maefast.tables import BLOCK_COLUMN
 from tests.processes import children, run, started
 from tests.train.test_distributed import free_port
 
@@ -140,8 +141,10 @@ def test_a_rank_killed_during_a_sharded_save_restarts_from_the_previous_checkpoi
 
 
 def test_embedding_rerun_after_a_killed_rank_has_every_site_once(screen, screen_encoder, tmp_path):
+    """Block-wise (every block of the 2-block encoder: one row per site and block), killed, rerun on 3 ranks:
+    the merged table holds each site once per block, with the single-process job's features."""
     common = ["--checkpoint", str(screen_encoder), "--data", str(screen), "--shard-size", "2", "--batch-size", "1",
-              "--workers", "0", "--backend", "torch", "--no-progress"]
+              "--workers", "0", "--backend", "torch", "--no-progress", "--blocks", "all"]
     out = tmp_path / "emb"
     with started(torchrun(2, "-m", "maefast.cli", "embed", *common, "--out", str(out)), env=ENV,
                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as agent:
@@ -151,9 +154,12 @@ def test_embedding_rerun_after_a_killed_rank_has_every_site_once(screen, screen_
     assert not (out / "manifest.json").exists()
     succeeds(torchrun(3, "-m", "maefast.cli", "embed", *common, "--out", str(out)))
     maefast.embed(screen_encoder, screen, tmp_path / "reference", shard_size=2, batch_size=1, workers=0,
-                  backend="torch", show_progress=False)
+                  backend="torch", show_progress=False, blocks="all")
     merged, reference = read_job(out), read_job(tmp_path / "reference")
-    assert sorted(merged["id"]) == sorted(open_dataset(screen).ids) and not merged["id"].duplicated().any()
-    merged = merged.set_index("id").loc[reference["id"]]
+    assert sorted(set(merged[BLOCK_COLUMN])) == [0, 1]
+    for block in (0, 1):
+        ids = merged.loc[merged[BLOCK_COLUMN] == block, "id"]
+        assert sorted(ids) == sorted(open_dataset(screen).ids) and not ids.duplicated().any()
+    merged = merged.set_index(["id", BLOCK_COLUMN]).loc[list(zip(reference["id"], reference[BLOCK_COLUMN]))]
     np.testing.assert_allclose(merged.filter(like="feature_").to_numpy(), reference.filter(like="feature_").to_numpy(),
                                rtol=1e-5, atol=1e-6)
