@@ -268,24 +268,30 @@ def _attention_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, QW, QB, KW, KB, GW, GB
 # ---------------------------------------------------------------------------------------------------- launchers
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) tried by the autotuner on a GPU; the first is the fixed choice
-# (MAEFAST_AUTOTUNE=0) for head dims up to 64, FIXED_LARGE_HEAD for larger head dims. None of them spills
-# registers when built for sm_90 at head dim 64 with qk-norm (ptxas, tests/ops/sm90_check.py); the 4-warp
-# dK/dV 32x128 and 64x128 and dQ 128x64 tiles, which did (up to 1.5 KB of spill traffic), are out.
+# (MAEFAST_AUTOTUNE=0). None of them spills registers when built for sm_90 with qk-norm at the head dims it
+# serves (ptxas, tests/ops/sm90_check.py), and each fits the H100 / H200's shared memory in fp32 too.
+# Up to head dim 64: the 4-warp dK/dV 32x128 and 64x128 and dQ 128x64 tiles, which spilled (up to 1.5 KB of spill
+# traffic), are out.
 _TUNE_SPACE = {
     "fwd": [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3)],
     "dkdv": [(64, 64, 4, 2), (64, 128, 8, 2), (32, 128, 8, 2)],
     "dq": [(128, 32, 4, 2), (128, 64, 8, 2), (64, 64, 4, 2)],
 }
-_FIXED_LARGE_HEAD = {"fwd": (128, 64, 8, 3), "dkdv": (32, 64, 4, 2), "dq": (64, 32, 4, 2)}
+# Head dims 65 to 128 (ViT-H's 80, ViT-G's 104: BLOCK_D 128), measured the same way at head dim 80: the fp32
+# (upcast) fwd 128x128, dK/dV 64x128 and dQ 128x64 tiles pass the shared memory limit, and the 4-warp fwd 128x64,
+# dK/dV 32x64 / 64x64 / 8-warp 32x128 and dQ 128x32 tiles spill (72 B to 3.3 KB of spill loads) in bf16.
+_TUNE_SPACE_LARGE_HEAD = {
+    "fwd": [(128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3)],
+    "dkdv": [(32, 64, 8, 2), (64, 64, 8, 2)],
+    "dq": [(64, 32, 4, 2), (64, 64, 8, 2), (64, 64, 4, 2), (128, 32, 8, 2)],
+}
 _PLAIN = {"fwd": _attention_fwd_kernel, "dkdv": _attention_bwd_dkdv_kernel, "dq": _attention_bwd_dq_kernel}
 
 
 def _configs(name: str, head_dim: int) -> list:
     if _interpreting():
         return [config(BLOCK_M=32, BLOCK_N=32)]
-    space = list(_TUNE_SPACE[name])
-    if head_dim > 64:
-        space.insert(0, _FIXED_LARGE_HEAD[name])
+    space = (_TUNE_SPACE_LARGE_HEAD if head_dim > 64 else _TUNE_SPACE)[name]
     return [config(num_warps=w, num_stages=st, BLOCK_M=m, BLOCK_N=n) for m, n, w, st in space]
 
 
