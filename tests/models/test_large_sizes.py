@@ -106,3 +106,19 @@ def test_flop_counts_equal_a_count_by_hand(size):
                * CHANNELS)
     mae = meta(MAE.variant(size))
     assert MAE.training_flops(mae, CHANNELS) == 3 * forward
+
+
+def test_models_command_filters_and_prints_parameters_and_flops(capsys):
+    """`maefast models '*gigantic*' --params --flops`: only the ViT-G/8 entries, each with its parameter count and
+    the FLOPs of one crop (a training step for the MAE, an embedding for the encoder) as the library counts them."""
+    from maefast.cli import main
+    from maefast.cli.models import crop_flops
+    assert main(["models", "*gigantic*", "--params", "--flops"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert lines and all("gigantic" in name for name in lines)
+    for name, kind in (("vit_gigantic_patch8_256", "embed"), ("mae_vit_gigantic_patch8_256", "train")):
+        model = meta(name)
+        assert f"{count(model) / 1e6:9.2f} M" in lines[name]
+        assert f"{crop_flops(model) / 1e9:10.1f} GFLOP/crop ({kind})" in lines[name]
+    assert crop_flops(meta("vit_gigantic_patch8_256")) == embedding_flops(meta("vit_gigantic_patch8_256").config,
+                                                                          CHANNELS)
