@@ -132,13 +132,13 @@ def test_a_changed_config_is_refused_naming_each_key(run_dir, screen):
 def test_a_run_recorded_before_a_config_key_existed_resumes_when_the_key_has_its_default(run_dir, screen):
     """A run folder of an older maefast: its recorded config lacks keys added since (run.checkpoint_format here,
     and a whole section's key). At their defaults, which keep what the run did, they are no change; set to
-    another value, they are one, shown as (none) -> the value."""
+    another value, they are one, shown from the default the run had (main's recorded_config fills it in)."""
     path = checkpoint(run_dir, 4)
     meta = json.loads((path / "meta.json").read_text())
     del meta["config"]["run"]["checkpoint_format"], meta["config"]["data"]["allow_outside_root"]
     (path / "meta.json").write_text(json.dumps(meta))
     write_digests(path)
-    with pytest.raises(UserInputError, match=r"the config differs .*: run.checkpoint_format: \(none\) -> 'sharded'; "
+    with pytest.raises(UserInputError, match=r"the config differs .*: run.checkpoint_format: 'auto' -> 'sharded'; "
                                              r"resume with the same settings"):
         resume(run_dir, screen, "run.checkpoint_format=sharded")
     trainer = resume(run_dir, screen)
