@@ -1,35 +1,44 @@
 """DALI pipelines executing a plan (maefast.data.plan): read, check, decode, correct, crop, flip/rotate.
 
-Every image goes through one of maefast's own DALI operators (csrc/dali, built on first use by
-maefast.data.dali_plugin), one sample per image, whose K augmented crops (K, C, s, s) come out of one call:
-`maefast_image_crops` reads each channel file (PNG or TIFF) once with maefast's readers (csrc/decode: the
-same code that the PyTorch loader and `data check` run through maefast._C), divides it by its
-illumination function when the data set has them, and cuts every crop from the plane;
-`maefast_packed_crops` checks and memory-maps each shard once and copies only the crops' rows. With a GPU
-the crops move to the device inside the pipeline (DALI decodes PNG/TIFF on the host; its GPU decoders cover
-JPEG formats).
+The graph of each path (maefast.data.dali_graph) is built by one function whose device choice is a
+parameter: on a CPU machine every stage runs on the host (CPU_PIPELINE); with a GPU (GPU_PIPELINE) the host
+reads and checks the files (and decodes PNG and TIFF, which DALI has no GPU decoder for), JPEG and JPEG 2000
+are decoded on the GPU (nvJPEG, nvJPEG2000), and the crops are flipped, rotated and stacked there. The
+pipeline runs ahead of the training step by `prefetch` batches on DALI's own CUDA stream; its output is handed
+to torch through DLPack without a copy, and torch's stream waits for it on an event, not on the host
+(DeviceHandover). `dali_device="cpu"` keeps a GPU loader's stages on the host and moves the finished crops.
 
 Sharding, order and crop positions come from the plan, not from DALI's readers, so both backends agree and
 a pipeline can be rebuilt at any step (resume). An image that cannot be read does not stop the pipeline:
-the operators return each image's error beside its crops (kind, path, reason, whatever the reader raised),
-and the backend raises the first as an ImageReadError (on_error="raise") or drops those images from the
-batch and reports them ("skip"), as the PyTorch loader does.
+maefast's operators return each image's error beside its pixels (kind, path, reason, whatever the reader
+raised: a compressed file is checked before the decoder sees it, and a refused one is replaced by a blank
+image), and the backend raises the first as an ImageReadError (on_error="raise") or drops those images from
+the batch and reports them ("skip"), as the PyTorch loader does. A compressed file that passes the checks but
+that DALI's decoder still fails on stops the pipeline: the backend names it (DALI gives the sample; Pillow's
+reading of it gives the reason the PyTorch loader gives), refuses or skips it, and rebuilds the pipeline from
+that batch.
 """
 from __future__ import annotations
 
+import collections
+import os
+import re
+
 import numpy as np
 import torch
-from nvidia.dali import fn, pipeline_def, types
 
-from maefast.data import dali_plugin
-from maefast.data.dataset import Dataset
-from maefast.data.decode import ImageReadError
-from maefast.data.plan import Batch
+# nvImageCodec's OpenCV-based JPEG 2000 reader logs a warning for every image without a colour space
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
-_DALI_TYPES = {np.dtype(np.uint8): types.UINT8, np.dtype(np.uint16): types.UINT16}
+from nvidia.dali import fn, pipeline_def  # noqa: E402
 
+from maefast.data import dali_graph, dali_plugin  # noqa: E402
+from maefast.data.dataset import Dataset  # noqa: E402
+from maefast.data.decode import ImageReadError  # noqa: E402
+from maefast.data.plan import Batch  # noqa: E402
 
 CPU = torch.device("cpu")
+
 
 def _encode(path: str) -> np.ndarray:
     return np.frombuffer(path.encode("utf-8"), dtype=np.uint8)
@@ -44,99 +53,203 @@ def decode_error(sample) -> dict | None:
     return dict(id=None, path=path, reason=reason, kind=kind)
 
 
+def source_of(dataset: Dataset) -> dali_graph.Source:
+    """What a pipeline reads for `dataset`: packed shards, PNG / TIFF files or JPEG / JPEG 2000 files."""
+    height, width = (int(n) for n in dataset.image_shape)
+    kind = "packed" if dataset.layout == "packed" else "compressed" if dataset.compressed else "files"
+    return dali_graph.Source(kind, len(dataset.channels), height, width, np.dtype(dataset.dtype),
+                             dataset.spec.max_ratio, illumination=dataset.illumination == "illum",
+                             stored_channels=len(dataset.stored_channels),
+                             channel_index=tuple(dataset.channel_index) if kind == "packed" else ())
+
+
+def placement_of(device: torch.device, dali_device: str = "auto") -> dali_graph.Placement:
+    """The GPU pipeline for a CUDA loader (unless dali_device="cpu"), else the CPU one (maefast.data.loader
+    checks dali_device)."""
+    return dali_graph.GPU_PIPELINE if device.type == "cuda" and dali_device != "cpu" else dali_graph.CPU_PIPELINE
+
+
+class DeviceHandover:
+    """Hands a pipeline's CUDA output to torch without a copy, and keeps DALI's buffers alive until torch's
+    stream is past the work that read them.
+
+    torch.from_dlpack passes torch's current stream to DALI, which makes that stream wait on the output's ready
+    event: the step waits on the GPU, not on the host. DALI frees a buffer in its own stream's order when the
+    last reference goes, so a buffer that torch dropped while kernels reading it were still queued on torch's
+    stream could be reused by DALI too early. Each batch's outputs are therefore held here until an event that
+    torch's stream records when the next batch is taken (after the step that read this one was queued) has
+    completed; at most `limit` batches are held (beyond that the oldest event is waited for, which only happens
+    when the host runs that many steps ahead of the GPU)."""
+
+    def __init__(self, limit: int = 8):
+        self.limit, self.held = limit, collections.deque()  # [outputs, event or None]
+
+    def __call__(self, outputs, device: torch.device) -> torch.Tensor:
+        stream = torch.cuda.current_stream(device)
+        if self.held and self.held[-1][1] is None:
+            event = torch.cuda.Event()
+            event.record(stream)
+            for entry in self.held:
+                if entry[1] is None:
+                    entry[1] = event
+        pixels = torch.from_dlpack(outputs.as_tensor())
+        self.held.append([outputs, None])
+        while self.held and self.held[0][1] is not None and (len(self.held) > self.limit or self.held[0][1].query()):
+            self.held[0][1].synchronize()
+            self.held.popleft()
+        return pixels
+
+
 class DaliBackend:
     def __init__(self, dataset: Dataset, crop_size: int, crops_per_image: int, batch_size: int, augment: bool,
-                 num_threads: int = 2, on_error: str = "raise", device: torch.device = CPU, prefetch: int = 2):
+                 num_threads: int = 2, on_error: str = "raise", device: torch.device = CPU, prefetch: int = 2,
+                 dali_device: str = "auto", placement: dali_graph.Placement | None = None):
+        """placement: the stages' placement, instead of the one device and dali_device choose (the tests run
+        the GPU pipeline's graph on the host with dali_graph.GPU_GRAPH_ON_CPU)."""
         self.dataset, self.crop_size, self.crops, self.batch_size = dataset, crop_size, crops_per_image, batch_size
         self.augment, self.num_threads, self.on_error = augment, num_threads, on_error
         self.device, self.prefetch = device, prefetch
+        self.placement = placement or placement_of(device, dali_device)
+        self.source = source_of(dataset)
+        self.handover = DeviceHandover() if device.type == "cuda" else None
         table = dataset.table
-        self._illum = None
-        if dataset.layout == "packed":
+        if self.source.kind == "packed":
             self._shards, self._rows = table["shard"].to_numpy(), table["row"].to_numpy(np.int64)
         else:
             self._files = table[[f"file_{c}" for c in dataset.channels]].to_numpy()
-            if dataset.illumination == "illum":
-                self._illum = table[[f"illum_{c}" for c in dataset.channels]].to_numpy()
+            if self.source.illumination:
+                self._files = np.concatenate([self._files, table[[f"illum_{c}" for c in dataset.channels]].to_numpy()],
+                                             axis=1)
         dali_plugin.load()
 
     def run(self, batches: list[Batch]):
         """Yields (batch actually read, pixels (n*K, C, s, s) on the device, skipped) like TorchBackend.run."""
-        batches = list(batches)
-        feed = [b for b in batches if len(b.images)]
-        pipe = self._build(feed) if feed else None
-        ids = self.dataset.ids
-        for batch in batches:
-            if not len(batch.images):
-                yield batch, self._empty(), []
+        batches, start, skipped = list(batches), 0, collections.defaultdict(list)
+        while start < len(batches):
+            feed = [b for b in batches[start:] if len(b.images)]
+            pipe = self._pipeline(feed) if feed else None
+            if pipe is not None:
+                pipe.build()
+            failed = None
+            for position in range(start, len(batches)):
+                batch = batches[position]
+                if not len(batch.images):
+                    yield batch, self._empty(), skipped.pop(position, [])
+                    continue
+                try:
+                    pixels, *errors = pipe.run()
+                except RuntimeError as error:
+                    if self.source.kind != "compressed":
+                        raise
+                    batches[position], undecodable = self._without_undecodable(batch, error)
+                    skipped[position] += undecodable
+                    failed = position
+                    break
+                batch, pixels, refused = self._read(batch, pixels, errors)
+                yield batch, pixels, skipped.pop(position, []) + refused
+            del pipe
+            if failed is None:
+                return
+            start = failed
+
+    def _read(self, batch: Batch, pixels, errors) -> tuple[Batch, torch.Tensor, list]:
+        """The batch without the images its operators could not read, their pixels, and those images' errors
+        (or the first one raised, with on_error="raise")."""
+        count = len(batch.images)
+        failures = [next((f for f in (decode_error(e.at(i)) for e in errors) if f is not None), None)
+                    for i in range(count)]
+        skipped = []
+        for row, failure in zip(batch.images, failures):
+            if failure is not None:
+                failure["id"] = self.dataset.ids[row]
+                if self.on_error == "raise":
+                    raise ImageReadError(failure["path"], failure["reason"], failure["id"], failure["kind"])
+                skipped.append(failure)
+        pixels = self._to_torch(pixels, count)
+        if skipped:
+            keep = np.array([failure is None for failure in failures])
+            pixels = pixels.reshape(count, -1, *pixels.shape[1:])[torch.from_numpy(keep).to(pixels.device)]
+            pixels = pixels.reshape(-1, *pixels.shape[2:])
+            batch = batch.without(keep)
+        return batch, pixels, skipped
+
+    def _without_undecodable(self, batch: Batch, error: RuntimeError) -> tuple[Batch, list]:
+        """The batch without the image(s) DALI's decoder failed on, and their errors (ImageReadError with
+        on_error="raise"): the sample DALI's message names (a padding sample is the batch's first image), or,
+        where it names none, the images Pillow cannot read either. The reason is Pillow's, as the PyTorch loader
+        gives it; an image Pillow reads is named with DALI's message."""
+        from maefast.data.torch_backend import ImageReader
+        reader, count = ImageReader(self.dataset), len(batch.images)
+        named = re.search(r"Failed to decode sample #(\d+)[^\n]*", str(error))
+        suspects = range(count) if named is None else [int(named.group(1)) if int(named.group(1)) < count else 0]
+        failures = {}
+        for index in suspects:
+            row = int(batch.images[index])
+            try:
+                reader.read_image(row)
+            except ImageReadError as refused:
+                failures[index] = dict(id=refused.image_id, path=refused.path, reason=refused.reason,
+                                       kind=refused.kind)
                 continue
-            crops, errors = pipe.run()
-            failures = [decode_error(errors.at(i)) for i in range(len(batch.images))]
-            skipped = []
-            for row, failure in zip(batch.images, failures):
-                if failure is not None:
-                    failure["id"] = ids[row]
-                    if self.on_error == "raise":
-                        raise ImageReadError(failure["path"], failure["reason"], failure["id"], failure["kind"])
-                    skipped.append(failure)
-            pixels = self._to_torch(crops, len(batch.images))
-            if skipped:
-                keep = np.array([failure is None for failure in failures])
-                pixels = pixels.reshape(len(batch.images), -1, *pixels.shape[1:])[torch.from_numpy(keep)]
-                pixels = pixels.reshape(-1, *pixels.shape[2:])
-                batch = batch.without(keep)
-            yield batch, pixels, skipped
-        del pipe
+            if named is not None:
+                failures[index] = dict(id=self.dataset.ids[row], path=self.dataset.channel_files(row)[0],
+                                       reason=f"DALI's decoder failed ({named.group(0).strip()}); Pillow reads it",
+                                       kind="unreadable")
+        if not failures:
+            raise error
+        if self.on_error == "raise":
+            first = failures[min(failures)]
+            raise ImageReadError(first["path"], first["reason"], first["id"], first["kind"]) from None
+        keep = np.array([i not in failures for i in range(count)])
+        return batch.without(keep), [failures[i] for i in sorted(failures)]
 
     def _empty(self) -> torch.Tensor:
         shape = (0, len(self.dataset.channels), self.crop_size, self.crop_size)
         return torch.from_numpy(np.empty(shape, self.dataset.dtype)).to(self.device)
 
     def _to_torch(self, outputs, count: int) -> torch.Tensor:
-        tensor = outputs.as_tensor()
-        # The dynamic executor gives each run's outputs their own buffers, owned by the returned objects:
-        # on the CPU the tensor is handed over without a copy (a copy of a 25 MB batch costs more than
-        # cutting its crops). The GPU copy stays, ordering torch's stream after DALI's.
-        pixels = torch.from_dlpack(tensor)
-        if self.device.type == "cuda":
-            pixels = pixels.clone()
+        """The pipeline's output as a torch tensor without a copy: the dynamic executor gives each run's outputs
+        their own buffers, owned by the returned objects (a copy of a 25 MB batch costs more than cutting its
+        crops); on a GPU through DeviceHandover."""
+        if self.handover is not None:
+            pixels = self.handover(outputs, self.device)
+        else:
+            pixels = torch.from_dlpack(outputs.as_tensor())
         return pixels[:count].reshape(-1, len(self.dataset.channels), self.crop_size, self.crop_size)
 
     # ---------------------------------------------------------------- pipelines
 
-    def _build(self, feed: list[Batch]):
-        """One pipeline for the batches of `feed`; its batch size is the largest of them (not the plan's
-        batch_size, which may be far larger than the data set), smaller batches padded with their first image."""
+    def _pipeline(self, feed: list[Batch], device_id: int | None = None, placement=None):
+        """One pipeline (defined, not built) for the batches of `feed`; its batch size is the largest of them
+        (not the plan's batch_size, which may be far larger than the data set), smaller batches padded with their
+        first image."""
         self.pipeline_batch = max(len(batch.images) for batch in feed)
+        placement = placement or self.placement
         gpu = self.device.type == "cuda"
-        device_id = None
-        if gpu:
+        if gpu and device_id is None:
             device_id = self.device.index if self.device.index is not None else torch.cuda.current_device()
-        d = self.dataset
-        options = dict(crop_size=self.crop_size, dtype=_DALI_TYPES[d.dtype], augment=self.augment)
-        height, width = (int(n) for n in d.image_shape)
-        packed = d.layout == "packed"
-        illumination = self._illum is not None
-        # (shard, row) or one file per channel, and an illumination file per channel
-        paths = 2 if packed else len(d.channels) * (2 if illumination else 1)
+        augment_on_device = self.augment and (self.source.kind == "compressed" or not placement.fused)
 
         @pipeline_def(batch_size=self.pipeline_batch, num_threads=self.num_threads, device_id=device_id,
-                      prefetch_queue_depth=self.prefetch, exec_dynamic=True, seed=0)
+                      prefetch_queue_depth=self.prefetch, exec_dynamic=True, seed=0,
+                      enable_conditionals=augment_on_device)
         def pipeline():
-            inputs = fn.external_source(source=self._feed(feed), num_outputs=paths + 1 + self.augment, batch=True)
-            if packed:
-                crops, errors = fn.maefast_packed_crops(*inputs, channels=list(d.channel_index),
-                                                        image_shape=[len(d.stored_channels), height, width],
-                                                        **options)
-            else:
-                crops, errors = fn.maefast_image_crops(*inputs, channels=len(d.channels), height=height, width=width,
-                                                       max_ratio=d.spec.max_ratio, illumination=illumination,
-                                                       **options)
-            return crops.gpu() if gpu else crops, errors
+            inputs = fn.external_source(source=self._feed(feed), num_outputs=self.source.inputs(self.augment),
+                                        batch=True)
+            outputs = dali_graph.build(list(inputs), self.source, placement, self.crop_size, self.crops,
+                                       self.augment, to_gpu=gpu)
+            self.graph_outputs = outputs
+            return outputs
 
-        pipe = pipeline()
-        pipe.build()
-        return pipe
+        return pipeline()
+
+    def operators(self, batches: list[Batch], placement=None) -> list[tuple[str, str]]:
+        """(operator, device) of everything the pipeline for `batches` runs: its graph defined (serialized), not
+        built, so a GPU pipeline's graph can be read on a machine without a GPU."""
+        pipe = self._pipeline([b for b in batches if len(b.images)], device_id=0 if self.device.type == "cuda"
+                              else None, placement=placement)
+        pipe.serialize()
+        return dali_graph.operators(self.graph_outputs)
 
     def _padded(self, batch: Batch) -> np.ndarray:
         """Sample positions into the batch, padded to the pipeline's batch size with the first sample."""
@@ -149,13 +262,11 @@ class DaliBackend:
         for batch in feed:
             slots = self._padded(batch)
             rows = batch.images[slots]
-            if self.dataset.layout == "packed":
+            if self.source.kind == "packed":
                 columns = [[_encode(p) for p in self._shards[rows]],
                            [np.array([r], np.int64) for r in self._rows[rows]]]
             else:
                 columns = [[_encode(p) for p in self._files[rows, c]] for c in range(self._files.shape[1])]
-                if self._illum is not None:
-                    columns += [[_encode(p) for p in self._illum[rows, c]] for c in range(self._illum.shape[1])]
             columns.append(list(batch.anchors[slots].astype(np.int32)))
             if self.augment:
                 columns.append(list(batch.augment[slots].astype(np.uint8)))

@@ -44,6 +44,7 @@ class Dataset:
     image_shape: tuple[int, int]      # (height, width) of every image
     dtype: np.dtype                   # uint8 or uint16
     illumination: str = "raw"         # "raw" | "illum" (jump only)
+    compressed: bool = False          # channel files are JPEG / JPEG 2000 (else PNG / TIFF; packed: shards)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -55,7 +56,7 @@ class Dataset:
     @property
     def spec(self) -> ImageSpec:
         """What every channel image must be (size, dtype, one page); every loader checks it."""
-        return ImageSpec(tuple(self.image_shape), np.dtype(self.dtype))
+        return ImageSpec(tuple(self.image_shape), np.dtype(self.dtype), compressed=self.compressed)
 
     @property
     def channel_index(self) -> list[int]:
@@ -118,9 +119,10 @@ def file_dataset(root: Path, layout: str, table: pd.DataFrame, channels: list[st
     if table.empty:
         raise UserInputError(f"{root}: the metadata lists no images")
     table = table.reset_index(drop=True)
-    shape, dtype = _common_format(table, channels, root)
+    shape, dtype, compressed = _common_format(table, channels, root)
     return Dataset(root=root, layout=layout, table=table, stored_channels=tuple(channels),
-                   channels=tuple(channels), image_shape=shape, dtype=dtype, illumination=illumination)
+                   channels=tuple(channels), image_shape=shape, dtype=dtype, illumination=illumination,
+                   compressed=compressed)
 
 
 def sample_rows(count: int, size: int = HEADER_SAMPLE) -> np.ndarray:
@@ -128,9 +130,10 @@ def sample_rows(count: int, size: int = HEADER_SAMPLE) -> np.ndarray:
     return np.unique(np.linspace(0, count - 1, min(count, size)).round().astype(np.int64))
 
 
-def _common_format(table: pd.DataFrame, channels: list[str], root: Path) -> tuple[tuple[int, int], np.dtype]:
-    """The (height, width) and dtype most headers of a sample of images show: one odd or unreadable image,
-    the first one included, does not set the norm (the loaders refuse or skip it against this norm)."""
+def _common_format(table: pd.DataFrame, channels: list[str], root: Path) -> tuple[tuple[int, int], np.dtype, bool]:
+    """The (height, width), dtype and family (JPEG / JPEG 2000 or PNG / TIFF) most headers of a sample of images
+    show: one odd or unreadable image, the first one included, does not set the norm (the loaders refuse or skip
+    it against this norm)."""
     found, errors = Counter(), []
     for row in sample_rows(len(table)):
         for channel in channels:
@@ -141,11 +144,11 @@ def _common_format(table: pd.DataFrame, channels: list[str], root: Path) -> tupl
     if not found:
         raise UserInputError(f"{root}: none of the {len(errors)} sampled channel files has a readable header, "
                              f"e.g. {errors[0]}")
-    (shape, kind), _ = found.most_common(1)[0]
+    (shape, kind, compressed), _ = found.most_common(1)[0]
     if kind not in ("uint8", "uint16"):
         raise UserInputError(f"{root}: most sampled channel files are {shape[0]}x{shape[1]} {kind} images; maefast "
                              "reads single-page uint8 or uint16 images (see the table of formats in docs/data.md)")
-    return shape, np.dtype(kind)
+    return shape, np.dtype(kind), compressed
 
 
 def require_inside_root(paths: pd.Series, root: Path, source, columns: str, allowed: bool) -> None:

@@ -7,6 +7,12 @@ it decodes to: what one path accepts the others accept with the same pixels, and
 refuse for the same reason. A channel image decodes to a 2-D uint8 or uint16 array, exactly the stored
 integers; Pillow and tifffile are the references the tests compare those pixels with.
 
+A data set's channel images are of one family (ImageSpec.compressed): PNG and TIFF, which maefast decodes
+itself, or JPEG and JPEG 2000, whose headers and structure maefast checks (the same C++ checks on every path)
+before a decoder sees their bytes: DALI's (nvJPEG / nvJPEG2000 on a GPU, libjpeg-turbo / OpenJPEG on the CPU)
+in the DALI loader, Pillow's (libjpeg-turbo / OpenJPEG) here. A file that passes the checks and still does not
+decode is refused with the reason Pillow gives, by both loaders.
+
 Decoding is bounded by the data set's spec (ImageSpec): a file larger than such an image can take is not
 read, a header that differs from the spec is refused before anything of the image's size is allocated, no
 inflate writes past the spec's bytes, and a file that claims to expand more than MAX_RATIO-fold is refused.
@@ -14,6 +20,7 @@ Files are opened without blocking and must be regular files (a FIFO is refused, 
 """
 from __future__ import annotations
 
+import io
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -104,9 +111,14 @@ class ImageSpec:
     shape: tuple[int, int]  # (height, width)
     dtype: np.dtype         # uint8 or uint16
     max_ratio: float = field(default_factory=max_ratio, compare=False)
+    compressed: bool = False  # JPEG / JPEG 2000 files (decoded by DALI or Pillow), not PNG / TIFF (by maefast)
 
     def __str__(self) -> str:
         return f"{self.shape[0]}x{self.shape[1]} {np.dtype(self.dtype)}, one page"
+
+    @property
+    def formats(self) -> str:
+        return "JPEG or JPEG 2000" if self.compressed else "PNG or TIFF"
 
     @property
     def itemsize(self) -> int:
@@ -118,36 +130,72 @@ class ImageSpec:
 
 
 def read_channel(path: str | os.PathLike, image_id: str | None = None, spec: ImageSpec | None = None) -> np.ndarray:
-    """Decodes one single-page, single-channel image file (PNG or TIFF) into a 2-D uint8/uint16 array.
+    """Decodes one single-page, single-channel image file (PNG, TIFF, JPEG or JPEG 2000) into a 2-D uint8/uint16
+    array.
 
-    The image must match `spec` (size, dtype); without one, the file's own header (a single-page 2-D uint8 or
-    uint16 image). Raises ImageReadError naming the file.
+    The image must match `spec` (size, dtype, family); without one, the file's own header (a single-page 2-D
+    uint8 or uint16 image). Raises ImageReadError naming the file.
     """
     with reading(path, image_id):
         if spec is None:
             spec = header_spec(path)
-        array = readers().read_image(str(path), int(spec.shape[0]), int(spec.shape[1]), spec.itemsize,
-                                     spec.max_ratio)
+        size = (int(spec.shape[0]), int(spec.shape[1]), spec.itemsize, spec.max_ratio)
+        if spec.compressed:
+            return decode_compressed(readers().read_compressed(str(path), *size), spec, path, image_id)
+        return readers().read_image(str(path), *size)
+
+
+# The formats Pillow reads JPEG and JPEG 2000 files as, and the modes their checked images decode to.
+PILLOW_FORMATS = {"JPEG": "JPEG", "JPEG2000": "JPEG 2000"}
+PILLOW_MODES = {"L": np.uint8, "I;16": np.uint16}
+
+
+def decode_compressed(data: bytes, spec: ImageSpec, path, image_id: str | None = None) -> np.ndarray:
+    """Pillow's decode of a JPEG or JPEG 2000 image that maefast's checks passed (readers().read_compressed /
+    check_compressed): a 2-D array of the spec's size and dtype, or ImageReadError naming `path` with Pillow's
+    reason. The DALI loader names an image its decoder fails on with this same reason."""
+    from PIL import Image, features
+    try:
+        with Image.open(io.BytesIO(data), formats=list(PILLOW_FORMATS)) as image:
+            if image.format == "JPEG2000" and not features.check("jpg_2000"):
+                raise MissingDependency("this Pillow cannot decode JPEG 2000 (built without OpenJPEG): install a "
+                                        "Pillow wheel from PyPI, or use the DALI loader")
+            image.load()
+            array = np.asarray(image)
+    except (MissingDependency, ImageReadError):
+        raise
+    except Exception as error:
+        raise ImageReadError(path, f"corrupt image data: the decoder failed ({error})", image_id) from None
+    if array.shape != tuple(spec.shape) or array.dtype != np.dtype(spec.dtype):  # maefast's checks let it through
+        raise ImageReadError(path, f"Pillow decoded a {describe_array(array)} image where the header said "
+                                   f"{spec}", image_id, "format")
     return array
+
+
+def describe_array(array: np.ndarray) -> str:
+    return "x".join(map(str, array.shape)) + f" {array.dtype}"
 
 
 def header_spec(path) -> ImageSpec:
     """The spec a file's own header describes (for reading a file outside a data set)."""
-    height, width, samples, dtype, pages = readers().image_header(str(path))
+    height, width, samples, dtype, pages, format = readers().image_header(str(path))
     if samples != 1 or pages != 1 or dtype not in ("uint8", "uint16"):
         found = f"{height}x{width}" + (f"x{samples}" if samples != 1 else "") + f" {dtype}"
         found += f", {pages} pages" if pages != 1 else ""
         raise ImageReadError(path, f"expected a single-page 2-D uint8 or uint16 image, found {found}", kind="format")
-    return ImageSpec((height, width), np.dtype(dtype))
+    return ImageSpec((height, width), np.dtype(dtype), compressed=format in COMPRESSED_FORMATS)
 
 
-def probe_channel(path: str | os.PathLike) -> tuple[tuple[int, int], str]:
-    """(height, width) and the kind of one channel file's first page ("uint16", "uint8, 3 pages", "uint16x3",
-    "palette", ...), from its header."""
+COMPRESSED_FORMATS = ("JPEG", "JPEG 2000")  # decoded by DALI or Pillow; PNG and TIFF by maefast
+
+
+def probe_channel(path: str | os.PathLike) -> tuple[tuple[int, int], str, bool]:
+    """(height, width), the kind of one channel file's first page ("uint16", "uint8, 3 pages", "uint16x3",
+    "palette", ...) and whether it is compressed (JPEG or JPEG 2000), from its header."""
     with reading(path):
-        height, width, samples, dtype, pages = readers().image_header(str(path))
+        height, width, samples, dtype, pages, format = readers().image_header(str(path))
     kind = dtype + (f"x{samples}" if samples != 1 else "") + (f", {pages} pages" if pages != 1 else "")
-    return (height, width), kind
+    return (height, width), kind, format in COMPRESSED_FORMATS
 
 
 def read_shard(path, channels: int, spec: ImageSpec, image_id: str | None = None) -> np.ndarray:
@@ -195,8 +243,12 @@ def accepted_formats_table() -> str:
     def dtypes(descrs):
         return ", ".join(np.dtype(descr).name for descr in descrs) + " (little-endian)"
 
-    png, tiff = table["png"], table["tiff"]
-    depths = " or ".join(str(d) for d in png["bit_depths"])
+    png, tiff, jpeg, jpeg2000 = table["png"], table["tiff"], table["jpeg"], table["jpeg2000"]
+
+    def bits(values):
+        return " or ".join(str(d) for d in values)
+
+    depths = bits(png["bit_depths"])
     rows = [
         ("PNG channel image", f"grayscale (colour type 0), {depths} bits, not interlaced, one frame"),
         ("TIFF channel image", "one page, one sample per pixel, unsigned "
@@ -207,6 +259,12 @@ def accepted_formats_table() -> str:
         ("TIFF photometric interpretation", codes(tiff["photometrics"]) + " or no tag"),
         ("TIFF orientation", codes(tiff["orientations"]) + " or no tag"),
         ("TIFF planar configuration", codes(tiff["planar_configurations"])),
+        ("JPEG channel image", f"one component (grayscale), {bits(jpeg['bit_depths'])} bits, ending with its EOI "
+                               "marker; EXIF orientation not applied"),
+        ("JPEG process (SOFn)", codes(jpeg["processes"]) + ", Huffman-coded"),
+        ("JPEG 2000 channel image", f"JP2 file or raw codestream, one component, unsigned "
+                                    f"{bits(jpeg2000['bit_depths'])} bits, not subsampled, no palette, lossless or "
+                                    "lossy, ending with its EOC marker"),
         ("packed shard (.npy)", f"(n, channels, height, width), C order, {dtypes(table['shard']['descrs'])}: the "
                                 "manifest's dtype"),
         ("illumination function (.npy)", f"(height, width), C order, {dtypes(table['illumination']['descrs'])}, "
