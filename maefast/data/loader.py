@@ -53,7 +53,8 @@ class Loader:
             raise UserInputError(f"dali_device must be one of {DALI_DEVICES}, got {dali_device!r}")
         self.device = torch.device(device)
         if dali_device == "gpu" and self.device.type != "cuda":
-            raise UserInputError(f"dali_device='gpu' runs the pipeline on the loader's GPU; the device is {self.device}")
+            raise UserInputError(f"dali_device='gpu' runs the pipeline on the loader's GPU; the loader's device is "
+                                 f"{self.device}")
         check_batch_memory(dataset, plan, num_workers, prefetch)
         self.dataset, self.plan, self.tiles = dataset, plan, tiles
         self.epoch, self.step, self.skipped = 0, 0, []
