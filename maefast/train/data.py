@@ -30,4 +30,5 @@ def build_train_loader(config: TrainConfig, out_dir, context: DistributedContext
     return make_loader(dataset, batch_size=data.batch_size, crop_size=data.crop_size,
                        crops_per_image=data.crops_per_image, seed=config.run.seed, rank=context.rank,
                        world_size=context.world_size, device=context.device, backend=data.backend,
-                       on_error=data.on_error, num_workers=data.num_workers)
+                       on_error=data.on_error, num_workers=data.num_workers, prefetch=data.prefetch,
+                       dali_device=data.dali_device)

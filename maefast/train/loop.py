@@ -239,7 +239,7 @@ class Trainer:
         log = ScalarLog(self.out, self.step) if context.is_main else None
         progress = tqdm(total=run.max_steps, initial=self.step, disable=not (context.is_main and self.show_progress),
                         desc="train", dynamic_ncols=True)
-        iterator, streak, losses = iter(self.batches()), 0, []
+        iterator, streak, losses = meter.batches(self.batches()), 0, []  # the time blocked on data: data_wait
         try:
             while self.step < run.max_steps:
                 self.optimizer.zero_grad(set_to_none=True)
@@ -303,7 +303,8 @@ class Trainer:
                    "total_flops": self.total_flops, **rates}
         log.log(self.step, scalars)
         progress.set_postfix(loss=f"{loss:.4f}", crops_s=f"{rates['crops_per_s']:.1f}",
-                             tok_s=f"{rates['tokens_per_s']:.3g}", mfu=f"{rates['mfu']:.1%}")
+                             tok_s=f"{rates['tokens_per_s']:.3g}", mfu=f"{rates['mfu']:.1%}",
+                             data_wait=f"{rates['data_wait']:.0%}")
 
     def save_images(self, pixels, pred, mask) -> None:
         save_reconstruction_grid(self.out / "images" / f"reconstruction-step{self.step:08d}.png", self.model,

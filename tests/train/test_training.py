@@ -36,6 +36,9 @@ def test_debug_run_writes_checkpoints_metrics_images_and_encoder(screen, tmp_pat
     for row in lines[1:]:  # the logged parts make up the logged loss: (1 - w) * mse + w * fourier, w = 0.01
         loss, mse, fourier = map(float, row.split(",")[1:4])
         assert mse > 0 and fourier > 0 and loss == pytest.approx(0.99 * mse + 0.01 * fourier, rel=1e-5)
+    header = lines[0].split(",")  # the share of each interval blocked on the loader
+    assert "data_wait" in header and all(0 <= float(row.split(",")[header.index("data_wait")]) <= 1
+                                         for row in lines[1:])
     images = sorted((tmp_path / "images").glob("*.png"))
     assert [p.name for p in images] == ["reconstruction-step00000004.png", "reconstruction-step00000006.png"]
     assert all(p.stat().st_size > 5000 for p in images) and (tmp_path / "loss.png").exists()

@@ -1,0 +1,160 @@
+"""The GPU variant of the DALI loader (maefast.data.dali_graph), tested where it runs and where it cannot.
+
+On any machine (DALI runs CPU pipelines without a GPU): the GPU pipeline's graph built with every operator on
+the host (GPU_GRAPH_ON_CPU) gives the CPU pipeline's and the PyTorch loader's pixels, for every source (PNG,
+TIFF with illumination functions, packed shards, JPEG, JPEG 2000 lossless with illumination functions and
+lossy), for training crops with all 8 flips / rotations and for embedding tiles; and the GPU pipeline's graph,
+read without being built, runs each operator where it belongs: the readers and checks on the host, the
+decoder "mixed", the crops, flips, stacking and the corrected integer cast on the GPU.
+
+With CUDA (skipped here): the GPU pipeline gives the CPU pipeline's pixels (exactly on lossless sources), hands
+its batches to torch without a copy, and they stay intact while the host runs ahead of the GPU.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from maefast.data import make_loader, make_tile_loader, open_dataset
+from maefast.data.packed import pack_dataset
+from maefast.data.plan import TilePlan, TrainPlan
+from maefast.data.torch_backend import ImageReader
+from tests.data.crafted import jump_channels_screen
+
+pytest.importorskip("nvidia.dali")
+from maefast.data.dali_backend import DaliBackend  # noqa: E402
+from maefast.data.dali_graph import CPU_PIPELINE, GPU_GRAPH_ON_CPU, GPU_PIPELINE  # noqa: E402
+
+CROP, CROPS, BATCH = 32, 4, 5
+SOURCES = ["png16", "tiff16 illumination", "packed8", "jpeg8", "jpeg2000 16 illumination", "jpeg2000 8 lossy"]
+LOSSY = {"jpeg8", "jpeg2000 8 lossy"}
+
+
+def encoder(format: str, **options):
+    def encode(plane: np.ndarray) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(plane).save(buffer, format=format, **options)
+        return buffer.getvalue()
+    return encode
+
+
+@pytest.fixture(scope="module")
+def screens(rxrx8, rxrx16, jump16, tmp_path_factory):
+    """Each source's data set: name -> (root, open_dataset options)."""
+    root = tmp_path_factory.mktemp("gpu_pipeline")
+    eight, sixteen = open_dataset(rxrx8), open_dataset(rxrx16)
+    planes8 = np.stack([ImageReader(eight).read_image(row)[:3] for row in range(8)])
+    planes16 = np.stack([ImageReader(sixteen).read_image(row) for row in range(8)])
+    illumination = np.random.default_rng(0).uniform(0.5, 2.0, planes16.shape[1:])
+    return {
+        "png16": (rxrx16, {}),
+        "tiff16 illumination": (jump16, {"illumination": "illum"}),
+        "packed8": (pack_dataset(eight, root / "packed", shard_images=5, progress=False), {}),
+        "jpeg8": (jump_channels_screen(root / "jpeg", planes8, encoder("JPEG", quality=85)), {}),
+        "jpeg2000 16 illumination": (jump_channels_screen(root / "j2k", planes16, encoder("JPEG2000"), illumination),
+                                     {"illumination": "illum"}),
+        "jpeg2000 8 lossy": (jump_channels_screen(root / "j2k_lossy", planes8, encoder(
+            "JPEG2000", irreversible=True, quality_mode="rates", quality_layers=[8])), {}),
+    }
+
+
+def dataset_of(screens, name):
+    root, options = screens[name]
+    return open_dataset(root, **options)
+
+
+def train_batches(dataset):
+    batches = list(TrainPlan(len(dataset), dataset.image_shape, BATCH, CROP, CROPS, seed=3).batches(0))
+    assert len({tuple(flags) for batch in batches for flags in batch.augment.reshape(-1, 3)}) == 8
+    return batches
+
+
+def read(dataset, batches, augment: bool, **options) -> list[np.ndarray]:
+    backend = DaliBackend(dataset, CROP, batches[0].anchors.shape[1], BATCH, augment, **options)
+    return [pixels.cpu().numpy().copy() for _, pixels, _ in backend.run(batches)]
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_gpu_graph_on_the_host_gives_the_cpu_pipelines_pixels(screens, name):
+    dataset = dataset_of(screens, name)
+    batches = train_batches(dataset)
+    expected = [batch["pixels"].numpy() for batch in make_loader(dataset, BATCH, CROP, CROPS, seed=3,
+                                                                 backend="torch", num_workers=0)]
+    for placement in (CPU_PIPELINE, GPU_GRAPH_ON_CPU):
+        got = read(dataset, batches, True, placement=placement)
+        assert len(got) == len(expected)
+        for a, b in zip(got, expected):
+            np.testing.assert_array_equal(a, b, err_msg=f"{name}, {placement}")
+    tiles = list(TilePlan(len(dataset), dataset.image_shape, BATCH, CROP).batches())
+    expected = [batch["pixels"].numpy() for batch in make_tile_loader(dataset, BATCH, CROP, backend="torch",
+                                                                      num_workers=0)]
+    for placement in (CPU_PIPELINE, GPU_GRAPH_ON_CPU):
+        for a, b in zip(read(dataset, tiles, False, placement=placement), expected, strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=f"{name} tiles, {placement}")
+
+
+READERS = {"MaefastPackedCrops", "MaefastImageCrops", "MaefastCompressedImage", "MaefastIllumination"}
+# what may stay on the host in a GPU pipeline: the feed, maefast's readers and checks, and the per-sample arguments
+# (each crop's flags, an illumination function's shape before it moves)
+HOST = READERS | {"ExternalSource", "Cast", "_TensorSubscript", "ExpandDims"}
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_the_gpu_pipeline_runs_each_operator_where_it_belongs(screens, name):
+    dataset = dataset_of(screens, name)
+    batches = train_batches(dataset)
+    operators = set(DaliBackend(dataset, CROP, CROPS, BATCH, True, placement=GPU_PIPELINE).operators(batches))
+    on = {device: {op for op, where in operators if where == device} for device in ("cpu", "gpu", "mixed")}
+    assert on["cpu"] <= HOST, on["cpu"] - HOST
+    assert {"Flip", "Transpose", "Stack", "_conditional__Split", "_conditional__Merge"} <= on["gpu"]
+    if dataset.compressed:
+        assert on["mixed"] == {"decoders__Image"} and {"Slice", "Cat"} <= on["gpu"]
+        assert "MaefastCompressedImage" in on["cpu"]
+        if dataset.illumination == "illum":  # divided, rounded, clipped and cast back to integers on the GPU
+            assert {"_ArithmeticGenericOp", "Cast"} <= on["gpu"] and "MaefastIllumination" in on["cpu"]
+    else:
+        assert not on["mixed"] and on["cpu"] & READERS
+    cpu = set(DaliBackend(dataset, CROP, CROPS, BATCH, True).operators(batches))
+    assert {where for _, where in cpu} == {"cpu"}
+    if not dataset.compressed:  # maefast's readers flip and rotate in their copy: no DALI operator does
+        assert not {"Flip", "Transpose"} & {op for op, _ in cpu}
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU pipeline runs only with CUDA")
+
+
+@cuda
+@pytest.mark.parametrize("name", SOURCES)
+def test_gpu_pipeline_gives_the_cpu_pipelines_pixels_on_cuda(screens, name):
+    dataset = dataset_of(screens, name)
+    batches = train_batches(dataset)
+    expected = read(dataset, batches, True)
+    got = read(dataset, batches, True, device=torch.device("cuda"))
+    for a, b in zip(got, expected, strict=True):
+        if name in LOSSY:  # nvJPEG's / nvJPEG2000's inverse transforms round otherwise than libjpeg-turbo / OpenJPEG
+            difference = np.abs(a.astype(np.int64) - b.astype(np.int64)).max()
+            print(f"{name}: GPU against CPU decoding, largest difference {difference}")
+            assert difference <= 2
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+@cuda
+def test_gpu_batches_are_handed_over_without_a_copy_and_survive_a_host_running_ahead(screens):
+    dataset = dataset_of(screens, "png16")
+    batches = train_batches(dataset) * 4
+    expected = [p.astype(np.float64).sum() for p in read(dataset, batches, True)]
+    backend = DaliBackend(dataset, CROP, CROPS, BATCH, True, device=torch.device("cuda"), prefetch=3)
+    sums = []
+    for _, pixels, _ in backend.run(batches):
+        outputs = backend.handover.held[-1][0]
+        assert pixels.is_cuda and pixels.data_ptr() == outputs.as_tensor().data_ptr()  # DALI's buffer itself
+        torch.cuda._sleep(20_000_000)  # the GPU lags: what reads this batch runs long after the host moved on
+        sums.append(pixels.double().sum())
+        del pixels, outputs
+    torch.cuda.synchronize()
+    assert [float(s) for s in sums] == expected
