@@ -21,6 +21,8 @@ def add_commands(subparsers) -> None:
     synth.add_argument("--size", type=int, default=512, help="site width and height in pixels")
     synth.add_argument("--channels", type=int, default=6)
     synth.add_argument("--bit-depth", type=int, choices=(8, 16), default=None, help="default: 8 rxrx, 16 jump")
+    synth.add_argument("--codec", choices=("tiff", "jpeg2000", "jpeg"), default=None,
+                       help="jump: the channel files' format: tiff (default), jpeg2000 (lossless) or jpeg (8-bit)")
     synth.add_argument("--effect-size", type=float, default=1.0)
     synth.add_argument("--complexes", default=None, help="complex table (TSV: name, genes); default CORUM clusters")
     synth.add_argument("--seed", type=int, default=0)
@@ -64,7 +66,8 @@ def synth_command(args) -> int:
     out = synth_screen(args.out, layout=args.layout, num_genes=args.genes, replicates=args.replicates,
                        num_plates=args.plates, num_experiments=args.experiments, controls_per_plate=args.controls,
                        sites_per_well=args.sites, size=args.size, channels=args.channels, bit_depth=args.bit_depth,
-                       effect_size=args.effect_size, complexes=args.complexes, seed=args.seed, workers=args.workers)
+                       effect_size=args.effect_size, complexes=args.complexes, seed=args.seed, workers=args.workers,
+                       codec=args.codec)
     print(f"wrote synthetic {args.layout} screen to {out}")
     return 0
 

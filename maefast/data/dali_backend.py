@@ -21,6 +21,7 @@ that batch.
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import re
 
@@ -104,14 +105,16 @@ class DaliBackend:
     def __init__(self, dataset: Dataset, crop_size: int, crops_per_image: int, batch_size: int, augment: bool,
                  num_threads: int = 2, on_error: str = "raise", device: torch.device = CPU, prefetch: int = 2,
                  dali_device: str = "auto", placement: dali_graph.Placement | None = None):
-        """placement: the stages' placement, instead of the one device and dali_device choose (the tests run
-        the GPU pipeline's graph on the host with dali_graph.GPU_GRAPH_ON_CPU)."""
+        """batch_size: the most images a batch of the plan holds (the pipeline's batch). placement: the stages'
+        placement, instead of the one device and dali_device choose (the tests run the GPU pipeline's graph on
+        the host with dali_graph.GPU_GRAPH_ON_CPU)."""
         self.dataset, self.crop_size, self.crops, self.batch_size = dataset, crop_size, crops_per_image, batch_size
         self.augment, self.num_threads, self.on_error = augment, num_threads, on_error
         self.device, self.prefetch = device, prefetch
         self.placement = placement or placement_of(device, dali_device)
         self.source = source_of(dataset)
         self.handover = DeviceHandover() if device.type == "cuda" else None
+        self._stop()
         table = dataset.table
         if self.source.kind == "packed":
             self._shards, self._rows = table["shard"].to_numpy(), table["row"].to_numpy(np.int64)
@@ -122,35 +125,44 @@ class DaliBackend:
                                              axis=1)
         dali_plugin.load()
 
-    def run(self, batches: list[Batch]):
-        """Yields (batch actually read, pixels (n*K, C, s, s) on the device, skipped) like TorchBackend.run."""
-        batches, start, skipped = list(batches), 0, collections.defaultdict(list)
-        while start < len(batches):
-            feed = [b for b in batches[start:] if len(b.images)]
-            pipe = self._pipeline(feed) if feed else None
-            if pipe is not None:
-                pipe.build()
-            failed = None
-            for position in range(start, len(batches)):
-                batch = batches[position]
-                if not len(batch.images):
-                    yield batch, self._empty(), skipped.pop(position, [])
-                    continue
-                try:
-                    pixels, *errors = pipe.run()
-                except RuntimeError as error:
-                    if self.source.kind != "compressed":
-                        raise
-                    batches[position], undecodable = self._without_undecodable(batch, error)
-                    skipped[position] += undecodable
-                    failed = position
-                    break
-                batch, pixels, refused = self._read(batch, pixels, errors)
-                yield batch, pixels, skipped.pop(position, []) + refused
-            del pipe
-            if failed is None:
-                return
-            start = failed
+    def run(self, batches: list[Batch], following=None):
+        """Yields (batch actually read, pixels (n*K, C, s, s) on the device, skipped) like TorchBackend.run.
+
+        following: a callable giving the batches that come after these (the next epochs'), lazily. The pipeline
+        reads ahead into them, so the end of an epoch does not wait for the next one's first batches, and a next
+        run() that starts with them continues the same pipeline instead of building another."""
+        batches, skipped, position = list(batches), collections.defaultdict(list), 0
+        while position < len(batches):
+            batch = batches[position]
+            if not len(batch.images):
+                yield batch, self._empty(), skipped.pop(position, [])
+                position += 1
+                continue
+            if not (self._fed and self._fed[0].same(batch)):
+                self._start(batches[position:], following)
+            try:
+                pixels, *errors = self._pipe.run()
+            except RuntimeError as error:
+                self._stop()  # a pipeline that failed is no longer valid
+                if self.source.kind != "compressed":
+                    raise
+                batches[position], undecodable = self._without_undecodable(batch, error)
+                skipped[position] += undecodable
+                continue
+            self._fed.popleft()
+            batch, pixels, refused = self._read(batch, pixels, errors)
+            yield batch, pixels, skipped.pop(position, []) + refused
+            position += 1
+
+    def _start(self, batches: list[Batch], following=None) -> None:
+        """A new pipeline reading `batches`, then those `following()` gives."""
+        self._stop()
+        stream = itertools.chain(batches, following() if following is not None else ())
+        self._pipe = self._pipeline(self._feed(batch for batch in stream if len(batch.images)))
+        self._pipe.build()
+
+    def _stop(self) -> None:
+        self._pipe, self._fed = None, collections.deque()  # the batches fed to the pipeline, not yet returned
 
     def _read(self, batch: Batch, pixels, errors) -> tuple[Batch, torch.Tensor, list]:
         """The batch without the images its operators could not read, their pixels, and those images' errors
@@ -219,23 +231,20 @@ class DaliBackend:
 
     # ---------------------------------------------------------------- pipelines
 
-    def _pipeline(self, feed: list[Batch], device_id: int | None = None, placement=None):
-        """One pipeline (defined, not built) for the batches of `feed`; its batch size is the largest of them
-        (not the plan's batch_size, which may be far larger than the data set), smaller batches padded with their
-        first image."""
-        self.pipeline_batch = max(len(batch.images) for batch in feed)
+    def _pipeline(self, feed, device_id: int | None = None, placement=None):
+        """One pipeline (defined, not built) reading the batches of the generator `feed`; its batch size is the
+        largest batch the plan gives (smaller batches are padded with their first image)."""
         placement = placement or self.placement
         gpu = self.device.type == "cuda"
         if gpu and device_id is None:
             device_id = self.device.index if self.device.index is not None else torch.cuda.current_device()
         augment_on_device = self.augment and (self.source.kind == "compressed" or not placement.fused)
 
-        @pipeline_def(batch_size=self.pipeline_batch, num_threads=self.num_threads, device_id=device_id,
+        @pipeline_def(batch_size=self.batch_size, num_threads=self.num_threads, device_id=device_id,
                       prefetch_queue_depth=self.prefetch, exec_dynamic=True, seed=0,
                       enable_conditionals=augment_on_device)
         def pipeline():
-            inputs = fn.external_source(source=self._feed(feed), num_outputs=self.source.inputs(self.augment),
-                                        batch=True)
+            inputs = fn.external_source(source=feed, num_outputs=self.source.inputs(self.augment), batch=True)
             outputs = dali_graph.build(list(inputs), self.source, placement, self.crop_size, self.crops,
                                        self.augment, to_gpu=gpu)
             self.graph_outputs = outputs
@@ -246,20 +255,24 @@ class DaliBackend:
     def operators(self, batches: list[Batch], placement=None) -> list[tuple[str, str]]:
         """(operator, device) of everything the pipeline for `batches` runs: its graph defined (serialized), not
         built, so a GPU pipeline's graph can be read on a machine without a GPU."""
-        pipe = self._pipeline([b for b in batches if len(b.images)], device_id=0 if self.device.type == "cuda"
-                              else None, placement=placement)
-        pipe.serialize()
+        feed = self._feed(iter(batches), collections.deque())
+        self._pipeline(feed, device_id=0 if self.device.type == "cuda" else None, placement=placement).serialize()
         return dali_graph.operators(self.graph_outputs)
 
     def _padded(self, batch: Batch) -> np.ndarray:
         """Sample positions into the batch, padded to the pipeline's batch size with the first sample."""
         count = len(batch.images)
-        return np.concatenate([np.arange(count), np.zeros(self.pipeline_batch - count, np.int64)])
+        if count > self.batch_size:
+            raise ValueError(f"a batch of {count} images for a pipeline of {self.batch_size}")
+        return np.concatenate([np.arange(count), np.zeros(self.batch_size - count, np.int64)])
 
-    def _feed(self, feed: list[Batch]):
-        """Per image: the file paths (one per channel and its illumination file, or the shard and its row),
-        anchors, augment flags."""
-        for batch in feed:
+    def _feed(self, batches, fed: collections.deque | None = None):
+        """The external source: per image, the file paths (one per channel and its illumination file, or the
+        shard and its row), anchors, augment flags; each batch appended to `fed` (default: self._fed) as the
+        pipeline takes it, so that its outputs are matched with it in order."""
+        fed = self._fed if fed is None else fed
+        for batch in batches:
+            fed.append(batch)
             slots = self._padded(batch)
             rows = batch.images[slots]
             if self.source.kind == "packed":

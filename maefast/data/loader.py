@@ -16,6 +16,7 @@ maefast.data.ImageReadError naming the file.
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
@@ -64,7 +65,7 @@ class Loader:
             from maefast.data.dali_backend import DaliBackend
             from maefast.data.dali_plugin import PluginUnavailable
             try:
-                self.backend = DaliBackend(dataset, plan.crop_size, crops, plan.batch_size,
+                self.backend = DaliBackend(dataset, plan.crop_size, crops, plan.largest_batch(),
                                            augment=not tiles and plan.augment, num_threads=max(1, num_workers),
                                            on_error=on_error, device=self.device, prefetch=prefetch,
                                            dali_device=dali_device)
@@ -84,7 +85,9 @@ class Loader:
     def __iter__(self):
         batches = list(self.plan.batches(self.epoch, self.step))
         crops, ids = self.plan.crops_per_image, self.dataset.ids
-        for batch, pixels, skipped in self.backend.run(batches):
+        # the batches after this epoch, which the DALI pipeline reads ahead into (the next epoch continues it)
+        following = functools.partial(self.plan.batches_after, self.epoch)
+        for batch, pixels, skipped in self.backend.run(batches, following):
             self.skipped += skipped
             index = np.repeat(batch.images, crops)
             out = dict(pixels=pixels, index=torch.from_numpy(index), ids=list(ids[index]),
@@ -112,7 +115,7 @@ def check_batch_memory(dataset: Dataset, plan, num_workers: int, prefetch: int =
     """Refuses a plan whose batches in flight (DALI's prefetch queue or the DataLoader workers' prefetched
     batches, plus the one in use and the one being read) and decoding buffers (per reader, a whole image's file
     and planes) would not fit in memory, before a single one is allocated."""
-    images = min(plan.batch_size, -(-plan.num_images // plan.world_size))
+    images = plan.largest_batch()
     itemsize, channels = np.dtype(dataset.dtype).itemsize, len(dataset.channels)
     in_flight = max(prefetch + 2, 2 * num_workers + 2)
     total = in_flight * images * plan.crops_per_image * channels * plan.crop_size ** 2 * itemsize

@@ -91,20 +91,26 @@ def synth_screen(out_dir, layout: str = "rxrx", num_genes: int = 100, replicates
                  num_experiments: int = 2, controls_per_plate: int = 16, sites_per_well: int = 2,
                  size: int = 512, channels: int = 6, bit_depth: int | None = None, effect_size: float = 1.0,
                  batch_strength: float = 1.0, complexes=None, seed: int = 0, workers: int | None = None,
-                 progress: bool = True) -> Path:
+                 progress: bool = True, codec: str | None = None) -> Path:
     """Writes a synthetic screen to out_dir and returns out_dir (open it with open_dataset).
 
     layout "rxrx": {experiment}/Plate{p}/{well}_s{site}_w{k}.png + metadata.csv + channels.json.
     layout "jump": images/{experiment}/{plate}/{well}_s{site}_{channel}.tiff, one illumination function
     per plate and channel (illum/...npy, the plate's simulated illumination) and load_data.csv.
-    bit_depth: 8 or 16 (default 8 for rxrx, 16 for jump). Also writes genes.csv (the ground truth:
-    gene, complex, effect per feature) and synth.json (the parameters).
+    bit_depth: 8 or 16 (default 8 for rxrx, 16 for jump). codec (jump): the channel files' format, "tiff"
+    (the default), "jpeg2000" (lossless .jp2) or "jpeg" (.jpg, quality 90, 8-bit). Also writes genes.csv (the
+    ground truth: gene, complex, effect per feature) and synth.json (the parameters).
     """
     if layout not in ("rxrx", "jump"):
         raise UserInputError(f"layout must be 'rxrx' or 'jump', got {layout!r}")
     bit_depth = bit_depth or (8 if layout == "rxrx" else 16)
     if bit_depth not in (8, 16):
         raise UserInputError(f"bit_depth must be 8 or 16, got {bit_depth}")
+    codecs = CODECS[layout]
+    if codec is not None and codec not in codecs:
+        raise UserInputError(f"codec must be one of {', '.join(codecs)} for the {layout} layout, got {codec!r}")
+    if codec == "jpeg" and bit_depth != 8:
+        raise UserInputError("codec jpeg writes 8-bit images: pass bit_depth=8 (--bit-depth 8)")
     out = Path(out_dir)
     sites, genes = design_screen(num_genes, replicates, num_plates, num_experiments, controls_per_plate,
                                  sites_per_well, effect_size, complexes, seed)
@@ -113,13 +119,16 @@ def synth_screen(out_dir, layout: str = "rxrx", num_genes: int = 100, replicates
                   num_experiments=num_experiments, controls_per_plate=controls_per_plate,
                   sites_per_well=sites_per_well, size=size, channels=names, bit_depth=bit_depth,
                   effect_size=effect_size, batch_strength=batch_strength, seed=seed)
+    if codec not in (None, codecs[0]):  # recorded when not the layout's own (screens written before it resume)
+        params["codec"] = codec
     previous = out / "synth.json"
     if previous.is_file() and read_json(previous) != params:
         raise UserInputError(f"{out} holds a synthetic screen made with other parameters ({previous}); "
                              "use a new folder")
     write_json_atomic(previous, params)
     effects = genes.set_index("gene")[list(FEATURES)]
-    sites["files"] = [_site_files(out, layout, s, names) for s in sites.itertuples()]
+    suffix = SUFFIXES[codec or codecs[0]]
+    sites["files"] = [_site_files(out, layout, s, names, suffix) for s in sites.itertuples()]
     jobs = [(i, row.gene, row.experiment, row.plate, row.files) for i, row in enumerate(sites.itertuples())
             if not all(Path(f).is_file() for f in row.files)]
     config = dict(seed=seed, size=size, channels=channels, dtype=np.uint8 if bit_depth == 8 else np.uint16,
@@ -134,12 +143,30 @@ def synth_screen(out_dir, layout: str = "rxrx", num_genes: int = 100, replicates
     return out
 
 
-def _site_files(out: Path, layout: str, s, names: list[str]) -> list[str]:
+CODECS = {"rxrx": ("png",), "jump": ("tiff", "jpeg2000", "jpeg")}  # the first: the layout's default
+SUFFIXES = {"png": ".png", "tiff": ".tiff", "jpeg2000": ".jp2", "jpeg": ".jpg"}
+
+
+def _site_files(out: Path, layout: str, s, names: list[str], suffix: str) -> list[str]:
     if layout == "rxrx":
         folder = out / s.experiment / f"Plate{s.plate}"
-        return [str(folder / f"{s.well}_s{s.site}_w{k + 1}.png") for k in range(len(names))]
+        return [str(folder / f"{s.well}_s{s.site}_w{k + 1}{suffix}") for k in range(len(names))]
     folder = out / "images" / s.experiment / f"P{s.plate}"
-    return [str(folder / f"{s.well}_s{s.site}_{name}.tiff") for name in names]
+    return [str(folder / f"{s.well}_s{s.site}_{name}{suffix}") for name in names]
+
+
+def write_channel(path, channel: np.ndarray, suffix: str) -> None:
+    """One channel image in the format of `suffix`: .png (maefast's writer), .tiff (tifffile), .jp2 (JPEG 2000,
+    lossless) or .jpg (JPEG, quality 90), these two through Pillow."""
+    if suffix == ".png":
+        write_png(path, channel)
+    elif suffix == ".tiff":
+        import tifffile
+        tifffile.imwrite(path, channel)
+    else:
+        from PIL import Image
+        options = dict(format="JPEG2000", irreversible=False) if suffix == ".jp2" else dict(format="JPEG", quality=90)
+        Image.fromarray(channel).save(path, **options)
 
 
 def _plate_batch(seed: int, experiment: str, plate: int, channels: int, strength: float) -> BatchEffect:
@@ -160,11 +187,7 @@ def _render_job(job, config) -> None:
     image = render_site(rng, config["size"], config["channels"], effect, batch, config["dtype"])
     for channel, path in zip(image, files):
         with atomic_path(path) as temporary:
-            if path.endswith(".png"):
-                write_png(temporary, channel)
-            else:
-                import tifffile
-                tifffile.imwrite(temporary, channel)
+            write_channel(temporary, channel, Path(path).suffix)
 
 
 def _render_chunk(args) -> int:

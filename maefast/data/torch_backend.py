@@ -126,8 +126,10 @@ class TorchBackend:
                                  pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0),
                                  **workers)
 
-    def run(self, batches: list[Batch]):
-        """Yields (batch with the images actually read, pixels (n*K, C, s, s) on the device, skipped)."""
+    def run(self, batches: list[Batch], following=None):
+        """Yields (batch with the images actually read, pixels (n*K, C, s, s) on the device, skipped). following:
+        the batches after these (DaliBackend reads ahead into them); the DataLoader's workers prefetch within the
+        run."""
         self.feed.batches = list(batches)
         for batch, (pixels, keep, skipped) in zip(self.feed.batches, self.loader):
             if skipped and self.on_error == "raise":

@@ -97,6 +97,27 @@ def test_gpu_graph_on_the_host_gives_the_cpu_pipelines_pixels(screens, name):
             np.testing.assert_array_equal(a, b, err_msg=f"{name} tiles, {placement}")
 
 
+def test_a_pipeline_reads_ahead_into_the_next_epoch_and_goes_on(screens):
+    """Three epochs through one pipeline (it reads ahead into the next epoch instead of ending and being built
+    again), with the PyTorch loader's pixels; a loader moved to another position builds a new one there."""
+    dataset = dataset_of(screens, "packed8")
+    loaders = [make_loader(dataset, BATCH, CROP, CROPS, seed=3, backend=backend, num_workers=0)
+               for backend in ("torch", "dali")]
+    pipelines = []
+    for _ in range(3):
+        expected, got = ([batch["pixels"].numpy().copy() for batch in loader] for loader in loaders)
+        for a, b in zip(got, expected, strict=True):
+            np.testing.assert_array_equal(a, b)
+        pipelines.append(loaders[1].backend._pipe)
+    assert pipelines[0] is pipelines[1] is pipelines[2] is not None
+    for loader in loaders:
+        loader.load_state_dict({**loader.state_dict(), "epoch": 1, "step": 2})
+    expected, got = ([batch["pixels"].numpy().copy() for batch in loader] for loader in loaders)
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert loaders[1].backend._pipe is not pipelines[0]
+
+
 READERS = {"MaefastPackedCrops", "MaefastImageCrops", "MaefastCompressedImage", "MaefastIllumination"}
 # what may stay on the host in a GPU pipeline: the feed, maefast's readers and checks, and the per-sample arguments
 # (each crop's flags, an illumination function's shape before it moves)
