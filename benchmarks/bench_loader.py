@@ -156,11 +156,10 @@ def summarize(rec: common.Recorder, results: dict, device: torch.device, args) -
     settings = dict(crop=args.crop, crops_per_image=args.crops_per_image, batch_images=args.batch,
                     channels=args.channels, threads=args.workers, sites=args.sites, size=args.size)
     if device.type == "cuda":
-        value = rate("packed", "dali-gpu")
+        value, baseline = rate("packed", "dali-gpu"), rate("packed", "torch")
         rec.emit(kind="summary", case="packed", backend="dali-gpu", unit="crops/s", value=value, target=8000,
-                 baseline=rate("packed", "torch"), vs="torch", cores=results.get(("packed", "dali-gpu"), {}).get("cores"),
-                 ratio=round(value / rate("packed", "torch"), 3) if value and rate("packed", "torch") else None,
-                 **settings)
+                 baseline=baseline, vs="torch", cores=results.get(("packed", "dali-gpu"), {}).get("cores"),
+                 ratio=round(value / baseline, 3) if value and baseline else None, **settings)
         cpu = {backend: rate("jpeg2000", backend) for backend in ("dali-cpu", "torch") if rate("jpeg2000", backend)}
         strongest = max(cpu, key=cpu.get) if cpu else None
         value = rate("jpeg2000", "dali-gpu")
