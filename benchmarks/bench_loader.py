@@ -36,7 +36,7 @@ import torch
 from benchmarks import common
 from maefast.errors import installed
 
-LAYOUTS = ("png", "tiff", "packed", "jpeg2000", "jpeg")
+LAYOUTS = ("packed", "jpeg2000", "png", "tiff", "jpeg")  # the targets' layouts first: a time limit cuts the last
 CODECS = {"tiff": "tiff", "jpeg2000": "jpeg2000", "jpeg": "jpeg"}  # the JUMP layout's channel files
 
 
@@ -99,28 +99,27 @@ def measure(dataset, backend: str, args, device: torch.device, workers: int, pre
                 seconds=round(seconds, 2), epochs=epochs, threads=workers, prefetch=prefetch)
 
 
-def screens(folder: Path, args) -> dict:
-    """The synthetic screen in each layout (the same sites): layout -> Dataset."""
+def screens(folder: Path, args):
+    """(layout, Dataset) of the synthetic screen in each layout (the same sites), each written when it is
+    reached (synth_screen skips the sites a folder already holds: the PNG screen serves png and packed)."""
     from maefast.data import open_dataset
     from maefast.data.packed import pack_dataset
     from maefast.data.synthetic import synth_screen
     genes = max(1, (args.sites // 2 - 8) // 2)  # 2 sites per well, 2 wells per gene, 2 plates x 2 controls
     design = dict(num_genes=genes, num_plates=2, num_experiments=1, controls_per_plate=2, size=args.size,
                   channels=args.channels, workers=args.workers, progress=False)
-    out = {}
     for layout in args.layouts:
-        if layout == "png":
-            out[layout] = open_dataset(synth_screen(folder / layout, layout="rxrx", bit_depth=args.bit_depth,
-                                                    **design))
-        elif layout == "packed":
-            source = out.get("png") or open_dataset(synth_screen(folder / "png", layout="rxrx",
-                                                                 bit_depth=args.bit_depth, **design))
-            out[layout] = open_dataset(pack_dataset(source, folder / layout, workers=args.workers, progress=False))
+        start = time.perf_counter()
+        if layout in ("png", "packed"):
+            dataset = open_dataset(synth_screen(folder / "png", layout="rxrx", bit_depth=args.bit_depth, **design))
+            if layout == "packed":
+                dataset = open_dataset(pack_dataset(dataset, folder / layout, workers=args.workers, progress=False))
         else:
             bits = 8 if layout == "jpeg" else args.bit_depth
-            out[layout] = open_dataset(synth_screen(folder / layout, layout="jump", codec=CODECS[layout],
-                                                    bit_depth=bits, **design))
-    return out
+            dataset = open_dataset(synth_screen(folder / layout, layout="jump", codec=CODECS[layout], bit_depth=bits,
+                                                **design))
+        print(f"{layout}: {len(dataset)} sites written in {time.perf_counter() - start:.0f} s", flush=True)
+        yield layout, dataset
 
 
 def backends_for(device: torch.device) -> list[str]:
@@ -129,9 +128,9 @@ def backends_for(device: torch.device) -> list[str]:
     return ["torch", "dali-cpu", "dali-gpu"] if device.type == "cuda" else ["torch", "dali-cpu"]
 
 
-def run_layouts(rec: common.Recorder, datasets: dict, args, device: torch.device) -> dict:
+def run_layouts(rec: common.Recorder, datasets, args, device: torch.device) -> dict:
     results = {}
-    for layout, dataset in datasets.items():
+    for layout, dataset in datasets:
         for backend in backends_for(device):
             if common.stopped():
                 return results
@@ -173,17 +172,18 @@ def summarize(rec: common.Recorder, results: dict, device: torch.device, args) -
                  vs="torch", ratio=round(value / baseline, 3) if value and baseline else None, **settings)
 
 
-def sweep(rec: common.Recorder, datasets: dict, args, device: torch.device) -> None:
-    """DALI GPU on packed and JPEG 2000 at several thread counts and prefetch depths: the data for the defaults."""
+def sweep(rec: common.Recorder, datasets, args, device: torch.device) -> None:
+    """DALI GPU at several thread counts and prefetch depths (--layouts; default packed and jpeg2000): the data
+    for the defaults."""
     cores = os.cpu_count() or 1
     threads = sorted({t for t in (2, 4, 8, 16, cores) if t <= cores})
-    for layout in [name for name in ("packed", "jpeg2000") if name in datasets]:
+    for layout, dataset in datasets:
         best = None
         for count in threads:
             for prefetch in (1, 2, 4):
                 if common.stopped():
                     return
-                result = measure(datasets[layout], "dali-gpu", args, device, count, prefetch)
+                result = measure(dataset, "dali-gpu", args, device, count, prefetch)
                 rec.emit(kind="sweep", case=layout, backend="dali-gpu", unit="crops/s", value=result["crops_per_s"],
                          **result)
                 if best is None or result["crops_per_s"] > best["crops_per_s"]:
@@ -289,8 +289,9 @@ def decode_benchmark(size: int = 512, calls: int = 100, cuda: bool = False) -> d
 def main(argv=None) -> int:
     parser = common.parser(__doc__)
     parser.add_argument("--data", default=None, help="an existing data set instead of the synthetic screens")
-    parser.add_argument("--layouts", default=",".join(LAYOUTS), help=f"of {', '.join(LAYOUTS)}")
-    parser.add_argument("--sites", type=int, default=None, help="synthetic sites (default 400; --quick 32)")
+    parser.add_argument("--layouts", default=None, help=f"of {', '.join(LAYOUTS)} (default: all; --sweep: packed, "
+                                                         "jpeg2000)")
+    parser.add_argument("--sites", type=int, default=None, help="synthetic sites (default 200; --quick 32)")
     parser.add_argument("--size", type=int, default=None, help="synthetic site size (default 512; --quick 256)")
     parser.add_argument("--bit-depth", type=int, choices=(8, 16), default=16, help="of the screen (jpeg: 8)")
     parser.add_argument("--channels", type=int, default=6)
@@ -311,12 +312,13 @@ def main(argv=None) -> int:
         rec.emit(kind="summary", case="decode", unit="ms per channel",
                  value=decode_benchmark(calls=20 if args.quick else 100, cuda=device.type == "cuda"))
         return 0
-    args.sites = args.sites or (32 if args.quick else 400)
+    args.sites = args.sites or (32 if args.quick else 200)
     args.size = args.size or (256 if args.quick else 512)
     args.crop = args.crop or (128 if args.quick else 256)
     args.workers = args.workers or (2 if args.quick else os.cpu_count() or 1)
     args.seconds = args.seconds or (2.0 if args.quick else 6.0)
-    args.layouts = [layout.strip() for layout in args.layouts.split(",")]
+    args.layouts = [layout.strip() for layout in (args.layouts or ("packed,jpeg2000" if args.sweep else
+                                                                   ",".join(LAYOUTS))).split(",")]
     if unknown := set(args.layouts) - set(LAYOUTS):
         parser.error(f"unknown layouts {sorted(unknown)}; choose from {', '.join(LAYOUTS)}")
     print(f"bench_loader on {common.device_name(device)} ({platform.machine()}, {os.cpu_count()} cores): "
@@ -324,15 +326,13 @@ def main(argv=None) -> int:
           f"{args.crop} per image, {args.batch} images per batch, {args.workers} threads / workers", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as folder:
         try:
-            start = time.perf_counter()
             if args.data:
                 from maefast.data import open_dataset
                 dataset = open_dataset(args.data)
                 args.layouts = [dataset.layout]
-                datasets = {dataset.layout: dataset}
+                datasets = [(dataset.layout, dataset)]
             else:
                 datasets = screens(Path(folder), args)
-            print(f"screens written in {time.perf_counter() - start:.0f} s", flush=True)
             if args.sweep:
                 sweep(rec, datasets, args, device)
             else:

@@ -9,7 +9,10 @@
 #   jobs         bench_train (MAE ViT-L/8, then CA-MAE ViT-B/16) and bench_embed (ViT-L/8): maefast tuned and
 #                compiled, and eager, against the reference pipeline / timm, eager and compiled
 #   profile      profile_step: where a training step's and an embedding step's GPU time goes
-#   e2e          bench_train_e2e: `maefast train` on packed synthetic shards, beside bench_train's figure
+#   dali         the DALI wheels carried in parts (gpu_suite_dali/, benchmarks/wheel_parts.py) joined and
+#                installed once every part is on the machine (benchmarks/RESULTS.md, "Installing DALI")
+#   loader       bench_loader: every layout, DALI GPU vs DALI CPU vs torch (the PyTorch loader alone without DALI)
+#   e2e          bench_train_e2e: `maefast train` on packed shards and on PNG sites, beside bench_train's figure
 #   table        every record as one table, printed last
 # Each step gets its share of a fixed budget (BUDGET seconds, default 540) through `timeout`: a step may use
 # what earlier steps left unused, never time planned for later ones; a benchmark stopped by its limit still
@@ -81,10 +84,13 @@ main() {
         python -c "import torch; assert torch.cuda.is_available()" 2>/dev/null \
             || { echo "gpu_suite.sh needs a CUDA GPU (or --dry-run)"; exit 1; }
         nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv | tee "$out/device.txt"
-        if ! run_step install 13 python -m pip install --no-deps --no-build-isolation -e .; then
+        if ! run_step install 12 python -m pip install --no-deps --no-build-isolation -e .; then
             echo "gpu_suite: the install failed (python -m pip install --no-deps --no-build-isolation -e .); stopping."
             tail -30 "$out/install.log"
             exit 1
+        fi
+        if [ -f gpu_suite_dali/manifest.json ]; then
+            run_step dali 1 python -m benchmarks.wheel_parts install gpu_suite_dali
         fi
     fi
     python -c "import maefast, torch; from maefast.ops.backend import cpp_extension as cpp; print('torch', \
@@ -113,9 +119,10 @@ torch.__version__, '| maefast._C', 'built' if cpp() else 'not built (CPU ops: re
         models=(mae_vit_large_patch8_256 camae_vit_base_patch16_256)
     fi
     run_step bench_train_mae 24 python -m benchmarks.bench_train --model "${models[0]}" "${options[@]}"
-    run_step bench_train_camae 11 python -m benchmarks.bench_train --model "${models[1]}" "${options[@]}"
-    run_step bench_embed 13 python -m benchmarks.bench_embed "${options[@]}"
-    run_step profile_step 7 python -m benchmarks.profile_step "${options[@]}"
+    run_step bench_train_camae 9 python -m benchmarks.bench_train --model "${models[1]}" "${options[@]}"
+    run_step bench_embed 11 python -m benchmarks.bench_embed "${options[@]}"
+    run_step profile_step 5 python -m benchmarks.profile_step "${options[@]}"
+    run_step bench_loader 6 python -m benchmarks.bench_loader "${options[@]}"
     run_step bench_train_e2e 9 python -m benchmarks.bench_train_e2e --compare "$records" "${options[@]}"
 
     stamp "done (tests exit code $tests_rc)"

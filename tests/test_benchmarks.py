@@ -8,11 +8,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import benchmarks
-from benchmarks import bench_attention, bench_mae_loss, bench_tokenize, bench_unshuffle, common, jobs
+from benchmarks import bench_attention, bench_mae_loss, bench_tokenize, bench_unshuffle, common, jobs, wheel_parts
 from benchmarks.profile_step import classify
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,3 +115,28 @@ def test_profile_breakdown_attributes_gpu_kernels_to_their_ops_and_keeps_the_res
     assert result.total_us == 150.0
     assert result.groups["gemm"] == 100.0 and result.groups["elementwise_copy_norm"] == 50.0
     assert result.tags["cast"] == 30.0 and result.kernels["triton_poi_fused_add_0"][:2] == [20.0, 1]
+
+
+def test_wheels_carried_in_parts_join_only_whole_and_name_what_is_missing(tmp_path):
+    """DALI's wheels go to the GPU machine in parts, one per call (benchmarks/wheel_parts.py): the parts join to the
+    same files, a missing part is named, a damaged one refused."""
+    rng = np.random.default_rng(0)
+    wheels = []
+    for name, size in (("a-1.0-py3-none-any.whl", 70_000), ("b-2.0-py3-none-any.whl", 5_000)):
+        wheels.append(tmp_path / name)
+        wheels[-1].write_bytes(rng.bytes(size))
+    parts = tmp_path / "parts"
+    manifest = wheel_parts.split(wheels, parts, part_bytes=20_000)
+    assert len(manifest["parts"]) == -(-manifest["bytes"] // 20_000) >= 4
+    assert all(p["bytes"] <= 20_000 for p in manifest["parts"])
+    joined = wheel_parts.join(parts, tmp_path / "joined")
+    assert [p.read_bytes() for p in joined] == [w.read_bytes() for w in wheels]
+    third = parts / manifest["parts"][2]["name"]
+    content = third.read_bytes()
+    third.unlink()
+    assert wheel_parts.missing(parts) == [third.name] and wheel_parts.main(["status", str(parts)]) == 1
+    with pytest.raises(wheel_parts.MissingParts, match=third.name):
+        wheel_parts.join(parts, tmp_path / "again")
+    third.write_bytes(content[:-1] + bytes([content[-1] ^ 1]))
+    with pytest.raises(ValueError, match="damaged in transfer"):
+        wheel_parts.join(parts, tmp_path / "again")
