@@ -165,6 +165,21 @@ def test_gpu_pipeline_gives_the_cpu_pipelines_pixels_on_cuda(screens, name):
 
 
 @cuda
+@pytest.mark.parametrize("name", ["png16", "packed8"])
+def test_the_pytorch_loader_copies_on_its_own_stream_and_gives_the_same_pixels_on_cuda(screens, name):
+    dataset = dataset_of(screens, name)
+    loaders = [make_loader(dataset, BATCH, CROP, CROPS, seed=3, backend="torch", num_workers=1, device=device)
+               for device in ("cpu", "cuda")]
+    expected = [batch["pixels"].numpy() for batch in loaders[0]]
+    sums = []
+    for batch in loaders[1]:
+        torch.cuda._sleep(20_000_000)  # the consumer's stream lags behind the copies
+        sums.append(batch["pixels"].double().sum())
+    torch.cuda.synchronize()
+    assert [float(s) for s in sums] == [p.astype(np.float64).sum() for p in expected]
+
+
+@cuda
 def test_gpu_batches_are_handed_over_without_a_copy_and_survive_a_host_running_ahead(screens):
     dataset = dataset_of(screens, "png16")
     batches = train_batches(dataset) * 4
