@@ -3,8 +3,9 @@
 #   install      python -m pip install --no-deps --no-build-isolation -e .  (keeps the machine's CUDA torch; goes
 #                on without maefast._C when it cannot be built); stops the suite at once when the install fails
 #   tests        a GPU smoke subset: the Triton kernels of tests/ops against the references in bf16 (opcheck and
-#                fp32/fp16 variants left out), the fused-op model test, and the models compiled on the GPU
-#                against eager (tests/models/test_compile.py::test_compiled_model_on_cuda_matches_eager)
+#                fp32/fp16 variants left out), the fused-op model test, the models compiled on the GPU against
+#                eager (tests/models/test_compile.py::test_compiled_model_on_cuda_matches_eager), and the GPU
+#                loader against the CPU one (tests/data/test_gpu_pipeline.py, where DALI is installed)
 #   op benches   bench_tokenize, bench_unshuffle, bench_mae_loss, bench_attention at the issue's shapes
 #   jobs         bench_train (MAE ViT-L/8, then CA-MAE ViT-B/16) and bench_embed (ViT-L/8): maefast tuned and
 #                compiled, and eager, against the reference pipeline / timm, eager and compiled
@@ -97,8 +98,9 @@ main() {
 torch.__version__, '| maefast._C', 'built' if cpp() else 'not built (CPU ops: reference)')" | tee -a "$out/device.txt" \
         || { echo "gpu_suite: maefast does not import; stopping."; exit 1; }
 
-    # bf16 (dtype1) Triton tests of tests/ops, the fused-op model test, and the model compiled on the GPU
-    smoke=(tests/ops tests/models/test_compile.py
+    # bf16 (dtype1) Triton tests of tests/ops, the fused-op model test, the model compiled on the GPU, and the GPU
+    # loader against the CPU one (tests/data/test_gpu_pipeline.py, with DALI)
+    smoke=(tests/ops tests/models/test_compile.py tests/data/test_gpu_pipeline.py
            -k "(triton and not dtype0 and not dtype2 and not opcheck and not test_compile) or on_cuda")
     if [ "$dry_run" = 1 ]; then
         run_step tests 4 python -m pytest -q -p no:cacheprovider --collect-only "${smoke[@]}"

@@ -180,7 +180,7 @@ def test_the_pytorch_loader_copies_on_its_own_stream_and_gives_the_same_pixels_o
 
 
 @cuda
-def test_gpu_batches_are_handed_over_without_a_copy_and_survive_a_host_running_ahead(screens):
+def test_gpu_batches_are_handed_over_without_a_copy_and_survive_a_host_running_ahead_on_cuda(screens):
     dataset = dataset_of(screens, "png16")
     batches = train_batches(dataset) * 4
     expected = [p.astype(np.float64).sum() for p in read(dataset, batches, True)]
