@@ -82,14 +82,18 @@ def test_summary_tells_signal_from_chance(tmp_path):
     relationships.to_csv(path, index=False)
     structured = build_map(table, perturbation_col="perturbation", control_label="CONTROL", batch_col="plate",
                            pca_components=8)
-    noise = structured.set_axis(rng.permutation(structured.index.to_numpy()), axis=0)  # labels unrelated to rows
-    results = {}
-    for name, features in (("structured", structured), ("noise", noise)):
+    def summary(features):
         scores = score_map(features, sources=[path], thresholds=[THRESHOLDS])
-        results[name] = recall_summary(features, scores, THRESHOLDS, permutations=300, seed=1).iloc[0]
-    assert results["structured"]["p_value"] < 0.01 < results["noise"]["p_value"]
-    assert results["structured"]["recall_low"] > results["structured"]["null_high"]
-    assert results["noise"]["recall"] <= results["noise"]["null_high"]
+        return recall_summary(features, scores, THRESHOLDS, permutations=300, seed=1).iloc[0]
+
+    signal = summary(structured)
+    assert signal["p_value"] < 0.01
+    assert signal["recall_low"] > signal["null_high"]
+    # A map with labels unrelated to its rows is itself a draw from the null: it passes the null's 95% quantile
+    # in 5% of draws, so one draw cannot be asserted; of 20 such maps, 7 or more pass it with odds under 1e-4.
+    noise = [summary(structured.set_axis(rng.permutation(structured.index.to_numpy()), axis=0)) for _ in range(20)]
+    assert sum(row["recall"] > row["null_high"] for row in noise) < 7
+    assert np.median([row["p_value"] for row in noise]) > 0.1
 
 
 def test_errors_and_empty_sources(tmp_path):
