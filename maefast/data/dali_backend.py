@@ -2,7 +2,7 @@
 
 The graph of each path (maefast.data.dali_graph) is built by one function whose device choice is a
 parameter: on a CPU machine every stage runs on the host (CPU_PIPELINE); with a GPU (GPU_PIPELINE) the host
-reads and checks the files (and decodes PNG and TIFF, which DALI has no GPU decoder for), JPEG and JPEG 2000
+reads and checks the files (and decodes PNG and TIFF with maefast's exact readers), JPEG and JPEG 2000
 are decoded on the GPU (nvJPEG, nvJPEG2000), and the crops are flipped, rotated and stacked there. The
 pipeline runs ahead of the training step by `prefetch` batches on DALI's own CUDA stream; its output is handed
 to torch through DLPack without a copy, and torch's stream waits for it on an event, not on the host

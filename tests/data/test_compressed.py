@@ -14,10 +14,13 @@ from PIL import Image
 
 from maefast import _C
 from maefast.data import ImageReadError, make_tile_loader, open_dataset
+from maefast.data.plan import TilePlan
 from tests.data.crafted import jump_screen, pillow_bytes, rxrx_screen, textured_image
 from tests.data.test_parity import SIZE, assert_cases, read_by_every_path, screen_of
 
 pytest.importorskip("nvidia.dali")
+from maefast.data.dali_backend import DaliBackend  # noqa: E402
+from maefast.data.dali_graph import CPU_PIPELINE, GPU_GRAPH_ON_CPU  # noqa: E402
 
 
 def reference(data: bytes) -> np.ndarray:
@@ -49,6 +52,29 @@ def with_palette(jp2: bytes) -> bytes:
     box = (11).to_bytes(4, "big") + b"pclr" + bytes(3)
     return jp2[:header] + (length + len(box)).to_bytes(4, "big") + jp2[header + 4:header + length] + box + \
         jp2[header + length:]
+
+
+def refusals_and_tiles(dataset, placement) -> dict:
+    """{image id: its tiles, or (path, kind, reason) when refused} of a DALI pipeline with `placement`."""
+    backend = DaliBackend(dataset, SIZE, 1, 5, False, on_error="skip", placement=placement)
+    outcome = {}
+    for batch, pixels, skipped in backend.run(list(TilePlan(len(dataset), dataset.image_shape, 5, SIZE).batches())):
+        outcome.update({dataset.ids[row]: tile.numpy().copy() for row, tile in zip(batch.images, pixels)})
+        outcome.update({failure["id"]: (failure["path"], failure["kind"], failure["reason"]) for failure in skipped})
+    return outcome
+
+
+def assert_the_gpu_graph_refuses_alike(root) -> None:
+    """The GPU pipeline's graph (run on the host) reads and refuses each file as the CPU pipeline does: the
+    checks run before its decoder ("mixed" on a GPU) sees the bytes, and a decoder's failure is named alike."""
+    dataset = open_dataset(root)
+    cpu, gpu_graph = (refusals_and_tiles(dataset, placement) for placement in (CPU_PIPELINE, GPU_GRAPH_ON_CPU))
+    assert cpu.keys() == gpu_graph.keys() == set(dataset.ids)
+    for image_id, expected in cpu.items():
+        if isinstance(expected, tuple):
+            assert gpu_graph[image_id] == expected
+        else:
+            np.testing.assert_array_equal(gpu_graph[image_id], expected, err_msg=image_id)
 
 
 def test_jpeg_files(tmp_path):
@@ -90,6 +116,7 @@ def test_jpeg_files(tmp_path):
     assert open_dataset(root).compressed
     outcome, _ = read_by_every_path(root)
     assert_cases(outcome, open_dataset(root), cases, positions)
+    assert_the_gpu_graph_refuses_alike(root)
 
 
 def test_jpeg2000_files(tmp_path):
@@ -135,6 +162,7 @@ def test_jpeg2000_files(tmp_path):
     root = jump_screen(tmp_path / "jpeg2000", files)
     outcome, _ = read_by_every_path(root)
     assert_cases(outcome, open_dataset(root), cases, positions)
+    assert_the_gpu_graph_refuses_alike(root)
 
 
 def test_a_jpeg_among_png_files_is_refused_by_name(tmp_path):
