@@ -70,6 +70,14 @@ def placement_of(device: torch.device, dali_device: str = "auto") -> dali_graph.
     return dali_graph.GPU_PIPELINE if device.type == "cuda" and dali_device != "cpu" else dali_graph.CPU_PIPELINE
 
 
+def dense(outputs) -> torch.Tensor:
+    """A pipeline output (a batch of equally shaped samples) as one torch tensor: DALI's contiguous buffer itself,
+    through DLPack; a batch whose samples DALI did not lay out contiguously is stacked (a copy)."""
+    if outputs.is_dense_tensor():
+        return torch.from_dlpack(outputs.as_tensor())
+    return torch.stack([torch.from_dlpack(outputs[i]) for i in range(len(outputs))])
+
+
 class DeviceHandover:
     """Hands a pipeline's CUDA output to torch without a copy, and keeps DALI's buffers alive until torch's
     stream is past the work that read them.
@@ -93,7 +101,7 @@ class DeviceHandover:
             for entry in self.held:
                 if entry[1] is None:
                     entry[1] = event
-        pixels = torch.from_dlpack(outputs.as_tensor())
+        pixels = dense(outputs)
         self.held.append([outputs, None])
         while self.held and self.held[0][1] is not None and (len(self.held) > self.limit or self.held[0][1].query()):
             self.held[0][1].synchronize()
@@ -223,10 +231,7 @@ class DaliBackend:
         """The pipeline's output as a torch tensor without a copy: the dynamic executor gives each run's outputs
         their own buffers, owned by the returned objects (a copy of a 25 MB batch costs more than cutting its
         crops); on a GPU through DeviceHandover."""
-        if self.handover is not None:
-            pixels = self.handover(outputs, self.device)
-        else:
-            pixels = torch.from_dlpack(outputs.as_tensor())
+        pixels = self.handover(outputs, self.device) if self.handover is not None else dense(outputs)
         return pixels[:count].reshape(-1, len(self.dataset.channels), self.crop_size, self.crop_size)
 
     # ---------------------------------------------------------------- pipelines
