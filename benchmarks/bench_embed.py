@@ -7,8 +7,9 @@ compiled.
 
 Crops are random integer tensors already on the device (the loader has its own benchmark; `maefast embed`
 reports end-to-end crops/s with the loader). Variants (benchmarks/jobs.py): maefast as a user gets it on CUDA
-(attention tuned at setup, torch.compile fullgraph), maefast eager, timm + SDPA eager and under torch.compile
-(left out, with the reason, when timm is missing), the reference pipeline eager and under torch.compile. One
+(attention tuned at setup, the whole forward compiled with fixed shapes as `maefast embed` compiles it), maefast
+eager, timm + SDPA eager and compiled block by block (left out, with the reason, when timm is missing), the
+reference pipeline eager and compiled block by block. One
 record per variant (crops/s, MFU, compile warm-up seconds apart), then the summary: maefast against every
 baseline, `ratio` against the fastest, named in `vs`. --tile-batch-search first records each batch that
 `maefast embed --tile-batch auto` tries (maefast.job_setup.choose_tile_batch: eager tiles/s and peak memory per

@@ -7,7 +7,8 @@
 Full training steps (forward, backward, AdamW step) on random integer crops already on the device, so this
 measures the model, not the loader (bench_loader does that; gpu_suite.sh runs `maefast train` on packed shards
 for the end-to-end figure). Variants (benchmarks/jobs.py): maefast as a user gets it on CUDA (attention tuned
-at setup, torch.compile fullgraph), maefast eager, the reference pipeline eager and under torch.compile.
+at setup, blocks compiled one by one as `maefast train` compiles them), maefast eager, the reference pipeline
+eager and compiled block by block.
 One record per variant (crops/s, MFU from maefast.models.flops over the matmul rate measured in the same run, compile
 warm-up seconds apart), then per model a summary: maefast against every baseline, `ratio` against the fastest.
 """

@@ -7,22 +7,36 @@ explicit-softmax cross-attention in the CA-MAE decoder, and a loss over all patc
 mask. The blocks are maefast's computed op by op as timm's ParallelScalingBlock does (forward_unfused,
 parity-tested against timm), with every op forced to its PyTorch reference, so both sides share weights and
 differ only in the pipeline and the block's fusion.
+
+Every block goes through one function, `run_block(block, tokens)`; the compiled baseline passes
+`compiled_run_block()`, which compiles that function once (regional compilation: identical blocks share one
+graph), as maefast's compiled variant compiles its blocks.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from maefast.models.layers import ParallelBlock
 from maefast.ops.backend import use_backend
 from maefast.ops.mae_loss import mae_loss_reference
 from maefast.ops.patches import patchify, pixel_scale
 
 
-def unfused_blocks(encoder, tokens: torch.Tensor) -> torch.Tensor:
-    """The encoder blocks op by op, as timm's ParallelScalingBlock computes them (maefast's blocks fuse the
-    two out-projections)."""
-    for block in encoder.blocks:
-        tokens = block.forward_unfused(tokens)
+def run_block(block, tokens: torch.Tensor) -> torch.Tensor:
+    """One block the reference's way: an encoder block op by op, as timm's ParallelScalingBlock computes it
+    (maefast's blocks fuse the two out-projections); a decoder block as it is (timm's Block)."""
+    return block.forward_unfused(tokens) if isinstance(block, ParallelBlock) else block(tokens)
+
+
+def compiled_run_block():
+    """run_block under torch.compile(fullgraph=True): one graph per kind of block, reused by identical ones."""
+    return torch.compile(run_block, fullgraph=True)
+
+
+def run_blocks(blocks, tokens: torch.Tensor, run=run_block) -> torch.Tensor:
+    for block in blocks:
+        tokens = run(block, tokens)
     return tokens
 
 
@@ -54,7 +68,7 @@ def explicit_cross_attention(module, x, context):
     return module.proj((attention.softmax(dim=-1) @ v).transpose(1, 2).reshape(batch, queries, dim))
 
 
-def reference_ca_decoder(decoder, tokens: torch.Tensor, channels: int) -> torch.Tensor:
+def reference_ca_decoder(decoder, tokens: torch.Tensor, channels: int, run=run_block) -> torch.Tensor:
     patches = tokens[:, 1:]
     per_channel = patches.shape[1] // channels
     marks = torch.cat([decoder.modality_tokens[c].repeat(1, per_channel, 1) for c in range(channels)], dim=1)
@@ -65,12 +79,13 @@ def reference_ca_decoder(decoder, tokens: torch.Tensor, channels: int) -> torch.
         chunk = explicit_cross_attention(decoder.cross_attention, decoder.query_norm(chunk),
                                          decoder.context_norm(patches))
         chunk = chunk + decoder.mlp(decoder.out_norm(chunk))
-        outputs.append(decoder.decoders[c](chunk))
+        outputs.append(run_blocks(decoder.decoders[c], chunk, run))
     return torch.cat([tokens[:, :1]] + outputs, dim=1)
 
 
-def reference_forward(model, pixels: torch.Tensor, noise: torch.Tensor | None = None):
-    """(loss, pred, mask) of `model` (a maefast MaskedAutoencoder) computed the reference's way."""
+def reference_forward(model, pixels: torch.Tensor, noise: torch.Tensor | None = None, run=run_block):
+    """(loss, pred, mask) of `model` (a maefast MaskedAutoencoder) computed the reference's way; `run` runs
+    each block (run_block, or compiled_run_block())."""
     with use_backend("reference"):
         encoder, config = model.encoder, model.config
         images = F.instance_norm(pixels.float() / pixel_scale(pixels.dtype), eps=1e-5)
@@ -81,7 +96,7 @@ def reference_forward(model, pixels: torch.Tensor, noise: torch.Tensor | None = 
             noise = torch.rand(tokens.shape[:2], device=tokens.device)
         visible, mask, restore = reference_masking(tokens, config.mask_ratio, noise)
         cls = (encoder.cls_token + encoder.pos_embed[:, :1]).expand(visible.shape[0], -1, -1)
-        latent = encoder.norm(unfused_blocks(encoder, torch.cat([cls, visible], dim=1)))
+        latent = encoder.norm(run_blocks(encoder.blocks, torch.cat([cls, visible], dim=1), run))
         projected = model.encoder_decoder_proj(latent)
         missing = restore.shape[1] + 1 - projected.shape[1]
         filled = torch.cat([projected[:, 1:], model.decoder.mask_token.repeat(projected.shape[0], missing, 1)], dim=1)
@@ -89,9 +104,9 @@ def reference_forward(model, pixels: torch.Tensor, noise: torch.Tensor | None = 
         positions = model.decoder_pos_embed[: restore.shape[1]]
         decoder_in = torch.cat([projected[:, :1], filled + positions], dim=1)
         if model.channel_agnostic:
-            decoded = reference_ca_decoder(model.decoder, decoder_in, channels)
+            decoded = reference_ca_decoder(model.decoder, decoder_in, channels, run)
         else:
-            decoded = model.decoder.norm(model.decoder.blocks(decoder_in))
+            decoded = model.decoder.norm(run_blocks(model.decoder.blocks, decoder_in, run))
         pred = model.decoder_pred(decoded)[:, 1:]
         target = patchify(images, config.encoder.patch_size, model.channel_agnostic)
         # the reference computes the loss on every patch, then weights it by the mask
@@ -102,12 +117,12 @@ def reference_forward(model, pixels: torch.Tensor, noise: torch.Tensor | None = 
         return losses.loss, pred, mask
 
 
-def reference_embed(encoder, pixels: torch.Tensor) -> torch.Tensor:
+def reference_embed(encoder, pixels: torch.Tensor, run=run_block) -> torch.Tensor:
     """Mean of the patch tokens, computed the reference's way (all patches embedded by convolution)."""
     with use_backend("reference"):
         images = F.instance_norm(pixels.float() / pixel_scale(pixels.dtype), eps=1e-5)
         tokens = embed_all_patches(encoder, images).to(images.dtype)
         tokens = tokens + encoder.pos_embed[:, 1:1 + tokens.shape[1]]
         cls = (encoder.cls_token + encoder.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
-        features = encoder.norm(unfused_blocks(encoder, torch.cat([cls, tokens], dim=1)))
+        features = encoder.norm(run_blocks(encoder.blocks, torch.cat([cls, tokens], dim=1), run))
         return features[:, 1:].mean(dim=1)

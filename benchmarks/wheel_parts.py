@@ -1,16 +1,17 @@
 """Wheels too large for one GPU call, carried in parts: DALI's 199 MB wheel and what it needs.
 
-A call to the GPU machine carries at most 64 MiB of files (benchmarks/RESULTS.md, "Installing DALI on the GPU
-machine"), and the machine has no network. So the wheels are packed into one tar archive, cut into parts of at
-most --part-mb MB in a git-ignored folder (gpu_suite_dali/), and each call carries one part; the parts stay on
-the warm machine between calls, and the call that has them all joins them (checking every part's and the
-archive's SHA-256), unpacks the wheels and installs them (benchmarks/gpu_suite.sh does).
+A call to the GPU machine carries at most 64 MiB of files, and the machine has no network. So the wheels are
+packed into one tar archive, cut into parts of at most --part-mb MB in the GPU suite's wheels folder
+(gpu_suite_wheels/, git-ignored; the suite's --wheels DIR, beside the small wheels it installs as they are), and
+each call carries one part; the parts stay on the warm machine between calls, and the call that has them all
+joins them (checking every part's and the archive's SHA-256), unpacks the wheels and installs them (the suite's
+`dali` step). The steps: benchmarks/RESULTS.md, "Ready to measure".
 
-    python -m benchmarks.wheel_parts split WHEEL [WHEEL ...] --out gpu_suite_dali [--part-mb 48]
-    python -m benchmarks.wheel_parts status gpu_suite_dali          # which parts are here, which are missing
-    python -m benchmarks.wheel_parts join gpu_suite_dali --into DIR # the wheels, checked, into DIR
-    python -m benchmarks.wheel_parts install gpu_suite_dali         # join, then pip install (once: skipped when
-                                                                    # nvidia.dali imports)
+    python -m benchmarks.wheel_parts split WHEEL [WHEEL ...] --out gpu_suite_wheels [--part-mb 48]
+    python -m benchmarks.wheel_parts status gpu_suite_wheels          # which parts are here, which are missing
+    python -m benchmarks.wheel_parts join gpu_suite_wheels --into DIR # the wheels, checked, into DIR
+    python -m benchmarks.wheel_parts install gpu_suite_wheels         # join, then pip install (once: skipped when
+                                                                      # nvidia.dali imports)
 """
 from __future__ import annotations
 

@@ -5,10 +5,11 @@ fixes, and the candidate launch configurations, preferred first) and hands it to
   - under TRITON_INTERPRET=1 the first candidate runs on CPU tensors;
   - on a GPU with autotuning (default; MAEFAST_AUTOTUNE=0 turns it off) the candidates are timed once per
     value of the launch's key, after pruning the ones that do not fit the device (shared memory);
-  - otherwise the first candidate that fits runs.
-A candidate that needs more shared memory than the device has is never launched: it is pruned after a
-compile (which Triton caches for the launch that follows), so a geometry the lists did not foresee degrades
-to a smaller configuration instead of failing, and an error names the kernel only when none fits.
+  - otherwise the preferred (first) candidate is launched, so each kernel compiles once; only when the device
+    refuses it for its resources (Triton's OutOfResources: shared memory, registers) is the next one tried,
+    and the one that launched is remembered for the launches that follow.
+So a geometry the lists did not foresee degrades to a smaller configuration instead of failing, and an error
+names the kernel only when none fits.
 `recording_launches()` collects the launches instead of running them; the sm_90 compile check
 (tests/ops/sm90_check.py) uses it to compile every configuration for Hopper on a machine without a GPU.
 
@@ -97,8 +98,33 @@ def launch(spec: Launch) -> None:
     if autotune_enabled() and len(spec.configs) > 1:
         _autotuned(spec)[spec.grid](*spec.args, **spec.constexprs)
         return
-    chosen = _fitting(spec, spec.configs, spec.args, spec.constexprs)[0]
-    spec.kernel[spec.grid](*spec.args, **spec.constexprs, **chosen.all_kwargs())
+    _launch_preferred(spec)
+
+
+# (kernel, its configs, fixed constexprs, argument dtypes, device) -> index of the config that launched
+_launched_config: dict = {}
+
+
+def _launch_preferred(spec: Launch) -> None:
+    """The first candidate that the device accepts, starting from the one that launched last time: one compile
+    per kernel specialization, a fallback only on an out-of-resources error."""
+    from triton.runtime.errors import OutOfResources
+
+    dtypes = tuple(str(getattr(a, "dtype", "")) for a in spec.args)
+    device = next((str(a.device) for a in spec.args if hasattr(a, "device")), "")
+    constexprs = tuple(sorted((k, str(v)) for k, v in spec.constexprs.items()))
+    key = (spec.kernel, tuple(str(c) for c in spec.configs), constexprs, dtypes, device)
+    refused = []
+    for index in range(_launched_config.get(key, 0), len(spec.configs)):
+        candidate = spec.configs[index]
+        try:
+            spec.kernel[spec.grid](*spec.args, **spec.constexprs, **candidate.all_kwargs())
+        except OutOfResources as error:
+            refused.append(f"{candidate}: {error}")
+            continue
+        _launched_config[key] = index
+        return
+    raise RuntimeError(f"no launch configuration of {spec.kernel_name} fits this GPU: {'; '.join(refused)}")
 
 
 def _fitting(spec: Launch, configs: list, args, constexprs: dict) -> list:

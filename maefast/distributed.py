@@ -74,6 +74,15 @@ def any_rank(flag: bool, context: DistributedContext) -> bool:
     return bool(value.item() > 0)
 
 
+def all_true(flag: torch.Tensor, context: DistributedContext) -> torch.Tensor:
+    """A 0-d bool device tensor: `flag` (0-d bool) and-ed over the ranks, without waiting for the device."""
+    if not context.enabled:
+        return flag
+    value = flag.to(torch.int32)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return value.bool()
+
+
 def run_on_main(function, context: DistributedContext):
     """`function()` on rank 0 only (None elsewhere). Every rank learns whether it raised, so that no rank
     waits in a collective for a rank 0 that stopped: rank 0 re-raises its error, the others raise one that

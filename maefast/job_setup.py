@@ -1,12 +1,16 @@
 """How a job is set up before its first step: one module for `maefast train`, `maefast embed` and the benchmarks.
 
-  RunSetup.resolve(device, precision, compile)  the precision ("auto": bf16 on CUDA, fp32 elsewhere) and whether
-                                                to torch.compile ("auto": on CUDA, where the models trace as one
-                                                graph; not on the CPU, where compiling costs more than short jobs
-                                                gain). One vocabulary: compile is "auto", true or false.
+  RunSetup.resolve(device, precision, compile)  the precision ("auto": bf16 on CUDA, fp32 elsewhere; "fp8": bf16
+                                                with the GEMMs that pay in FP8) and whether to torch.compile
+                                                ("auto": on CUDA, where the models trace as one graph; not on the
+                                                CPU, where compiling costs more than short jobs gain). One
+                                                vocabulary: compile is "auto", true or false.
+  setup.prepare(model)                          what the precision changes in a model itself, once, before it is
+                                                compiled (fp8: models.fp8.convert_to_fp8), for every job alike
   choose_attention(...)                         the attention backend of every site of a model: the user's, the
                                                 one a resumed job recorded, or (CUDA, "auto") the fastest per
-                                                role, timed once at the job's own shapes
+                                                role, timed once at the job's own shapes (a sub-batch of at most
+                                                TUNING_CROPS crops: training_step, embedding_step)
   choose_tile_batch(...)                        an embedding job's tiles per forward: the user's number, the one
                                                 a resumed job recorded, or (CUDA, "auto") the largest batch that
                                                 fits and still gets faster, timed once
@@ -28,11 +32,12 @@ from dataclasses import asdict, dataclass
 import torch
 
 from maefast.errors import UserInputError
-from maefast.models.attention_setup import configure_attention, tune_attention
+from maefast.models.attention_setup import configure_attention, tune_attention, tuning_batch
 from maefast.models.families import family_of
+from maefast.models.fp8 import convert_to_fp8
 from maefast.ops.patches import random_pixels
 
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp32", "fp8")  # fp8: bf16, and the GEMMs that pay in FP8 (models.fp8)
 COMPILE_CHOICES = ("auto", True, False)
 # what a job writes into its folder: its effective config, and the records of its setup
 JOB_CONFIG_FILE, ATTENTION_FILE, TILE_BATCH_FILE = "config.yaml", "attention.json", "tile_batch.json"
@@ -52,14 +57,17 @@ def same_object(obj):
 
 @dataclass(frozen=True)
 class RunSetup:
-    """The device a job runs on, its precision ("bf16" | "fp32") and whether it compiles."""
+    """The device a job runs on, its precision ("bf16" | "fp32" | "fp8") and whether it compiles.
+
+    fp8 is bf16 (autocast, and bf16 weights where a job casts them) with the GEMMs that pay in FP8: prepare()
+    converts them, once per model, before the model is compiled."""
     device: torch.device
     precision: str
     compile: bool
 
     @classmethod
     def resolve(cls, device: torch.device, precision: str = "auto", compile: str | bool = "auto") -> RunSetup:
-        """precision: auto | bf16 | fp32; compile: one of COMPILE_CHOICES."""
+        """precision: one of PRECISIONS; compile: one of COMPILE_CHOICES."""
         if precision not in PRECISIONS:
             raise UserInputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if compile != "auto" and not isinstance(compile, bool):
@@ -70,11 +78,20 @@ class RunSetup:
 
     @property
     def dtype(self) -> torch.dtype:
-        return torch.bfloat16 if self.precision == "bf16" else torch.float32
+        """The dtype of the activations (fp8 runs its activations, and FP8 GEMMs' outputs, in bf16)."""
+        return torch.float32 if self.precision == "fp32" else torch.bfloat16
 
     def autocast(self):
         """The autocast context of a forward in this precision (none in fp32)."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16)
+
+    def prepare(self, model: torch.nn.Module) -> dict | None:
+        """What the precision changes in `model` itself, in place: once, after the model is on its device and
+        before it is compiled or wrapped. fp8: the GEMMs that pay run in FP8 (models.fp8.convert_to_fp8;
+        torchao's emulation off CUDA); returns that report, which the job records. Other precisions: None."""
+        if self.precision != "fp8":
+            return None
+        return convert_to_fp8(model).to_dict()
 
 
 def synchronize(device: torch.device) -> None:
@@ -83,10 +100,12 @@ def synchronize(device: torch.device) -> None:
 
 
 def matmul_rate(device: torch.device, precision: str, repeats: int = 10) -> float:
-    """Achieved FLOP/s of a square matmul on `device` in `precision` ("bf16" | "fp32"), measured now: the
-    denominator of MFU. On a CPU a 1024 fp32 matmul, whatever the precision (a CPU figure is never a GPU's)."""
+    """Achieved FLOP/s of a square matmul on `device` in `precision` ("bf16" | "fp32" | "fp8"), measured now:
+    the denominator of MFU. fp8 is measured as a bf16 matmul, so that an FP8 run's MFU is comparable with a
+    bf16 run's (and can pass 100% of it). On a CPU a 1024 fp32 matmul, whatever the precision (a CPU figure is
+    never a GPU's)."""
     size = MATMUL_SIZE.get(device.type, MATMUL_SIZE["cpu"])
-    dtype = torch.bfloat16 if precision == "bf16" and device.type == "cuda" else torch.float32
+    dtype = torch.bfloat16 if precision in ("bf16", "fp8") and device.type == "cuda" else torch.float32
     if device.type != "cuda":
         repeats = min(repeats, 4)
     generator = torch.Generator().manual_seed(0)  # its own generator: the job's RNG stream stays untouched
@@ -109,8 +128,10 @@ def choose_attention(model: torch.nn.Module, requested: str, setup: RunSetup, st
     per role, "timings": what each candidate measured (ms, or why it could not run)}, with "reused": true when
     it is `recorded` (the record of the job being resumed).
 
-    requested: "auto" or a backend for every site. step(): one eager forward (and backward, when needs_grad)
-    of `model` at the job's shapes, which tune_attention times every candidate at (CUDA only)."""
+    requested: "auto" or a backend for every site. step(): one eager forward of `model` at the job's shapes
+    with a sub-batch of tuning_batch(batch) crops (training_step, embedding_step), from which tune_attention
+    records what each role receives; it then times every candidate there (CUDA only), forward and, when
+    needs_grad, backward."""
     if requested != "auto":
         return {"requested": requested, "choice": configure_attention(model, requested), "timings": {}}
     if recorded is not None:
@@ -132,13 +153,23 @@ def random_batch(model, batch: int, channels: int, size: int, device: torch.devi
 
 
 def training_step(model, batch_shape: tuple[int, int, int], setup: RunSetup) -> Callable[[], None]:
-    """step() for choose_attention: one forward and backward of `model` on random inputs of batch_shape
-    (batch, channels, crop size). tune_attention restores the RNG afterwards: these inputs change nothing later."""
+    """step() for choose_attention in a training job: one forward of `model`, under the job's autocast and
+    without gradients, on random inputs of batch_shape (batch, channels, crop size) at a sub-batch of
+    tuning_batch(batch) crops. tune_attention restores the RNG afterwards: these inputs change nothing later."""
+    batch, channels, size = batch_shape
+
     def step():
-        with setup.autocast():
-            loss = model(*random_batch(model, *batch_shape, setup.device)).loss
-        loss.backward()
+        with torch.no_grad(), setup.autocast():
+            model(*random_batch(model, tuning_batch(batch), channels, size, setup.device))
     return step
+
+
+def embedding_step(forward: Callable[[torch.Tensor], torch.Tensor], tiles: int, tile_shape: tuple[int, int, int],
+                   setup: RunSetup) -> Callable[[], None]:
+    """step() for choose_attention in an embedding job: `forward` (the eager pooled encoder) on random 16-bit
+    tiles of tile_shape (channels, size, size), a sub-batch of tuning_batch(tiles) of the job's `tiles`."""
+    channels, size = tile_shape[:2]
+    return lambda: forward(random_pixels(tuning_batch(tiles), channels, size, torch.uint16, setup.device))
 
 
 # -- the tile batch of an embedding job ---------------------------------------------------------------------

@@ -2,6 +2,8 @@
 kernel classification right on the names GPUs show, and gpu_suite.sh valid shell. (The benchmarks themselves
 run with `python -m pytest benchmarks/ --benchmark-only` and `bash benchmarks/gpu_suite.sh --dry-run`.)"""
 import importlib
+import json
+import os
 import pkgutil
 import re
 import subprocess
@@ -140,3 +142,78 @@ def test_wheels_carried_in_parts_join_only_whole_and_name_what_is_missing(tmp_pa
     third.write_bytes(content[:-1] + bytes([content[-1] ^ 1]))
     with pytest.raises(ValueError, match="damaged in transfer"):
         wheel_parts.join(parts, tmp_path / "again")
+
+
+def test_cache_archive_keeps_the_newest_files_within_its_parts_and_restores_them(tmp_path):
+    from benchmarks import cache_archive
+    cache, out, restored = tmp_path / "cache", tmp_path / "out", tmp_path / "restored"
+    generator = torch.Generator().manual_seed(0)
+    files = {}
+    for index in range(6):  # 300 KB of incompressible bytes each, oldest first
+        path = cache / ("inductor" if index % 2 else "triton") / f"entry{index}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        files[path] = torch.randint(0, 256, (300_000,), generator=generator, dtype=torch.uint8).numpy().tobytes()
+        path.write_bytes(files[path])
+        os.utime(path, (1_000_000 + index, 1_000_000 + index))
+    result = cache_archive.save(cache, out, parts=2, part_mb=0.5)  # room for 3 of the 6 files
+    parts = sorted(out.glob("compile_cache.tar.gz.*"))
+    assert [p.name for p in parts] == result["parts"] and len(parts) == 2
+    assert all(p.stat().st_size <= 0.5 * 2**20 for p in parts)
+    assert result["files"] == 3 and result["left_out"] == 3
+    assert cache_archive.restore(out, restored)["files"] == 3
+    newest = sorted(files, key=lambda p: p.stat().st_mtime)[3:]
+    for path in files:
+        copy = restored / path.relative_to(cache)
+        assert copy.exists() == (path in newest)
+        if copy.exists():
+            assert copy.read_bytes() == files[path]
+    assert cache_archive.restore(out, restored)["files"] == 0  # what the cache holds is kept
+
+
+def test_cache_archive_refuses_members_outside_the_cache(tmp_path):
+    import io
+    import tarfile
+
+    from benchmarks import cache_archive
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        member = tarfile.TarInfo("../escaped.txt")
+        member.size = 2
+        archive.addfile(member, io.BytesIO(b"hi"))
+    (tmp_path / "compile_cache.tar.gz.0").write_bytes(buffer.getvalue())
+    with pytest.raises(ValueError, match="not a file inside the cache"):
+        cache_archive.restore(tmp_path, tmp_path / "cache")
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+@pytest.mark.slow
+def test_gpu_suite_dry_run_checks_both_calls_on_the_cpu(tmp_path):
+    """The suite's flow on a CPU: the plan, the headline process (its embedding part here, to stay short), the
+    cache archived into OUT and restored by the next call on an empty cache, the second call (two of its steps)."""
+    out = tmp_path / "out"
+    env = {**os.environ, "MAEFAST_SUITE_CACHE": str(tmp_path / "cache")}
+    env.pop("TRITON_INTERPRET", None)
+    first = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), "--dry-run", "--parts", "embed",
+                            "--cache-from", str(tmp_path / "none"), str(out)], capture_output=True, text=True,
+                           env=env, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert re.search(r"headline\s+345 s", first.stdout)  # the suite's plan, then the headline's own
+    assert re.search(r"embed\s+expected\s+90 s", (out / "headline.log").read_text())
+    records = [json.loads(line) for line in (out / "records_first.jsonl").read_text().splitlines()]
+    assert any(r["kind"] == "summary" and r["bench"] == "embed" and r["value"] > 0 for r in records if "kind" in r)
+    assert any(r.get("kind") == "part" and r["case"] == "embed" and r["status"] == "ok" for r in records)
+    steps = (out / "steps_first.tsv").read_text()
+    assert "\nheadline\t345\t" in steps and "\narchive\t15\t" in steps and "failed" not in steps
+    parts = sorted(out.glob("compile_cache.tar.gz.*"))
+    assert 1 <= len(parts) <= 2 and all(p.stat().st_size <= 16 * 2**20 for p in parts)
+    env["MAEFAST_SUITE_CACHE"] = str(tmp_path / "fresh_cache")
+    second = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), "--dry-run", "--rest", "--steps",
+                             "tests,bench_unshuffle", "--cache-from", str(out), str(out)], capture_output=True,
+                            text=True, env=env, timeout=900)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    restored = [json.loads(line.split("cache: ", 1)[1]) for line in second.stdout.splitlines()
+                if line.startswith("  cache: ") and '"restore"' in line]
+    assert restored and restored[0]["files"] > 0
+    rest = [json.loads(line) for line in (out / "records_rest.jsonl").read_text().splitlines()]
+    assert any(r.get("kind") == "summary" and r["bench"] == "unshuffle" for r in rest)
+    assert "bench_train_camae" not in (out / "steps_rest.tsv").read_text()  # --steps chose two steps

@@ -49,7 +49,9 @@ class EmbedConfig:
     per_channel: bool = setting(False, "CA-MAE: one embedding per channel, concatenated")
     batch_size: int = setting(16, "images per loader batch (each gives several tiles)")
     shard_size: int = setting(1024, "images per output shard")
-    precision: str = setting("auto", "auto: bf16 on CUDA, fp32 on the CPU")
+    precision: str = setting("auto", "auto: bf16 on CUDA, fp32 on the CPU; fp8: bf16 with the encoder's large GEMMs "
+                                     "in FP8 (torchao, the fp8 extra; GPUs with FP8 tensor cores, emulated on the "
+                                     "CPU)")
     compile: str | bool = setting("auto", "torch.compile with fixed shapes and CUDA graphs (auto: on CUDA)")
     attention: str = setting("auto", "attention kernel of every site: auto (on CUDA the fastest, timed once) or a "
                                      "backend")

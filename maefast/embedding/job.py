@@ -35,11 +35,11 @@ from maefast.job_setup import (
     RunSetup,
     choose_attention,
     choose_tile_batch,
+    embedding_step,
 )
 from maefast.lock import OutputLock
 from maefast.models.checkpoint import ResolvedCheckpoint
 from maefast.models.registry import input_config
-from maefast.ops.patches import random_pixels
 from maefast.records import changes, describe_changes
 from maefast.tables import feature_columns, feature_names
 
@@ -198,7 +198,7 @@ def setup_embedder(encoder, out: Path, config: EmbedConfig, tile_shape: tuple[in
                                    recorded=recorded(TILE_BATCH_FILE), broadcast=broadcast)
     tiles = tile_batch["tiles"]
     attention = choose_attention(pooled.encoder, config.attention, setup,
-                                 lambda: pooled(random_pixels(tiles, *tile_shape[:2], torch.uint16, setup.device)),
+                                 embedding_step(pooled, tiles, tile_shape, setup),
                                  needs_grad=False, recorded=recorded(ATTENTION_FILE), broadcast=broadcast)
     if context.is_main:
         write_json_atomic(out / TILE_BATCH_FILE, tile_batch)

@@ -1,12 +1,16 @@
 """The encoder over batches of tiles, as fast as the device allows.
 
 `PooledEncoder(encoder, ...)(pixels)`: one eager forward of a batch of tiles to pooled float features. On a GPU
-(precision bf16) the encoder's weights are cast to bf16 once, so no forward re-casts them, and the tokens stay
-bf16 from the tokenizer to the pooled feature; on the CPU bf16 runs under autocast with fp32 weights.
+(precision bf16 or fp8) the encoder's weights are cast to bf16 once, so no forward re-casts them, and the tokens
+stay bf16 from the tokenizer to the pooled feature; on the CPU bf16 runs under autocast with fp32 weights. fp8
+first converts the encoder's GEMMs that pay in FP8 (RunSetup.prepare, maefast.models.fp8; emulated on a CPU).
 
 `TileEmbedder(pooled, batch_tiles, compile)(pixels)`: any number of tiles, `batch_tiles` per forward. Compiled,
 every batch is padded to `batch_tiles` tiles, so that the shapes are fixed and, on CUDA, CUDA graphs replay the
-forward ("reduce-overhead").
+forward ("reduce-overhead"). The embedding compiles the whole forward as one graph, not block by block as
+training does (maefast.models.regions): one CUDA graph then replays everything, the tokenizer, the blocks and
+the pooling, with no launch between them, which regional compilation would split into a graph per block with
+eager ops in between; and an embedding job compiles one forward at one shape, once.
 
 What the job decides before building them (the precision, compile, the attention kernel of each site, the tile
 batch) comes from maefast.job_setup; these objects compute and never see the job's folder.
@@ -25,7 +29,8 @@ class PooledEncoder:
         self.setup = setup
         self.encoder = encoder.to(setup.device).eval()
         self.options = {} if pool == "mean" and not per_channel else {"pool": pool, "per_channel": per_channel}
-        bf16 = setup.precision == "bf16"
+        self.fp8 = setup.prepare(self.encoder)  # fp8: the report of the GEMMs converted; otherwise None
+        bf16 = setup.dtype == torch.bfloat16
         # on a GPU the weights themselves become bf16; on the CPU autocast keeps fp32 weights for the reference
         self.weights_in_bf16 = bf16 and setup.device.type == "cuda"
         if self.weights_in_bf16:

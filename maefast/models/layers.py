@@ -58,12 +58,12 @@ class AttentionSite(nn.Module):
         self.attention_backend = "auto"
 
     def attend(self, q, k, v, q_norm=None, k_norm=None):
-        if _attention_calls is not None:  # attention_setup.recording_attention_calls: shapes for tuning
-            _attention_calls.append((self, q.detach(), k.detach(), v.detach(), q_norm, k_norm))
+        if _attention_recorder is not None:  # attention_setup.recording_attention_calls: shapes for tuning
+            _attention_recorder(self, q, k, v, q_norm, k_norm)
         return attention(q, k, v, backend=self.attention_backend, q_norm=q_norm, k_norm=k_norm)
 
 
-_attention_calls: list | None = None  # set only while attention_setup records a model's attention calls
+_attention_recorder = None  # set only while attention_setup records a model's attention calls
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -96,6 +96,8 @@ class ParallelBlock(AttentionSite):
     """
 
     attention_role = "encoder"
+    # the fused out-projection's GEMM, (z, weight) -> z @ weight^T; maefast.models.fp8 sets an FP8 one
+    out_linear = staticmethod(F.linear)
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
                  qk_norm: bool = True, init_values: float | None = 1e-4, drop_path: float = 0.0):
@@ -129,7 +131,12 @@ class ParallelBlock(AttentionSite):
         return merge_heads(attended), mlp_hidden
 
     def activated_mlp_hidden(self, mlp_hidden):
-        return F.gelu(mlp_hidden if self.mlp_bias is None else mlp_hidden + self.mlp_bias)
+        """GELU(mlp_hidden + mlp_bias) in the activations' dtype: under autocast the fp32 bias is cast to bf16
+        first, as timm adds it inside the in-projection, instead of promoting the GELU, the concatenation and
+        the out-projection's input to fp32."""
+        if self.mlp_bias is not None:
+            mlp_hidden = mlp_hidden + self.mlp_bias.to(mlp_hidden.dtype)
+        return F.gelu(mlp_hidden)
 
     def forward(self, x):
         attended, mlp_hidden = self.attention_and_mlp_hidden(x)
@@ -138,7 +145,7 @@ class ParallelBlock(AttentionSite):
         bias = self.attn_out_proj.bias + self.mlp_out_proj.bias
         if isinstance(self.ls, LayerScale):
             weight, bias = weight * self.ls.gamma[:, None], bias * self.ls.gamma
-        return x + self.drop_path(F.linear(z, weight) + bias)
+        return x + self.drop_path(self.out_linear(z, weight) + bias)
 
     def forward_unfused(self, x):
         """The block op by op, as timm's ParallelScalingBlock: the reference of forward."""

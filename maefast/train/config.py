@@ -66,7 +66,7 @@ class RunSection:
     max_steps: int = 1000
     seed: int = 0
     device: str = "auto"           # auto | cpu | cuda
-    precision: str = "auto"        # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    precision: str = "auto"        # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32 | fp8 (bf16 + FP8 GEMMs)
     compile: str | bool = "auto"   # auto (torch.compile on CUDA, not on the CPU) | true | false (job_setup.RunSetup)
     activation_checkpointing: bool = False
     parallel: str = "ddp"          # ddp | fsdp (only used under torchrun with world size > 1)

@@ -6,6 +6,7 @@ from pathlib import Path
 from maefast.data import make_loader, open_dataset
 from maefast.data.synthetic import synth_screen
 from maefast.distributed import DistributedContext, barrier
+from maefast.errors import UserInputError
 from maefast.train.config import TrainConfig
 
 
@@ -27,8 +28,14 @@ def build_train_loader(config: TrainConfig, out_dir, context: DistributedContext
     path = data.path or synthetic_screen_path(config, out_dir, context)
     dataset = open_dataset(path, layout=data.layout, channels=list(data.channels) or None,
                            allow_outside_root=data.allow_outside_root)
-    return make_loader(dataset, batch_size=data.batch_size, crop_size=data.crop_size,
-                       crops_per_image=data.crops_per_image, seed=config.run.seed, rank=context.rank,
-                       world_size=context.world_size, device=context.device, backend=data.backend,
-                       on_error=data.on_error, num_workers=data.num_workers, prefetch=data.prefetch,
-                       dali_device=data.dali_device)
+    # every step the same shape: a smaller last batch of an epoch would make a compiled model recompile
+    loader = make_loader(dataset, batch_size=data.batch_size, crop_size=data.crop_size,
+                         crops_per_image=data.crops_per_image, seed=config.run.seed, rank=context.rank,
+                         world_size=context.world_size, device=context.device, backend=data.backend,
+                         on_error=data.on_error, num_workers=data.num_workers, prefetch=data.prefetch,
+                         dali_device=data.dali_device, drop_last=True)
+    if len(loader) == 0:
+        raise UserInputError(f"data.batch_size={data.batch_size} images per step on each of {context.world_size} "
+                             f"rank(s) need at least {data.batch_size * context.world_size} images; {path} has "
+                             f"{len(dataset)}: lower data.batch_size")
+    return loader

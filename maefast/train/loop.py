@@ -17,11 +17,19 @@ from maefast.job_setup import ATTENTION_FILE, JOB_CONFIG_FILE, RunSetup, choose_
 from maefast.lock import OutputLock
 from maefast.models.checkpoint import ENCODER_DIR, pretrained_config, save_pretrained
 from maefast.models.families import family_of
+from maefast.models.regions import compile_regions
 from maefast.models.registry import create_model, input_config
 from maefast.records import describe_changes
 from maefast.train.config import TrainConfig
 from maefast.train.data import build_train_loader
-from maefast.train.observe import ScalarLog, Throughput, save_loss_curve, save_reconstruction_grid
+from maefast.train.observe import (
+    Interval,
+    ScalarLog,
+    StepMetrics,
+    Throughput,
+    save_loss_curve,
+    save_reconstruction_grid,
+)
 from maefast.train.optim import build_optimizer, build_scheduler
 from maefast.train.resume import check_config, check_data, record_config
 from maefast.train.signals import StopRequests
@@ -92,6 +100,8 @@ class Trainer:
         torch.manual_seed(run.seed)  # identical initial weights on every rank
         self.model = create_model(config.model.name, **overrides).to(device)
         self.check_channels()
+        # run.precision=fp8: the GEMMs that pay run in FP8 (recorded in the checkpoints)
+        self.fp8 = self.run_setup.prepare(self.model)
         batch_shape = (config.data.batch_size, len(self.channel_names), config.data.crop_size)
         step = training_step(self.model, batch_shape, self.run_setup)
         recorded = checkpoint.meta.get("attention") if checkpoint is not None else None
@@ -106,11 +116,11 @@ class Trainer:
             from torch.distributed._composable import checkpoint as checkpoint_activations
             for block in blocks:
                 checkpoint_activations(block)
-        self.wrapped = dist_utils.wrap_model(self.model, blocks, self.context, run.parallel)
-        self.forward = self.wrapped
         if self.run_setup.compile:
-            # one graph for the whole model on one device; under DDP / FSDP the wrapper's hooks split it
-            self.forward = torch.compile(self.wrapped, fullgraph=not self.context.enabled)
+            # block by block (maefast.models.regions): identical blocks share one graph, so compile time does not
+            # grow with depth; activation checkpointing and the DDP / FSDP hooks stay outside the graphs
+            compile_regions(self.model)
+        self.wrapped = dist_utils.wrap_model(self.model, blocks, self.context, run.parallel)
         optim = config.optim
         self.optimizer = build_optimizer(self.wrapped, optim.name, optim.lr, optim.weight_decay, optim.betas)
         channels = len(self.channel_names)
@@ -171,7 +181,7 @@ class Trainer:
         rng_states = dist_utils.gather_objects(rng_state(), self.context)
         meta = {"total_flops": self.total_flops, "crops_seen": self.crops_seen, "model": self.config.model.name,
                 "config": self.config.to_dict(), "recipe": self.recipe, "data": self.data_fingerprint,
-                "attention": self.attention}
+                "attention": self.attention, **({"fp8": self.fp8} if self.fp8 else {})}
         train_state = {"step": self.step, "total_flops": self.total_flops, "crops_seen": self.crops_seen,
                        "loader": self.loader.state_dict()}
         model_config = pretrained_config(self.model, self.channel_names,
@@ -205,10 +215,10 @@ class Trainer:
     def train_step(self, iterator):
         """One optimizer step's forward and backward over `accumulation` micro-batches.
 
-        Returns (mean losses: the loss, then its named parts (self.loss_names); image ids; and the last
-        micro-batch's pixels, pred and mask)."""
+        Returns (the loss and its named parts (TrainingOutput.parts), each a 0-d device tensor, the mean over the
+        micro-batches; image ids; and the last micro-batch's pixels, pred and mask)."""
         accumulation = self.config.optim.accumulation
-        total, ids = 0.0, []
+        totals, ids = {}, []
         for micro in range(accumulation):
             batch = next(iterator)
             pixels = batch["pixels"].to(self.context.device, non_blocking=True)
@@ -219,18 +229,23 @@ class Trainer:
             sync = self.wrapped.no_sync() if defer_sync else contextlib.nullcontext()
             with sync:
                 with self.run_setup.autocast():
-                    output = self.forward(*inputs)
+                    output = self.wrapped(*inputs)
                 (output.loss / accumulation).backward()
-            self.loss_names = ["loss", *output.parts]
-            losses = torch.stack([output.loss, *output.parts.values()])
-            total = total + losses.detach().float() / accumulation
-        return total, ids, pixels, output.pred, output.mask
+            for name, value in {"loss": output.loss, **output.parts}.items():
+                totals[name] = totals.get(name, 0.0) + value.detach().float() / accumulation
+        return totals, ids, pixels, output.pred, output.mask
 
     def labels(self, rows) -> torch.Tensor:
         """Class index of each crop's perturbation (weakly supervised training)."""
         return self.class_of_row[rows].to(self.context.device)
 
     def train(self) -> dict:
+        """Steps until run.max_steps. Nothing inside a step waits for the device: the loss, whether it is finite
+        and the gradient norm stay on the device (StepMetrics) and are read every run.log_every steps, where the
+        non-finite steps are reported (and, under torchrun, SIGTERM / SIGINT acted on; one process acts on them
+        at the end of the step). A step whose loss is not
+        finite (on any rank) still counts as a step, but the optimizer leaves the weights as they were, on the
+        device (its `found_inf`); run.nonfinite_limit of them in a row stop the run."""
         run, context = self.config.run, self.context
         self.interrupted = None
         stops = StopRequests().install()  # SIGTERM / SIGINT: checkpoint at the end of the step, then stop
@@ -239,22 +254,15 @@ class Trainer:
         log = ScalarLog(self.out, self.step) if context.is_main else None
         progress = tqdm(total=run.max_steps, initial=self.step, disable=not (context.is_main and self.show_progress),
                         desc="train", dynamic_ncols=True)
-        iterator, streak, losses = meter.batches(self.batches()), 0, []  # the time blocked on data: data_wait
+        # meter.batches counts the time blocked on the loader (data_wait); streak: non-finite steps in a row
+        iterator, metrics, self.streak = meter.batches(self.batches()), StepMetrics(), 0
         try:
             while self.step < run.max_steps:
                 self.optimizer.zero_grad(set_to_none=True)
-                loss, ids, pixels, pred, mask = self.train_step(iterator)
-                if dist_utils.any_rank(not torch.isfinite(loss).all().item(), context):
-                    streak += 1
-                    batch_ids = f"{ids[:16]}{'...' if len(ids) > 16 else ''}"
-                    message = f"non-finite loss at step {self.step + 1} (batch images {batch_ids})"
-                    if streak >= run.nonfinite_limit:
-                        raise NonFiniteLoss(f"{message}; {streak} in a row, the limit is "
-                                            f"run.nonfinite_limit={run.nonfinite_limit}")
-                    warnings.warn(message + ": step skipped", stacklevel=2)
-                    continue
-                streak = 0
+                losses, ids, pixels, pred, mask = self.train_step(iterator)
+                finite = dist_utils.all_true(torch.isfinite(torch.stack(list(losses.values()))).all(), context)
                 grad_norm = self.clip_gradients()
+                self.optimizer.found_inf = (~finite).float()  # a non-finite step leaves the weights unchanged
                 self.optimizer.step()
                 self.scheduler.step()
                 self.step += 1
@@ -262,15 +270,17 @@ class Trainer:
                 self.crops_seen += crops * context.world_size
                 self.total_flops += crops * context.world_size * self.flops_per_crop
                 meter.add(crops)
-                losses.append(loss.tolist())  # one transfer for the loss and its parts
+                metrics.add(self.step, ids, losses, finite, grad_norm)
                 progress.update(1)
                 if self.step % run.log_every == 0 or self.step == run.max_steps:
-                    self.log_scalars(log, progress, losses, meter, grad_norm)
-                    losses = []
+                    self.log_scalars(log, progress, self.check_finite(metrics.read()), meter)
                 self.last_batch = (pixels, pred, mask) if mask is not None else None
                 if context.is_main and self.last_batch is not None and self.step % run.image_every == 0:
                     self.save_images(*self.last_batch)
-                stop = dist_utils.any_rank(stops.requested, context)
+                if context.enabled:  # ranks agree on a stop where they read their metrics (no extra sync)
+                    stop = len(metrics) == 0 and dist_utils.any_rank(stops.requested, context)
+                else:  # one process acts on a signal at once
+                    stop = stops.requested
                 if self.step % run.checkpoint_every == 0 or self.step == run.max_steps or stop:
                     self.save()
                 if stop:
@@ -286,20 +296,43 @@ class Trainer:
                 log.close()
         return self.finish(log)
 
-    def clip_gradients(self) -> float:
+    def check_finite(self, interval: Interval) -> Interval:
+        """Warns about each step of `interval` whose loss was not finite (its update was skipped) and stops the
+        run at run.nonfinite_limit such steps in a row (counted across intervals)."""
+        limit = self.config.run.nonfinite_limit
+        for step, finite in interval.steps:
+            if finite:
+                self.streak = 0
+                continue
+            ids = interval.nonfinite_ids[step]
+            message = f"non-finite loss at step {step} (batch images {ids[:16]}{'...' if len(ids) > 16 else ''})"
+            self.streak += 1
+            if self.streak == 1:
+                self.streak_start = message
+            if self.streak >= limit:
+                raise NonFiniteLoss(f"{self.streak_start}; {self.streak} in a row, the limit is "
+                                    f"run.nonfinite_limit={limit}")
+            warnings.warn(message + ": update skipped", stacklevel=3)
+        return interval
+
+    def clip_gradients(self) -> torch.Tensor | None:
+        """Clips the gradients to optim.grad_clip; returns their norm before clipping (a device tensor), or None
+        when clipping is off."""
         limit = self.config.optim.grad_clip
         if limit <= 0:
-            return float("nan")
-        return float(torch.nn.utils.clip_grad_norm_(self.wrapped.parameters(), limit))
+            return None
+        norm = torch.nn.utils.clip_grad_norm_(self.wrapped.parameters(), limit)
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2 gives a DTensor
 
-    def log_scalars(self, log, progress, losses, meter, grad_norm) -> None:
-        means = [dist_utils.mean_over_ranks(sum(values) / len(values), self.context) for values in zip(*losses)]
-        loss = means[0]
+    def log_scalars(self, log, progress, interval: Interval, meter) -> None:
+        # the loss and its named terms (masked models: mse, fourier); nan when no step of the interval was finite
+        losses = interval.losses or {"loss": float("nan")}
+        means = {name: dist_utils.mean_over_ranks(value, self.context) for name, value in losses.items()}
+        loss = means["loss"]
         rates = meter.report()
         if log is None:
             return
-        parts = dict(zip(self.loss_names[1:], means[1:]))  # the named terms of the loss (masked models: mse, fourier)
-        scalars = {"loss": loss, **parts, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+        scalars = {**means, "lr": self.scheduler.get_last_lr()[0], "grad_norm": interval.grad_norm,
                    "total_flops": self.total_flops, **rates}
         log.log(self.step, scalars)
         progress.set_postfix(loss=f"{loss:.4f}", crops_s=f"{rates['crops_per_s']:.1f}",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -53,6 +54,57 @@ class Throughput:
         return {"crops_per_s": crops_per_s, "tokens_per_s": crops_per_s * self.tokens_per_crop,
                 "tflops_per_s": flops_per_s / 1e12,
                 "mfu": flops_per_s / (self.matmul_rate * self.world_size), "data_wait": data_wait}
+
+
+@dataclass
+class Interval:
+    """What StepMetrics read back for the steps since the last read."""
+    losses: dict[str, float] | None  # the loss and its named parts: means over the finite steps (None: none was)
+    steps: list[tuple[int, bool]]  # (step, whether its loss was finite), in order
+    nonfinite_ids: dict[int, list]  # step -> image ids of its batch, for the steps whose loss was not finite
+    grad_norm: float             # the last step's gradient norm before clipping (nan when not clipped)
+
+
+class StepMetrics:
+    """A step's scalars kept on the device and read every few steps: one host synchronization per read instead
+    of several per step (the loss, its finiteness, the gradient norm).
+
+    add(step, ids, losses, finite, grad_norm) per step, with device tensors: the loss and its named parts
+    ({"loss": ..., **TrainingOutput.parts}, 0-d each, the same names every step), whether the loss is finite
+    (0-d bool), the gradient norm (0-d, or None); read() -> Interval, one transfer."""
+
+    def __init__(self):
+        self.steps: list[tuple[int, list]] = []
+        self.names: list[str] = []
+        self.sums = self.count = self.grad_norm = None
+        self.finite: list[torch.Tensor] = []
+
+    def add(self, step: int, ids: list, losses: dict[str, torch.Tensor], finite: torch.Tensor,
+            grad_norm: torch.Tensor | None) -> None:
+        self.names = list(losses)
+        values = torch.stack([value.float() for value in losses.values()])
+        kept = torch.where(finite, values, torch.zeros_like(values))
+        self.sums = kept if self.sums is None else self.sums + kept
+        self.count = finite.float() if self.count is None else self.count + finite.float()
+        self.finite.append(finite)
+        self.steps.append((step, ids))
+        self.grad_norm = grad_norm
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def read(self) -> Interval:
+        norm = self.grad_norm if self.grad_norm is not None else torch.tensor(float("nan"))
+        values = torch.cat([self.sums, self.count[None], torch.stack(self.finite).float(),
+                            norm.detach().float().reshape(1).to(self.sums.device)]).tolist()
+        parts = len(self.sums)
+        sums, count = values[:parts], values[parts]
+        finite = [bool(v) for v in values[parts + 1:-1]]
+        interval = Interval({name: v / count for name, v in zip(self.names, sums)} if count else None,
+                            [(step, ok) for (step, _), ok in zip(self.steps, finite)],
+                            {step: ids for (step, ids), ok in zip(self.steps, finite) if not ok}, values[-1])
+        self.__init__()
+        return interval
 
 
 class ScalarLog:

@@ -16,26 +16,50 @@ class Lion(Optimizer):
     update = sign(beta1 * m + (1 - beta1) * g); p <- p * (1 - lr * wd) - lr * update;
     m <- beta2 * m + (1 - beta2) * g. Decoupled weight decay, one state tensor per parameter.
 
-    foreach=True updates each group's tensors of one device and dtype with torch's multi-tensor
-    `_foreach_*` ops (a few kernel launches per group instead of seven per parameter); foreach=False loops
-    over the parameters one by one. The default (None) is torch's choice: foreach on CUDA, the loop
-    elsewhere (on a CPU the multi-tensor ops are loops themselves: no faster, measured). Both do the same
-    arithmetic in the same order: bitwise equal results in float32 and float64 (bfloat16 kernels may round
-    an intermediate differently by one unit in the last place).
+    Three ways to run the same update, by group:
+      fused=True     lion_fused: the update compiled by torch.compile, so that each tensor is read and written
+                     once (parameter, gradient, moment in; parameter, moment out) instead of once per eager op;
+                     the learning rate is a device tensor, filled each step without a host synchronization, so
+                     a schedule does not recompile it. The default (None) on CUDA.
+      foreach=True   torch's multi-tensor `_foreach_*` ops, eager (a few kernel launches per group instead of
+                     seven per parameter).
+      otherwise      the parameters one by one (lion_single_tensor, the reference; on a CPU the multi-tensor
+                     ops are loops themselves: no faster, measured).
+    foreach and the loop do the same arithmetic in the same order: bitwise equal results in float32 and
+    float64 (bfloat16 kernels may round an intermediate differently by one unit in the last place); the fused
+    update may round the decayed parameter differently by one unit (tests/train/test_lion.py).
+
+    Skipping a step without a host synchronization: like torch's fused Adam / AdamW, the step reads an optional
+    `found_inf` attribute (a tensor, nonzero when the step's gradients must not be applied, e.g. after a
+    non-finite loss; the trainer sets it). The fused update then leaves every parameter and moment as it was,
+    on the device; the other two ways read the flag on the host (a synchronization: they are the CPU ways).
     """
 
     def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.99), weight_decay: float = 0.0,
-                 foreach: bool | None = None):
+                 foreach: bool | None = None, fused: bool | None = None):
         if lr <= 0:
             raise UserInputError(f"Lion lr must be positive, got {lr}")
         if not all(0.0 <= b < 1.0 for b in betas):
             raise UserInputError(f"Lion betas must be in [0, 1), got {betas}")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, foreach=foreach))
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, foreach=foreach,
+                                      fused=fused))
+        self._lr_tensors: dict[torch.device, torch.Tensor] = {}
+        self.found_inf: torch.Tensor | None = None
 
-    def __setstate__(self, state):  # optimizer state saved before the foreach option existed
+    def __setstate__(self, state):  # optimizer state saved before the foreach / fused options existed
         super().__setstate__(state)
+        self.__dict__.setdefault("_lr_tensors", {})
+        self.__dict__.setdefault("found_inf", None)
         for group in self.param_groups:
             group.setdefault("foreach", None)
+            group.setdefault("fused", None)
+
+    def lr_tensor(self, lr: float, device: torch.device) -> torch.Tensor:
+        """A 0-d float32 tensor on `device` holding `lr`, refilled in place (a kernel, no host synchronization)."""
+        tensor = self._lr_tensors.get(device)
+        if tensor is None:
+            tensor = self._lr_tensors[device] = torch.empty((), dtype=torch.float32, device=device)
+        return tensor.fill_(lr)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -50,13 +74,25 @@ class Lion(Optimizer):
             for param in params:
                 if not self.state[param]:
                     self.state[param]["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            if not params:
+                continue
             grads = [p.grad for p in params]
             moments = [self.state[p]["exp_avg"] for p in params]
-            foreach = group["foreach"]
-            if foreach is None:
-                foreach = all(p.device.type == "cuda" for p in params)
-            update = lion_foreach if foreach else lion_single_tensor
+            on_cuda = all(p.device.type == "cuda" for p in params)
+            fused = on_cuda if group["fused"] is None else group["fused"]
+            foreach = on_cuda if group["foreach"] is None else group["foreach"]
             beta1, beta2 = group["betas"]
+            if fused:
+                grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, moments])
+                for (device, _), ((device_params, device_grads, device_moments), _) in grouped.items():
+                    keep = (torch.ones((), dtype=torch.bool, device=device) if self.found_inf is None
+                            else self.found_inf.to(device, non_blocking=True) == 0)
+                    lion_fused(device_params, device_grads, device_moments, self.lr_tensor(group["lr"], device),
+                               keep, beta1, beta2, group["weight_decay"])
+                continue
+            if self.found_inf is not None and self.found_inf.item():
+                continue
+            update = lion_foreach if foreach else lion_single_tensor
             update(params, grads, moments, group["lr"], beta1, beta2, group["weight_decay"])
         return loss
 
@@ -85,6 +121,30 @@ def lion_foreach(params, grads, moments, lr: float, beta1: float, beta2: float, 
         torch._foreach_add_(device_moments, device_grads, alpha=1.0 - beta2)
 
 
+def _lion_update(params, grads, moments, lr: torch.Tensor, keep: torch.Tensor, beta1: float, beta2: float,
+                 decay: float) -> None:
+    """Lion's update of one device's tensors (what lion_fused compiles: one pass over each), applied where the
+    0-d bool `keep` is true and leaving every tensor as it was otherwise; lr a 0-d tensor."""
+    for param, grad, moment in zip(params, grads, moments):
+        update = (moment * beta1 + grad * (1.0 - beta1)).sign()
+        stepped = param * (1.0 - lr * decay) - lr * update
+        param.copy_(torch.where(keep, stepped, param))
+        moment.copy_(torch.where(keep, moment * beta2 + grad * (1.0 - beta2), moment))
+
+
+_lion_compiled = None
+
+
+def lion_fused(params, grads, moments, lr: torch.Tensor, keep: torch.Tensor, beta1: float, beta2: float,
+               decay: float) -> None:
+    """Lion's update compiled once per (betas, decay, tensor shapes): inductor fuses each tensor's arithmetic
+    into one pass. lr, keep: 0-d tensors on the parameters' device (new values do not recompile)."""
+    global _lion_compiled
+    if _lion_compiled is None:  # compiled on first use, not at import: importing maefast compiles nothing
+        _lion_compiled = torch.compile(_lion_update, fullgraph=True)
+    _lion_compiled(params, grads, moments, lr, keep, beta1, beta2, decay)
+
+
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """No weight decay on biases, norms, LayerScale, tokens and other 1-D parameters (as in MAE)."""
     decay, no_decay = [], []
@@ -96,12 +156,18 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
 
 
-def build_optimizer(model, name: str, lr: float, weight_decay: float, betas) -> Optimizer:
+def build_optimizer(model, name: str, lr: float, weight_decay: float, betas, fused: bool | None = None) -> Optimizer:
+    """Lion or AdamW over `model`'s parameter groups, each able to skip a step on the device (the `found_inf`
+    attribute). fused: one pass over each tensor per step; default: Lion on CUDA (lion_fused; on a CPU its
+    loop, the compile would outweigh short runs), AdamW on CUDA and CPU (torch's fused kernel, which the loop
+    ignores `found_inf` without)."""
     groups = parameter_groups(model, weight_decay)
     if name == "lion":
-        return Lion(groups, lr=lr, betas=betas)
+        return Lion(groups, lr=lr, betas=betas, fused=fused)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
+        if fused is None:
+            fused = all(p.device.type in ("cuda", "cpu") for group in groups for p in group["params"])
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused or None)
     raise UserInputError(f"optimizer must be 'lion' or 'adamw', got {name!r}")
 
 

@@ -123,3 +123,26 @@ def test_a_cpu_job_runs_one_loader_batch_per_forward_unless_told_or_resumed():
     assert choose(6) == {"tiles": 6}  # the number given
     assert choose("auto") == {"tiles": 12}
     assert choose("auto", {"tiles": 256, "trials": []}) == {"tiles": 256, "trials": [], "reused": True}
+
+
+def test_fp8_precision_embeds_with_fp8_gemms_close_to_full_precision(monkeypatch):
+    """`maefast embed --precision fp8`: RunSetup.prepare runs the encoder's GEMMs in FP8 (torchao's emulation on
+    the CPU, with the threshold lowered to the debug encoder's width of 64), bf16 elsewhere."""
+    monkeypatch.setenv("MAEFAST_FP8_MIN_FEATURES", "64")
+    pixels = tiles(4)
+
+    def pooled_in(precision: str) -> PooledEncoder:
+        torch.manual_seed(0)
+        encoder = create_model("vit_debug_patch8_64", img_size=32, in_chans=3)
+        with torch.no_grad():
+            for block in encoder.blocks:  # LayerScale at 1: the blocks, where FP8 runs, carry the signal
+                block.ls.gamma.fill_(1.0)
+        return PooledEncoder(encoder, pool="mean", per_channel=False,
+                             setup=RunSetup.resolve(torch.device("cpu"), precision, False))
+
+    exact = TileEmbedder(pooled_in("fp32"), 6, False)(pixels)
+    quantized = pooled_in("fp8")
+    assert quantized.fp8["emulated"] and "blocks.0.in_proj" in quantized.fp8["fp8"]
+    got = TileEmbedder(quantized, 6, False)(pixels)
+    assert got.shape == exact.shape and not torch.equal(got, exact)
+    assert torch.nn.functional.cosine_similarity(got, exact, dim=1).min() > 0.99

@@ -1,4 +1,5 @@
-"""torch.compile(fullgraph=True) over every model family, in the CPU configuration and in the CUDA one.
+"""torch.compile(fullgraph=True) over every model family, in the CPU configuration and in the CUDA one, and
+regional compilation (maefast.models.regions) as `maefast train` applies it.
 
 The traced code depends on the device only through the ops' backend choice (maefast.ops.backend), which
 dynamo evaluates while tracing. The CUDA configuration is traced here without a GPU by giving the ops the
@@ -183,3 +184,72 @@ def test_compiled_model_on_cuda_matches_eager(name):
                                    msg=key)
     loss, grads = loss_and_grads(compiled_model, autocast=True)
     assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads.values())
+
+
+@pytest.mark.parametrize("name", ["mae_vit_debug_patch8_64", "camae_vit_debug_patch8_64"])
+def test_regional_compilation_compiles_each_kind_of_block_once_whatever_the_depth(name):
+    """maefast.models.regions: blocks compiled one by one share their graph, so the count of graphs does not
+    grow with depth; the model computes what it does eagerly and keeps its parameter names."""
+    from maefast.models.regions import compile_regions
+
+    def graphs_for(depth: int) -> tuple[int, torch.Tensor, torch.Tensor, list[str]]:
+        torch.manual_seed(0)
+        overrides = dict(img_size=32, depth=depth, decoder_depth=depth, **({} if "camae" in name else {"in_chans": 3}))
+        model = create_model(name, **overrides)
+        (pixels,) = inputs_for(model)
+        noise = torch.rand(pixels.shape[0], model.num_tokens(pixels.shape[1]))
+        eager = model(pixels, noise=noise)[0]
+        fresh_dynamo()
+        compile_regions(model, backend="aot_eager")
+        loss = model(pixels, noise=noise)[0]
+        loss.backward()
+        return graphs_compiled(), loss.detach(), eager.detach(), list(model.state_dict())
+
+    shallow, deep = graphs_for(2), graphs_for(5)
+    assert shallow[0] == deep[0] <= 3  # encoder block 0 (no drop path), the other encoder blocks, decoder blocks
+    for _, loss, eager, names in (shallow, deep):
+        torch.testing.assert_close(loss, eager, rtol=1e-5, atol=1e-6)
+        assert not any("_orig_mod" in n for n in names)
+
+
+def test_regional_compilation_of_a_family_without_repeated_blocks_compiles_the_model_as_one_region():
+    from maefast.models.regions import compile_regions
+
+    model = small_model("munet_debug_64")
+    (pixels,) = inputs_for(model)
+    noise = torch.rand(pixels.shape[0], model.num_tokens(pixels.shape[1]))
+    eager = model(pixels, noise=noise).loss
+    fresh_dynamo()
+    assert compile_regions(model, backend="aot_eager") == [model]
+    torch.testing.assert_close(model(pixels, noise=noise).loss, eager, rtol=1e-5, atol=1e-6)
+    assert graphs_compiled() == 1
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_maefast_train_compiles_each_kind_of_block_once_and_trains_as_eager(screen, tmp_path, monkeypatch,
+                                                                               checkpointing):
+    """run.compile=true: the trainer compiles regionally (with activation checkpointing too, whose hooks stay
+    outside the blocks' graphs): 4 encoder and 2 decoder blocks make 2 graphs, and the first two steps give
+    eager's losses. (aot_eager instead of inductor: the same graphs, without the CPU code generation.)"""
+    from maefast.train.config import load_config
+    from maefast.train.loop import Trainer
+
+    compile_with = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: compile_with(fn, **{**options, "backend": "aot_eager"}))
+    overrides = ["model.overrides.depth=4", "model.overrides.decoder_depth=2", "data.num_workers=1",
+                 "data.crops_per_image=1", "data.batch_size=4", "run.max_steps=2", "run.log_every=1",
+                 f"data.path={screen}", f"run.activation_checkpointing={checkpointing}"]
+    losses = {}
+    for compiled in (False, True):
+        fresh_dynamo()
+        trainer = Trainer(load_config("debug", overrides + [f"run.compile={compiled}"]), tmp_path / str(compiled),
+                          show_progress=False)
+        blocks = family_of(trainer.model).blocks(trainer.model)
+        assert all(("forward" in vars(block)) == compiled for block in blocks)  # each block's forward, compiled
+        trainer.train()
+        trainer.close()
+        losses[compiled] = (tmp_path / str(compiled) / "metrics.csv").read_text().splitlines()[1:]
+    assert graphs_compiled() == 2  # the encoder blocks (no drop path in this recipe) and the decoder blocks
+    for eager, compiled in zip(*(losses[c] for c in (False, True))):
+        eager_loss, compiled_loss = (float(row.split(",")[1]) for row in (eager, compiled))
+        assert compiled_loss == pytest.approx(eager_loss, rel=1e-4)

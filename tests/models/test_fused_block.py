@@ -42,3 +42,16 @@ def test_fused_block_matches_the_op_by_op_block(variant, training):
     if variant == "drop_path" and training:  # the draws dropped some samples and kept others
         dropped = [bool(torch.equal(fused[0][b], x[b])) for b in range(x.shape[0])]
         assert any(dropped) and not all(dropped), dropped
+
+
+def test_under_autocast_the_mlp_stays_in_the_activation_dtype():
+    """The fp32 MLP bias is cast to bf16 before it is added: GELU and the out-projection's input stay bf16."""
+    block = randomized(ParallelBlock(32, num_heads=2))
+    assert block.mlp_bias is not None and block.mlp_bias.dtype == torch.float32
+    x = torch.randn(2, 5, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        attended, mlp_hidden = block.attention_and_mlp_hidden(x)
+        activated = block.activated_mlp_hidden(mlp_hidden)
+    assert mlp_hidden.dtype == activated.dtype == torch.bfloat16
+    exact = torch.nn.functional.gelu(mlp_hidden.float() + block.mlp_bias.detach())
+    torch.testing.assert_close(activated.float(), exact, rtol=2 ** -6, atol=2 ** -6)

@@ -31,7 +31,7 @@ def test_overrides_and_refusals_name_the_key():
         "optim.name=sgd": "optim.name='sgd' is not allowed; choose one of \\('lion', 'adamw'\\)",
         "run.max_steps=0": "run.max_steps=0 must be a positive integer",
         "data.backend=gpu": "data.backend='gpu' is not allowed",
-        "run.precision=fp8": "run.precision='fp8' is not allowed",
+        "run.precision=fp16": "run.precision='fp16' is not allowed",
         "optim.lr=-1": "optim.lr=-1 must be a positive number",
         "optim.betas=[0.9, 1.5]": r"optim.betas=\[0.9, 1.5\] must be two numbers in \[0, 1\)",
         "optim.betas=[0.9]": r"optim.betas=\(0.9,\) must be a list of 2 items: a finite number, a finite number",

@@ -1,4 +1,5 @@
-"""Two CPU processes (torchrun, gloo): gradients are synchronized and no image is seen twice in an epoch."""
+"""Two CPU processes (torchrun, gloo): gradients are synchronized and no image is seen twice in an epoch (whose
+last, partial step is dropped)."""
 import json
 import os
 import socket
@@ -30,10 +31,12 @@ def test_two_ranks(screen, tmp_path, parallel):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ranks = [json.loads(Path(f"{report}.{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2] and [r["step"] for r in ranks] == [3, 3]
-    # each image exactly once per epoch over both ranks
+    # each image at most once per epoch over both ranks
     first, second = set(ranks[0]["images"]), set(ranks[1]["images"])
     assert not first & second
-    assert first | second == set(open_dataset(screen).ids)
+    # every full step's images: training drops the last, partial step of an epoch (3 images on each of 2 ranks)
+    every = set(open_dataset(screen).ids)
+    assert first | second <= every and len(first | second) == len(every) // 6 * 6
     # different data per rank (different losses), yet identical gradients and, after training, weights
     assert ranks[0]["loss"] != ranks[1]["loss"]
     sums = ranks[0]["grad_and_param_sums"]
