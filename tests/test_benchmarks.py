@@ -217,3 +217,28 @@ def test_gpu_suite_dry_run_checks_both_calls_on_the_cpu(tmp_path):
     rest = [json.loads(line) for line in (out / "records_rest.jsonl").read_text().splitlines()]
     assert any(r.get("kind") == "summary" and r["bench"] == "unshuffle" for r in rest)
     assert "bench_train_camae" not in (out / "steps_rest.tsv").read_text()  # --steps chose two steps
+
+
+def test_gpu_suite_loader_steps_wait_for_every_dali_part_then_run_on_the_cpu(tmp_path):
+    """The loader's call (--rest --steps dali,tests_loader) in a dry run: the dali step names the parts still
+    missing in --wheels and is skipped (the call goes on); with every part there it would install (a dry run
+    says so); the CUDA loader tests are collected."""
+    wheel = tmp_path / "a-1.0-py3-none-any.whl"
+    wheel.write_bytes(np.random.default_rng(0).bytes(50_000))
+    wheels = tmp_path / "gpu_suite_wheels"
+    manifest = wheel_parts.split([wheel], wheels, part_bytes=20_000)
+    second = wheels / manifest["parts"][1]["name"]
+    content = second.read_bytes()
+    second.unlink()
+    env = {**os.environ, "MAEFAST_SUITE_CACHE": str(tmp_path / "cache")}
+    for out, status in ((tmp_path / "missing", f"skipped (missing: {second.name})"),
+                        (tmp_path / "whole", f"skipped (dry run: every part is in {wheels}, not installed)")):
+        run = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), "--dry-run", "--rest", "--steps",
+                              "dali,tests_loader", "--wheels", str(wheels), "--cache-from", str(tmp_path / "none"),
+                              str(out)], capture_output=True, text=True, env=env, timeout=300)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        steps = {line.split("\t")[0]: line.split("\t") for line in (out / "steps_rest.tsv").read_text().splitlines()}
+        assert steps["dali"][1:] == ["60", "0", "0", status]
+        assert steps["tests_loader"][4] == "ok" and "on_cuda" in (out / "tests_loader.log").read_text()
+        assert list(steps) == ["step", "dali", "tests_loader", "archive"]
+        second.write_bytes(content)
