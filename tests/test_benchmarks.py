@@ -242,3 +242,20 @@ def test_gpu_suite_loader_steps_wait_for_every_dali_part_then_run_on_the_cpu(tmp
         assert steps["tests_loader"][4] == "ok" and "on_cuda" in (out / "tests_loader.log").read_text()
         assert list(steps) == ["step", "dali", "tests_loader", "archive"]
         second.write_bytes(content)
+
+
+def test_train_e2e_measures_the_random_tensor_baseline_when_no_record_has_it(tmp_path):
+    """The loader's GPU call starts on an empty OUT: bench_train_e2e then measures bench_train's figure itself
+    (the same step on random crops) and records it as its baseline; a bench_train record, when there, is read."""
+    from benchmarks import bench_train_e2e
+    records = tmp_path / "records.jsonl"
+    rec = common.Recorder("train_e2e", torch.device("cpu"), str(records))
+    assert bench_train_e2e.random_tensor_figure(records, jobs.QUICK_TRAIN_MODEL, "maefast_eager") is None
+    value = bench_train_e2e.measure_random_tensor_figure(rec, jobs.QUICK_TRAIN_MODEL, "maefast_eager", 4,
+                                                         torch.device("cpu"), reps=1)
+    record = json.loads(records.read_text().splitlines()[-1])
+    assert value > 0 and record["kind"] == "baseline" and record["value"] == round(value, 2)
+    assert record["case"] == jobs.QUICK_TRAIN_MODEL and record["backend"] == "maefast_eager"
+    records.write_text(records.read_text() + json.dumps({"bench": "train", "case": jobs.QUICK_TRAIN_MODEL,
+                                                         "backend": "maefast_eager", "value": 12.5}) + "\n")
+    assert bench_train_e2e.random_tensor_figure(records, jobs.QUICK_TRAIN_MODEL, "maefast_eager") == 12.5
