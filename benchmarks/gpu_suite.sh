@@ -100,7 +100,7 @@ main() {
             --parts) parts="$2"; shift ;;
             --cache-from) cache_from="$2"; shift ;;
             --wheels) wheels="$2"; shift ;;
-            -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+            -h|--help) sed -n '2,/^set -uo/{/^set -uo/d;p}' "$0"; exit 0 ;;
             *) out="$1" ;;
         esac
         shift
