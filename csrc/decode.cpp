@@ -2,8 +2,9 @@
 // PyTorch loader and `maefast data check` (maefast.data.decode) open, bound, check and decode every file as the
 // DALI operators do: read_image / decode_image (PNG and TIFF channel images against a spec), read_compressed /
 // check_compressed (JPEG and JPEG 2000 ones, checked for the decoder that follows), image_header, shard_header,
-// read_illumination, check_shard_row and the table of accepted formats. decode_png, png_info and
-// zlib_inflate (the inflate alone) serve tests and the decode benchmark.
+// read_illumination, check_shard_row and the table of accepted formats; encoded_header and check_encoded
+// (RxRx3-core's PNG and JPEG 2000 bytes, checked before decoding). decode_png, png_info and zlib_inflate (the
+// inflate alone) serve tests and the decode benchmark.
 //
 // Refusals raise DecodeError (corrupt or truncated: "unreadable"), and its subclasses ImageFormatError (not
 // what the data set accepts: "format") and MissingImage ("missing"); the message is the reason alone.
@@ -60,13 +61,29 @@ py::array decode_image(const py::bytes& encoded, int64_t height, int64_t width, 
   });
 }
 
+py::tuple header_tuple(const decode::ImageHeader& header) {
+  return py::make_tuple(header.height, header.width, header.samples, header.dtype, header.pages, header.format);
+}
+
 py::tuple image_header(const std::string& path) {
   decode::ImageHeader header;
   {
     py::gil_scoped_release release;
     header = decode::image_header(path);
   }
-  return py::make_tuple(header.height, header.width, header.samples, header.dtype, header.pages, header.format);
+  return header_tuple(header);
+}
+
+py::tuple encoded_header(const py::bytes& encoded) {
+  std::string_view data = encoded;
+  return header_tuple(decode::encoded_header(reinterpret_cast<const uint8_t*>(data.data()), data.size()));
+}
+
+std::string check_encoded(const py::bytes& encoded, int64_t height, int64_t width, int itemsize, double max_ratio) {
+  const decode::ImageSpec spec = spec_of(height, width, itemsize, max_ratio);
+  std::string_view data = encoded;
+  py::gil_scoped_release release;
+  return decode::check_encoded(reinterpret_cast<const uint8_t*>(data.data()), data.size(), spec);
 }
 
 py::bytes read_compressed(const std::string& path, int64_t height, int64_t width, int itemsize, double max_ratio) {
@@ -136,13 +153,14 @@ py::dict accepted_formats() {
   png["bit_depths"] = items(f::kPngBitDepths);
   jpeg["bit_depths"] = items(f::kJpegBitDepths);
   jpeg["processes"] = codes(f::kJpegProcesses);
-  jpeg2000["bit_depths"] = items(f::kJpeg2000BitDepths);
   tiff["bit_depths"] = items(f::kTiffBitDepths);
   tiff["compressions"] = codes(f::kTiffCompressions);
   tiff["predictors"] = codes(f::kTiffPredictors);
   tiff["photometrics"] = codes(f::kTiffPhotometrics);
   tiff["orientations"] = codes(f::kTiffOrientations);
   tiff["planar_configurations"] = codes(f::kTiffPlanarConfigurations);
+  jpeg2000["bit_depths"] = items(f::kJpeg2000BitDepths);
+  jpeg2000["max_tiles"] = f::kJpeg2000MaxTiles;
   shard["descrs"] = items(f::kShardDescrs);
   illumination["descrs"] = items(f::kIlluminationDescrs);
   table["png"] = png;
@@ -205,6 +223,11 @@ void register_decode(py::module_& m) {
         py::arg("width"), py::arg("itemsize"), py::arg("max_ratio"));
   m.def("image_header", &image_header, "(height, width, samples, dtype name, pages, format) of a PNG, TIFF, JPEG "
         "or JPEG 2000 file.", py::arg("path"));
+  m.def("encoded_header", &encoded_header, "(height, width, samples, dtype name, pages, format) of PNG or JPEG 2000 "
+        "bytes (RxRx3-core's channel images).", py::arg("encoded"));
+  m.def("check_encoded", &check_encoded, "Checks PNG or JPEG 2000 bytes against a spec without decoding them "
+        "(header, JPEG 2000 structure, formats, ratio cap); returns the codec, 'png' or 'jpeg2000'.",
+        py::arg("encoded"), py::arg("height"), py::arg("width"), py::arg("itemsize"), py::arg("max_ratio"));
   m.def("read_compressed", &read_compressed, "The bytes of the JPEG or JPEG 2000 file at path, checked against a "
         "height x width image of 1 or 2 bytes per sample and the table of formats, for a decoder to decode.",
         py::arg("path"), py::arg("height"), py::arg("width"), py::arg("itemsize"), py::arg("max_ratio"));

@@ -41,11 +41,12 @@ def embed(checkpoint, data, out, **options) -> dict:
     return run(checkpoint, data, out, **options)
 
 
-def read_embeddings(path, level: str = "site"):
+def read_embeddings(path, level: str = "site", metadata=None):
     """Embeddings or a map as one DataFrame (metadata, then feature columns) from a finished `maefast embed`
-    folder (level "site" or "well"), a folder of parquet shards, or a parquet / .h5ad / pycytominer file."""
+    folder (level "site" or "well"), a folder of parquet shards, or a parquet / .h5ad / pycytominer file;
+    `metadata`: a table joined on the shared columns (e.g. RxRx3-core's metadata for OpenPhenom's embeddings)."""
     from maefast.embedding.outputs import read_embeddings as run
-    return run(path, level)
+    return run(path, level, metadata)
 
 
 def write_embeddings(table, path, format: str = "parquet", feature_prefix: str | None = None):

@@ -1,10 +1,13 @@
-"""The demo's report: results.md, results.csv, recall_bars.png and gene_map_pca.png.
+"""The demo's report: results.md, results.csv, recall_bars.png, gene_map_pca.png, blocks.csv / .png and
+drug_target.csv / .png.
 
 results.md gives, for every method and source, the recall at the (0.05, 0.95) thresholds, its 95%
 bootstrap interval over the annotated pairs and how many pairs it rests on. Then, on the screen's ground
 truth (the pairs of genes rendered with one complex), it states for each method whether it is above
 chance (a label-permutation test) and above the randomly initialized ViT, and, when a trained system is
-not, what the two reference features of the run show about why.
+not, what the two reference features of the run show about why. Then, block by block for the ViTs, the
+recall of the ground truth and the linear probe's accuracy (plates held out); and for every method the
+drug-target benchmark of the screen's compounds (AUROC per concentration and at the best one).
 """
 from __future__ import annotations
 
@@ -14,7 +17,13 @@ from pathlib import Path
 import pandas as pd
 
 from maefast.data.render import BASE_CHANNELS, FEATURES
-from maefast.evaluate.plots import plot_map_pca, plot_recall_bars, random_recall
+from maefast.evaluate.plots import (
+    plot_drug_target,
+    plot_map_pca,
+    plot_recall_bars,
+    plot_scores_by_block,
+    random_recall,
+)
 from maefast.io import atomic_path
 
 GROUND_TRUTH = "rendered_complexes"  # the source (file stem) of the pairs within the rendered complexes
@@ -33,6 +42,8 @@ class Scored:
     gene_map: pd.DataFrame   # indexed by gene
     recall: pd.DataFrame     # score_map's recall table (every threshold pair) + method
     summary: pd.DataFrame    # recall_summary at the first threshold pair + method
+    blocks: pd.DataFrame | None = None       # per block: ground-truth recall and linear probe + method
+    drug_target: pd.DataFrame | None = None  # drug_target_benchmark's table + method
 
 
 def write_results(out: Path, scored: list[Scored], setting: dict) -> None:
@@ -51,6 +62,18 @@ def write_results(out: Path, scored: list[Scored], setting: dict) -> None:
     complexes = {s.label: setting["complexes_jump" if "JUMP" in s.label else "complexes_main"] for s in scored}
     plot_map_pca({s.label: s.gene_map for s in scored}, complexes, out / "gene_map_pca.png",
                  title="Gene maps (one point per gene), first two principal components, coloured by rendered complex")
+    blocks = block_table(scored)
+    if blocks is not None:
+        with atomic_path(out / "blocks.csv") as temporary:
+            blocks.to_csv(temporary, index=False)
+        plot_scores_by_block(blocks.rename(columns={"method": "label"}), out / "blocks.png", "balanced_accuracy",
+                             chance=float(blocks["chance"].mean()),
+                             title="Linear probe of the gene (plates held out) by block")
+    drug = drug_target_table(scored)
+    if drug is not None:
+        with atomic_path(out / "drug_target.csv") as temporary:
+            drug.to_csv(temporary, index=False)
+        plot_drug_target(drug.rename(columns={"method": "label"}), out / "drug_target.png")
 
 
 def report(scored: list[Scored], setting: dict) -> str:
@@ -68,9 +91,85 @@ def report(scored: list[Scored], setting: dict) -> str:
     why = explanation(scored, setting)
     if why:
         lines += [why, ""]
+    for section in (blocks_section(scored), drug_target_section(scored, setting)):
+        if section:
+            lines += [section, ""]
     lines += ["Images: `recall_bars.png` (recall per source with the intervals and pair counts), `gene_map_pca.png` "
-              "(each method's gene map on its first two principal components, coloured by rendered complex). "
+              "(each method's gene map on its first two principal components, coloured by rendered complex), "
+              "`blocks.png` (linear probe by block), `drug_target.png` (drug-target AUROC by concentration). "
               "Details: docs/demo.md.", ""]
+    return "\n".join(lines)
+
+
+def block_table(scored: list[Scored]) -> pd.DataFrame | None:
+    tables = [s.blocks for s in scored if s.blocks is not None]
+    return pd.concat(tables, ignore_index=True) if tables else None
+
+
+def drug_target_table(scored: list[Scored]) -> pd.DataFrame | None:
+    tables = [s.drug_target for s in scored if s.drug_target is not None]
+    return pd.concat(tables, ignore_index=True) if tables else None
+
+
+def interval(value: float, low: float, high: float) -> str:
+    return f"{value:.3f} [{low:.2f}, {high:.2f}]"
+
+
+def blocks_section(scored: list[Scored]) -> str:
+    """Block-wise results of the ViTs: ground-truth recall and the linear probe, the best probe block named."""
+    table = block_table(scored)
+    if table is None:
+        return ""
+    lines = ["## Block by block (`embed --blocks all`, one forward)", "",
+             "Each ViT's blocks embedded in one pass, each block's tokens normed as timm's forward_intermediates "
+             "does; per block, the recall of `" + GROUND_TRUTH + "` at (0.05, 0.95) and the linear probe of the "
+             "gene on well embeddings with each plate held out in turn (balanced accuracy and macro F1 with 95% "
+             f"bootstrap intervals over the held-out wells; chance {table['chance'].iloc[0]:.3f}).", "",
+             "| method | block | recall | probe balanced accuracy | probe macro F1 |", "|---|---|---|---|---|"]
+    for row in table.itertuples():
+        lines.append(f"| {row.method} | {row.block} | {interval(row.recall, row.recall_low, row.recall_high)} | "
+                     f"{interval(row.balanced_accuracy, row.balanced_accuracy_low, row.balanced_accuracy_high)} | "
+                     f"{interval(row.macro_f1, row.macro_f1_low, row.macro_f1_high)} |")
+    lines.append("")
+    for method, rows in table.groupby("method", sort=False):
+        top = rows["balanced_accuracy"].max()
+        best = [int(b) for b in rows.loc[rows["balanced_accuracy"] >= top - 1e-12, "block"]]
+        last = int(rows["block"].max())
+        if best == [last]:
+            where = "the last block"
+        elif last in best:
+            where = f"the last block, tied with block(s) {', '.join(map(str, best[:-1]))}"
+        else:
+            where = f"block {', '.join(map(str, best))}, not the last ({last})"
+        lines.append(f"- {method}: the probe is best at {where} ({top:.3f}).")
+    return "\n".join(lines)
+
+
+def drug_target_section(scored: list[Scored], setting: dict) -> str:
+    """The drug-target benchmark per method: AUROC per concentration and at the best, average precision."""
+    table = drug_target_table(scored)
+    if table is None:
+        return ""
+    concentrations = list(dict.fromkeys(table["concentration"].astype(str)))
+    first = table.iloc[0]
+    lines = ["## Drug-target benchmark (RxRx3-core's compound-gene task)", "",
+             f"{setting.get('compounds', '')} compounds at {', '.join(map(str, setting.get('concentrations', ())))} "
+             "uM mimic the knockout of their target genes, more strongly at higher doses (one in five targets "
+             f"nothing in the screen). {int(first['n_compounds'])} compounds have a target among the map's genes; "
+             "each is ranked against its targets and random other genes (2 per target, at least 20), |cosine| "
+             "scores. AUROC with 95% intervals over compounds (chance 0.5); the best concentration takes each "
+             f"pair's highest score; average precision at it (chance: the share of targets, "
+             f"{first['prevalence']:.3f}).", "",
+             "| method | " + " | ".join(f"AUROC {c}" for c in concentrations) + " | AP best |",
+             "|---|" + "---|" * (len(concentrations) + 1)]
+    for method, rows in table.groupby("method", sort=False):
+        rows = rows.set_index(rows["concentration"].astype(str))
+        cells = [interval(rows.loc[c, "auroc"], rows.loc[c, "auroc_low"], rows.loc[c, "auroc_high"])
+                 for c in concentrations]
+        best = rows.loc["best"]
+        cells.append(interval(best["average_precision"], best["average_precision_low"],
+                              best["average_precision_high"]))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

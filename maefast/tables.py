@@ -30,6 +30,7 @@ from maefast.io import read_table as read_named_table
 FORMATS = ("parquet", "h5ad", "pycytominer-csv", "pycytominer-parquet")
 METADATA_PREFIX = "Metadata_"
 FEATURE_PREFIX = "feature_"
+BLOCK_COLUMN = "block"  # block-wise embeddings: the 0-based encoder block of each row (embed --blocks)
 LEVELS = ("site", "well")
 # file names per format: read_table recognizes a format by the name, so write_table insists on these
 NAME_ENDINGS = {"parquet": (".parquet",), "h5ad": (".h5ad",), "pycytominer-csv": (".csv", ".csv.gz"),

@@ -45,7 +45,28 @@ def test_demo_report_states_what_it_computed(tmp_path, capsys):
         assert ("**at or below the random ViT**" in line) == (truth.loc[method, "recall"] <= random_recall)
     weak = [m for m in LEARNED[:4] if truth.loc[m, "p_value"] >= 0.05 or truth.loc[m, "recall"] <= random_recall]
     assert ("## Why " in text) == bool(weak)
-    for name in ("recall_bars.png", "gene_map_pca.png"):
+    # block by block: every ViT's blocks, the last one's recall is the main table's
+    blocks = pd.read_csv(tmp_path / "blocks.csv")
+    assert sorted(blocks["method"].unique()) == sorted(["MAE ViT", "CA-MAE ViT", "Weakly supervised ViT", "Random ViT"])
+    assert (blocks.groupby("method")["block"].apply(list) == pd.Series([[0, 1]] * 4, index=sorted(
+        blocks["method"].unique()))).all()
+    last = blocks[blocks["block"] == 1].set_index("method")
+    for method in last.index:
+        assert last.loc[method, "recall"] == pytest.approx(truth.loc[method, "recall"])
+    row = blocks.iloc[0]
+    assert (f"| {row['method']} | {row['block']} | {row['recall']:.3f} [{row['recall_low']:.2f}, "
+            f"{row['recall_high']:.2f}] | {row['balanced_accuracy']:.3f} [") in text
+    assert "## Block by block" in text
+    assert re.search(r"- MAE ViT: the probe is best at (the last block|block 0, not)", text)
+    # the drug-target benchmark: every method, every concentration and the best
+    drug = pd.read_csv(tmp_path / "drug_target.csv")
+    assert set(drug["method"]) == set(LEARNED[:4] + OTHERS)
+    assert list(drug[drug["method"] == "MAE ViT"]["concentration"]) == ["0.1", "1.0", "10.0", "best"]
+    hand = drug[(drug["method"] == "Hand-crafted features") & (drug["concentration"] == "best")].iloc[0]
+    assert "| Hand-crafted features | " in text.split("## Drug-target benchmark")[1]
+    assert f"{hand['average_precision']:.3f} [{hand['average_precision_low']:.2f}" in text
+    assert hand["auroc"] > 0.5  # the compounds are rendered as their targets' knockouts
+    for name in ("recall_bars.png", "gene_map_pca.png", "blocks.png", "drug_target.png"):
         image = (tmp_path / name).read_bytes()
         assert image[:8] == PNG_MAGIC and len(image) > 20000
     checkpoints = sorted((tmp_path / "runs").rglob("model.safetensors"))

@@ -6,6 +6,7 @@
 //                                          max_ratio=r, illumination=False, augment=False)
 //   crops, errors = fn.maefast_packed_crops(shard_path, row, anchors[, augment], crop_size=s, channels=[...],
 //                                           dtype=..., image_shape=[C_stored, H, W])
+//   crops, errors = fn.maefast_decoded_crops(image, error, anchors[, augment], crop_size=s, channels=C, dtype=...)
 //   encoded, errors = fn.maefast_compressed_image(path_or_bytes, dtype=..., height=H, width=W, max_ratio=r,
 //                                                 from_files=True)
 //   function, errors = fn.maefast_illumination(path, height=H, width=W)
@@ -16,10 +17,13 @@
 // TIFF) are read, checked and decoded once each by maefast's own readers (csrc/decode/image.h: the same code
 // maefast._C runs for the PyTorch loader and `data check`), corrected by their illumination function (.npy,
 // optional) and cropped. Packed: each shard (.npy (N, C, H, W)) is checked and memory-mapped once per
-// operator, and each crop copies only its own rows.
+// operator, and each crop copies only its own rows. Decoded: images (C, H, W) that the host decoded
+// (RxRx3-core's PNG channel images: maefast.data.rxrx3_core.decode_image, the PyTorch loader's reader), each
+// with the error of the image it could not read ("" when it was read).
 //
-// maefast_compressed_image reads a JPEG or JPEG 2000 channel image (or takes its bytes) and checks it against
-// the data set's spec and the table of formats (csrc/decode/jpeg.h) before DALI's decoder sees it: the sample
+// maefast_compressed_image reads a JPEG or JPEG 2000 channel image (or takes RxRx3-core's PNG or JPEG 2000 bytes)
+// and checks it against the data set's spec and the table of formats (csrc/decode/jpeg.h, jpeg2000.h; bytes as
+// check_encoded checks them on every path) before DALI's decoder sees it: the sample
 // is the file's bytes, or, for a file that was refused, a PNG of zeros of the spec's size, so that the decoder
 // decodes the rest of the batch. maefast_illumination reads and checks an illumination function (cached per
 // file), or gives ones for a refused one.
@@ -70,6 +74,12 @@ struct Failure {
   std::string kind, path, reason;
   bool failed() const { return !kind.empty(); }
   std::string encoded() const { return kind + '\0' + path + '\0' + reason; }
+  // The failure encoded() describes (maefast.data.dali_backend.encode_error writes it on the host).
+  static Failure decoded(const std::string& text) {
+    const size_t first = text.find('\0'), second = first == std::string::npos ? first : text.find('\0', first + 1);
+    if (second == std::string::npos) return {"unreadable", "", text};
+    return {text.substr(0, first), text.substr(first + 1, second - first - 1), text.substr(second + 1)};
+  }
 };
 
 // Runs read(), turning every exception into the failure of the file at `path`.
@@ -404,7 +414,11 @@ class CompressedImage : public ::dali::Operator<CPUBackend> {
           } else {
             bytes_[s].assign(data, data + size);
           }
-          decode::check_compressed(bytes_[s].data(), bytes_[s].size(), image_);
+          if (from_files_) {  // a JPEG or JPEG 2000 file
+            decode::check_compressed(bytes_[s].data(), bytes_[s].size(), image_);
+          } else {  // RxRx3-core's bytes: checked as every path checks them (PNG or JPEG 2000)
+            decode::check_encoded(bytes_[s].data(), bytes_[s].size(), image_);
+          }
         });
       });
     }
@@ -468,6 +482,49 @@ class Illumination : public ::dali::Operator<CPUBackend> {
   IlluminationCache cache_;
 };
 
+// Crops of images decoded on the host: input 0 holds each image (C, H, W) of the data set's dtype, input 1 its
+// error ("kind\0path\0reason", empty when it was read), which becomes the sample's error.
+class DecodedCrops : public CropOperator {
+ public:
+  explicit DecodedCrops(const OpSpec& spec) : CropOperator(spec), channels_(spec.GetArgument<int>("channels")) {
+    if (channels_ < 1) throw std::invalid_argument("maefast_decoded_crops: channels must be >= 1");
+  }
+
+ protected:
+  int first_plan_input() const override { return 2; }
+  int num_channels() const override { return channels_; }
+
+  void run_sample(Workspace& ws, int s, void* out, std::vector<Failure>& failures) override {
+    const auto& images = ws.Input<CPUBackend>(0);
+    const auto error = ws.Input<CPUBackend>(1)[s];
+    if (error.shape().num_elements() > 0) {
+      const char* text = static_cast<const char*>(error.raw_data());
+      failures[s] = Failure::decoded(std::string(text, text + error.shape().num_elements()));
+      return;
+    }
+    const auto shape = images.tensor_shape(s);
+    if (images.type() != dtype_ || shape.size() != 3 || shape[0] != channels_)
+      throw std::invalid_argument("maefast_decoded_crops: each image must be (" + std::to_string(channels_) +
+                                  ", H, W) of the dtype argument's type");
+    const int64_t height = shape[1], width = shape[2];
+    const CropPlan crops = plan(ws, s);
+    const uint8_t* image = static_cast<const uint8_t*>(images[s].raw_data());
+    ws.GetThreadPool().AddWork([=](int) {
+      const size_t plane = static_cast<size_t>(height) * width * element_size(dtype_);
+      for (int c = 0; c < channels_; ++c) {
+        if (dtype_ == DALI_UINT8)
+          copy_crops(image + c * plane, height, width, crops, crop_size_, c, channels_, static_cast<uint8_t*>(out));
+        else
+          copy_crops(reinterpret_cast<const uint16_t*>(image + c * plane), height, width, crops, crop_size_, c,
+                     channels_, static_cast<uint16_t*>(out));
+      }
+    });
+  }
+
+ private:
+  int channels_;
+};
+
 }  // namespace maefast_dali
 
 DALI_REGISTER_OPERATOR(MaefastImageCrops, ::maefast_dali::ImageCrops, ::dali::CPU);
@@ -522,3 +579,14 @@ DALI_SCHEMA(MaefastIllumination)
     .NumOutput(2)
     .AddArg("height", "The data set's image height.", DALI_INT32)
     .AddArg("width", "The data set's image width.", DALI_INT32);
+
+DALI_REGISTER_OPERATOR(MaefastDecodedCrops, ::maefast_dali::DecodedCrops, ::dali::CPU);
+DALI_SCHEMA(MaefastDecodedCrops)
+    .DocStr("Cuts augmented crops of images decoded on the host ((C, H, W) per sample): (K, C, crop_size, "
+            "crop_size) per sample, and the sample's error (the error input: empty when the image was read).")
+    .NumInput(3, 4)
+    .NumOutput(2)
+    .AddArg("crop_size", "Side of the square crops.", DALI_INT32)
+    .AddArg("channels", "Channels of every image.", DALI_INT32)
+    .AddArg("dtype", "UINT8 or UINT16: the images' pixel type.", DALI_DATA_TYPE)
+    .AddOptionalArg("augment", "Whether a (K, 3) uint8 augment input follows the anchors.", false);

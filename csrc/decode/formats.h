@@ -1,8 +1,9 @@
-// The one table of what maefast reads: channel images (PNG, TIFF, JPEG, JPEG 2000), packed shards and illumination functions
-// (.npy). Every reader (the DALI operators, the PyTorch loader and `maefast data check`, through maefast._C)
-// checks files against these lists with the same code, so that what one path accepts the others accept with
-// the same pixels, and what one refuses the others refuse for the same named reason. maefast._C exports the
-// table (accepted_formats()), and docs/data.md shows it (tests/data/test_formats.py compares the two).
+// The one table of what maefast reads: channel images (PNG, TIFF, JPEG, JPEG 2000; PNG or JPEG 2000 in RxRx3-core's
+// parquet shards), packed shards and illumination functions (.npy). Every reader (the DALI operators, the PyTorch
+// loader and `maefast data check`, through maefast._C) checks files against these lists with the same code, so that
+// what one path accepts the others accept with the same pixels, and what one refuses the others refuse for the same
+// named reason. maefast._C exports the table (accepted_formats()), and docs/data.md shows it
+// (tests/data/test_formats.py compares the two).
 //
 // Header-only, C++17, no dependencies.
 #pragma once
@@ -34,9 +35,13 @@ constexpr Code kTiffPlanarConfigurations[] = {{1, "contiguous"}, {2, "separate"}
 // nvJPEG decodes on a GPU, as libjpeg-turbo and Pillow do on the CPU. Decoded by DALI or Pillow, not by maefast.
 constexpr int kJpegBitDepths[] = {8};
 constexpr Code kJpegProcesses[] = {{0, "baseline"}, {1, "extended sequential"}, {2, "progressive"}};
-// JPEG 2000 (JP2 file or raw codestream): one component of unsigned 8- or 16-bit samples, not subsampled, no
-// palette; lossless or lossy. Decoded by DALI (nvJPEG2000 on a GPU, OpenJPEG on the CPU) or Pillow (OpenJPEG).
-constexpr int kJpeg2000BitDepths[] = {8, 16};
+// JPEG 2000 (a JP2 file or a raw codestream: per-channel files, RxRx3-core's channel images): one component of
+// unsigned samples, 8 bits (uint8) or 9 to 16 bits (uint16: 12-bit samples decode to values below 4096), not
+// subsampled, no palette; lossless or lossy. Decoded by DALI (nvJPEG2000 on a GPU, OpenJPEG on the CPU),
+// imagecodecs or Pillow (OpenJPEG). Tiles cost the decoder memory each, whatever their size: at most
+// kJpeg2000MaxTiles.
+constexpr int kJpeg2000BitDepths[] = {8, 9, 10, 11, 12, 13, 14, 15, 16};
+constexpr uint64_t kJpeg2000MaxTiles = 4096;
 
 // Packed shards: numpy .npy (format 1, 2 or 3), a 4-D C-order array (n, channels, height, width).
 constexpr const char* kShardDescrs[] = {"|u1", "<u2"};  // uint8, little-endian uint16

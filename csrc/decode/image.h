@@ -1,7 +1,8 @@
 // Reading what a data set is made of from files: channel images (PNG, TIFF, JPEG or JPEG 2000, told apart by
-// their bytes), the headers of packed shards and illumination functions (.npy). A data set's channel images are
-// of one family: PNG and TIFF, which maefast decodes itself (ImageDecoder), or JPEG and JPEG 2000, which it
-// checks (check_compressed) and DALI's decoders or Pillow decode. The DALI operators (csrc/dali) and
+// their bytes), the headers of packed shards and illumination functions (.npy); and checking RxRx3-core's encoded
+// channel images (PNG or JPEG 2000 bytes from its parquet shards). A data set's channel files are of one family:
+// PNG and TIFF, which maefast decodes itself (ImageDecoder), or JPEG and JPEG 2000, which it checks
+// (check_compressed) and DALI's decoders or Pillow decode. The DALI operators (csrc/dali) and
 // maefast._C (the PyTorch loader and `maefast data check`) call these same functions, so every path opens,
 // bounds, checks and decodes a file the same way.
 //
@@ -28,6 +29,7 @@
 #include "formats.h"
 #include "header.h"
 #include "jpeg.h"
+#include "jpeg2000.h"
 #include "npy.h"
 #include "png.h"
 #include "tiff.h"
@@ -212,6 +214,30 @@ inline std::vector<uint8_t> blank_png(const ImageSpec& spec) {
 inline ImageHeader image_header(const std::string& path) {
   MappedFile file(path);
   return image_header(file.data(), file.size());
+}
+
+// RxRx3-core's channel images are PNG or JPEG 2000 bytes (a parquet row each): their header.
+inline ImageHeader encoded_header(const uint8_t* data, size_t size) {
+  if (!is_png(data, size) && !is_jpeg2000(data, size)) throw FormatError("expected a JPEG 2000 or PNG image");
+  return image_header(data, size);
+}
+
+// Checks an encoded channel image of RxRx3-core against `spec` without decoding it (its header, a JPEG 2000's
+// codestream structure, the table of formats.h, the ratio cap) and names its codec: "png" (then decoded by
+// ImageDecoder, which checks it again as it decodes) or "jpeg2000" (then decoded by imagecodecs, whose
+// allocations the checked header bounds).
+inline const char* check_encoded(const uint8_t* data, size_t size, const ImageSpec& spec) {
+  if (is_png(data, size)) {
+    spec.check(image_header_of_png(png_header(data, size)));
+    PngDecoder::info(data, size);
+    spec.check_ratio(size);
+    return "png";
+  }
+  if (is_jpeg2000(data, size)) {
+    jpeg2000_check(jpeg2000_parse(data, size), size, spec);
+    return "jpeg2000";
+  }
+  throw FormatError("expected a JPEG 2000 or PNG image");
 }
 
 // Decodes channel images; keeps its buffers between calls (one per thread).

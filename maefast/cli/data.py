@@ -1,6 +1,8 @@
 """`maefast data ...`: synth, check, pack and info for microscopy datasets (see docs/data.md)."""
 from __future__ import annotations
 
+import argparse
+
 from maefast.data.decode import ERROR_POLICIES
 from maefast.data.layouts import LAYOUTS
 
@@ -11,7 +13,9 @@ def add_commands(subparsers) -> None:
 
     synth = commands.add_parser("synth", help="render a synthetic cell-painting screen")
     synth.add_argument("--out", required=True, help="output folder")
-    synth.add_argument("--layout", choices=("rxrx", "jump"), default="rxrx")
+    synth.add_argument("--layout", choices=("rxrx", "jump", "rxrx3-core"), default="rxrx",
+                       help="rxrx: PNG files; jump: TIFF files and load_data.csv; rxrx3-core: parquet shards of "
+                            "encoded channel images and metadata_rxrx3_core.csv, as RxRx3-core is published")
     synth.add_argument("--genes", type=int, default=100, help="number of gene perturbations (from CORUM complexes)")
     synth.add_argument("--replicates", type=int, default=2, help="wells per gene (on different plates)")
     synth.add_argument("--plates", type=int, default=4)
@@ -21,9 +25,15 @@ def add_commands(subparsers) -> None:
     synth.add_argument("--size", type=int, default=512, help="site width and height in pixels")
     synth.add_argument("--channels", type=int, default=6)
     synth.add_argument("--bit-depth", type=int, choices=(8, 16), default=None, help="default: 8 rxrx, 16 jump")
-    synth.add_argument("--codec", choices=("tiff", "jpeg2000", "jpeg"), default=None,
-                       help="jump: the channel files' format: tiff (default), jpeg2000 (lossless) or jpeg (8-bit)")
+    synth.add_argument("--codec", choices=("tiff", "jpeg2000", "jpeg", "png"), default=None,
+                       help="the channel images' format: jump tiff (default), jpeg2000 (lossless) or jpeg (8-bit); "
+                            "rxrx3-core jpeg2000 (default, lossless, as published) or png")
     synth.add_argument("--effect-size", type=float, default=1.0)
+    synth.add_argument("--compounds", type=int, default=0,
+                       help="compounds that mimic their target genes' knockouts, dose-dependently (writes "
+                            "compound_targets.csv, the known pairs of `maefast drug-target`)")
+    synth.add_argument("--concentrations", type=concentration_list, default=(0.1, 1.0, 10.0),
+                       help="compound concentrations in micromolar, comma-separated (default 0.1,1,10)")
     synth.add_argument("--complexes", default=None, help="complex table (TSV: name, genes); default CORUM clusters")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--workers", type=int, default=None)
@@ -57,6 +67,16 @@ def _dataset_arguments(parser) -> None:
                         help="let file paths in the metadata leave the data root (refused by default)")
 
 
+def concentration_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected positive numbers separated by commas, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"concentrations must be positive, got {text!r}")
+    return values
+
+
 def _channels(args):
     return None if args.channels is None else [c.strip() for c in args.channels.split(",")]
 
@@ -67,7 +87,7 @@ def synth_command(args) -> int:
                        num_plates=args.plates, num_experiments=args.experiments, controls_per_plate=args.controls,
                        sites_per_well=args.sites, size=args.size, channels=args.channels, bit_depth=args.bit_depth,
                        effect_size=args.effect_size, complexes=args.complexes, seed=args.seed, workers=args.workers,
-                       codec=args.codec)
+                       num_compounds=args.compounds, concentrations=args.concentrations, codec=args.codec)
     print(f"wrote synthetic {args.layout} screen to {out}")
     return 0
 

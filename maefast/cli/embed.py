@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from maefast.embedding.config import CHOICES, EmbedConfig, embed_config
+from maefast.embedding.config import BLOCK_NAMES, CHOICES, EmbedConfig, block_selection, embed_config
 from maefast.fields import field_types, parse_value, union_members
 from maefast.tables import FEATURE_PREFIX, FORMATS, LEVELS
 
@@ -44,8 +44,8 @@ def add_export_command(subparsers) -> None:
 
 def add_setting_flag(parser, setting: dataclasses.Field, expected, choices) -> None:
     """--<name> for a config field: its value becomes the field's typed value (the text of a choice, a number,
-    a comma-separated list, a flag for a bool that defaults to false); given or not, the config's default
-    stands until it is (argparse.SUPPRESS)."""
+    a comma-separated list, block names or indices, a flag for a bool that defaults to false); given or not, the
+    config's default stands until it is (argparse.SUPPRESS)."""
     flag = "--" + setting.name.replace("_", "-")
     default = setting.default_factory() if setting.default_factory is not dataclasses.MISSING else setting.default
     shown_default = "" if default in (None, "", [], False) else f" (default: {shown(default)})"
@@ -57,6 +57,8 @@ def add_setting_flag(parser, setting: dataclasses.Field, expected, choices) -> N
         return
     if expected == list[str]:
         options["type"], options["metavar"] = comma_separated, "A,B,..."
+    elif list[int] in members:  # blocks: a name or block indices
+        options["type"], options["metavar"] = block_choice, "{" + ",".join(BLOCK_NAMES) + ",I,J,...}"
     elif set(members) == {str, bool}:
         options["type"], options["metavar"] = typed_choice(choices), "{" + ",".join(map(shown, choices)) + "}"
     elif int in members and str in members:
@@ -93,6 +95,15 @@ def auto_or_positive_integer(text: str) -> int | str:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected auto or a positive number of tiles, got {text!r}")
     return int(text)
+
+
+def block_choice(text: str) -> str | list[int]:
+    """--blocks: all, last, or block indices such as 8,12,16, as EmbedConfig.blocks holds them."""
+    value = block_selection(text)
+    if isinstance(value, str) and value not in BLOCK_NAMES:
+        raise argparse.ArgumentTypeError(f"expected {' or '.join(BLOCK_NAMES)} or block indices such as 8,12,16, "
+                                         f"got {text!r}")
+    return value
 
 
 def embed_command(args) -> int:

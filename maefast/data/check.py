@@ -2,9 +2,10 @@
 
 Checks the metadata (required columns, duplicate ids, the perturbation column) and decodes every channel
 file of every image and every illumination function (missing, unreadable or truncated files, wrong sizes or
-dtypes, formats outside the table), or for a packed dataset every shard's header against the manifest and
-every index row against its shard. It reads with the loaders' own readers (maefast.data.decode), so it
-reports exactly what they would refuse, for the same reasons. Returns a CheckReport; nothing is fixed.
+dtypes, formats outside the table), for RxRx3-core every channel image in its parquet shards, or for a packed
+dataset every shard's header against the manifest and every index row against its shard. It reads with the
+loaders' own readers (maefast.data.decode, maefast.data.rxrx3_core), so it reports exactly what they would
+refuse, for the same reasons. Returns a CheckReport; nothing is fixed.
 """
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from maefast.data import rxrx3_core
 from maefast.data.dataset import Dataset
 from maefast.data.decode import ImageReadError, check_shard_row, read_channel, read_illumination, read_shard
 from maefast.data.layouts import detect_layout, read_layout
 
 KINDS = ("metadata", "duplicate id", "missing", "unreadable", "format")
+CHUNK = 2000  # images decoded per round of the thread pool
 
 
 @dataclass
@@ -76,6 +79,8 @@ def check_dataset(path, layout: str = "auto", channels=None, illumination: str =
                                "Metadata_Perturbation, Metadata_Symbol, Metadata_JCP2022)")
     if layout == "packed":
         _check_shards(dataset, report)
+    elif layout == rxrx3_core.LAYOUT:
+        _check_encoded(dataset, report, workers, progress)
     else:
         _check_files(dataset, report, workers, progress)
     return report
@@ -83,31 +88,45 @@ def check_dataset(path, layout: str = "auto", channels=None, illumination: str =
 
 def _check_files(dataset: Dataset, report: CheckReport, workers: int, progress: bool) -> None:
     table = dataset.table
-    jobs = [(str(table.at[r, "id"]), table.at[r, f"file_{c}"]) for r in range(len(table)) for c in dataset.channels]
     if dataset.illumination == "illum":
         for path in sorted({p for c in dataset.channels for p in table[f"illum_{c}"]}):
             try:
                 read_illumination(path, dataset.spec)
             except ImageReadError as error:
                 report.add(error.kind, error.reason, path=error.path)
+    jobs = [(str(table.at[r, "id"]), table.at[r, f"file_{c}"]) for r in range(len(table)) for c in dataset.channels]
+    _decode_all(jobs, lambda image_id, file: read_channel(file, image_id, dataset.spec), report, workers, progress)
 
+
+def _check_encoded(dataset: Dataset, report: CheckReport, workers: int, progress: bool) -> None:
+    """rxrx3-core: every selected channel's encoded image, in the shards' order (each row group read once)."""
+    table, images = dataset.table, rxrx3_core.EncodedImages()
+    jobs = sorted(((table.at[r, f"shard_{c}"], int(table.at[r, f"row_{c}"])), str(table.at[r, "id"]))
+                  for r in range(len(table)) for c in dataset.channels)
+    _decode_all([(image_id, where) for where, image_id in jobs],
+                lambda image_id, where: images.decode(*where, image_id, dataset.spec), report, workers, progress)
+
+
+def _decode_all(jobs: list, decode, report: CheckReport, workers: int, progress: bool) -> None:
+    """Runs decode(image id, what to read) for every job on `workers` threads, reporting every refusal."""
     def check(job):
-        image_id, file = job
         try:
-            read_channel(file, image_id, dataset.spec)
+            decode(*job)
         except ImageReadError as error:
             return error
         return None
 
-    start = time.perf_counter()
+    start, done = time.perf_counter(), 0
     with ThreadPoolExecutor(workers) as pool:
-        for done, error in enumerate(pool.map(check, jobs), 1):
-            report.files = done
-            if error is not None:
-                report.add(error.kind, error.reason, error.image_id, error.path)
-            if progress and (done % 2000 == 0 or done == len(jobs)):
-                print(f"check: {done}/{len(jobs)} files, {done / (time.perf_counter() - start):.0f} files/s",
-                      flush=True)
+        for begin in range(0, len(jobs), CHUNK):  # a chunk at a time: a future per image of a whole screen is a lot
+            for error in pool.map(check, jobs[begin:begin + CHUNK]):
+                done += 1
+                report.files = done
+                if error is not None:
+                    report.add(error.kind, error.reason, error.image_id, error.path)
+                if progress and (done % 2000 == 0 or done == len(jobs)):
+                    print(f"check: {done}/{len(jobs)} files, {done / (time.perf_counter() - start):.0f} files/s",
+                          flush=True)
 
 
 def _check_shards(dataset: Dataset, report: CheckReport) -> None:

@@ -7,6 +7,11 @@ are decoded on the GPU (nvJPEG, nvJPEG2000), and the crops are flipped, rotated 
 pipeline runs ahead of the training step by `prefetch` batches on DALI's own CUDA stream; its output is handed
 to torch through DLPack without a copy, and torch's stream waits for it on an event, not on the host
 (DeviceHandover). `dali_device="cpu"` keeps a GPU loader's stages on the host and moves the finished crops.
+RxRx3-core's channel images (PNG or JPEG 2000 bytes in parquet shards, maefast.data.rxrx3_core) take the same
+scheme: in the CPU pipeline the feed decodes them on the host with the PyTorch loader's reader
+(rxrx3_core.decode_image, on `num_threads` threads) and maefast_decoded_crops cuts and flips the crops; in the
+GPU pipeline JPEG 2000 bytes go through maefast_compressed_image's checks to nvJPEG2000, while PNG ones are
+still decoded on the host and their crops moved to the GPU.
 
 Sharding, order and crop positions come from the plan, not from DALI's readers, so both backends agree and
 a pipeline can be rebuilt at any step (resume). An image that cannot be read does not stop the pipeline:
@@ -24,6 +29,7 @@ import collections
 import itertools
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -37,6 +43,8 @@ from maefast.data import dali_graph, dali_plugin  # noqa: E402
 from maefast.data.dataset import Dataset  # noqa: E402
 from maefast.data.decode import ImageReadError  # noqa: E402
 from maefast.data.plan import Batch  # noqa: E402
+from maefast.data.rxrx3_core import LAYOUT as ENCODED_LAYOUT  # noqa: E402
+from maefast.data.rxrx3_core import EncodedImages, codec_of  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -54,13 +62,25 @@ def decode_error(sample) -> dict | None:
     return dict(id=None, path=path, reason=reason, kind=kind)
 
 
-def source_of(dataset: Dataset) -> dali_graph.Source:
-    """What a pipeline reads for `dataset`: packed shards, PNG / TIFF files or JPEG / JPEG 2000 files."""
+def encode_error(error: ImageReadError | None) -> np.ndarray:
+    """An image's error as the operators write it ("kind\\0path\\0reason"; empty when it was read)."""
+    text = "" if error is None else f"{error.kind}\0{error.path}\0{error.reason}"
+    return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+
+
+def source_of(dataset: Dataset, placement: dali_graph.Placement) -> dali_graph.Source:
+    """What a pipeline reads for `dataset`: packed shards, PNG / TIFF files, JPEG / JPEG 2000 files (or, in the
+    GPU pipeline's graph, RxRx3-core's JPEG 2000 bytes), or images the feed decoded (RxRx3-core otherwise)."""
     height, width = (int(n) for n in dataset.image_shape)
-    kind = "packed" if dataset.layout == "packed" else "compressed" if dataset.compressed else "files"
+    from_files = True
+    if dataset.layout == ENCODED_LAYOUT:
+        from_files = False
+        kind = "compressed" if not placement.fused and codec_of(dataset) == "jpeg2000" else "decoded"
+    else:
+        kind = "packed" if dataset.layout == "packed" else "compressed" if dataset.compressed else "files"
     return dali_graph.Source(kind, len(dataset.channels), height, width, np.dtype(dataset.dtype),
                              dataset.spec.max_ratio, illumination=dataset.illumination == "illum",
-                             stored_channels=len(dataset.stored_channels),
+                             from_files=from_files, stored_channels=len(dataset.stored_channels),
                              channel_index=tuple(dataset.channel_index) if kind == "packed" else ())
 
 
@@ -120,12 +140,16 @@ class DaliBackend:
         self.augment, self.num_threads, self.on_error = augment, num_threads, on_error
         self.device, self.prefetch = device, prefetch
         self.placement = placement or placement_of(device, dali_device)
-        self.source = source_of(dataset)
+        self.source = source_of(dataset, self.placement)
         self.handover = DeviceHandover() if device.type == "cuda" else None
         self._stop()
         table = dataset.table
         if self.source.kind == "packed":
             self._shards, self._rows = table["shard"].to_numpy(), table["row"].to_numpy(np.int64)
+        elif dataset.layout == ENCODED_LAYOUT:
+            self._encoded = EncodedImages()
+            self._shards = table[[f"shard_{c}" for c in dataset.channels]].to_numpy()
+            self._rows = table[[f"row_{c}" for c in dataset.channels]].to_numpy(np.int64)
         else:
             self._files = table[[f"file_{c}" for c in dataset.channels]].to_numpy()
             if self.source.illumination:
@@ -171,13 +195,14 @@ class DaliBackend:
 
     def _stop(self) -> None:
         self._pipe, self._fed = None, collections.deque()  # the batches fed to the pipeline, not yet returned
+        self._feed_failures = {}  # id(batch) -> {image: error} of images whose bytes the feed could not read
 
     def _read(self, batch: Batch, pixels, errors) -> tuple[Batch, torch.Tensor, list]:
         """The batch without the images its operators could not read, their pixels, and those images' errors
         (or the first one raised, with on_error="raise")."""
         count = len(batch.images)
-        failures = [next((f for f in (decode_error(e.at(i)) for e in errors) if f is not None), None)
-                    for i in range(count)]
+        unread = self._feed_failures.pop(id(batch), {})
+        failures = [unread.get(i) or self._first_failure(int(batch.images[i]), errors, i) for i in range(count)]
         skipped = []
         for row, failure in zip(batch.images, failures):
             if failure is not None:
@@ -212,7 +237,7 @@ class DaliBackend:
                                        kind=refused.kind)
                 continue
             if named is not None:
-                failures[index] = dict(id=self.dataset.ids[row], path=self.dataset.channel_files(row)[0],
+                failures[index] = dict(id=self.dataset.ids[row], path=self._channel_place(row),
                                        reason=f"DALI's decoder failed ({named.group(0).strip()}); Pillow reads it",
                                        kind="unreadable")
         if not failures:
@@ -222,6 +247,22 @@ class DaliBackend:
             raise ImageReadError(first["path"], first["reason"], first["id"], first["kind"]) from None
         keep = np.array([i not in failures for i in range(count)])
         return batch.without(keep), [failures[i] for i in sorted(failures)]
+
+    def _first_failure(self, row: int, errors, sample: int) -> dict | None:
+        """The first error of sample `sample` (image `row`) among the operators' errors outputs (one per channel
+        and function, or one per image); bytes checked in the pipeline carry no path: their channel's is named."""
+        for channel, output in enumerate(errors):
+            failure = decode_error(output.at(sample))
+            if failure is not None:
+                failure["path"] = failure["path"] or self._channel_place(row, channel)
+                return failure
+        return None
+
+    def _channel_place(self, row: int, channel: int = 0) -> str:
+        """Where a channel of image `row` is: its file, or (RxRx3-core) its shard and row there."""
+        if self.dataset.layout == ENCODED_LAYOUT:
+            return f"{self._shards[row, channel]}#{self._rows[row, channel]}"
+        return self.dataset.channel_files(row)[channel]
 
     def _empty(self) -> torch.Tensor:
         shape = (0, len(self.dataset.channels), self.crop_size, self.crop_size)
@@ -273,19 +314,57 @@ class DaliBackend:
 
     def _feed(self, batches, fed: collections.deque | None = None):
         """The external source: per image, the file paths (one per channel and its illumination file, or the
-        shard and its row), anchors, augment flags; each batch appended to `fed` (default: self._fed) as the
-        pipeline takes it, so that its outputs are matched with it in order."""
+        shard and its row; RxRx3-core: each channel's encoded bytes, or the image decoded here and its error),
+        anchors, augment flags; each batch appended to `fed` (default: self._fed) as the pipeline takes it, so
+        that its outputs are matched with it in order."""
         fed = self._fed if fed is None else fed
-        for batch in batches:
-            fed.append(batch)
-            slots = self._padded(batch)
-            rows = batch.images[slots]
-            if self.source.kind == "packed":
-                columns = [[_encode(p) for p in self._shards[rows]],
-                           [np.array([r], np.int64) for r in self._rows[rows]]]
-            else:
-                columns = [[_encode(p) for p in self._files[rows, c]] for c in range(self._files.shape[1])]
-            columns.append(list(batch.anchors[slots].astype(np.int32)))
-            if self.augment:
-                columns.append(list(batch.augment[slots].astype(np.uint8)))
-            yield tuple(columns)
+        pool = ThreadPoolExecutor(max(1, self.num_threads)) if self.dataset.layout == ENCODED_LAYOUT else None
+        try:
+            for batch in batches:
+                fed.append(batch)
+                yield self._columns(batch, pool)
+        finally:
+            if pool is not None:
+                pool.shutdown()
+
+    def _columns(self, batch: Batch, pool) -> tuple:
+        """One batch's inputs, padded to the pipeline's batch size (_padded)."""
+        slots = self._padded(batch)
+        rows = batch.images[slots]
+        if self.source.kind == "packed":
+            columns = [[_encode(p) for p in self._shards[rows]], [np.array([r], np.int64) for r in self._rows[rows]]]
+        elif self.source.kind == "decoded":
+            images, errors = self._decoded(batch.images, pool)  # each image once; the padding repeats the first
+            columns = [[images[k] for k in slots], [errors[k] for k in slots]]
+        elif self.dataset.layout == ENCODED_LAYOUT:
+            encoded = self._encoded_bytes(batch, pool)
+            columns = [[encoded[k][c] for k in slots] for c in range(len(self.dataset.channels))]
+        else:
+            columns = [[_encode(p) for p in self._files[rows, c]] for c in range(self._files.shape[1])]
+        columns.append(list(batch.anchors[slots].astype(np.int32)))
+        if self.augment:
+            columns.append(list(batch.augment[slots].astype(np.uint8)))
+        return tuple(columns)
+
+    def _decoded(self, rows: np.ndarray, pool) -> tuple[list, list]:
+        """The images of `rows` decoded on the host (zeros where one could not be read) and their errors."""
+        d = self.dataset
+        blank = np.zeros((len(d.channels), *d.image_shape), d.dtype)
+        results = self._encoded.read_images(d, rows, pool)
+        failed = [isinstance(result, ImageReadError) for result in results]
+        return ([blank if bad else image for image, bad in zip(results, failed)],
+                [encode_error(result if bad else None) for result, bad in zip(results, failed)])
+
+    def _encoded_bytes(self, batch: Batch, pool) -> list[list[np.ndarray]]:
+        """Per image of `batch`, its channels' encoded bytes, for maefast_compressed_image to check. Bytes that
+        cannot be read (a shard or row that is not there) are empty, and the image's error is kept for _read."""
+        def read(index: int) -> list[np.ndarray]:
+            row = int(batch.images[index])
+            try:
+                return [np.frombuffer(self._encoded.encoded(self._shards[row, c], int(self._rows[row, c])), np.uint8)
+                        for c in range(len(self.dataset.channels))]
+            except ImageReadError as error:
+                self._feed_failures.setdefault(id(batch), {})[index] = dict(
+                    id=self.dataset.ids[row], path=error.path, reason=error.reason, kind=error.kind)
+                return [np.zeros(0, np.uint8)] * len(self.dataset.channels)
+        return list(pool.map(read, range(len(batch.images))))

@@ -1,17 +1,20 @@
 """The DALI graph of each loader path, built by one function whose device choice is a parameter (Placement).
 
-Three sources of images, by the data set:
+Four sources of images, by the data set:
 
 - packed shards and PNG / TIFF channel files: maefast's reader operators (csrc/dali) read on the host, check
   and decode (PNG, TIFF), and copy each image's crops (K, C, s, s) out of the shard or the decoded planes (a
   region-of-interest read). In the CPU pipeline they also transpose and flip each crop in that copy (SSE2),
   which costs nothing over the copy itself. In the GPU pipeline they copy the crops as they lie; the crops
   move to the device and DALI's GPU operators transpose and flip them there.
-- JPEG / JPEG 2000 channel files: maefast_compressed_image reads and checks each file (header, size, type,
-  whole: csrc/decode/jpeg.h) before DALI's decoder sees its bytes; the decoder runs on the device ("mixed":
-  nvJPEG, nvJPEG2000) in the GPU pipeline, on the host (libjpeg-turbo, OpenJPEG) in the CPU one. Then, on the
-  same device: the illumination correction with its integer cast (when the data set has functions), the
-  channels stacked, each crop sliced, transposed to (C, s, s), flipped / rotated, and the crops stacked.
+- images the feed decoded on the host (RxRx3-core's PNG or, in the CPU pipeline, JPEG 2000 channel images,
+  maefast.data.rxrx3_core.decode_image): maefast_decoded_crops copies their crops, as the reader operators do.
+- JPEG / JPEG 2000 channel files, or RxRx3-core's JPEG 2000 bytes in the GPU pipeline: maefast_compressed_image
+  reads and checks each file or bytes (header, size, type, whole: csrc/decode/jpeg.h, jpeg2000.h) before DALI's
+  decoder sees its bytes; the decoder runs on the device ("mixed": nvJPEG, nvJPEG2000) in the GPU pipeline, on
+  the host (libjpeg-turbo, OpenJPEG) in the CPU one. Then, on the same device: the illumination correction with
+  its integer cast (when the data set has functions), the channels stacked, each crop sliced, transposed to
+  (C, s, s), flipped / rotated, and the crops stacked.
 
 The GPU pipeline's graph is the same builder with the device "gpu" and maefast's readers not augmenting
 (GPU_PIPELINE); built with the device "cpu" (GPU_GRAPH_ON_CPU) it runs everywhere DALI runs, so the tests check
@@ -53,7 +56,7 @@ GPU_GRAPH_ON_CPU = Placement("cpu", fused=False)  # the GPU pipeline's operators
 class Source:
     """What the pipeline reads, from the data set (maefast.data.dali_backend.source_of)."""
 
-    kind: str                   # "packed" | "files" (PNG / TIFF) | "compressed" (JPEG / JPEG 2000)
+    kind: str                   # "packed" | "files" (PNG / TIFF) | "compressed" (JPEG / JPEG 2000) | "decoded"
     channels: int               # channels handed over (selected)
     height: int
     width: int
@@ -66,7 +69,7 @@ class Source:
 
     def inputs(self, augment: bool) -> int:
         """How many per-sample inputs the feed gives: paths (or bytes), then anchors and the augment flags."""
-        paths = 2 if self.kind == "packed" else self.channels * (2 if self.illumination else 1)
+        paths = 2 if self.kind in ("packed", "decoded") else self.channels * (2 if self.illumination else 1)
         return paths + 1 + augment
 
 
@@ -94,9 +97,11 @@ def build(inputs: list, source: Source, placement: Placement, crop_size: int, cr
 
 
 def reader_crops(inputs: list, source: Source, crop_size: int, fused: bool, anchors, flags):
-    """maefast's reader operators: (crops (K, C, s, s) on the host, errors); augmented in the copy when fused."""
+    """maefast's crop operators: (crops (K, C, s, s) on the host, errors); augmented in the copy when fused."""
     options = dict(crop_size=crop_size, dtype=DALI_TYPES[source.dtype], augment=fused)
     plan = [anchors, flags] if fused else [anchors]
+    if source.kind == "decoded":  # the decoded images and their errors
+        return fn.maefast_decoded_crops(inputs[0], inputs[1], *plan, channels=source.channels, **options)
     if source.kind == "packed":
         return fn.maefast_packed_crops(inputs[0], inputs[1], *plan, channels=list(source.channel_index),
                                        image_shape=[source.stored_channels, source.height, source.width], **options)

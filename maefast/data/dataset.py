@@ -6,6 +6,8 @@
     file_<channel> for each stored channel                    (absolute paths; rxrx and jump)
     illum_<channel>                                           (jump with illumination="illum")
     shard, row                                                (packed: the shard file and the row in it)
+    shard_<channel>, row_<channel>                            (rxrx3-core: the parquet file and row of each
+                                                               channel's encoded image)
 
 plus any extra metadata columns of the source. `dataset.channels` is the selected channel order, which
 every loader hands over; `select_channels` picks and reorders channels by name.
@@ -29,6 +31,7 @@ from maefast.errors import UserInputError
 STANDARD_COLUMNS = ("id", "batch", "plate", "well", "site", "perturbation", "is_control")
 PACKED_FORMAT = "maefast-packed-v1"
 PATH_COLUMN_PREFIXES = ("file_", "illum_", "shard")  # columns of file paths
+SOURCE_COLUMN_PREFIXES = ("file_", "illum_", "shard_", "row_")  # where each channel image of a source lies
 HEADER_SAMPLE = 16  # images whose headers decide the size and dtype of a per-channel-file dataset
 OUTSIDE_ROOT_HINT = ("metadata paths must stay inside the data root unless allowed: open_dataset(..., "
                      "allow_outside_root=True), --allow-outside-root, or --set data.allow_outside_root=true")
@@ -37,7 +40,7 @@ OUTSIDE_ROOT_HINT = ("metadata paths must stay inside the data root unless allow
 @dataclass(frozen=True)
 class Dataset:
     root: Path
-    layout: str                       # "rxrx" | "jump" | "packed"
+    layout: str                       # "rxrx" | "jump" | "packed" | "rxrx3-core"
     table: pd.DataFrame               # one row per image, see the module docstring
     stored_channels: tuple[str, ...]  # channels as stored (packed: the order inside the shards)
     channels: tuple[str, ...]         # the selected channels, in the order loaders hand them over
@@ -103,11 +106,12 @@ class Dataset:
                 "content": content_fingerprint(self.files_read())}
 
     def files_read(self) -> list[str]:
-        """Every file the loaders read, in table order: the shards, or each image's selected channel files
-        (and illumination functions)."""
+        """Every file the loaders read, in table order: the shards (packed; rxrx3-core: the parquet shards
+        holding the selected channels' images), or each image's selected channel files (and illumination
+        functions)."""
         if self.layout == "packed":
             return [str(p) for p in self.table["shard"]]
-        columns = [f"file_{c}" for c in self.channels]
+        columns = [f"{'shard' if self.layout == 'rxrx3-core' else 'file'}_{c}" for c in self.channels]
         if self.illumination == "illum":
             columns += [f"illum_{c}" for c in self.channels]
         return [str(p) for p in self.table[columns].to_numpy().ravel()]
@@ -119,7 +123,11 @@ def file_dataset(root: Path, layout: str, table: pd.DataFrame, channels: list[st
     if table.empty:
         raise UserInputError(f"{root}: the metadata lists no images")
     table = table.reset_index(drop=True)
-    shape, dtype, compressed = _common_format(table, channels, root)
+
+    def probe(row: int, channel: str):
+        return probe_channel(table.at[row, f"file_{channel}"])
+
+    shape, dtype, compressed = common_format(table, channels, root, probe)
     return Dataset(root=root, layout=layout, table=table, stored_channels=tuple(channels),
                    channels=tuple(channels), image_shape=shape, dtype=dtype, illumination=illumination,
                    compressed=compressed)
@@ -130,15 +138,16 @@ def sample_rows(count: int, size: int = HEADER_SAMPLE) -> np.ndarray:
     return np.unique(np.linspace(0, count - 1, min(count, size)).round().astype(np.int64))
 
 
-def _common_format(table: pd.DataFrame, channels: list[str], root: Path) -> tuple[tuple[int, int], np.dtype, bool]:
+def common_format(table: pd.DataFrame, channels, root: Path, probe) -> tuple[tuple[int, int], np.dtype, bool]:
     """The (height, width), dtype and family (JPEG / JPEG 2000 or PNG / TIFF) most headers of a sample of images
-    show: one odd or unreadable image, the first one included, does not set the norm (the loaders refuse or skip
-    it against this norm)."""
+    show (`probe(row, channel)`: the (height, width), kind and compression of one channel image's header,
+    maefast.data.decode.describe_header): one odd or unreadable image, the first one included, does not set the
+    norm (the loaders refuse or skip it against it)."""
     found, errors = Counter(), []
     for row in sample_rows(len(table)):
         for channel in channels:
             try:
-                found[probe_channel(table.at[row, f"file_{channel}"])] += 1
+                found[probe(row, channel)] += 1
             except ImageReadError as error:
                 errors.append(error)
     if not found:

@@ -150,19 +150,22 @@ PILLOW_FORMATS = {"JPEG": "JPEG", "JPEG2000": "JPEG 2000"}
 PILLOW_MODES = {"L": np.uint8, "I;16": np.uint16}
 
 
+JPEG2000_SIGNATURES = (b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")  # a JP2 file, a raw codestream
+
+
 def decode_compressed(data: bytes, spec: ImageSpec, path, image_id: str | None = None) -> np.ndarray:
-    """Pillow's decode of a JPEG or JPEG 2000 image that maefast's checks passed (readers().read_compressed /
-    check_compressed): a 2-D array of the spec's size and dtype, or ImageReadError naming `path` with Pillow's
-    reason. The DALI loader names an image its decoder fails on with this same reason."""
-    from PIL import Image, features
+    """The host's decode of a JPEG or JPEG 2000 image that maefast's checks passed (readers().read_compressed /
+    check_compressed): JPEG 2000 by decode_jpeg2000, JPEG by Pillow; a 2-D array of the spec's size and dtype, or
+    ImageReadError naming `path` with the decoder's reason. The DALI loader names an image its decoder fails on
+    with this same reason."""
+    if data.startswith(JPEG2000_SIGNATURES):
+        return decode_jpeg2000(data, spec, path, image_id)
+    from PIL import Image
     try:
         with Image.open(io.BytesIO(data), formats=list(PILLOW_FORMATS)) as image:
-            if image.format == "JPEG2000" and not features.check("jpg_2000"):
-                raise MissingDependency("this Pillow cannot decode JPEG 2000 (built without OpenJPEG): install a "
-                                        "Pillow wheel from PyPI, or use the DALI loader")
             image.load()
             array = np.asarray(image)
-    except (MissingDependency, ImageReadError):
+    except ImageReadError:
         raise
     except Exception as error:
         raise ImageReadError(path, f"corrupt image data: the decoder failed ({error})", image_id) from None
@@ -172,30 +175,67 @@ def decode_compressed(data: bytes, spec: ImageSpec, path, image_id: str | None =
     return array
 
 
+def import_imagecodecs():
+    try:
+        import imagecodecs
+    except ImportError:
+        raise MissingDependency("JPEG 2000 images need imagecodecs: "
+                                "python -m pip install \"maefast[jpeg2000]\"") from None
+    return imagecodecs
+
+
+def decode_jpeg2000(data: bytes, spec: ImageSpec, where, image_id: str | None = None) -> np.ndarray:
+    """imagecodecs' (OpenJPEG's) decode of a JPEG 2000 image that maefast's checks passed (csrc/decode/jpeg2000.h,
+    whose checked header bounds what it allocates), the one host decoder of JPEG 2000 files and RxRx3-core's
+    images: its samples as stored (a 12-bit image's values stay below 4096, as DALI's decoders give them; Pillow
+    would scale them to 16 bits). ImageReadError naming `where` when OpenJPEG refuses it."""
+    imagecodecs = import_imagecodecs()
+    try:  # one thread: the loaders decode many images in parallel
+        image = imagecodecs.jpeg2k_decode(data, numthreads=1)
+    except imagecodecs.Jpeg2kError as error:
+        raise ImageReadError(where, f"corrupt JPEG 2000 image (OpenJPEG: {error})", image_id) from None
+    if image.shape != tuple(spec.shape) or image.dtype != spec.dtype:  # what its checked header did not say
+        raise ImageReadError(where, f"JPEG 2000 image decoded to {image.shape} {image.dtype}, not the {spec} of its "
+                                    "header", image_id)
+    return image
+
+
 def describe_array(array: np.ndarray) -> str:
     return "x".join(map(str, array.shape)) + f" {array.dtype}"
 
 
 def header_spec(path) -> ImageSpec:
     """The spec a file's own header describes (for reading a file outside a data set)."""
-    height, width, samples, dtype, pages, format = readers().image_header(str(path))
-    if samples != 1 or pages != 1 or dtype not in ("uint8", "uint16"):
-        found = f"{height}x{width}" + (f"x{samples}" if samples != 1 else "") + f" {dtype}"
-        found += f", {pages} pages" if pages != 1 else ""
-        raise ImageReadError(path, f"expected a single-page 2-D uint8 or uint16 image, found {found}", kind="format")
-    return ImageSpec((height, width), np.dtype(dtype), compressed=format in COMPRESSED_FORMATS)
+    return spec_of_header(readers().image_header(str(path)), path)
 
 
 COMPRESSED_FORMATS = ("JPEG", "JPEG 2000")  # decoded by DALI or Pillow; PNG and TIFF by maefast
 
 
-def probe_channel(path: str | os.PathLike) -> tuple[tuple[int, int], str, bool]:
-    """(height, width), the kind of one channel file's first page ("uint16", "uint8, 3 pages", "uint16x3",
-    "palette", ...) and whether it is compressed (JPEG or JPEG 2000), from its header."""
-    with reading(path):
-        height, width, samples, dtype, pages, format = readers().image_header(str(path))
+def spec_of_header(header: tuple, where) -> ImageSpec:
+    """The spec of a header (the readers' (height, width, samples, dtype, pages, format)): a single-page 2-D uint8
+    or uint16 image, else ImageReadError (kind "format") naming `where`."""
+    height, width, samples, dtype, pages, format = header
+    if samples != 1 or pages != 1 or dtype not in ("uint8", "uint16"):
+        found = f"{height}x{width}" + (f"x{samples}" if samples != 1 else "") + f" {dtype}"
+        found += f", {pages} pages" if pages != 1 else ""
+        raise ImageReadError(where, f"expected a single-page 2-D uint8 or uint16 image, found {found}", kind="format")
+    return ImageSpec((height, width), np.dtype(dtype), compressed=format in COMPRESSED_FORMATS)
+
+
+def describe_header(header: tuple) -> tuple[tuple[int, int], str, bool]:
+    """(height, width), the kind of an image ("uint16", "uint8, 3 pages", "uint16x3", "palette", ...) and whether
+    it is compressed (JPEG or JPEG 2000), from the readers' header tuple."""
+    height, width, samples, dtype, pages, format = header
     kind = dtype + (f"x{samples}" if samples != 1 else "") + (f", {pages} pages" if pages != 1 else "")
     return (height, width), kind, format in COMPRESSED_FORMATS
+
+
+def probe_channel(path: str | os.PathLike) -> tuple[tuple[int, int], str, bool]:
+    """(height, width), the kind of one channel file's first page and whether it is compressed
+    (describe_header), from its header."""
+    with reading(path):
+        return describe_header(readers().image_header(str(path)))
 
 
 def read_shard(path, channels: int, spec: ImageSpec, image_id: str | None = None) -> np.ndarray:
@@ -250,7 +290,8 @@ def accepted_formats_table() -> str:
 
     depths = bits(png["bit_depths"])
     rows = [
-        ("PNG channel image", f"grayscale (colour type 0), {depths} bits, not interlaced, one frame"),
+        ("PNG channel image", f"grayscale (colour type 0), {depths} bits, not interlaced, one frame (a file, or a row "
+                              "of an RxRx3-core parquet shard)"),
         ("TIFF channel image", "one page, one sample per pixel, unsigned "
                                f"{' or '.join(str(d) for d in tiff['bit_depths'])} bits, in strips, either byte "
                                "order, classic or BigTIFF, ImageDepth 1"),
@@ -262,9 +303,11 @@ def accepted_formats_table() -> str:
         ("JPEG channel image", f"one component (grayscale), {bits(jpeg['bit_depths'])} bits, ending with its EOI "
                                "marker; EXIF orientation not applied"),
         ("JPEG process (SOFn)", codes(jpeg["processes"]) + ", Huffman-coded"),
-        ("JPEG 2000 channel image", f"JP2 file or raw codestream, one component, unsigned "
-                                    f"{bits(jpeg2000['bit_depths'])} bits, not subsampled, no palette, lossless or "
-                                    "lossy, ending with its EOC marker"),
+        ("JPEG 2000 channel image", f"a file, or a row of an RxRx3-core parquet shard: JP2 file or raw codestream, "
+                                    f"one component, unsigned {min(jpeg2000['bit_depths'])} to "
+                                    f"{max(jpeg2000['bit_depths'])} bits (8 decode to uint8, more to uint16), not "
+                                    f"subsampled, no palette, lossless or lossy, at most {jpeg2000['max_tiles']} "
+                                    "tiles, every tile-part inside the codestream, ending with its EOC marker"),
         ("packed shard (.npy)", f"(n, channels, height, width), C order, {dtypes(table['shard']['descrs'])}: the "
                                 "manifest's dtype"),
         ("illumination function (.npy)", f"(height, width), C order, {dtypes(table['illumination']['descrs'])}, "

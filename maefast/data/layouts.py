@@ -1,7 +1,8 @@
 """The data layouts maefast reads, and opening a data set in any of them.
 
 rxrx: RxRx-style per-channel PNG files; jump: JUMP-CP-style per-channel TIFF files with a load_data table;
-packed: maefast's own shards (`maefast data pack`). Each reader turns the layout's metadata into the
+packed: maefast's own shards (`maefast data pack`); rxrx3-core: RxRx3-core's parquet shards of encoded channel
+images (maefast.data.rxrx3_core). Each reader turns the layout's metadata into the
 standard table of maefast.data.dataset (one row per image); `open_dataset` picks the reader.
 """
 from __future__ import annotations
@@ -13,12 +14,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from maefast.data import rxrx3_core
 from maefast.data.dataset import PACKED_FORMAT, Dataset, file_dataset, require_inside_root, sample_rows
 from maefast.errors import UserInputError
 from maefast.fields import matches
 from maefast.io import read_json, read_table
 
-LAYOUTS = ("rxrx", "jump", "packed")
+LAYOUTS = ("rxrx", "jump", "packed", rxrx3_core.LAYOUT)
 ILLUMINATION = ("raw", "illum")
 CONTROL_LABELS = ("EMPTY", "control", "negcon", "non-targeting", "DMSO")
 RXRX_PERTURBATION_COLUMNS = ("perturbation", "gene", "sirna", "treatment")
@@ -27,11 +29,12 @@ JUMP_PERTURBATION_COLUMNS = ("Metadata_Perturbation", "Metadata_Symbol", "Metada
 
 def open_dataset(path, layout: str = "auto", channels=None, illumination: str = "raw",
                  allow_outside_root: bool = False) -> Dataset:
-    """Reads a screen's metadata into a Dataset. layout: "auto" | "rxrx" | "jump" | "packed".
+    """Reads a screen's metadata into a Dataset. layout: "auto" | "rxrx" | "jump" | "packed" | "rxrx3-core".
 
     rxrx: a folder with metadata.csv and {experiment}/Plate{plate}/{well}_s{site}_w{k}.png files.
     jump: a load_data table (.csv or .parquet), or a folder holding load_data.csv / load_data.parquet.
     packed: a folder written by `maefast data pack` (manifest.json, index.parquet, shards/).
+    rxrx3-core: a folder with metadata_rxrx3_core.csv and data/*.parquet shards of encoded images.
     channels: names to select and reorder (default: all, in stored order).
     illumination: "raw" or "illum" (jump: divide by the FileName_Illum*/PathName_Illum* .npy functions).
     allow_outside_root: let file paths built from the metadata (rxrx experiment/plate/well, jump PathName_* /
@@ -60,6 +63,8 @@ def read_layout(path, layout: str = "auto", illumination: str = "raw", allow_out
         return read_packed(path, allow_outside_root)
     if layout == "rxrx":
         return read_rxrx(path, allow_outside_root)
+    if layout == rxrx3_core.LAYOUT:
+        return rxrx3_core.read_rxrx3_core(path, allow_outside_root)
     return read_jump(path, illumination, allow_outside_root)
 
 
@@ -70,6 +75,8 @@ def detect_layout(path: Path) -> str:
         return "jump"
     if path.is_dir() and any((path / f"load_data{s}").is_file() for s in (".csv", ".parquet")):
         return "jump"
+    if rxrx3_core.is_rxrx3_core(path):
+        return rxrx3_core.LAYOUT
     if path.is_dir() and (path / "metadata.csv").is_file():
         return "rxrx"
     raise UserInputError(f"cannot tell the layout of {path}: expected a packed folder (manifest.json), a jump "

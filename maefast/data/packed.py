@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maefast.data.dataset import PACKED_FORMAT, Dataset
+from maefast.data.dataset import PACKED_FORMAT, SOURCE_COLUMN_PREFIXES, Dataset
 from maefast.data.decode import ImageReadError, check_error_policy
 from maefast.data.torch_backend import ImageReader
 from maefast.errors import UserInputError
@@ -103,7 +103,7 @@ def _write_index(out: Path, dataset: Dataset, manifest: dict) -> None:
         position.update({image_id: (name, row) for row, image_id in enumerate(entry["ids"])})
     table = dataset.table
     keep = table["id"].astype(str).isin(position.keys()).to_numpy()
-    index = table.loc[keep, [c for c in table.columns if not c.startswith(("file_", "illum_"))]].copy()
+    index = table.loc[keep, [c for c in table.columns if not c.startswith(SOURCE_COLUMN_PREFIXES)]].copy()
     index["shard"] = [position[str(i)][0] for i in index["id"]]
     index["row"] = np.array([position[str(i)][1] for i in index["id"]], np.int64)
     for column in index.columns:  # parquet needs one type per column

@@ -35,12 +35,17 @@ class ImageReader:
         self.dataset = dataset
         self._shards: dict[str, np.ndarray] = {}
         self._illum: dict[str, np.ndarray] = {}
+        self._encoded = None  # rxrx3-core: maefast.data.rxrx3_core.EncodedImages, made on first use
 
     def read_image(self, row: int) -> np.ndarray:
         """The full image of table row `row`: (C, H, W) integer pixels of the selected channels."""
         d = self.dataset
         if d.layout == "packed":
             return np.array(self._stored(row)[d.channel_index])
+        if d.layout == "rxrx3-core":
+            from maefast.data.rxrx3_core import EncodedImages
+            self._encoded = self._encoded or EncodedImages()
+            return self._encoded.read_image(d, row)
         image_id = d.table.at[row, "id"]
         illum = d.illum_files(row)
         channels = []

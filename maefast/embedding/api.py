@@ -34,9 +34,10 @@ def embed(checkpoint, data, out, *, overrides: list[str] | None = None, show_pro
     """Embeds every site of `data` with the encoder in `checkpoint` into `out`; returns the job summary.
 
     options: any EmbedConfig key (maefast.embedding.config: pool, batch_size, channels, tile_batch, compile,
-    attention, format, ...; None leaves the default), overrides: `--set` style "key=value" strings, applied
-    before the options. Under torchrun each rank embeds its own shards. Read the result with
-    maefast.read_embeddings(out).
+    attention, format, blocks, ...; None leaves the default), overrides: `--set` style "key=value" strings,
+    applied before the options. blocks: "all", "last" or 0-based block indices of a ViT encoder (a list, or
+    text such as "8,12,16"), embedded from one forward: one row per site and block, a `block` column. Under
+    torchrun each rank embeds its own shards. Read the result with maefast.read_embeddings(out).
     """
     values = {key: value for key, value in options.items() if value is not None}
     config = embed_config({**values, "checkpoint": str(checkpoint), "data": str(data)}, overrides)

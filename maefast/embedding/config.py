@@ -58,6 +58,10 @@ class EmbedConfig:
     tile_batch: int | str = setting("auto", "tiles per encoder forward: auto (on CUDA the largest batch that fits "
                                             "and still gets faster, timed once; elsewhere one loader batch's tiles) "
                                             "or a number")
+    blocks: str | list[int] | None = setting(None, "embed these encoder blocks from one forward, one row per site "
+                                                   "and block (a block column): all, last, or 0-based indices "
+                                                   "such as 8,12,16 (negative: from the end); unset: the final "
+                                                   "embedding only")
     backend: str = setting("auto", "loader backend")
     on_error: str = setting("raise", "an image that cannot be read: raise, or skip it (listed in the manifest)")
     workers: int | None = setting(None, "loader threads / processes (0: read in this process)")
@@ -85,6 +89,25 @@ class EmbedConfig:
             raise UserInputError(f"workers={self.workers!r} must be >= 0 (0: read in this process)")
         if self.tile_batch != "auto" and not (matches(self.tile_batch, int) and self.tile_batch >= 1):
             raise UserInputError(f"tile_batch must be 'auto' or a positive integer, got {self.tile_batch!r}")
+        if (isinstance(self.blocks, str) and self.blocks not in BLOCK_NAMES) or self.blocks == []:
+            raise UserInputError(f"blocks must be {' or '.join(BLOCK_NAMES)} or block indices such as 8,12,16, "
+                                 f"got {self.blocks!r}")
+
+
+BLOCK_NAMES = ("all", "last")
+
+
+def block_selection(value):
+    """EmbedConfig.blocks from how it is written: "all" / "last", indices as text ("8,12,16", the command line's
+    and `--set`'s form), one index (`--set blocks=8`) or a list; anything else is left for validate to name."""
+    if isinstance(value, str) and value not in BLOCK_NAMES:
+        try:
+            return [int(part) for part in value.split(",")]
+        except ValueError:
+            return value
+    if matches(value, int):
+        return [value]
+    return value
 
 
 CHOICES = {
@@ -108,6 +131,8 @@ def embed_config(values: dict | None = None, assignments: list[str] | None = Non
     for assignment in assignments or []:
         apply_assignment(raw, assignment)
     raw.update(values or {})
+    if "blocks" in raw:
+        raw["blocks"] = block_selection(raw["blocks"])
     config = build(EmbedConfig, raw)
     config.validate()
     return config

@@ -3,9 +3,11 @@
 The dataset's images are cut into shards of `shard_size` images (in table order); rank r of W embeds
 shards r, r + W, ... Each shard is written atomically as shards/shard-00007.parquet (metadata columns +
 feature_0000...); a shard file exists only when complete, so a restarted job skips what is done and
-never reads a partial file. When every shard is done, rank 0 writes the well-level aggregate and
-manifest.json (shards, rows, skipped images, job settings). job.json records the settings the output depends
-on, the encoder's weights (sha256) and the data set's fingerprint; a job restarted with other settings, weights
+never reads a partial file. With blocks (EmbedConfig.blocks) each site has one row per chosen encoder block,
+all from one forward, and a `block` column; wells are averaged per block. When every shard is done, rank 0
+writes the well-level aggregate and manifest.json (shards, rows, skipped images, job settings). job.json
+records the settings the output depends on (with blocks, the block indices), the encoder's weights (sha256)
+and the data set's fingerprint; a job restarted with other settings, weights
 or data is refused rather than mixed. config.yaml holds the whole effective EmbedConfig of the latest start, and
 attention.json / tile_batch.json what the job setup chose (maefast.job_setup), which a resumed job reuses. The
 output directory is locked: one job writes it at a time.
@@ -25,7 +27,7 @@ from tqdm import tqdm
 from maefast.data.identity import compare_fingerprints
 from maefast.distributed import DistributedContext, barrier, broadcast_object, run_on_main
 from maefast.embedding.config import EmbedConfig
-from maefast.embedding.runner import PooledEncoder, TileEmbedder
+from maefast.embedding.runner import PooledEncoder, TileEmbedder, resolve_blocks
 from maefast.errors import UserInputError
 from maefast.io import atomic_path, read_json, read_table, write_json_atomic, write_yaml_atomic
 from maefast.job_setup import (
@@ -41,7 +43,7 @@ from maefast.lock import OutputLock
 from maefast.models.checkpoint import ResolvedCheckpoint
 from maefast.models.registry import input_config
 from maefast.records import changes, describe_changes
-from maefast.tables import feature_columns, feature_names
+from maefast.tables import BLOCK_COLUMN, feature_columns, feature_names
 
 METADATA = ("id", "batch", "plate", "well", "site", "perturbation", "is_control")
 JOB_FILE, MANIFEST_FILE = "job.json", "manifest.json"
@@ -62,12 +64,17 @@ def shard_path(out: Path, index: int) -> Path:
     return out / "shards" / f"shard-{index:05d}.parquet"
 
 
-def job_record(config: EmbedConfig, checkpoint: ResolvedCheckpoint, tile_size: int, dataset) -> dict:
+def job_record(config: EmbedConfig, checkpoint: ResolvedCheckpoint, tile_size: int, dataset,
+               blocks: list[int] | None = None) -> dict:
     """What job.json holds: the output's settings, the checkpoint (compared by its weights' sha256, not its
-    path), the tile size, the channels in their order and the data set's fingerprint."""
-    return {"checkpoint": str(checkpoint), "weights_sha256": checkpoint.sha256,
-            **{key: getattr(config, key) for key in RECORDED_SETTINGS}, "tile_size": tile_size,
-            "channels": list(dataset.channels), "data": dataset.fingerprint()}
+    path), the tile size, the channels in their order and the data set's fingerprint; with blocks, the block
+    indices embedded (as resolved, so "all" and the same indices written out are one job)."""
+    record = {"checkpoint": str(checkpoint), "weights_sha256": checkpoint.sha256,
+              **{key: getattr(config, key) for key in RECORDED_SETTINGS}, "tile_size": tile_size,
+              "channels": list(dataset.channels), "data": dataset.fingerprint()}
+    if blocks is not None:  # a job without blocks records what it did before blocks existed
+        record["blocks"] = blocks
+    return record
 
 
 def upgrade_record(recorded: dict) -> dict:
@@ -116,9 +123,9 @@ def embed_shard(embedder: TileEmbedder, dataset, rows: np.ndarray, make_tiles, d
     loader = make_tiles(subset)
     sums, counts = None, torch.zeros(len(rows), dtype=torch.float64)
     for pixels, owners in regroup(loader, embedder.batch_tiles, device):
-        features = embedder(pixels)
+        features = embedder(pixels)  # (tiles, D), or (tiles, blocks, D)
         if sums is None:
-            sums = torch.zeros(len(rows), features.shape[1], dtype=torch.float64)
+            sums = torch.zeros(len(rows), *features.shape[1:], dtype=torch.float64)
         sums.index_add_(0, owners, features.double().cpu())
         counts.index_add_(0, owners, torch.ones(len(owners), dtype=torch.float64))
         progress.update(len(owners))
@@ -127,7 +134,8 @@ def embed_shard(embedder: TileEmbedder, dataset, rows: np.ndarray, make_tiles, d
     table = subset.table.loc[done.numpy()]
     if sums is None:  # every image of the shard was skipped
         return site_table(table, np.zeros((0, 0), np.float32)), skipped, 0
-    return site_table(table, (sums[done] / counts[done, None]).float().numpy()), skipped, int(counts.sum())
+    means = sums[done] / counts[done].reshape(-1, *[1] * (sums.ndim - 1))
+    return site_table(table, means.float().numpy(), embedder.pooled.blocks), skipped, int(counts.sum())
 
 
 def regroup(loader, size: int, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -147,19 +155,31 @@ def regroup(loader, size: int, device) -> Iterator[tuple[torch.Tensor, torch.Ten
         yield torch.cat(pixels), torch.cat(owners)
 
 
-def site_table(table: pd.DataFrame, features: np.ndarray) -> pd.DataFrame:
-    """The output format: a data set's metadata columns (file paths left out), then feature_0000, ..."""
-    metadata = table[[c for c in table.columns if not c.startswith(("file_", "illum_"))]].reset_index(drop=True)
+def site_table(table: pd.DataFrame, features: np.ndarray, blocks: list[int] | None = None) -> pd.DataFrame:
+    """The output format: a data set's metadata columns (file paths and shard positions left out), then
+    feature_0000, ...
+
+    With blocks, features are (sites, blocks, D) and each site has one row per block, its `block` column
+    (the 0-based encoder block) after the metadata."""
+    metadata = table[[c for c in table.columns if not c.startswith(("file_", "illum_", "shard_", "row_"))]]
+    metadata = metadata.reset_index(drop=True)
+    if blocks is not None:
+        metadata = metadata.loc[np.repeat(metadata.index, len(blocks))].reset_index(drop=True)
+        metadata[BLOCK_COLUMN] = np.tile(np.asarray(blocks, dtype=np.int64), len(features))
+        features = features.reshape(len(features) * len(blocks), -1) if len(features) else np.zeros((0, 0), np.float32)
     return pd.concat([metadata, pd.DataFrame(features, columns=feature_names(features.shape[1]))], axis=1)
 
 
 def aggregate_wells(sites: pd.DataFrame) -> pd.DataFrame:
-    """Mean feature vector per (batch, plate, well); perturbation and control flag carried along."""
+    """Mean feature vector per (batch, plate, well[, block]); the metadata every site of a well shares
+    (perturbation, control flag, compound concentration, ...) carried along."""
     features = feature_columns(sites, required=False)
-    keys = [c for c in ("batch", "plate", "well") if c in sites.columns]
-    carried = [c for c in ("perturbation", "is_control") if c in sites.columns]
+    keys = [c for c in ("batch", "plate", "well", BLOCK_COLUMN) if c in sites.columns]
     grouped = sites.groupby(keys, sort=True)
     wells = grouped[features].mean()
+    metadata = [c for c in sites.columns if c not in features and c not in keys and c not in ("id", "site")]
+    shared = grouped[metadata].nunique(dropna=False).max() <= 1
+    carried = [c for c in metadata if shared[c]]
     wells[carried] = grouped[carried].first()
     wells["sites"] = grouped.size()
     return wells.reset_index()[keys + carried + ["sites"] + features]
@@ -172,21 +192,22 @@ def run_embedding(encoder, dataset, out, config: EmbedConfig, checkpoint: Resolv
     subset). context: this rank's place under torchrun (rank 0 holds the output lock and writes the records)."""
     config.validate()
     out = Path(out)
-    record = job_record(config, checkpoint, input_config(encoder).img_size, dataset)
+    blocks = resolve_blocks(config.blocks, encoder)
+    record = job_record(config, checkpoint, input_config(encoder).img_size, dataset, blocks)
     lock = run_on_main(lambda: start_job(out, config, record), context)
     try:
-        return embed_shards(encoder, dataset, out, config, make_tiles, context, show_progress)
+        return embed_shards(encoder, dataset, out, config, blocks, make_tiles, context, show_progress)
     finally:
         if lock is not None:
             lock.release()
 
 
-def setup_embedder(encoder, out: Path, config: EmbedConfig, tile_shape: tuple[int, int, int], loader_tiles: int,
-                   context: DistributedContext) -> TileEmbedder:
+def setup_embedder(encoder, out: Path, config: EmbedConfig, blocks: list[int] | None,
+                   tile_shape: tuple[int, int, int], loader_tiles: int, context: DistributedContext) -> TileEmbedder:
     """The job setup of an embedding job (maefast.job_setup): precision, tile batch, attention, compile; rank
-    0 writes the records, which a resumed job reuses."""
+    0 writes the records, which a resumed job reuses. blocks: resolve_blocks' indices, or None."""
     setup = RunSetup.resolve(context.device, config.precision, config.compile)
-    pooled = PooledEncoder(encoder, pool=config.pool, per_channel=config.per_channel, setup=setup)
+    pooled = PooledEncoder(encoder, pool=config.pool, per_channel=config.per_channel, setup=setup, blocks=blocks)
 
     def broadcast(obj):
         return broadcast_object(obj, context)
@@ -206,15 +227,15 @@ def setup_embedder(encoder, out: Path, config: EmbedConfig, tile_shape: tuple[in
     return TileEmbedder(pooled, tiles, setup.compile)
 
 
-def embed_shards(encoder, dataset, out: Path, config: EmbedConfig, make_tiles, context: DistributedContext,
-                 show_progress: bool) -> dict:
+def embed_shards(encoder, dataset, out: Path, config: EmbedConfig, blocks: list[int] | None, make_tiles,
+                 context: DistributedContext, show_progress: bool) -> dict:
     """This rank's missing shards, then (rank 0, once every shard is there) the aggregate and manifest."""
     rank, world_size, device = context.rank, context.world_size, context.device
     num_shards = -(-len(dataset) // config.shard_size)
     mine = [k for k in range(rank, num_shards, world_size) if not shard_path(out, k).exists()]
     tile_size = input_config(encoder).img_size
     tiles_per_image = (dataset.image_shape[0] // tile_size) * (dataset.image_shape[1] // tile_size)
-    embedder = setup_embedder(encoder, out, config, (len(dataset.channels), tile_size, tile_size),
+    embedder = setup_embedder(encoder, out, config, blocks, (len(dataset.channels), tile_size, tile_size),
                               loader_tiles(config, len(dataset), tiles_per_image), context)
     total_tiles = sum(min(config.shard_size, len(dataset) - k * config.shard_size) for k in mine) * tiles_per_image
     progress = tqdm(total=total_tiles, unit="crop", desc=f"embed rank {rank}", disable=not show_progress)

@@ -6,6 +6,9 @@
 - `plot_recall_sweep`: recall across a sweep of percentile threshold pairs, one panel per source.
 - `plot_similarity_distributions`: cosine similarities of annotated pairs against all pairs.
 - `plot_recall_vs_flops`: recall of successive checkpoints against cumulative training FLOPs.
+- `plot_drug_target`: the drug-target benchmark's AUROC per concentration (and at the best one), per model.
+- `plot_scores_by_block`: a score (probe accuracy, recall, ...) against the encoder block it was read from,
+  one line per model, with its interval and chance level; models without blocks as horizontal lines.
 """
 from __future__ import annotations
 
@@ -206,3 +209,69 @@ def _sources(recalls: Mapping[str, pd.DataFrame], column: str) -> list[str]:
         sources += [s for s in table["source"] if s not in sources]
     return sources
 
+
+
+def plot_scores_by_block(table: pd.DataFrame, path: str | os.PathLike, score: str, label_col: str = "label",
+                         block_col: str = "block", chance: float | None = None, title: str | None = None) -> None:
+    """`score` against `block_col`, one line per `label_col` value, with a band between `<score>_low` and
+    `<score>_high` when the table has them. A label whose block is NaN (a model without blocks: hand-crafted
+    features, a map) is drawn as a horizontal dashed line across the blocks; chance as a grey dotted line."""
+    missing = {label_col, block_col, score} - set(table.columns)
+    if missing:
+        raise UserInputError(f"the block table lacks column(s) {sorted(missing)}")
+    blocks = table[block_col].dropna()
+    if blocks.empty:
+        raise UserInputError("no row of the table has a block to plot against")
+    figure = Figure(figsize=(6.5, 4))
+    axes = figure.add_subplot()
+    span = [float(blocks.min()), float(blocks.max())]
+    bounds = {f"{score}_low", f"{score}_high"} <= set(table.columns)
+    for label, rows in table.groupby(label_col, sort=False):
+        rows = rows.sort_values(block_col)
+        if rows[block_col].isna().all():
+            axes.plot(span, [rows[score].iloc[0]] * 2, linestyle="--", label=f"{label} (no blocks)")
+            continue
+        line, = axes.plot(rows[block_col], rows[score], marker="o", label=label)
+        if bounds:
+            axes.fill_between(rows[block_col], rows[f"{score}_low"], rows[f"{score}_high"], alpha=0.2,
+                              color=line.get_color())
+    if chance is not None:
+        axes.axhline(chance, color="gray", linestyle=":", label="chance")
+    axes.set_xlabel("encoder block (0-based, as timm's forward_intermediates)")
+    axes.set_ylabel(score.replace("_", " "))
+    axes.set_xticks(sorted(int(b) for b in blocks.unique()))
+    axes.set_title(title or f"{score.replace('_', ' ')} by block")
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    save_figure(figure, path)
+
+
+def plot_drug_target(table: pd.DataFrame, path: str | os.PathLike, score: str = "auroc") -> None:
+    """`score` with its interval per concentration (the last group: the best concentration), one bar per
+    label (and block) side by side; chance (0.5 for AUROC) dashed."""
+    missing = {"label", "concentration", score} - set(table.columns)
+    if missing:
+        raise UserInputError(f"the drug-target table lacks column(s) {sorted(missing)}")
+    names = [label if pd.isna(block) else f"{label} block {int(block)}"
+             for label, block in zip(table["label"], table.get("block", pd.Series([np.nan] * len(table))))]
+    table = table.assign(name=names)
+    groups = list(dict.fromkeys(str(c) for c in table["concentration"]))
+    series = list(dict.fromkeys(names))
+    width = 0.8 / len(series)
+    figure = Figure(figsize=(3.0 + 0.9 * len(groups) + 0.2 * len(series), 4))
+    axes = figure.add_subplot()
+    for k, name in enumerate(series):
+        rows = table[table["name"] == name].assign(group=lambda t: t["concentration"].astype(str))
+        rows = rows.set_index("group").reindex(groups)
+        error = None
+        if {f"{score}_low", f"{score}_high"} <= set(rows.columns):
+            error = np.vstack([rows[score] - rows[f"{score}_low"], rows[f"{score}_high"] - rows[score]])
+        axes.bar(np.arange(len(groups)) + (k - (len(series) - 1) / 2) * width, rows[score], width, label=name,
+                 yerr=error, error_kw=dict(elinewidth=0.8, capsize=1.5, ecolor="black"))
+    if score == "auroc":
+        axes.axhline(0.5, color="gray", linestyle="--", label="chance")
+    axes.set_xticks(np.arange(len(groups)), groups)
+    axes.set_xlabel("compound concentration")
+    axes.set_ylabel(score.replace("_", " "))
+    axes.set_title("Known compound-target pairs among all pairs (bars: 95% intervals)")
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    save_figure(figure, path)

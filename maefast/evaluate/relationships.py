@@ -10,6 +10,7 @@ entities; recall is the fraction of annotated pairs recalled. The percentile rul
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -61,7 +62,9 @@ def source_name(source: str | os.PathLike) -> str:
 def load_relationships(source: str | os.PathLike) -> pd.DataFrame:
     """Unordered, deduplicated pairs (entity1 < entity2, no self-pairs) of a known source or a user file.
 
-    A user file is CSV (or TSV if it ends in .tsv) with header columns `entity1` and `entity2`.
+    A user file is CSV (or TSV if it ends in .tsv) with header columns `entity1` and `entity2`. Each version of
+    a file is read once per process (a benchmark of many maps, blocks or models scores them all against the
+    same sources); a file changed since is read again.
     """
     if source in KNOWN_SOURCES:
         path = annotation_dir() / f"{source}.txt"
@@ -70,6 +73,13 @@ def load_relationships(source: str | os.PathLike) -> pd.DataFrame:
     else:
         raise UserInputError(f"unknown relationship source {source!r}: expected one of {', '.join(KNOWN_SOURCES)} "
                              "or the path of a file with columns entity1,entity2")
+    version = path.stat()
+    return read_relationships(path.resolve(), version.st_mtime_ns, version.st_size).copy()
+
+
+@functools.lru_cache(maxsize=32)
+def read_relationships(path: Path, mtime_ns: int, size: int) -> pd.DataFrame:
+    """load_relationships' pairs of the file at `path` as it was at (mtime_ns, size), the cache's key."""
     table = read_table(path, sep="\t" if path.suffix == ".tsv" else ",", dtype=str)
     missing = {"entity1", "entity2"} - set(table.columns)
     if missing:

@@ -90,6 +90,19 @@ class WeaklySupervisedClassifier(nn.Module):
         """(B, D) penultimate features: the encoder's pooled output (CLS or patch mean per global_pool)."""
         return self.forward_head(self.forward_features(pixels), pre_logits=True)
 
+    @property
+    def num_blocks(self) -> int:
+        return self.encoder.num_blocks
+
+    def forward_intermediates(self, pixels: torch.Tensor, *args, **options):
+        return self.encoder.forward_intermediates(pixels, *args, **options)
+
+    def embed_blocks(self, pixels: torch.Tensor, blocks=None, pool: str = "mean",
+                     per_channel: bool = False) -> torch.Tensor:
+        """(B, K, D) the encoder's block-wise embeddings (VisionTransformer.embed_blocks: normed block tokens,
+        mean or CLS; not the head's input, which adds fc_norm for global_pool="avg")."""
+        return self.encoder.embed_blocks(pixels, blocks, pool, per_channel)
+
 
 def classifier_factory(encoder_fields: dict):
     known = field_names(ClassifierConfig)

@@ -180,3 +180,13 @@ class MaskedAutoencoder(nn.Module):
 
     def embed(self, pixels, pool: str = "mean", per_channel: bool = False):
         return self.encoder.embed(pixels, pool, per_channel)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.encoder.num_blocks
+
+    def forward_intermediates(self, pixels, *args, **options):
+        return self.encoder.forward_intermediates(pixels, *args, **options)
+
+    def embed_blocks(self, pixels, blocks=None, pool: str = "mean", per_channel: bool = False):
+        return self.encoder.embed_blocks(pixels, blocks, pool, per_channel)

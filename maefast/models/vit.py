@@ -2,7 +2,8 @@
 
 Input is raw pixels (B, C, H, W), uint8 / uint16 (or float in [0, 1]): self-standardization, patch
 embedding and positions happen in ops.tokenize. Parameter names follow timm's VisionTransformer
-(`cls_token`, `pos_embed` with the CLS slot, `patch_embed.proj`, `blocks`, `norm`, `fc_norm`).
+(`cls_token`, `pos_embed` with the CLS slot, `patch_embed.proj`, `blocks`, `norm`, `fc_norm`), and so does
+`forward_intermediates`, the output of chosen blocks in one forward (what `embed_blocks` pools).
 """
 from __future__ import annotations
 
@@ -19,6 +20,32 @@ from maefast.ops import all_tokens, tokenize
 from maefast.ops.masking import Mask
 
 GLOBAL_POOLS = ("token", "avg")
+POOLS = ("mean", "cls")
+OUTPUT_FORMATS = ("NCHW", "NLC")
+
+
+def take_indices(depth: int, indices: int | list[int] | tuple[int, ...] | None) -> list[int]:
+    """The blocks timm's forward_intermediates takes (`feature_take_indices`): None = every block, an int n =
+    the last n blocks, a sequence = those 0-based block indices (negative ones count from the end). Returned
+    sorted and without repeats: intermediates come out in block order."""
+    if indices is None:
+        indices = depth
+    if isinstance(indices, int):
+        if not 0 < indices <= depth:
+            raise UserInputError(f"indices={indices}: take the last n blocks with 0 < n <= {depth}")
+        return list(range(depth - indices, depth))
+    chosen = []
+    for index in indices:
+        position = depth + index if index < 0 else index
+        if not 0 <= position < depth:
+            raise UserInputError(f"block {index} does not exist: the encoder has blocks 0..{depth - 1} "
+                                 f"(or -{depth}..-1 from the end)")
+        chosen.append(position)
+    if not chosen:
+        raise UserInputError("indices: choose at least one block")
+    return sorted(set(chosen))
+
+
 # size name -> ViTConfig fields: the papers' backbones (timm's sizes at 256 x 256), the sizes of every ViT family
 VIT_SIZES: dict[str, dict] = {
     "vit_tiny_patch16_256": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, drop_path_rate=0.1),
@@ -119,6 +146,10 @@ class VisionTransformer(nn.Module):
         if height != config.img_size:
             raise UserInputError(f"model expects {config.img_size}x{config.img_size} images, got {height}x{width}")
 
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
     def num_tokens(self, channels: int) -> int:
         return self.config.num_patches * (channels if self.config.channel_agnostic else 1)
 
@@ -155,22 +186,74 @@ class VisionTransformer(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(pixels))
 
+    def forward_intermediates(self, pixels: torch.Tensor, indices: int | list[int] | None = None,
+                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """timm's forward_intermediates: the tokens after the chosen blocks, from one forward.
+
+        indices: None (every block), n (the last n blocks) or 0-based block indices (negative from the end);
+        the intermediates come out in block order. norm: pass each through the final norm (`self.norm`, as
+        timm does; an identity for global_pool="avg" models). output_fmt: "NCHW" (B, D, H/p, W/p) patch grids
+        or "NLC" (B, L, D) tokens (channel-agnostic encoders: NLC only, L = channels x patches).
+        return_prefix_tokens: each intermediate becomes (patch tokens, CLS token (B, 1, D)).
+        Returns the list when intermediates_only (the forward stops after the last chosen block), else
+        (final features after the norm, as forward_features, the list); stop_early stops there as well.
+        """
+        if output_fmt not in OUTPUT_FORMATS:
+            raise UserInputError(f"output_fmt must be one of {OUTPUT_FORMATS}, got {output_fmt!r}")
+        if output_fmt == "NCHW" and self.config.channel_agnostic:
+            raise UserInputError("a channel-agnostic encoder's tokens form no single patch grid: use output_fmt='NLC'")
+        self.check_pixels(pixels)
+        take = take_indices(len(self.blocks), indices)
+        mask = all_tokens(pixels.shape[0], self.num_tokens(pixels.shape[1]), pixels.device)
+        x = self.embed_tokens(pixels, mask)
+        last = take[-1] if stop_early or intermediates_only else len(self.blocks) - 1
+        intermediates = []
+        for index in range(last + 1):
+            x = self.blocks[index](x)
+            if index in take:
+                intermediates.append(self.norm(x) if norm else x)
+        side = self.config.grid_side
+        outputs = []
+        for tokens in intermediates:
+            patches = tokens[:, self.num_prefix_tokens:]
+            if output_fmt == "NCHW":
+                patches = patches.reshape(len(patches), side, side, -1).permute(0, 3, 1, 2).contiguous()
+            outputs.append((patches, tokens[:, :self.num_prefix_tokens]) if return_prefix_tokens else patches)
+        return outputs if intermediates_only else (self.norm(x), outputs)
+
     def embed(self, pixels: torch.Tensor, pool: str = "mean", per_channel: bool = False) -> torch.Tensor:
         """Embeddings (B, D): mean of the patch tokens (default) or the CLS token.
 
         per_channel (CA-MAE only): the mean of each channel's tokens, concatenated to (B, C * D).
         """
         features = self.forward_features(pixels)
+        return self.pool_tokens(features[:, self.num_prefix_tokens:], features[:, 0], pool, per_channel,
+                                pixels.shape[1])
+
+    def embed_blocks(self, pixels: torch.Tensor, blocks: int | list[int] | None = None, pool: str = "mean",
+                     per_channel: bool = False) -> torch.Tensor:
+        """Embeddings of several blocks from one forward: (B, K, D) for the K chosen blocks (in block order;
+        `blocks` as forward_intermediates' indices), each block's tokens passed through the final norm as
+        timm's forward_intermediates(norm=True) does, then pooled as `embed` pools. The last block's
+        embedding is `embed`'s."""
+        intermediates = self.forward_intermediates(pixels, blocks, return_prefix_tokens=True, norm=True,
+                                                   output_fmt="NLC", intermediates_only=True)
+        return torch.stack([self.pool_tokens(patches, prefix[:, 0], pool, per_channel, pixels.shape[1])
+                            for patches, prefix in intermediates], dim=1)
+
+    def pool_tokens(self, patches: torch.Tensor, cls: torch.Tensor, pool: str, per_channel: bool,
+                    channels: int) -> torch.Tensor:
+        """(B, L, D) patch tokens and (B, D) CLS token -> (B, D) (or (B, C * D) per channel), as `embed` pools."""
+        if pool not in POOLS:
+            raise UserInputError(f"pool must be 'mean' or 'cls', got {pool!r}")
         if pool == "cls":
             if per_channel:
                 raise UserInputError("per_channel pooling needs pool='mean'")
-            return features[:, 0]
-        if pool != "mean":
-            raise UserInputError(f"pool must be 'mean' or 'cls', got {pool!r}")
-        patches = features[:, self.num_prefix_tokens:]
+            return cls
         if not per_channel:
             return patches.mean(dim=1)
         if not self.config.channel_agnostic:
             raise UserInputError("per_channel pooling needs a channel-agnostic model")
         b, _, d = patches.shape
-        return patches.reshape(b, pixels.shape[1], -1, d).mean(dim=2).reshape(b, -1)
+        return patches.reshape(b, channels, -1, d).mean(dim=2).reshape(b, -1)

@@ -1,5 +1,6 @@
-"""Files crafted by the tests: TIFFs and PNGs with every field under control (valid ones come from tifffile and
-Pillow, the writers users have), .npy headers, and small data sets made of such files, one image per file."""
+"""Files crafted by the tests: TIFFs, PNGs and JPEG 2000s with every field under control (valid ones come from
+tifffile, Pillow and imagecodecs, the writers users have), .npy headers, and small data sets made of such files,
+one image per file (or per parquet row in the RxRx3-core layout)."""
 from __future__ import annotations
 
 import io
@@ -7,8 +8,11 @@ import struct
 import zlib
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 from tests.data.test_png_decoder import _chunk, encode_png
@@ -161,6 +165,47 @@ def rxrx_screen(root: Path, files: list[bytes]) -> Path:
     return root
 
 
+def rxrx3_core_screen(root: Path, files: list[bytes], column: str = "jp2") -> Path:
+    """A one-channel RxRx3-core-layout data set, image i's encoded bytes being row i of its parquet shard (row
+    groups of 4 rows, so a reader crosses them)."""
+    wells = [f"A{i:03d}" for i in range(len(files))]
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    shard = pa.table({"__key__": [f"E1/Plate1/{well}_s1_1" for well in wells], column: pa.array(files, pa.binary())})
+    pq.write_table(shard, root / "data" / "train-00000-of-00001.parquet", row_group_size=4)
+    pd.DataFrame({"well_id": [f"E1_1_{well}" for well in wells], "experiment_name": "E1", "plate": 1,
+                  "address": wells, "treatment": "EMPTY_control"}).to_csv(root / "metadata_rxrx3_core.csv", index=False)
+    return root
+
+
+def jpeg2000_bytes(image: np.ndarray, **options) -> bytes:
+    """A lossless JPEG 2000 of `image` (imagecodecs, i.e. OpenJPEG): a JP2 file, or codecformat="j2k" for a raw
+    codestream."""
+    return bytes(imagecodecs.jpeg2k_encode(image, level=0, **{"codecformat": "jp2", **options}))
+
+
+def jpeg2000_claiming(data: bytes, height: int, width: int, tile: tuple[int, int] | None = None,
+                      blank: bool = False) -> bytes:
+    """A JPEG 2000 of one tile (imagecodecs writes one) whose headers (a JP2's ihdr box and the codestream's SIZ
+    marker) claim height x width, in one tile of that size or in tiles of `tile` (height, width). blank: its
+    packets replaced by empty ones, so that it is a valid codestream of a blank image of that size (a few hundred
+    bytes that OpenJPEG decodes to height x width: a decompression bomb)."""
+    data = bytearray(data)
+    codestream = data.index(b"\xff\x4f\xff\x51")  # SOC, then the SIZ marker: FF51, Lsiz, Rsiz, Xsiz, Ysiz, ...
+    tile_height, tile_width = tile or (height, width)
+    struct.pack_into(">IIIIII", data, codestream + 8, width, height, 0, 0, tile_width, tile_height)
+    if b"ihdr" in data:
+        struct.pack_into(">II", data, data.index(b"ihdr") + 4, height, width)
+    if blank:
+        tile_part = data.index(b"\xff\x90", codestream)  # SOT: FF90, Lsot, Isot, Psot (the tile-part's length), ...
+        packets = data.index(b"\xff\x93", tile_part) + 2  # after SOD
+        data = data[:packets] + bytes(64) + b"\xff\xd9"  # a zero byte: an empty packet
+        struct.pack_into(">I", data, tile_part + 6, packets + 64 - tile_part)
+        if b"jp2c" in data:
+            box = data.index(b"jp2c") - 4
+            struct.pack_into(">I", data, box, len(data) - box)
+    return bytes(data)
+
+
 def textured_image(rng, shape, dtype) -> np.ndarray:
     top = np.iinfo(dtype).max
     y, x = np.mgrid[:shape[0], :shape[1]]
@@ -168,5 +213,6 @@ def textured_image(rng, shape, dtype) -> np.ndarray:
     return np.clip(smooth + rng.integers(0, top // 8, shape), 0, top).astype(dtype)
 
 
-__all__ = ["encode_png", "filtered_rows", "interlaced_png", "jump_channels_screen", "jump_screen", "npy_bytes",
-           "pillow_bytes", "png_stream_bytes", "rxrx_screen", "textured_image", "tiff_bytes", "tifffile_bytes"]
+__all__ = ["encode_png", "filtered_rows", "interlaced_png", "jpeg2000_bytes", "jpeg2000_claiming",
+           "jump_channels_screen", "jump_screen", "npy_bytes", "pillow_bytes", "png_stream_bytes", "rxrx3_core_screen",
+           "rxrx_screen", "textured_image", "tiff_bytes", "tifffile_bytes"]

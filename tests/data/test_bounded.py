@@ -1,5 +1,6 @@
 """Bounded decoding on every path: a decompression bomb is refused before it is inflated (its header claims
-more than the data set's spec) or after the spec's bytes (its header matches, its data does not end there);
+more than the data set's spec: TIFF, PNG and RxRx3-core's JPEG 2000, before imagecodecs sees it) or after the
+spec's bytes (its header matches, its data does not end there);
 a file that claims to expand more than the ratio cap is refused before decoding; a FIFO named as an image or
 a shard is refused, not waited on. Memory is measured in a separate process (its peak resident size)."""
 from __future__ import annotations
@@ -19,9 +20,12 @@ from maefast.data.packed import pack_dataset
 from tests.data.crafted import (
     LONG,
     SHORT,
+    jpeg2000_bytes,
+    jpeg2000_claiming,
     jump_screen,
     pillow_bytes,
     png_stream_bytes,
+    rxrx3_core_screen,
     rxrx_screen,
     textured_image,
     tiff_bytes,
@@ -81,16 +85,24 @@ def test_decompression_bombs_are_refused_before_they_inflate(tmp_path, zeros_str
     png_bomb = png_stream_bytes(np.zeros((128, 128), np.uint16), zeros_stream)
     pngs = rxrx_screen(tmp_path / "png", [pillow_bytes(textured_image(rng, (128, 128), np.uint16)), png_bomb]
                        + [pillow_bytes(textured_image(rng, (128, 128), np.uint16))] * 2)
-    result = subprocess.run([sys.executable, "-c", MEASURE, str(tiffs), str(pngs)], capture_output=True, text=True,
-                            timeout=600, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    # RxRx3-core: a 281-byte JPEG 2000 that OpenJPEG decodes to 8000 x 8000 (over 300 MB at its peak) and the
+    # 800 MB PNG bomb (8-bit), each in a row of the parquet shard
+    jpeg2000 = [jpeg2000_bytes(textured_image(rng, (128, 128), np.uint8)) for _ in range(4)]
+    cores = rxrx3_core_screen(tmp_path / "core", [jpeg2000[0], jpeg2000_claiming(jpeg2000[0], 8000, 8000, blank=True),
+                                                  jpeg2000[1], png_stream_bytes(np.zeros((128, 128), np.uint8),
+                                                                                zeros_stream)] + jpeg2000[2:])
+    result = subprocess.run([sys.executable, "-c", MEASURE, str(tiffs), str(pngs), str(cores)], capture_output=True,
+                            text=True, timeout=600, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr[-3000:]
     outcomes = json.loads(result.stdout.strip().splitlines()[-1])
-    tiff_ids, png_ids = open_dataset(tiffs).ids, open_dataset(pngs).ids
+    tiff_ids, png_ids, core_ids = open_dataset(tiffs).ids, open_dataset(pngs).ids, open_dataset(cores).ids
     expected = {
         str(tiffs): [(tiff_ids[1], "format", "expected 128x128 uint16, one page, found 20000x20000 uint16"),
                      (tiff_ids[3], "unreadable", "TIFF strip 0: deflate stream decodes to more bytes than the image "
                                                  "holds")],
         str(pngs): [(png_ids[1], "unreadable", "deflate stream decodes to more bytes than the image holds")],
+        str(cores): [(core_ids[1], "format", "expected 128x128 uint8, one page, found 8000x8000 uint8"),
+                     (core_ids[3], "unreadable", "deflate stream decodes to more bytes than the image holds")],
     }
     for root, refused in expected.items():
         outcome = outcomes[root]

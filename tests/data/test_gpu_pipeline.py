@@ -1,14 +1,14 @@
 """The GPU variant of the DALI loader (maefast.data.dali_graph), tested where it runs and where it cannot.
 
-On any machine (DALI runs CPU pipelines without a GPU): the GPU pipeline's graph built with every operator on
-the host (GPU_GRAPH_ON_CPU) gives the CPU pipeline's and the PyTorch loader's pixels, for every source (PNG,
-TIFF with illumination functions, packed shards, JPEG, JPEG 2000 lossless with illumination functions and
-lossy), for training crops with all 8 flips / rotations and for embedding tiles; and the GPU pipeline's graph,
-read without being built, runs each operator where it belongs: the readers and checks on the host, the
-decoder "mixed", the crops, flips, stacking and the corrected integer cast on the GPU.
+On any machine (DALI runs CPU pipelines without a GPU): the GPU pipeline's graph built with every operator on the
+host (GPU_GRAPH_ON_CPU) gives the CPU pipeline's and the PyTorch loader's pixels, for every source (PNG, TIFF with
+illumination functions, packed shards, JPEG, JPEG 2000 lossless with illumination functions and lossy, RxRx3-core's
+parquet shards of JPEG 2000 and of PNG images), for training crops with all 8 flips / rotations and for embedding
+tiles; and the GPU pipeline's graph, read without being built, runs each operator where it belongs: the readers and
+checks on the host, the decoder "mixed", the crops, flips, stacking and the corrected integer cast on the GPU.
 
-With CUDA (skipped here): the GPU pipeline gives the CPU pipeline's pixels (exactly on lossless sources), hands
-its batches to torch without a copy, and they stay intact while the host runs ahead of the GPU.
+With CUDA (skipped here): the GPU pipeline gives the CPU pipeline's pixels (exactly on lossless sources), hands its
+batches to torch without a copy, and they stay intact while the host runs ahead of the GPU.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from PIL import Image
 from maefast.data import make_loader, make_tile_loader, open_dataset
 from maefast.data.packed import pack_dataset
 from maefast.data.plan import TilePlan, TrainPlan
+from maefast.data.rxrx3_core_write import write_rxrx3_core
 from maefast.data.torch_backend import ImageReader
 from tests.data.crafted import jump_channels_screen
 
@@ -30,7 +31,8 @@ from maefast.data.dali_backend import DaliBackend  # noqa: E402
 from maefast.data.dali_graph import CPU_PIPELINE, GPU_GRAPH_ON_CPU, GPU_PIPELINE  # noqa: E402
 
 CROP, CROPS, BATCH = 32, 4, 5
-SOURCES = ["png16", "tiff16 illumination", "packed8", "jpeg8", "jpeg2000 16 illumination", "jpeg2000 8 lossy"]
+SOURCES = ["png16", "tiff16 illumination", "packed8", "jpeg8", "jpeg2000 16 illumination", "jpeg2000 8 lossy",
+           "rxrx3-core jpeg2000 16", "rxrx3-core png8"]
 LOSSY = {"jpeg8", "jpeg2000 8 lossy"}
 
 
@@ -54,6 +56,8 @@ def screens(rxrx8, rxrx16, jump16, tmp_path_factory):
         "png16": (rxrx16, {}),
         "tiff16 illumination": (jump16, {"illumination": "illum"}),
         "packed8": (pack_dataset(eight, root / "packed", shard_images=5, progress=False), {}),
+        "rxrx3-core jpeg2000 16": (write_rxrx3_core(sixteen, root / "rxrx3_j2k", "jpeg2000", images_per_shard=20), {}),
+        "rxrx3-core png8": (write_rxrx3_core(eight, root / "rxrx3_png", "png", images_per_shard=20), {}),
         "jpeg8": (jump_channels_screen(root / "jpeg", planes8, encoder("JPEG", quality=85)), {}),
         "jpeg2000 16 illumination": (jump_channels_screen(root / "j2k", planes16, encoder("JPEG2000"), illumination),
                                      {"illumination": "illum"}),
@@ -118,7 +122,8 @@ def test_a_pipeline_reads_ahead_into_the_next_epoch_and_goes_on(screens):
     assert loaders[1].backend._pipe is not pipelines[0]
 
 
-READERS = {"MaefastPackedCrops", "MaefastImageCrops", "MaefastCompressedImage", "MaefastIllumination"}
+READERS = {"MaefastPackedCrops", "MaefastImageCrops", "MaefastDecodedCrops", "MaefastCompressedImage",
+           "MaefastIllumination"}
 # what may stay on the host in a GPU pipeline: the feed, maefast's readers and checks, and the per-sample arguments
 # (each crop's flags, an illumination function's shape before it moves)
 HOST = READERS | {"ExternalSource", "Cast", "_TensorSubscript", "ExpandDims"}
@@ -128,20 +133,24 @@ HOST = READERS | {"ExternalSource", "Cast", "_TensorSubscript", "ExpandDims"}
 def test_the_gpu_pipeline_runs_each_operator_where_it_belongs(screens, name):
     dataset = dataset_of(screens, name)
     batches = train_batches(dataset)
-    operators = set(DaliBackend(dataset, CROP, CROPS, BATCH, True, placement=GPU_PIPELINE).operators(batches))
+    gpu_backend = DaliBackend(dataset, CROP, CROPS, BATCH, True, placement=GPU_PIPELINE)
+    operators = set(gpu_backend.operators(batches))
     on = {device: {op for op, where in operators if where == device} for device in ("cpu", "gpu", "mixed")}
     assert on["cpu"] <= HOST, on["cpu"] - HOST
     assert {"Flip", "Transpose", "Stack", "_conditional__Split", "_conditional__Merge"} <= on["gpu"]
-    if dataset.compressed:
+    # JPEG / JPEG 2000 files and RxRx3-core's JPEG 2000 bytes decoded on the GPU; RxRx3-core's PNG on the host
+    assert (gpu_backend.source.kind == "compressed") == (dataset.compressed or name == "rxrx3-core jpeg2000 16")
+    if gpu_backend.source.kind == "compressed":
         assert on["mixed"] == {"decoders__Image"} and {"Slice", "Cat"} <= on["gpu"]
         assert "MaefastCompressedImage" in on["cpu"]
         if dataset.illumination == "illum":  # divided, rounded, clipped and cast back to integers on the GPU
             assert {"_ArithmeticGenericOp", "Cast"} <= on["gpu"] and "MaefastIllumination" in on["cpu"]
     else:
         assert not on["mixed"] and on["cpu"] & READERS
-    cpu = set(DaliBackend(dataset, CROP, CROPS, BATCH, True).operators(batches))
+    cpu_backend = DaliBackend(dataset, CROP, CROPS, BATCH, True)
+    cpu = set(cpu_backend.operators(batches))
     assert {where for _, where in cpu} == {"cpu"}
-    if not dataset.compressed:  # maefast's readers flip and rotate in their copy: no DALI operator does
+    if cpu_backend.source.kind != "compressed":  # maefast's operators flip and rotate in their copy: no DALI one does
         assert not {"Flip", "Transpose"} & {op for op, _ in cpu}
 
 
@@ -194,3 +203,46 @@ def test_gpu_batches_are_handed_over_without_a_copy_and_survive_a_host_running_a
         del pixels, outputs
     torch.cuda.synchronize()
     assert [float(s) for s in sums] == expected
+
+
+def test_rxrx3_core_gpu_graph_checks_jpeg2000_bytes_before_its_decoder_and_names_them_alike(tmp_path):
+    """RxRx3-core's JPEG 2000 bytes in the GPU pipeline's graph (run on the host): checked by maefast's operator
+    (csrc/decode/jpeg2000.h, the parser of every path) before DALI's decoder sees them, refused or skipped with
+    the PyTorch loader's reasons and paths (shard#row); one that passes the checks but that the decoder fails on
+    is named with the host decoder's reason; the others give the PyTorch loader's pixels."""
+    from tests.data.crafted import jpeg2000_bytes, jpeg2000_claiming, rxrx3_core_screen, textured_image
+    rng = np.random.default_rng(7)
+    image = textured_image(rng, (CROP, CROP), np.uint8)
+    jp2, j2k = jpeg2000_bytes(image), jpeg2000_bytes(image, codecformat="j2k")
+    cod = jp2.index(b"\xff\x52", jp2.index(b"\xff\x4f\xff\x51"))
+    files = [jpeg2000_bytes(textured_image(rng, (CROP, CROP), np.uint8)) for _ in range(3)] + [
+        j2k, jpeg2000_claiming(jp2, 20000, 20000), jp2[:len(jp2) // 2], j2k[:-2],
+        jp2[:cod + 9] + bytes([40]) + jp2[cod + 10:],  # 40 decomposition levels: passes the checks, not OpenJPEG
+        b"GIF89a" + bytes(100)]
+    dataset = open_dataset(rxrx3_core_screen(tmp_path / "core", files))
+    tiles = list(TilePlan(len(dataset), dataset.image_shape, BATCH, CROP).batches())
+    outcomes = {}
+    for name, run in (("torch", None), ("cpu", CPU_PIPELINE), ("gpu graph", GPU_GRAPH_ON_CPU)):
+        if run is None:
+            loader = make_tile_loader(dataset, BATCH, CROP, backend="torch", on_error="skip", num_workers=0)
+            read_ = [(batch["ids"], batch["pixels"].numpy()) for batch in loader]
+            skipped = loader.skipped
+        else:
+            backend = DaliBackend(dataset, CROP, 1, BATCH, False, on_error="skip", placement=run)
+            assert backend.source.kind == ("compressed" if run is GPU_GRAPH_ON_CPU else "decoded")
+            read_, skipped = [], []
+            for batch, pixels, refused in backend.run(tiles):
+                read_.append(([dataset.ids[row] for row in batch.images], pixels.numpy().copy()))
+                skipped += refused
+        outcomes[name] = ({i: p for ids, pixels in read_ for i, p in zip(ids, pixels)},
+                          sorted((s["id"], s["path"], s["kind"], s["reason"]) for s in skipped))
+    pixels, refusals = outcomes["torch"]
+    assert len(pixels) == 4 and len(refusals) == 5
+    assert any("truncated JPEG 2000 codestream (no end-of-codestream marker)" in r[3] for r in refusals)
+    assert any(r[3].startswith("corrupt JPEG 2000 image (OpenJPEG") for r in refusals)
+    for name in ("cpu", "gpu graph"):
+        got_pixels, got_refusals = outcomes[name]
+        assert got_refusals == refusals, name
+        assert sorted(got_pixels) == sorted(pixels), name
+        for image_id, expected in pixels.items():
+            np.testing.assert_array_equal(got_pixels[image_id], expected, err_msg=f"{name} {image_id}")

@@ -21,15 +21,20 @@ from maefast.data import ImageReadError, make_tile_loader, open_dataset
 from maefast.data.check import check_dataset
 from maefast.data.decode import apply_illumination
 from maefast.data.packed import pack_dataset
+from maefast.data.torch_backend import ImageReader
+from maefast.io import read_json
 from tests.data.crafted import (
     LONG,
     SHORT,
     encode_png,
     interlaced_png,
+    jpeg2000_bytes,
+    jpeg2000_claiming,
     jump_screen,
     npy_bytes,
     pillow_bytes,
     png_stream_bytes,
+    rxrx3_core_screen,
     rxrx_screen,
     textured_image,
     tiff_bytes,
@@ -263,6 +268,66 @@ def test_packed_shards_and_index_rows(tmp_path):
             expected = np.load(shards[shard])[table.at[row, "row"]]
             np.testing.assert_array_equal(got[1][0], expected)
     assert len(checked) == len(reasons) + 2
+
+
+def test_rxrx3_core_images(tmp_path):
+    """RxRx3-core's encoded channel images (rows of a parquet shard): JPEG 2000 checked against the spec before
+    imagecodecs decodes it, PNG through maefast's reader, each refusal named alike by every path."""
+    rng = np.random.default_rng(5)
+    image = textured_image(rng, (SIZE, SIZE), np.uint8)
+    clean = [jpeg2000_bytes(textured_image(rng, (SIZE, SIZE), np.uint8)) for _ in range(4)]
+    jp2, j2k = jpeg2000_bytes(image), jpeg2000_bytes(image, codecformat="j2k")
+    codestream = jp2.index(b"\xff\x4f\xff\x51")
+    cod = jp2.index(b"\xff\x52", codestream)  # COD: FF52, Lcod, Scod, SGcod (4 bytes), decomposition levels, ...
+    forty_levels = jp2[:cod + 9] + bytes([40]) + jp2[cod + 10:]
+    packets = jp2.index(b"\xff\x93", codestream) + 2  # after SOD: the packets of the one tile
+    rows = b"".join(b"\0" + row.tobytes() for row in image)
+    cases = {
+        "JP2": (jp2, image),
+        "raw codestream": (j2k, image),
+        "PNG": (pillow_bytes(image), image),
+        "header claims 20000x20000": (jpeg2000_claiming(jp2, 20000, 20000),
+                                      ("format", r"expected 32x32 uint8, one page, found 20000x20000 uint8")),
+        "truncated JP2": (jp2[:len(jp2) // 2], ("unreadable", r"truncated JP2 \(box 'jp2c' of \d+ bytes runs past "
+                                                              r"the end of the file\)")),
+        "truncated codestream": (j2k[:-40], ("unreadable", r"truncated JPEG 2000 codestream: tile-part of tile 0 "
+                                                           r"\(\d+ bytes at byte \d+\) runs past the end of the "
+                                                           r"\d+-byte codestream")),
+        "no end of codestream": (j2k[:-2], ("unreadable", r"truncated JPEG 2000 codestream \(no end-of-codestream "
+                                                          r"marker\)")),
+        "corrupt main header": (forty_levels, ("unreadable", r"corrupt JPEG 2000 image \(OpenJPEG: opj_read_header "
+                                                             r"failed\)")),
+        "corrupt packets": (jp2[:packets] + b"\xff" * 40 + jp2[packets + 40:],
+                            ("unreadable", r"corrupt JPEG 2000 image \(OpenJPEG: opj_decode or opj_end_decompress "
+                                           r"failed\)")),
+        "12 bits": (jpeg2000_bytes(image.astype(np.uint16) * 16, bitspersample=12),
+                    ("format", r"expected 32x32 uint8, one page, found 32x32 uint16")),
+        "3 components": (jpeg2000_bytes(np.stack([image] * 3, -1)),
+                         ("format", r"expected 32x32 uint8, one page, found 32x32x3 uint8")),
+        "PNG bomb": (png_stream_bytes(image, zlib.compress(rows * 64)),
+                     ("unreadable", r"deflate stream decodes to more bytes than the image holds")),
+        "interlaced PNG": (interlaced_png(image),
+                           ("format", r"interlaced PNG is not supported \(re-save without interlacing\)")),
+        "GIF": (b"GIF89a" + bytes(100), ("format", r"expected a JPEG 2000 or PNG image")),
+    }
+    files, positions = screen_of(cases, clean)
+    root = rxrx3_core_screen(tmp_path / "core", files)
+    outcome, checked = read_by_every_path(root)
+    dataset = open_dataset(root)
+    assert_cases(outcome, dataset, cases, positions)
+    shard = str((root / "data" / "train-00000-of-00001.parquet").resolve())
+    refused = [name for name, (_, expected) in cases.items() if not isinstance(expected, np.ndarray)]
+    assert {path for path, _, _ in checked} == {f"{shard}#{positions[name]}" for name in refused}
+    # data pack, the fourth path: skips the same images for the same reasons, packs the others' pixels
+    packed = pack_dataset(dataset, tmp_path / "packed", on_error="skip", shard_images=16, progress=False)
+    skipped = {(e["path"], e["reason"]) for entry in read_json(packed / "manifest.json")["shards"].values()
+               for e in entry["skipped"]}
+    assert skipped == {(path, reason) for path, _, reason in checked}
+    repacked = open_dataset(packed)
+    assert not any(c.startswith(("shard_", "row_")) for c in repacked.table.columns)
+    images = ImageReader(repacked)
+    for row, image_id in enumerate(repacked.ids):
+        np.testing.assert_array_equal(images.read_image(row)[0], outcome[image_id][1][0, 0], err_msg=image_id)
 
 
 def test_raise_names_the_first_bad_image_on_both_loaders(tmp_path):

@@ -71,3 +71,33 @@ def test_the_jump_layout_in_compressed_codecs(tmp_path):
             np.testing.assert_array_equal(read_channel(b), read_channel(a))
     with pytest.raises(ValueError, match="codec jpeg writes 8-bit images"):
         synth_screen(tmp_path / "bad", layout="jump", codec="jpeg", bit_depth=16)
+
+
+def test_compounds_mimic_their_targets_with_the_dose(tmp_path):
+    from maefast.data.synthetic import design_compounds
+    sites, genes = design_screen(num_genes=20, replicates=2, num_plates=2, num_experiments=1, controls_per_plate=4,
+                                 sites_per_well=1, seed=4, num_compounds=5, concentrations=(0.1, 1.0, 10.0))
+    compounds = design_compounds(genes, 5, (0.1, 1.0, 10.0), seed=4)
+    treated = sites[sites["compound"].notna()]
+    assert len(treated) == 5 * 3 * 2 and set(treated["concentration"]) == {0.1, 1.0, 10.0}
+    assert treated.groupby(["compound", "concentration"])["plate"].nunique().eq(2).all()  # replicates on 2 plates
+    assert sites.loc[sites["compound"].isna(), "perturbation"].equals(sites.loc[sites["compound"].isna(), "gene"])
+    effects = genes.set_index("gene").drop(columns="complex")
+    for _, rows in compounds.groupby("compound"):
+        vectors = rows.set_index("concentration")[effects.columns]
+        norms = np.linalg.norm(vectors.to_numpy(), axis=1)
+        assert np.all(np.diff(norms) > 0)  # stronger at higher doses
+        targets = rows["targets"].iloc[0].split()
+        if targets:  # mimics the mean of its targets' knockouts
+            target = effects.loc[targets].mean().to_numpy()
+            cosine = vectors.iloc[-1].to_numpy() @ target / (norms[-1] * np.linalg.norm(target))
+            assert cosine > 0.85
+    assert (compounds.drop_duplicates("compound")["targets"] == "").sum() == 1  # one decoy in five
+    out = synth_screen(tmp_path / "screen", layout="rxrx", num_genes=6, replicates=1, num_plates=1,
+                       num_experiments=1, controls_per_plate=2, sites_per_well=1, size=32, channels=2,
+                       num_compounds=2, concentrations=(1.0, 5.0), workers=1, progress=False)
+    table = open_dataset(out).table
+    assert set(table["perturbation"]) >= {"CMPD-001", "CMPD-002", "EMPTY"}
+    assert sorted(table["concentration"].dropna().unique()) == [1.0, 5.0]
+    pairs = pd.read_csv(out / "compound_targets.csv")
+    assert list(pairs.columns) == ["compound", "gene"] and set(pairs["gene"]) <= set(table["perturbation"])

@@ -86,6 +86,29 @@ def test_flags_win_over_set_and_bad_values_are_named(captured, capsys):
     assert embed_config({"checkpoint": "c", "data": "d", "workers": 0}).workers == 0  # 0: read in this process
 
 
+def test_blocks_is_a_config_value_set_the_same_way_everywhere(captured, capsys):
+    """--blocks, maefast.embed(blocks=...) and --set blocks=... give the same typed EmbedConfig.blocks."""
+    for written, expected in [("all", "all"), ("last", "last"), ("8,12,-1", [8, 12, -1]), ("5", [5])]:
+        captured.clear()
+        assert main(["embed", "--checkpoint", "c", "--data", "d", "--out", "o", "--blocks", written]) == 0
+        assert main(["embed", "--checkpoint", "c", "--data", "d", "--out", "o", "--set", f"blocks={written}"]) == 0
+        maefast.embed("c", "d", "o", blocks=written)
+        maefast.embed("c", "d", "o", blocks=expected)
+        assert [config.blocks for config in captured] == [expected] * 4, written
+    captured.clear()
+    assert main(["embed", "--checkpoint", "c", "--data", "d", "--out", "o", "--set", "blocks=[2, 3]"]) == 0
+    maefast.embed("c", "d", "o", blocks=None)
+    assert [config.blocks for config in captured] == [[2, 3], None]
+    for setting, message in [("blocks=first", "blocks must be all or last or block indices"),
+                             ("blocks=[]", "blocks must be all or last or block indices"),
+                             ("blocks=[1.5]", "blocks=[1.5] must be")]:
+        assert main(["embed", "--checkpoint", "c", "--data", "d", "--out", "o", "--set", setting]) == 2
+        assert message in capsys.readouterr().err, setting
+    with pytest.raises(SystemExit):
+        main(["embed", "--checkpoint", "c", "--data", "d", "--out", "o", "--blocks", "8,twelve"])
+    assert "expected all or last or block indices such as 8,12,16, got '8,twelve'" in capsys.readouterr().err
+
+
 def test_a_job_saves_its_config_and_resolves_its_checkpoint_once(screen, tmp_path, monkeypatch):
     torch.manual_seed(0)
     run = tmp_path / "run"  # a training run's folder: its encoder/ embeds
@@ -124,7 +147,7 @@ def test_a_job_folder_of_an_earlier_version_resumes(screen, tmp_path):
     options = dict(shard_size=8, compile=False, show_progress=False)
     first = maefast.embed(weights, screen, out, **options)
     record = json.loads((out / "job.json").read_text())
-    assert record["compile"] is False
+    assert record["compile"] is False and "blocks" not in record  # a job without blocks records as before
     (out / "job.json").write_text(json.dumps({**record, "compile": "off"}))  # as maefast wrote it before
     (out / "shards" / "shard-00001.parquet").unlink()
     (out / "manifest.json").unlink()

@@ -159,3 +159,49 @@ def test_one_embedding_job_per_output_directory(screen, checkpoint, tmp_path, ca
         holder.kill()
         holder.wait()
     assert f"is in use by another maefast job (test holder, pid {holder.pid}" in capsys.readouterr().err
+
+
+def test_blocks_in_one_pass_match_embed_blocks_and_resume(screen, checkpoint, tmp_path, monkeypatch):
+    from maefast.models.vit import VisionTransformer
+    common = ["embed", "--checkpoint", str(checkpoint), "--data", str(screen), "--shard-size", "5",
+              "--batch-size", "3", "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "final")]) == 0
+    forwards = []
+    original = VisionTransformer.forward_intermediates
+    monkeypatch.setattr(VisionTransformer, "forward_intermediates",
+                        lambda self, *a, **k: forwards.append(1) or original(self, *a, **k))
+    assert main([*common, "--out", str(tmp_path / "blocks"), "--blocks", "all"]) == 0
+    dataset = open_dataset(screen)
+    # one forward per 12 tiles (3 images of 4 tiles) of each 5-image shard, not one per block
+    shards = [min(5, len(dataset) - start) for start in range(0, len(dataset), 5)]
+    assert len(forwards) == sum(-(-4 * images // 12) for images in shards)
+    sites, final = read_job(tmp_path / "blocks"), read_job(tmp_path / "final")
+    assert list(sites["block"]) == [0, 1] * len(dataset) and list(sites["id"][::2]) == list(dataset.ids)
+    last = sites[sites["block"] == 1].filter(like="feature_").to_numpy()
+    np.testing.assert_allclose(last, final.filter(like="feature_").to_numpy(), rtol=1e-5, atol=1e-6)
+    # block 0 by hand: the mean over one site's tiles of embed_blocks
+    encoder = maefast.from_pretrained(checkpoint).eval()
+    record = dataset.table.iloc[3]
+    image = np.stack([read_channel(record[f"file_{c}"]) for c in ["Mito", "DNA", "RNA"]])
+    tiles = torch.from_numpy(image).unfold(1, 64, 64).unfold(2, 64, 64).permute(1, 2, 0, 3, 4).reshape(4, 3, 64, 64)
+    with torch.no_grad():
+        expected = encoder.embed_blocks(tiles.contiguous(), [0])[:, 0].mean(0)
+    got = sites[(sites["id"] == record["id"]) & (sites["block"] == 0)].filter(like="feature_").to_numpy()[0]
+    torch.testing.assert_close(torch.tensor(got), expected, rtol=1e-4, atol=1e-5)
+    wells = read_job(tmp_path / "blocks", level="well")
+    assert len(wells) == len(dataset) and sorted(wells["block"].unique()) == [0, 1]
+    # resumes (a shard removed is recomputed the same), refuses other blocks in the same folder
+    shard = tmp_path / "blocks" / "shards" / "shard-00001.parquet"
+    before = pd.read_parquet(shard)
+    shard.unlink()
+    (tmp_path / "blocks" / "manifest.json").unlink()
+    assert main([*common, "--out", str(tmp_path / "blocks"), "--blocks", "all"]) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(shard), before)
+    # job.json holds the resolved indices: the same blocks written another way are the same job
+    assert json.loads((tmp_path / "blocks" / "job.json").read_text())["blocks"] == [0, 1]
+    assert maefast.embed(checkpoint, screen, tmp_path / "blocks", blocks="0,-1", batch_size=3, shard_size=5,
+                         show_progress=False)["complete"]
+    with pytest.raises(UserInputError, match="blocks"):
+        maefast.embed(checkpoint, screen, tmp_path / "blocks", blocks="last", show_progress=False)
+    with pytest.raises(UserInputError, match="block 7 does not exist"):
+        maefast.embed(checkpoint, screen, tmp_path / "other", blocks=[7], show_progress=False)

@@ -18,25 +18,33 @@ def tiles(count: int) -> torch.Tensor:
     return random_pixels(count, 3, 32, torch.uint16)
 
 
-def pooled_encoder() -> PooledEncoder:
+def pooled_encoder(blocks: list[int] | None = None) -> PooledEncoder:
     torch.manual_seed(0)
-    encoder = create_model("vit_debug_patch8_64", img_size=32, in_chans=3)
-    return PooledEncoder(encoder, pool="mean", per_channel=False, setup=CPU)
+    # no layer scale: at its initial 1e-4 every block would pass its input on nearly unchanged
+    encoder = create_model("vit_debug_patch8_64", img_size=32, in_chans=3, init_values=None)
+    return PooledEncoder(encoder, pool="mean", per_channel=False, setup=CPU, blocks=blocks)
 
 
-def embedder(compile: bool) -> TileEmbedder:
-    return TileEmbedder(pooled_encoder(), 6, compile)
+def embedder(compile: bool, blocks: list[int] | None = None) -> TileEmbedder:
+    return TileEmbedder(pooled_encoder(blocks), 6, compile)
 
 
 @pytest.mark.slow
-def test_compiled_padded_batches_give_the_eager_features():
-    eager, compiled = embedder(False), embedder(True)
+@pytest.mark.parametrize("blocks", [None, [0, 1]])
+def test_compiled_padded_batches_give_the_eager_features(blocks):
+    """Block-wise too: one graph gives every chosen block's features (compiled by default on CUDA)."""
+    eager, compiled = embedder(False, blocks), embedder(True, blocks)
+    shape = (64,) if blocks is None else (len(blocks), 64)
     for count in (6, 4, 1):  # a full batch, then smaller ones that are padded to 6 tiles
         pixels = tiles(count)
         expected = eager(pixels)
         got = compiled(pixels)
-        assert got.shape == (count, 64) and got.dtype == torch.float32
+        assert got.shape == (count, *shape) and got.dtype == torch.float32
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    if blocks is not None:  # the last block's is the final embedding, block 0's another
+        final = embedder(False)(pixels)
+        torch.testing.assert_close(got[:, -1], final, rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(got[:, 0], final, rtol=1e-2, atol=1e-3)
 
 
 def never_called():

@@ -1,4 +1,6 @@
 """relationship_recall and the chunked all-pairs scan against brute-force computations."""
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -102,6 +104,24 @@ def test_load_relationships_is_unordered_and_unique():
         assert len(pairs) > 1000
         assert (pairs["entity1"] < pairs["entity2"]).all()
         assert not pairs.duplicated().any()
+
+
+def test_a_relationship_file_is_read_once_per_version(tmp_path, monkeypatch):
+    """Many maps scored against one source read it once; a file rewritten since is read again, and a caller
+    changing its table changes no one else's."""
+    import maefast.evaluate.relationships as relationships
+    reads = []
+    original = relationships.read_table
+    monkeypatch.setattr(relationships, "read_table", lambda *a, **k: reads.append(a[0]) or original(*a, **k))
+    path = tmp_path / "pairs.csv"
+    pd.DataFrame({"entity1": ["B", "C"], "entity2": ["A", "D"]}).to_csv(path, index=False)
+    first = load_relationships(path)
+    first.loc[0, "entity1"] = "changed by a caller"
+    assert load_relationships(str(path)).values.tolist() == [["A", "B"], ["C", "D"]] and len(reads) == 1
+    pd.DataFrame({"entity1": ["E", "C"], "entity2": ["F", "D"]}).to_csv(path, index=False)
+    version = path.stat()
+    os.utime(path, ns=(version.st_atime_ns, version.st_mtime_ns + 10**9))  # a later write, whatever the clock
+    assert load_relationships(path).values.tolist() == [["E", "F"], ["C", "D"]] and len(reads) == 2
 
 
 def test_structured_map_recalls_more_than_random(tmp_path):
