@@ -7,8 +7,9 @@
 
 Layouts (one synthetic screen, the same sites in each; or --data DIR for one existing data set): png (the RxRx
 layout), tiff (the JUMP layout), packed (`maefast data pack` of the PNG screen), jpeg2000 (JUMP table of
-lossless .jp2 files) and jpeg (JUMP table of 8-bit .jpg files, quality 90). Loaders: torch (the DataLoader with
-maefast's readers, Pillow for JPEG / JPEG 2000), dali-cpu (every DALI stage on the host; on a GPU the finished
+lossless .jp2 files), rxrx3-core (RxRx3-core's parquet shards of lossless JPEG 2000 rows) and jpeg (JUMP table of
+8-bit .jpg files, quality 90). Loaders: torch (the DataLoader with maefast's readers, Pillow for JPEG, imagecodecs
+for JPEG 2000), dali-cpu (every DALI stage on the host; on a GPU the finished
 crops are moved there) and dali-gpu (the GPU pipeline: JPEG / JPEG 2000 decoded by nvJPEG / nvJPEG2000, crops
 flipped and stacked on the GPU, handed over without a copy). DALI threads = DataLoader worker processes
 (--workers, default every core on a GPU machine, 2 on --quick).
@@ -17,10 +18,11 @@ Each (layout, loader): one warm-up epoch (pipelines built, workers started), the
 have passed; crops/s counts the crops delivered on the loader's device (a CUDA synchronize ends the timing);
 cores = CPU seconds of the process and its worker processes over the wall seconds of the timed epochs.
 Summaries, the targets of issue 25 (benchmarks/RESULTS.md): packed, dali-gpu crops/s (target >= 8,000 with 16
-host cores); jpeg2000, dali-gpu against the strongest CPU decode in the same run (dali-cpu or torch, target >=
-3x). On a CPU: DALI against the PyTorch fallback per layout. The decode micro-benchmark times PNG decoders
-(maefast's inflate and PNG decoder, libdeflate's, zlib's, Pillow's, DALI's CPU one) and JPEG 2000 decoders
-(Pillow, DALI CPU, DALI GPU) on one 512 x 512 channel: the fastest call of many, decoders taking turns.
+host cores); jpeg2000 and rxrx3-core, dali-gpu against the strongest CPU decode in the same run (dali-cpu or
+torch, target >= 3x). On a CPU: DALI against the PyTorch fallback per layout. The decode micro-benchmark times
+PNG decoders (maefast's inflate and PNG decoder, libdeflate's, zlib's, Pillow's, DALI's CPU one) and JPEG 2000
+decoders (Pillow, imagecodecs, DALI CPU, DALI GPU) on one 512 x 512 channel: the fastest call of many, decoders
+taking turns.
 """
 from __future__ import annotations
 
@@ -36,7 +38,9 @@ import torch
 from benchmarks import common
 from maefast.errors import installed
 
-LAYOUTS = ("packed", "jpeg2000", "png", "tiff", "jpeg")  # the targets' layouts first: a time limit cuts the last
+# the targets' layouts first: a time limit cuts the last
+LAYOUTS = ("packed", "jpeg2000", "rxrx3-core", "png", "tiff", "jpeg")
+JPEG2000_LAYOUTS = ("jpeg2000", "rxrx3-core")  # the JPEG 2000 target's: per-channel files, RxRx3-core's shards
 CODECS = {"tiff": "tiff", "jpeg2000": "jpeg2000", "jpeg": "jpeg"}  # the JUMP layout's channel files
 
 
@@ -92,6 +96,8 @@ def measure(dataset, backend: str, args, device: torch.device, workers: int, pre
     seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     if dataset.layout == "packed":
         read = crops * dataset.dtype.itemsize * len(dataset.channels) * args.crop * args.crop
+    elif dataset.layout == "rxrx3-core":  # its parquet shards' bytes per site, for each site read
+        read = sum(os.path.getsize(p) for p in set(dataset.files_read())) / len(dataset) * len(images)
     else:
         read = sum(os.path.getsize(p) for row in images for p in dataset.channel_files(row))
     return dict(crops_per_s=round(crops / seconds, 1), mb_read_per_s=round(read / seconds / 1e6, 1),
@@ -114,6 +120,9 @@ def screens(folder: Path, args):
             dataset = open_dataset(synth_screen(folder / "png", layout="rxrx", bit_depth=args.bit_depth, **design))
             if layout == "packed":
                 dataset = open_dataset(pack_dataset(dataset, folder / layout, workers=args.workers, progress=False))
+        elif layout == "rxrx3-core":  # the screen's sites as lossless JPEG 2000 rows of parquet shards
+            dataset = open_dataset(synth_screen(folder / layout, layout=layout, codec="jpeg2000",
+                                                bit_depth=args.bit_depth, **design))
         else:
             bits = 8 if layout == "jpeg" else args.bit_depth
             dataset = open_dataset(synth_screen(folder / layout, layout="jump", codec=CODECS[layout], bit_depth=bits,
@@ -159,12 +168,13 @@ def summarize(rec: common.Recorder, results: dict, device: torch.device, args) -
         rec.emit(kind="summary", case="packed", backend="dali-gpu", unit="crops/s", value=value, target=8000,
                  baseline=baseline, vs="torch", cores=results.get(("packed", "dali-gpu"), {}).get("cores"),
                  ratio=round(value / baseline, 3) if value and baseline else None, **settings)
-        cpu = {backend: rate("jpeg2000", backend) for backend in ("dali-cpu", "torch") if rate("jpeg2000", backend)}
-        strongest = max(cpu, key=cpu.get) if cpu else None
-        value = rate("jpeg2000", "dali-gpu")
-        rec.emit(kind="summary", case="jpeg2000", backend="dali-gpu", unit="crops/s", value=value,
-                 baseline=cpu.get(strongest), vs=f"{strongest} (CPU decode)", target=3.0,
-                 ratio=round(value / cpu[strongest], 3) if value and strongest else None, **settings)
+        for layout in JPEG2000_LAYOUTS:
+            cpu = {backend: rate(layout, backend) for backend in ("dali-cpu", "torch") if rate(layout, backend)}
+            strongest = max(cpu, key=cpu.get) if cpu else None
+            value = rate(layout, "dali-gpu")
+            rec.emit(kind="summary", case=layout, backend="dali-gpu", unit="crops/s", value=value,
+                     baseline=cpu.get(strongest), vs=f"{strongest} (CPU decode)", target=3.0,
+                     ratio=round(value / cpu[strongest], 3) if value and strongest else None, **settings)
         return
     for layout in args.layouts:
         value, baseline = rate(layout, "dali-cpu"), rate(layout, "torch")
@@ -259,6 +269,9 @@ def decode_benchmark(size: int = 512, calls: int = 100, cuda: bool = False) -> d
                     "maefast png": (lambda: _C.decode_png(png), 1),  # noqa: B023
                     "pillow png": (lambda: np.asarray(Image.open(io.BytesIO(png))), 1),  # noqa: B023
                     "pillow jpeg2000": (lambda: np.asarray(Image.open(io.BytesIO(jp2))), 1)}  # noqa: B023
+        if installed("imagecodecs"):  # the torch loader's JPEG 2000 decoder (maefast.data.decode.decode_jpeg2000)
+            import imagecodecs
+            decoders["imagecodecs jpeg2000"] = (lambda: imagecodecs.jpeg2k_decode(jp2, numthreads=1), 1)  # noqa: B023
         try:
             import deflate
             assert deflate.zlib_decompress(stream, raw_size) == zlib.decompress(stream)

@@ -42,11 +42,11 @@ stamp() { echo "[gpu_suite +$(( $(date +%s) - start ))s] $*"; }
 # expected seconds of each step on a fresh H100 / H200 with empty caches (the 2026-12-02 review's estimates,
 # with regional compilation; the headline's own parts: benchmarks/headline.py EXPECTED_S; the loader's steps:
 # issue 25's estimates: DALI's 240 MB of wheels installed, a compiled ViT-L/8 measured on random tensors when
-# --compare has no figure, 2 x 150 steps of `maefast train` with their screens, 5 layouts x 3 loaders)
+# --compare has no figure, 2 x 150 steps of `maefast train` with their screens, 6 layouts x 3 loaders)
 declare -A EXPECTED=([install]=40 [headline]=345 [archive]=15
                      [bench_train_camae]=120 [bench_attention]=60 [fp8_quality]=240 [tests]=220
                      [bench_tokenize]=30 [bench_unshuffle]=15 [bench_mae_loss]=25 [dali]=60 [tests_loader]=60
-                     [bench_train_e2e]=300 [bench_loader]=180)
+                     [bench_train_e2e]=300 [bench_loader]=210)
 FIRST=(install headline)
 REST=(bench_train_camae bench_attention fp8_quality tests bench_tokenize bench_unshuffle bench_mae_loss
       dali tests_loader bench_train_e2e bench_loader)
