@@ -2,30 +2,28 @@
 
 The thin public API:
     create_model, list_models, load_pretrained, save_pretrained, from_pretrained   (models)
+    push_to_hub(model, repo_id)                                                     (Hugging Face Hub)
     configure_attention(model, backend), tune_attention(model, step)               (attention kernels)
     pretrain(recipe, out, overrides)                                                (training)
     embed(checkpoint, data, out, ...)                                               (embedding a screen)
     read_embeddings(path, level), write_embeddings(table, path, format)             (parquet, h5ad, pycytominer)
     build_map(...), relationship_recall(features, sources, thresholds)             (maps and benchmark)
+
+The model functions are imported on first use (maefast.lazy): `import maefast` and the `maefast` command's
+`--help` do not import torch.
 """
 from maefast._source_tree import register_kernels_package
+from maefast.lazy import lazy_attributes
 
 register_kernels_package()
 
-from maefast.models import (  # noqa: E402
-    create_model,
-    from_pretrained,
-    list_models,
-    load_pretrained,
-    save_pretrained,
-)
-
 __version__ = "0.1.0"
-from maefast.models.attention_setup import configure_attention, tune_attention  # noqa: E402
-
-__all__ = ["create_model", "from_pretrained", "list_models", "load_pretrained", "save_pretrained",
-           "configure_attention", "tune_attention", "pretrain", "embed", "read_embeddings", "write_embeddings",
-           "build_map", "relationship_recall", "__version__"]
+MODEL_API = {name: "maefast.models" for name in ("create_model", "from_pretrained", "list_models", "load_pretrained",
+                                                   "save_pretrained", "push_to_hub")}
+MODEL_API.update(configure_attention="maefast.models.attention_setup", tune_attention="maefast.models.attention_setup")
+__all__ = [*MODEL_API, "pretrain", "embed", "read_embeddings", "write_embeddings", "build_map",
+           "relationship_recall", "__version__"]
+__getattr__, __dir__ = lazy_attributes(__name__, MODEL_API)
 
 
 def pretrain(recipe: str = "debug", out: str = "runs/pretrain", overrides: list[str] | None = None,

@@ -14,15 +14,16 @@ import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-import torch
 import yaml
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from maefast.errors import UserInputError
+
+if TYPE_CHECKING:  # imported where used: maefast's command line and configs import this module without torch
+    import pandas as pd
+    import torch
 
 
 def current_umask() -> int:
@@ -57,6 +58,8 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
     """Writes tensors to a safetensors file atomically, with the usual file mode (safetensors writes its own
     temporary file, mode 0600, and renames it); a failed write (a full disk, a file size limit) raises an
     OSError naming the file, as any other failed write does (SafetensorError is not an OSError)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
     with atomic_path(path) as temporary:
         try:
             save_file(tensors, str(temporary), metadata=metadata)
@@ -84,6 +87,7 @@ def read_json(path: str | os.PathLike):
 def read_table(path: str | os.PathLike, **csv_options) -> pd.DataFrame:
     """A .parquet table, or else a CSV (csv_options go to pandas.read_csv); UserInputError naming the file
     when it cannot be parsed."""
+    import pandas as pd
     path = Path(path)
     try:
         return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, **csv_options)
@@ -93,6 +97,8 @@ def read_table(path: str | os.PathLike, **csv_options) -> pd.DataFrame:
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Every tensor of a safetensors file; UserInputError naming the file when it is damaged or truncated."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
     try:
         return load_file(str(path))
     except SafetensorError as error:
@@ -102,6 +108,7 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def check_finite(tensors: dict[str, torch.Tensor], source) -> None:
     """UserInputError naming `source` and its tensors that hold NaN or infinity (weights that would train or
     embed to NaN, with the blame on the images)."""
+    import torch
     bad = [name for name, tensor in tensors.items()
            if tensor.is_floating_point() and tensor.device.type != "meta" and not bool(torch.isfinite(tensor).all())]
     if bad:
@@ -126,6 +133,7 @@ TENSOR, ARRAY, TUPLE, ITEMS = "__tensor__", "__ndarray__", "__tuple__", "__items
 
 def write_state(stem: Path, state) -> None:
     """Writes `state` (nested dicts, lists, tuples of tensors, numpy arrays, numbers, strings, None)."""
+    import torch
     tensors: dict[str, torch.Tensor] = {}
 
     def encode(value):

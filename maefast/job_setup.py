@@ -31,14 +31,13 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from maefast.choices import PRECISIONS
 from maefast.errors import UserInputError
 from maefast.models.attention_setup import configure_attention, tune_attention, tuning_batch
 from maefast.models.families import family_of
 from maefast.models.fp8 import convert_to_fp8
 from maefast.ops.patches import random_pixels
 
-PRECISIONS = ("auto", "bf16", "fp32", "fp8")  # fp8: bf16, and the GEMMs that pay in FP8 (models.fp8)
-COMPILE_CHOICES = ("auto", True, False)
 # what a job writes into its folder: its effective config, and the records of its setup
 JOB_CONFIG_FILE, ATTENTION_FILE, TILE_BATCH_FILE = "config.yaml", "attention.json", "tile_batch.json"
 TILE_BATCH_CANDIDATES = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -67,7 +66,7 @@ class RunSetup:
 
     @classmethod
     def resolve(cls, device: torch.device, precision: str = "auto", compile: str | bool = "auto") -> RunSetup:
-        """precision: one of PRECISIONS; compile: one of COMPILE_CHOICES."""
+        """precision: one of maefast.choices.PRECISIONS; compile: one of maefast.choices.COMPILE_CHOICES."""
         if precision not in PRECISIONS:
             raise UserInputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if compile != "auto" and not isinstance(compile, bool):

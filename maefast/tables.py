@@ -7,10 +7,12 @@ takes the columns that start with the prefix (`feature_columns`), so tables name
 feature_0, feature_1, ...) read as they are. On disk (`FORMATS`):
 
   parquet               the table as it is (maefast's own format; an embedding job's shards)
-  h5ad                  AnnData: X = features (float32), obs = metadata (index: the map's perturbations,
-                        or row numbers), var = feature names. Needs anndata (pip install "maefast[anndata]").
+  h5ad                  AnnData: X = features (float32), obs = metadata, obs_names = the map's perturbations, a
+                        site table's ids or a well table's batch/plate/well (row numbers when none is unique),
+                        var = feature names. Needs anndata (pip install "maefast[anndata]").
   pycytominer-csv       pycytominer / CellProfiler style: metadata columns prefixed `Metadata_`, then the
-  pycytominer-parquet   features under their own names; CSV (gzip when the name ends in .gz) or parquet
+  pycytominer-parquet   features under their own names; CSV (gzip when the name ends in .gz) or parquet. Read
+                        back without the prefix; a column named either way is found (`metadata_column`).
 
 Every file is written to a temporary name and renamed when complete; `read_table` reads each of them back
 into the same table (maefast.embedding.outputs.read_embeddings also reads an embedding job's folder).
@@ -77,6 +79,30 @@ def feature_columns(table: pd.DataFrame, prefix: str = FEATURE_PREFIX, names: Se
     return features
 
 
+def metadata_column(table: pd.DataFrame, name: str) -> str:
+    """The column of `table` that `name` means: itself, or the same column with or without pycytominer's
+    `Metadata_` prefix (a pycytominer file's `Metadata_gene` reads as `gene`, and either name finds it).
+    UserInputError when there is none."""
+    candidates = [name, name.removeprefix(METADATA_PREFIX), METADATA_PREFIX + name]
+    found = next((c for c in candidates if c in table.columns), None)
+    if found is None:
+        raise UserInputError(f"unknown column {name!r}; the columns are {[str(c) for c in table.columns][:12]}")
+    return found
+
+
+def row_names(table: pd.DataFrame) -> pd.Index | None:
+    """What names a table's rows in an AnnData file (obs_names): the map's perturbation index, a site table's `id`,
+    a well table's batch / plate / well joined by "/"; None when no column names every row once."""
+    if named_index(table) is not None:
+        return table.index.astype(str)
+    for columns in (["id"], [c for c in ("batch", "plate", "well") if c in table.columns]):
+        if columns and set(columns) <= set(table.columns):
+            names = pd.Index(table[columns].astype(str).agg("/".join, axis=1))
+            if names.is_unique:
+                return names
+    return None
+
+
 def named_index(table: pd.DataFrame) -> str | None:
     """The index's name when it carries data (a map's perturbations), else None (row numbers)."""
     if isinstance(table.index, pd.RangeIndex) and table.index.name is None:
@@ -107,8 +133,8 @@ def write_h5ad(table, temporary: Path, feature_prefix: str, path: Path) -> None:
     anndata = import_anndata()
     features = feature_columns(table, feature_prefix)
     obs = table.drop(columns=features)
-    index = named_index(table)
-    obs.index = obs.index.astype(str) if index else pd.RangeIndex(len(obs)).astype(str)
+    index, names = named_index(table), row_names(table)
+    obs.index = names if names is not None else pd.RangeIndex(len(obs)).astype(str)
     obs.index.name = index
     obs.columns = [str(c) for c in obs.columns]
     var = pd.DataFrame(index=pd.Index([str(f) for f in features], name="feature"))

@@ -42,6 +42,7 @@ def test_demo_report_states_what_it_computed(tmp_path, capsys):
     for method in LEARNED[:4]:
         line = next(line for line in text.splitlines() if line.startswith(f"- {method}: "))
         assert ("above chance" in line) == (truth.loc[method, "p_value"] < 0.05)
+        assert ("**below chance**" in line) == (truth.loc[method, "p_below"] < 0.05)
         assert ("**at or below the random ViT**" in line) == (truth.loc[method, "recall"] <= random_recall)
     weak = [m for m in LEARNED[:4] if truth.loc[m, "p_value"] >= 0.05 or truth.loc[m, "recall"] <= random_recall]
     assert ("## Why " in text) == bool(weak)
@@ -75,9 +76,10 @@ def test_demo_report_states_what_it_computed(tmp_path, capsys):
     assert sorted((tmp_path / "runs").rglob("model.safetensors")) == checkpoints
 
 
-def summary(recall, p_value, n=40, low=None, high=None):
+def summary(recall, p_value, n=40, low=None, high=None, p_below=None):
     return pd.DataFrame([dict(source=GROUND_TRUTH, n_pairs=n, recall=recall, recall_low=recall - 0.05 if low is None
-                              else low, recall_high=recall + 0.05 if high is None else high, p_value=p_value)])
+                              else low, recall_high=recall + 0.05 if high is None else high, p_value=p_value,
+                              p_below=1.0 - p_value if p_below is None else p_below)])
 
 
 def scored(label, kind, recall, p_value, **bounds):
@@ -99,12 +101,15 @@ def test_verdicts_follow_the_numbers():
                scored("C", "learned", 0.3, 0.001, low=0.2), scored("D", "learned", 0.2, 0.01, low=0.1), *baselines()]
     lines = {line.split(":")[0][2:]: line for line in verdicts(methods, SETTING).splitlines() if line.startswith("- ")}
     assert "**at chance**; **at or below the random ViT** (0.120)" in lines["A"]
+    below = verdicts([scored("E", "learned", 0.035, 0.998, low=0.01, high=0.07, p_below=0.004), *baselines()],
+                     SETTING)  # the MAE: its interval lies below the 0.10 chance level
+    assert "- E: 0.035 [0.01, 0.07], p = 0.998: **below chance** (p of a recall this low = 0.004)" in below
     assert "**at chance**; above the random ViT (0.120) but within reach" in lines["B"]
     assert lines["C"].endswith("above chance; above the random ViT (0.120)")
     assert "above chance; above the random ViT (0.120) but within reach" in lines["D"]
     assert "Random ViT" not in lines  # the baseline is stated once, above the list
     why = explanation(methods, SETTING)
-    assert why.startswith("## Why A, B are at chance") and "C" not in why.splitlines()[0]
+    assert why.startswith("## Why A, B are not above chance or the random baseline") and "C" not in why.splitlines()[0]
     assert "recalls 0.500 (p = 0.001)" in why and "recall 0.300 (p = 0.001)" in why
     assert "Whole-stain brightness carries signal" in why and "still carries signal" in why
     assert "(6 of its 12 phenotype parameters)" in why

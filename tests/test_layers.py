@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {ROOT / "maefast": "maefast", ROOT / "kernels": "maefast.kernels"}
 # lowest first; a module may import its own layer's modules and those of lower layers
 LAYERS = [
-    {"errors", "io", "fields", "lock", "limits", "records", "distributed", "tables", "_source_tree", "_C"},
+    {"errors", "io", "fields", "lock", "limits", "records", "distributed", "tables", "choices", "lazy", "progress",
+     "_source_tree", "_C"},
     {"kernels"},
     {"ops"},
     {"models"},

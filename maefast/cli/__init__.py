@@ -3,14 +3,20 @@ adding its subcommands with `add_commands(subparsers)`; every subcommand sets `f
 
 An error the user can act on (maefast.errors.UserInputError, an image that cannot be read, a file the
 system refuses) is printed as one line with exit code 2, an interrupt (SIGINT) as one line with exit code
-130; `maefast --debug ...` prints its traceback too. Any other exception is a bug and propagates with its
-traceback.
+130; `--debug`, anywhere on the command line, prints its traceback too. Any other exception is a bug and
+propagates with its traceback. A training run stopped by SIGTERM exits with 143 (cli.train.EXIT_PREEMPTED,
+the shell's code for a process ended by SIGTERM) after its checkpoint, so that a scheduler records the job as
+preempted, not done.
+
+Every option's help shows its default. The command modules import what their commands run (torch, the models)
+inside the command functions, so that `maefast --help` and `maefast <command> --help` answer without torch.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import traceback
+import warnings
 
 import maefast
 from maefast.cli import data, demo, embed, evaluate, models, train
@@ -35,14 +41,46 @@ many GPUs: torchrun --nproc-per-node N -m maefast.cli train ...   (and embed)"""
 COMMAND_GROUPS = (models, data, train, embed, evaluate, demo)
 
 
+DEBUG_HELP = "print the full traceback of an error"
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to an option's help unless the help already states its default or the default says
+    nothing (none, false, an empty list, or a default left to the config: argparse.SUPPRESS)."""
+
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], "", argparse.SUPPRESS) or action.required:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class RawDefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultsHelpFormatter):
+    """DefaultsHelpFormatter for a command whose description is laid out by hand."""
+
+
+def subcommand_parsers(parser: argparse.ArgumentParser):
+    """Every parser below `parser` (subcommands of subcommands included)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                yield child
+                yield from subcommand_parsers(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maefast", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=RawDefaultsHelpFormatter)
     parser.add_argument("--version", action="version", version=f"maefast {maefast.__version__}")
-    parser.add_argument("--debug", action="store_true", help="print the full traceback of an error")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in COMMAND_GROUPS:
         group.add_commands(subparsers)
+    for child in subcommand_parsers(parser):
+        raw = issubclass(child.formatter_class, argparse.RawDescriptionHelpFormatter)
+        child.formatter_class = RawDefaultsHelpFormatter if raw else DefaultsHelpFormatter
+        if not child._subparsers:  # a command that runs: --debug after it too (SUPPRESS keeps an earlier one)
+            child.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
 
 
@@ -58,6 +96,9 @@ def one_line(error: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    shown_warning = warnings.formatwarning
+    if not args.debug:  # a warning is one line, as an error is; --debug keeps where it came from
+        warnings.formatwarning = lambda message, *_, **__: f"maefast {args.command}: warning: {one_line(message)}\n"
     try:
         return int(args.func(args) or 0)
     except user_errors() as error:
@@ -71,3 +112,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"maefast {args.command}: interrupted (SIGINT); what was written completely is kept: run the same "
               f"command again to continue", file=sys.stderr)
         return INTERRUPTED
+    finally:
+        warnings.formatwarning = shown_warning

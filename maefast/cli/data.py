@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from maefast.data.decode import ERROR_POLICIES
+from maefast.data.decode import ERROR_POLICIES, skipped_summary
 from maefast.data.layouts import LAYOUTS
 
 
@@ -18,39 +18,42 @@ def add_commands(subparsers) -> None:
                             "encoded channel images and metadata_rxrx3_core.csv, as RxRx3-core is published")
     synth.add_argument("--genes", type=int, default=100, help="number of gene perturbations (from CORUM complexes)")
     synth.add_argument("--replicates", type=int, default=2, help="wells per gene (on different plates)")
-    synth.add_argument("--plates", type=int, default=4)
+    synth.add_argument("--plates", type=int, default=4, help="plates in all (384 wells each)")
     synth.add_argument("--experiments", type=int, default=2, help="experiments (batches); divides --plates")
     synth.add_argument("--controls", type=int, default=16, help="control wells per plate")
     synth.add_argument("--sites", type=int, default=2, help="sites per well")
     synth.add_argument("--size", type=int, default=512, help="site width and height in pixels")
-    synth.add_argument("--channels", type=int, default=6)
+    synth.add_argument("--channels", type=int, default=6,
+                       help="channels per site (the first 6 are Cell Painting's; more are mixtures of them)")
     synth.add_argument("--bit-depth", type=int, choices=(8, 16), default=None, help="default: 8 rxrx, 16 jump")
     synth.add_argument("--codec", choices=("tiff", "jpeg2000", "jpeg", "png"), default=None,
                        help="the channel images' format: jump tiff (default), jpeg2000 (lossless) or jpeg (8-bit); "
                             "rxrx3-core jpeg2000 (default, lossless, as published) or png")
-    synth.add_argument("--effect-size", type=float, default=1.0)
+    synth.add_argument("--effect-size", type=float, default=1.0,
+                       help="scale of each complex's phenotype (0: no perturbation effect)")
     synth.add_argument("--compounds", type=int, default=0,
                        help="compounds that mimic their target genes' knockouts, dose-dependently (writes "
                             "compound_targets.csv, the known pairs of `maefast drug-target`)")
-    synth.add_argument("--concentrations", type=concentration_list, default=(0.1, 1.0, 10.0),
-                       help="compound concentrations in micromolar, comma-separated (default 0.1,1,10)")
+    synth.add_argument("--concentrations", type=concentration_list, default="0.1,1,10",
+                       help="compound concentrations in micromolar, comma-separated")
     synth.add_argument("--complexes", default=None, help="complex table (TSV: name, genes); default CORUM clusters")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--workers", type=int, default=None)
+    synth.add_argument("--seed", type=int, default=0, help="the screen is a pure function of its settings and seed")
+    synth.add_argument("--workers", type=int, default=None, help="rendering processes (default: up to 2)")
     synth.set_defaults(func=synth_command)
 
     check = commands.add_parser("check", help="validate a dataset (files, sizes, dtypes, ids, metadata)")
     _dataset_arguments(check)
-    check.add_argument("--workers", type=int, default=2)
+    check.add_argument("--workers", type=int, default=2, help="threads decoding files")
     check.add_argument("--json", default=None, help="also write the full report to this JSON file")
     check.set_defaults(func=check_command)
 
     pack = commands.add_parser("pack", help="pack a dataset into shards for fast region-of-interest reads")
     _dataset_arguments(pack)
-    pack.add_argument("--out", required=True)
-    pack.add_argument("--shard-images", type=int, default=64)
-    pack.add_argument("--on-error", choices=ERROR_POLICIES, default="raise")
-    pack.add_argument("--workers", type=int, default=2)
+    pack.add_argument("--out", required=True, help="folder of the packed data set (resumable)")
+    pack.add_argument("--shard-images", type=int, default=64, help="images per shard file")
+    pack.add_argument("--on-error", choices=ERROR_POLICIES, default="raise",
+                      help="an image that cannot be read: stop, or skip it (listed in the manifest)")
+    pack.add_argument("--workers", type=int, default=2, help="threads decoding files")
     pack.set_defaults(func=pack_command)
 
     info = commands.add_parser("info", help="describe a dataset")
@@ -60,9 +63,11 @@ def add_commands(subparsers) -> None:
 
 def _dataset_arguments(parser) -> None:
     parser.add_argument("path", help="dataset folder or load_data table")
-    parser.add_argument("--layout", choices=("auto", *LAYOUTS), default="auto")
+    parser.add_argument("--layout", choices=("auto", *LAYOUTS), default="auto",
+                        help="the data set's layout (auto: recognized from its files)")
     parser.add_argument("--channels", default=None, help="comma-separated channel names to select, in order")
-    parser.add_argument("--illumination", choices=("raw", "illum"), default="raw")
+    parser.add_argument("--illumination", choices=("raw", "illum"), default="raw",
+                        help="illum: divide JUMP images by their illumination functions")
     parser.add_argument("--allow-outside-root", action="store_true",
                         help="let file paths in the metadata leave the data root (refused by default)")
 
@@ -111,8 +116,10 @@ def pack_command(args) -> int:
     dataset = open_dataset(args.path, args.layout, _channels(args), args.illumination, args.allow_outside_root)
     out = pack_dataset(dataset, args.out, args.shard_images, args.on_error, args.workers)
     manifest = read_json(out / "manifest.json")
-    skipped = sum(len(s["skipped"]) for s in manifest["shards"].values())
-    print(f"packed {len(dataset) - skipped} images into {out}" + (f", skipped {skipped}" if skipped else ""))
+    skipped = [entry for shard in manifest["shards"].values() for entry in shard["skipped"]]
+    print(f"packed {len(dataset) - len(skipped)} images into {out}")
+    if skipped:
+        print(f"maefast data pack: {skipped_summary(skipped, f'{out}/manifest.json')}")
     return 0
 
 
@@ -121,6 +128,9 @@ def info_command(args) -> int:
     dataset = open_dataset(args.path, args.layout, _channels(args), args.illumination, args.allow_outside_root)
     print(dataset.describe())
     table = dataset.table
-    print(f"batches {table['batch'].nunique()}, plates {table['plate'].nunique()}, "
-          f"perturbations {table['perturbation'].nunique()}, control images {int(table['is_control'].sum())}")
+    plates = table.groupby("batch")["plate"].nunique()  # plate numbers repeat in every experiment (batch)
+    fewest, most = plates.min(), plates.max()
+    per_batch = f"{fewest}" if fewest == most else f"{fewest} to {most}"
+    print(f"batches {len(plates)}, plates {int(plates.sum())} ({per_batch} per batch), perturbations "
+          f"{table['perturbation'].nunique()}, control images {int(table['is_control'].sum())}")
     return 0

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from maefast.choices import DEVICES
+
 DESCRIPTION = """\
 Renders a synthetic Cell-Painting-like screen whose genes share a phenotype by CORUM complex, trains an MAE,
 a CA-MAE, a masked U-Net and a weakly supervised ViT on it, embeds it with each (and with hand-crafted
@@ -41,8 +43,9 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--steps", type=int, default=None,
                         help="training steps per system instead of the setting's (600 default, 60 --fast, "
                              "3,000 --gpu); a new --out for another value")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the screen and the training runs (a new --out for another value)")
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="auto: CUDA when there is one")
     parser.set_defaults(func=demo_command)
 
 

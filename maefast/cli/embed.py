@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from maefast.data.decode import skipped_summary
 from maefast.embedding.config import BLOCK_NAMES, CHOICES, EmbedConfig, block_selection, embed_config
 from maefast.fields import field_types, parse_value, union_members
 from maefast.tables import FEATURE_PREFIX, FORMATS, LEVELS
@@ -19,12 +20,14 @@ def add_commands(subparsers) -> None:
     parser = subparsers.add_parser("embed", help="embed a data set with a trained encoder",
                                    description="Embed every site of a data set. Many GPUs: torchrun "
                                                "--nproc-per-node N -m maefast.cli embed ...")
-    for setting in dataclasses.fields(EmbedConfig):
+    for setting in (s for s in dataclasses.fields(EmbedConfig) if s.metadata.get("flag", True)):
         add_setting_flag(parser, setting, field_types(EmbedConfig)[setting.name], CHOICES.get(setting.name))
     parser.add_argument("--out", required=True, help="output directory (shards/, wells.parquet, manifest.json)")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                        help="set a config value, e.g. --set tile_batch=256 (repeatable; the flags win)")
-    parser.add_argument("--no-progress", action="store_true")
+                        help="set a config value, e.g. --set tile_batch=256, or an option of the model, e.g. --set "
+                             "model.global_pool=avg (repeatable; the flags win)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar: a plain line every 10 s instead (as when the output is not a terminal)")
     parser.set_defaults(func=embed_command)
     add_export_command(subparsers)
 
@@ -36,7 +39,8 @@ def add_export_command(subparsers) -> None:
     export.add_argument("--embeddings", required=True,
                         help="embedding job folder, folder of parquet shards, or a parquet / .h5ad / .csv[.gz] file")
     export.add_argument("--out", required=True, help="output file (.parquet, .h5ad, .csv or .csv.gz)")
-    export.add_argument("--format", required=True, choices=FORMATS)
+    export.add_argument("--format", required=True, choices=FORMATS,
+                        help="h5ad: AnnData; pycytominer-*: Metadata_ columns, then features; parquet: maefast's")
     export.add_argument("--level", default="site", choices=LEVELS, help="of an embedding job: sites or wells")
     export.add_argument("--feature-prefix", default=FEATURE_PREFIX, help="feature columns start with this")
     export.set_defaults(func=export_command)
@@ -114,6 +118,8 @@ def embed_command(args) -> int:
         state = "complete" if summary["complete"] else f"incomplete (missing shards {summary.get('missing_shards')})"
         print(f"maefast embed: {summary['num_shards']} shards, {state}, "
               f"{summary['crops_per_s']:.1f} crops/s ({summary['tile_batch']} tiles per forward); {args.out}")
+        if summary.get("skipped"):
+            print(f"maefast embed: {skipped_summary(summary['skipped'], f'{args.out}/manifest.json')}")
         for path in summary.get("exports", []):
             print(f"maefast embed: wrote {path}")
     return 0

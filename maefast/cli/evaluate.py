@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from maefast.embedding.baselines import BASELINES
-from maefast.embedding.outputs import read_embeddings
+from maefast.choices import BASELINES
+from maefast.cli.embed import comma_separated
 from maefast.errors import UserInputError
 from maefast.io import atomic_path, write_json_atomic
 from maefast.tables import (
@@ -20,6 +20,7 @@ from maefast.tables import (
     LEVELS,
     feature_columns,
     feature_names,
+    metadata_column,
     read_table,
     write_table,
 )
@@ -37,13 +38,16 @@ def add_map_options(parser, required: bool = True) -> None:
     parser.add_argument("--perturbation-col", required=required, help="metadata column naming the perturbation")
     parser.add_argument("--control", required=required, action="append",
                         help="perturbation label of the control rows (repeat for several labels)")
-    parser.add_argument("--batch-col", help="metadata column of the batch the controls normalize (experiment or "
-                                            "plate)")
+    parser.add_argument("--batch-col", dest="batch_cols", action="extend", type=comma_separated, metavar="COLUMN",
+                        help="metadata column(s) whose combination is the batch: repeat the flag or give a comma "
+                             "list, e.g. --batch-col experiment --batch-col plate (RxRx plate numbers repeat in every "
+                             "experiment); default: all rows one batch")
     parser.add_argument("--feature-prefix", default=FEATURE_PREFIX, help="feature columns start with this")
     parser.add_argument("--pca-components", type=int, default=128,
-                        help="0 skips PCA (capped at the number of features)")
+                        help="PCA components kept (clipped, with a warning, to what the data allows); 0 skips PCA")
     parser.add_argument("--no-tvn", action="store_true", help="skip typical variation normalization")
-    parser.add_argument("--aggregate", choices=("mean", "median"), default="mean")
+    parser.add_argument("--aggregate", choices=("mean", "median"), default="mean",
+                        help="how a perturbation's rows become its map vector")
 
 
 def add_embeddings_options(parser, level: str) -> None:
@@ -83,7 +87,7 @@ def add_commands(subparsers) -> None:
                        help="--magnitude's null from these perturbations (e.g. unexpressed genes), as EFAAR; "
                             "default: a null from the controls")
     build.add_argument("--n-null", type=int, default=1000, help="control sets per replicate count in the null")
-    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--seed", type=int, default=0, help="seed of the consistency null's control sets")
     build.set_defaults(func=map_command)
 
     probe = subparsers.add_parser("probe", help="linear probes of perturbation identity on held-out batches, per "
@@ -95,9 +99,9 @@ def add_commands(subparsers) -> None:
                        help="normalize on the controls first as `maefast map` does (--batch-col, --pca-components, "
                             "--no-tvn); default: the features as they are")
     probe.add_argument("--C", type=float, default=1.0, dest="inverse_regularization",
-                       help="inverse L2 regularization strength of the logistic regression (default 1)")
+                       help="inverse L2 regularization strength of the logistic regression")
     probe.add_argument("--bootstrap", type=int, default=1000, help="resamples of the held-out wells for intervals")
-    probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
     probe.add_argument("--out", required=True, help="directory for probe.csv, probe.json and probe_by_block.png")
     probe.set_defaults(func=probe_command)
 
@@ -113,10 +117,10 @@ def add_commands(subparsers) -> None:
     drug.add_argument("--concentration-col", default="concentration",
                       help="metadata column of the compound concentration (empty for gene knockouts)")
     drug.add_argument("--direction", choices=("both", "positive"), default="both",
-                      help="score pairs by |cosine| (both, default) or by the signed cosine (positive)")
+                      help="score pairs by |cosine| (both) or by the signed cosine (positive)")
     drug.add_argument("--block", type=int, help="of block-wise embeddings: the block to use (default: every block)")
     drug.add_argument("--bootstrap", type=int, default=1000, help="compound resamples for the intervals")
-    drug.add_argument("--seed", type=int, default=0)
+    drug.add_argument("--seed", type=int, default=0, help="seed of the negative draws and the bootstrap")
     drug.add_argument("--out", required=True, help="directory for drug_target.csv, drug_target.json and "
                                                    "drug_target.png")
     drug.set_defaults(func=drug_target_command)
@@ -144,7 +148,8 @@ def add_commands(subparsers) -> None:
     embeddings.add_argument("--holdout-col", help="--pick-block probe: batches held out within the selection "
                                                   "(default --split-col)")
     embeddings.add_argument("--selection-fraction", type=float, default=0.5, help="share of batches for the choice")
-    embeddings.add_argument("--seed", type=int, default=0)
+    embeddings.add_argument("--seed", type=int, default=0, help="seed of the split into selection and "
+                                                                    "evaluation batches")
     embeddings.add_argument("--baseline", action="append", dest="baselines", choices=list(BASELINES),
                             help="add the random-weights encoder (random, needs --checkpoint) or hand-crafted "
                                  "features (handcrafted) of --data as rows; repeatable")
@@ -168,15 +173,15 @@ def add_commands(subparsers) -> None:
 
 
 def map_command(args) -> int:
+    from maefast.embedding.outputs import read_embeddings
     from maefast.evaluate import aggregate_map, normalize_embeddings, perturbation_magnitude, replicate_consistency
-
     table = one_block(read_embeddings(args.embeddings, metadata=args.metadata), args.block, args.embeddings)
     features = feature_columns(table, args.feature_prefix, required=False)
     if not features:
         raise UserInputError(f"{args.embeddings}: no columns start with --feature-prefix {args.feature_prefix!r}")
     options = dict(perturbation_col=args.perturbation_col, control_label=args.control)
     # build_map = normalize_embeddings + aggregate_map; the CLI keeps the normalized rows for consistency
-    normalized = normalize_embeddings(table, **options, batch_col=args.batch_col, feature_cols=features,
+    normalized = normalize_embeddings(table, **options, batch_col=args.batch_cols, feature_cols=features,
                                       pca_components=args.pca_components or None, tvn=not args.no_tvn)
     perturbation_map = aggregate_map(normalized, perturbation_col=args.perturbation_col, method=args.aggregate,
                                      drop_labels=() if args.keep_controls else args.control)
@@ -218,7 +223,7 @@ def map_options(args):
     from maefast.evaluate.blocks import MapOptions
     if not args.perturbation_col or not args.control:
         raise UserInputError("building maps needs --perturbation-col and --control")
-    return MapOptions(perturbation_col=args.perturbation_col, control_label=args.control, batch_col=args.batch_col,
+    return MapOptions(perturbation_col=args.perturbation_col, control_label=args.control, batch_col=args.batch_cols,
                       pca_components=args.pca_components or None, tvn=not args.no_tvn, aggregate=args.aggregate)
 
 
@@ -231,6 +236,7 @@ def labelled(paths: list[str], labels: list[str] | None) -> list[str]:
 
 def embeddings_tables(args, out: Path) -> dict[str, pd.DataFrame]:
     """label -> embeddings (features named by --feature-prefix become feature_*), the baselines added."""
+    from maefast.embedding.outputs import read_embeddings
     tables = {}
     for label, path in zip(labelled(args.embeddings, args.labels), args.embeddings):
         tables[label] = standard_features(read_embeddings(path, level=args.level, metadata=args.metadata),
@@ -328,10 +334,10 @@ def drug_target_command(args) -> int:
 def read_map(path: str | Path, perturbation_col: str | None) -> pd.DataFrame:
     table = read_table(path)
     if perturbation_col is not None:
-        if perturbation_col not in table.columns:
-            raise UserInputError(f"{path}: unknown perturbation column {perturbation_col!r}; "
-                                 f"columns are {list(table.columns)[:10]}")
-        return table.set_index(perturbation_col)
+        try:
+            return table.set_index(metadata_column(table, perturbation_col))
+        except UserInputError as error:
+            raise UserInputError(f"{path}: perturbation column: {error}") from None
     if isinstance(table.index, pd.RangeIndex):
         labels = [c for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
         if len(labels) != 1:  # a pycytominer map's one metadata column is its perturbation
@@ -357,6 +363,8 @@ def benchmark_command(args) -> int:
     sources = args.sources or KNOWN_SOURCES
     min_entities = args.min_entities if args.min_entities is not None else MIN_ENTITIES
     out = Path(args.out)
+    inputs = args.maps or args.embeddings
+    print(f"maefast benchmark: scoring {len(inputs)} input(s) against {', '.join(map(str, sources))}", flush=True)
     if args.maps:
         if args.pick_block or args.baselines:
             raise UserInputError("--pick-block and --baseline need --embeddings (maps hold no blocks or data)")
@@ -374,9 +382,23 @@ def benchmark_command(args) -> int:
                                            seed=args.seed)
     if args.clusters:
         cluster_tables(args, out, maps)
-    print(table.to_string(index=False))
+    print(recall_text(table, thresholds))
     print(f"wrote recall.csv, recall.json, recall_sweep.csv and plots to {out}")
     return 0
+
+
+def recall_text(table: pd.DataFrame, thresholds) -> str:
+    """The benchmark table as printed: per map and source the pairs, and at each threshold pair the recall with
+    its 95% interval over the annotated pairs and the chance level."""
+    shown = table[[column for column in ("map", BLOCK_COLUMN, "source", "n_pairs") if column in table.columns]].copy()
+    for lower, upper in thresholds:
+        column = f"recall_{lower}_{upper}"
+        low, high = table[f"{column}_low"], table[f"{column}_high"]
+        shown[f"recall ({lower}, {upper}) [95% interval]"] = [
+            "-" if pd.isna(value) else f"{value:.3f} [{a:.2f}, {b:.2f}]"
+            for value, a, b in zip(table[column], low, high)]
+        shown[f"chance ({lower}, {upper})"] = table[f"chance_{lower}_{upper}"].map("{:.2f}".format)
+    return shown.to_string(index=False)
 
 
 def cluster_tables(args, out: Path, maps: dict) -> None:

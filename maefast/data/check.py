@@ -9,7 +9,6 @@ refuse, for the same reasons. Returns a CheckReport; nothing is fixed.
 """
 from __future__ import annotations
 
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from maefast.data import rxrx3_core
 from maefast.data.dataset import Dataset
 from maefast.data.decode import ImageReadError, check_shard_row, read_channel, read_illumination, read_shard
 from maefast.data.layouts import detect_layout, read_layout
+from maefast.progress import Progress
 
 KINDS = ("metadata", "duplicate id", "missing", "unreadable", "format")
 CHUNK = 2000  # images decoded per round of the thread pool
@@ -116,17 +116,14 @@ def _decode_all(jobs: list, decode, report: CheckReport, workers: int, progress:
             return error
         return None
 
-    start, done = time.perf_counter(), 0
-    with ThreadPoolExecutor(workers) as pool:
-        for begin in range(0, len(jobs), CHUNK):  # a chunk at a time: a future per image of a whole screen is a lot
-            for error in pool.map(check, jobs[begin:begin + CHUNK]):
-                done += 1
-                report.files = done
-                if error is not None:
-                    report.add(error.kind, error.reason, error.image_id, error.path)
-                if progress and (done % 2000 == 0 or done == len(jobs)):
-                    print(f"check: {done}/{len(jobs)} files, {done / (time.perf_counter() - start):.0f} files/s",
-                          flush=True)
+    with Progress("check", len(jobs), "files", bar=progress, silent=not progress) as shown:
+        with ThreadPoolExecutor(workers) as pool:
+            for begin in range(0, len(jobs), CHUNK):  # a chunk at a time: a future per image of a screen is a lot
+                for done, error in enumerate(pool.map(check, jobs[begin:begin + CHUNK]), begin + 1):
+                    report.files = done
+                    if error is not None:
+                        report.add(error.kind, error.reason, error.image_id, error.path)
+                    shown.update(1)
 
 
 def _check_shards(dataset: Dataset, report: CheckReport) -> None:

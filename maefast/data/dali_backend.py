@@ -206,10 +206,10 @@ class DaliBackend:
         skipped = []
         for row, failure in zip(batch.images, failures):
             if failure is not None:
-                failure["id"] = self.dataset.ids[row]
+                error = ImageReadError(failure["path"], failure["reason"], self.dataset.ids[row], failure["kind"])
                 if self.on_error == "raise":
-                    raise ImageReadError(failure["path"], failure["reason"], failure["id"], failure["kind"])
-                skipped.append(failure)
+                    raise error
+                skipped.append(error.record())
         pixels = self._to_torch(pixels, count)
         if skipped:
             keep = np.array([failure is None for failure in failures])
@@ -221,8 +221,8 @@ class DaliBackend:
     def _without_undecodable(self, batch: Batch, error: RuntimeError) -> tuple[Batch, list]:
         """The batch without the image(s) DALI's decoder failed on, and their errors (ImageReadError with
         on_error="raise"): the sample DALI's message names (a padding sample is the batch's first image), or,
-        where it names none, the images Pillow cannot read either. The reason is Pillow's, as the PyTorch loader
-        gives it; an image Pillow reads is named with DALI's message."""
+        where it names none, the images the host's decoder (the PyTorch loader's) cannot read either. The reason
+        is that decoder's, as the PyTorch loader gives it; an image it reads is named with DALI's message."""
         from maefast.data.torch_backend import ImageReader
         reader, count = ImageReader(self.dataset), len(batch.images)
         named = re.search(r"Failed to decode sample #(\d+)[^\n]*", str(error))
@@ -233,13 +233,12 @@ class DaliBackend:
             try:
                 reader.read_image(row)
             except ImageReadError as refused:
-                failures[index] = dict(id=refused.image_id, path=refused.path, reason=refused.reason,
-                                       kind=refused.kind)
+                failures[index] = refused.record()
                 continue
             if named is not None:
-                failures[index] = dict(id=self.dataset.ids[row], path=self._channel_place(row),
-                                       reason=f"DALI's decoder failed ({named.group(0).strip()}); Pillow reads it",
-                                       kind="unreadable")
+                failures[index] = ImageReadError(self._channel_place(row), f"DALI's decoder failed "
+                                                 f"({named.group(0).strip()}); the host's decoder reads it",
+                                                 self.dataset.ids[row]).record()
         if not failures:
             raise error
         if self.on_error == "raise":

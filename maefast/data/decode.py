@@ -77,6 +77,19 @@ class ImageReadError(UserInputError):
         where = f" (image {image_id})" if image_id is not None else ""
         super().__init__(f"{path}{where}: {reason}")
 
+    def record(self) -> dict:
+        """The skipped image as data (what loaders list in `skipped` and manifests store): id, path, reason, kind."""
+        image_id = self.image_id.item() if isinstance(self.image_id, np.generic) else self.image_id
+        return {"id": image_id, "path": self.path, "reason": self.reason, "kind": self.kind}
+
+
+def skipped_summary(skipped: list[dict], listed_in: str, shown: int = 5) -> str:
+    """What a job that skipped unreadable images (on_error="skip") says about them: how many, the first few with
+    their reasons, and where all are listed."""
+    first = "; ".join(f"{entry['id']} ({entry['reason']})" for entry in skipped[:shown])
+    more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    return f"skipped {len(skipped)} unreadable image(s), all listed in {listed_in}: {first}{more}"
+
 
 @contextmanager
 def reading(path, image_id: str | None = None):

@@ -23,6 +23,7 @@ import warnings
 import numpy as np
 import torch
 
+from maefast.choices import DALI_DEVICES, LOADER_BACKENDS
 from maefast.data.dataset import Dataset
 from maefast.data.decode import check_error_policy
 from maefast.data.plan import TilePlan, TrainPlan
@@ -30,8 +31,6 @@ from maefast.errors import UserInputError, installed
 from maefast.fields import matches
 from maefast.limits import format_bytes, require_memory
 
-BACKENDS = ("auto", "dali", "torch")
-DALI_DEVICES = ("auto", "cpu", "gpu")  # where a DALI pipeline's stages run; auto: the loader's device
 # Batches a DALI pipeline runs ahead of the step. 2 is DALI's default; the GPU figure that should set it (and the
 # thread count) is benchmarks/bench_loader.py --sweep on the GPU machine (benchmarks/RESULTS.md), not yet measured.
 DEFAULT_PREFETCH = 2
@@ -43,8 +42,8 @@ class Loader:
     def __init__(self, dataset: Dataset, plan, backend: str, device, on_error: str, num_workers: int,
                  tiles: bool = False, prefetch: int = DEFAULT_PREFETCH, dali_device: str = "auto"):
         check_error_policy(on_error)
-        if backend not in BACKENDS:
-            raise UserInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend not in LOADER_BACKENDS:
+            raise UserInputError(f"backend must be one of {LOADER_BACKENDS}, got {backend!r}")
         if not (matches(num_workers, int) and num_workers >= 0):
             raise UserInputError(f"num_workers must be an integer >= 0 (0: read in this process), got {num_workers!r}")
         if not (matches(prefetch, int) and prefetch >= 1):

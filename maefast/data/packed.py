@@ -55,7 +55,7 @@ def pack_dataset(dataset: Dataset, out_dir, shard_images: int = 64, on_error: st
                 raise errors[0]
             _write_shard(out / "shards" / name, [image for _, image in kept], dataset)
             manifest["shards"][name] = dict(ids=[str(table.at[r, "id"]) for r, _ in kept],
-                                            skipped=[dict(id=e.image_id, path=e.path, reason=e.reason) for e in errors])
+                                            skipped=[e.record() for e in errors])
             write_json_atomic(out / "manifest.json", manifest)
             done_images += len(rows)
             done_bytes += sum(image.nbytes for _, image in kept)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -25,8 +24,10 @@ import numpy as np
 import pandas as pd
 
 from maefast.data.render import FEATURES, BatchEffect, channel_names, render_site, render_sites
+from maefast.data.workers import worker_processes
 from maefast.errors import UserInputError
 from maefast.io import atomic_path, read_json, write_json_atomic
+from maefast.progress import Progress
 
 __all__ = ["synth_screen", "render_sites", "design_screen", "design_compounds", "load_complexes", "write_png"]
 
@@ -304,16 +305,22 @@ def _render_chunk(args) -> int:
 
 
 def _render_all(jobs, config, workers: int, progress: bool, total: int) -> None:
-    start, done = time.perf_counter(), 0
-    chunks = [jobs[i:i + 16] for i in range(0, len(jobs), 16)]
-    if progress and len(jobs) < total:
-        print(f"synth: resuming, {total - len(jobs)} of {total} sites already written", flush=True)
-    with ProcessPoolExecutor(workers) as pool:
-        for count in pool.map(_render_chunk, [(chunk, config) for chunk in chunks]):
-            done += count
-            if progress and (done % 256 < 16 or done == len(jobs)):
-                rate = done / (time.perf_counter() - start)
-                print(f"synth: {done}/{len(jobs)} sites, {rate:.1f} sites/s", flush=True)
+    chunks = [jobs[i:i + 4] for i in range(0, len(jobs), 4)]
+    workers = worker_processes(workers, "rendering the synthetic screen")
+    if progress:
+        resumed = f" ({total - len(jobs)} of {total} already written)" if len(jobs) < total else ""
+        where = f"in {workers} processes" if workers else "in this process"
+        sites = f"{len(jobs)} site{'s' * (len(jobs) != 1)}"
+        print(f"synth: rendering {sites} of {config['size']} x {config['size']} px, {config['channels']} channels, "
+              f"{where}{resumed}", flush=True)
+    with Progress("synth", total, "sites", initial=total - len(jobs), bar=progress, silent=not progress) as shown:
+        if not workers:
+            for chunk in chunks:
+                shown.update(_render_chunk((chunk, config)))
+            return
+        with ProcessPoolExecutor(workers) as pool:
+            for count in pool.map(_render_chunk, [(chunk, config) for chunk in chunks]):
+                shown.update(count)
 
 
 def _write_jump_tables(out: Path, sites: pd.DataFrame, names: list[str], config) -> None:

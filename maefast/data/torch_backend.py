@@ -23,7 +23,7 @@ from maefast.data.decode import (
     read_shard,
 )
 from maefast.data.plan import Batch, apply_augment
-from maefast.data.workers import start_guarded_workers, worker_dies_with_parent
+from maefast.data.workers import LOADER_START_METHOD, start_guarded_workers, worker_dies_with_parent, worker_processes
 
 CPU = torch.device("cpu")
 
@@ -95,7 +95,7 @@ class _PlannedBatches(TorchDataset):
                 crops.append(self.reader.read_crops(int(row), batch.anchors[i], batch.augment[i], self.crop_size))
             except ImageReadError as error:  # returned, not raised: worker exceptions lose their attributes
                 keep[i] = False
-                skipped.append(dict(id=error.image_id, path=error.path, reason=error.reason, kind=error.kind))
+                skipped.append(error.record())
                 if self.on_error == "raise":
                     break
         d = self.reader.dataset
@@ -122,6 +122,7 @@ class TorchBackend:
     def __init__(self, dataset: Dataset, crop_size: int, num_workers: int = 2, on_error: str = "raise",
                  device: torch.device = CPU):
         self.dataset, self.on_error, self.device, self.feed = dataset, on_error, device, _Feed()
+        num_workers = worker_processes(num_workers, "the PyTorch loader", LOADER_START_METHOD)
         workers = dict(num_workers=num_workers, persistent_workers=True, prefetch_factor=2,
                        # workers forked from a process running DALI threads can deadlock: start clean ones
                        multiprocessing_context=start_guarded_workers(),

@@ -53,7 +53,7 @@ def run_embed(config: EmbedConfig, out, show_progress: bool = True) -> dict:
     try:
         checkpoint = resolve_checkpoint(config.checkpoint)
         encoder, checkpoint_channels = load_encoder(checkpoint, config.model, config.weights_layout,
-                                                    config.trust_pickle)
+                                                    config.trust_pickle, config.model_options)
         dataset = resolve_channels(open_dataset(config.data, layout=config.layout,
                                                 allow_outside_root=config.allow_outside_root),
                                    encoder, config.channels, checkpoint_channels)
@@ -64,7 +64,7 @@ def run_embed(config: EmbedConfig, out, show_progress: bool = True) -> dict:
                                     backend=config.backend, on_error=config.on_error, num_workers=config.workers)
 
         summary = run_embedding(encoder, dataset, out, config, checkpoint, make_tiles, context,
-                                show_progress=show_progress and context.is_main)
+                                show_progress=show_progress)
         if summary.get("complete"):  # rank 0 of a finished job
             summary["exports"] = [str(path) for path in export_embeddings(out, config.format)]
         return summary

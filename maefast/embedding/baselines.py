@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from maefast.choices import BASELINES
 from maefast.data import make_tile_loader, open_dataset
 from maefast.embedding.handcrafted import HandcraftedEmbedder
 from maefast.embedding.job import aggregate_wells, site_table
@@ -24,8 +25,6 @@ from maefast.io import atomic_path
 from maefast.models.checkpoint import from_pretrained, resolve_checkpoint, save_pretrained
 from maefast.models.registry import create_model, model_config_dict
 from maefast.tables import LEVELS
-
-BASELINES = {"random": "random weights", "handcrafted": "hand-crafted features"}  # kind -> table label
 
 
 def check_baselines(kinds) -> list[str]:

@@ -14,20 +14,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from maefast.choices import ATTENTION_CHOICES, COMPILE_CHOICES, DEVICES, LOADER_BACKENDS, PRECISIONS, WEIGHTS_LAYOUTS
 from maefast.data.decode import ERROR_POLICIES
 from maefast.data.layouts import LAYOUTS
 from maefast.errors import UserInputError
 from maefast.fields import apply_assignment, build, matches
-from maefast.job_setup import COMPILE_CHOICES, PRECISIONS
-from maefast.models.attention_setup import ATTENTION_CHOICES
-from maefast.models.checkpoint import LAYOUTS as WEIGHTS_LAYOUTS
 from maefast.tables import FORMATS
 
 
 def setting(default, help: str, **options):
-    """A field with its help text (what `maefast embed --help` shows)."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **options})
+    """A field with its help text (what `maefast embed --help` shows); flag=False: set with --set only."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **options})
     return field(default=default, metadata={"help": help, **options})
 
 
@@ -36,7 +34,10 @@ class EmbedConfig:
     checkpoint: str = setting("", "maefast checkpoint folder, training run folder, reference (OpenPhenom) folder, "
                                   "Hugging Face Hub id (owner/name), or timm/reference weights file", required=True)
     data: str = setting("", "data set root (rxrx, jump or packed)", required=True)
-    model: str | None = setting(None, "architecture of a bare weights file, e.g. vit_large_patch8_256")
+    model: str | None = setting(None, "architecture of a bare weights file, e.g. vit_large_patch8_256 (its block "
+                                      "type, pooling and biases are read from the weights)")
+    model_options: dict = setting({}, "create_model options over the checkpoint's, e.g. --set model.global_pool=avg "
+                                      "(--set model.KEY=VALUE sets model_options.KEY)", flag=False)
     weights_layout: str = setting("auto", "layout of the checkpoint's weights")
     trust_pickle: bool = setting(False, "allow weights stored as a torch pickle (as the reference's "
                                         "model.safetensors is), loaded with torch.load(weights_only=True)")
@@ -117,11 +118,14 @@ CHOICES = {
     "precision": PRECISIONS,
     "compile": COMPILE_CHOICES,
     "attention": ATTENTION_CHOICES,
-    "backend": ("auto", "dali", "torch"),
+    "backend": LOADER_BACKENDS,
     "on_error": ERROR_POLICIES,
-    "device": ("auto", "cpu", "cuda"),
+    "device": DEVICES,
     "format": FORMATS,
 }
+
+
+MODEL_OPTION = "model."  # `--set model.KEY=VALUE` sets model_options.KEY (model itself is the architecture's name)
 
 
 def embed_config(values: dict | None = None, assignments: list[str] | None = None) -> EmbedConfig:
@@ -129,7 +133,10 @@ def embed_config(values: dict | None = None, assignments: list[str] | None = Non
     ({key: value}, already typed: keyword arguments or the command line's flags)."""
     raw: dict = {}
     for assignment in assignments or []:
-        apply_assignment(raw, assignment)
+        if assignment.startswith(MODEL_OPTION):  # model.global_pool=avg: an option of the architecture
+            apply_assignment(raw.setdefault("model_options", {}), assignment.removeprefix(MODEL_OPTION))
+        else:
+            apply_assignment(raw, assignment)
     raw.update(values or {})
     if "blocks" in raw:
         raw["blocks"] = block_selection(raw["blocks"])

@@ -5,10 +5,10 @@ shards r, r + W, ... Each shard is written atomically as shards/shard-00007.parq
 feature_0000...); a shard file exists only when complete, so a restarted job skips what is done and
 never reads a partial file. With blocks (EmbedConfig.blocks) each site has one row per chosen encoder block,
 all from one forward, and a `block` column; wells are averaged per block. When every shard is done, rank 0
-writes the well-level aggregate and manifest.json (shards, rows, skipped images, job settings). job.json
-records the settings the output depends on (with blocks, the block indices), the encoder's weights (sha256)
-and the data set's fingerprint; a job restarted with other settings, weights
-or data is refused rather than mixed. config.yaml holds the whole effective EmbedConfig of the latest start, and
+writes the well-level aggregate and manifest.json (shards, rows, the skipped images as records: id, path,
+reason, kind). job.json records the settings the output depends on (with blocks, the block indices), the
+encoder's weights (sha256) and the data set's fingerprint; a job restarted with other settings, weights or data
+is refused rather than mixed. config.yaml holds the whole effective EmbedConfig of the latest start, and
 attention.json / tile_batch.json what the job setup chose (maefast.job_setup), which a resumed job reuses. The
 output directory is locked: one job writes it at a time.
 """
@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from maefast.data.identity import compare_fingerprints
 from maefast.distributed import DistributedContext, barrier, broadcast_object, run_on_main
@@ -42,6 +41,7 @@ from maefast.job_setup import (
 from maefast.lock import OutputLock
 from maefast.models.checkpoint import ResolvedCheckpoint
 from maefast.models.registry import input_config
+from maefast.progress import Progress
 from maefast.records import changes, describe_changes
 from maefast.tables import BLOCK_COLUMN, feature_columns, feature_names
 
@@ -51,7 +51,7 @@ JOB_FILE, MANIFEST_FILE = "job.json", "manifest.json"
 
 # the settings the output depends on, recorded in job.json: a resumed job must have the same
 RECORDED_SETTINGS = ("pool", "per_channel", "batch_size", "shard_size", "precision", "compile", "attention",
-                     "tile_batch")
+                     "tile_batch", "model_options")
 OLD_COMPILE_VALUES = {"on": True, "off": False}  # job.json before compile took maefast.job_setup's vocabulary
 
 
@@ -115,8 +115,8 @@ def start_job(out: Path, config: EmbedConfig, record: dict) -> OutputLock:
     return lock
 
 
-def embed_shard(embedder: TileEmbedder, dataset, rows: np.ndarray, make_tiles, device,
-                progress) -> tuple[pd.DataFrame, list, int]:
+def embed_shard(embedder: TileEmbedder, dataset, rows: np.ndarray, make_tiles, device, progress,
+                progress_values: dict) -> tuple[pd.DataFrame, list, int]:
     """Embeddings of the images at `rows` (the mean over each image's tiles), the skipped images and the
     number of tiles embedded."""
     subset = dataset.subset(rows)
@@ -128,7 +128,7 @@ def embed_shard(embedder: TileEmbedder, dataset, rows: np.ndarray, make_tiles, d
             sums = torch.zeros(len(rows), *features.shape[1:], dtype=torch.float64)
         sums.index_add_(0, owners, features.double().cpu())
         counts.index_add_(0, owners, torch.ones(len(owners), dtype=torch.float64))
-        progress.update(len(owners))
+        progress.update(len(owners), **progress_values)
     skipped = list(getattr(loader, "skipped", []))
     done = counts > 0
     table = subset.table.loc[done.numpy()]
@@ -238,18 +238,18 @@ def embed_shards(encoder, dataset, out: Path, config: EmbedConfig, blocks: list[
     embedder = setup_embedder(encoder, out, config, blocks, (len(dataset.channels), tile_size, tile_size),
                               loader_tiles(config, len(dataset), tiles_per_image), context)
     total_tiles = sum(min(config.shard_size, len(dataset) - k * config.shard_size) for k in mine) * tiles_per_image
-    progress = tqdm(total=total_tiles, unit="crop", desc=f"embed rank {rank}", disable=not show_progress)
+    progress = Progress("embed", total_tiles, "crops", bar=show_progress, silent=not context.is_main)
     start, skipped_all, crops = time.perf_counter(), [], 0
     for index in mine:
         rows = np.arange(index * config.shard_size, min((index + 1) * config.shard_size, len(dataset)))
-        frame, skipped, shard_crops = embed_shard(embedder, dataset, rows, make_tiles, device, progress)
+        rate = {"crops_s": crops / max(time.perf_counter() - start, 1e-9)} if crops else {}
+        frame, skipped, shard_crops = embed_shard(embedder, dataset, rows, make_tiles, device, progress, rate)
         crops += shard_crops
         with atomic_path(shard_path(out, index)) as temporary:
             frame.to_parquet(temporary, index=False)
         if skipped:
-            write_json_atomic(shard_path(out, index).with_suffix(".skipped.json"), [str(s) for s in skipped])
+            write_json_atomic(shard_path(out, index).with_suffix(".skipped.json"), skipped)
         skipped_all.extend(skipped)
-        progress.set_postfix(crops_s=f"{crops / max(time.perf_counter() - start, 1e-9):.1f}")
     progress.close()
     barrier(context)
     summary = {"num_shards": num_shards, "embedded_here": len(mine), "tile_batch": embedder.batch_tiles,

@@ -42,7 +42,7 @@ class MapOptions:
     """How embeddings become a map (as `maefast map`): normalization on the controls, then aggregation."""
     perturbation_col: str
     control_label: str | list[str]
-    batch_col: str | None = None
+    batch_col: str | list[str] | None = None  # a column, or several whose combination is the batch
     feature_cols: list[str] | None = None
     pca_components: int | None = 128  # at most the number of features and rows; None or 0: no PCA
     tvn: bool = True

@@ -19,7 +19,7 @@ import pandas as pd
 from maefast.errors import UserInputError
 from maefast.evaluate.normalize import control_mask
 from maefast.evaluate.similarity import unit_rows
-from maefast.tables import feature_columns
+from maefast.tables import feature_columns, metadata_column
 
 
 def mean_pair_cosine(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -54,6 +54,7 @@ def replicate_consistency(
     if n_null < 1:
         raise UserInputError(f"n_null must be at least 1, got {n_null}")
     controls = control_mask(table, perturbation_col, control_label)
+    perturbation_col = metadata_column(table, perturbation_col)
     units = unit_rows(table[feature_columns(table, names=feature_cols)].to_numpy(np.float64))
     codes, names = pd.factorize(table.loc[~controls, perturbation_col], sort=True)
     if len(names) == 0:

@@ -4,8 +4,11 @@ The input is a table with one row per replicate unit (site or well): metadata co
 (by default the columns named `feature_*`, as `maefast embed` and the RxRx3 releases write them).
 
 - center-scale on controls: per batch, subtract the mean and divide by the standard deviation (ddof 0)
-  of that batch's control rows (EFAAR `centerscale_on_controls` with a batch column).
-- PCA: fit on all rows, keep `pca_components` (EFAAR `embed_by_pca` fits on all rows as well).
+  of that batch's control rows (EFAAR `centerscale_on_controls` with a batch column). A batch is a value of
+  one metadata column or a combination of several (experiment and plate: RxRx plate numbers repeat in every
+  experiment, so plate alone would merge plate 1 of every experiment, which a warning says).
+- PCA: fit on all rows, keep `pca_components` (EFAAR `embed_by_pca` fits on all rows as well), clipped, with a
+  warning, to what the data allows: the rows, the features, and for TVN one less than the control rows.
 - TVN (typical variation normalization, EFAAR `tvn_on_controls`): center-scale on all controls, rotate by
   a PCA fit on the controls (all components), center-scale on all controls again, then per batch multiply
   by (cov(batch controls, ddof 1) + 0.5 I)^(-1/2).
@@ -13,26 +16,32 @@ The input is a table with one row per replicate unit (site or well): metadata co
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from maefast.errors import UserInputError
-from maefast.tables import feature_columns, feature_names
+from maefast.tables import feature_columns, feature_names, metadata_column
 
 TVN_REGULARIZATION = 0.5  # EFAAR adds 0.5 I to each batch's control covariance before whitening
 AGGREGATIONS = ("mean", "median")
+# columns that name an experiment: a plate number means a plate only together with one of them
+EXPERIMENT_COLUMNS = ("batch", "experiment")
 
 
-def _require_column(table: pd.DataFrame, column: str, role: str) -> None:
-    if column not in table.columns:
-        raise UserInputError(f"unknown {role} column {column!r}; expected one of {list(table.columns)}")
+def _require_column(table: pd.DataFrame, column: str, role: str) -> str:
+    """The column `column` names (with or without pycytominer's Metadata_ prefix: tables.metadata_column)."""
+    try:
+        return metadata_column(table, column)
+    except UserInputError:
+        raise UserInputError(f"unknown {role} column {column!r}; expected one of {list(table.columns)}") from None
 
 
 def control_mask(table: pd.DataFrame, perturbation_col: str, control_label: str | Sequence[str]) -> np.ndarray:
     """Boolean mask of the control rows (perturbation equal to the label, or to any of the labels)."""
-    _require_column(table, perturbation_col, "perturbation")
+    perturbation_col = _require_column(table, perturbation_col, "perturbation")
     labels = [control_label] if isinstance(control_label, str) else list(control_label)
     mask = table[perturbation_col].isin(labels).to_numpy()
     if not mask.any():
@@ -41,15 +50,40 @@ def control_mask(table: pd.DataFrame, perturbation_col: str, control_label: str 
     return mask
 
 
-def _batch_ids(table: pd.DataFrame, batch_col: str | None) -> tuple[np.ndarray, list]:
-    """Integer batch id per row and the batch names (all rows form one batch when batch_col is None)."""
-    if batch_col is None:
+def _batch_ids(table: pd.DataFrame, batch_col: str | Sequence[str] | None) -> tuple[np.ndarray, list]:
+    """Integer batch id per row and the batch names (a value, or a tuple of values of several batch columns;
+    all rows form one batch when batch_col is None or empty)."""
+    requested = [batch_col] if isinstance(batch_col, str) else list(batch_col or [])
+    if not requested:
         return np.zeros(len(table), dtype=np.int64), ["all rows"]
-    _require_column(table, batch_col, "batch")
-    if table[batch_col].isna().any():
-        raise UserInputError(f"batch column {batch_col!r} has {int(table[batch_col].isna().sum())} missing values")
-    codes, names = pd.factorize(table[batch_col], sort=True)
+    columns = [_require_column(table, column, "batch") for column in requested]
+    for column in columns:
+        if table[column].isna().any():
+            raise UserInputError(f"batch column {column!r} has {int(table[column].isna().sum())} missing values")
+    warn_if_batches_merge_experiments(table, columns)
+    if len(columns) == 1:
+        codes, names = pd.factorize(table[columns[0]], sort=True)
+        return codes, list(names)
+    codes, names = pd.factorize(pd.MultiIndex.from_frame(table[columns]), sort=True)
     return codes, list(names)
+
+
+def warn_if_batches_merge_experiments(table: pd.DataFrame, columns: list[str]) -> None:
+    """A warning when one batch column's values repeat across the experiments of an experiment column the batches
+    leave out (RxRx plate numbers start at 1 in every experiment): such batches merge plates of different
+    experiments."""
+    if len(columns) != 1:
+        return
+    column = columns[0]
+    for experiment in (c for c in EXPERIMENT_COLUMNS if c in table.columns and c != column):
+        spread = table.groupby(column, sort=True)[experiment].nunique()
+        if spread.max() > 1:
+            value = spread.idxmax()
+            warnings.warn(f"batch column {column!r}: {column} {value} occurs in {spread.max()} values of "
+                          f"{experiment!r}, and batches by {column!r} alone merge them; to make each "
+                          f"({experiment}, {column}) its own batch, pass both (maefast map --batch-col {experiment} "
+                          f"--batch-col {column}; batch_col=[{experiment!r}, {column!r}])", stacklevel=4)
+            return
 
 
 def _batch_controls(batches: np.ndarray, controls: np.ndarray, batch: int, names, minimum: int, step: str):
@@ -91,6 +125,24 @@ def fit_pca(x: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray]:
     return mean, components * signs[:, None]
 
 
+def allowed_components(requested: int, shape: tuple[int, int], control_rows: int, tvn: bool) -> int:
+    """`requested` PCA components, or (with a warning) the most the data allows: no more than the rows and the
+    features, and with TVN fewer than the control rows (its whitening fits a PCA on them with every component)."""
+    rows, features = shape
+    limits = {"rows": rows, "features": features}
+    if tvn:
+        limits["control rows, less one (TVN)"] = control_rows - 1
+    allowed = min(limits.values())
+    described = ", ".join(f"{limit} {name}" for name, limit in limits.items())
+    if requested <= allowed:
+        return requested
+    if allowed < 1:
+        raise UserInputError(f"pca_components={requested}: this data allows no PCA component ({described})")
+    warnings.warn(f"pca_components={requested} is more than this data allows ({described}); using {allowed}",
+                  stacklevel=3)
+    return allowed
+
+
 def pca_transform(x: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
     return (x - mean) @ components.T
 
@@ -125,18 +177,22 @@ def normalize_embeddings(
     *,
     perturbation_col: str,
     control_label: str | Sequence[str],
-    batch_col: str | None = None,
+    batch_col: str | Sequence[str] | None = None,
     feature_cols: Sequence[str] | None = None,
     pca_components: int | None = 128,
     tvn: bool = True,
 ) -> pd.DataFrame:
     """Center-scale on controls (per batch), PCA (None: skip), TVN on controls (per batch).
 
-    Returns the metadata columns of `table` (same row order) followed by the K features (maefast.tables.feature_names);
-    the table's other `feature_*` columns (those feature_cols leaves out) are left out.
+    batch_col: a metadata column, or several whose combination is the batch (["experiment", "plate"]).
+    pca_components larger than the data allows are clipped to what it allows, with a warning (the module
+    docstring). Returns the metadata columns of `table` (same row order) followed by the K features
+    (maefast.tables.feature_names); the table's other `feature_*` columns (those feature_cols leaves out) are left
+    out.
     """
     columns = feature_columns(table, names=feature_cols)
     controls = control_mask(table, perturbation_col, control_label)
+    perturbation_col = _require_column(table, perturbation_col, "perturbation")
     if table[perturbation_col].isna().any():
         missing = int(table[perturbation_col].isna().sum())
         raise UserInputError(f"perturbation column {perturbation_col!r} has {missing} "
@@ -148,7 +204,7 @@ def normalize_embeddings(
 
     x = centerscale_on_controls(x, controls, batches, names)
     if pca_components:
-        x = pca_transform(x, *fit_pca(x, pca_components))
+        x = pca_transform(x, *fit_pca(x, allowed_components(pca_components, x.shape, int(controls.sum()), tvn)))
     if tvn:
         x = tvn_on_controls(x, controls, batches, names)
 
@@ -174,7 +230,7 @@ def aggregate_map(
     """
     if method not in AGGREGATIONS:
         raise UserInputError(f"unknown aggregation {method!r}; expected one of {AGGREGATIONS}")
-    _require_column(table, perturbation_col, "perturbation")
+    perturbation_col = _require_column(table, perturbation_col, "perturbation")
     columns = feature_columns(table, names=feature_cols)
     kept = table[~table[perturbation_col].isin(list(drop_labels))]
     if kept.empty:
@@ -187,7 +243,7 @@ def build_map(
     *,
     perturbation_col: str,
     control_label: str | Sequence[str],
-    batch_col: str | None = None,
+    batch_col: str | Sequence[str] | None = None,
     feature_cols: Sequence[str] | None = None,
     pca_components: int | None = 128,
     tvn: bool = True,

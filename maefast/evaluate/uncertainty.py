@@ -85,17 +85,20 @@ def permutation_null(features: pd.DataFrame, scores: MapScores, thresholds: tupl
 def recall_summary(features: pd.DataFrame, scores: MapScores, thresholds: tuple[float, float] = (0.05, 0.95),
                    level: float = 0.95, permutations: int = 1000, seed: int = 0) -> pd.DataFrame:
     """`recall_intervals` plus, from `permutation_null`, the chance level's upper quantile at `level`
-    (null_high) and the p-value of the observed recall (one-sided: shuffles at least as high, counting
-    the observed map as one of them)."""
+    (null_high) and the p-values of the observed recall, one-sided each way, counting the observed map as one of
+    the shuffles: p_value (shuffles at least as high: is it above chance?) and p_below (shuffles at most as high:
+    is it below chance, i.e. does the map keep known partners apart?)."""
     table = recall_intervals(scores, thresholds, level)
     null = permutation_null(features, scores, thresholds, permutations, seed)
-    null_high, p_values = [], []
+    null_high, p_values, p_below = [], [], []
     for source, observed in zip(table["source"], table["recall"]):
         values = null[source]
         if np.isnan(observed):
             null_high.append(np.nan)
             p_values.append(np.nan)
+            p_below.append(np.nan)
             continue
         null_high.append(float(np.quantile(values, level)))
         p_values.append(float((1 + np.sum(values >= observed - 1e-12)) / (1 + len(values))))
-    return table.assign(null_high=null_high, p_value=p_values)
+        p_below.append(float((1 + np.sum(values <= observed + 1e-12)) / (1 + len(values))))
+    return table.assign(null_high=null_high, p_value=p_values, p_below=p_below)

@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from maefast.choices import ATTENTION_CHOICES
 from maefast.errors import UserInputError
 from maefast.models import layers
-from maefast.ops.attention import ATTENTION_BACKENDS, available_backends, prepare_backend, time_backend
-
-ATTENTION_CHOICES = ("auto",) + ATTENTION_BACKENDS
+from maefast.ops.attention import available_backends, prepare_backend, time_backend
 
 
 def attention_sites(model: torch.nn.Module) -> dict[str, list[layers.AttentionSite]]:

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from maefast.errors import UserInputError
-from maefast.models.common import TrainingOutput, field_names, reject_unknown_options
+from maefast.models.common import TrainingOutput, field_names, inference, reject_unknown_options
 from maefast.models.vit import VisionTransformer, ViTConfig
 
 
@@ -38,7 +38,8 @@ class ClassifierConfig(ViTConfig):
             raise UserInputError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
     def encoder_config(self) -> ViTConfig:
-        return ViTConfig(**{name: getattr(self, name) for name in field_names(ViTConfig)})
+        """The encoder's fields; its own head is none (the classifier's head is `head`)."""
+        return ViTConfig(**{**{name: getattr(self, name) for name in field_names(ViTConfig)}, "num_classes": 0})
 
 
 class WeaklySupervisedClassifier(nn.Module):
@@ -71,21 +72,25 @@ class WeaklySupervisedClassifier(nn.Module):
 
     def forward(self, pixels: torch.Tensor, labels: torch.Tensor | None = None) -> TrainingOutput:
         """Returns (loss or None, logits (B, num_classes), None); the loss has no parts."""
-        logits = self.forward_head(self.forward_features(pixels))
+        logits = self.forward_head(self.encoder.forward_tokens(pixels))
         if labels is None:
             return TrainingOutput(None, logits, None)
         self.check_labels(labels, pixels.shape[0])
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
         return TrainingOutput(loss, logits, None)
 
-    # timm's API, as on the encoders
+    # timm's API, as on the encoders (forward_features and embed: inference, maefast.models.common.inference)
     def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.encoder.forward_features(pixels)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.encoder.set_grad_checkpointing(enable)
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         pooled = self.encoder.forward_head(features, pre_logits=True)
         return pooled if pre_logits else self.head(pooled)
 
+    @inference
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, D) penultimate features: the encoder's pooled output (CLS or patch mean per global_pool)."""
         return self.forward_head(self.forward_features(pixels), pre_logits=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 import torch.utils._pytree as pytree
@@ -49,6 +50,30 @@ def _unflatten_output(values, part_names: list[str]) -> TrainingOutput:
 
 pytree.register_pytree_node(TrainingOutput, _flatten_output, _unflatten_output,
                             serialized_type_name="maefast.models.common.TrainingOutput")
+
+
+def inference(method):
+    """For a model's feature entry points (embed, forward_features): they run as inference whatever the module's
+    mode, under torch.inference_mode (no_grad with FP8 GEMMs; either way no autograd graph, no activations kept)
+    and with eval semantics (no drop path), the module's mode restored afterwards. Inside torch.compile the
+    caller's context stands (the embedding job compiles an eval, no-grad forward). Features with gradients: the
+    model's own forward, or forward_tokens."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        if torch.compiler.is_compiling():
+            return method(self, *args, **kwargs)
+        training = self.training
+        # torchao's FP8 training tensors refuse inference mode (a row-wise scaled input cannot be reshaped there),
+        # so a model with FP8 GEMMs (maefast.models.fp8 marks it) runs under no_grad, also without a graph
+        with torch.no_grad() if getattr(self, "runs_fp8", False) else torch.inference_mode():
+            if training:
+                self.train(False)
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                if training:
+                    self.train(True)
+    return run
 
 
 class PatchGrid:

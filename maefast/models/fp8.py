@@ -152,4 +152,7 @@ def convert_to_fp8(model: nn.Module, *, emulate: bool | None = None, min_feature
                 report.fp8.append(f"{name} (fused out-projection)")
             else:
                 report.kept[f"{name} (fused out-projection)"] = reason
+    if report.fp8:
+        for module in model.modules():  # models.common.inference: no inference mode for torchao's FP8 tensors
+            module.runs_fp8 = True
     return report

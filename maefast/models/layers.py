@@ -15,6 +15,15 @@ def layer_norm(dim: int) -> nn.LayerNorm:
     return nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
 
 
+def xavier_linear_(module: nn.Module) -> None:
+    """The MAE initialization of a linear layer (xavier-uniform weight, zero bias); other modules are left as they
+    are."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
 class LayerScale(nn.Module):
     def __init__(self, dim: int, init_values: float):
         super().__init__()
@@ -155,18 +164,27 @@ class ParallelBlock(AttentionSite):
 
 
 class SelfAttention(AttentionSite):
-    """timm's Attention with a fused qkv projection (used by the MAE decoder blocks)."""
+    """timm's Attention with a fused qkv projection and optional qk-norm: the MAE decoder blocks' (role
+    "decoder") and the standard encoder blocks' (role "encoder")."""
 
     attention_role = "decoder"
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qk_norm: bool = False,
+                 role: str = "decoder"):
         super().__init__()
-        self.num_heads = num_heads
+        if dim % num_heads:
+            raise UserInputError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads, self.attention_role = num_heads, role
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.qk_norm = qk_norm
+        self.q_norm = layer_norm(dim // num_heads) if qk_norm else nn.Identity()
+        self.k_norm = layer_norm(dim // num_heads) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x):
         q, k, v = (split_heads(t, self.num_heads) for t in self.qkv(x).chunk(3, dim=-1))
+        if self.qk_norm:
+            return self.proj(merge_heads(self.attend(q, k, v, q_norm=self.q_norm, k_norm=self.k_norm)))
         return self.proj(merge_heads(self.attend(q, k, v)))
 
 
@@ -199,18 +217,25 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block (timm's Block without LayerScale): the MAE decoder's block."""
+    """timm's pre-norm transformer block: x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x))), each branch with
+    drop path. The MAE decoder's block (no qk-norm, no LayerScale), and the encoder block of a ViT built with
+    block="standard" (timm's VisionTransformer default, e.g. vit_small_patch16_224: qkv bias, no qk-norm)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 qk_norm: bool = False, init_values: float | None = None, drop_path: float = 0.0,
+                 role: str = "decoder"):
         super().__init__()
         self.norm1 = layer_norm(dim)
-        self.attn = SelfAttention(dim, num_heads, qkv_bias)
+        self.attn = SelfAttention(dim, num_heads, qkv_bias, qk_norm, role)
+        self.ls1 = LayerScale(dim, init_values) if init_values is not None else nn.Identity()
         self.norm2 = layer_norm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.ls2 = LayerScale(dim, init_values) if init_values is not None else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x):
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
 
 
 def sincos_position_embedding(dim: int, grid_side: int, repeats: int = 1, scale: float = 10000.0) -> torch.Tensor:

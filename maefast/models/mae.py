@@ -16,7 +16,7 @@ import torch.nn as nn
 from maefast.errors import UserInputError
 from maefast.fields import check_field_types
 from maefast.models.common import TrainingOutput
-from maefast.models.layers import Block, CrossAttention, Mlp, layer_norm, sincos_position_embedding
+from maefast.models.layers import Block, CrossAttention, Mlp, layer_norm, sincos_position_embedding, xavier_linear_
 from maefast.models.vit import VisionTransformer, ViTConfig
 from maefast.ops import mae_loss, masked_targets, random_masking, unshuffle
 from maefast.ops.mae_loss import DEFAULT_FOURIER_WEIGHT, check_fourier_weight
@@ -129,10 +129,7 @@ class MaskedAutoencoder(nn.Module):
         nn.init.normal_(self.decoder.mask_token, std=0.02)
         for module in [self.encoder_decoder_proj, self.decoder, self.decoder_pred]:
             for sub in module.modules():
-                if isinstance(sub, nn.Linear):
-                    nn.init.xavier_uniform_(sub.weight)
-                    if sub.bias is not None:
-                        nn.init.zeros_(sub.bias)
+                xavier_linear_(sub)
 
     @property
     def patch_size(self) -> int:
@@ -149,7 +146,7 @@ class MaskedAutoencoder(nn.Module):
                 noise: torch.Tensor | None = None) -> TrainingOutput:
         """Returns (loss, pred, mask) with the loss's parts (mse, fourier); see the module docstring. `noise`
         (B, L) fixes the mask."""
-        self.encoder.check_pixels(pixels)
+        self.encoder.check_pixels(pixels, fixed_size=True)  # the decoder's positions are those of img_size
         ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
         batch, channels = pixels.shape[:2]
         if self.channel_agnostic and channels > self.config.num_decoder_channels:
@@ -171,9 +168,12 @@ class MaskedAutoencoder(nn.Module):
         tokens = torch.cat([projected[:, :1], tokens], dim=1)
         return self.decoder_pred(self.decoder(tokens, channels))[:, 1:]
 
-    # The encoder's API, for embedding with an MAE directly.
+    # The encoder's API, for embedding with an MAE directly (inference: maefast.models.common.inference).
     def forward_features(self, pixels):
         return self.encoder.forward_features(pixels)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.encoder.set_grad_checkpointing(enable)
 
     def forward_head(self, features, pre_logits: bool = False):
         return self.encoder.forward_head(features, pre_logits)

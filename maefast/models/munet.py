@@ -23,7 +23,14 @@ import torch.nn.functional as F
 
 from maefast.errors import UserInputError
 from maefast.fields import check_field_types
-from maefast.models.common import InputChannels, PatchGrid, TrainingOutput, field_names, reject_unknown_options
+from maefast.models.common import (
+    InputChannels,
+    PatchGrid,
+    TrainingOutput,
+    field_names,
+    inference,
+    reject_unknown_options,
+)
 from maefast.ops import mae_loss, masked_targets, patchify, random_masking, self_standardize, unpatchify
 from maefast.ops.mae_loss import DEFAULT_FOURIER_WEIGHT, check_fourier_weight
 from maefast.ops.masking import check_mask_ratio
@@ -203,6 +210,7 @@ class MaskedUNet(nn.Module):
                           norm_pix_loss=self.config.norm_pix_loss, fourier_weight=self.config.fourier_weight)
         return TrainingOutput(losses.loss, pred, mask.mask, {"mse": losses.mse, "fourier": losses.fourier})
 
+    @inference
     def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Bottleneck features of the unmasked image: (B, D, H / 2**S, W / 2**S)."""
         self.check_pixels(pixels)
@@ -210,6 +218,7 @@ class MaskedUNet(nn.Module):
         nothing_hidden = torch.zeros_like(standardized[:, :1])
         return self.encode(torch.cat([standardized, nothing_hidden], dim=1))[0]
 
+    @inference
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, D) global average of the bottleneck features; the decoder is not run."""
         return self.forward_features(pixels).mean(dim=(2, 3))

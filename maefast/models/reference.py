@@ -154,6 +154,11 @@ def model_spec(meta: dict) -> tuple[str, dict]:
 
 def check_positions(value: torch.Tensor, dim: int, grid_side: int, repeats: int, key: str) -> None:
     expected = torch.cat([torch.zeros(1, dim), sincos_position_embedding(dim, grid_side, repeats)])[None]
+    channels, left = divmod(value.shape[1] - 1, grid_side * grid_side) if value.ndim == 3 else (0, 1)
+    if value.ndim == 3 and value.shape[-1] == dim and not left and channels != repeats:
+        raise UserInputError(f"checkpoint entry {key} holds the decoder positions of {channels} channels; the model's "
+                             f"decoder has {repeats}: build it with decoder_channels={channels} (from_pretrained "
+                             f"reads it from the checkpoint's config.json)")
     if tuple(value.shape) != tuple(expected.shape) or not torch.allclose(value.float(), expected, atol=1e-5):
         shape = tuple(value.shape)
         raise UserInputError(f"checkpoint entry {key} {shape} is not the fixed sin-cos position table "

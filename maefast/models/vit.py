@@ -2,8 +2,16 @@
 
 Input is raw pixels (B, C, H, W), uint8 / uint16 (or float in [0, 1]): self-standardization, patch
 embedding and positions happen in ops.tokenize. Parameter names follow timm's VisionTransformer
-(`cls_token`, `pos_embed` with the CLS slot, `patch_embed.proj`, `blocks`, `norm`, `fc_norm`), and so does
-`forward_intermediates`, the output of chosen blocks in one forward (what `embed_blocks` pools).
+(`cls_token`, `pos_embed` with the CLS slot, `patch_embed.proj`, `blocks`, `norm`, `fc_norm`, `head`), with
+the papers' parallel blocks (timm's ParallelScalingBlock) or timm's standard Block (`block="standard"`).
+
+As in timm: `model(pixels)` is the head's output (the pooled feature when num_classes=0), with gradients;
+`forward_features` (all tokens after the final norm) and `embed` (the pooled feature) are inference entry
+points (maefast.models.common.inference: no autograd, eval semantics whatever the module's mode);
+`forward_tokens` is forward_features with gradients. Crops may be any square multiple of the patch size: at
+another grid than the config's, sin-cos positions are recomputed for it, learned ones resized bicubically.
+`forward_intermediates` gives the output of chosen blocks from one forward, with gradients as in timm (what
+`embed_blocks` pools, as inference).
 """
 from __future__ import annotations
 
@@ -11,15 +19,19 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from maefast.errors import UserInputError
 from maefast.fields import check_field_types
-from maefast.models.common import InputChannels, PatchGrid
-from maefast.models.layers import ParallelBlock, layer_norm, sincos_position_embedding
+from maefast.models.common import InputChannels, PatchGrid, inference
+from maefast.models.layers import Block, ParallelBlock, layer_norm, sincos_position_embedding, xavier_linear_
 from maefast.ops import all_tokens, tokenize
 from maefast.ops.masking import Mask
 
 GLOBAL_POOLS = ("token", "avg")
+BLOCKS = ("parallel", "standard")
+POSITIONS = ("sincos", "learn")  # timm's pos_embed="learn": a trained table
 POOLS = ("mean", "cls")
 OUTPUT_FORMATS = ("NCHW", "NLC")
 
@@ -76,13 +88,19 @@ class ViTConfig(PatchGrid, InputChannels):
     channel_agnostic: bool = False
     max_in_chans: int = 11       # channel-agnostic only: the most channels an input may have
     channel_names: list[str] = field(default_factory=list)
+    block: str = "parallel"      # parallel: the papers' (timm's ParallelScalingBlock); standard: timm's Block
+    pos_embed: str = "sincos"    # sincos: fixed 2-D sin-cos positions (the papers'); learn: a trained table (timm)
+    num_classes: int = 0         # timm's linear head on the pooled feature; 0: none (the model gives the feature)
 
     def validate(self) -> None:
         check_field_types(self)
         if self.img_size % self.patch_size:
             raise UserInputError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
-        if self.global_pool not in GLOBAL_POOLS:
-            raise UserInputError(f"global_pool must be one of {GLOBAL_POOLS}, got {self.global_pool!r}")
+        for name, allowed in (("global_pool", GLOBAL_POOLS), ("block", BLOCKS), ("pos_embed", POSITIONS)):
+            if getattr(self, name) not in allowed:
+                raise UserInputError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.num_classes < 0:
+            raise UserInputError(f"num_classes must be >= 0 (0: no head), got {self.num_classes}")
         if self.in_chans < 1 or self.max_in_chans < 1:
             raise UserInputError(f"channel counts must be positive, got in_chans={self.in_chans}, "
                                  f"max_in_chans={self.max_in_chans}")
@@ -100,7 +118,8 @@ class VisionTransformer(nn.Module):
         config.validate()
         self.config = config
         dim, patch = config.embed_dim, config.patch_size
-        self.embed_dim = dim
+        self.embed_dim = self.num_features = dim  # timm's names of the pooled feature's width
+        self.grad_checkpointing = False
         proj_in = 1 if config.channel_agnostic else config.in_chans
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv2d(proj_in, dim, kernel_size=patch, stride=patch)
@@ -108,17 +127,24 @@ class VisionTransformer(nn.Module):
         repeats = config.max_in_chans if config.channel_agnostic else 1
         positions = sincos_position_embedding(dim, config.grid_side, repeats)
         cls_position = torch.zeros(1, dim)
-        # A fixed, non-trained parameter (not a buffer) so that it travels in state dicts as in timm.
-        self.pos_embed = nn.Parameter(torch.cat([cls_position, positions])[None], requires_grad=False)
+        # A parameter (not a buffer) so that it travels in state dicts as in timm; trained only when "learn".
+        self.pos_embed = nn.Parameter(torch.cat([cls_position, positions])[None],
+                                      requires_grad=config.pos_embed == "learn")
         rates = [config.drop_path_rate * i / max(config.depth - 1, 1) for i in range(config.depth)]  # linear decay rule
-        self.blocks = nn.Sequential(*[
-            ParallelBlock(dim, config.num_heads, config.mlp_ratio, config.qkv_bias, config.qk_norm,
-                          config.init_values, rate) for rate in rates])
+        self.blocks = nn.Sequential(*[self.make_block(rate) for rate in rates])
         use_fc_norm = config.global_pool == "avg"
         self.norm = nn.Identity() if use_fc_norm else layer_norm(dim)
         self.fc_norm = layer_norm(dim) if use_fc_norm else nn.Identity()
-        self.head = nn.Identity()
+        self.head = nn.Linear(dim, config.num_classes) if config.num_classes else nn.Identity()
         self.reset_parameters()
+
+    def make_block(self, drop_path: float) -> nn.Module:
+        config = self.config
+        if config.block == "standard":
+            return Block(config.embed_dim, config.num_heads, config.mlp_ratio, config.qkv_bias, config.qk_norm,
+                         config.init_values, drop_path, role="encoder")
+        return ParallelBlock(config.embed_dim, config.num_heads, config.mlp_ratio, config.qkv_bias, config.qk_norm,
+                             config.init_values, drop_path)
 
     def reset_parameters(self) -> None:
         """MAE initialization: xavier-uniform linears and patch projection, N(0, 0.02) CLS token."""
@@ -126,14 +152,37 @@ class VisionTransformer(nn.Module):
         nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
         nn.init.zeros_(self.patch_embed.proj.bias)
         nn.init.normal_(self.cls_token, std=0.02)
-        for module in self.blocks.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        if self.config.pos_embed == "learn":
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for module in [*self.blocks.modules(), self.head]:
+            xavier_linear_(module)
+
+    # -- timm's model API ----------------------------------------------------------------------------
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward instead of keeping them (less memory, one more
+        forward of the blocks); only where gradients are computed."""
+        self.grad_checkpointing = enable
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new (freshly initialized) head for `num_classes` classes (0: none). The pooling decides where the final
+        norm sits (token: on the tokens; avg: fc_norm after pooling), so it is chosen when the model is created."""
+        if global_pool is not None and global_pool != self.config.global_pool:
+            raise UserInputError(f"global_pool={global_pool!r}: this model was built with global_pool="
+                                 f"{self.config.global_pool!r}, which places its final norm; build it with "
+                                 f"create_model(name, global_pool={global_pool!r}) instead")
+        if num_classes < 0:
+            raise UserInputError(f"num_classes must be >= 0 (0: no head), got {num_classes}")
+        self.config.num_classes = num_classes
+        device, dtype = self.cls_token.device, self.cls_token.dtype
+        self.head = nn.Linear(self.embed_dim, num_classes, device=device, dtype=dtype) if num_classes else nn.Identity()
+        xavier_linear_(self.head)
 
     # -- input checks ------------------------------------------------------------------------------
-    def check_pixels(self, pixels: torch.Tensor) -> None:
+    def check_pixels(self, pixels: torch.Tensor, fixed_size: bool = False) -> None:
+        """Square images of any multiple of the patch size (fixed_size: of img_size, as an MAE's decoder needs)."""
         config = self.config
         if pixels.ndim != 4:
             raise UserInputError(f"expected images (B, C, H, W), got shape {tuple(pixels.shape)}")
@@ -141,38 +190,69 @@ class VisionTransformer(nn.Module):
         config.check_channels(channels, "the input")
         if height != width:
             raise UserInputError(f"images must be square, got {height}x{width}")
-        if height % config.patch_size:
-            raise UserInputError(f"image size {height} is not divisible by patch size {config.patch_size}")
-        if height != config.img_size:
+        if height % config.patch_size or height == 0:
+            raise UserInputError(f"image size {height} is not a multiple of the patch size {config.patch_size}")
+        if fixed_size and height != config.img_size:
             raise UserInputError(f"model expects {config.img_size}x{config.img_size} images, got {height}x{width}")
+
+    def grid_side_of(self, pixels: torch.Tensor) -> int:
+        return pixels.shape[-1] // self.config.patch_size
 
     @property
     def num_blocks(self) -> int:
         return len(self.blocks)
 
-    def num_tokens(self, channels: int) -> int:
-        return self.config.num_patches * (channels if self.config.channel_agnostic else 1)
+    def num_tokens(self, channels: int, grid_side: int | None = None) -> int:
+        grid = self.config.grid_side if grid_side is None else grid_side
+        return grid * grid * (channels if self.config.channel_agnostic else 1)
 
-    def token_positions(self, channels: int) -> torch.Tensor:
-        """(L, D) positions of the patch tokens for an input of `channels` channels."""
-        return self.pos_embed[0, 1:1 + self.num_tokens(channels)]
+    def token_positions(self, channels: int, grid_side: int | None = None) -> torch.Tensor:
+        """(L, D) positions of the patch tokens for `channels` channels on a grid_side x grid_side patch grid (default:
+        the config's, whose positions are pos_embed's). On another grid, sin-cos positions are those of that grid;
+        learned ones are the stored table resized bicubically (timm's resample_abs_pos_embed)."""
+        config = self.config
+        grid = config.grid_side if grid_side is None else grid_side
+        if grid == config.grid_side:
+            return self.pos_embed[0, 1:1 + self.num_tokens(channels)]
+        repeats = channels if config.channel_agnostic else 1
+        if config.pos_embed == "sincos":
+            return sincos_position_embedding(config.embed_dim, grid, repeats).to(self.pos_embed)
+        side, dim = config.grid_side, config.embed_dim
+        stored = self.pos_embed[0, 1:1 + repeats * side * side].reshape(repeats, side, side, dim).permute(0, 3, 1, 2)
+        resized = F.interpolate(stored.float(), size=(grid, grid), mode="bicubic", antialias=True,
+                                align_corners=False)
+        return resized.permute(0, 2, 3, 1).reshape(repeats * grid * grid, dim).to(self.pos_embed.dtype)
 
     # -- forward -----------------------------------------------------------------------------------
     def embed_tokens(self, pixels: torch.Tensor, mask: Mask) -> torch.Tensor:
         """Visible tokens with the CLS token in front: (B, 1 + K, D)."""
+        positions = self.token_positions(pixels.shape[1], self.grid_side_of(pixels))
         tokens = tokenize(pixels, mask.keep_idx, self.patch_embed.proj.weight, self.patch_embed.proj.bias,
-                          self.token_positions(pixels.shape[1]), channel_agnostic=self.config.channel_agnostic)
+                          positions, channel_agnostic=self.config.channel_agnostic)
         cls = (self.cls_token + self.pos_embed[:, :1]).to(tokens.dtype).expand(tokens.shape[0], -1, -1)
         return torch.cat([cls, tokens], dim=1)
 
-    def forward_encoder(self, pixels: torch.Tensor, mask: Mask) -> torch.Tensor:
-        return self.norm(self.blocks(self.embed_tokens(pixels, mask)))
+    def run_blocks(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            for block in self.blocks:
+                tokens = checkpoint(block, tokens, use_reentrant=False)
+            return tokens
+        return self.blocks(tokens)
 
-    def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """All tokens after the final norm: (B, 1 + L, D), as timm's forward_features."""
+    def forward_encoder(self, pixels: torch.Tensor, mask: Mask) -> torch.Tensor:
+        return self.norm(self.run_blocks(self.embed_tokens(pixels, mask)))
+
+    def forward_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """All tokens after the final norm: (B, 1 + L, D), with gradients and the module's mode (what the model's
+        forward trains through); forward_features is its inference form."""
         self.check_pixels(pixels)
-        mask = all_tokens(pixels.shape[0], self.num_tokens(pixels.shape[1]), pixels.device)
+        mask = all_tokens(pixels.shape[0], self.num_tokens(pixels.shape[1], self.grid_side_of(pixels)), pixels.device)
         return self.forward_encoder(pixels, mask)
+
+    @inference
+    def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """All tokens after the final norm: (B, 1 + L, D), as timm's forward_features, as inference."""
+        return self.forward_tokens(pixels)
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """timm's forward_head: pool (CLS token or mean of patch tokens), fc_norm, head."""
@@ -184,7 +264,8 @@ class VisionTransformer(nn.Module):
         return pooled if pre_logits else self.head(pooled)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(pixels))
+        """timm's forward: the head's output (the pooled feature without a head), with gradients."""
+        return self.forward_head(self.forward_tokens(pixels))
 
     def forward_intermediates(self, pixels: torch.Tensor, indices: int | list[int] | None = None,
                               return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
@@ -205,7 +286,8 @@ class VisionTransformer(nn.Module):
             raise UserInputError("a channel-agnostic encoder's tokens form no single patch grid: use output_fmt='NLC'")
         self.check_pixels(pixels)
         take = take_indices(len(self.blocks), indices)
-        mask = all_tokens(pixels.shape[0], self.num_tokens(pixels.shape[1]), pixels.device)
+        side = self.grid_side_of(pixels)
+        mask = all_tokens(pixels.shape[0], self.num_tokens(pixels.shape[1], side), pixels.device)
         x = self.embed_tokens(pixels, mask)
         last = take[-1] if stop_early or intermediates_only else len(self.blocks) - 1
         intermediates = []
@@ -213,7 +295,6 @@ class VisionTransformer(nn.Module):
             x = self.blocks[index](x)
             if index in take:
                 intermediates.append(self.norm(x) if norm else x)
-        side = self.config.grid_side
         outputs = []
         for tokens in intermediates:
             patches = tokens[:, self.num_prefix_tokens:]
@@ -222,8 +303,9 @@ class VisionTransformer(nn.Module):
             outputs.append((patches, tokens[:, :self.num_prefix_tokens]) if return_prefix_tokens else patches)
         return outputs if intermediates_only else (self.norm(x), outputs)
 
+    @inference
     def embed(self, pixels: torch.Tensor, pool: str = "mean", per_channel: bool = False) -> torch.Tensor:
-        """Embeddings (B, D): mean of the patch tokens (default) or the CLS token.
+        """Embeddings (B, D): mean of the patch tokens (default) or the CLS token, as inference.
 
         per_channel (CA-MAE only): the mean of each channel's tokens, concatenated to (B, C * D).
         """
@@ -231,6 +313,7 @@ class VisionTransformer(nn.Module):
         return self.pool_tokens(features[:, self.num_prefix_tokens:], features[:, 0], pool, per_channel,
                                 pixels.shape[1])
 
+    @inference
     def embed_blocks(self, pixels: torch.Tensor, blocks: int | list[int] | None = None, pool: str = "mean",
                      per_channel: bool = False) -> torch.Tensor:
         """Embeddings of several blocks from one forward: (B, K, D) for the K chosen blocks (in block order;

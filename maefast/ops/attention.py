@@ -39,12 +39,10 @@ import time
 import torch
 import torch.nn.functional as F
 
+from maefast.choices import ATTENTION_BACKENDS, FLASH_ATTENTION_MODULES, SDPA_KERNELS
 from maefast.errors import MissingDependency, UserInputError, installed
 from maefast.ops.backend import forced_backend
 
-SDPA_KERNELS = ("cudnn", "flash", "efficient", "math")
-FLASH_ATTENTION_MODULES = {"flash_attn": "flash_attn", "fa3": "flash_attn_interface", "fa4": "flash_attn.cute"}
-ATTENTION_BACKENDS = ("triton", "sdpa", *SDPA_KERNELS, *FLASH_ATTENTION_MODULES)
 MAX_TRITON_HEAD_DIM = 128
 _INSTALL_HINTS = {"triton": "python -m pip install triton", "flash_attn": "python -m pip install flash-attn",
                   "fa3": "build flash_attn_interface from flash-attention's hopper/ folder",

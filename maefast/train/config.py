@@ -6,20 +6,19 @@ Built and overridden as every maefast config is (maefast.fields); the embedding 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import torch
 
+from maefast.choices import ATTENTION_CHOICES, COMPILE_CHOICES, DALI_DEVICES, DEVICES, LOADER_BACKENDS, PRECISIONS
 from maefast.data.decode import ERROR_POLICIES
 from maefast.data.layouts import LAYOUTS
-from maefast.data.loader import DALI_DEVICES
 from maefast.data.plan import MAX_SEED
 from maefast.errors import UserInputError
 from maefast.fields import apply_assignment, build, safe_yaml, set_value
-from maefast.job_setup import COMPILE_CHOICES, PRECISIONS
-from maefast.models.attention_setup import ATTENTION_CHOICES
 
 
 @dataclass
@@ -33,7 +32,8 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    path: str = ""                 # dataset root; empty: a synthetic screen rendered into <out>/data
+    path: str = ""                 # dataset root (stored absolute, so that a run resumes from any directory)
+    synthetic: bool = False        # no data set: train on a synthetic screen rendered into <out>/data
     layout: str = "auto"           # auto | rxrx | jump | packed
     channels: list[str] = field(default_factory=list)  # names to select / reorder; empty: all, in stored order
     crop_size: int = 256
@@ -45,7 +45,7 @@ class DataSection:
     dali_device: str = "auto"      # where DALI decodes, crops and flips: auto (the run's device) | cpu | gpu
     on_error: str = "raise"        # raise | skip
     allow_outside_root: bool = False  # let metadata paths leave the data root (open_dataset's opt-in)
-    synthetic_genes: int = 12      # synthetic screen (when path is empty): perturbed genes, 2 wells each
+    synthetic_genes: int = 12      # synthetic screen (data.synthetic): perturbed genes, 2 wells each
     synthetic_site_size: int = 256
 
 
@@ -92,12 +92,12 @@ CHOICES = {
     "model.attention": ATTENTION_CHOICES,
     "run.compile": COMPILE_CHOICES,
     "data.layout": ("auto", *LAYOUTS),
-    "data.backend": ("auto", "dali", "torch"),
+    "data.backend": LOADER_BACKENDS,
     "data.dali_device": DALI_DEVICES,
     "data.on_error": ERROR_POLICIES,
     "data.allow_outside_root": (False, True),
     "optim.name": ("lion", "adamw"),
-    "run.device": ("auto", "cpu", "cuda"),
+    "run.device": DEVICES,
     "run.precision": PRECISIONS,
     "run.parallel": ("ddp", "fsdp"),
 }
@@ -140,10 +140,27 @@ SECTIONS = {"model": ModelSection, "data": DataSection, "optim": OptimSection, "
 
 
 def build_config(raw: dict) -> TrainConfig:
-    """The config of a recipe's dict (with its overrides applied), checked (validate)."""
+    """The config of a recipe's dict (with its overrides applied), checked (validate), its data path absolute.
+    A model key other than ModelSection's is a create_model option: `--set model.global_pool=avg` is
+    `--set model.overrides.global_pool=avg`."""
+    model = raw.get("model")
+    if isinstance(model, dict):
+        options = {key: model.pop(key) for key in list(model) if key not in {f.name for f in
+                                                                             dataclasses.fields(ModelSection)}}
+        if options:
+            model["overrides"] = {**(model.get("overrides") or {}), **options}
     config = build(TrainConfig, raw)
     validate(config)
+    config.data.path = absolute_data_path(config.data.path)
     return config
+
+
+def absolute_data_path(path: str) -> str:
+    """A local data path as a run stores it: absolute, so that a resume from another directory reads the same data
+    (a URL such as s3://bucket/screen stays as it is)."""
+    if not path or "://" in path:
+        return path
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def validate(config: TrainConfig) -> None:

@@ -1,4 +1,5 @@
-"""Training data: the dataset named by the config (or a synthetic screen) through maefast.data's loader."""
+"""Training data: the dataset named by the config (or, when asked for, a synthetic screen) through maefast.data's
+loader."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,20 +12,27 @@ from maefast.train.config import TrainConfig
 
 
 def synthetic_screen_path(config: TrainConfig, out_dir: Path, context: DistributedContext) -> Path:
-    """Renders (once; a resumed run reuses it) the synthetic screen a run without data.path trains on."""
+    """Renders (once; a resumed run reuses it) the synthetic screen a run with data.synthetic trains on."""
     data = config.data
     path = Path(out_dir) / "data"
     channels = config.model.overrides.get("in_chans") or config.model.overrides.get("max_in_chans") or 6
     if context.is_main:
         synth_screen(path, layout="rxrx", num_genes=data.synthetic_genes, replicates=2, num_plates=2,
                      num_experiments=1, controls_per_plate=4, sites_per_well=2, size=data.synthetic_site_size,
-                     channels=channels, seed=config.run.seed, progress=False)
+                     channels=channels, seed=config.run.seed, progress=True)
     barrier(context)
     return path
 
 
 def build_train_loader(config: TrainConfig, out_dir, context: DistributedContext):
     data = config.data
+    if data.synthetic and data.path:
+        raise UserInputError(f"data.synthetic=true renders a synthetic screen to train on, and data.path names a data "
+                             f"set ({data.path}): choose one")
+    if not data.synthetic and not data.path:
+        raise UserInputError("no training data: name the data set with --data PATH (--set data.path=PATH), or train "
+                             "on a synthetic screen rendered into the run directory with --synthetic-data "
+                             "(--set data.synthetic=true)")
     path = data.path or synthetic_screen_path(config, out_dir, context)
     dataset = open_dataset(path, layout=data.layout, channels=list(data.channels) or None,
                            allow_outside_root=data.allow_outside_root)

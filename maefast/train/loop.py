@@ -1,14 +1,18 @@
-"""The training loop: setup, steps, checkpoints, resume, SIGTERM, non-finite losses, logging."""
+"""The training loop: setup, steps, checkpoints, resume, SIGTERM, non-finite losses, logging.
+
+A run stopped by SIGTERM or SIGINT (maefast.train.signals) writes its checkpoint and returns a summary whose
+"interrupted" names the signal (`maefast train` then exits with 143 for SIGTERM, the preemption convention,
+and 130 for SIGINT); resumed, it continues where it stopped."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.distributed.checkpoint.state_dict import get_model_state_dict
-from tqdm import tqdm
 
 from maefast import distributed as dist_utils
 from maefast.errors import UserInputError
@@ -19,6 +23,7 @@ from maefast.models.checkpoint import ENCODER_DIR, pretrained_config, save_pretr
 from maefast.models.families import family_of
 from maefast.models.regions import compile_regions
 from maefast.models.registry import create_model, input_config
+from maefast.progress import Progress
 from maefast.records import describe_changes
 from maefast.train.config import TrainConfig
 from maefast.train.data import build_train_loader
@@ -30,7 +35,7 @@ from maefast.train.observe import (
     save_loss_curve,
     save_reconstruction_grid,
 )
-from maefast.train.optim import build_optimizer, build_scheduler
+from maefast.train.optim import Cycle, build_optimizer, build_scheduler, first_cycle, rescheduled
 from maefast.train.resume import check_config, check_data, record_config
 from maefast.train.signals import StopRequests
 from maefast.train.state import (
@@ -132,14 +137,15 @@ class Trainer:
             self.restore(checkpoint)
         else:
             torch.manual_seed(run.seed * 1_000_003 + self.context.rank)  # masks differ across ranks
-        self.scheduler = build_scheduler(self.optimizer, run.max_steps, optim.warmup_fraction, optim.min_lr_ratio,
-                                         start_step=self.step)
-        if changes and self.context.is_main:
-            print(f"maefast train: resuming with a changed config (--allow-config-change): "
-                  f"{describe_changes(changes)}")
+        self.cycles, schedule_change = self.schedule(checkpoint)
+        self.scheduler = build_scheduler(self.optimizer, self.cycles, start_step=self.step)
         if self.context.is_main:
+            if changes:
+                print(f"maefast train: resuming with a changed config: {describe_changes(changes)}")
+            if schedule_change:
+                print(f"maefast train: learning-rate schedule from step {self.step}: {schedule_change}")
             write_yaml_atomic(self.out / JOB_CONFIG_FILE, config.to_dict())
-            record_config(self.out, config, self.recipe, self.step, changes)
+            record_config(self.out, config, self.recipe, self.step, changes, schedule_change)
             write_json_atomic(self.out / ATTENTION_FILE, self.attention)
 
     def checkpoint_to_resume(self, resume: bool) -> Checkpoint | None:
@@ -154,6 +160,35 @@ class Trainer:
             raise UserInputError(f"--resume: {self.out} holds no checkpoint to resume from (nothing in "
                                  f"{checkpoint_root(self.out)}); start the run without --resume")
         return checkpoint
+
+    def schedule(self, checkpoint: Checkpoint | None) -> tuple[list[Cycle], str | None]:
+        """The learning-rate cycles of the run (maefast.train.optim) and, when a resume changes them, what the
+        change is, in words: the cycles the checkpoint recorded (a run from before they were recorded: the one
+        cycle of its config), with an allowed change of optim.warmup_fraction or optim.min_lr_ratio applied to
+        the current cycle, continued to run.max_steps (maefast.train.optim.rescheduled)."""
+        optim, total = self.config.optim, self.config.run.max_steps
+        if checkpoint is None:
+            return [first_cycle(total, optim.warmup_fraction, optim.min_lr_ratio)], None
+        recorded = checkpoint.meta.get("schedule")
+        if recorded:
+            cycles = [Cycle(**cycle) for cycle in recorded]
+        else:
+            old = checkpoint.meta["config"]
+            cycles = [first_cycle(old["run"]["max_steps"], old["optim"]["warmup_fraction"],
+                                  old["optim"].get("min_lr_ratio", 0.0))]
+        notes, last = [], cycles[-1]
+        warmup = max(1, int((last.end - last.start) * optim.warmup_fraction)) if last.warmup else 0
+        if (warmup, optim.min_lr_ratio) != (last.warmup, last.min_ratio):
+            cycles[-1] = dataclasses.replace(last, warmup=warmup, min_ratio=optim.min_lr_ratio)
+            notes.append(f"the current cycle (steps {last.start} to {last.end}) now warms up over {warmup} steps "
+                         f"and decays to {optim.min_lr_ratio:g} x the rate")
+        if total < self.step:
+            raise UserInputError(f"run.max_steps={total}: the run is at step {self.step} already; resume with "
+                                 f"--max-steps {self.step} or more")
+        if total not in (cycles[-1].end, self.step):
+            cycles, note = rescheduled(cycles, self.step, total, optim.warmup_fraction, optim.min_lr_ratio)
+            notes.append(note)
+        return cycles, "; ".join(notes) or None
 
     def check_channels(self) -> None:
         inputs, count = input_config(self.model), len(self.channel_names)
@@ -181,7 +216,8 @@ class Trainer:
         rng_states = dist_utils.gather_objects(rng_state(), self.context)
         meta = {"total_flops": self.total_flops, "crops_seen": self.crops_seen, "model": self.config.model.name,
                 "config": self.config.to_dict(), "recipe": self.recipe, "data": self.data_fingerprint,
-                "attention": self.attention, **({"fp8": self.fp8} if self.fp8 else {})}
+                "attention": self.attention, "schedule": [dataclasses.asdict(cycle) for cycle in self.cycles],
+                **({"fp8": self.fp8} if self.fp8 else {})}
         train_state = {"step": self.step, "total_flops": self.total_flops, "crops_seen": self.crops_seen,
                        "loader": self.loader.state_dict()}
         model_config = pretrained_config(self.model, self.channel_names,
@@ -249,11 +285,13 @@ class Trainer:
         run, context = self.config.run, self.context
         self.interrupted = None
         stops = StopRequests().install()  # SIGTERM / SIGINT: checkpoint at the end of the step, then stop
-        rate = matmul_rate(context.device, self.run_setup.precision)
+        # MFU is a GPU figure: on a CPU, shared with the loader's workers, a matmul timed at start-up is no peak
+        # (it made a CPU run read 94%), so a CPU run reports crops/s, tokens/s and TFLOP/s only
+        rate = matmul_rate(context.device, self.run_setup.precision) if context.device.type == "cuda" else None
         meter = Throughput(self.flops_per_crop, self.tokens_per_crop, rate, context.world_size)
         log = ScalarLog(self.out, self.step) if context.is_main else None
-        progress = tqdm(total=run.max_steps, initial=self.step, disable=not (context.is_main and self.show_progress),
-                        desc="train", dynamic_ncols=True)
+        progress = Progress("train", run.max_steps, "steps", initial=self.step, bar=self.show_progress,
+                            silent=not context.is_main)
         # meter.batches counts the time blocked on the loader (data_wait); streak: non-finite steps in a row
         iterator, metrics, self.streak = meter.batches(self.batches()), StepMetrics(), 0
         try:
@@ -271,9 +309,10 @@ class Trainer:
                 self.total_flops += crops * context.world_size * self.flops_per_crop
                 meter.add(crops)
                 metrics.add(self.step, ids, losses, finite, grad_norm)
-                progress.update(1)
+                shown = {}
                 if self.step % run.log_every == 0 or self.step == run.max_steps:
-                    self.log_scalars(log, progress, self.check_finite(metrics.read()), meter)
+                    shown = self.log_scalars(log, self.check_finite(metrics.read()), meter)
+                progress.update(1, **shown)
                 self.last_batch = (pixels, pred, mask) if mask is not None else None
                 if context.is_main and self.last_batch is not None and self.step % run.image_every == 0:
                     self.save_images(*self.last_batch)
@@ -324,20 +363,21 @@ class Trainer:
         norm = torch.nn.utils.clip_grad_norm_(self.wrapped.parameters(), limit)
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2 gives a DTensor
 
-    def log_scalars(self, log, progress, interval: Interval, meter) -> None:
+    def log_scalars(self, log, interval: Interval, meter) -> dict:
+        """Logs the interval's mean losses and the rates; returns what the progress line shows."""
         # the loss and its named terms (masked models: mse, fourier); nan when no step of the interval was finite
         losses = interval.losses or {"loss": float("nan")}
         means = {name: dist_utils.mean_over_ranks(value, self.context) for name, value in losses.items()}
         loss = means["loss"]
         rates = meter.report()
         if log is None:
-            return
+            return {}
         scalars = {**means, "lr": self.scheduler.get_last_lr()[0], "grad_norm": interval.grad_norm,
                    "total_flops": self.total_flops, **rates}
         log.log(self.step, scalars)
-        progress.set_postfix(loss=f"{loss:.4f}", crops_s=f"{rates['crops_per_s']:.1f}",
-                             tok_s=f"{rates['tokens_per_s']:.3g}", mfu=f"{rates['mfu']:.1%}",
-                             data_wait=f"{rates['data_wait']:.0%}")
+        shown = {"loss": loss, "crops_s": rates["crops_per_s"], "tokens_s": rates["tokens_per_s"],
+                 "data_wait": f"{rates['data_wait']:.0%}"}
+        return {**shown, "mfu": f"{rates['mfu']:.1%}"} if "mfu" in rates else shown
 
     def save_images(self, pixels, pred, mask) -> None:
         save_reconstruction_grid(self.out / "images" / f"reconstruction-step{self.step:08d}.png", self.model,
@@ -345,7 +385,8 @@ class Trainer:
 
     def finish(self, log) -> dict:
         summary = {"step": self.step, "total_flops": self.total_flops, "crops_seen": self.crops_seen,
-                   "out": str(self.out), "interrupted": self.interrupted}
+                   "out": str(self.out), "interrupted": self.interrupted,
+                   "skipped": list(getattr(self.loader, "skipped", []))}
         if self.step >= self.config.run.max_steps:
             if self.context.is_main and self.last_batch is not None and self.step % self.config.run.image_every:
                 self.save_images(*self.last_batch)

@@ -14,8 +14,8 @@ from maefast.ops.patches import self_standardize, unpatchify
 
 
 class Throughput:
-    """Crops/s, tokens/s, MFU and the share of the time spent waiting for data, over the interval since the
-    last report.
+    """Crops/s, tokens/s, TFLOP/s, MFU and the share of the time spent waiting for data, over the interval since
+    the last report; no MFU without a matmul rate (on a CPU: maefast.train.loop).
 
     data_wait: the time the loop was blocked in the loader's next() (`batches`) over the interval's wall time,
     on this rank. A loader that keeps up has its batch ready (0); on a GPU the step queues its kernels and waits
@@ -23,7 +23,7 @@ class Throughput:
     stages (reading, decoding on the CPU) fall behind the GPU, and then this share is the step time it costs.
     """
 
-    def __init__(self, flops_per_crop: int, tokens_per_crop: int, matmul_rate: float, world_size: int,
+    def __init__(self, flops_per_crop: int, tokens_per_crop: int, matmul_rate: float | None, world_size: int,
                  clock=time.perf_counter):
         self.flops_per_crop, self.tokens_per_crop = flops_per_crop, tokens_per_crop
         self.matmul_rate, self.world_size, self.clock = matmul_rate, world_size, clock
@@ -51,9 +51,11 @@ class Throughput:
         flops_per_s = crops_per_s * self.flops_per_crop
         data_wait = min(self.waited / elapsed, 1.0)
         self.crops, self.waited, self.start = 0, 0.0, now
-        return {"crops_per_s": crops_per_s, "tokens_per_s": crops_per_s * self.tokens_per_crop,
-                "tflops_per_s": flops_per_s / 1e12,
-                "mfu": flops_per_s / (self.matmul_rate * self.world_size), "data_wait": data_wait}
+        rates = {"crops_per_s": crops_per_s, "tokens_per_s": crops_per_s * self.tokens_per_crop,
+                 "tflops_per_s": flops_per_s / 1e12, "data_wait": data_wait}
+        if self.matmul_rate is not None:
+            rates["mfu"] = flops_per_s / (self.matmul_rate * self.world_size)
+        return rates
 
 
 @dataclass

@@ -1,7 +1,9 @@
-"""Optimizers and the learning-rate schedule of the papers: Lion (or AdamW), one-cycle cosine."""
+"""Optimizers and the learning-rate schedule of the papers: Lion (or AdamW), one-cycle cosine (and the cycles of a
+run whose max_steps a resume changed)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch.optim import Optimizer
@@ -173,18 +175,71 @@ def build_optimizer(model, name: str, lr: float, weight_decay: float, betas, fus
 
 def one_cycle_factor(step: int, total_steps: int, warmup_fraction: float, min_ratio: float = 0.0) -> float:
     """Linear warm-up over warmup_fraction of the steps, then cosine decay to min_ratio."""
-    warmup = max(1, int(total_steps * warmup_fraction))
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return first_cycle(total_steps, warmup_fraction, min_ratio).factor(step)
 
 
-def build_scheduler(optimizer, total_steps: int, warmup_fraction: float, min_ratio: float,
-                    start_step: int = 0) -> LambdaLR:
-    """The one-cycle schedule from `start_step` on (a resumed run): the learning rate is a function of the
-    step and the config only, so a resumed run rebuilds it rather than storing it."""
+@dataclass(frozen=True)
+class Cycle:
+    """One cycle of the learning-rate factor over the steps [start, end): a linear warm-up from 0 to `peak` over
+    `warmup` steps, then a cosine decay from `peak` to `min_ratio` at `end` (min_ratio after it)."""
+    start: int
+    end: int
+    warmup: int
+    peak: float = 1.0
+    min_ratio: float = 0.0
+
+    def factor(self, step: int) -> float:
+        local = step - self.start
+        if local < self.warmup:
+            return self.peak * (local + 1) / self.warmup
+        progress = min(1.0, (local - self.warmup) / max(1, self.end - self.start - self.warmup))
+        return self.min_ratio + (self.peak - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def first_cycle(total_steps: int, warmup_fraction: float, min_ratio: float = 0.0) -> Cycle:
+    """The papers' one-cycle schedule over a whole run: warm-up over warmup_fraction of the steps (at least one)."""
+    return Cycle(0, total_steps, max(1, int(total_steps * warmup_fraction)), 1.0, min_ratio)
+
+
+def schedule_factor(cycles: list[Cycle], step: int) -> float:
+    """The factor at `step` of a schedule of cycles, each in force from its start until the next one starts."""
+    return next(cycle for cycle in reversed(cycles) if cycle.start <= step or cycle is cycles[0]).factor(step)
+
+
+def rescheduled(cycles: list[Cycle], step: int, total_steps: int, warmup_fraction: float,
+                min_ratio: float) -> tuple[list[Cycle], str]:
+    """The schedule of a run resumed at `step` with run.max_steps = total_steps (other than its cycles' end), and
+    what it is, in words. The steps taken keep their learning rates, and the rate never jumps:
+      - the last cycle had ended (a finished run extended): a new cycle over the added steps, warm-up over
+        warmup_fraction of them, then cosine decay to min_ratio;
+      - it is still warming up, and the warm-up ends before the new last step: the warm-up goes on as it was, the
+        decay then ends at the new last step;
+      - otherwise: the decay continues (or begins) from today's factor down to min_ratio at the new last step.
+    """
+    last = cycles[-1]
+    if step >= last.end:
+        added = total_steps - step
+        cycle = Cycle(step, total_steps, max(1, int(added * warmup_fraction)), 1.0, min_ratio)
+        return [*cycles, cycle], (f"the learning-rate cycle ended at step {last.end}; a new one runs over the "
+                                  f"{steps(added)} added: warm-up over {steps(cycle.warmup)} to optim.lr, then "
+                                  f"cosine decay to {min_ratio:g} x optim.lr at step {total_steps}")
+    if step < last.start + last.warmup < total_steps:
+        cycle = Cycle(last.start, total_steps, last.warmup, last.peak, min_ratio)
+        return [*cycles[:-1], cycle], (f"the warm-up continues to step {last.start + last.warmup}, then the cosine "
+                                       f"decay ends at step {total_steps} instead of {last.end}")
+    factor = last.factor(step)
+    cycle = Cycle(step, total_steps, 0, factor, min_ratio)
+    return [*cycles, cycle], (f"the cosine decay continues from {factor:.4g} x optim.lr at step {step} to "
+                              f"{min_ratio:g} x optim.lr at step {total_steps} instead of {last.end}")
+
+
+def steps(count: int) -> str:
+    return f"{count} step" if count == 1 else f"{count} steps"
+
+
+def build_scheduler(optimizer, cycles: list[Cycle], start_step: int = 0) -> LambdaLR:
+    """The schedule of `cycles` (first_cycle for a new run) from `start_step` on (a resumed run): the learning
+    rate is a function of the step and the cycles, which the checkpoints record."""
     for group in optimizer.param_groups:
         group["initial_lr"] = group["lr"]
-    return LambdaLR(optimizer, lambda step: one_cycle_factor(step, total_steps, warmup_fraction, min_ratio),
-                    last_epoch=start_step - 1)
+    return LambdaLR(optimizer, lambda step: schedule_factor(cycles, step), last_epoch=start_step - 1)

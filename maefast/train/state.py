@@ -41,9 +41,10 @@ from maefast.io import (
     write_safetensors,
     write_state,
 )
+from maefast.models.checkpoint import RUN_CHECKPOINTS, RUN_MANIFEST
 from maefast.train.integrity import check_optimizer, check_train_state, check_weights, verify_digests, write_digests
 
-MANIFEST = "latest.json"
+MANIFEST = RUN_MANIFEST
 MODEL_FILE, STATE_STEM, META_FILE = "model.safetensors", "train_state", "meta.json"
 PICKLED_STATE = "train_state.pt"  # the format of maefast before the state moved to safetensors + JSON
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -65,7 +66,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def checkpoint_root(out_dir) -> Path:
-    return Path(out_dir) / "checkpoints"
+    return Path(out_dir) / RUN_CHECKPOINTS
 
 
 def save_checkpoint(out_dir, step: int, model, optimizer, train_state: dict, rng_states: list, meta: dict,

@@ -6,10 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import maefast
 from maefast.cli import main
 from maefast.data import ImageReadError, make_loader, open_dataset
 from maefast.data.check import check_dataset
 from maefast.data.packed import pack_dataset
+from maefast.data.synthetic import synth_screen
 
 
 @pytest.mark.parametrize("backend", ["dali", "torch"])
@@ -97,3 +99,34 @@ def test_pack_skips_and_resumes(broken_rxrx, tmp_path):
     assert check_dataset(out, progress=False).ok
     with pytest.raises(ValueError, match="other settings"):
         pack_dataset(dataset, out, shard_images=5, progress=False)
+
+
+def test_skipped_images_are_reported_and_stored_as_records(broken_rxrx, tmp_path, capsys):
+    """--on-error skip: pack and embed say what they skipped, in one line each, and store each skip as a record
+    (id, path, reason, kind) in the manifest, not as the text of a Python object."""
+    root, bad = broken_rxrx
+    assert main(["data", "pack", str(root), "--out", str(tmp_path / "packed"), "--on-error", "skip",
+                 "--shard-images", "4"]) == 0
+    out = capsys.readouterr().out
+    assert f"packed {16 - len(bad)} images" in out
+    line = next(line for line in out.splitlines() if line.startswith("maefast data pack: skipped"))
+    assert line.startswith(f"maefast data pack: skipped {len(bad)} unreadable image(s), all listed in ")
+    assert all(image_id in line for image_id in bad)
+    checkpoint = tmp_path / "encoder"
+    maefast.save_pretrained(maefast.create_model("vit_debug_patch8_64", in_chans=6, img_size=32), checkpoint)
+    assert main(["embed", "--checkpoint", str(checkpoint), "--data", str(root), "--out", str(tmp_path / "emb"),
+                 "--on-error", "skip", "--backend", "torch", "--no-progress"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("maefast embed: skipped"))
+    assert line.startswith(f"maefast embed: skipped {len(bad)} unreadable image(s), all listed in ")
+    manifest = json.loads((tmp_path / "emb" / "manifest.json").read_text())
+    assert {entry["id"]: entry["path"] for entry in manifest["skipped"]} == bad
+    assert {entry["kind"] for entry in manifest["skipped"]} == {"missing", "unreadable"}
+    assert all(set(entry) == {"id", "path", "reason", "kind"} for entry in manifest["skipped"])
+
+
+def test_data_info_counts_plates_per_experiment(tmp_path, capsys):
+    """RxRx plate numbers start at 1 in every experiment: 2 experiments of 2 plates are 4 plates, not 2."""
+    root = synth_screen(tmp_path / "screen", layout="rxrx", num_genes=4, replicates=2, num_plates=4,
+                        num_experiments=2, controls_per_plate=1, sites_per_well=1, size=64, progress=False)
+    assert main(["data", "info", str(root)]) == 0
+    assert "batches 2, plates 4 (2 per batch), perturbations 5, control images 4" in capsys.readouterr().out

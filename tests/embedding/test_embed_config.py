@@ -3,6 +3,7 @@ and from Python, typed flags that never pass through text, `--set` overrides, th
 checkpoint resolved once per job."""
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,6 +50,9 @@ def test_defaults_come_from_the_config_alone(captured):
     assert captured == [expected, expected] and expected.batch_size == 16
     flags = {action.dest: action for action in build_parser()._subparsers._group_actions[0].choices["embed"]._actions}
     for setting in dataclasses.fields(EmbedConfig):  # every key is a flag, and the help shows the config's default
+        if not setting.metadata.get("flag", True):  # model_options: --set model.KEY=VALUE
+            assert setting.name not in flags and "--set model.KEY=VALUE" in setting.metadata["help"]
+            continue
         assert setting.name in flags, setting.name
         if setting.default not in (None, "", False, dataclasses.MISSING):
             assert f"(default: {str(setting.default).lower()})" in flags[setting.name].help.lower(), setting.name
@@ -63,7 +67,7 @@ def test_flag_values_stay_what_they_were_typed(captured, monkeypatch, tmp_path, 
     trained = []
     monkeypatch.setattr("maefast.train.loop.train", lambda config, *args, **kwargs: trained.append(config) or {})
     assert main(["train", "--recipe", "debug", "--out", str(tmp_path), "--data", name, "--max-steps", "7"]) == 0
-    assert (trained[0].data.path, trained[0].run.max_steps) == (name, 7)
+    assert (trained[0].data.path, trained[0].run.max_steps) == (str(Path.cwd() / name), 7)  # stored absolute
 
 
 def test_flags_win_over_set_and_bad_values_are_named(captured, capsys):

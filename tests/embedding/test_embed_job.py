@@ -2,11 +2,13 @@
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 import maefast
 from maefast.cli import main
@@ -17,6 +19,7 @@ from maefast.embedding.config import embed_config
 from maefast.embedding.job import read_job, run_embedding
 from maefast.errors import UserInputError
 from maefast.models.checkpoint import resolve_checkpoint
+from tests.helpers import FIXTURES
 from tests.test_lock import hold_lock
 
 
@@ -159,6 +162,28 @@ def test_one_embedding_job_per_output_directory(screen, checkpoint, tmp_path, ca
         holder.kill()
         holder.wait()
     assert f"is in use by another maefast job (test holder, pid {holder.pid}" in capsys.readouterr().err
+
+
+def test_a_bare_timm_weights_file_embeds_with_its_architecture_read_from_it(screen, tmp_path):
+    """`maefast embed --checkpoint timm.safetensors --model NAME`: block type, pooling, biases, positions, channels
+    and crop size come from the weights (timm's standard ViT, global_pool="avg"); `--set model.KEY=VALUE` sets
+    what the name fixes otherwise (here the width and heads of the small test model), recorded in job.json."""
+    tensors = load_file(str(Path(FIXTURES) / "timm_standard_golden_avg.safetensors"))
+    state = {k.removeprefix("state."): v for k, v in tensors.items() if k.startswith("state.")}
+    save_file(state, str(tmp_path / "timm.safetensors"))
+    out = tmp_path / "emb"
+    assert main(["embed", "--checkpoint", str(tmp_path / "timm.safetensors"), "--model", "vit_debug_patch8_64",
+                 "--data", str(screen), "--out", str(out), "--set", "model.embed_dim=48", "--set",
+                 "model.num_heads=4", "--no-progress"]) == 0
+    assert json.loads((out / "job.json").read_text())["model_options"] == {"embed_dim": 48, "num_heads": 4}
+    encoder = maefast.create_model("vit_debug_patch8_64", checkpoint_path=state, embed_dim=48, num_heads=4)
+    assert (encoder.config.global_pool, encoder.config.block, encoder.config.img_size) == ("avg", "standard", 32)
+    record = open_dataset(screen).table.iloc[0]
+    image = np.stack([read_channel(record[f"file_{c}"]) for c in open_dataset(screen).channels])
+    tiles = torch.from_numpy(image).unfold(1, 32, 32).unfold(2, 32, 32).permute(1, 2, 0, 3, 4).reshape(16, 6, 32, 32)
+    expected = encoder.embed(tiles.contiguous()).mean(0)
+    got = torch.tensor(read_job(out).filter(like="feature_").iloc[0].to_numpy(), dtype=torch.float32)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_blocks_in_one_pass_match_embed_blocks_and_resume(screen, checkpoint, tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ import maefast
 from maefast.cli import main
 from maefast.embedding.outputs import read_embeddings
 from maefast.evaluate import build_map
-from maefast.tables import FORMATS, feature_columns, feature_names, write_table
+from maefast.tables import FORMATS, feature_columns, feature_names, metadata_column, row_names, write_table
 
 SUFFIX = {"parquet": ".parquet", "h5ad": ".h5ad", "pycytominer-csv": ".csv.gz", "pycytominer-parquet": ".parquet"}
 
@@ -85,6 +85,27 @@ def test_h5ad_is_what_anndata_users_expect(tmp_path):
     assert list(data.var_names) == [f"feature_{i:04d}" for i in range(5)]
     assert list(data.obs["perturbation"]) == list(table["perturbation"]) and data.obs["is_control"].dtype == bool
     np.testing.assert_array_equal(data.X, table.filter(like="feature_").to_numpy())
+    assert list(data.obs_names) == list(table["id"])  # the site ids, not row numbers
+
+
+def test_rows_are_named_by_site_id_well_key_or_map_index():
+    """What names a table's rows in AnnData (obs_names): a site table's ids, a well table's batch/plate/well, a
+    map's perturbations; nothing when no column names each row once."""
+    sites = site_table()
+    assert list(row_names(sites)) == list(sites["id"])
+    wells = sites.drop(columns=["id", "site"]).assign(batch="exp1")
+    assert list(row_names(wells)) == [f"exp1/P1/A{r:02d}" for r in range(12)]
+    assert list(row_names(perturbation_map())) == [f"gene{i}" for i in range(25)]
+    assert row_names(sites.assign(id="same").drop(columns=["well"])) is None
+
+
+def test_a_column_is_found_with_or_without_the_metadata_prefix():
+    cytominer = pd.DataFrame(columns=["Metadata_gene", "plate", "feature_0000"])
+    assert metadata_column(cytominer, "gene") == "Metadata_gene"
+    assert metadata_column(cytominer, "Metadata_plate") == "plate"
+    assert metadata_column(cytominer, "plate") == "plate"
+    with pytest.raises(ValueError, match=r"unknown column 'well'; the columns are \['Metadata_gene', 'plate', "):
+        metadata_column(cytominer, "well")
 
 
 def test_h5ad_without_anndata_says_how_to_install_it(tmp_path, monkeypatch):

@@ -1,9 +1,11 @@
 """`maefast map` and `maefast benchmark` end to end, and the plots."""
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from maefast.cli import main
 from maefast.errors import UserInputError
@@ -18,6 +20,7 @@ from maefast.evaluate import (
     score_map,
 )
 from maefast.evaluate.plots import _source_label
+from maefast.tables import write_table
 from tests.evaluate.evaluate_helpers import synthetic_screen
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -63,17 +66,30 @@ def test_map_and_benchmark_commands(screen_dir, capsys):
                  "--flops", str(tmp_path / "flops.csv")]) == 0
     recall = pd.read_csv(out / "recall.csv")
     assert list(recall.columns) == ["map", "source", "n_pairs", "n_all_pairs", "recall_0.05_0.95",
-                                    "recall_0.1_0.9", "flops"]
+                                    "recall_0.05_0.95_low", "recall_0.05_0.95_high", "chance_0.05_0.95",
+                                    "recall_0.1_0.9", "recall_0.1_0.9_low", "recall_0.1_0.9_high", "chance_0.1_0.9",
+                                    "flops"]
     direct = relationship_recall(expected, sources=[tmp_path / "groups.csv", "CORUM"])
     mine = recall[recall["map"] == "ckpt_a"].reset_index(drop=True)
     np.testing.assert_array_equal(mine["recall_0.05_0.95"], direct["recall_0.05_0.95"])
+    assert recall["chance_0.05_0.95"].tolist() == pytest.approx([0.1] * 4)
+    assert recall["chance_0.1_0.9"].tolist() == pytest.approx([0.2] * 4)
+    for _, row in recall[recall["n_pairs"] > 0].iterrows():  # Binomial(n, recall) / n quantiles over the pairs
+        n, value = row["n_pairs"], row["recall_0.05_0.95"]
+        low, high = stats.binom.ppf([0.025, 0.975], n, value) / n
+        assert (row["recall_0.05_0.95_low"], row["recall_0.05_0.95_high"]) == pytest.approx((low, high))
+        assert low <= value <= high
     assert mine.loc[0, "recall_0.05_0.95"] > 0.8  # the synthetic groups are recovered
     assert json.loads((out / "recall.json").read_text())[0]["map"] == "ckpt_a"
     sweep = pd.read_csv(out / "recall_sweep.csv")
     assert "recall_0.01_0.99" in sweep.columns and "recall_0.2_0.8" in sweep.columns
     for name in ("recall_bars", "recall_sweep", "recall_vs_flops", "similarity_ckpt_a", "similarity_ckpt_b"):
         assert_png(out / f"{name}.png")
-    assert "ckpt_b" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "recall (0.05, 0.95) [95% interval]" in printed and "chance (0.05, 0.95)" in printed
+    first = mine.iloc[0]
+    assert (f"{first['recall_0.05_0.95']:.3f} [{first['recall_0.05_0.95_low']:.2f}, "
+            f"{first['recall_0.05_0.95_high']:.2f}]") in printed
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -154,3 +170,54 @@ def test_map_pca_view(tmp_path):
     with pytest.raises(UserInputError, match="PCA view"):
         plot_map_pca({"one feature": features.iloc[:, :1]}, groups, tmp_path / "never.png")
     assert not (tmp_path / "never.png").exists()
+
+
+def test_batches_from_several_columns_and_metadata_prefixes_either_way(screen_dir, tmp_path, capsys):
+    """--batch-col experiment,plate (or repeated) makes each (experiment, plate) a batch; a pycytominer file's
+    Metadata_ columns are found under either name, by the map and by the benchmark."""
+    _, table = screen_dir
+    table = table.assign(experiment=np.where(np.arange(len(table)) % 2, "exp1", "exp2"))
+    cytominer = tmp_path / "sites.csv.gz"
+    write_table(table, cytominer, "pycytominer-csv")
+    assert "Metadata_experiment" in pd.read_csv(cytominer, nrows=1).columns
+    for name, columns in (("a", ["--batch-col", "Metadata_experiment,plate"]),
+                          ("b", ["--batch-col", "experiment", "--batch-col", "Metadata_plate"])):
+        assert main(["map", "--embeddings", str(cytominer), "--out", str(tmp_path / f"{name}.parquet"),
+                     "--perturbation-col", "Metadata_perturbation", "--control", "CONTROL", *columns,
+                     "--pca-components", "8"]) == 0
+    expected = build_map(table, perturbation_col="perturbation", control_label="CONTROL",
+                         batch_col=["experiment", "plate"], pca_components=8)
+    for name in ("a", "b"):
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / f"{name}.parquet"), expected, rtol=1e-6)
+    with pytest.warns(UserWarning, match="batches by 'plate' alone merge them"):
+        merged = build_map(table, perturbation_col="perturbation", control_label="CONTROL", batch_col="plate",
+                           pca_components=8)
+    assert not np.allclose(merged.to_numpy(), expected.to_numpy())  # the batches differ
+    write_table(expected, tmp_path / "map.csv", "pycytominer-csv")
+    assert main(["benchmark", "--map", str(tmp_path / "map.csv"), "--out", str(tmp_path / "bench"),
+                 "--perturbation-col", "Metadata_perturbation", "--source", "CORUM"]) == 0
+
+
+def test_pca_components_are_clipped_to_what_the_data_allows(screen_dir):
+    _, table = screen_dir
+    controls = int((table["perturbation"] == "CONTROL").sum())
+    features = len([c for c in table if c.startswith("feature_")])
+    with pytest.warns(UserWarning, match=rf"pca_components=500 is more than this data allows \({len(table)} rows, "
+                                         rf"{features} features, {controls - 1} control rows, less one \(TVN\)\); "
+                                         rf"using {min(features, controls - 1)}"):
+        clipped = build_map(table, perturbation_col="perturbation", control_label="CONTROL", pca_components=500)
+    exact = build_map(table, perturbation_col="perturbation", control_label="CONTROL",
+                      pca_components=min(features, controls - 1))
+    pd.testing.assert_frame_equal(clipped, exact)
+
+
+def test_plates_that_repeat_across_experiments_are_named(screen_dir):
+    _, table = screen_dir
+    table = table.assign(batch=np.where(np.arange(len(table)) % 2, "exp1", "exp2"))
+    with pytest.warns(UserWarning, match=r"batch column 'plate': plate .* occurs in 2 values of 'batch'"):
+        build_map(table, perturbation_col="perturbation", control_label="CONTROL", batch_col="plate", tvn=False,
+                  pca_components=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_map(table, perturbation_col="perturbation", control_label="CONTROL", batch_col=["batch", "plate"],
+                  tvn=False, pca_components=None)

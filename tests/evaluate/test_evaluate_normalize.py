@@ -141,12 +141,14 @@ def test_bad_input_gets_clear_errors():
         build_map(no_controls_in_p1, **options, batch_col="plate")
     with pytest.raises(ValueError, match="no feature columns"):
         build_map(table.rename(columns=lambda c: c.replace("feature_", "f")), **options)
-    with pytest.raises(ValueError, match="pca_components=7"):
-        build_map(table, **{**options, "pca_components": 7})
-    with pytest.raises(ValueError, match="TVN needs more control rows"):
-        build_map(table[table["perturbation"] != "CONTROL"].iloc[:0].pipe(lambda t: pd.concat(
-            [table[table["perturbation"] == "CONTROL"].iloc[:4], table[table["perturbation"] != "CONTROL"]])),
-            **options)
+    with pytest.warns(UserWarning, match=r"pca_components=7 is more than this data allows \(\d+ rows, 6 features, "
+                                         r"\d+ control rows, less one \(TVN\)\); using 6"):
+        clipped = build_map(table, **{**options, "pca_components": 7})
+    pd.testing.assert_frame_equal(clipped, build_map(table, **{**options, "pca_components": 6}))
+    few_controls = pd.concat([table[table["perturbation"] == "CONTROL"].iloc[:4],
+                              table[table["perturbation"] != "CONTROL"]])
+    with pytest.raises(ValueError, match="TVN needs more control rows"):  # without PCA: the 6 features as they are
+        build_map(few_controls, **{**options, "pca_components": None})
     with pytest.raises(ValueError, match="unknown aggregation 'max'"):
         build_map(table, **options, aggregate="max")
     broken = table.copy()

@@ -87,13 +87,19 @@ def test_summary_tells_signal_from_chance(tmp_path):
         return recall_summary(features, scores, THRESHOLDS, permutations=300, seed=1).iloc[0]
 
     signal = summary(structured)
-    assert signal["p_value"] < 0.01
+    assert signal["p_value"] < 0.01 and signal["p_below"] > 0.99
     assert signal["recall_low"] > signal["null_high"]
     # A map with labels unrelated to its rows is itself a draw from the null: it passes the null's 95% quantile
     # in 5% of draws, so one draw cannot be asserted; of 20 such maps, 7 or more pass it with odds under 1e-4.
     noise = [summary(structured.set_axis(rng.permutation(structured.index.to_numpy()), axis=0)) for _ in range(20)]
     assert sum(row["recall"] > row["null_high"] for row in noise) < 7
     assert np.median([row["p_value"] for row in noise]) > 0.1
+    assert np.median([row["p_below"] for row in noise]) > 0.1
+    # partners kept apart: each group's genes orthogonal to one another (cosine 0, the middle of the similarities
+    # of unrelated genes), so no partner pair reaches either percentile cut-off: a recall below chance
+    vectors = np.concatenate([np.linalg.qr(rng.normal(size=(8, 4)))[0].T for _ in range(10)])
+    apart = summary(pd.DataFrame(vectors, index=structured.index))
+    assert apart["p_below"] < 0.05 < apart["p_value"]
 
 
 def test_errors_and_empty_sources(tmp_path):

@@ -67,8 +67,8 @@ def test_bad_labels(labels, error, message):
 def test_bad_images_and_configs():
     with pytest.raises(ValueError, match="the input has 2 channels; the model takes in_chans=3"):
         debug_model()(random_pixels(1, 2, 64), torch.tensor([0]))
-    with pytest.raises(ValueError, match="model expects 64x64 images, got 32x32"):
-        debug_model().embed(random_pixels(1, 3, 32))
+    with pytest.raises(ValueError, match="image size 36 is not a multiple of the patch size 8"):
+        debug_model().embed(random_pixels(1, 3, 36))
     with pytest.raises(ValueError, match="num_classes must be at least 2, got 1"):
         debug_model(classes=1)
     with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\)"):

@@ -102,7 +102,7 @@ def test_embed_and_timm_api():
 @pytest.mark.parametrize("shape, message", [
     ((2, 4, 64, 64), "the input has 4 channels; the model takes in_chans=3"),
     ((2, 3, 64, 56), "images must be square, got 64x56"),
-    ((2, 3, 60, 60), "image size 60 is not divisible by patch size 8"),
+    ((2, 3, 60, 60), "image size 60 is not a multiple of the patch size 8"),
     ((2, 3, 128, 128), "model expects 64x64 images, got 128x128"),
     ((3, 64, 64), r"expected images \(B, C, H, W\)"),
 ])

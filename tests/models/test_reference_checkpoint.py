@@ -214,3 +214,23 @@ def test_reference_modules_outputs_are_reproduced():
     relative = lambda a, b: ((a - b).norm() / b.norm()).item()  # noqa: E731
     assert relative(pred, tensors["reconstruction"]) < 1e-5
     assert relative(embedding, tensors["embedding"]) < 1e-5
+
+
+def test_a_reference_checkpoint_into_a_model_built_otherwise_names_the_options(tmp_path):
+    """What the README's load_pretrained(..., layout="reference") needs, said by the errors: the decoder's channel
+    count (not "positions maefast cannot reproduce"), and the pooling and biases the weights imply."""
+    folder = write_reference_folder(tmp_path / "ref", tiny_config(TINY), reference_state(TINY))
+    options = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, max_in_chans=5, qkv_bias=True,
+                   decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=16, global_pool="avg")
+    with pytest.raises(ValueError, match=r"decoder.pos_embeddings holds the decoder positions of 3 channels; the "
+                                         r"model's decoder has 5: build it with decoder_channels=3"):
+        maefast.load_pretrained(maefast.create_model("camae_vit_small_patch16_256", **options), folder,
+                                layout="reference", trust_pickle=True)
+    with pytest.raises(CheckpointMismatch, match=r"the checkpoint's ViT has global_pool='avg' \(the model: 'token'\)"):
+        maefast.load_pretrained(maefast.create_model("camae_vit_small_patch16_256",
+                                                     **{**options, "global_pool": "token"}, decoder_channels=3),
+                                folder, layout="reference", trust_pickle=True)
+    model = maefast.load_pretrained(maefast.create_model("camae_vit_small_patch16_256", **options, decoder_channels=3),
+                                    folder, layout="reference", trust_pickle=True)
+    torch.testing.assert_close(model.encoder.fc_norm.weight, maefast.from_pretrained(folder, trust_pickle=True)
+                               .encoder.fc_norm.weight)

@@ -11,7 +11,14 @@ from maefast.models.mae import MAEConfig
 from maefast.models.munet import MUNetConfig
 from maefast.models.vit import ViTConfig
 from maefast.train.config import SECTIONS, load_config, recipe_names
-from maefast.train.optim import Lion, build_optimizer, one_cycle_factor
+from maefast.train.optim import (
+    Lion,
+    build_optimizer,
+    first_cycle,
+    one_cycle_factor,
+    rescheduled,
+    schedule_factor,
+)
 
 
 def test_recipes_hold_the_papers_settings():
@@ -108,8 +115,35 @@ def test_one_cycle_schedule():
     assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
 
 
+@pytest.mark.parametrize("step,total,kind", [(3, 200, "warm-up continues"), (3, 8, "decay"), (40, 60, "decay"),
+                                             (40, 300, "decay"), (100, 150, "new cycle")])
+def test_a_changed_run_length_never_makes_the_learning_rate_jump(step, total, kind):
+    """rescheduled(): the factor at the resumed step is the one the run had there (a finished run: a new warm-up
+    from the start), and it ends at min_ratio on the new last step."""
+    cycles = [first_cycle(100, 0.1, 0.05)]
+    new, description = rescheduled(cycles, step, total, 0.1, 0.05)
+    assert [schedule_factor(new, s) for s in range(step)] == [schedule_factor(cycles, s) for s in range(step)]
+    if kind == "new cycle":
+        assert schedule_factor(new, step) == pytest.approx(1 / 5) and "a new one runs over the 50 steps" in description
+        assert max(schedule_factor(new, s) for s in range(step, total)) == pytest.approx(1.0)
+    else:
+        assert schedule_factor(new, step) == pytest.approx(schedule_factor(cycles, step))
+        assert kind in description
+    assert schedule_factor(new, total) == pytest.approx(0.05)
+    assert all(schedule_factor(new, s) >= 0.05 - 1e-12 for s in range(total + 1))
+
+
 def test_flops_match_the_papers_accounting():
     with torch.device("meta"):
         large = maefast.create_model("mae_vit_large_patch8_256")
     assert mae_training_flops(large.config, 6) / 1e9 == pytest.approx(694, rel=0.01)
     assert embedding_flops(large.config.encoder, 6) / 1e9 == pytest.approx(722, rel=0.01)
+
+
+def test_a_model_option_is_set_as_model_dot_key():
+    """`--set model.global_pool=avg` is a create_model option (model.overrides), for train as for embed."""
+    config = load_config("debug", ["model.global_pool=avg", "model.overrides.decoder_depth=1"])
+    assert config.model.overrides["global_pool"] == "avg" and config.model.overrides["decoder_depth"] == 1
+    assert config.model.name == "mae_vit_debug_patch8_64"
+    with pytest.raises(ValueError, match=r"model.overrides: global_pool must be one of \('token', 'avg'\), got 'max'"):
+        load_config("debug", ["model.global_pool=max"])

@@ -130,14 +130,54 @@ def test_a_changed_config_is_refused_naming_each_key(run_dir, screen):
 
 
 def test_an_allowed_change_is_applied_and_recorded(run_dir, screen):
-    trainer = resume(run_dir, screen, "optim.lr=0.002", "run.max_steps=6", allow=True)
-    expected_lr = 0.002 * one_cycle_factor(4, 6, 0.1)
-    assert [group["lr"] for group in trainer.optimizer.param_groups] == [expected_lr] * 2
+    trainer = resume(run_dir, screen, "optim.lr=0.002", "run.nonfinite_limit=7", allow=True)
+    assert [group["lr"] for group in trainer.optimizer.param_groups] == [0.002 * one_cycle_factor(4, 4, 0.1)] * 2
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["optim"]["lr"] == 0.002
     assert history(run_dir)[-1]["step"] == 4
-    assert history(run_dir)[-1]["changes"] == {"optim.lr": [0.001, 0.002], "run.max_steps": [4, 6]}
-    assert trainer.train()["step"] == 6
+    assert history(run_dir)[-1]["changes"] == {"optim.lr": [0.001, 0.002], "run.nonfinite_limit": [5, 7]}
     trainer.close()
+
+
+def learning_rates(trainer, steps: int) -> list[float]:
+    """The learning rate of each of the trainer's next `steps` steps, as its scheduler computes it."""
+    scheduler = trainer.scheduler
+    first = scheduler.last_epoch
+    assert scheduler.get_last_lr()[0] == scheduler.base_lrs[0] * scheduler.lr_lambdas[0](first)
+    return [scheduler.base_lrs[0] * scheduler.lr_lambdas[0](step) for step in range(first, first + steps)]
+
+
+def test_extending_a_finished_run_starts_a_new_cycle_over_the_added_steps(run_dir, screen, capsys):
+    """--max-steps on resume needs no --allow-config-change; a finished run (learning rate at its minimum) gets a new
+    warm-up and cosine decay over the added steps, which the checkpoints record for the next resume."""
+    trainer = resume(run_dir, screen, "run.max_steps=24")
+    out = capsys.readouterr().out
+    assert ("learning-rate schedule from step 4: the learning-rate cycle ended at step 4; a new one runs over the 20 "
+            "steps added: warm-up over 2 steps to optim.lr, then cosine decay to 0 x optim.lr at step 24") in out
+    rates = learning_rates(trainer, 20)
+    cycle = [one_cycle_factor(step, 20, 0.1) * 0.001 for step in range(20)]
+    assert rates == pytest.approx(cycle, abs=1e-12)
+    assert history(run_dir)[-1]["changes"] == {"run.max_steps": [4, 24]}
+    assert "a new one runs over the 20 steps added" in history(run_dir)[-1]["schedule_change"]
+    trainer.save()  # the checkpoint of step 4 again, now with the run's cycles
+    trainer.close()
+    again = resume(run_dir, screen, "run.max_steps=24")
+    assert "learning-rate schedule" not in capsys.readouterr().out  # nothing changes: the recorded cycles
+    assert learning_rates(again, 20) == pytest.approx(cycle, abs=1e-12)
+    again.close()
+
+
+def test_shortening_a_run_during_its_decay_continues_the_decay_from_where_it_is(screen, tmp_path):
+    settings = ["run.checkpoint_every=10", "run.log_every=10"]
+    train(config(screen, "run.max_steps=20", *settings), tmp_path / "run", show_progress=False, recipe="debug")
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step-00000020")
+    trainer = resume(tmp_path / "run", screen, "run.max_steps=15", *settings)
+    rates = learning_rates(trainer, 5)
+    assert rates[0] == pytest.approx(0.001 * one_cycle_factor(10, 20, 0.1))  # no jump at the resume
+    assert rates == sorted(rates, reverse=True) and rates[-1] < rates[0]
+    assert learning_rates(trainer, 6)[-1] == pytest.approx(0.0, abs=1e-12)  # step 15: the end of the decay
+    trainer.close()
+    with pytest.raises(UserInputError, match=r"run.max_steps=5: the run is at step 10 already"):
+        resume(tmp_path / "run", screen, "run.max_steps=5", *settings)
 
 
 def test_another_model_optimizer_or_data_set_is_refused_even_when_changes_are_allowed(run_dir, screen, tmp_path):

@@ -1,7 +1,9 @@
 """The training engine end to end on the debug recipe: outputs, exact resume after SIGKILL, SIGTERM,
 non-finite losses, bad data."""
+import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,8 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
+from maefast.cli import main
+from maefast.data.synthetic import synth_screen
 from maefast.embedding.encoder import load_encoder
 from maefast.ops.patches import random_pixels
 from maefast.train.config import load_config
@@ -159,16 +164,28 @@ def test_sigkill_then_resume_gives_the_weights_of_an_uninterrupted_run(screen, t
         assert torch.equal(expected[key], got[key]), key
 
 
-def test_sigterm_writes_a_checkpoint_and_stops(screen, tmp_path):
+def test_sigterm_writes_a_checkpoint_and_exits_as_preempted_then_the_run_resumes_shortened(screen, tmp_path):
+    """SIGTERM: a checkpoint, then exit code 143 (a scheduler sees a preempted job, not a finished one). The resumed
+    run with a smaller --max-steps needs no --allow-config-change and says how its learning rate goes on."""
     run = Run(tmp_path / "run", screen, 10_000, "run.checkpoint_every=5000", "run.log_every=2")
     deadline = time.time() + 240
     while not (tmp_path / "run" / "metrics.csv").exists() and time.time() < deadline and run.process.poll() is None:
         time.sleep(0.05)
     run.process.send_signal(signal.SIGTERM)
     code, output = run.wait()
-    assert code == 0, output
+    assert code == 143, output
     step = json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text())["step"]
     assert 0 < step < 10_000 and f"SIGTERM: checkpoint at step {step}" in output
+    assert not (tmp_path / "run" / "encoder").exists()  # unfinished: nothing exported
+    code, output = Run(tmp_path / "run", screen, step + 2, "run.checkpoint_every=5000", "run.log_every=2",
+                       flags=["--resume"]).wait()
+    assert code == 0, output
+    warmed = (step + 1) / 1000  # still in the warm-up of 10,000 steps (1,000 steps): the factor at the next step
+    assert (f"learning-rate schedule from step {step}: the cosine decay continues from {warmed:.4g} x optim.lr at "
+            f"step {step} to 0 x optim.lr at step {step + 2} instead of 10000") in output
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert int(rows[-1]["step"]) == step + 2 and float(rows[-1]["lr"]) == 0.0
+    assert (tmp_path / "run" / "encoder" / "config.json").exists()
 
 
 class PoisonedLoader:
@@ -238,3 +255,33 @@ def test_activation_checkpointing_recomputes_blocks_and_trains_the_same(screen, 
     assert forward_calls == [2, 4]  # checkpointed blocks run their forward again in the backward
     for key in weights[0]:
         torch.testing.assert_close(weights[1][key], weights[0][key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_a_run_resumes_from_another_directory_and_a_moved_data_set(screen, tmp_path, monkeypatch, capsys):
+    """The data path is stored absolute, so a resume from elsewhere finds the data; a moved copy of the data set (same
+    fingerprint) resumes without --allow-config-change, another data set is refused naming the data. Without a
+    terminal, progress is plain lines (no carriage returns)."""
+    flags = ["--recipe", "debug", "--no-progress", *[f"--set={a}" for a in FAST], "--set", "run.log_every=1"]
+    shutil.copytree(screen, tmp_path / "screen")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *flags, "--data", "screen", "--out", "run", "--max-steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "\r" not in out and "train: 1/2 steps (50%)" in out and "train: 2/2 steps (100%), loss " in out
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["data"]["path"] == str(tmp_path / "screen")
+    header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "tflops_per_s" in header and "mfu" not in header  # MFU is a GPU figure: none on a CPU
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    shutil.move(tmp_path / "screen", tmp_path / "moved")
+    assert main(["train", *flags, "--data", "../moved", "--out", "../run", "--max-steps", "3", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert f"resuming with a changed config: data.path: '{tmp_path / 'screen'}' -> '{tmp_path / 'moved'}'; " \
+           "run.max_steps: 2 -> 3" in out
+    other = synth_screen(tmp_path / "other", layout="rxrx", num_genes=4, replicates=1, num_plates=1,
+                         num_experiments=1, controls_per_plate=2, sites_per_well=2, size=128, channels=6, seed=5,
+                         progress=False)
+    assert main(["train", *flags, "--data", str(other), "--out", "../run", "--max-steps", "4", "--resume"]) == 2
+    error = capsys.readouterr().err
+    assert "the data differs from what" in error and "--allow-config-change" not in error
