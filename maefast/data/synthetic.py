@@ -307,6 +307,10 @@ def _render_chunk(args) -> int:
 def _render_all(jobs, config, workers: int, progress: bool, total: int) -> None:
     chunks = [jobs[i:i + 4] for i in range(0, len(jobs), 4)]
     workers = worker_processes(workers, "rendering the synthetic screen")
+    if not jobs:
+        if progress:
+            print(f"synth: all {total} sites already written", flush=True)
+        return
     if progress:
         resumed = f" ({total - len(jobs)} of {total} already written)" if len(jobs) < total else ""
         where = f"in {workers} processes" if workers else "in this process"

@@ -24,22 +24,11 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from maefast.errors import MissingDependency, UserInputError
+from maefast.errors import UserInputError
 from maefast.tables import BLOCK_COLUMN, feature_columns
 
 PROBE_COLUMNS = ["n_wells", "n_unseen", "n_classes", "n_batches", "balanced_accuracy", "balanced_accuracy_low",
                  "balanced_accuracy_high", "macro_f1", "macro_f1_low", "macro_f1_high", "chance"]
-
-
-def import_sklearn():
-    try:
-        import sklearn  # noqa: F401
-    except ImportError:
-        raise MissingDependency("the linear probe needs scikit-learn: "
-                                "python -m pip install \"maefast[probe]\"") from None
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-    return LogisticRegression, StandardScaler
 
 
 def class_counts(weights: np.ndarray, truth: np.ndarray, predicted: np.ndarray, classes: int):
@@ -88,7 +77,8 @@ def linear_probe(table: pd.DataFrame, *, perturbation_col: str, holdout_col: str
     n_classes (perturbations scored), n_batches, balanced_accuracy and macro_f1 with *_low / *_high interval
     bounds at `level`, and chance (1 / n_classes, the balanced accuracy of guessing).
     """
-    LogisticRegression, StandardScaler = import_sklearn()
+    from sklearn.linear_model import LogisticRegression  # imported here: scikit-learn takes a second to import
+    from sklearn.preprocessing import StandardScaler
     if C <= 0:
         raise UserInputError(f"C (inverse regularization strength) must be positive, got {C}")
     for column, role in ((perturbation_col, "perturbation"), (holdout_col, "hold-out batch")):
