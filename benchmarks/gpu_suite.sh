@@ -11,7 +11,14 @@
 #                 training and embedding and the FP8 embedding's cosine gate
 #   --rest (a second call; most important first): CA-MAE ViT-B/16 training, the attention benchmark, the FP8
 #     quality gates on a trained model (benchmarks/fp8_quality.py), the GPU smoke tests, the other op
-#     benchmarks, `maefast train` end to end, the loader (when DALI is installed)
+#     benchmarks, then the GPU-resident loader's steps (benchmarks/RESULTS.md, "Ready to measure"):
+#     dali          DALI's wheels, carried in parts into --wheels DIR (benchmarks/wheel_parts.py), joined and
+#                   installed once every part is there (skipped, naming the missing parts, before that)
+#     tests_loader  the CUDA loader tests (tests/data/test_gpu_pipeline.py: the GPU pipeline against the CPU one,
+#                   batches handed over without a copy, the PyTorch loader's copy stream)
+#     bench_train_e2e  `maefast train` ViT-L/8 on packed shards and on PNG sites against the random-tensor figure
+#     bench_loader  every layout: DALI GPU vs DALI CPU vs the PyTorch loader (when DALI is installed)
+#   The loader's own call: --rest --steps dali,tests_loader,bench_train_e2e,bench_loader.
 # Every compiled model is compiled regionally (each block once; identical blocks share the graph), maefast
 # and the baselines alike. Compile caches: inductor's and Triton's caches live in one folder, CACHE (default
 # ~/.cache/maefast/gpu_suite, or $MAEFAST_SUITE_CACHE), which survives between calls on one machine; each call
@@ -33,14 +40,16 @@ set -uo pipefail
 stamp() { echo "[gpu_suite +$(( $(date +%s) - start ))s] $*"; }
 
 # expected seconds of each step on a fresh H100 / H200 with empty caches (the 2026-12-02 review's estimates,
-# with regional compilation; the headline's own parts: benchmarks/headline.py EXPECTED_S)
+# with regional compilation; the headline's own parts: benchmarks/headline.py EXPECTED_S; the loader's steps:
+# issue 25's estimates: DALI's 240 MB of wheels installed, a compiled ViT-L/8 measured on random tensors when
+# --compare has no figure, 2 x 150 steps of `maefast train` with their screens, 6 layouts x 3 loaders)
 declare -A EXPECTED=([install]=40 [headline]=345 [archive]=15
                      [bench_train_camae]=120 [bench_attention]=60 [fp8_quality]=240 [tests]=220
-                     [bench_tokenize]=30 [bench_unshuffle]=15 [bench_mae_loss]=25 [bench_train_e2e]=200
-                     [bench_loader]=30)
+                     [bench_tokenize]=30 [bench_unshuffle]=15 [bench_mae_loss]=25 [dali]=60 [tests_loader]=60
+                     [bench_train_e2e]=300 [bench_loader]=210)
 FIRST=(install headline)
 REST=(bench_train_camae bench_attention fp8_quality tests bench_tokenize bench_unshuffle bench_mae_loss
-      bench_train_e2e bench_loader)
+      dali tests_loader bench_train_e2e bench_loader)
 
 # run_step NAME COMMAND...: runs COMMAND (log: $OUT/NAME.log) until this step's deadline: the start plus the
 # budget's share of the expected seconds of the steps up to and including this one.
@@ -69,6 +78,12 @@ run_step() {
     return "$rc"
 }
 
+skip_step() {  # skip_step NAME REASON: a step that does not run in this call (its time goes to the next steps)
+    planned=$(( planned + EXPECTED[$1] ))
+    stamp "$1: skipped, $2"
+    printf '%s\t%s\t0\t0\tskipped (%s)\n' "$1" "${EXPECTED[$1]}" "$2" >> "$out/steps.tsv"
+}
+
 selected() {  # selected NAME: whether --steps (if given) names this step
     [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]
 }
@@ -85,7 +100,7 @@ main() {
             --parts) parts="$2"; shift ;;
             --cache-from) cache_from="$2"; shift ;;
             --wheels) wheels="$2"; shift ;;
-            -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+            -h|--help) sed -n '2,/^set -uo/{/^set -uo/d;p}' "$0"; exit 0 ;;
             *) out="$1" ;;
         esac
         shift
@@ -166,15 +181,36 @@ torch.__version__, '| maefast._C', 'built' if cpp() else 'not built (CPU ops: re
                 fi
                 tests_rc=$?
                 [ -f "$out/tests.log" ] && tail -1 "$out/tests.log" | sed 's/^/  /' ;;
+            dali)
+                # the parts arrive one per call (64 MiB each): until the last has come, say which are missing
+                if [ ! -f "$wheels/manifest.json" ]; then
+                    skip_step dali "no DALI parts in $wheels"
+                elif ! missing=$(python -m benchmarks.wheel_parts status "$wheels"); then
+                    skip_step dali "$missing"
+                elif [ "$dry_run" = 1 ]; then
+                    skip_step dali "dry run: every part is in $wheels, not installed"
+                else
+                    run_step dali python -m benchmarks.wheel_parts install "$wheels"
+                fi ;;
+            tests_loader)
+                loader_tests=(tests/data/test_gpu_pipeline.py -k on_cuda)
+                if [ "$dry_run" = 1 ]; then
+                    run_step tests_loader python -m pytest -q -p no:cacheprovider --collect-only "${loader_tests[@]}"
+                else
+                    run_step tests_loader python -m pytest -q -p no:cacheprovider -rs "${loader_tests[@]}"
+                fi
+                loader_rc=$?
+                [ "$tests_rc" = 0 ] && tests_rc=$loader_rc
+                [ -f "$out/tests_loader.log" ] && tail -1 "$out/tests_loader.log" | sed 's/^/  /' ;;
             bench_train_e2e)
+                # the random-tensor baseline: the first call's record when it is in OUT, else measured in the step
                 run_step bench_train_e2e python -m benchmarks.bench_train_e2e --compare "$out/records_first.jsonl" \
                     "${options[@]}" ;;
             bench_loader)
                 if python -c "from maefast.errors import installed; assert installed('nvidia.dali')" 2>/dev/null; then
-                    run_step bench_loader python -m benchmarks.bench_loader --quick --json-out "$records"
+                    run_step bench_loader python -m benchmarks.bench_loader "${options[@]}"
                 else
-                    stamp "bench_loader: skipped, DALI is not installed"
-                    printf 'bench_loader\t%s\t0\t0\tskipped (no DALI)\n' "${EXPECTED[bench_loader]}" >> "$out/steps.tsv"
+                    skip_step bench_loader "no DALI (the dali step installs it from its parts)"
                 fi ;;
             *) run_step "$name" python -m "benchmarks.$name" "${options[@]}" ;;
         esac

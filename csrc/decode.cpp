@@ -1,9 +1,10 @@
 // maefast._C bindings of the readers in csrc/decode/, which the DALI plugin in csrc/dali/ compiles too, so the
 // PyTorch loader and `maefast data check` (maefast.data.decode) open, bound, check and decode every file as the
-// DALI operators do: read_image / decode_image (channel images against a spec), image_header, shard_header,
-// read_illumination, check_shard_row and the table of accepted formats; encoded_header and check_encoded (RxRx3-core's
-// PNG and JPEG 2000 bytes, checked before decoding). decode_png, png_info and zlib_inflate (the inflate alone)
-// serve tests and the decode benchmark.
+// DALI operators do: read_image / decode_image (PNG and TIFF channel images against a spec), read_compressed /
+// check_compressed (JPEG and JPEG 2000 ones, checked for the decoder that follows), image_header, shard_header,
+// read_illumination, check_shard_row and the table of accepted formats; encoded_header and check_encoded
+// (RxRx3-core's PNG and JPEG 2000 bytes, checked before decoding). decode_png, png_info and zlib_inflate (the
+// inflate alone) serve tests and the decode benchmark.
 //
 // Refusals raise DecodeError (corrupt or truncated: "unreadable"), and its subclasses ImageFormatError (not
 // what the data set accepts: "format") and MissingImage ("missing"); the message is the reason alone.
@@ -61,7 +62,7 @@ py::array decode_image(const py::bytes& encoded, int64_t height, int64_t width, 
 }
 
 py::tuple header_tuple(const decode::ImageHeader& header) {
-  return py::make_tuple(header.height, header.width, header.samples, header.dtype, header.pages);
+  return py::make_tuple(header.height, header.width, header.samples, header.dtype, header.pages, header.format);
 }
 
 py::tuple image_header(const std::string& path) {
@@ -83,6 +84,29 @@ std::string check_encoded(const py::bytes& encoded, int64_t height, int64_t widt
   std::string_view data = encoded;
   py::gil_scoped_release release;
   return decode::check_encoded(reinterpret_cast<const uint8_t*>(data.data()), data.size(), spec);
+}
+
+py::bytes read_compressed(const std::string& path, int64_t height, int64_t width, int itemsize, double max_ratio) {
+  const decode::ImageSpec spec = spec_of(height, width, itemsize, max_ratio);
+  std::vector<uint8_t> bytes;
+  {
+    py::gil_scoped_release release;
+    decode::read_channel_file(path, spec, bytes);
+    decode::check_compressed(bytes.data(), bytes.size(), spec);
+  }
+  return py::bytes(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+}
+
+void check_compressed(const py::bytes& encoded, int64_t height, int64_t width, int itemsize, double max_ratio) {
+  const decode::ImageSpec spec = spec_of(height, width, itemsize, max_ratio);
+  std::string_view data = encoded;
+  py::gil_scoped_release release;
+  decode::check_compressed(reinterpret_cast<const uint8_t*>(data.data()), data.size(), spec);
+}
+
+py::bytes blank_png(int64_t height, int64_t width, int itemsize) {
+  const std::vector<uint8_t> png = decode::blank_png(spec_of(height, width, itemsize, 1));
+  return py::bytes(reinterpret_cast<const char*>(png.data()), png.size());
 }
 
 py::tuple shard_header(const std::string& path, int64_t channels, int64_t height, int64_t width, int itemsize) {
@@ -125,8 +149,10 @@ py::list items(const T (&values)[N]) {
 
 py::dict accepted_formats() {
   namespace f = decode::formats;
-  py::dict png, tiff, jpeg2000, shard, illumination, table;
+  py::dict png, tiff, jpeg, jpeg2000, shard, illumination, table;
   png["bit_depths"] = items(f::kPngBitDepths);
+  jpeg["bit_depths"] = items(f::kJpegBitDepths);
+  jpeg["processes"] = codes(f::kJpegProcesses);
   tiff["bit_depths"] = items(f::kTiffBitDepths);
   tiff["compressions"] = codes(f::kTiffCompressions);
   tiff["predictors"] = codes(f::kTiffPredictors);
@@ -139,6 +165,7 @@ py::dict accepted_formats() {
   illumination["descrs"] = items(f::kIlluminationDescrs);
   table["png"] = png;
   table["tiff"] = tiff;
+  table["jpeg"] = jpeg;
   table["jpeg2000"] = jpeg2000;
   table["shard"] = shard;
   table["illumination"] = illumination;
@@ -194,13 +221,20 @@ void register_decode(py::module_& m) {
         py::arg("itemsize"), py::arg("max_ratio"));
   m.def("decode_image", &decode_image, "read_image on a file's bytes.", py::arg("encoded"), py::arg("height"),
         py::arg("width"), py::arg("itemsize"), py::arg("max_ratio"));
-  m.def("image_header", &image_header, "(height, width, samples, dtype name, pages) of a PNG or TIFF file.",
-        py::arg("path"));
-  m.def("encoded_header", &encoded_header, "(height, width, samples, dtype name, pages) of PNG or JPEG 2000 bytes "
-        "(RxRx3-core's channel images).", py::arg("encoded"));
+  m.def("image_header", &image_header, "(height, width, samples, dtype name, pages, format) of a PNG, TIFF, JPEG "
+        "or JPEG 2000 file.", py::arg("path"));
+  m.def("encoded_header", &encoded_header, "(height, width, samples, dtype name, pages, format) of PNG or JPEG 2000 "
+        "bytes (RxRx3-core's channel images).", py::arg("encoded"));
   m.def("check_encoded", &check_encoded, "Checks PNG or JPEG 2000 bytes against a spec without decoding them "
         "(header, JPEG 2000 structure, formats, ratio cap); returns the codec, 'png' or 'jpeg2000'.",
         py::arg("encoded"), py::arg("height"), py::arg("width"), py::arg("itemsize"), py::arg("max_ratio"));
+  m.def("read_compressed", &read_compressed, "The bytes of the JPEG or JPEG 2000 file at path, checked against a "
+        "height x width image of 1 or 2 bytes per sample and the table of formats, for a decoder to decode.",
+        py::arg("path"), py::arg("height"), py::arg("width"), py::arg("itemsize"), py::arg("max_ratio"));
+  m.def("check_compressed", &check_compressed, "read_compressed's checks on a JPEG or JPEG 2000 file's bytes.",
+        py::arg("encoded"), py::arg("height"), py::arg("width"), py::arg("itemsize"), py::arg("max_ratio"));
+  m.def("blank_png", &blank_png, "The PNG of zeros that DALI decodes in place of a refused compressed image.",
+        py::arg("height"), py::arg("width"), py::arg("itemsize"));
   m.def("shard_header", &shard_header, "(shape, data offset) of a packed shard, checked against the data set.",
         py::arg("path"), py::arg("channels"), py::arg("height"), py::arg("width"), py::arg("itemsize"));
   m.def("check_shard_row", &decode::check_shard_row, "ImageFormatError when row is outside a shard of `images`.",

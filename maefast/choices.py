@@ -6,6 +6,7 @@ PRECISIONS = ("auto", "bf16", "fp32", "fp8")  # fp8: bf16, and the GEMMs that pa
 COMPILE_CHOICES = ("auto", True, False)
 DEVICES = ("auto", "cpu", "cuda")
 LOADER_BACKENDS = ("auto", "dali", "torch")
+DALI_DEVICES = ("auto", "cpu", "gpu")  # where a DALI pipeline's stages run; auto: the loader's device
 
 # attention kernels (maefast.ops.attention): maefast's Triton kernel, PyTorch's SDPA (its own choice of kernel,
 # or pinned to one), FlashAttention 2 / 3 / 4 (backend name -> the module that provides it)

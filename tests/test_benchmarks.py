@@ -10,11 +10,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import benchmarks
-from benchmarks import bench_attention, bench_mae_loss, bench_tokenize, bench_unshuffle, common, jobs
+from benchmarks import bench_attention, bench_mae_loss, bench_tokenize, bench_unshuffle, common, jobs, wheel_parts
 from benchmarks.profile_step import classify
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,6 +119,31 @@ def test_profile_breakdown_attributes_gpu_kernels_to_their_ops_and_keeps_the_res
     assert result.tags["cast"] == 30.0 and result.kernels["triton_poi_fused_add_0"][:2] == [20.0, 1]
 
 
+def test_wheels_carried_in_parts_join_only_whole_and_name_what_is_missing(tmp_path):
+    """DALI's wheels go to the GPU machine in parts, one per call (benchmarks/wheel_parts.py): the parts join to the
+    same files, a missing part is named, a damaged one refused."""
+    rng = np.random.default_rng(0)
+    wheels = []
+    for name, size in (("a-1.0-py3-none-any.whl", 70_000), ("b-2.0-py3-none-any.whl", 5_000)):
+        wheels.append(tmp_path / name)
+        wheels[-1].write_bytes(rng.bytes(size))
+    parts = tmp_path / "parts"
+    manifest = wheel_parts.split(wheels, parts, part_bytes=20_000)
+    assert len(manifest["parts"]) == -(-manifest["bytes"] // 20_000) >= 4
+    assert all(p["bytes"] <= 20_000 for p in manifest["parts"])
+    joined = wheel_parts.join(parts, tmp_path / "joined")
+    assert [p.read_bytes() for p in joined] == [w.read_bytes() for w in wheels]
+    third = parts / manifest["parts"][2]["name"]
+    content = third.read_bytes()
+    third.unlink()
+    assert wheel_parts.missing(parts) == [third.name] and wheel_parts.main(["status", str(parts)]) == 1
+    with pytest.raises(wheel_parts.MissingParts, match=third.name):
+        wheel_parts.join(parts, tmp_path / "again")
+    third.write_bytes(content[:-1] + bytes([content[-1] ^ 1]))
+    with pytest.raises(ValueError, match="damaged in transfer"):
+        wheel_parts.join(parts, tmp_path / "again")
+
+
 def test_cache_archive_keeps_the_newest_files_within_its_parts_and_restores_them(tmp_path):
     from benchmarks import cache_archive
     cache, out, restored = tmp_path / "cache", tmp_path / "out", tmp_path / "restored"
@@ -191,3 +217,45 @@ def test_gpu_suite_dry_run_checks_both_calls_on_the_cpu(tmp_path):
     rest = [json.loads(line) for line in (out / "records_rest.jsonl").read_text().splitlines()]
     assert any(r.get("kind") == "summary" and r["bench"] == "unshuffle" for r in rest)
     assert "bench_train_camae" not in (out / "steps_rest.tsv").read_text()  # --steps chose two steps
+
+
+def test_gpu_suite_loader_steps_wait_for_every_dali_part_then_run_on_the_cpu(tmp_path):
+    """The loader's call (--rest --steps dali,tests_loader) in a dry run: the dali step names the parts still
+    missing in --wheels and is skipped (the call goes on); with every part there it would install (a dry run
+    says so); the CUDA loader tests are collected."""
+    wheel = tmp_path / "a-1.0-py3-none-any.whl"
+    wheel.write_bytes(np.random.default_rng(0).bytes(50_000))
+    wheels = tmp_path / "gpu_suite_wheels"
+    manifest = wheel_parts.split([wheel], wheels, part_bytes=20_000)
+    second = wheels / manifest["parts"][1]["name"]
+    content = second.read_bytes()
+    second.unlink()
+    env = {**os.environ, "MAEFAST_SUITE_CACHE": str(tmp_path / "cache")}
+    for out, status in ((tmp_path / "missing", f"skipped (missing: {second.name})"),
+                        (tmp_path / "whole", f"skipped (dry run: every part is in {wheels}, not installed)")):
+        run = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), "--dry-run", "--rest", "--steps",
+                              "dali,tests_loader", "--wheels", str(wheels), "--cache-from", str(tmp_path / "none"),
+                              str(out)], capture_output=True, text=True, env=env, timeout=300)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        steps = {line.split("\t")[0]: line.split("\t") for line in (out / "steps_rest.tsv").read_text().splitlines()}
+        assert steps["dali"][1:] == ["60", "0", "0", status]
+        assert steps["tests_loader"][4] == "ok" and "on_cuda" in (out / "tests_loader.log").read_text()
+        assert list(steps) == ["step", "dali", "tests_loader", "archive"]
+        second.write_bytes(content)
+
+
+def test_train_e2e_measures_the_random_tensor_baseline_when_no_record_has_it(tmp_path):
+    """The loader's GPU call starts on an empty OUT: bench_train_e2e then measures bench_train's figure itself
+    (the same step on random crops) and records it as its baseline; a bench_train record, when there, is read."""
+    from benchmarks import bench_train_e2e
+    records = tmp_path / "records.jsonl"
+    rec = common.Recorder("train_e2e", torch.device("cpu"), str(records))
+    assert bench_train_e2e.random_tensor_figure(records, jobs.QUICK_TRAIN_MODEL, "maefast_eager") is None
+    value = bench_train_e2e.measure_random_tensor_figure(rec, jobs.QUICK_TRAIN_MODEL, "maefast_eager", 4,
+                                                         torch.device("cpu"), reps=1)
+    record = json.loads(records.read_text().splitlines()[-1])
+    assert value > 0 and record["kind"] == "baseline" and record["value"] == round(value, 2)
+    assert record["case"] == jobs.QUICK_TRAIN_MODEL and record["backend"] == "maefast_eager"
+    records.write_text(records.read_text() + json.dumps({"bench": "train", "case": jobs.QUICK_TRAIN_MODEL,
+                                                         "backend": "maefast_eager", "value": 12.5}) + "\n")
+    assert bench_train_e2e.random_tensor_figure(records, jobs.QUICK_TRAIN_MODEL, "maefast_eager") == 12.5

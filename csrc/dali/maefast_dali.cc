@@ -7,20 +7,31 @@
 //   crops, errors = fn.maefast_packed_crops(shard_path, row, anchors[, augment], crop_size=s, channels=[...],
 //                                           dtype=..., image_shape=[C_stored, H, W])
 //   crops, errors = fn.maefast_decoded_crops(image, error, anchors[, augment], crop_size=s, channels=C, dtype=...)
+//   encoded, errors = fn.maefast_compressed_image(path_or_bytes, dtype=..., height=H, width=W, max_ratio=r,
+//                                                 from_files=True)
+//   function, errors = fn.maefast_illumination(path, height=H, width=W)
 //
-// Each sample is one image; its crops sample is (K, C, s, s): its K crops at anchors (K, 2) int32 (top,
-// left), each transposed / flipped as augment (K, 3) uint8 says (maefast.data.plan.apply_augment).
-// Channel images (PNG or TIFF) are read, checked and decoded once each by maefast's own readers
-// (csrc/decode/image.h: the same code maefast._C runs for the PyTorch loader and `data check`), corrected by
-// their illumination function (.npy, optional) and cropped. Packed: each shard (.npy (N, C, H, W)) is checked
-// and memory-mapped once per operator, and each crop copies only its own rows. Decoded: images (C, H, W) that
-// the host decoded (RxRx3-core's encoded channel images: maefast.data.rxrx3_core.decode_image, the PyTorch
-// loader's reader), each with the error of the image it could not read ("" when it was read).
+// The crop operators: each sample is one image; its crops sample is (K, C, s, s): its K crops at anchors (K, 2)
+// int32 (top, left), each transposed / flipped as augment (K, 3) uint8 says (maefast.data.plan.apply_augment)
+// when augment=True, else as they lie (the GPU pipeline flips them on the device). Channel images (PNG or
+// TIFF) are read, checked and decoded once each by maefast's own readers (csrc/decode/image.h: the same code
+// maefast._C runs for the PyTorch loader and `data check`), corrected by their illumination function (.npy,
+// optional) and cropped. Packed: each shard (.npy (N, C, H, W)) is checked and memory-mapped once per
+// operator, and each crop copies only its own rows. Decoded: images (C, H, W) that the host decoded
+// (RxRx3-core's PNG channel images: maefast.data.rxrx3_core.decode_image, the PyTorch loader's reader), each
+// with the error of the image it could not read ("" when it was read).
 //
-// An image that cannot be read does not stop the pipeline: its crops are zeros and its errors sample holds
-// "<kind>\0<path>\0<reason>" (kind: missing, unreadable or format; as maefast.data.ImageReadError names them),
-// whatever exception the reader raised; the errors sample of an image read whole is empty. The loader then
-// refuses the image or skips it (on_error).
+// maefast_compressed_image reads a JPEG or JPEG 2000 channel image (or takes RxRx3-core's PNG or JPEG 2000 bytes)
+// and checks it against the data set's spec and the table of formats (csrc/decode/jpeg.h, jpeg2000.h; bytes as
+// check_encoded checks them on every path) before DALI's decoder sees it: the sample
+// is the file's bytes, or, for a file that was refused, a PNG of zeros of the spec's size, so that the decoder
+// decodes the rest of the batch. maefast_illumination reads and checks an illumination function (cached per
+// file), or gives ones for a refused one.
+//
+// An image that cannot be read does not stop the pipeline: its crops are zeros (or its bytes the blank PNG,
+// its function ones) and its errors sample holds "<kind>\0<path>\0<reason>" (kind: missing, unreadable or
+// format; as maefast.data.ImageReadError names them), whatever exception the reader raised; the errors sample
+// of an image read whole is empty. The loader then refuses the image or skips it (on_error).
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -86,6 +97,50 @@ void guarded(Failure& failure, const std::string& path, Read read) {
     failure = {"unreadable", path, "unknown error while reading the file"};
   }
 }
+
+// The data set's spec from the operators' arguments (height, width, dtype, max_ratio).
+decode::ImageSpec spec_from(const OpSpec& spec, bool with_dtype = true) {
+  decode::ImageSpec image;
+  image.height = spec.GetArgument<int>("height");
+  image.width = spec.GetArgument<int>("width");
+  if (with_dtype) {
+    image.bytes_per_pixel = element_size(spec.GetArgument<DALIDataType>("dtype"));
+    image.max_ratio = spec.GetArgument<float>("max_ratio");
+  }
+  if (image.height < 1 || image.width < 1 || !(image.max_ratio > 0))
+    throw std::invalid_argument("maefast operators: height, width and max_ratio must be positive");
+  return image;
+}
+
+// Fills output `index` with each sample's error message ("" for a sample that was read).
+void write_errors(Workspace& ws, int index, const std::vector<std::string>& messages) {
+  const int samples = static_cast<int>(messages.size());
+  TensorListShape<> shape(samples, 1);
+  for (int s = 0; s < samples; ++s) shape.set_tensor_shape(s, {static_cast<int64_t>(messages[s].size())});
+  auto& errors = ws.Output<CPUBackend>(index);
+  errors.Resize(shape, DALI_UINT8, ::dali::BatchContiguity::Contiguous);
+  for (int s = 0; s < samples; ++s)
+    if (!messages[s].empty()) std::memcpy(errors[s].raw_mutable_data(), messages[s].data(), messages[s].size());
+}
+
+// Illumination functions read and checked once per operator (a few per plate and channel), by path.
+class IlluminationCache {
+ public:
+  const std::vector<float>& get(const std::string& path, int64_t height, int64_t width) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto found = functions_.find(path);
+      if (found != functions_.end()) return *found->second;
+    }
+    auto function = std::make_unique<std::vector<float>>(decode::read_illumination(path, height, width));
+    std::lock_guard<std::mutex> lock(mutex_);
+    return *functions_.emplace(path, std::move(function)).first->second;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::unordered_map<std::string, std::unique_ptr<std::vector<float>>> functions_;
+};
 
 // Anchors (K, 2) and optional augment flags (K, 3) of one sample.
 struct CropPlan {
@@ -153,7 +208,6 @@ class CropOperator : public ::dali::Operator<CPUBackend> {
     for (int s = 0; s < samples; ++s) run_sample(ws, s, crops[s].raw_mutable_data(), failures);
     pool.RunAll();
 
-    TensorListShape<> error_shape(samples, 1);
     std::vector<std::string> messages(samples);
     for (int s = 0; s < samples; ++s) {
       for (int slot = 0; slot < failure_slots(); ++slot) {  // the first failing channel names the image's error
@@ -164,12 +218,8 @@ class CropOperator : public ::dali::Operator<CPUBackend> {
           break;
         }
       }
-      error_shape.set_tensor_shape(s, {static_cast<int64_t>(messages[s].size())});
     }
-    auto& errors = ws.Output<CPUBackend>(1);
-    errors.Resize(error_shape, DALI_UINT8, ::dali::BatchContiguity::Contiguous);
-    for (int s = 0; s < samples; ++s)
-      if (!messages[s].empty()) std::memcpy(errors[s].raw_mutable_data(), messages[s].data(), messages[s].size());
+    write_errors(ws, 1, messages);
   }
 
   // Failures recorded per sample (one per channel where channels are read in parallel).
@@ -194,14 +244,8 @@ class ImageCrops : public CropOperator {
   explicit ImageCrops(const OpSpec& spec)
       : CropOperator(spec),
         channels_(spec.GetArgument<int>("channels")),
-        illumination_(spec.GetArgument<bool>("illumination")) {
-    image_.height = spec.GetArgument<int>("height");
-    image_.width = spec.GetArgument<int>("width");
-    image_.bytes_per_pixel = element_size(dtype_);
-    image_.max_ratio = spec.GetArgument<float>("max_ratio");
-    if (image_.height < 1 || image_.width < 1 || !(image_.max_ratio > 0))
-      throw std::invalid_argument("maefast_image_crops: height, width and max_ratio must be positive");
-  }
+        illumination_(spec.GetArgument<bool>("illumination")),
+        image_(spec_from(spec)) {}
 
  protected:
   int first_plan_input() const override { return channels_ * (illumination_ ? 2 : 1); }
@@ -224,7 +268,7 @@ class ImageCrops : public CropOperator {
         if (illumination_) {
           const std::string illum_path = path_of(ws.Input<CPUBackend>(channels_ + c)[s]);
           guarded(failure, illum_path, [&] {
-            const std::vector<float>& function = this->illumination(illum_path);
+            const std::vector<float>& function = illumination_cache_.get(illum_path, image_.height, image_.width);
             if (image_.bytes_per_pixel == 1) decode::apply_illumination(plane.data(), function.data(), pixels);
             else decode::apply_illumination(reinterpret_cast<uint16_t*>(plane.data()), function.data(), pixels);
           });
@@ -242,23 +286,10 @@ class ImageCrops : public CropOperator {
   }
 
  private:
-  // The illumination function at `path`, read and checked once per operator (a few per plate and channel).
-  const std::vector<float>& illumination(const std::string& path) {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      auto found = functions_.find(path);
-      if (found != functions_.end()) return *found->second;
-    }
-    auto function = std::make_unique<std::vector<float>>(decode::read_illumination(path, image_.height, image_.width));
-    std::lock_guard<std::mutex> lock(mutex_);
-    return *functions_.emplace(path, std::move(function)).first->second;
-  }
-
   int channels_;
   bool illumination_;
   decode::ImageSpec image_;
-  std::mutex mutex_;
-  std::unordered_map<std::string, std::unique_ptr<std::vector<float>>> functions_;
+  IlluminationCache illumination_cache_;
 };
 
 // A read-only memory map of one checked .npy shard (N, C, H, W) of the data set's images.
@@ -346,6 +377,111 @@ class PackedCrops : public CropOperator {
   std::unordered_map<std::string, std::unique_ptr<MappedShard>> shards_;
 };
 
+// Writes each sample's bytes (samples[s], one uint8 vector each) to output 0.
+void write_bytes(Workspace& ws, const std::vector<const std::vector<uint8_t>*>& samples) {
+  TensorListShape<> shape(static_cast<int>(samples.size()), 1);
+  for (size_t s = 0; s < samples.size(); ++s) shape.set_tensor_shape(s, {static_cast<int64_t>(samples[s]->size())});
+  auto& out = ws.Output<CPUBackend>(0);
+  out.Resize(shape, DALI_UINT8, ::dali::BatchContiguity::Contiguous);
+  for (size_t s = 0; s < samples.size(); ++s)
+    if (!samples[s]->empty()) std::memcpy(out[s].raw_mutable_data(), samples[s]->data(), samples[s]->size());
+}
+
+class CompressedImage : public ::dali::Operator<CPUBackend> {
+ public:
+  explicit CompressedImage(const OpSpec& spec)
+      : ::dali::Operator<CPUBackend>(spec), image_(spec_from(spec)), from_files_(spec.GetArgument<bool>("from_files")),
+        blank_(decode::blank_png(image_)) {}
+
+ protected:
+  bool SetupImpl(std::vector<OutputDesc>&, const Workspace&) override { return false; }
+
+  void RunImpl(Workspace& ws) override {
+    const auto& sources = ws.Input<CPUBackend>(0);
+    const int samples = sources.num_samples();
+    bytes_.resize(samples);
+    std::vector<Failure> failures(samples);
+    auto& pool = ws.GetThreadPool();
+    for (int s = 0; s < samples; ++s) {
+      pool.AddWork([&, s](int) {
+        const auto source = sources[s];
+        const uint8_t* data = static_cast<const uint8_t*>(source.raw_data());
+        const size_t size = static_cast<size_t>(source.shape().num_elements());
+        const std::string where = from_files_ ? path_of(source) : "";
+        guarded(failures[s], where, [&] {
+          if (from_files_) {
+            decode::read_channel_file(where, image_, bytes_[s]);
+          } else {
+            bytes_[s].assign(data, data + size);
+          }
+          if (from_files_) {  // a JPEG or JPEG 2000 file
+            decode::check_compressed(bytes_[s].data(), bytes_[s].size(), image_);
+          } else {  // RxRx3-core's bytes: checked as every path checks them (PNG or JPEG 2000)
+            decode::check_encoded(bytes_[s].data(), bytes_[s].size(), image_);
+          }
+        });
+      });
+    }
+    pool.RunAll();
+    std::vector<const std::vector<uint8_t>*> outputs(samples);
+    std::vector<std::string> messages(samples);
+    for (int s = 0; s < samples; ++s) {
+      outputs[s] = failures[s].failed() ? &blank_ : &bytes_[s];
+      if (failures[s].failed()) messages[s] = failures[s].encoded();
+    }
+    write_bytes(ws, outputs);
+    write_errors(ws, 1, messages);
+  }
+
+ private:
+  decode::ImageSpec image_;
+  bool from_files_;
+  std::vector<uint8_t> blank_;                // decodes to zeros of the spec's size: a refused file's stand-in
+  std::vector<std::vector<uint8_t>> bytes_;  // per sample, kept between iterations (their capacity)
+};
+
+class Illumination : public ::dali::Operator<CPUBackend> {
+ public:
+  explicit Illumination(const OpSpec& spec) : ::dali::Operator<CPUBackend>(spec), image_(spec_from(spec, false)) {}
+
+ protected:
+  bool SetupImpl(std::vector<OutputDesc>&, const Workspace&) override { return false; }
+
+  void RunImpl(Workspace& ws) override {
+    const auto& paths = ws.Input<CPUBackend>(0);
+    const int samples = paths.num_samples();
+    std::vector<Failure> failures(samples);
+    std::vector<const std::vector<float>*> functions(samples, nullptr);
+    auto& pool = ws.GetThreadPool();
+    for (int s = 0; s < samples; ++s) {
+      pool.AddWork([&, s](int) {
+        const std::string path = path_of(paths[s]);
+        guarded(failures[s], path, [&] { functions[s] = &cache_.get(path, image_.height, image_.width); });
+      });
+    }
+    pool.RunAll();
+    const int64_t pixels = image_.height * image_.width;
+    auto& out = ws.Output<CPUBackend>(0);
+    out.Resize(::dali::uniform_list_shape(samples, {image_.height, image_.width}), DALI_FLOAT,
+               ::dali::BatchContiguity::Contiguous);
+    std::vector<std::string> messages(samples);
+    for (int s = 0; s < samples; ++s) {
+      float* target = static_cast<float*>(out[s].raw_mutable_data());
+      if (failures[s].failed()) {
+        messages[s] = failures[s].encoded();
+        std::fill(target, target + pixels, 1.0f);
+      } else {
+        std::memcpy(target, functions[s]->data(), pixels * sizeof(float));
+      }
+    }
+    write_errors(ws, 1, messages);
+  }
+
+ private:
+  decode::ImageSpec image_;
+  IlluminationCache cache_;
+};
+
 // Crops of images decoded on the host: input 0 holds each image (C, H, W) of the data set's dtype, input 1 its
 // error ("kind\0path\0reason", empty when it was read), which becomes the sample's error.
 class DecodedCrops : public CropOperator {
@@ -420,6 +556,29 @@ DALI_SCHEMA(MaefastPackedCrops)
     .AddArg("image_shape", "[channels, height, width] every shard's images must have (the manifest's).",
             DALI_INT_VEC)
     .AddOptionalArg("augment", "Whether a (K, 3) uint8 augment input follows the anchors.", false);
+
+DALI_REGISTER_OPERATOR(MaefastCompressedImage, ::maefast_dali::CompressedImage, ::dali::CPU);
+DALI_SCHEMA(MaefastCompressedImage)
+    .DocStr("Reads a JPEG or JPEG 2000 channel image (or takes its bytes) and checks it against the data set's "
+            "spec and maefast's table of formats before a decoder sees it: the file's bytes (a refused file: a "
+            "PNG of zeros of the spec's size) and the sample's error (empty when it was read; else kind, path "
+            "and reason).")
+    .NumInput(1)
+    .NumOutput(2)
+    .AddArg("dtype", "UINT8 or UINT16: the data set's pixel type.", DALI_DATA_TYPE)
+    .AddArg("height", "The data set's image height: every file must have it.", DALI_INT32)
+    .AddArg("width", "The data set's image width: every file must have it.", DALI_INT32)
+    .AddArg("max_ratio", "The most decoded bytes per byte of file (the decompression ratio cap).", DALI_FLOAT)
+    .AddOptionalArg("from_files", "Whether the input is the file's path (else its bytes).", true);
+
+DALI_REGISTER_OPERATOR(MaefastIllumination, ::maefast_dali::Illumination, ::dali::CPU);
+DALI_SCHEMA(MaefastIllumination)
+    .DocStr("Reads and checks an illumination function (.npy, (height, width), float32 or float64, finite and "
+            "> 0; cached per file): (height, width) float32 (ones for a refused file) and the sample's error.")
+    .NumInput(1)
+    .NumOutput(2)
+    .AddArg("height", "The data set's image height.", DALI_INT32)
+    .AddArg("width", "The data set's image width.", DALI_INT32);
 
 DALI_REGISTER_OPERATOR(MaefastDecodedCrops, ::maefast_dali::DecodedCrops, ::dali::CPU);
 DALI_SCHEMA(MaefastDecodedCrops)

@@ -1,7 +1,7 @@
-// The one table of what maefast reads: channel images (PNG, TIFF; PNG or JPEG 2000 in RxRx3-core's parquet
-// shards), packed shards and illumination functions (.npy). Every reader (the DALI operators, the PyTorch loader
-// and `maefast data check`, through maefast._C) checks files against these lists with the same code, so that what
-// one path accepts the others accept with the same pixels, and what one refuses the others refuse for the same
+// The one table of what maefast reads: channel images (PNG, TIFF, JPEG, JPEG 2000; PNG or JPEG 2000 in RxRx3-core's
+// parquet shards), packed shards and illumination functions (.npy). Every reader (the DALI operators, the PyTorch
+// loader and `maefast data check`, through maefast._C) checks files against these lists with the same code, so that
+// what one path accepts the others accept with the same pixels, and what one refuses the others refuse for the same
 // named reason. maefast._C exports the table (accepted_formats()), and docs/data.md shows it
 // (tests/data/test_formats.py compares the two).
 //
@@ -31,9 +31,15 @@ constexpr Code kTiffPhotometrics[] = {{1, "BlackIsZero"}};
 constexpr Code kTiffOrientations[] = {{1, "top-left"}};
 constexpr Code kTiffPlanarConfigurations[] = {{1, "contiguous"}, {2, "separate"}};  // the same for one sample
 
-// JPEG 2000 (RxRx3-core's channel images, a JP2 file or a raw codestream): one component of unsigned samples,
-// 8 bits (uint8) or 9 to 16 bits (uint16: 12-bit samples decode to values below 4096), no palette. Tiles cost
-// the decoder memory each, whatever their size: at most kJpeg2000MaxTiles.
+// JPEG: one component (grayscale) of 8-bit samples, Huffman-coded sequential or progressive: the processes that
+// nvJPEG decodes on a GPU, as libjpeg-turbo and Pillow do on the CPU. Decoded by DALI or Pillow, not by maefast.
+constexpr int kJpegBitDepths[] = {8};
+constexpr Code kJpegProcesses[] = {{0, "baseline"}, {1, "extended sequential"}, {2, "progressive"}};
+// JPEG 2000 (a JP2 file or a raw codestream: per-channel files, RxRx3-core's channel images): one component of
+// unsigned samples, 8 bits (uint8) or 9 to 16 bits (uint16: 12-bit samples decode to values below 4096), not
+// subsampled, no palette; lossless or lossy. Decoded by DALI (nvJPEG2000 on a GPU, OpenJPEG on the CPU),
+// imagecodecs or Pillow (OpenJPEG). Tiles cost the decoder memory each, whatever their size: at most
+// kJpeg2000MaxTiles.
 constexpr int kJpeg2000BitDepths[] = {8, 9, 10, 11, 12, 13, 14, 15, 16};
 constexpr uint64_t kJpeg2000MaxTiles = 4096;
 
@@ -49,6 +55,12 @@ constexpr Code kTiffCompressionNames[] = {{2, "CCITT RLE"}, {3, "CCITT fax 3"}, 
                                           {34887, "LERC"}, {50002, "JPEG XL"}};
 constexpr Code kTiffPhotometricNames[] = {{0, "WhiteIsZero (inverted)"}, {2, "RGB"}, {3, "palette (indexed colour)"},
                                           {4, "transparency mask"}, {5, "CMYK"}, {6, "YCbCr"}, {8, "CIELab"}};
+constexpr Code kJpegProcessNames[] = {{3, "lossless"}, {5, "differential sequential"}, {6, "differential progressive"},
+                                      {7, "differential lossless"}, {9, "arithmetic-coded sequential"},
+                                      {10, "arithmetic-coded progressive"}, {11, "arithmetic-coded lossless"},
+                                      {13, "arithmetic-coded differential sequential"},
+                                      {14, "arithmetic-coded differential progressive"},
+                                      {15, "arithmetic-coded differential lossless"}};
 constexpr Code kTiffOrientationNames[] = {{2, "mirrored"}, {3, "rotated 180 degrees"}, {4, "flipped"},
                                           {5, "transposed"}, {6, "rotated 90 degrees"}, {7, "transversed"},
                                           {8, "rotated 270 degrees"}};

@@ -43,6 +43,7 @@ struct ImageHeader {
   int samples = 1;          // values per pixel (3 for RGB)
   std::string dtype;        // "uint8", "uint16", "int16", "float32", "palette", ...
   int64_t pages = 1;
+  std::string format;       // "PNG", "TIFF", "JPEG", "JPEG 2000"
 
   std::string describe() const {
     std::string text = std::to_string(height) + "x" + std::to_string(width);

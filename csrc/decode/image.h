@@ -1,6 +1,8 @@
-// Reading what a data set is made of from files: channel images (PNG or TIFF, told apart by their bytes),
-// the headers of packed shards and illumination functions (.npy); and checking RxRx3-core's encoded channel
-// images (PNG or JPEG 2000 bytes from its parquet shards). The DALI operators (csrc/dali) and
+// Reading what a data set is made of from files: channel images (PNG, TIFF, JPEG or JPEG 2000, told apart by
+// their bytes), the headers of packed shards and illumination functions (.npy); and checking RxRx3-core's encoded
+// channel images (PNG or JPEG 2000 bytes from its parquet shards). A data set's channel files are of one family:
+// PNG and TIFF, which maefast decodes itself (ImageDecoder), or JPEG and JPEG 2000, which it checks
+// (check_compressed) and DALI's decoders or Pillow decode. The DALI operators (csrc/dali) and
 // maefast._C (the PyTorch loader and `maefast data check`) call these same functions, so every path opens,
 // bounds, checks and decodes a file the same way.
 //
@@ -26,6 +28,7 @@
 
 #include "formats.h"
 #include "header.h"
+#include "jpeg.h"
 #include "jpeg2000.h"
 #include "npy.h"
 #include "png.h"
@@ -113,11 +116,99 @@ inline bool is_tiff(const uint8_t* data, size_t size) {
   return size >= 2 && ((data[0] == 'I' && data[1] == 'I') || (data[0] == 'M' && data[1] == 'M'));
 }
 
-// The header of a PNG or TIFF file's bytes (what maefast.data.decode.probe_channel reports).
+// The format of a channel image's bytes: "PNG", "TIFF", "JPEG", "JPEG 2000", or "" for none of them.
+inline const char* image_format(const uint8_t* data, size_t size) {
+  if (is_png(data, size)) return "PNG";
+  if (is_tiff(data, size)) return "TIFF";
+  if (is_jpeg(data, size)) return "JPEG";
+  if (is_jpeg2000(data, size)) return "JPEG 2000";
+  return "";
+}
+
+// The header of a channel image file's bytes (what maefast.data.decode.probe_channel reports).
 inline ImageHeader image_header(const uint8_t* data, size_t size) {
-  if (is_png(data, size)) return image_header_of_png(png_header(data, size));
-  if (is_tiff(data, size)) return tiff_header(data, size);
-  throw FormatError("expected a PNG or TIFF file");
+  ImageHeader header;
+  const std::string format = image_format(data, size);
+  if (format == "PNG") header = image_header_of_png(png_header(data, size));
+  else if (format == "TIFF") header = tiff_header(data, size);
+  else if (format == "JPEG") header = jpeg_parse(data, size).header();
+  else if (format == "JPEG 2000") header = jpeg2000_parse(data, size).header();
+  else throw FormatError("expected a PNG, TIFF, JPEG or JPEG 2000 file");
+  header.format = format;
+  return header;
+}
+
+// Refuses a channel image of the other family than the data set's: "expected a PNG or TIFF file, found a JPEG
+// file (the data set's images are PNG or TIFF)"; a file of no known format: "expected a PNG or TIFF file".
+[[noreturn]] inline void refuse_family(const uint8_t* data, size_t size, bool compressed) {
+  const std::string expected = compressed ? "a JPEG or JPEG 2000 file" : "a PNG or TIFF file";
+  const std::string found = image_format(data, size);
+  if (found.empty()) throw FormatError("expected " + expected);
+  throw FormatError("expected " + expected + ", found a " + found + " file (the data set's images are " +
+                    (compressed ? "JPEG or JPEG 2000)" : "PNG or TIFF)"));
+}
+
+// Checks a JPEG or JPEG 2000 image against `spec` and the table of formats.h, and that it is whole, before
+// any decoder is handed its bytes (which the caller then decodes: DALI or Pillow).
+inline void check_compressed(const uint8_t* data, size_t size, const ImageSpec& spec) {
+  if (is_jpeg(data, size)) {
+    jpeg_check(jpeg_parse(data, size), data, size, spec);
+  } else if (is_jpeg2000(data, size)) {
+    jpeg2000_check(jpeg2000_parse(data, size), size, spec);
+  } else {
+    refuse_family(data, size, true);
+  }
+}
+
+// Reads a channel image file into `bytes`: refused unless it is a regular file of at most spec.max_file_bytes().
+inline void read_channel_file(const std::string& path, const ImageSpec& spec, std::vector<uint8_t>& bytes) {
+  RegularFile file(path);
+  if (file.size() > spec.max_file_bytes()) {
+    throw FormatError("a " + std::to_string(file.size()) + "-byte file is larger than a " + spec.describe() +
+                      " image can be (at most " + std::to_string(spec.max_file_bytes()) + " bytes)");
+  }
+  bytes.resize(file.size());
+  file.read(0, bytes.data(), bytes.size());
+}
+
+// A PNG of a height x width image of zeros (8- or 16-bit grayscale, as the spec says), its image data in stored
+// (uncompressed) deflate blocks: what the DALI pipeline hands its decoder in place of a file that was refused,
+// so that the image's error is reported and the rest of its batch decodes.
+inline std::vector<uint8_t> blank_png(const ImageSpec& spec) {
+  const size_t raw = (static_cast<size_t>(spec.width) * spec.bytes_per_pixel + 1) * static_cast<size_t>(spec.height);
+  std::vector<uint8_t> zlib = {0x78, 0x01};
+  zlib.reserve(raw + raw / 65535 * 5 + 16);
+  for (size_t done = 0; done < raw;) {  // rows of a filter byte 0 and zero samples
+    const size_t block = std::min<size_t>(raw - done, 65535);
+    done += block;
+    const uint8_t stored[5] = {static_cast<uint8_t>(done == raw),  // BFINAL; BTYPE 00: stored
+                               static_cast<uint8_t>(block), static_cast<uint8_t>(block >> 8),
+                               static_cast<uint8_t>(~block), static_cast<uint8_t>(~block >> 8)};
+    zlib.insert(zlib.end(), stored, stored + 5);
+    zlib.resize(zlib.size() + block, 0);
+  }
+  const uint32_t adler = static_cast<uint32_t>(raw % 65521) << 16 | 1;  // Adler-32 of raw zero bytes
+  for (int shift = 24; shift >= 0; shift -= 8) zlib.push_back(static_cast<uint8_t>(adler >> shift));
+
+  std::vector<uint8_t> png = {137, 80, 78, 71, 13, 10, 26, 10};
+  auto chunk = [&png](const char* type, const uint8_t* payload, size_t length) {
+    for (int shift = 24; shift >= 0; shift -= 8) png.push_back(static_cast<uint8_t>(length >> shift));
+    const size_t start = png.size();
+    png.insert(png.end(), type, type + 4);
+    png.insert(png.end(), payload, payload + length);
+    const uint32_t crc = png_detail::chunk_crc(png.data() + start, length + 4);
+    for (int shift = 24; shift >= 0; shift -= 8) png.push_back(static_cast<uint8_t>(crc >> shift));
+  };
+  const uint32_t width = static_cast<uint32_t>(spec.width), height = static_cast<uint32_t>(spec.height);
+  const uint8_t header[13] = {static_cast<uint8_t>(width >> 24), static_cast<uint8_t>(width >> 16),
+                              static_cast<uint8_t>(width >> 8), static_cast<uint8_t>(width),
+                              static_cast<uint8_t>(height >> 24), static_cast<uint8_t>(height >> 16),
+                              static_cast<uint8_t>(height >> 8), static_cast<uint8_t>(height),
+                              static_cast<uint8_t>(8 * spec.bytes_per_pixel), 0, 0, 0, 0};
+  chunk("IHDR", header, sizeof(header));
+  chunk("IDAT", zlib.data(), zlib.size());
+  chunk("IEND", nullptr, 0);
+  return png;
 }
 
 inline ImageHeader image_header(const std::string& path) {
@@ -127,9 +218,8 @@ inline ImageHeader image_header(const std::string& path) {
 
 // RxRx3-core's channel images are PNG or JPEG 2000 bytes (a parquet row each): their header.
 inline ImageHeader encoded_header(const uint8_t* data, size_t size) {
-  if (is_png(data, size)) return image_header_of_png(png_header(data, size));
-  if (is_jpeg2000(data, size)) return jpeg2000_header(data, size);
-  throw FormatError("expected a JPEG 2000 or PNG image");
+  if (!is_png(data, size) && !is_jpeg2000(data, size)) throw FormatError("expected a JPEG 2000 or PNG image");
+  return image_header(data, size);
 }
 
 // Checks an encoded channel image of RxRx3-core against `spec` without decoding it (its header, a JPEG 2000's
@@ -163,20 +253,14 @@ class ImageDecoder {
       tiff_check(image, size, spec);
       tiff_decode(image, data, spec, out);
     } else {
-      throw FormatError("expected a PNG or TIFF file");
+      refuse_family(data, size, false);
     }
   }
 
   // Reads and decodes the file at `path`: refused unless it is a regular file of at most
   // spec.max_file_bytes() bytes, then decode() above.
   void decode(const std::string& path, const ImageSpec& spec, uint8_t* out) {
-    RegularFile file(path);
-    if (file.size() > spec.max_file_bytes()) {
-      throw FormatError("a " + std::to_string(file.size()) + "-byte file is larger than a " + spec.describe() +
-                        " image can be (at most " + std::to_string(spec.max_file_bytes()) + " bytes)");
-    }
-    bytes_.resize(file.size());
-    file.read(0, bytes_.data(), bytes_.size());
+    read_channel_file(path, spec, bytes_);
     decode(bytes_.data(), bytes_.size(), spec, out);
   }
 

@@ -16,8 +16,6 @@ def add_commands(subparsers) -> None:
     synth.add_argument("--layout", choices=("rxrx", "jump", "rxrx3-core"), default="rxrx",
                        help="rxrx: PNG files; jump: TIFF files and load_data.csv; rxrx3-core: parquet shards of "
                             "encoded channel images and metadata_rxrx3_core.csv, as RxRx3-core is published")
-    synth.add_argument("--codec", choices=("jpeg2000", "png"), default="jpeg2000",
-                       help="rxrx3-core: how each channel image is encoded (JPEG 2000 lossless, as published)")
     synth.add_argument("--genes", type=int, default=100, help="number of gene perturbations (from CORUM complexes)")
     synth.add_argument("--replicates", type=int, default=2, help="wells per gene (on different plates)")
     synth.add_argument("--plates", type=int, default=4, help="plates in all (384 wells each)")
@@ -28,6 +26,9 @@ def add_commands(subparsers) -> None:
     synth.add_argument("--channels", type=int, default=6,
                        help="channels per site (the first 6 are Cell Painting's; more are mixtures of them)")
     synth.add_argument("--bit-depth", type=int, choices=(8, 16), default=None, help="default: 8 rxrx, 16 jump")
+    synth.add_argument("--codec", choices=("tiff", "jpeg2000", "jpeg", "png"), default=None,
+                       help="the channel images' format: jump tiff (default), jpeg2000 (lossless) or jpeg (8-bit); "
+                            "rxrx3-core jpeg2000 (default, lossless, as published) or png")
     synth.add_argument("--effect-size", type=float, default=1.0,
                        help="scale of each complex's phenotype (0: no perturbation effect)")
     synth.add_argument("--compounds", type=int, default=0,

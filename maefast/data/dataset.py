@@ -48,6 +48,7 @@ class Dataset:
     image_shape: tuple[int, int]      # (height, width) of every image
     dtype: np.dtype                   # uint8 or uint16
     illumination: str = "raw"         # "raw" | "illum" (jump only)
+    compressed: bool = False          # channel files are JPEG / JPEG 2000 (else PNG / TIFF; packed: shards)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -59,7 +60,7 @@ class Dataset:
     @property
     def spec(self) -> ImageSpec:
         """What every channel image must be (size, dtype, one page); every loader checks it."""
-        return ImageSpec(tuple(self.image_shape), np.dtype(self.dtype))
+        return ImageSpec(tuple(self.image_shape), np.dtype(self.dtype), compressed=self.compressed)
 
     @property
     def channel_index(self) -> list[int]:
@@ -131,9 +132,10 @@ def file_dataset(root, layout: str, table: pd.DataFrame, channels: list[str],
     def probe(row: int, channel: str):
         return probe_channel(table.at[row, f"file_{channel}"])
 
-    shape, dtype = common_format(table, channels, root, probe)
+    shape, dtype, compressed = common_format(table, channels, root, probe)
     return Dataset(root=root, layout=layout, table=table, stored_channels=tuple(channels),
-                   channels=tuple(channels), image_shape=shape, dtype=dtype, illumination=illumination)
+                   channels=tuple(channels), image_shape=shape, dtype=dtype, illumination=illumination,
+                   compressed=compressed)
 
 
 def sample_rows(count: int, size: int = HEADER_SAMPLE) -> np.ndarray:
@@ -141,10 +143,11 @@ def sample_rows(count: int, size: int = HEADER_SAMPLE) -> np.ndarray:
     return np.unique(np.linspace(0, count - 1, min(count, size)).round().astype(np.int64))
 
 
-def common_format(table: pd.DataFrame, channels, root, probe) -> tuple[tuple[int, int], np.dtype]:
-    """The (height, width) and dtype most headers of a sample of images show (`probe(row, channel)`: the
-    (height, width) and kind of one channel image's header, maefast.data.decode.describe_header): one odd or
-    unreadable image, the first one included, does not set the norm (the loaders refuse or skip it against it)."""
+def common_format(table: pd.DataFrame, channels, root, probe) -> tuple[tuple[int, int], np.dtype, bool]:
+    """The (height, width), dtype and family (JPEG / JPEG 2000 or PNG / TIFF) most headers of a sample of images
+    show (`probe(row, channel)`: the (height, width), kind and compression of one channel image's header,
+    maefast.data.decode.describe_header): one odd or unreadable image, the first one included, does not set the
+    norm (the loaders refuse or skip it against it)."""
     found, errors = Counter(), []
     for row in sample_rows(len(table)):
         for channel in channels:
@@ -155,11 +158,11 @@ def common_format(table: pd.DataFrame, channels, root, probe) -> tuple[tuple[int
     if not found:
         raise UserInputError(f"{root}: none of the {len(errors)} sampled channel files has a readable header, "
                              f"e.g. {errors[0]}")
-    (shape, kind), _ = found.most_common(1)[0]
+    (shape, kind, compressed), _ = found.most_common(1)[0]
     if kind not in ("uint8", "uint16"):
         raise UserInputError(f"{root}: most sampled channel files are {shape[0]}x{shape[1]} {kind} images; maefast "
                              "reads single-page uint8 or uint16 images (see the table of formats in docs/data.md)")
-    return shape, np.dtype(kind)
+    return shape, np.dtype(kind), compressed
 
 
 def require_inside_root(paths: pd.Series, root, source, columns: str, allowed: bool) -> None:

@@ -7,6 +7,12 @@ it decodes to: what one path accepts the others accept with the same pixels, and
 refuse for the same reason. A channel image decodes to a 2-D uint8 or uint16 array, exactly the stored
 integers; Pillow and tifffile are the references the tests compare those pixels with.
 
+A data set's channel images are of one family (ImageSpec.compressed): PNG and TIFF, which maefast decodes
+itself, or JPEG and JPEG 2000, whose headers and structure maefast checks (the same C++ checks on every path)
+before a decoder sees their bytes: DALI's (nvJPEG / nvJPEG2000 on a GPU, libjpeg-turbo / OpenJPEG on the CPU)
+in the DALI loader, Pillow's (libjpeg-turbo / OpenJPEG) here. A file that passes the checks and still does not
+decode is refused with the reason Pillow gives, by both loaders.
+
 Decoding is bounded by the data set's spec (ImageSpec): a file larger than such an image can take is not
 read, a header that differs from the spec is refused before anything of the image's size is allocated, no
 inflate writes past the spec's bytes, and a file that claims to expand more than MAX_RATIO-fold is refused.
@@ -18,6 +24,7 @@ cannot be had is an ImageReadError of kind "missing" or "unreadable" like a loca
 """
 from __future__ import annotations
 
+import io
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -130,9 +137,14 @@ class ImageSpec:
     shape: tuple[int, int]  # (height, width)
     dtype: np.dtype         # uint8 or uint16
     max_ratio: float = field(default_factory=max_ratio, compare=False)
+    compressed: bool = False  # JPEG / JPEG 2000 files (decoded by DALI or Pillow), not PNG / TIFF (by maefast)
 
     def __str__(self) -> str:
         return f"{self.shape[0]}x{self.shape[1]} {np.dtype(self.dtype)}, one page"
+
+    @property
+    def formats(self) -> str:
+        return "JPEG or JPEG 2000" if self.compressed else "PNG or TIFF"
 
     @property
     def itemsize(self) -> int:
@@ -144,18 +156,79 @@ class ImageSpec:
 
 
 def read_channel(path: str | os.PathLike, image_id: str | None = None, spec: ImageSpec | None = None) -> np.ndarray:
-    """Decodes one single-page, single-channel image file (PNG or TIFF) into a 2-D uint8/uint16 array.
+    """Decodes one single-page, single-channel image file (PNG, TIFF, JPEG or JPEG 2000) into a 2-D uint8/uint16
+    array.
 
-    The image must match `spec` (size, dtype); without one, the file's own header (a single-page 2-D uint8 or
-    uint16 image). Raises ImageReadError naming the file.
+    The image must match `spec` (size, dtype, family); without one, the file's own header (a single-page 2-D
+    uint8 or uint16 image). Raises ImageReadError naming the file.
     """
     with reading(path, image_id):
         local = local_file(path)
         if spec is None:
             spec = header_spec(local)
-        array = readers().read_image(local, int(spec.shape[0]), int(spec.shape[1]), spec.itemsize,
-                                     spec.max_ratio)
+        size = (int(spec.shape[0]), int(spec.shape[1]), spec.itemsize, spec.max_ratio)
+        if spec.compressed:
+            return decode_compressed(readers().read_compressed(str(local), *size), spec, path, image_id)
+        return readers().read_image(str(local), *size)
+
+
+# The formats Pillow reads JPEG and JPEG 2000 files as, and the modes their checked images decode to.
+PILLOW_FORMATS = {"JPEG": "JPEG", "JPEG2000": "JPEG 2000"}
+PILLOW_MODES = {"L": np.uint8, "I;16": np.uint16}
+
+
+JPEG2000_SIGNATURES = (b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")  # a JP2 file, a raw codestream
+
+
+def decode_compressed(data: bytes, spec: ImageSpec, path, image_id: str | None = None) -> np.ndarray:
+    """The host's decode of a JPEG or JPEG 2000 image that maefast's checks passed (readers().read_compressed /
+    check_compressed): JPEG 2000 by decode_jpeg2000, JPEG by Pillow; a 2-D array of the spec's size and dtype, or
+    ImageReadError naming `path` with the decoder's reason. The DALI loader names an image its decoder fails on
+    with this same reason."""
+    if data.startswith(JPEG2000_SIGNATURES):
+        return decode_jpeg2000(data, spec, path, image_id)
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(data), formats=list(PILLOW_FORMATS)) as image:
+            image.load()
+            array = np.asarray(image)
+    except ImageReadError:
+        raise
+    except Exception as error:
+        raise ImageReadError(path, f"corrupt image data: the decoder failed ({error})", image_id) from None
+    if array.shape != tuple(spec.shape) or array.dtype != np.dtype(spec.dtype):  # maefast's checks let it through
+        raise ImageReadError(path, f"Pillow decoded a {describe_array(array)} image where the header said "
+                                   f"{spec}", image_id, "format")
     return array
+
+
+def import_imagecodecs():
+    try:
+        import imagecodecs
+    except ImportError:
+        raise MissingDependency("JPEG 2000 images need imagecodecs: "
+                                "python -m pip install \"maefast[jpeg2000]\"") from None
+    return imagecodecs
+
+
+def decode_jpeg2000(data: bytes, spec: ImageSpec, where, image_id: str | None = None) -> np.ndarray:
+    """imagecodecs' (OpenJPEG's) decode of a JPEG 2000 image that maefast's checks passed (csrc/decode/jpeg2000.h,
+    whose checked header bounds what it allocates), the one host decoder of JPEG 2000 files and RxRx3-core's
+    images: its samples as stored (a 12-bit image's values stay below 4096, as DALI's decoders give them; Pillow
+    would scale them to 16 bits). ImageReadError naming `where` when OpenJPEG refuses it."""
+    imagecodecs = import_imagecodecs()
+    try:  # one thread: the loaders decode many images in parallel
+        image = imagecodecs.jpeg2k_decode(data, numthreads=1)
+    except imagecodecs.Jpeg2kError as error:
+        raise ImageReadError(where, f"corrupt JPEG 2000 image (OpenJPEG: {error})", image_id) from None
+    if image.shape != tuple(spec.shape) or image.dtype != spec.dtype:  # what its checked header did not say
+        raise ImageReadError(where, f"JPEG 2000 image decoded to {image.shape} {image.dtype}, not the {spec} of its "
+                                    "header", image_id)
+    return image
+
+
+def describe_array(array: np.ndarray) -> str:
+    return "x".join(map(str, array.shape)) + f" {array.dtype}"
 
 
 def header_spec(path) -> ImageSpec:
@@ -163,27 +236,31 @@ def header_spec(path) -> ImageSpec:
     return spec_of_header(readers().image_header(str(path)), path)
 
 
+COMPRESSED_FORMATS = ("JPEG", "JPEG 2000")  # decoded by DALI or Pillow; PNG and TIFF by maefast
+
+
 def spec_of_header(header: tuple, where) -> ImageSpec:
-    """The spec of a header (the readers' (height, width, samples, dtype, pages)): a single-page 2-D uint8 or
-    uint16 image, else ImageReadError (kind "format") naming `where`."""
-    height, width, samples, dtype, pages = header
+    """The spec of a header (the readers' (height, width, samples, dtype, pages, format)): a single-page 2-D uint8
+    or uint16 image, else ImageReadError (kind "format") naming `where`."""
+    height, width, samples, dtype, pages, format = header
     if samples != 1 or pages != 1 or dtype not in ("uint8", "uint16"):
         found = f"{height}x{width}" + (f"x{samples}" if samples != 1 else "") + f" {dtype}"
         found += f", {pages} pages" if pages != 1 else ""
         raise ImageReadError(where, f"expected a single-page 2-D uint8 or uint16 image, found {found}", kind="format")
-    return ImageSpec((height, width), np.dtype(dtype))
+    return ImageSpec((height, width), np.dtype(dtype), compressed=format in COMPRESSED_FORMATS)
 
 
-def describe_header(header: tuple) -> tuple[tuple[int, int], str]:
-    """(height, width) and the kind of an image from the readers' header tuple: "uint16", "uint8, 3 pages",
-    "uint16x3", "palette", ..."""
-    height, width, samples, dtype, pages = header
+def describe_header(header: tuple) -> tuple[tuple[int, int], str, bool]:
+    """(height, width), the kind of an image ("uint16", "uint8, 3 pages", "uint16x3", "palette", ...) and whether
+    it is compressed (JPEG or JPEG 2000), from the readers' header tuple."""
+    height, width, samples, dtype, pages, format = header
     kind = dtype + (f"x{samples}" if samples != 1 else "") + (f", {pages} pages" if pages != 1 else "")
-    return (height, width), kind
+    return (height, width), kind, format in COMPRESSED_FORMATS
 
 
-def probe_channel(path: str | os.PathLike) -> tuple[tuple[int, int], str]:
-    """(height, width) and the kind of one channel file's first page (describe_header), from its header."""
+def probe_channel(path: str | os.PathLike) -> tuple[tuple[int, int], str, bool]:
+    """(height, width), the kind of one channel file's first page and whether it is compressed
+    (describe_header), from its header."""
     with reading(path):
         return describe_header(readers().image_header(local_file(path)))
 
@@ -234,16 +311,15 @@ def accepted_formats_table() -> str:
     def dtypes(descrs):
         return ", ".join(np.dtype(descr).name for descr in descrs) + " (little-endian)"
 
-    png, tiff, jpeg2000 = table["png"], table["tiff"], table["jpeg2000"]
-    depths = " or ".join(str(d) for d in png["bit_depths"])
+    png, tiff, jpeg, jpeg2000 = table["png"], table["tiff"], table["jpeg"], table["jpeg2000"]
+
+    def bits(values):
+        return " or ".join(str(d) for d in values)
+
+    depths = bits(png["bit_depths"])
     rows = [
         ("PNG channel image", f"grayscale (colour type 0), {depths} bits, not interlaced, one frame (a file, or a row "
                               "of an RxRx3-core parquet shard)"),
-        ("JPEG 2000 channel image (RxRx3-core parquet row)",
-         f"JP2 file or raw codestream, one component, not subsampled, no palette, unsigned "
-         f"{min(jpeg2000['bit_depths'])} to {max(jpeg2000['bit_depths'])} bits (8 decode to uint8, more to uint16), "
-         f"at most {jpeg2000['max_tiles']} tiles; header and codestream structure checked before imagecodecs "
-         "(OpenJPEG) decodes it"),
         ("TIFF channel image", "one page, one sample per pixel, unsigned "
                                f"{' or '.join(str(d) for d in tiff['bit_depths'])} bits, in strips, either byte "
                                "order, classic or BigTIFF, ImageDepth 1"),
@@ -252,6 +328,14 @@ def accepted_formats_table() -> str:
         ("TIFF photometric interpretation", codes(tiff["photometrics"]) + " or no tag"),
         ("TIFF orientation", codes(tiff["orientations"]) + " or no tag"),
         ("TIFF planar configuration", codes(tiff["planar_configurations"])),
+        ("JPEG channel image", f"one component (grayscale), {bits(jpeg['bit_depths'])} bits, ending with its EOI "
+                               "marker; EXIF orientation not applied"),
+        ("JPEG process (SOFn)", codes(jpeg["processes"]) + ", Huffman-coded"),
+        ("JPEG 2000 channel image", f"a file, or a row of an RxRx3-core parquet shard: JP2 file or raw codestream, "
+                                    f"one component, unsigned {min(jpeg2000['bit_depths'])} to "
+                                    f"{max(jpeg2000['bit_depths'])} bits (8 decode to uint8, more to uint16), not "
+                                    f"subsampled, no palette, lossless or lossy, at most {jpeg2000['max_tiles']} "
+                                    "tiles, every tile-part inside the codestream, ending with its EOC marker"),
         ("packed shard (.npy)", f"(n, channels, height, width), C order, {dtypes(table['shard']['descrs'])}: the "
                                 "manifest's dtype"),
         ("illumination function (.npy)", f"(height, width), C order, {dtypes(table['illumination']['descrs'])}, "

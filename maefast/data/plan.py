@@ -20,6 +20,7 @@ is cut into the (H // s) * (W // s) non-overlapping s x s tiles, row-major, the 
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +41,11 @@ class Batch:
 
     def without(self, keep: np.ndarray) -> Batch:
         return Batch(self.step, self.images[keep], self.anchors[keep], self.augment[keep], self.end)
+
+    def same(self, other: Batch) -> bool:
+        """Whether `other` reads the same crops (the same images, corners and flips at the same step)."""
+        return (self.step == other.step and np.array_equal(self.images, other.images)
+                and np.array_equal(self.anchors, other.anchors) and np.array_equal(self.augment, other.augment))
 
 
 def _splitmix(x: np.ndarray) -> np.ndarray:
@@ -82,6 +88,14 @@ class TrainPlan:
         """Steps of an epoch from `position` on (the same on every rank)."""
         per_step, left = self.batch_size * self.world_size, max(self.num_images - position, 0)
         return left // per_step if self.drop_last else -(-left // per_step)
+
+    def largest_batch(self) -> int:
+        """The most images any of this rank's batches holds (array_split gives the first ranks the larger parts)."""
+        return -(-min(self.batch_size * self.world_size, self.num_images) // self.world_size)
+
+    def batches_after(self, epoch: int):
+        """The batches of every epoch after `epoch`, in order (without end): what a loader reads ahead into."""
+        return itertools.chain.from_iterable(self.batches(later) for later in itertools.count(epoch + 1))
 
     def order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(self.num_images)
@@ -127,6 +141,13 @@ class TilePlan:
 
     def steps(self) -> int:
         return -(-len(self.mine) // self.batch_size)
+
+    def largest_batch(self) -> int:
+        return min(self.batch_size, len(self.mine))
+
+    def batches_after(self, epoch: int):
+        """Nothing: a tiling is read once (an embedding job), so no loader reads ahead past it."""
+        return iter(())
 
     def batches(self, epoch: int = 0, position: int = 0):
         """This rank's batches from `position` (images of this rank's list already done) on."""

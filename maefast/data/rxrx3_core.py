@@ -45,6 +45,7 @@ from maefast.data.dataset import Dataset, common_format
 from maefast.data.decode import (
     ImageReadError,
     ImageSpec,
+    decode_jpeg2000,
     describe_header,
     local_file,
     readers,
@@ -62,7 +63,7 @@ from maefast.data.storage import (
     read_metadata_json,
     read_metadata_table,
 )
-from maefast.errors import MissingDependency, UserInputError
+from maefast.errors import UserInputError
 
 LAYOUT = "rxrx3-core"
 METADATA_FILE = "metadata_rxrx3_core.csv"
@@ -168,9 +169,17 @@ def read_rxrx3_core(root, allow_outside_root: bool = False) -> Dataset:
         with reading(f"{shard}#{position}", table.at[row, "id"]):
             return describe_header(readers().encoded_header(images.encoded(shard, position)))
 
-    shape, dtype = common_format(table, names, root, probe)
+    shape, dtype, _ = common_format(table, names, root, probe)  # read by decode_image, whatever the codec
     return Dataset(root=root, layout=LAYOUT, table=table, stored_channels=tuple(names), channels=tuple(names),
                    image_shape=shape, dtype=dtype)
+
+
+def codec_of(dataset: Dataset) -> str:
+    """The codec of a data set's channel images, from its shards' image columns: "jpeg2000", "png", or "mixed"
+    when its shards differ (the GPU pipeline decodes JPEG 2000 on the device only in a data set of it alone)."""
+    shards = pd.unique(dataset.table[[f"shard_{name}" for name in dataset.channels]].to_numpy().ravel())
+    codecs = {IMAGE_COLUMNS[image_column(pq.read_schema(local_file(shard)), Path(shard))] for shard in shards}
+    return codecs.pop() if len(codecs) == 1 else "mixed"
 
 
 def channel_names(root, tokens: list[str]) -> list[str]:
@@ -182,15 +191,6 @@ def channel_names(root, tokens: list[str]) -> list[str]:
     if missing:
         raise UserInputError(f"{path}: no name for channel(s) {missing}")
     return [mapping[t] for t in tokens]
-
-
-def import_imagecodecs():
-    try:
-        import imagecodecs
-    except ImportError:
-        raise MissingDependency("JPEG 2000 images need imagecodecs: "
-                                "python -m pip install \"maefast[jpeg2000]\"") from None
-    return imagecodecs
 
 
 def decode_image(data: bytes, where: str = "image", image_id: str | None = None,
@@ -205,15 +205,7 @@ def decode_image(data: bytes, where: str = "image", image_id: str | None = None,
         bounds = (int(spec.shape[0]), int(spec.shape[1]), spec.itemsize, spec.max_ratio)
         if module.check_encoded(data, *bounds) == "png":
             return module.decode_image(data, *bounds)
-        imagecodecs = import_imagecodecs()
-        try:  # one thread: the loaders decode many images in parallel
-            image = imagecodecs.jpeg2k_decode(data, numthreads=1)
-        except imagecodecs.Jpeg2kError as error:
-            raise ImageReadError(where, f"corrupt JPEG 2000 image (OpenJPEG: {error})", image_id) from None
-    if image.shape != tuple(spec.shape) or image.dtype != spec.dtype:  # what its checked header did not say
-        raise ImageReadError(where, f"JPEG 2000 image decoded to {image.shape} {image.dtype}, not the {spec} of its "
-                                    "header", image_id)
-    return image
+    return decode_jpeg2000(data, spec, where, image_id)
 
 
 class EncodedImages:

@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from maefast.data.dataset import Dataset
-from maefast.data.rxrx3_core import CODECS, CONTROL_SUFFIX, IMAGE_COLUMNS, KEY_COLUMN, METADATA_FILE, import_imagecodecs
+from maefast.data.decode import import_imagecodecs
+from maefast.data.rxrx3_core import CODECS, CONTROL_SUFFIX, IMAGE_COLUMNS, KEY_COLUMN, METADATA_FILE
 from maefast.data.torch_backend import ImageReader
 from maefast.errors import UserInputError
 from maefast.io import atomic_path, write_json_atomic

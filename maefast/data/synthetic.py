@@ -144,21 +144,26 @@ def synth_screen(out_dir, layout: str = "rxrx", num_genes: int = 100, replicates
                  size: int = 512, channels: int = 6, bit_depth: int | None = None, effect_size: float = 1.0,
                  batch_strength: float = 1.0, complexes=None, seed: int = 0, workers: int | None = None,
                  progress: bool = True, num_compounds: int = 0, concentrations=CONCENTRATIONS,
-                 codec: str = "jpeg2000") -> Path:
+                 codec: str | None = None) -> Path:
     """Writes a synthetic screen to out_dir and returns out_dir (open it with open_dataset).
 
     layout "rxrx": {experiment}/Plate{p}/{well}_s{site}_w{k}.png + metadata.csv + channels.json.
     layout "jump": images/{experiment}/{plate}/{well}_s{site}_{channel}.tiff, one illumination function
     per plate and channel (illum/...npy, the plate's simulated illumination) and load_data.csv.
-    layout "rxrx3-core": RxRx3-core's parquet shards of `codec` ("jpeg2000" or "png") channel images and
-    metadata_rxrx3_core.csv (maefast.data.rxrx3_core), rendered through the rxrx layout.
+    layout "rxrx3-core": RxRx3-core's parquet shards of encoded channel images and metadata_rxrx3_core.csv
+    (maefast.data.rxrx3_core), rendered through the rxrx layout.
+    codec: the channel images' format, of CODECS[layout] (default the first): jump "tiff", "jpeg2000" (lossless
+    .jp2) or "jpeg" (.jpg, quality 90, 8-bit); rxrx3-core "jpeg2000" (lossless, as published) or "png".
     bit_depth: 8 or 16 (default 8 for rxrx, 16 for jump). Also writes genes.csv (the ground truth:
     gene, complex, effect per feature) and synth.json (the parameters). With num_compounds, compounds are
     tested at `concentrations` (design_compounds) and compounds.csv (effect per compound and concentration)
     and compound_targets.csv (the known pairs: compound, gene) are written too.
     """
+    if layout in CODECS and codec is not None and codec not in CODECS[layout]:
+        raise UserInputError(f"codec must be one of {', '.join(CODECS[layout])} for the {layout} layout, got "
+                             f"{codec!r}")
     if layout == "rxrx3-core":
-        return _synth_rxrx3_core(out_dir, codec, dict(
+        return _synth_rxrx3_core(out_dir, codec or CODECS[layout][0], dict(
             num_genes=num_genes, replicates=replicates, num_plates=num_plates, num_experiments=num_experiments,
             controls_per_plate=controls_per_plate, sites_per_well=sites_per_well, size=size, channels=channels,
             bit_depth=bit_depth, effect_size=effect_size, batch_strength=batch_strength, complexes=complexes,
@@ -169,6 +174,9 @@ def synth_screen(out_dir, layout: str = "rxrx", num_genes: int = 100, replicates
     bit_depth = bit_depth or (8 if layout == "rxrx" else 16)
     if bit_depth not in (8, 16):
         raise UserInputError(f"bit_depth must be 8 or 16, got {bit_depth}")
+    codecs = CODECS[layout]
+    if codec == "jpeg" and bit_depth != 8:
+        raise UserInputError("codec jpeg writes 8-bit images: pass bit_depth=8 (--bit-depth 8)")
     out = Path(out_dir)
     sites, genes = design_screen(num_genes, replicates, num_plates, num_experiments, controls_per_plate,
                                  sites_per_well, effect_size, complexes, seed, num_compounds, concentrations)
@@ -178,6 +186,8 @@ def synth_screen(out_dir, layout: str = "rxrx", num_genes: int = 100, replicates
                   num_experiments=num_experiments, controls_per_plate=controls_per_plate,
                   sites_per_well=sites_per_well, size=size, channels=names, bit_depth=bit_depth,
                   effect_size=effect_size, batch_strength=batch_strength, seed=seed)
+    if codec not in (None, codecs[0]):  # recorded when not the layout's own (screens written before it resume)
+        params["codec"] = codec
     if num_compounds:  # recorded only when used: screens made before compounds existed resume unchanged
         params.update(num_compounds=num_compounds, concentrations=[float(c) for c in concentrations])
     previous = out / "synth.json"
@@ -188,7 +198,8 @@ def synth_screen(out_dir, layout: str = "rxrx", num_genes: int = 100, replicates
     effects = {g: row.to_numpy() for g, row in genes.set_index("gene")[list(FEATURES)].iterrows()}
     for row in compounds.itertuples():
         effects[compound_key(row.compound, row.concentration)] = np.array([getattr(row, f) for f in FEATURES])
-    sites["files"] = [_site_files(out, layout, s, names) for s in sites.itertuples()]
+    suffix = SUFFIXES[codec or codecs[0]]
+    sites["files"] = [_site_files(out, layout, s, names, suffix) for s in sites.itertuples()]
     jobs = [(i, row.effect_key, row.experiment, row.plate, row.files) for i, row in enumerate(sites.itertuples())
             if not all(Path(f).is_file() for f in row.files)]
     sites = sites.drop(columns="effect_key")
@@ -207,6 +218,11 @@ def synth_screen(out_dir, layout: str = "rxrx", num_genes: int = 100, replicates
     else:
         _write_jump_tables(out, sites, names, config)
     return out
+
+
+# each layout's channel image formats, the first its default
+CODECS = {"rxrx": ("png",), "jump": ("tiff", "jpeg2000", "jpeg"), "rxrx3-core": ("jpeg2000", "png")}
+SUFFIXES = {"png": ".png", "tiff": ".tiff", "jpeg2000": ".jp2", "jpeg": ".jpg"}
 
 
 def _synth_rxrx3_core(out_dir, codec: str, options: dict) -> Path:
@@ -238,12 +254,26 @@ def _synth_rxrx3_core(out_dir, codec: str, options: dict) -> Path:
     return out
 
 
-def _site_files(out: Path, layout: str, s, names: list[str]) -> list[str]:
+def _site_files(out: Path, layout: str, s, names: list[str], suffix: str) -> list[str]:
     if layout == "rxrx":
         folder = out / s.experiment / f"Plate{s.plate}"
-        return [str(folder / f"{s.well}_s{s.site}_w{k + 1}.png") for k in range(len(names))]
+        return [str(folder / f"{s.well}_s{s.site}_w{k + 1}{suffix}") for k in range(len(names))]
     folder = out / "images" / s.experiment / f"P{s.plate}"
-    return [str(folder / f"{s.well}_s{s.site}_{name}.tiff") for name in names]
+    return [str(folder / f"{s.well}_s{s.site}_{name}{suffix}") for name in names]
+
+
+def write_channel(path, channel: np.ndarray, suffix: str) -> None:
+    """One channel image in the format of `suffix`: .png (maefast's writer), .tiff (tifffile), .jp2 (JPEG 2000,
+    lossless) or .jpg (JPEG, quality 90), these two through Pillow."""
+    if suffix == ".png":
+        write_png(path, channel)
+    elif suffix == ".tiff":
+        import tifffile
+        tifffile.imwrite(path, channel)
+    else:
+        from PIL import Image
+        options = dict(format="JPEG2000", irreversible=False) if suffix == ".jp2" else dict(format="JPEG", quality=90)
+        Image.fromarray(channel).save(path, **options)
 
 
 def _plate_batch(seed: int, experiment: str, plate: int, channels: int, strength: float) -> BatchEffect:
@@ -264,11 +294,7 @@ def _render_job(job, config) -> None:
     image = render_site(rng, config["size"], config["channels"], effect, batch, config["dtype"])
     for channel, path in zip(image, files):
         with atomic_path(path) as temporary:
-            if path.endswith(".png"):
-                write_png(temporary, channel)
-            else:
-                import tifffile
-                tifffile.imwrite(temporary, channel)
+            write_channel(temporary, channel, Path(path).suffix)
 
 
 def _render_chunk(args) -> int:

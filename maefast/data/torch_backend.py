@@ -135,12 +135,27 @@ class TorchBackend:
         self.loader = DataLoader(_PlannedBatches(dataset, crop_size, on_error), sampler=self.feed, batch_size=None,
                                  pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0),
                                  **workers)
+        self.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
-    def run(self, batches: list[Batch]):
-        """Yields (batch with the images actually read, pixels (n*K, C, s, s) on the device, skipped)."""
+    def _to_device(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The batch on the device. On a GPU the pinned batch is copied on a stream of its own, while the step
+        queued before it still runs; the step's stream waits for the copy on an event, not on the host."""
+        if self.copy_stream is None:
+            return pixels.to(self.device)
+        consumer = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(self.copy_stream):
+            moved = pixels.to(self.device, non_blocking=True)
+        consumer.wait_stream(self.copy_stream)
+        moved.record_stream(consumer)  # its memory is not reused before the consumer's work on it is done
+        return moved
+
+    def run(self, batches: list[Batch], following=None):
+        """Yields (batch with the images actually read, pixels (n*K, C, s, s) on the device, skipped). following:
+        the batches after these (DaliBackend reads ahead into them); the DataLoader's workers prefetch within the
+        run."""
         self.feed.batches = list(batches)
         for batch, (pixels, keep, skipped) in zip(self.feed.batches, self.loader):
             if skipped and self.on_error == "raise":
                 first = skipped[0]
                 raise ImageReadError(first["path"], first["reason"], first["id"], first["kind"])
-            yield batch.without(np.asarray(keep)), pixels.to(self.device, non_blocking=True), skipped
+            yield batch.without(np.asarray(keep)), self._to_device(pixels), skipped

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from maefast.choices import ATTENTION_CHOICES, COMPILE_CHOICES, DEVICES, LOADER_BACKENDS, PRECISIONS
+from maefast.choices import ATTENTION_CHOICES, COMPILE_CHOICES, DALI_DEVICES, DEVICES, LOADER_BACKENDS, PRECISIONS
 from maefast.data.decode import ERROR_POLICIES
 from maefast.data.layouts import LAYOUTS
 from maefast.data.plan import MAX_SEED
@@ -39,8 +39,10 @@ class DataSection:
     crop_size: int = 256
     crops_per_image: int = 1
     batch_size: int = 32
-    num_workers: int = 2
+    num_workers: int = 2           # DALI threads or DataLoader worker processes
     backend: str = "auto"          # auto | dali | torch
+    prefetch: int = 2              # batches a DALI pipeline runs ahead of the step
+    dali_device: str = "auto"      # where DALI decodes, crops and flips: auto (the run's device) | cpu | gpu
     on_error: str = "raise"        # raise | skip
     allow_outside_root: bool = False  # let metadata paths leave the data root (open_dataset's opt-in)
     synthetic_genes: int = 12      # synthetic screen (data.synthetic): perturbed genes, 2 wells each
@@ -96,6 +98,7 @@ CHOICES = {
     "run.compile": COMPILE_CHOICES,
     "data.layout": ("auto", *LAYOUTS),
     "data.backend": LOADER_BACKENDS,
+    "data.dali_device": DALI_DEVICES,
     "data.on_error": ERROR_POLICIES,
     "data.allow_outside_root": (False, True),
     "optim.name": ("lion", "adamw"),
@@ -105,7 +108,7 @@ CHOICES = {
     "run.checkpoint_format": ("auto", "whole", "sharded"),
     "run.activation_checkpointing": (False, True, "full", "selective"),
 }
-POSITIVE = ("data.crop_size", "data.crops_per_image", "data.batch_size", "data.synthetic_genes",
+POSITIVE = ("data.crop_size", "data.crops_per_image", "data.batch_size", "data.prefetch", "data.synthetic_genes",
             "data.synthetic_site_size", "optim.accumulation", "run.max_steps", "run.checkpoint_every",
             "run.keep_checkpoints", "run.log_every", "run.image_every", "run.nonfinite_limit")
 

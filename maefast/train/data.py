@@ -40,7 +40,8 @@ def build_train_loader(config: TrainConfig, out_dir, context: DistributedContext
     loader = make_loader(dataset, batch_size=data.batch_size, crop_size=data.crop_size,
                          crops_per_image=data.crops_per_image, seed=config.run.seed, rank=context.rank,
                          world_size=context.world_size, device=context.device, backend=data.backend,
-                         on_error=data.on_error, num_workers=data.num_workers, drop_last=True)
+                         on_error=data.on_error, num_workers=data.num_workers, prefetch=data.prefetch,
+                         dali_device=data.dali_device, drop_last=True)
     if len(loader) == 0:
         raise UserInputError(f"data.batch_size={data.batch_size} images per step on each of {context.world_size} "
                              f"rank(s) need at least {data.batch_size * context.world_size} images; {path} has "

@@ -301,7 +301,8 @@ class Trainer:
         log = ScalarLog(self.out, self.step) if context.is_main else None
         progress = Progress("train", run.max_steps, "steps", initial=self.step, bar=self.show_progress,
                             silent=not context.is_main)
-        iterator, metrics, self.streak = iter(self.batches()), StepMetrics(), 0  # non-finite steps in a row
+        # meter.batches counts the time blocked on the loader (data_wait); streak: non-finite steps in a row
+        iterator, metrics, self.streak = meter.batches(self.batches()), StepMetrics(), 0
         try:
             while self.step < run.max_steps:
                 self.optimizer.zero_grad(set_to_none=True)
@@ -387,7 +388,8 @@ class Trainer:
         scalars = {**means, "lr": self.scheduler.get_last_lr()[0], "grad_norm": interval.grad_norm,
                    "total_flops": self.total_flops, **rates}
         log.log(self.step, scalars)
-        shown = {"loss": loss, "crops_s": rates["crops_per_s"], "tokens_s": rates["tokens_per_s"]}
+        shown = {"loss": loss, "crops_s": rates["crops_per_s"], "tokens_s": rates["tokens_per_s"],
+                 "data_wait": f"{rates['data_wait']:.0%}"}
         return {**shown, "mfu": f"{rates['mfu']:.1%}"} if "mfu" in rates else shown
 
     def save_images(self, pixels, pred, mask) -> None:

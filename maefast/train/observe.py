@@ -14,24 +14,45 @@ from maefast.ops.patches import self_standardize, unpatchify
 
 
 class Throughput:
-    """Crops/s, tokens/s, TFLOP/s and MFU over the interval since the last report; no MFU without a matmul rate
-    (on a CPU: maefast.train.loop)."""
+    """Crops/s, tokens/s, TFLOP/s, MFU and the share of the time spent waiting for data, over the interval since
+    the last report; no MFU without a matmul rate (on a CPU: maefast.train.loop).
 
-    def __init__(self, flops_per_crop: int, tokens_per_crop: int, matmul_rate: float | None, world_size: int):
+    data_wait: the time the loop was blocked in the loader's next() (`batches`) over the interval's wall time,
+    on this rank. A loader that keeps up has its batch ready (0); on a GPU the step queues its kernels and waits
+    for the loader's batch on the device (an event), so the host blocks in next() only when the loader's host
+    stages (reading, decoding on the CPU) fall behind the GPU, and then this share is the step time it costs.
+    """
+
+    def __init__(self, flops_per_crop: int, tokens_per_crop: int, matmul_rate: float | None, world_size: int,
+                 clock=time.perf_counter):
         self.flops_per_crop, self.tokens_per_crop = flops_per_crop, tokens_per_crop
-        self.matmul_rate, self.world_size = matmul_rate, world_size
-        self.crops, self.start = 0, time.perf_counter()
+        self.matmul_rate, self.world_size, self.clock = matmul_rate, world_size, clock
+        self.crops, self.waited, self.start = 0, 0.0, clock()
 
     def add(self, crops: int) -> None:
         self.crops += crops
 
+    def batches(self, iterable):
+        """The items of `iterable`, the time spent waiting for each one counted as data_wait."""
+        iterator = iter(iterable)
+        while True:
+            began = self.clock()
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            self.waited += self.clock() - began
+            yield item
+
     def report(self) -> dict:
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        now = self.clock()
+        elapsed = max(now - self.start, 1e-9)
         crops_per_s = self.crops * self.world_size / elapsed
         flops_per_s = crops_per_s * self.flops_per_crop
-        self.crops, self.start = 0, time.perf_counter()
+        data_wait = min(self.waited / elapsed, 1.0)
+        self.crops, self.waited, self.start = 0, 0.0, now
         rates = {"crops_per_s": crops_per_s, "tokens_per_s": crops_per_s * self.tokens_per_crop,
-                 "tflops_per_s": flops_per_s / 1e12}
+                 "tflops_per_s": flops_per_s / 1e12, "data_wait": data_wait}
         if self.matmul_rate is not None:
             rates["mfu"] = flops_per_s / (self.matmul_rate * self.world_size)
         return rates
@@ -126,6 +147,10 @@ class ScalarLog:
         self.rows.append(row)
         for key, value in scalars.items():
             self.writer.add_scalar(key, value, step)
+        if self.fields is not None and not set(row) <= set(self.fields):  # resuming an older maefast's run
+            self.fields += [key for key in row if key not in self.fields]
+            self.rewrite()  # with the new columns, empty in the earlier rows
+            return
         new_file = self.fields is None
         self.fields = self.fields or list(row)
         with open(self.path, "a", newline="") as handle:

@@ -136,6 +136,25 @@ def jump_screen(root: Path, files: list[bytes], illumination: list[bytes] | None
     return root
 
 
+def jump_channels_screen(root: Path, images: np.ndarray, encode, illumination: np.ndarray | None = None) -> Path:
+    """A JUMP-layout data set of images (n, C, H, W), channel c of image i saved as encode(images[i, c])
+    (bytes), with one illumination function (C, H, W) per channel when given."""
+    root.mkdir(parents=True, exist_ok=True)
+    count, channels = images.shape[:2]
+    table = pd.DataFrame({"Metadata_Plate": "P1", "Metadata_Well": [f"A{i:03d}" for i in range(count)],
+                          "Metadata_Site": 1, "Metadata_Perturbation": "EMPTY"})
+    for c in range(channels):
+        names = [f"img{i:03d}_ch{c}" for i in range(count)]
+        write_files(root, "images", names, [encode(images[i, c]) for i in range(count)])
+        table[f"FileName_Orig{c}"], table[f"PathName_Orig{c}"] = names, "images"
+        if illumination is not None:
+            write_files(root, "illum", [f"illum_ch{c}.npy"], [npy_bytes(str(
+                {"descr": "<f8", "fortran_order": False, "shape": illumination[c].shape}), illumination[c].tobytes())])
+            table[f"FileName_Illum{c}"], table[f"PathName_Illum{c}"] = f"illum_ch{c}.npy", "illum"
+    table.to_csv(root / "load_data.csv", index=False)
+    return root
+
+
 def rxrx_screen(root: Path, files: list[bytes]) -> Path:
     """A one-channel RxRx-layout data set, image i's PNG being files[i]."""
     root.mkdir(parents=True, exist_ok=True)
@@ -194,6 +213,6 @@ def textured_image(rng, shape, dtype) -> np.ndarray:
     return np.clip(smooth + rng.integers(0, top // 8, shape), 0, top).astype(dtype)
 
 
-__all__ = ["encode_png", "filtered_rows", "interlaced_png", "jpeg2000_bytes", "jpeg2000_claiming", "jump_screen",
-           "npy_bytes", "pillow_bytes", "png_stream_bytes", "rxrx3_core_screen", "rxrx_screen", "textured_image",
-           "tiff_bytes", "tifffile_bytes"]
+__all__ = ["encode_png", "filtered_rows", "interlaced_png", "jpeg2000_bytes", "jpeg2000_claiming",
+           "jump_channels_screen", "jump_screen", "npy_bytes", "pillow_bytes", "png_stream_bytes", "rxrx3_core_screen",
+           "rxrx_screen", "textured_image", "tiff_bytes", "tifffile_bytes"]

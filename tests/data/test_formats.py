@@ -19,6 +19,8 @@ def test_the_documented_table_is_the_one_the_readers_use():
     table = _C.accepted_formats()
     assert [code for code, _ in table["tiff"]["compressions"]] == [1, 5, 8, 32946, 32773]
     assert table["png"]["bit_depths"] == [8, 16] and table["shard"]["descrs"] == ["|u1", "<u2"]
+    assert [code for code, _ in table["jpeg"]["processes"]] == [0, 1, 2] and table["jpeg"]["bit_depths"] == [8]
+    assert table["jpeg2000"]["bit_depths"] == list(range(8, 17)) and table["jpeg2000"]["max_tiles"] == 4096
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])

@@ -107,7 +107,7 @@ def parity_run(files: list[Path], folder: Path) -> tuple[int, int]:
     groups = {}
     for path in files:
         try:
-            height, width, _, dtype, _ = _C.image_header(str(path))
+            height, width, _, dtype, _, _ = _C.image_header(str(path))
             kind = (height, width, dtype) if dtype in ("uint8", "uint16") and height * width <= 1 << 16 else None
         except _C.DecodeError:
             kind = None

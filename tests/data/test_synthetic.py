@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from maefast.cli import main
-from maefast.data import open_dataset, render_sites
+from maefast.data import open_dataset, read_channel, render_sites
 from maefast.data.synthetic import design_screen, load_complexes, synth_screen
 
 
@@ -52,6 +52,25 @@ def test_synth_is_deterministic_and_resumes(tmp_path, capsys):
     assert "rendering 1 site of" in capsys.readouterr().out and first[0].is_file()  # the one missing site only
     with pytest.raises(ValueError, match="other parameters"):
         synth_screen(tmp_path / "a", layout="jump", num_genes=4)
+
+
+def test_the_jump_layout_in_compressed_codecs(tmp_path):
+    """`--codec jpeg2000` writes the sites the TIFF screen holds, losslessly, as JPEG 2000; `--codec jpeg` 8-bit
+    JPEG (a 16-bit one is refused); both open as compressed data sets."""
+    args = ["data", "synth", "--layout", "jump", "--genes", "2", "--plates", "1", "--experiments", "1",
+            "--replicates", "1", "--controls", "1", "--sites", "1", "--size", "40", "--channels", "2",
+            "--workers", "1"]
+    assert main(args + ["--out", str(tmp_path / "tiff")]) == 0
+    assert main(args + ["--out", str(tmp_path / "j2k"), "--codec", "jpeg2000"]) == 0
+    assert main(args + ["--out", str(tmp_path / "jpeg"), "--codec", "jpeg", "--bit-depth", "8"]) == 0
+    tiff, j2k, jpeg = (open_dataset(tmp_path / name) for name in ("tiff", "j2k", "jpeg"))
+    assert not tiff.compressed and j2k.compressed and jpeg.compressed and jpeg.dtype == np.uint8
+    assert all(path.endswith(".jp2") for path in j2k.files_read() if not path.endswith(".npy"))
+    for row in range(len(tiff)):
+        for a, b in zip(tiff.channel_files(row), j2k.channel_files(row)):
+            np.testing.assert_array_equal(read_channel(b), read_channel(a))
+    with pytest.raises(ValueError, match="codec jpeg writes 8-bit images"):
+        synth_screen(tmp_path / "bad", layout="jump", codec="jpeg", bit_depth=16)
 
 
 def test_compounds_mimic_their_targets_with_the_dose(tmp_path):

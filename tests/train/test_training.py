@@ -41,6 +41,9 @@ def test_debug_run_writes_checkpoints_metrics_images_and_encoder(screen, tmp_pat
     for row in lines[1:]:  # the logged parts make up the logged loss: (1 - w) * mse + w * fourier, w = 0.01
         loss, mse, fourier = map(float, row.split(",")[1:4])
         assert mse > 0 and fourier > 0 and loss == pytest.approx(0.99 * mse + 0.01 * fourier, rel=1e-5)
+    header = lines[0].split(",")  # the share of each interval blocked on the loader
+    assert "data_wait" in header and all(0 <= float(row.split(",")[header.index("data_wait")]) <= 1
+                                         for row in lines[1:])
     images = sorted((tmp_path / "images").glob("*.png"))
     assert [p.name for p in images] == ["reconstruction-step00000004.png", "reconstruction-step00000006.png"]
     assert all(p.stat().st_size > 5000 for p in images) and (tmp_path / "loss.png").exists()
@@ -53,6 +56,28 @@ def test_debug_run_writes_checkpoints_metrics_images_and_encoder(screen, tmp_pat
     pixels = random_pixels(2, 6, 64)
     assert encoder.embed(pixels).shape == (2, 64)
     assert summary["total_flops"] == 6 * 8 * DEBUG_MAE_TRAINING_FLOPS  # 6 steps of 4 images x 2 crops
+
+
+def test_data_wait_is_each_logged_intervals_time_blocked_on_a_slow_loader(screen, tmp_path, monkeypatch):
+    """Steps read their metrics every run.log_every steps (StepMetrics); data_wait is still the share of each such
+    interval spent in the loader's next(): a loader that sleeps 0.3 s per batch shows at least those seconds."""
+    delay, log_every = 0.3, 2
+    fast_batches = Trainer.batches
+
+    def slow_batches(self):
+        for batch in fast_batches(self):
+            time.sleep(delay)
+            yield batch
+    monkeypatch.setattr(Trainer, "batches", slow_batches)
+    train(config_for(screen, "run.max_steps=4", f"run.log_every={log_every}", "run.checkpoint_every=4",
+                     "run.image_every=100"), tmp_path, show_progress=False)
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    header, rows = lines[0].split(","), [dict(zip(lines[0].split(","), line.split(","))) for line in lines[1:]]
+    assert [int(row["step"]) for row in rows] == [2, 4] and "data_wait" in header
+    for row in rows:  # the interval's seconds: its 2 steps x 8 crops over its crops/s
+        seconds = log_every * 8 / float(row["crops_per_s"])
+        waited = float(row["data_wait"]) * seconds
+        assert log_every * delay <= waited <= seconds
 
 
 def debug_mae_training_flops() -> int:
