@@ -200,9 +200,26 @@ def test_sigint_writes_a_checkpoint_and_exits_130_with_the_usual_file_modes(scre
     assert any(name.endswith("model.safetensors") for name in modes)
 
 
+# `python -m maefast.cli` with each embedding shard taking 0.3 s longer, so that a signal sent once the first shard
+# is written finds shards still to do however fast the machine (an idle CI machine finished all 16 first)
+SLOW_SHARDS_CLI = """
+import sys, time
+import maefast.embedding.job as job
+from maefast.cli import main
+embed_shard = job.embed_shard
+def slow_embed_shard(*args, **kwargs):
+    time.sleep(0.3)
+    return embed_shard(*args, **kwargs)
+job.embed_shard = slow_embed_shard
+sys.exit(main())
+"""
+
+
 def test_sigint_during_an_embedding_is_one_line(screen, screen_encoder, tmp_path):
-    run = run_cli("embed", "--checkpoint", str(screen_encoder), "--data", str(screen), "--out", str(tmp_path / "emb"),
-                  "--shard-size", "1", "--batch-size", "1", "--no-progress")
+    run = subprocess.Popen([sys.executable, "-c", SLOW_SHARDS_CLI, "embed", "--checkpoint", str(screen_encoder),
+                            "--data", str(screen), "--out", str(tmp_path / "emb"), "--shard-size", "1",
+                            "--batch-size", "1", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     deadline = time.time() + 240
     while not list((tmp_path / "emb").glob("shards/shard-*.parquet")) and time.time() < deadline:
         time.sleep(0.05)
